@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make run` (the relay on an embedded SQLite database) and
+# `make test` (the whole test suite). Both install missing Debian packages first.
+SWIFT ?= swift
+HOST ?= 127.0.0.1
+PORT ?= 7878
+DATABASE ?= ./flitz-relay.sqlite
+
+.PHONY: deps build run test vectors proto
+
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	$(SWIFT) build
+
+run: deps
+	$(SWIFT) build --product flitz-relay
+	$(SWIFT) build --product flitz
+	exec .build/debug/flitz-relay serve --host $(HOST) --port $(PORT) --database $(DATABASE)
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+# Regenerates vectors/*.json from fixed seeds (see protocol/vectors.md).
+vectors: deps
+	$(SWIFT) run flitz-vectors vectors
+
+# Regenerates the committed protobuf code (needs protoc and protoc-gen-swift 1.39; not run by CI).
+proto:
+	protoc --swift_out=Sources/FlitzWire/Generated --swift_opt=Visibility=Public -I protocol protocol/flitz_wire.proto
+	protoc --swift_out=Sources/FlitzProtocol/Generated --swift_opt=Visibility=Public -I protocol protocol/flitz_session.proto

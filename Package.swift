@@ -1,0 +1,98 @@
+// swift-tools-version:6.2
+// Flitz: blind relay, end-to-end encryption core and reference CLI. Layers in ../shared/DESIGN.md.
+import PackageDescription
+
+let package = Package(
+    name: "flitz",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "flitz-relay", targets: ["FlitzRelayCLI"]),
+        .executable(name: "flitz", targets: ["FlitzCLI"]),
+        .executable(name: "flitz-vectors", targets: ["FlitzVectorGen"]),
+        .library(name: "FlitzProtocol", targets: ["FlitzProtocol"]),
+        .library(name: "FlitzClient", targets: ["FlitzClient"]),
+        .library(name: "FlitzRelay", targets: ["FlitzRelay"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CFlitzSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        .target(name: "FlitzCrypto", dependencies: ["CFlitzSodium"]),
+        .target(
+            name: "FlitzWire",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        .target(
+            name: "FlitzProtocol",
+            dependencies: ["FlitzCrypto", "FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        // The relay's storage contract; implementations live in their own targets.
+        .target(name: "FlitzStore"),
+        .target(
+            name: "FlitzStoreSQLite",
+            dependencies: ["FlitzStore", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        // Never add FlitzProtocol here: the relay must not be able to decrypt or decode message content.
+        .target(
+            name: "FlitzRelay",
+            dependencies: [
+                "FlitzWire", "FlitzStore", "FlitzStoreSQLite", "FlitzCrypto",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "FlitzClient",
+            dependencies: [
+                "FlitzProtocol", "FlitzWire", "FlitzCrypto",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "FlitzRelayCLI",
+            dependencies: ["FlitzRelay", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "FlitzCLI",
+            dependencies: [
+                "FlitzClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "FlitzVectorGen", dependencies: ["FlitzProtocol", "FlitzCrypto"]),
+        .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
+        .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire"]),
+        .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto"]),
+        .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),
+        .testTarget(
+            name: "FlitzRelayTests",
+            dependencies: [
+                "FlitzRelay", "FlitzWire", "FlitzCrypto", "FlitzStoreSQLite",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+            ]
+        ),
+        .testTarget(name: "FlitzClientTests", dependencies: ["FlitzClient", "FlitzProtocol", "FlitzRelay"]),
+        // Drives the built `flitz-relay` and `flitz` executables as separate processes.
+        .testTarget(name: "FlitzEndToEndTests", dependencies: ["FlitzCLI", "FlitzRelayCLI"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

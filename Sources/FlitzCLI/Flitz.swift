@@ -1,0 +1,255 @@
+import ArgumentParser
+import FlitzClient
+import FlitzCrypto
+import Foundation
+import Logging
+
+/// `flitz`: the reference command-line client. Each subcommand parses its arguments and calls FlitzClient.
+@main
+struct Flitz: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "flitz",
+        abstract: "End-to-end encrypted chat through a Flitz relay.",
+        discussion: """
+            State lives in --home DIR, else $FLITZ_HOME, else ~/.flitz.
+            Exit codes: 0 success, 1 usage or local error, 2 relay unreachable or timed out,
+            3 refused by the relay, 4 the contact's identity key changed and is not trusted yet.
+            """,
+        subcommands: [Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Trust.self, Settings.self, SafetyNumberCommand.self]
+    )
+}
+
+struct CommonOptions: ParsableArguments {
+    @Option(name: .long, help: "State directory (default: $FLITZ_HOME or ~/.flitz).")
+    var home: String?
+
+    @Flag(name: .long, help: "Log diagnostics to stderr.")
+    var verbose = false
+
+    func client() throws -> FlitzClient {
+        LoggingBootstrap.once(verbose: verbose)
+        var logger = Logger(label: "flitz")
+        logger.logLevel = verbose ? .debug : .warning
+        let path = home ?? ProcessInfo.processInfo.environment["FLITZ_HOME"]
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".flitz").path
+        return try FlitzClient(home: URL(fileURLWithPath: path), logger: logger)
+    }
+}
+
+enum LoggingBootstrap {
+    static let done: Void = LoggingSystem.bootstrap(StreamLogHandler.standardError)
+    static func once(verbose: Bool) { _ = done }
+}
+
+/// Runs a client operation, turning `ClientError` into its message on stderr and its exit code.
+func run<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as ClientError {
+        printError("flitz: \(error.message)")
+        throw ExitCode(error.exitCode)
+    }
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+/// Writes a line to stdout and flushes it (scripts read stdout line by line).
+func printLine(_ text: String) {
+    FileHandle.standardOutput.write(Data((text + "\n").utf8))
+}
+
+struct Init: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create keys, register a handle with a relay, print the recovery code once.")
+    @OptionGroup var options: CommonOptions
+    @Option(help: "Relay address, ws://HOST:PORT or wss://HOST:PORT.") var relay: String
+    @Option(help: "Handle: 3-32 characters of a-z, 0-9, _ and .") var handle: String
+    @Option(help: "Recovery code of an existing handle: take it over on this device with new keys.") var recover: String?
+
+    func run() async throws {
+        let client = try options.client()
+        let code = try await FlitzCLI.run { try await client.initialize(relayURL: relay, handle: handle, recoveryCode: recover) }
+        printLine("registered \(handle) on \(relay)")
+        printLine("recovery code: \(code)")
+        printLine("Write the recovery code down; it is shown only this once. With it, `flitz init --handle \(handle) --recover CODE` takes the handle over on a new device.")
+    }
+}
+
+struct Send: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send a message; print its id once the relay has stored it durably.")
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "Recipient handle.") var handle: String
+    @Argument(help: "Message text.") var text: String
+    @Option(name: .customLong("expires-in"), help: "Seconds after which the relay deletes it undelivered (default: relay retention).")
+    var expiresIn: UInt32?
+    @Option(help: "Seconds to keep retrying an unreachable relay.") var timeout: Double = 30
+
+    func run() async throws {
+        let client = try options.client()
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        let id = try await FlitzCLI.run {
+            try await client.send(to: handle, text: text, expiresIn: expiresIn, timeout: .milliseconds(Int64(timeout * 1000)))
+        }
+        printLine(id.hexString)
+    }
+}
+
+struct Receive: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Fetch queued messages, wait for more, print them, acknowledge them.")
+    @OptionGroup var options: CommonOptions
+    @Option(help: "Seconds to wait for further messages after the queue is drained.") var wait: Double = 0
+    @Flag(help: "One JSON object per line: id, from, text, sentAt.") var json = false
+
+    func run() async throws {
+        let client = try options.client()
+        let json = json
+        try await FlitzCLI.run {
+            try await client.receive(
+                wait: .milliseconds(Int64(max(wait, 0) * 1000)),
+                onMessage: { printMessage($0, json: json) },
+                onWarning: { printError("flitz: \($0)") })
+        }
+    }
+}
+
+func printMessage(_ message: ReceivedMessage, json: Bool) {
+    if json {
+        let object: [String: String] = [
+            "id": message.messageID.hexString, "from": message.from, "text": message.text,
+            "sentAt": rfc3339(message.sentAt),
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        printLine(String(decoding: data, as: UTF8.self))
+    } else {
+        printLine("\(message.from): \(message.text)")
+    }
+}
+
+func rfc3339(_ date: Date) -> String {
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    formatter.timeZone = TimeZone(identifier: "UTC")
+    return formatter.string(from: date)
+}
+
+func printEvent(_ event: ClientEvent, json: Bool) {
+    switch event {
+    case .message(let message):
+        printMessage(message, json: json)
+    case .receipt(let id, let peer, let status):
+        if json {
+            let object = ["receipt": status.rawValue, "id": id.hexString, "peer": peer]
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            printLine(String(decoding: data, as: UTF8.self))
+        } else {
+            printLine("[\(status.rawValue)] \(id.hexString) to \(peer)")
+        }
+    case .warning(let text):
+        printError("flitz: \(text)")
+    }
+}
+
+struct Sync: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Fetch queued messages and receipts without showing them; print how many messages wait for `receive`.")
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let client = try options.client()
+        let count = try await FlitzCLI.run { try await client.sync(onWarning: { printError("flitz: \($0)") }) }
+        printLine("\(count) new")
+    }
+}
+
+struct Listen: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stay connected; print messages and receipts as they arrive (Ctrl-C to stop).")
+    @OptionGroup var options: CommonOptions
+    @Flag(help: "One JSON object per line.") var json = false
+
+    func run() async throws {
+        let client = try options.client()
+        let json = json
+        try await FlitzCLI.run { try await client.listen { printEvent($0, json: json) } }
+    }
+}
+
+struct Chat: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Interactive chat: each line you type is sent; incoming messages and receipts are printed.")
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "Handle to chat with.") var handle: String
+
+    func run() async throws {
+        let client = try options.client()
+        let (lines, continuation) = AsyncStream<String>.makeStream()
+        // readLine blocks, so it runs on its own thread rather than in the cooperative pool.
+        let reader = Thread {
+            while let line = readLine() { continuation.yield(line) }
+            continuation.finish()
+        }
+        reader.start()
+        printError("chatting with \(handle); type a message and press Enter, Ctrl-D to quit")
+        try await FlitzCLI.run {
+            try await client.chat(
+                with: handle, lines: lines, onSent: { printError("sent \($0.hexString)") },
+                onEvent: { printEvent($0, json: false) })
+        }
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Sync receipts and print a sent message's status: sent, delivered, seen or expired.")
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "Message id (32 hex characters) as printed by send.") var id: String
+
+    func run() async throws {
+        let client = try options.client()
+        guard let messageID = Data(hexString: id.lowercased()), messageID.count == 16 else {
+            throw ValidationError("a message id is 32 hexadecimal characters")
+        }
+        let status = try await FlitzCLI.run { try await client.status(of: messageID) }
+        printLine(status.rawValue)
+    }
+}
+
+struct Trust: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Accept a contact's current identity key after it changed.")
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "Contact handle.") var handle: String
+
+    func run() async throws {
+        let client = try options.client()
+        let number = try await FlitzCLI.run { try await client.trust(handle) }
+        printLine("trusted the current identity key of \(handle); safety number: \(number)")
+    }
+}
+
+struct SafetyNumberCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "safety-number", abstract: "Print the safety number to compare with a contact.")
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "Contact handle.") var handle: String
+
+    func run() async throws {
+        let client = try options.client()
+        printLine(try await FlitzCLI.run { try client.safetyNumber(with: handle) })
+    }
+}
+
+struct Settings: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Change settings.", subcommands: [ReadReceipts.self])
+
+    struct ReadReceipts: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "read-receipts", abstract: "Send seen receipts for messages you read: on or off.")
+        @OptionGroup var options: CommonOptions
+        @Argument(help: "on or off (omit to show the current setting).") var value: String?
+
+        func run() async throws {
+            let client = try options.client()
+            switch value {
+            case nil: printLine(try await FlitzCLI.run { try client.readReceipts() } ? "on" : "off")
+            case "on": try await FlitzCLI.run { try client.setReadReceipts(true) }
+            case "off": try await FlitzCLI.run { try client.setReadReceipts(false) }
+            default: throw ValidationError("read-receipts takes on or off")
+            }
+        }
+    }
+}

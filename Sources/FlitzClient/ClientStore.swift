@@ -1,0 +1,286 @@
+import FlitzCrypto
+import FlitzProtocol
+import Foundation
+import GRDB
+
+/// Delivery status of an outgoing message, in the order it can only advance
+/// (`protocol/relay.md`, "Receipts"): sent → delivered → seen; expired only from sent.
+public enum MessageStatus: String, Sendable, CaseIterable {
+    /// Encrypted and stored locally, not yet acknowledged by the relay.
+    case pending
+    /// Durable at the relay.
+    case sent
+    /// The recipient device acknowledged it.
+    case delivered
+    /// The recipient reported it as seen.
+    case seen
+    /// It expired at the relay before delivery.
+    case expired
+
+    /// Whether moving from `self` to `next` is an advance (statuses never go back).
+    func canAdvance(to next: MessageStatus) -> Bool {
+        switch (self, next) {
+        case (.pending, _): next != .pending
+        case (.sent, .delivered), (.sent, .seen), (.sent, .expired), (.delivered, .seen): true
+        default: false
+        }
+    }
+}
+
+/// This device's account as stored locally.
+struct AccountRecord: Sendable {
+    var handle: String
+    var relayURL: String
+    var deviceID: UInt32
+    var account: AccountIdentity
+    var device: DeviceIdentity
+    var readReceipts: Bool
+}
+
+/// A contact: the account identity key this user trusts for a handle, and a newer one seen but not trusted.
+struct ContactRecord: Sendable {
+    var handle: String
+    var trustedIdentityKey: Data
+    var untrustedIdentityKey: Data?
+}
+
+/// A message in the local history.
+public struct HistoryMessage: Sendable {
+    /// 16-byte message id.
+    public var messageID: Data
+    /// Whether this device sent it.
+    public var outgoing: Bool
+    /// The other party's handle.
+    public var peer: String
+    /// Message text.
+    public var text: String
+    /// Relay acceptance time, milliseconds since the Unix epoch.
+    public var acceptedAtMilliseconds: Int64
+    /// Status (outgoing messages).
+    public var status: MessageStatus
+}
+
+/// The client's local database (GRDB, SQLite file `flitz.sqlite` in the home directory, mode 0600):
+/// keys, prekeys, sessions, contacts, history and statuses. Versioned with `DatabaseMigrator`.
+final class ClientStore: Sendable {
+    let dbQueue: DatabaseQueue
+
+    /// Opens (creating if needed) the store in `home`, which is created with mode 0700.
+    /// - Throws: GRDB or file system errors.
+    init(home: URL) throws {
+        try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let path = home.appendingPathComponent("flitz.sqlite").path
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        dbQueue = try DatabaseQueue(path: path, configuration: configuration)
+        try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+        try Self.migrator.migrate(dbQueue)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE account (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    handle TEXT NOT NULL,
+                    relay_url TEXT NOT NULL,
+                    device_id INTEGER NOT NULL,
+                    account_identity_seed BLOB NOT NULL,
+                    device_identity_seed BLOB NOT NULL,
+                    device_certificate_signature BLOB NOT NULL,
+                    read_receipts INTEGER NOT NULL DEFAULT 1,
+                    next_one_time_prekey_id INTEGER NOT NULL
+                );
+                CREATE TABLE signed_prekeys (
+                    id INTEGER PRIMARY KEY,
+                    private_key BLOB NOT NULL,
+                    signature BLOB NOT NULL
+                );
+                CREATE TABLE one_time_prekeys (
+                    id INTEGER PRIMARY KEY,
+                    private_key BLOB NOT NULL
+                );
+                CREATE TABLE contacts (
+                    handle TEXT PRIMARY KEY,
+                    trusted_identity_key BLOB NOT NULL,
+                    untrusted_identity_key BLOB
+                );
+                CREATE TABLE sessions (
+                    handle TEXT NOT NULL,
+                    device_id INTEGER NOT NULL,
+                    base_key BLOB NOT NULL,
+                    record BLOB NOT NULL,
+                    active INTEGER NOT NULL,
+                    updated_at REAL NOT NULL,
+                    PRIMARY KEY (handle, device_id, base_key)
+                );
+                CREATE TABLE messages (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    message_id BLOB NOT NULL,
+                    outgoing INTEGER NOT NULL,
+                    peer TEXT NOT NULL,
+                    text TEXT NOT NULL,
+                    envelope_id BLOB NOT NULL,
+                    envelope BLOB,
+                    expires_in INTEGER NOT NULL DEFAULT 0,
+                    status TEXT NOT NULL,
+                    accepted_at_ms INTEGER NOT NULL DEFAULT 0,
+                    displayed INTEGER NOT NULL DEFAULT 0,
+                    seen_reported INTEGER NOT NULL DEFAULT 0,
+                    UNIQUE (peer, outgoing, message_id)
+                );
+                CREATE INDEX messages_envelope ON messages(envelope_id);
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: account
+
+    func loadAccount() throws -> AccountRecord? {
+        try dbQueue.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM account WHERE id = 1") else { return nil }
+            let account = try AccountIdentity(seed: SecretBytes(row["account_identity_seed"] as Data))
+            let deviceKey = try Ed25519PrivateKey(seed: SecretBytes(row["device_identity_seed"] as Data))
+            let certificate = DeviceCertificate(
+                accountIdentityKey: account.publicKey, deviceIdentityKey: deviceKey.publicKey,
+                signature: row["device_certificate_signature"])
+            return AccountRecord(
+                handle: row["handle"], relayURL: row["relay_url"], deviceID: UInt32(row["device_id"] as Int64),
+                account: account, device: try DeviceIdentity(privateKey: deviceKey, certificate: certificate),
+                readReceipts: row["read_receipts"])
+        }
+    }
+
+    func saveNewAccount(
+        _ record: AccountRecord, signedPreKey: SignedPreKeyPair, oneTimePreKeys: [OneTimePreKeyPair]
+    ) throws {
+        try dbQueue.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO account (id, handle, relay_url, device_id, account_identity_seed, device_identity_seed,
+                        device_certificate_signature, read_receipts, next_one_time_prekey_id)
+                    VALUES (1, ?, ?, ?, ?, ?, ?, 1, ?)
+                    """,
+                arguments: [
+                    record.handle, record.relayURL, Int64(record.deviceID), record.account.privateKey.seed.unsafeData,
+                    record.device.privateKey.seed.unsafeData, record.device.certificate.signature,
+                    Int64((oneTimePreKeys.map(\.id).max() ?? 0) + 1),
+                ])
+            try Self.insert(signedPreKey, db)
+            try Self.insert(oneTimePreKeys, db)
+        }
+    }
+
+    private static func insert(_ key: SignedPreKeyPair, _ db: Database) throws {
+        try db.execute(
+            sql: "INSERT OR REPLACE INTO signed_prekeys (id, private_key, signature) VALUES (?, ?, ?)",
+            arguments: [Int64(key.id), key.privateKey.secret.unsafeData, key.signature])
+    }
+
+    private static func insert(_ keys: [OneTimePreKeyPair], _ db: Database) throws {
+        for key in keys {
+            try db.execute(
+                sql: "INSERT INTO one_time_prekeys (id, private_key) VALUES (?, ?)",
+                arguments: [Int64(key.id), key.privateKey.secret.unsafeData])
+        }
+    }
+
+    func setReadReceipts(_ on: Bool) throws {
+        try dbQueue.write { db in try db.execute(sql: "UPDATE account SET read_receipts = ?", arguments: [on]) }
+    }
+
+    /// Reserves `count` fresh one-time prekey ids, generates the keys and stores them.
+    func generateOneTimePreKeys(count: Int) throws -> [OneTimePreKeyPair] {
+        try dbQueue.write { db in
+            let first = try UInt32(Int64.fetchOne(db, sql: "SELECT next_one_time_prekey_id FROM account") ?? 1)
+            let keys = (0..<UInt32(count)).map { OneTimePreKeyPair(id: first + $0) }
+            try db.execute(sql: "UPDATE account SET next_one_time_prekey_id = ?", arguments: [Int64(first) + Int64(count)])
+            try Self.insert(keys, db)
+            return keys
+        }
+    }
+
+    func signedPreKey(id: UInt32) throws -> SignedPreKeyPair? {
+        try dbQueue.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM signed_prekeys WHERE id = ?", arguments: [Int64(id)]) else { return nil }
+            return SignedPreKeyPair(
+                id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(row["private_key"] as Data)),
+                signature: row["signature"])
+        }
+    }
+
+    func oneTimePreKey(id: UInt32) throws -> OneTimePreKeyPair? {
+        try dbQueue.read { db in
+            guard let data = try Data.fetchOne(db, sql: "SELECT private_key FROM one_time_prekeys WHERE id = ?", arguments: [Int64(id)])
+            else { return nil }
+            return OneTimePreKeyPair(id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(data)))
+        }
+    }
+
+    // MARK: contacts
+
+    func contact(_ handle: String) throws -> ContactRecord? {
+        try dbQueue.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM contacts WHERE handle = ?", arguments: [handle]) else { return nil }
+            return ContactRecord(handle: handle, trustedIdentityKey: row["trusted_identity_key"], untrustedIdentityKey: row["untrusted_identity_key"])
+        }
+    }
+
+    func trustIdentity(_ handle: String, key: Data) throws {
+        try dbQueue.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO contacts (handle, trusted_identity_key, untrusted_identity_key) VALUES (?, ?, NULL)
+                    ON CONFLICT(handle) DO UPDATE SET trusted_identity_key = excluded.trusted_identity_key, untrusted_identity_key = NULL
+                    """,
+                arguments: [handle, key])
+        }
+    }
+
+    func recordUntrustedIdentity(_ handle: String, key: Data) throws {
+        try dbQueue.write { db in
+            try db.execute(sql: "UPDATE contacts SET untrusted_identity_key = ? WHERE handle = ?", arguments: [key, handle])
+        }
+    }
+
+    // MARK: sessions
+
+    /// Sessions with a handle's devices, the active one first, then newest first.
+    func sessions(with handle: String) throws -> [(deviceID: UInt32, session: Session, active: Bool)] {
+        try dbQueue.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT device_id, record, active FROM sessions WHERE handle = ? ORDER BY active DESC, updated_at DESC",
+                arguments: [handle]
+            ).map { row in
+                (UInt32(row["device_id"] as Int64), try Session(serialized: row["record"]), row["active"] as Bool)
+            }
+        }
+    }
+
+    /// Stores a session; `makeActive` makes it the one used to send to that device.
+    static func save(_ session: Session, handle: String, deviceID: UInt32, makeActive: Bool, _ db: Database) throws {
+        if makeActive {
+            try db.execute(sql: "UPDATE sessions SET active = 0 WHERE handle = ?", arguments: [handle])
+        }
+        try db.execute(
+            sql: """
+                INSERT INTO sessions (handle, device_id, base_key, record, active, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(handle, device_id, base_key) DO UPDATE SET record = excluded.record,
+                    active = MAX(active, excluded.active), updated_at = excluded.updated_at
+                """,
+            arguments: [handle, Int64(deviceID), session.baseKey.rawRepresentation, session.serialized(), makeActive, Date().timeIntervalSince1970])
+        // Keep at most five sessions per handle (older ones are from superseded initiations).
+        try db.execute(
+            sql: """
+                DELETE FROM sessions WHERE handle = ? AND base_key NOT IN
+                    (SELECT base_key FROM sessions WHERE handle = ? ORDER BY active DESC, updated_at DESC LIMIT 5)
+                """,
+            arguments: [handle, handle])
+    }
+
+    func deleteSessions(with handle: String) throws {
+        try dbQueue.write { db in try db.execute(sql: "DELETE FROM sessions WHERE handle = ?", arguments: [handle]) }
+    }
+}

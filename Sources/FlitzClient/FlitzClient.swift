@@ -1,0 +1,188 @@
+import FlitzCrypto
+import FlitzProtocol
+import FlitzWire
+import Foundation
+import GRDB
+import Logging
+
+/// A message received from a contact.
+public struct ReceivedMessage: Sendable {
+    /// 16-byte message id (lowercase hex in the CLI).
+    public let messageID: Data
+    /// Sender's handle (authenticated by the relay; the session authenticates the device).
+    public let from: String
+    /// Message text.
+    public let text: String
+    /// The relay's acceptance time.
+    public let sentAt: Date
+}
+
+/// Something that happened while connected, for `listen` and `chat`.
+public enum ClientEvent: Sendable {
+    /// A new message.
+    case message(ReceivedMessage)
+    /// One of this device's messages changed status.
+    case receipt(messageID: Data, peer: String, status: MessageStatus)
+    /// A non-fatal problem worth telling the user (identity change, undecryptable message).
+    case warning(String)
+}
+
+/// The Flitz client: one account with one device, its local store in a home directory, and the relay
+/// operations of the CLI (DESIGN.md "Architecture"; `protocol/relay.md` for the frames it sends).
+public final class FlitzClient: Sendable {
+    /// One-time prekeys generated at registration and whenever the relay's stock falls below `lowPreKeyThreshold`.
+    public static let preKeyBatchSize = 100
+    /// Replenish one-time prekeys when the relay reports fewer than this many.
+    public static let lowPreKeyThreshold = 20
+
+    /// The home directory (`--home`, `FLITZ_HOME`, or `~/.flitz`).
+    public let home: URL
+    let store: ClientStore
+    let logger: Logger
+    let random: any RandomSource
+
+    /// Opens the local store in `home`.
+    /// - Throws: file system or database errors.
+    public init(home: URL, logger: Logger, random: any RandomSource = SystemRandom()) throws {
+        self.home = home
+        self.store = try ClientStore(home: home)
+        self.logger = logger
+        self.random = random
+    }
+
+    func requireAccount() throws -> AccountRecord {
+        guard let account = try store.loadAccount() else {
+            throw ClientError(.notInitialized, "no account in \(home.path); run `flitz init --relay ws://HOST:PORT --handle NAME` first")
+        }
+        return account
+    }
+
+    // MARK: init
+
+    /// Creates the keys, registers the handle (or recovers it with `recoveryCode`), publishes prekeys,
+    /// and returns the new recovery code, to be shown once.
+    /// - Throws: `ClientError` (`.alreadyInitialized`, `.invalidArgument`, `.relayUnreachable`, `.refused`).
+    public func initialize(relayURL: String, handle: String, recoveryCode: String? = nil) async throws -> String {
+        guard try store.loadAccount() == nil else {
+            throw ClientError(.alreadyInitialized, "\(home.path) already holds an account")
+        }
+        guard Handle.isValid(handle) else {
+            throw ClientError(.invalidArgument, "invalid handle \"\(handle)\": use 3-32 characters of a-z, 0-9, _ and .")
+        }
+        guard relayURL.hasPrefix("ws://") || relayURL.hasPrefix("wss://") else {
+            throw ClientError(.invalidArgument, "the relay address must start with ws:// or wss://")
+        }
+        let account = AccountIdentity(random: random)
+        let device = DeviceIdentity(account: account, random: random)
+        let signedPreKey = SignedPreKeyPair(id: 1, device: device, random: random)
+        let oneTimePreKeys = (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) }
+
+        var keys = WireDeviceKeys()
+        keys.deviceIdentityKey = device.publicKey.rawRepresentation
+        keys.deviceCertificateSignature = device.certificate.signature
+        keys.signedPrekey = signedPreKey.wire
+        keys.oneTimePrekeys = oneTimePreKeys.map(\.wire)
+        let deviceKeys = keys
+
+        let result = try await RelayConnection.with(url: relayURL, logger: logger) { connection in
+            let challenge = try await Self.challenge(connection)
+            let signature = device.privateKey.signature(for: SignedPayload.authentication(nonce: challenge.nonce, handle: handle))
+            let body: WireFrame.OneOf_Body
+            if let recoveryCode {
+                var recover = WireRecover()
+                recover.handle = handle
+                recover.recoveryCode = recoveryCode
+                recover.accountIdentityKey = account.publicKey.rawRepresentation
+                recover.device = deviceKeys
+                recover.challengeSignature = signature
+                body = .recover(recover)
+            } else {
+                var register = WireRegister()
+                register.handle = handle
+                register.accountIdentityKey = account.publicKey.rawRepresentation
+                register.device = deviceKeys
+                register.challengeSignature = signature
+                body = .register(register)
+            }
+            guard case .registerResult(let result) = try await connection.request(body).body else {
+                throw ClientError(.protocolFailure, "unexpected answer to registration")
+            }
+            return result
+        }
+        try store.saveNewAccount(
+            AccountRecord(handle: handle, relayURL: relayURL, deviceID: result.deviceID, account: account, device: device, readReceipts: true),
+            signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys)
+        return result.recoveryCode
+    }
+
+    static func challenge(_ connection: RelayConnection) async throws -> WireChallenge {
+        guard let frame = await connection.nextUnsolicited(timeout: .seconds(15)), case .challenge(let challenge) = frame.body,
+            challenge.nonce.count == WireConstants.challengeNonceLength
+        else { throw ClientError(.relayUnreachable, "the relay did not send a valid challenge") }
+        return challenge
+    }
+
+    /// Authenticates `connection` as this device and tops up one-time prekeys when the relay runs low.
+    func authenticate(_ connection: RelayConnection, _ account: AccountRecord) async throws {
+        let challenge = try await Self.challenge(connection)
+        var authenticate = WireAuthenticate()
+        authenticate.handle = account.handle
+        authenticate.deviceID = account.deviceID
+        authenticate.signature = account.device.privateKey.signature(
+            for: SignedPayload.authentication(nonce: challenge.nonce, handle: account.handle))
+        guard case .authenticateResult(let result) = try await connection.request(.authenticate(authenticate)).body else {
+            throw ClientError(.protocolFailure, "unexpected answer to authentication")
+        }
+        if result.oneTimePrekeysRemaining < Self.lowPreKeyThreshold {
+            let keys = try store.generateOneTimePreKeys(count: Self.preKeyBatchSize)
+            var publish = WirePublishPreKeys()
+            publish.oneTimePrekeys = keys.map(\.wire)
+            _ = try await connection.request(.publishPrekeys(publish))
+            logger.debug("published one-time prekeys", metadata: ["count": "\(keys.count)"])
+        }
+    }
+
+    /// Runs `body` on an authenticated connection.
+    func withAuthenticatedConnection<T: Sendable>(
+        _ account: AccountRecord, _ body: @escaping @Sendable (RelayConnection) async throws -> T
+    ) async throws -> T {
+        try await RelayConnection.with(url: account.relayURL, logger: logger) { connection in
+            try await self.authenticate(connection, account)
+            return try await body(connection)
+        }
+    }
+
+    // MARK: settings
+
+    /// Turns seen receipts on or off for every message this device shows from now on.
+    /// - Throws: `ClientError(.notInitialized)`, database errors.
+    public func setReadReceipts(_ on: Bool) throws {
+        _ = try requireAccount()
+        try store.setReadReceipts(on)
+    }
+
+    /// Whether seen receipts are sent.
+    public func readReceipts() throws -> Bool { try requireAccount().readReceipts }
+
+    /// This device's handle.
+    public func handle() throws -> String { try requireAccount().handle }
+}
+
+extension SignedPreKeyPair {
+    var wire: WireSignedPreKey {
+        var key = WireSignedPreKey()
+        key.id = id
+        key.publicKey = privateKey.publicKey.rawRepresentation
+        key.signature = signature
+        return key
+    }
+}
+
+extension OneTimePreKeyPair {
+    var wire: WireOneTimePreKey {
+        var key = WireOneTimePreKey()
+        key.id = id
+        key.publicKey = privateKey.publicKey.rawRepresentation
+        return key
+    }
+}

@@ -1,0 +1,194 @@
+import FlitzCrypto
+import FlitzProtocol
+import FlitzWire
+import Foundation
+import GRDB
+import Logging
+
+/// An encrypted message ready to submit, kept across retries so a resubmission is byte-identical.
+struct PreparedEnvelope: Sendable {
+    var messageID: Data
+    var envelope: WireOutgoingEnvelope
+}
+
+extension FlitzClient {
+    // MARK: send
+
+    /// Encrypts `text` for `handle` and submits it; returns the 16-byte message id once the relay has
+    /// acknowledged the envelope as durably stored. Retries unreachable relays until `timeout`.
+    /// - Parameter expiresIn: seconds until the relay deletes it undelivered (nil: the relay's retention).
+    /// - Throws: `ClientError`: `.relayUnreachable` (timed out), `.refused`, `.identityChanged`, `.invalidArgument`.
+    public func send(to handle: String, text: String, expiresIn: UInt32? = nil, timeout: Duration = .seconds(30)) async throws -> Data {
+        let account = try requireAccount()
+        guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
+        guard handle != account.handle else { throw ClientError(.invalidArgument, "you cannot send a message to yourself") }
+        guard !text.isEmpty else { throw ClientError(.invalidArgument, "the message is empty") }
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        let prepared = PreparedBox()
+        var lastError = ClientError(.relayUnreachable, "the relay did not acknowledge the message within \(timeout)")
+        while clock.now < deadline {
+            do {
+                return try await withAuthenticatedConnection(account) { connection in
+                    try await self.send(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, prepared: prepared)
+                }
+            } catch let error as ClientError where error.kind == .relayUnreachable {
+                lastError = error
+                logger.debug("relay unreachable, retrying", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: min(.seconds(1), deadline - clock.now))
+            }
+        }
+        throw ClientError(.relayUnreachable, "\(lastError.message) (gave up after \(timeout))")
+    }
+
+    /// Sends one message on an authenticated connection (used by `send` and `chat`).
+    func send(
+        on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?,
+        prepared: PreparedBox = PreparedBox()
+    ) async throws -> Data {
+        for attempt in 0..<2 {
+            let envelope: PreparedEnvelope
+            if let existing = prepared.value {
+                envelope = existing
+            } else {
+                envelope = try await prepare(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn)
+                prepared.value = envelope
+            }
+            var submit = WireSubmit()
+            submit.envelopes = [envelope.envelope]
+            guard case .submitResult(let result) = try await connection.request(.submit(submit)).body,
+                let outcome = result.outcomes.first
+            else { throw ClientError(.protocolFailure, "unexpected answer to submit") }
+            if outcome.hasError {
+                if outcome.error.code == .staleDevice, attempt == 0 {
+                    // The recipient's devices changed (for example after a recovery): refetch and re-encrypt.
+                    try await store.dbQueue.write { db in
+                        try db.execute(sql: "DELETE FROM sessions WHERE handle = ?", arguments: [handle])
+                        try db.execute(sql: "DELETE FROM messages WHERE envelope_id = ?", arguments: [envelope.envelope.envelopeID])
+                    }
+                    prepared.value = nil
+                    continue
+                }
+                throw ClientError(.refused(outcome.error.code), "the relay refused the message: \(outcome.error.message)")
+            }
+            try await store.dbQueue.write { db in
+                try db.execute(
+                    sql: "UPDATE messages SET status = 'sent', accepted_at_ms = ?, envelope = NULL WHERE envelope_id = ? AND status = 'pending'",
+                    arguments: [outcome.acceptedAtMs, envelope.envelope.envelopeID])
+            }
+            return envelope.messageID
+        }
+        throw ClientError(.refused(.staleDevice), "the recipient's devices keep changing; try again")
+    }
+
+    /// Finds or starts the session with `handle`, encrypts the message, and stores session and message
+    /// (status pending) in one transaction before anything is submitted.
+    private func prepare(
+        on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?
+    ) async throws -> PreparedEnvelope {
+        if let contact = try store.contact(handle), contact.untrustedIdentityKey != nil {
+            throw identityChangedError(handle)
+        }
+        var deviceID: UInt32
+        var session: Session
+        if let existing = try store.sessions(with: handle).first(where: \.active) {
+            (deviceID, session) = (existing.deviceID, existing.session)
+        } else {
+            let bundle = try await fetchBundle(on: connection, handle: handle)
+            try checkIdentity(handle, accountIdentityKey: bundle.certificate.accountIdentityKey.rawRepresentation)
+            session = try Session.initiate(identity: account.device, bundle: bundle, random: random)
+            deviceID = bundle.deviceID
+        }
+        let messageID = random.bytes(WireConstants.idLength)
+        let content = MessageContent(
+            messageID: messageID, sentAtMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), body: .text(text))
+        let ciphertext = try session.encrypt(content.encoded(), random: random)
+        var outgoing = WireOutgoingEnvelope()
+        outgoing.envelopeID = random.bytes(WireConstants.idLength)
+        outgoing.recipientHandle = handle
+        outgoing.recipientDeviceID = deviceID
+        outgoing.ttlSeconds = expiresIn ?? 0
+        outgoing.ciphertext = ciphertext
+        let envelope = outgoing
+        let finalSession = session
+        let finalDeviceID = deviceID
+        try await store.dbQueue.write { db in
+            try ClientStore.save(finalSession, handle: handle, deviceID: finalDeviceID, makeActive: true, db)
+            try db.execute(
+                sql: """
+                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, envelope, expires_in, status)
+                    VALUES (?, 1, ?, ?, ?, ?, ?, 'pending')
+                    """,
+                arguments: [messageID, handle, text, envelope.envelopeID, ciphertext, Int64(expiresIn ?? 0)])
+        }
+        return PreparedEnvelope(messageID: messageID, envelope: envelope)
+    }
+
+    private func fetchBundle(on connection: RelayConnection, handle: String) async throws -> PreKeyBundle {
+        var fetch = WireFetchPreKeyBundle()
+        fetch.handle = handle
+        guard case .prekeyBundle(let wire) = try await connection.request(.fetchPrekeyBundle(fetch)).body,
+            let device = wire.devices.first
+        else { throw ClientError(.refused(.noPrekeys), "\(handle) has no devices to send to") }
+        let unverified = UnverifiedPreKeyBundle(
+            deviceID: device.deviceID, accountIdentityKey: wire.accountIdentityKey, deviceIdentityKey: device.deviceIdentityKey,
+            deviceCertificateSignature: device.deviceCertificateSignature, signedPreKeyID: device.signedPrekey.id,
+            signedPreKey: device.signedPrekey.publicKey, signedPreKeySignature: device.signedPrekey.signature,
+            oneTimePreKey: device.hasOneTimePrekey ? (device.oneTimePrekey.id, device.oneTimePrekey.publicKey) : nil)
+        do {
+            return try unverified.verified()
+        } catch {
+            throw ClientError(.protocolFailure, "the prekey bundle of \(handle) does not verify (\(error)); not sending")
+        }
+    }
+
+    /// Trust on first use; afterwards a different account identity key is recorded and refused until `trust`.
+    private func checkIdentity(_ handle: String, accountIdentityKey: Data) throws {
+        guard let contact = try store.contact(handle) else {
+            try store.trustIdentity(handle, key: accountIdentityKey)
+            return
+        }
+        if !ConstantTime.equals(contact.trustedIdentityKey, accountIdentityKey) {
+            try store.recordUntrustedIdentity(handle, key: accountIdentityKey)
+            throw identityChangedError(handle)
+        }
+    }
+
+    private func identityChangedError(_ handle: String) -> ClientError {
+        ClientError(
+            .identityChanged,
+            "the identity key of \(handle) has changed (for example, they reinstalled or recovered their account). "
+                + "Verify it with them, then run `flitz trust \(handle)` to send again")
+    }
+
+    // MARK: trust
+
+    /// Accepts `handle`'s current account identity key, fetched from the relay, and drops old sessions.
+    /// Returns the safety number of the new key pair.
+    /// - Throws: `ClientError`.
+    public func trust(_ handle: String) async throws -> String {
+        let account = try requireAccount()
+        let bundle = try await withAuthenticatedConnection(account) { connection in
+            try await self.fetchBundle(on: connection, handle: handle)
+        }
+        let key = bundle.certificate.accountIdentityKey.rawRepresentation
+        try store.trustIdentity(handle, key: key)
+        try store.deleteSessions(with: handle)
+        return SafetyNumber.compute(account.account.publicKey.rawRepresentation, key)
+    }
+
+    /// The safety number of this account and `handle`'s trusted identity key.
+    /// - Throws: `ClientError(.invalidArgument)` when the contact is unknown.
+    public func safetyNumber(with handle: String) throws -> String {
+        let account = try requireAccount()
+        guard let contact = try store.contact(handle) else { throw ClientError(.invalidArgument, "no contact \(handle) yet") }
+        return SafetyNumber.compute(account.account.publicKey.rawRepresentation, contact.trustedIdentityKey)
+    }
+}
+
+/// Holds a prepared envelope across retries of one send.
+final class PreparedBox: @unchecked Sendable {
+    // Only touched by one send at a time (sequential retries).
+    var value: PreparedEnvelope?
+    init() {}
+}

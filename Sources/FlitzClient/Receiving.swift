@@ -1,0 +1,310 @@
+import FlitzCrypto
+import FlitzProtocol
+import FlitzWire
+import Foundation
+import GRDB
+import Logging
+
+extension FlitzClient {
+    /// Decrypts, stores and acknowledges one `Deliver` frame; applies its receipts. Each envelope and
+    /// receipt is acknowledged only after the local store committed it. Returns what happened.
+    func process(_ deliver: WireDeliver, on connection: RelayConnection) async throws -> [ClientEvent] {
+        var events: [ClientEvent] = []
+        var ack = WireAcknowledge()
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        for envelope in deliver.envelopes {
+            if envelope.expiresAtMs <= now {
+                logger.debug("discarding an expired envelope")
+            } else {
+                do {
+                    events += try await accept(envelope)
+                } catch {
+                    // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
+                    events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
+                }
+            }
+            ack.envelopeIds.append(envelope.envelopeID)
+        }
+        for receipt in deliver.receipts {
+            if let event = try await apply(receipt) { events.append(event) }
+            ack.receiptIds.append(receipt.receiptID)
+        }
+        if !ack.envelopeIds.isEmpty || !ack.receiptIds.isEmpty {
+            _ = try await connection.request(.acknowledge(ack))
+        }
+        return events
+    }
+
+    private func accept(_ envelope: WireEnvelope) async throws -> [ClientEvent] {
+        let sender = envelope.senderHandle
+        let incoming = try IncomingSessionMessage(parsing: envelope.ciphertext)
+        let account = try requireAccount()
+        var events: [ClientEvent] = []
+        let plaintext: Data
+        let session: Session
+        var replacesActive = false
+        switch incoming {
+        case .preKey(let message):
+            let accountKey = message.certificate.accountIdentityKey.rawRepresentation
+            if let contact = try store.contact(sender) {
+                if !ConstantTime.equals(contact.trustedIdentityKey, accountKey) {
+                    try store.recordUntrustedIdentity(sender, key: accountKey)
+                    events.append(.warning("the identity key of \(sender) has changed; verify it and run `flitz trust \(sender)` before replying"))
+                }
+            } else {
+                try store.trustIdentity(sender, key: accountKey)
+            }
+            let existing = try store.sessions(with: sender).first { $0.session.baseKey == message.baseKey }
+            if var existing = existing?.session {
+                plaintext = try existing.decrypt(message.ratchetMessage, random: random)
+                session = existing
+            } else {
+                guard let signedPreKey = try store.signedPreKey(id: message.signedPreKeyID) else {
+                    throw FlitzProtocolError(.unknownPreKey, "signed prekey \(message.signedPreKeyID)")
+                }
+                var oneTimePreKey: OneTimePreKeyPair?
+                if let id = message.oneTimePreKeyID {
+                    guard let key = try store.oneTimePreKey(id: id) else { throw FlitzProtocolError(.unknownPreKey, "one-time prekey \(id)") }
+                    oneTimePreKey = key
+                }
+                (session, plaintext) = try Session.respond(
+                    to: message, identity: account.device, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, random: random)
+                replacesActive = true
+            }
+        case .ratchet(let bytes):
+            var decrypted: (Session, Data)?
+            for var candidate in try store.sessions(with: sender) where candidate.deviceID == envelope.senderDeviceID {
+                if let result = try? candidate.session.decrypt(bytes, random: random) {
+                    decrypted = (candidate.session, result)
+                    replacesActive = !candidate.active
+                    break
+                }
+            }
+            guard let decrypted else { throw FlitzProtocolError(.authenticationFailed, "no session decrypts it") }
+            (session, plaintext) = decrypted
+        }
+        let content = try MessageContent(decoding: plaintext)
+        guard case .text(let text) = content.body else { return events }
+        let usedOneTimePreKey: UInt32? = if case .preKey(let message) = incoming { message.oneTimePreKeyID } else { nil }
+        let inserted = try await store.dbQueue.write { [replacesActive] db in
+            try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: replacesActive, db)
+            if let usedOneTimePreKey {
+                try db.execute(sql: "DELETE FROM one_time_prekeys WHERE id = ?", arguments: [Int64(usedOneTimePreKey)])
+            }
+            // Duplicates (a sender's retry under a new envelope id) are dropped by (sender, message id).
+            try db.execute(
+                sql: """
+                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, status, accepted_at_ms)
+                    VALUES (?, 0, ?, ?, ?, 'delivered', ?) ON CONFLICT DO NOTHING
+                    """,
+                arguments: [content.messageID, sender, text, envelope.envelopeID, envelope.acceptedAtMs])
+            return db.changesCount > 0
+        }
+        if !inserted { logger.debug("dropped a duplicate message") }
+        return events
+    }
+
+    private func apply(_ receipt: WireReceipt) async throws -> ClientEvent? {
+        let status: MessageStatus
+        switch receipt.kind {
+        case .delivered: status = .delivered
+        case .seen: status = .seen
+        case .expired: status = .expired
+        default: return nil
+        }
+        return try await store.dbQueue.write { db -> ClientEvent? in
+            guard let row = try Row.fetchOne(
+                db, sql: "SELECT message_id, peer, status FROM messages WHERE envelope_id = ? AND outgoing = 1",
+                arguments: [receipt.envelopeID])
+            else { return nil }
+            let current = MessageStatus(rawValue: row["status"]) ?? .pending
+            guard current.canAdvance(to: status) else { return nil }
+            try db.execute(sql: "UPDATE messages SET status = ? WHERE envelope_id = ?", arguments: [status.rawValue, receipt.envelopeID])
+            return .receipt(messageID: row["message_id"], peer: row["peer"], status: status)
+        }
+    }
+
+    /// Reads unsolicited frames until the relay says the queue is drained, processing each.
+    func drain(_ connection: RelayConnection) async throws -> [ClientEvent] {
+        var events: [ClientEvent] = []
+        while true {
+            guard let frame = await connection.nextUnsolicited(timeout: .seconds(30)) else {
+                throw ClientError(.relayUnreachable, "the relay did not finish sending the queue")
+            }
+            switch frame.body {
+            case .deliver(let deliver): events += try await process(deliver, on: connection)
+            case .queueDrained: return events
+            default: continue
+            }
+        }
+    }
+
+    /// Incoming messages not shown yet, oldest first; marks them shown and reports them seen (when
+    /// read receipts are on), waiting for the relay's confirmation.
+    func showNewMessages(on connection: RelayConnection) async throws -> [ReceivedMessage] {
+        let account = try requireAccount()
+        let rows = try store.dbQueue.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE outgoing = 0 AND displayed = 0 ORDER BY seq")
+        }
+        let messages = rows.map {
+            ReceivedMessage(
+                messageID: $0["message_id"], from: $0["peer"], text: $0["text"],
+                sentAt: Date(timeIntervalSince1970: Double($0["accepted_at_ms"] as Int64) / 1000))
+        }
+        try await store.dbQueue.write { db in
+            try db.execute(sql: "UPDATE messages SET displayed = 1 WHERE outgoing = 0 AND displayed = 0")
+        }
+        if account.readReceipts {
+            try await reportSeen(on: connection)
+        } else {
+            // Read while receipts were off: never report these, even if receipts are turned on later.
+            try await store.dbQueue.write { db in
+                try db.execute(sql: "UPDATE messages SET seen_reported = 1 WHERE outgoing = 0 AND displayed = 1 AND seen_reported = 0")
+            }
+        }
+        return messages
+    }
+
+    /// Sends seen reports for shown messages not yet reported.
+    func reportSeen(on connection: RelayConnection) async throws {
+        let envelopeIDs = try await store.dbQueue.read { db in
+            try Data.fetchAll(db, sql: "SELECT envelope_id FROM messages WHERE outgoing = 0 AND displayed = 1 AND seen_reported = 0")
+        }
+        for chunk in stride(from: 0, to: envelopeIDs.count, by: WireConstants.maxIDsPerFrame) {
+            let ids = Array(envelopeIDs[chunk..<min(chunk + WireConstants.maxIDsPerFrame, envelopeIDs.count)])
+            var seen = WireReportSeen()
+            seen.envelopeIds = ids
+            _ = try await connection.request(.reportSeen(seen))
+            try await store.dbQueue.write { db in
+                for id in ids { try db.execute(sql: "UPDATE messages SET seen_reported = 1 WHERE envelope_id = ?", arguments: [id]) }
+            }
+        }
+    }
+
+    // MARK: receive
+
+    /// Drains the queue, then waits up to `wait` for more; calls `onMessage` for each new message in
+    /// order and `onWarning` for problems. Returns after the relay confirmed acknowledgements and seen reports.
+    /// - Throws: `ClientError`.
+    public func receive(
+        wait: Duration, onMessage: @escaping @Sendable (ReceivedMessage) -> Void, onWarning: @escaping @Sendable (String) -> Void
+    ) async throws {
+        let account = try requireAccount()
+        try await withAuthenticatedConnection(account) { connection in
+            let clock = ContinuousClock()
+            let deadline = clock.now.advanced(by: wait)
+            for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
+            try await self.showNewMessages(on: connection).forEach(onMessage)
+            while clock.now < deadline {
+                guard let frame = await connection.nextUnsolicited(timeout: deadline - clock.now) else { break }
+                guard case .deliver(let deliver) = frame.body else { continue }
+                for case .warning(let text) in try await self.process(deliver, on: connection) { onWarning(text) }
+                try await self.showNewMessages(on: connection).forEach(onMessage)
+            }
+        }
+    }
+
+    // MARK: sync
+
+    /// Fetches and acknowledges everything queued (so senders see "delivered") without showing it;
+    /// returns how many messages are waiting to be shown by `receive`.
+    /// - Throws: `ClientError`.
+    public func sync(onWarning: @escaping @Sendable (String) -> Void) async throws -> Int {
+        let account = try requireAccount()
+        try await withAuthenticatedConnection(account) { connection in
+            for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
+        }
+        return try await store.dbQueue.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages WHERE outgoing = 0 AND displayed = 0") ?? 0
+        }
+    }
+
+    // MARK: status
+
+    /// Syncs receipts from the relay, then returns the status of one of this device's messages.
+    /// - Throws: `ClientError(.unknownMessage)`, or `.relayUnreachable` when the sync failed.
+    public func status(of messageID: Data) async throws -> MessageStatus {
+        let account = try requireAccount()
+        guard try localStatus(of: messageID) != nil else {
+            throw ClientError(.unknownMessage, "no message with id \(messageID.hexString) was sent from this device")
+        }
+        try await withAuthenticatedConnection(account) { connection in
+            _ = try await self.drain(connection)
+        }
+        return try localStatus(of: messageID) ?? .pending
+    }
+
+    /// The locally known status of a sent message, without contacting the relay.
+    public func localStatus(of messageID: Data) throws -> MessageStatus? {
+        try store.dbQueue.read { db in
+            try String.fetchOne(db, sql: "SELECT status FROM messages WHERE message_id = ? AND outgoing = 1", arguments: [messageID])
+                .flatMap(MessageStatus.init(rawValue:))
+        }
+    }
+
+    // MARK: listen and chat
+
+    /// Stays connected, reporting messages and receipts as they arrive, until cancelled. Reconnects
+    /// after a dropped connection.
+    /// - Throws: `ClientError` for errors other than a lost connection; `CancellationError`.
+    public func listen(onEvent: @escaping @Sendable (ClientEvent) -> Void) async throws {
+        try await runConnected(onEvent: onEvent) { _, _ in try await Task.sleep(for: .seconds(86_400 * 365)) }
+    }
+
+    /// Interactive chat with `handle`: sends each line of `lines`, reports events, ends when `lines` ends.
+    /// - Throws: `ClientError`.
+    public func chat(
+        with handle: String, lines: AsyncStream<String>, onSent: @escaping @Sendable (Data) -> Void,
+        onEvent: @escaping @Sendable (ClientEvent) -> Void
+    ) async throws {
+        guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
+        try await runConnected(onEvent: onEvent) { connection, account in
+            for await line in lines where !line.trimmingCharacters(in: .whitespaces).isEmpty {
+                do {
+                    onSent(try await self.send(on: connection, account: account, to: handle, text: line, expiresIn: nil))
+                } catch let error as ClientError where error.kind != .relayUnreachable {
+                    onEvent(.warning(error.message))
+                }
+            }
+        }
+    }
+
+    /// Connects, drains, then runs `foreground` while a reader processes deliveries; reconnects with
+    /// backoff when the connection drops, until `foreground` returns.
+    private func runConnected(
+        onEvent: @escaping @Sendable (ClientEvent) -> Void,
+        foreground: @escaping @Sendable (RelayConnection, AccountRecord) async throws -> Void
+    ) async throws {
+        let account = try requireAccount()
+        let emit: @Sendable ([ClientEvent]) -> Void = { $0.forEach(onEvent) }
+        while true {
+            do {
+                try await withAuthenticatedConnection(account) { connection in
+                    emit(try await self.drain(connection))
+                    try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
+                    try await withThrowingTaskGroup(of: Bool.self) { group in
+                        group.addTask {
+                            while let frame = await connection.nextUnsolicited(timeout: .seconds(86_400)) {
+                                guard case .deliver(let deliver) = frame.body else { continue }
+                                emit(try await self.process(deliver, on: connection))
+                                try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
+                            }
+                            return false  // connection closed
+                        }
+                        group.addTask {
+                            try await foreground(connection, account)
+                            return true
+                        }
+                        let finished = try await group.next() ?? false
+                        group.cancelAll()
+                        if !finished { throw ClientError(.relayUnreachable, "connection to the relay lost") }
+                    }
+                }
+                return
+            } catch let error as ClientError where error.kind == .relayUnreachable {
+                onEvent(.warning("\(error.message); reconnecting"))
+                try await Task.sleep(for: .seconds(2))
+            }
+        }
+    }
+}

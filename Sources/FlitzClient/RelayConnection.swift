@@ -1,0 +1,192 @@
+import FlitzWire
+import Foundation
+import HummingbirdWSClient
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import Synchronization
+
+/// One WebSocket connection to the relay, multiplexing requests (matched by request id) and
+/// unsolicited frames (challenge, deliveries, queue-drained) (`protocol/relay.md`, "Framing").
+/// Safe to use from several tasks: `chat` sends while it reads.
+public final class RelayConnection: Sendable {
+    private enum Slot {
+        case expected
+        case waiting(CheckedContinuation<WireFrame, any Error>)
+        case arrived(Result<WireFrame, any Error>)
+    }
+
+    private struct State {
+        var nextRequestID: UInt64 = 1
+        var requests: [UInt64: Slot] = [:]
+        var unsolicited: [WireFrame] = []
+        var unsolicitedWaiter: (id: UInt64, continuation: CheckedContinuation<WireFrame?, Never>)?
+        var nextWaiterID: UInt64 = 1
+        var closed = false
+    }
+
+    private let outbound: WebSocketOutboundWriter
+    private let state = Mutex(State())
+
+    init(outbound: WebSocketOutboundWriter) {
+        self.outbound = outbound
+    }
+
+    /// Sends a request and waits for the frame with the same request id.
+    /// - Throws: `ClientError(.refused)` when the relay answers with an `Error` frame;
+    ///   `ClientError(.relayUnreachable)` on timeout or when the connection closes.
+    public func request(_ body: WireFrame.OneOf_Body, timeout: Duration = .seconds(15)) async throws -> WireFrame {
+        let id = state.withLock { state in
+            defer { state.nextRequestID += 1 }
+            state.requests[state.nextRequestID] = .expected
+            return state.nextRequestID
+        }
+        let timer = Task { [weak self] in
+            try await Task.sleep(for: timeout)
+            self?.complete(id, .failure(ClientError(.relayUnreachable, "the relay did not answer within \(timeout)")))
+        }
+        defer { timer.cancel() }
+        do {
+            try await outbound.write(.binary(ByteBuffer(data: FrameCodec.encode(WireFrame(requestID: id, body: body)))))
+        } catch {
+            complete(id, .failure(ClientError(.relayUnreachable, "connection to the relay lost")))
+        }
+        let frame = try await withCheckedThrowingContinuation { continuation in
+            let ready: Result<WireFrame, any Error>? = state.withLock { state in
+                if case .arrived(let result) = state.requests[id] {
+                    state.requests[id] = nil
+                    return result
+                }
+                state.requests[id] = .waiting(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+        if case .error(let error) = frame.body {
+            throw ClientError(.refused(error.code), "the relay refused the request: \(error.message)")
+        }
+        return frame
+    }
+
+    /// The next unsolicited frame, or nil when the connection closed or `timeout` passed first.
+    public func nextUnsolicited(timeout: Duration) async -> WireFrame? {
+        let waiterID = state.withLock { state in
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        let timer = Task { [weak self] in
+            try await Task.sleep(for: timeout)
+            self?.wakeUnsolicitedWaiter(waiterID)
+        }
+        defer { timer.cancel() }
+        return await withCheckedContinuation { continuation in
+            let ready: WireFrame?? = state.withLock { state in
+                if !state.unsolicited.isEmpty { return .some(state.unsolicited.removeFirst()) }
+                if state.closed { return .some(nil) }
+                state.unsolicitedWaiter = (waiterID, continuation)
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    /// Called by the reader for every decoded frame.
+    func received(_ frame: WireFrame) {
+        if frame.requestID != 0 {
+            complete(frame.requestID, .success(frame))
+            return
+        }
+        let waiter: CheckedContinuation<WireFrame?, Never>? = state.withLock { state in
+            if let waiter = state.unsolicitedWaiter {
+                state.unsolicitedWaiter = nil
+                return waiter.continuation
+            }
+            state.unsolicited.append(frame)
+            return nil
+        }
+        waiter?.resume(returning: frame)
+    }
+
+    /// Called by the reader when the connection ends: fails every pending request.
+    func closed() {
+        let (requests, waiter) = state.withLock { state in
+            state.closed = true
+            let requests = state.requests
+            state.requests = [:]
+            let waiter = state.unsolicitedWaiter
+            state.unsolicitedWaiter = nil
+            return (requests, waiter)
+        }
+        for case .waiting(let continuation) in requests.values {
+            continuation.resume(throwing: ClientError(.relayUnreachable, "connection to the relay closed"))
+        }
+        waiter?.continuation.resume(returning: nil)
+    }
+
+    private func complete(_ id: UInt64, _ result: Result<WireFrame, any Error>) {
+        let continuation: CheckedContinuation<WireFrame, any Error>? = state.withLock { state in
+            switch state.requests[id] {
+            case .expected:
+                state.requests[id] = .arrived(result)
+                return nil
+            case .waiting(let continuation):
+                state.requests[id] = nil
+                return continuation
+            case .arrived, nil:
+                return nil  // a late answer after a timeout, or an id we never sent
+            }
+        }
+        continuation?.resume(with: result)
+    }
+
+    private func wakeUnsolicitedWaiter(_ id: UInt64) {
+        let continuation: CheckedContinuation<WireFrame?, Never>? = state.withLock { state in
+            guard let waiter = state.unsolicitedWaiter, waiter.id == id else { return nil }
+            state.unsolicitedWaiter = nil
+            return waiter.continuation
+        }
+        continuation?.resume(returning: nil)
+    }
+
+    /// Opens a connection to `url` (`ws://HOST:PORT`; the path `/v1/ws` is added when absent), runs
+    /// `body` with it and closes it.
+    /// - Throws: `ClientError(.relayUnreachable)` when the relay cannot be reached; whatever `body` throws.
+    public static func with<T: Sendable>(
+        url: String, logger: Logger, _ body: @escaping @Sendable (RelayConnection) async throws -> T
+    ) async throws -> T {
+        let endpoint = url.hasSuffix("/v1/ws") ? url : url.trimmingCharacters(in: CharacterSet(charactersIn: "/")) + "/v1/ws"
+        let result = Mutex<Result<T, any Error>?>(nil)
+        do {
+            try await WebSocketClient.connect(
+                url: endpoint, configuration: .init(maxFrameSize: WireConstants.maxFrameBytes), logger: logger
+            ) { inbound, outbound, _ in
+                let connection = RelayConnection(outbound: outbound)
+                await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        defer { connection.closed() }
+                        for try await message in inbound.messages(maxSize: WireConstants.maxFrameBytes) {
+                            guard case .binary(let buffer) = message else { continue }
+                            do {
+                                connection.received(try FrameCodec.decode(Data(buffer: buffer)))
+                            } catch {
+                                logger.warning("ignoring an undecodable frame from the relay", metadata: ["error": "\(error)"])
+                            }
+                        }
+                    }
+                    let outcome: Result<T, any Error>
+                    do { outcome = .success(try await body(connection)) } catch { outcome = .failure(error) }
+                    result.withLock { $0 = outcome }
+                    try? await outbound.close(.normalClosure, reason: nil)
+                    group.cancelAll()
+                }
+            }
+        } catch {
+            if let outcome = result.withLock({ $0 }) { return try outcome.get() }
+            throw ClientError(.relayUnreachable, "cannot reach the relay at \(endpoint): \(error)")
+        }
+        guard let outcome = result.withLock({ $0 }) else {
+            throw ClientError(.relayUnreachable, "connection to the relay at \(endpoint) ended early")
+        }
+        return try outcome.get()
+    }
+}

@@ -1,0 +1,62 @@
+import Foundation
+import SwiftProtobuf
+
+/// The plaintext of one message (`protocol/flitz_session.proto`, `Content`). Later issues add body kinds.
+public struct MessageContent: Hashable, Sendable {
+    /// What the message carries.
+    public enum Body: Hashable, Sendable {
+        /// UTF-8 text.
+        case text(String)
+    }
+
+    /// 16-byte message id, chosen at random by the sender; names the message across all its envelopes.
+    public let messageID: Data
+    /// Sender's clock when composed, in milliseconds since the Unix epoch (informational only).
+    public let sentAtMilliseconds: Int64
+    /// The body.
+    public let body: Body
+
+    /// Creates content.
+    public init(messageID: Data, sentAtMilliseconds: Int64, body: Body) {
+        self.messageID = messageID
+        self.sentAtMilliseconds = sentAtMilliseconds
+        self.body = body
+    }
+
+    /// Encoded `Content`, zero-padded so its length is a multiple of 64 bytes (`ProtocolConstants.contentPaddingBlock`).
+    public func encoded() -> Data {
+        var content = ProtoContent()
+        content.messageID = messageID
+        content.sentAtMs = sentAtMilliseconds
+        switch body {
+        case .text(let text):
+            var t = ProtoText()
+            t.body = text
+            content.body = .text(t)
+        }
+        var encoded = try! content.serializedData()
+        var padding = 0
+        while encoded.count % ProtocolConstants.contentPaddingBlock != 0 {
+            padding += 1
+            content.padding = Data(count: padding)
+            encoded = try! content.serializedData()
+        }
+        return encoded
+    }
+
+    /// Decodes content.
+    /// - Throws: `FlitzProtocolError.malformedMessage` when it does not parse, has a message id that is
+    ///   not 16 bytes, or has no body this version knows.
+    public init(decoding bytes: Data) throws(FlitzProtocolError) {
+        guard let content = try? ProtoContent(serializedBytes: bytes) else {
+            throw FlitzProtocolError(.malformedMessage, "content does not parse")
+        }
+        guard content.messageID.count == 16 else { throw FlitzProtocolError(.malformedMessage, "message id must be 16 bytes") }
+        switch content.body {
+        case .text(let text): body = .text(text.body)
+        case nil: throw FlitzProtocolError(.malformedMessage, "content has no known body")
+        }
+        messageID = content.messageID
+        sentAtMilliseconds = content.sentAtMs
+    }
+}

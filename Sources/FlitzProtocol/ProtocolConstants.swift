@@ -1,0 +1,34 @@
+import Foundation
+
+/// Every constant of the session layer, version 1 (`protocol/crypto.md`, "Constants").
+public enum ProtocolConstants {
+    /// Version byte of the ratchet header and of `SessionMessage`.
+    public static let version: UInt8 = 1
+    /// HKDF info for the X3DH shared secret SK.
+    public static let x3dhInfo = Data("Flitz-X3DH-v1".utf8)
+    /// HKDF info for KDF_RK.
+    public static let rootKDFInfo = Data("Flitz-Ratchet-v1".utf8)
+    /// HKDF info deriving the XChaCha20-Poly1305 key from a message key.
+    public static let messageKeyInfo = Data("Flitz-MessageKey-v1".utf8)
+    /// X3DH input prefix F: 32 bytes of 0xFF (Signal X3DH §2.2 for X25519).
+    public static let x3dhPrefix = Data(repeating: 0xFF, count: 32)
+    /// X3DH and KDF_RK salt for SK: 32 zero bytes.
+    public static let zeroSalt = Data(count: 32)
+    /// KDF_CK input byte that yields the message key.
+    public static let messageKeyConstant: UInt8 = 0x01
+    /// KDF_CK input byte that yields the next chain key.
+    public static let chainKeyConstant: UInt8 = 0x02
+    /// Encoded `Content` is zero-padded to a multiple of this many bytes.
+    public static let contentPaddingBlock = 64
+}
+
+/// Bounds on stored state, so a hostile peer cannot make a receiver do unbounded work or storage
+/// (`protocol/crypto.md`, "Limits").
+public enum RatchetLimits {
+    /// Most message keys skipped in one receiving chain by one incoming message (MAX_SKIP).
+    public static let maxSkip: UInt32 = 1_000
+    /// Most skipped message keys stored per session; the oldest are dropped beyond it.
+    public static let maxStoredSkippedKeys = 2_000
+    /// How many previous receiving ratchet public keys are remembered to recognise duplicates.
+    public static let maxPreviousReceivingKeys = 5
+}

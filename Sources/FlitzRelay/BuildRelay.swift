@@ -1,0 +1,131 @@
+import FlitzCrypto
+import FlitzStore
+import FlitzStoreSQLite
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// A relay ready to run: the Hummingbird application (HTTP `GET /health` and the WebSocket at
+/// `/v1/ws`) and the expiry sweeper, as services of one `ServiceGroup` (`protocol/relay.md`).
+public final class RelayApplication: Sendable {
+    /// The request logic and store; call `relay.sweep()` to sweep now.
+    public let relay: Relay
+    /// The services, in start order: the HTTP/WebSocket server, then the expiry sweeper.
+    public let services: [any Service]
+    private let logger: Logger
+    private let listening: ListeningPort
+    private let group = Mutex<(group: ServiceGroup?, shutdownRequested: Bool)>((nil, false))
+
+    init(relay: Relay, services: [any Service], logger: Logger, listening: ListeningPort) {
+        self.relay = relay
+        self.services = services
+        self.logger = logger
+        self.listening = listening
+    }
+
+    /// Runs every service until graceful shutdown: SIGTERM or SIGINT when `handleSignals` is true,
+    /// `triggerGracefulShutdown()`, or cancellation of the calling task. Pass `handleSignals: false` in
+    /// tests that run several relays in one process. Call at most once.
+    /// - Throws: when the server cannot bind or a service fails.
+    public func run(handleSignals: Bool = true) async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger))
+        let shutdownRequested = self.group.withLock { state in
+            state.group = group
+            return state.shutdownRequested
+        }
+        if shutdownRequested { await group.triggerGracefulShutdown() }
+        try await group.run()
+    }
+
+    /// Starts a graceful shutdown: the server stops accepting, open connections end, the sweeper stops,
+    /// and `run` returns.
+    public func triggerGracefulShutdown() async {
+        let group = self.group.withLock { state in
+            state.shutdownRequested = true
+            return state.group
+        }
+        await group?.triggerGracefulShutdown()
+    }
+
+    /// The bound TCP port, once the server listens (waits until then).
+    public func port() async -> Int {
+        await listening.wait()
+    }
+}
+
+/// Builds a relay from `configuration` (`protocol/relay.md`): opens (and migrates) the SQLite store at
+/// `configuration.databasePath` unless `store` is given, and wires the WebSocket server and the expiry
+/// sweeper. Nothing listens until `RelayApplication.run` is called.
+/// - Parameters:
+///   - clock: wall-clock source for every expiry and receipt time (tests inject one).
+///   - store: a `RelayStore` to use instead of SQLite.
+///   - onListening: called once with the bound host and port (the CLI prints `listening on HOST:PORT`).
+/// - Throws: `StoreError` when the database cannot be opened or migrated.
+public func buildRelay(
+    configuration: RelayConfiguration,
+    logger: Logger,
+    clock: any RelayClock = SystemRelayClock(),
+    store: (any RelayStore)? = nil,
+    onListening: @escaping @Sendable (_ host: String, _ port: Int) async -> Void = { _, _ in }
+) async throws -> RelayApplication {
+    let random = SystemRandom()
+    let store = try store ?? SQLiteRelayStore(path: configuration.databasePath, makeID: { random.bytes(16) })
+    let relay = Relay(store: store, configuration: configuration, clock: clock, random: random, logger: logger)
+    let listening = ListeningPort()
+
+    let router = Router()
+    router.get("/health") { _, _ in "ok" }
+
+    let webSocket = WebSocketServerConfiguration(
+        maxFrameSize: RelayConnection.readLimit,
+        autoPing: .enabled(timePeriod: configuration.pingInterval),
+        closeTimeout: configuration.closeTimeout)
+    let host = configuration.host
+    let application = Application(
+        router: router,
+        server: .http1WebSocketUpgrade(configuration: .init(ws: webSocket)) { request, _, _ in
+            guard request.path == "/v1/ws" else { return .dontUpgrade }
+            return .upgrade([:]) { inbound, outbound, context in
+                try await RelayConnection(relay: relay).run(inbound: inbound, outbound: outbound, logger: context.logger)
+            }
+        },
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "flitz-relay"),
+        onServerRunning: { channel in
+            let port = channel.localAddress?.port ?? 0
+            listening.set(port)
+            await onListening(host, port)
+        },
+        logger: logger)
+    return RelayApplication(relay: relay, services: [application, ExpirySweeper(relay: relay)], logger: logger, listening: listening)
+}
+
+/// A port that becomes known once; waiters resume then.
+final class ListeningPort: Sendable {
+    private let state = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+
+    func set(_ port: Int) {
+        let waiters = state.withLock { state in
+            state.port = port
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: port) }
+    }
+
+    func wait() async -> Int {
+        await withCheckedContinuation { continuation in
+            let port = state.withLock { state -> Int? in
+                if let port = state.port { return port }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let port { continuation.resume(returning: port) }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+import FlitzStore
+import Synchronization
+
+/// What the relay tells a live connection from outside its own frames.
+enum ConnectionSignal: Sendable {
+    /// New items may be queued for the connection's device.
+    case wake
+    /// The device authenticated on a newer connection, or was removed by recovery: close this one.
+    case close(reason: String)
+}
+
+/// Live authenticated connections, at most one per device (`protocol/relay.md`, "Connections").
+final class ConnectionRegistry: Sendable {
+    private struct Entry {
+        var connectionID: UInt64
+        var signal: @Sendable (ConnectionSignal) -> Void
+    }
+
+    private let state = Mutex<(nextID: UInt64, entries: [DeviceAddress: Entry])>((1, [:]))
+
+    /// A fresh id for a new connection.
+    func makeConnectionID() -> UInt64 {
+        state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+    }
+
+    /// Makes `connectionID` the live connection of `device`; an older one is told to close.
+    func claim(_ device: DeviceAddress, connectionID: UInt64, signal: @escaping @Sendable (ConnectionSignal) -> Void) {
+        let previous = state.withLock { state in
+            state.entries.updateValue(Entry(connectionID: connectionID, signal: signal), forKey: device)
+        }
+        if let previous, previous.connectionID != connectionID {
+            previous.signal(.close(reason: "replaced by a newer connection of this device"))
+        }
+    }
+
+    /// Forgets `device` if `connectionID` is still its live connection.
+    func release(_ device: DeviceAddress, connectionID: UInt64) {
+        state.withLock { state in
+            if state.entries[device]?.connectionID == connectionID { state.entries[device] = nil }
+        }
+    }
+
+    /// Wakes the live connection of each device, if any.
+    func wake<S: Sequence<DeviceAddress>>(_ devices: S) {
+        let signals = state.withLock { state in devices.compactMap { state.entries[$0]?.signal } }
+        for signal in signals { signal(.wake) }
+    }
+
+    /// Closes and forgets the live connection of each device, if any.
+    func close<S: Sequence<DeviceAddress>>(_ devices: S, reason: String) {
+        let signals = state.withLock { state in devices.compactMap { state.entries.removeValue(forKey: $0)?.signal } }
+        for signal in signals { signal(.close(reason: reason)) }
+    }
+
+    /// Whether `device` has a live connection.
+    func isConnected(_ device: DeviceAddress) -> Bool {
+        state.withLock { $0.entries[device] != nil }
+    }
+}

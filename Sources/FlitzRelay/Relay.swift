@@ -1,0 +1,437 @@
+import FlitzCrypto
+import FlitzStore
+import FlitzWire
+import Foundation
+import Logging
+
+/// The relay's request logic over a `RelayStore` (`protocol/relay.md`, "Requests"). It sees only
+/// what the wire protocol exposes: handles, device ids, public keys, envelope ids, sizes and times,
+/// never message content. One instance serves every connection; it is safe to share.
+public final class Relay: Sendable {
+    /// The storage behind this relay.
+    public let store: any RelayStore
+    /// The configuration it was built with.
+    public let configuration: RelayConfiguration
+    let clock: any RelayClock
+    let random: any RandomSource
+    let registry = ConnectionRegistry()
+    let logger: Logger
+
+    /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
+    public init(store: any RelayStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger) {
+        self.store = store
+        self.configuration = configuration
+        self.clock = clock
+        self.random = random
+        self.logger = logger
+    }
+
+    /// Runs one expiry sweep now (`relay.md`, "Expiry"): deletes expired envelopes, queues `EXPIRED`
+    /// receipts for the undelivered ones and wakes their senders, purges receipts and routes past
+    /// retention. The `ExpirySweeper` service calls this every `sweepInterval`; tests call it directly.
+    /// - Throws: `StoreError` when the store fails.
+    @discardableResult
+    public func sweep() async throws -> SweepResult {
+        let now = clock.nowMs()
+        let result = try await store.sweep(nowMs: now, receiptExpiresAtMs: now + retentionMs)
+        registry.wake(result.notifiedSenders)
+        if result.expiredEnvelopes + result.purgedReceipts + result.purgedRoutes > 0 {
+            logger.debug("sweep", metadata: [
+                "relay.expired": "\(result.expiredEnvelopes)", "relay.purgedReceipts": "\(result.purgedReceipts)",
+                "relay.purgedRoutes": "\(result.purgedRoutes)",
+            ])
+        }
+        return result
+    }
+
+    /// Whether `handle`/`deviceID` has a live authenticated connection (for tests and metrics).
+    public func isConnected(handle: String, deviceID: UInt32) -> Bool {
+        registry.isConnected(DeviceAddress(handle: handle, deviceID: deviceID))
+    }
+
+    var retentionMs: Int64 { configuration.retention.wholeMilliseconds }
+
+    // MARK: Unauthenticated requests
+
+    /// Register (`relay.md`, "Register").
+    func register(_ request: WireRegister, nonce: Data) async throws(RelayError) -> WireRegisterResult {
+        guard Handle.isValid(request.handle) else { throw RelayError(.invalidHandle, "handles are 3-32 characters of a-z 0-9 _ .") }
+        let device = try validatedDevice(request.device, accountIdentityKey: request.accountIdentityKey)
+        try verifyChallenge(request.challengeSignature, handle: request.handle, deviceIdentityKey: device.deviceIdentityKey, nonce: nonce)
+        let code = RecoveryCode.generate(random)
+        let now = clock.nowMs()
+        let deviceID: UInt32
+        do {
+            deviceID = try await store.register(
+                handle: request.handle, accountIdentityKey: request.accountIdentityKey, recoveryCodeHash: RecoveryCode.hash(code),
+                device: device, atMs: now)
+        } catch let error as StoreError where error.code == .handleTaken {
+            throw RelayError(.handleTaken, "this handle is taken")
+        } catch {
+            throw internalError(error)
+        }
+        logger.debug("registered", metadata: ["relay.handle": "\(request.handle)", "relay.device": "\(deviceID)"])
+        var result = WireRegisterResult()
+        result.deviceID = deviceID
+        result.recoveryCode = code
+        return result
+    }
+
+    /// Recover (`relay.md`, "Recover").
+    func recover(_ request: WireRecover, nonce: Data) async throws(RelayError) -> WireRegisterResult {
+        let failed = RelayError(.recoveryFailed, "unknown handle or wrong recovery code")
+        let device = try validatedDevice(request.device, accountIdentityKey: request.accountIdentityKey)
+        try verifyChallenge(request.challengeSignature, handle: request.handle, deviceIdentityKey: device.deviceIdentityKey, nonce: nonce)
+        guard Handle.isValid(request.handle) else { throw failed }
+        let account: AccountRecord
+        do {
+            guard let found = try await store.account(handle: request.handle) else { throw failed }
+            account = found
+        } catch let error as RelayError {
+            throw error
+        } catch {
+            throw internalError(error)
+        }
+        let presentedHash = RecoveryCode.hash(request.recoveryCode)
+        guard ConstantTime.equals(presentedHash, account.recoveryCodeHash) else { throw failed }
+        let code = RecoveryCode.generate(random)
+        let now = clock.nowMs()
+        let result: RecoveryResult
+        do {
+            result = try await store.recover(
+                handle: request.handle, expectedRecoveryCodeHash: account.recoveryCodeHash, accountIdentityKey: request.accountIdentityKey,
+                newRecoveryCodeHash: RecoveryCode.hash(code), device: device, atMs: now, receiptExpiresAtMs: now + retentionMs)
+        } catch let error as StoreError where error.code == .recoveryFailed {
+            throw failed
+        } catch {
+            throw internalError(error)
+        }
+        registry.close(result.removedDeviceIDs.map { DeviceAddress(handle: request.handle, deviceID: $0) }, reason: "device removed by account recovery")
+        registry.wake(result.notifiedSenders)
+        logger.debug("recovered", metadata: ["relay.handle": "\(request.handle)", "relay.device": "\(result.deviceID)"])
+        var reply = WireRegisterResult()
+        reply.deviceID = result.deviceID
+        reply.recoveryCode = code
+        return reply
+    }
+
+    /// Authenticate (`relay.md`, "Authenticate"): returns the device on success.
+    func authenticate(_ request: WireAuthenticate, nonce: Data) async throws(RelayError) -> (DeviceAddress, WireAuthenticateResult) {
+        let failed = RelayError(.authenticationFailed, "unknown device or bad signature")
+        let address = DeviceAddress(handle: request.handle, deviceID: request.deviceID)
+        let record: DeviceRecord
+        let remaining: Int
+        do {
+            guard Handle.isValid(request.handle), let found = try await store.device(address) else { throw failed }
+            record = found
+            remaining = try await store.oneTimePreKeyCount(device: address)
+        } catch let error as RelayError {
+            throw error
+        } catch {
+            throw internalError(error)
+        }
+        guard request.signature.count == WireConstants.signatureLength,
+            let key = try? Ed25519PublicKey(rawRepresentation: record.deviceIdentityKey),
+            key.isValidSignature(request.signature, for: SignedPayload.authentication(nonce: nonce, handle: request.handle))
+        else { throw failed }
+        var result = WireAuthenticateResult()
+        result.oneTimePrekeysRemaining = UInt32(clamping: remaining)
+        result.relayTimeMs = clock.nowMs()
+        return (address, result)
+    }
+
+    // MARK: Authenticated requests
+
+    /// PublishPreKeys (`relay.md`, "Prekeys").
+    func publishPreKeys(_ request: WirePublishPreKeys, device: DeviceAddress) async throws(RelayError) -> WirePreKeyStatus {
+        guard request.oneTimePrekeys.count <= WireConstants.maxOneTimePreKeysPerFrame else {
+            throw RelayError(.invalidArgument, "at most \(WireConstants.maxOneTimePreKeysPerFrame) one-time prekeys per frame")
+        }
+        let oneTime = try request.oneTimePrekeys.map(validatedOneTimePreKey)
+        var signed: SignedPreKeyRecord?
+        do {
+            guard let record = try await store.device(device) else { throw RelayError(.authenticationFailed, "this device was removed") }
+            if request.hasSignedPrekey {
+                signed = try validatedSignedPreKey(request.signedPrekey, deviceIdentityKey: record.deviceIdentityKey)
+            }
+            let remaining = try await store.publishPreKeys(device: device, signedPreKey: signed, oneTimePreKeys: oneTime)
+            var status = WirePreKeyStatus()
+            status.oneTimePrekeysRemaining = UInt32(clamping: remaining)
+            return status
+        } catch let error as RelayError {
+            throw error
+        } catch {
+            throw internalError(error)
+        }
+    }
+
+    /// FetchPreKeyBundle (`relay.md`, "Prekeys"): consumes one one-time prekey per device.
+    func fetchPreKeyBundle(_ request: WireFetchPreKeyBundle) async throws(RelayError) -> WirePreKeyBundle {
+        let unknown = RelayError(.unknownRecipient, "no such handle")
+        guard Handle.isValid(request.handle) else { throw unknown }
+        let bundle: PreKeyBundleRecord
+        do {
+            guard let found = try await store.takePreKeyBundle(handle: request.handle) else { throw unknown }
+            bundle = found
+        } catch let error as RelayError {
+            throw error
+        } catch {
+            throw internalError(error)
+        }
+        guard !bundle.devices.isEmpty else { throw RelayError(.noPrekeys, "this handle has no device with a signed prekey") }
+        var reply = WirePreKeyBundle()
+        reply.handle = bundle.handle
+        reply.accountIdentityKey = bundle.accountIdentityKey
+        reply.devices = bundle.devices.map { entry in
+            var device = WireDeviceBundle()
+            device.deviceID = entry.device.address.deviceID
+            device.deviceIdentityKey = entry.device.deviceIdentityKey
+            device.deviceCertificateSignature = entry.device.deviceCertificateSignature
+            var signed = WireSignedPreKey()
+            signed.id = entry.device.signedPreKey.id
+            signed.publicKey = entry.device.signedPreKey.publicKey
+            signed.signature = entry.device.signedPreKey.signature
+            device.signedPrekey = signed
+            if let oneTime = entry.oneTimePreKey {
+                var key = WireOneTimePreKey()
+                key.id = oneTime.id
+                key.publicKey = oneTime.publicKey
+                device.oneTimePrekey = key
+            }
+            return device
+        }
+        return reply
+    }
+
+    /// Submit (`relay.md`, "Submit"): answers only after every accepted envelope is durable.
+    func submit(_ request: WireSubmit, sender: DeviceAddress) async throws(RelayError) -> WireSubmitResult {
+        guard (1...WireConstants.maxEnvelopesPerSubmit).contains(request.envelopes.count) else {
+            throw RelayError(.invalidArgument, "a Submit carries 1 to \(WireConstants.maxEnvelopesPerSubmit) envelopes")
+        }
+        let now = clock.nowMs()
+        let retention = retentionMs
+        var outcomes = [WireSubmitOutcome](repeating: WireSubmitOutcome(), count: request.envelopes.count)
+        var submissions: [EnvelopeSubmission] = []
+        var positions: [Int] = []
+        for (index, envelope) in request.envelopes.enumerated() {
+            outcomes[index].envelopeID = envelope.envelopeID
+            let refusal: RelayError? =
+                if envelope.envelopeID.count != WireConstants.idLength {
+                    RelayError(.invalidArgument, "envelope id must be \(WireConstants.idLength) bytes")
+                } else if envelope.ciphertext.isEmpty || envelope.ciphertext.count > WireConstants.maxCiphertextBytes {
+                    RelayError(.invalidArgument, "ciphertext must be 1 to \(WireConstants.maxCiphertextBytes) bytes")
+                } else if !Handle.isValid(envelope.recipientHandle) {
+                    RelayError(.unknownRecipient, "no such handle")
+                } else {
+                    nil
+                }
+            if let refusal {
+                outcomes[index].error = Self.wireError(refusal, envelopeID: envelope.envelopeID)
+                continue
+            }
+            let ttlMs = envelope.ttlSeconds == 0 ? retention : min(Int64(envelope.ttlSeconds) * 1_000, retention)
+            submissions.append(EnvelopeSubmission(
+                envelopeID: envelope.envelopeID,
+                recipient: DeviceAddress(handle: envelope.recipientHandle, deviceID: envelope.recipientDeviceID),
+                ciphertext: envelope.ciphertext, expiresAtMs: now + ttlMs, routeExpiresAtMs: now + retention))
+            positions.append(index)
+        }
+        var wake = Set<DeviceAddress>()
+        if !submissions.isEmpty {
+            let results: [SubmissionOutcome]
+            do {
+                results = try await store.submit(sender: sender, envelopes: submissions, atMs: now)
+            } catch {
+                throw internalError(error)
+            }
+            for (submission, (position, result)) in zip(submissions, zip(positions, results)) {
+                switch result {
+                case .accepted(let acceptedAt, let expiresAt, let newlyQueued):
+                    outcomes[position].acceptedAtMs = acceptedAt
+                    outcomes[position].expiresAtMs = expiresAt
+                    if newlyQueued { wake.insert(submission.recipient) }
+                case .rejected(let code):
+                    let error = switch code {
+                    case .unknownRecipient: RelayError(.unknownRecipient, "no such handle")
+                    case .staleDevice: RelayError(.staleDevice, "not a current device of this handle")
+                    case .envelopeIDConflict: RelayError(.envelopeIDConflict, "envelope id already used by a different submission")
+                    default: RelayError(.internal, "the relay failed")
+                    }
+                    outcomes[position].error = Self.wireError(error, envelopeID: submission.envelopeID)
+                }
+            }
+        }
+        registry.wake(wake)
+        var reply = WireSubmitResult()
+        reply.outcomes = outcomes
+        return reply
+    }
+
+    /// Acknowledge (`relay.md`, "Acknowledge").
+    func acknowledge(_ request: WireAcknowledge, device: DeviceAddress) async throws(RelayError) {
+        guard request.envelopeIds.count <= WireConstants.maxIDsPerFrame, request.receiptIds.count <= WireConstants.maxIDsPerFrame else {
+            throw RelayError(.invalidArgument, "at most \(WireConstants.maxIDsPerFrame) ids of each kind per frame")
+        }
+        let now = clock.nowMs()
+        do {
+            let senders = try await store.acknowledge(
+                device: device, envelopeIDs: request.envelopeIds.filter { $0.count == WireConstants.idLength },
+                receiptIDs: request.receiptIds.filter { $0.count == WireConstants.idLength }, atMs: now,
+                receiptExpiresAtMs: now + retentionMs)
+            registry.wake(senders)
+        } catch {
+            throw internalError(error)
+        }
+    }
+
+    /// ReportSeen (`relay.md`, "Receipts").
+    func reportSeen(_ request: WireReportSeen, device: DeviceAddress) async throws(RelayError) {
+        guard request.envelopeIds.count <= WireConstants.maxIDsPerFrame else {
+            throw RelayError(.invalidArgument, "at most \(WireConstants.maxIDsPerFrame) ids per frame")
+        }
+        let now = clock.nowMs()
+        do {
+            let senders = try await store.reportSeen(
+                device: device, envelopeIDs: request.envelopeIds.filter { $0.count == WireConstants.idLength }, atMs: now,
+                receiptExpiresAtMs: now + retentionMs)
+            registry.wake(senders)
+        } catch {
+            throw internalError(error)
+        }
+    }
+
+    /// Budget for one Deliver frame's items, leaving room for the frame's own fields.
+    static let deliverByteBudget = WireConstants.maxFrameBytes - 4_096
+
+    /// The next Deliver body for `device`: queue items after `sequence`, at most
+    /// `WireConstants.maxItemsPerDeliver` and at most `deliverByteBudget` bytes (a 64 KiB ciphertext
+    /// limit times 100 items would otherwise exceed the 1 MiB frame limit). Nil when nothing is waiting.
+    /// `more` is true when further items may be waiting right away.
+    func nextDelivery(for device: DeviceAddress, after sequence: Int64) async throws(RelayError) -> (body: WireDeliver, lastSequence: Int64, more: Bool)? {
+        let items: [QueuedItem]
+        do {
+            items = try await store.pendingItems(for: device, afterSequence: sequence, nowMs: clock.nowMs(), limit: WireConstants.maxItemsPerDeliver)
+        } catch {
+            throw internalError(error)
+        }
+        guard !items.isEmpty else { return nil }
+        var deliver = WireDeliver()
+        var bytes = 0
+        var lastSequence = sequence
+        var included = 0
+        for item in items {
+            switch item.content {
+            case .envelope(let stored):
+                // Protobuf overhead per envelope is well under 64 bytes beyond its variable fields.
+                let size = stored.ciphertext.count + stored.envelopeID.count + stored.sender.handle.utf8.count + 64
+                if included > 0, bytes + size > Self.deliverByteBudget { return (deliver, lastSequence, true) }
+                bytes += size
+                var envelope = WireEnvelope()
+                envelope.envelopeID = stored.envelopeID
+                envelope.senderHandle = stored.sender.handle
+                envelope.senderDeviceID = stored.sender.deviceID
+                envelope.recipientDeviceID = stored.recipientDeviceID
+                envelope.acceptedAtMs = stored.acceptedAtMs
+                envelope.expiresAtMs = stored.expiresAtMs
+                envelope.ciphertext = stored.ciphertext
+                deliver.envelopes.append(envelope)
+            case .receipt(let stored):
+                let size = stored.receiptID.count + stored.envelopeID.count + stored.recipient.handle.utf8.count + 64
+                if included > 0, bytes + size > Self.deliverByteBudget { return (deliver, lastSequence, true) }
+                bytes += size
+                var receipt = WireReceipt()
+                receipt.receiptID = stored.receiptID
+                receipt.envelopeID = stored.envelopeID
+                receipt.kind = WireReceiptKind(rawValue: stored.kind.rawValue) ?? .unspecified
+                receipt.atMs = stored.atMs
+                receipt.recipientHandle = stored.recipient.handle
+                receipt.recipientDeviceID = stored.recipient.deviceID
+                deliver.receipts.append(receipt)
+            }
+            included += 1
+            lastSequence = item.sequence
+        }
+        return (deliver, lastSequence, items.count == WireConstants.maxItemsPerDeliver)
+    }
+
+    // MARK: Validation
+
+    private func validatedDevice(_ keys: WireDeviceKeys, accountIdentityKey: Data) throws(RelayError) -> NewDevice {
+        guard accountIdentityKey.count == WireConstants.publicKeyLength,
+            keys.deviceIdentityKey.count == WireConstants.publicKeyLength,
+            keys.deviceCertificateSignature.count == WireConstants.signatureLength,
+            keys.hasSignedPrekey
+        else { throw RelayError(.malformedFrame, "keys must be 32 bytes and signatures 64 bytes; a signed prekey is required") }
+        guard keys.oneTimePrekeys.count <= WireConstants.maxOneTimePreKeysPerFrame else {
+            throw RelayError(.invalidArgument, "at most \(WireConstants.maxOneTimePreKeysPerFrame) one-time prekeys per frame")
+        }
+        let oneTime = try keys.oneTimePrekeys.map(validatedOneTimePreKey)
+        guard let accountKey = try? Ed25519PublicKey(rawRepresentation: accountIdentityKey),
+            accountKey.isValidSignature(
+                keys.deviceCertificateSignature,
+                for: SignedPayload.deviceCertificate(accountIdentityKey: accountIdentityKey, deviceIdentityKey: keys.deviceIdentityKey))
+        else { throw RelayError(.invalidSignature, "the device certificate signature does not verify") }
+        let signed = try validatedSignedPreKey(keys.signedPrekey, deviceIdentityKey: keys.deviceIdentityKey)
+        return NewDevice(
+            deviceIdentityKey: keys.deviceIdentityKey, deviceCertificateSignature: keys.deviceCertificateSignature,
+            signedPreKey: signed, oneTimePreKeys: oneTime)
+    }
+
+    private func validatedSignedPreKey(_ key: WireSignedPreKey, deviceIdentityKey: Data) throws(RelayError) -> SignedPreKeyRecord {
+        guard key.publicKey.count == WireConstants.publicKeyLength, key.signature.count == WireConstants.signatureLength else {
+            throw RelayError(.malformedFrame, "a signed prekey is 32 bytes with a 64-byte signature")
+        }
+        guard let deviceKey = try? Ed25519PublicKey(rawRepresentation: deviceIdentityKey),
+            deviceKey.isValidSignature(key.signature, for: key.publicKey)
+        else { throw RelayError(.invalidSignature, "the signed prekey signature does not verify") }
+        return SignedPreKeyRecord(id: key.id, publicKey: key.publicKey, signature: key.signature)
+    }
+
+    private func validatedOneTimePreKey(_ key: WireOneTimePreKey) throws(RelayError) -> OneTimePreKeyRecord {
+        guard key.publicKey.count == WireConstants.publicKeyLength else {
+            throw RelayError(.malformedFrame, "a one-time prekey is 32 bytes")
+        }
+        return OneTimePreKeyRecord(id: key.id, publicKey: key.publicKey)
+    }
+
+    private func verifyChallenge(_ signature: Data, handle: String, deviceIdentityKey: Data, nonce: Data) throws(RelayError) {
+        guard signature.count == WireConstants.signatureLength else {
+            throw RelayError(.malformedFrame, "the challenge signature must be 64 bytes")
+        }
+        guard let key = try? Ed25519PublicKey(rawRepresentation: deviceIdentityKey),
+            key.isValidSignature(signature, for: SignedPayload.authentication(nonce: nonce, handle: handle))
+        else { throw RelayError(.invalidSignature, "the challenge signature does not verify") }
+    }
+
+    private func internalError(_ error: any Error) -> RelayError {
+        if let error = error as? RelayError { return error }
+        logger.error("store failure", metadata: ["error": "\(error)"])
+        return RelayError(.internal, "the relay failed; retry later")
+    }
+
+    private static func wireError(_ error: RelayError, envelopeID: Data) -> WireError {
+        var wire = WireError()
+        wire.code = error.code
+        wire.message = error.message
+        wire.envelopeID = envelopeID
+        return wire
+    }
+}
+
+/// Recovery codes (`relay.md`, "Recovery codes"): 20 characters of the RFC 4648 base32 alphabet
+/// (100 bits) from the system CSPRNG. The relay stores only SHA-256 of the normalised code.
+enum RecoveryCode {
+    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".utf8)
+    static let length = 20
+
+    /// A fresh code. 256 is a multiple of 32, so `byte & 31` is uniform.
+    static func generate(_ random: any RandomSource) -> String {
+        String(decoding: random.bytes(length).map { alphabet[Int($0 & 31)] }, as: UTF8.self)
+    }
+
+    /// SHA-256 of the code upper-cased with spaces and dashes removed, as UTF-8.
+    static func hash(_ code: String) -> Data {
+        let normalised = code.uppercased().filter { $0 != " " && $0 != "-" }
+        return SHA256.hash(Data(normalised.utf8))
+    }
+}

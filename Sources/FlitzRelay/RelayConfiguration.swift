@@ -1,0 +1,49 @@
+import Foundation
+
+/// Everything a relay needs to start (`protocol/relay.md`, "Configuration"). Each property lists its
+/// scoped key (as used by `flitz-relay serve` flags) and its default.
+public struct RelayConfiguration: Sendable {
+    /// `http.host`: address to bind. Default `127.0.0.1`.
+    public var host: String
+    /// `http.port`: TCP port to bind; 0 picks a free port. Default 7878.
+    public var port: Int
+    /// `storage.sqlite.path`: SQLite database file (WAL files beside it). Default `./flitz-relay.sqlite`.
+    public var databasePath: String
+    /// `relay.sweepInterval`: time between expiry sweeps. Default 60 seconds.
+    public var sweepInterval: Duration
+    /// `relay.retention`: the retention ceiling. Envelopes with `ttl_seconds` 0 expire after it, longer
+    /// TTLs are capped to it, and receipts and envelope routes are deleted after it. Default 30 days
+    /// (2 592 000 seconds).
+    public var retention: Duration
+    /// `ws.pingInterval`: WebSocket ping period; a peer that does not answer is disconnected. Default 30 seconds.
+    public var pingInterval: Duration
+    /// `ws.closeTimeout`: how long to wait for the peer's close frame. Default 15 seconds.
+    public var closeTimeout: Duration
+
+    /// A configuration with the documented defaults, overridable per argument.
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 7878,
+        databasePath: String = "./flitz-relay.sqlite",
+        sweepInterval: Duration = .seconds(60),
+        retention: Duration = .seconds(2_592_000),
+        pingInterval: Duration = .seconds(30),
+        closeTimeout: Duration = .seconds(15)
+    ) {
+        self.host = host
+        self.port = port
+        self.databasePath = databasePath
+        self.sweepInterval = sweepInterval
+        self.retention = retention
+        self.pingInterval = pingInterval
+        self.closeTimeout = closeTimeout
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds (rounded down), for arithmetic with wire times.
+    var wholeMilliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000 + attoseconds / 1_000_000_000_000_000
+    }
+}

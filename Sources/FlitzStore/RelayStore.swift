@@ -1,0 +1,429 @@
+import Foundation
+
+/// The relay's storage contract (`protocol/relay.md`, "Storage and durability").
+///
+/// Every implementation (SQLite by default, PostgreSQL later) must pass the same conformance suite.
+/// Times are milliseconds since the Unix epoch (`Int64`), as on the wire. Every mutating method is one
+/// durable transaction: when it returns, its effect survives a crash; when it throws, nothing changed.
+/// Methods throw `StoreError` for refusals the caller must report and `StoreError.Code.backend` for
+/// failures of the underlying database.
+public protocol RelayStore: Sendable {
+    /// Creates `handle` with its first device and returns the device id (1 for a new handle).
+    /// - Throws: `StoreError.handleTaken` when the handle exists.
+    func register(
+        handle: String, accountIdentityKey: Data, recoveryCodeHash: Data, device: NewDevice, atMs: Int64
+    ) async throws -> UInt32
+
+    /// The account of `handle`, or nil.
+    func account(handle: String) async throws -> AccountRecord?
+
+    /// One device, or nil when it is not a current device.
+    func device(_ address: DeviceAddress) async throws -> DeviceRecord?
+
+    /// Replaces the identity of `handle` after the loss of every device (`relay.md`, "Recover").
+    ///
+    /// In one transaction: checks that the stored recovery code hash still equals
+    /// `expectedRecoveryCodeHash` (the caller has already compared it in constant time; this guards a
+    /// race), replaces the account identity key and recovery code hash, deletes every device with its
+    /// prekeys and queue, marks their undelivered envelopes expired and queues an `expired` receipt to each
+    /// such envelope's sender device, then registers `device` under a fresh device id.
+    /// - Throws: `StoreError.recoveryFailed` for an unknown handle or a changed hash.
+    func recover(
+        handle: String, expectedRecoveryCodeHash: Data, accountIdentityKey: Data, newRecoveryCodeHash: Data,
+        device: NewDevice, atMs: Int64, receiptExpiresAtMs: Int64
+    ) async throws -> RecoveryResult
+
+    /// Stores prekeys of `device`: replaces the signed prekey when given, adds one-time prekeys (an id
+    /// already stored is replaced). Returns the number of one-time prekeys now in stock.
+    /// - Throws: `StoreError.unknownDevice`.
+    func publishPreKeys(
+        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord]
+    ) async throws -> Int
+
+    /// Number of one-time prekeys in stock for `device`.
+    func oneTimePreKeyCount(device: DeviceAddress) async throws -> Int
+
+    /// The prekey bundle of every current device of `handle`, each with at most one one-time prekey, which
+    /// is deleted in the same write transaction so that it is handed out at most once, even under
+    /// concurrent fetches. Nil for an unknown handle.
+    func takePreKeyBundle(handle: String) async throws -> PreKeyBundleRecord?
+
+    /// Stores a batch of envelopes from `sender` in one transaction (`relay.md`, "Submit").
+    ///
+    /// Returns one outcome per submission, in order. An envelope id already stored by the same sender
+    /// device for the same recipient device is accepted again with its original times and not queued
+    /// twice; the same id in any other combination is refused with `envelopeIDConflict`. Unknown
+    /// recipient handles are refused with `unknownRecipient`, devices that are not current with
+    /// `staleDevice`. The route of each envelope is kept until `routeExpiresAtMs`.
+    func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome]
+
+    /// Queue items of `device` with a sequence greater than `afterSequence`, in queue order, at most
+    /// `limit`. Never returns an envelope or receipt whose expiry is at or before `nowMs`, swept or not.
+    func pendingItems(for device: DeviceAddress, afterSequence: Int64, nowMs: Int64, limit: Int) async throws -> [QueuedItem]
+
+    /// The recipient `device` acknowledges envelopes and receipts (`relay.md`, "Acknowledge").
+    ///
+    /// Each queued envelope addressed to `device` is deleted (its ciphertext with it), its route marked
+    /// delivered, and a `delivered` receipt queued for its sender device. Receipts queued for `device`
+    /// are deleted. Ids that are unknown, not addressed to `device` or already acknowledged are ignored.
+    /// Returns the sender devices that received a receipt.
+    func acknowledge(
+        device: DeviceAddress, envelopeIDs: [Data], receiptIDs: [Data], atMs: Int64, receiptExpiresAtMs: Int64
+    ) async throws -> Set<DeviceAddress>
+
+    /// Queues one `seen` receipt per envelope whose recipient is `device` (delivered or not), at most once
+    /// per envelope over its route's lifetime. Returns the sender devices that received a receipt.
+    func reportSeen(device: DeviceAddress, envelopeIDs: [Data], atMs: Int64, receiptExpiresAtMs: Int64) async throws -> Set<DeviceAddress>
+
+    /// Expiry sweep (`relay.md`, "Expiry"): deletes every envelope whose expiry is at or before `nowMs`
+    /// and queues an `expired` receipt (expiring at `receiptExpiresAtMs`) for each one never delivered;
+    /// deletes receipts and routes past their expiry.
+    func sweep(nowMs: Int64, receiptExpiresAtMs: Int64) async throws -> SweepResult
+}
+
+/// A device of a handle: the routing address of a WebSocket connection and a queue.
+public struct DeviceAddress: Hashable, Sendable, CustomStringConvertible {
+    /// The handle (`relay.md`, "Handles").
+    public var handle: String
+    /// Relay-assigned device id, unique and never reused within the handle.
+    public var deviceID: UInt32
+
+    /// Creates an address.
+    public init(handle: String, deviceID: UInt32) {
+        self.handle = handle
+        self.deviceID = deviceID
+    }
+
+    /// `handle/deviceID`, for logs at debug level.
+    public var description: String { "\(handle)/\(deviceID)" }
+}
+
+/// A signed prekey: a 32-byte X25519 public key and the 64-byte signature of the device identity key over it.
+public struct SignedPreKeyRecord: Hashable, Sendable {
+    /// Client-chosen id.
+    public var id: UInt32
+    /// 32-byte X25519 public key.
+    public var publicKey: Data
+    /// 64-byte Ed25519 signature over `publicKey`.
+    public var signature: Data
+
+    /// Creates a record.
+    public init(id: UInt32, publicKey: Data, signature: Data) {
+        self.id = id
+        self.publicKey = publicKey
+        self.signature = signature
+    }
+}
+
+/// A one-time prekey: a 32-byte X25519 public key, handed out at most once.
+public struct OneTimePreKeyRecord: Hashable, Sendable {
+    /// Client-chosen id, unique per device.
+    public var id: UInt32
+    /// 32-byte X25519 public key.
+    public var publicKey: Data
+
+    /// Creates a record.
+    public init(id: UInt32, publicKey: Data) {
+        self.id = id
+        self.publicKey = publicKey
+    }
+}
+
+/// The keys of a device being registered (already verified by the relay).
+public struct NewDevice: Hashable, Sendable {
+    /// 32-byte Ed25519 device identity key.
+    public var deviceIdentityKey: Data
+    /// 64-byte signature by the account identity key over the device certificate payload.
+    public var deviceCertificateSignature: Data
+    /// The device's signed prekey.
+    public var signedPreKey: SignedPreKeyRecord
+    /// Initial stock of one-time prekeys.
+    public var oneTimePreKeys: [OneTimePreKeyRecord]
+
+    /// Creates a record.
+    public init(deviceIdentityKey: Data, deviceCertificateSignature: Data, signedPreKey: SignedPreKeyRecord, oneTimePreKeys: [OneTimePreKeyRecord]) {
+        self.deviceIdentityKey = deviceIdentityKey
+        self.deviceCertificateSignature = deviceCertificateSignature
+        self.signedPreKey = signedPreKey
+        self.oneTimePreKeys = oneTimePreKeys
+    }
+}
+
+/// An account as stored.
+public struct AccountRecord: Hashable, Sendable {
+    /// The handle.
+    public var handle: String
+    /// 32-byte Ed25519 account identity key.
+    public var accountIdentityKey: Data
+    /// 32-byte SHA-256 of the recovery code; the code itself is never stored.
+    public var recoveryCodeHash: Data
+    /// The id the next registered device gets.
+    public var nextDeviceID: UInt32
+    /// Creation time, milliseconds since the Unix epoch.
+    public var createdAtMs: Int64
+
+    /// Creates a record.
+    public init(handle: String, accountIdentityKey: Data, recoveryCodeHash: Data, nextDeviceID: UInt32, createdAtMs: Int64) {
+        self.handle = handle
+        self.accountIdentityKey = accountIdentityKey
+        self.recoveryCodeHash = recoveryCodeHash
+        self.nextDeviceID = nextDeviceID
+        self.createdAtMs = createdAtMs
+    }
+}
+
+/// A current device as stored.
+public struct DeviceRecord: Hashable, Sendable {
+    /// Handle and device id.
+    public var address: DeviceAddress
+    /// 32-byte Ed25519 device identity key.
+    public var deviceIdentityKey: Data
+    /// 64-byte device certificate signature by the account identity key.
+    public var deviceCertificateSignature: Data
+    /// The current signed prekey.
+    public var signedPreKey: SignedPreKeyRecord
+
+    /// Creates a record.
+    public init(address: DeviceAddress, deviceIdentityKey: Data, deviceCertificateSignature: Data, signedPreKey: SignedPreKeyRecord) {
+        self.address = address
+        self.deviceIdentityKey = deviceIdentityKey
+        self.deviceCertificateSignature = deviceCertificateSignature
+        self.signedPreKey = signedPreKey
+    }
+}
+
+/// What `takePreKeyBundle` hands out.
+public struct PreKeyBundleRecord: Hashable, Sendable {
+    /// One entry of a bundle.
+    public struct Device: Hashable, Sendable {
+        /// The device.
+        public var device: DeviceRecord
+        /// A one-time prekey, now deleted from the stock; nil when the stock was empty.
+        public var oneTimePreKey: OneTimePreKeyRecord?
+
+        /// Creates an entry.
+        public init(device: DeviceRecord, oneTimePreKey: OneTimePreKeyRecord?) {
+            self.device = device
+            self.oneTimePreKey = oneTimePreKey
+        }
+    }
+
+    /// The handle.
+    public var handle: String
+    /// 32-byte account identity key.
+    public var accountIdentityKey: Data
+    /// Every current device, by ascending device id.
+    public var devices: [Device]
+
+    /// Creates a record.
+    public init(handle: String, accountIdentityKey: Data, devices: [Device]) {
+        self.handle = handle
+        self.accountIdentityKey = accountIdentityKey
+        self.devices = devices
+    }
+}
+
+/// One envelope to store (already validated for sizes by the relay).
+public struct EnvelopeSubmission: Hashable, Sendable {
+    /// 16-byte sender-chosen envelope id.
+    public var envelopeID: Data
+    /// The recipient device.
+    public var recipient: DeviceAddress
+    /// Opaque ciphertext, 1 to 65536 bytes.
+    public var ciphertext: Data
+    /// When the envelope expires, milliseconds since the Unix epoch.
+    public var expiresAtMs: Int64
+    /// Until when the route (ids, no ciphertext) is kept, milliseconds since the Unix epoch.
+    public var routeExpiresAtMs: Int64
+
+    /// Creates a submission.
+    public init(envelopeID: Data, recipient: DeviceAddress, ciphertext: Data, expiresAtMs: Int64, routeExpiresAtMs: Int64) {
+        self.envelopeID = envelopeID
+        self.recipient = recipient
+        self.ciphertext = ciphertext
+        self.expiresAtMs = expiresAtMs
+        self.routeExpiresAtMs = routeExpiresAtMs
+    }
+}
+
+/// The outcome of one `EnvelopeSubmission`.
+public enum SubmissionOutcome: Hashable, Sendable {
+    /// Durable. `newlyQueued` is false for an idempotent resubmission.
+    case accepted(acceptedAtMs: Int64, expiresAtMs: Int64, newlyQueued: Bool)
+    /// Refused; nothing was stored for it.
+    case rejected(StoreError.Code)
+}
+
+/// Kinds of receipts, numbered as on the wire (`ReceiptKind`).
+public enum ReceiptKind: Int, Hashable, Sendable {
+    /// The recipient device acknowledged the envelope.
+    case delivered = 1
+    /// The recipient reported the message as seen.
+    case seen = 2
+    /// The envelope expired, or its recipient device was removed, before delivery.
+    case expired = 3
+}
+
+/// An envelope waiting in its recipient's queue.
+public struct StoredEnvelope: Hashable, Sendable {
+    /// 16-byte envelope id.
+    public var envelopeID: Data
+    /// The sender device.
+    public var sender: DeviceAddress
+    /// The recipient device id (the queue's device).
+    public var recipientDeviceID: UInt32
+    /// Acceptance time, milliseconds since the Unix epoch.
+    public var acceptedAtMs: Int64
+    /// Expiry, milliseconds since the Unix epoch.
+    public var expiresAtMs: Int64
+    /// Opaque ciphertext.
+    public var ciphertext: Data
+
+    /// Creates a record.
+    public init(envelopeID: Data, sender: DeviceAddress, recipientDeviceID: UInt32, acceptedAtMs: Int64, expiresAtMs: Int64, ciphertext: Data) {
+        self.envelopeID = envelopeID
+        self.sender = sender
+        self.recipientDeviceID = recipientDeviceID
+        self.acceptedAtMs = acceptedAtMs
+        self.expiresAtMs = expiresAtMs
+        self.ciphertext = ciphertext
+    }
+}
+
+/// A receipt waiting in its (envelope sender's) queue.
+public struct StoredReceipt: Hashable, Sendable {
+    /// 16-byte relay-assigned receipt id.
+    public var receiptID: Data
+    /// The envelope it is about.
+    public var envelopeID: Data
+    /// What happened.
+    public var kind: ReceiptKind
+    /// When it happened, milliseconds since the Unix epoch.
+    public var atMs: Int64
+    /// The envelope's recipient device.
+    public var recipient: DeviceAddress
+
+    /// Creates a record.
+    public init(receiptID: Data, envelopeID: Data, kind: ReceiptKind, atMs: Int64, recipient: DeviceAddress) {
+        self.receiptID = receiptID
+        self.envelopeID = envelopeID
+        self.kind = kind
+        self.atMs = atMs
+        self.recipient = recipient
+    }
+}
+
+/// One item of a device's queue with its sequence (strictly increasing, never reused).
+public struct QueuedItem: Hashable, Sendable {
+    /// What is queued.
+    public enum Content: Hashable, Sendable {
+        /// An envelope for this device.
+        case envelope(StoredEnvelope)
+        /// A receipt for an envelope this device sent.
+        case receipt(StoredReceipt)
+    }
+
+    /// Queue position; greater means queued later.
+    public var sequence: Int64
+    /// The item.
+    public var content: Content
+
+    /// Creates an item.
+    public init(sequence: Int64, content: Content) {
+        self.sequence = sequence
+        self.content = content
+    }
+}
+
+/// What `recover` did.
+public struct RecoveryResult: Hashable, Sendable {
+    /// The new device's id.
+    public var deviceID: UInt32
+    /// The device ids that were removed (their live connections must be closed).
+    public var removedDeviceIDs: [UInt32]
+    /// Sender devices that got an `expired` receipt.
+    public var notifiedSenders: Set<DeviceAddress>
+
+    /// Creates a result.
+    public init(deviceID: UInt32, removedDeviceIDs: [UInt32], notifiedSenders: Set<DeviceAddress>) {
+        self.deviceID = deviceID
+        self.removedDeviceIDs = removedDeviceIDs
+        self.notifiedSenders = notifiedSenders
+    }
+}
+
+/// What `sweep` did.
+public struct SweepResult: Hashable, Sendable {
+    /// Envelopes whose ciphertext was deleted because they expired undelivered.
+    public var expiredEnvelopes: Int
+    /// Sender devices that got an `expired` receipt.
+    public var notifiedSenders: Set<DeviceAddress>
+    /// Receipts deleted past their expiry.
+    public var purgedReceipts: Int
+    /// Routes deleted past their retention.
+    public var purgedRoutes: Int
+
+    /// Creates a result.
+    public init(expiredEnvelopes: Int, notifiedSenders: Set<DeviceAddress>, purgedReceipts: Int, purgedRoutes: Int) {
+        self.expiredEnvelopes = expiredEnvelopes
+        self.notifiedSenders = notifiedSenders
+        self.purgedReceipts = purgedReceipts
+        self.purgedRoutes = purgedRoutes
+    }
+}
+
+/// The one error type of FlitzStore and its implementations. `description` never contains keys,
+/// ciphertext or recovery codes.
+public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Integer-backed so that codes stay stable across versions.
+    public struct Code: RawRepresentable, Hashable, Sendable {
+        /// The stable integer value.
+        public let rawValue: Int
+        /// A code from its integer value.
+        public init(rawValue: Int) { self.rawValue = rawValue }
+
+        /// The handle is already registered.
+        public static let handleTaken = Code(rawValue: 1)
+        /// No such handle.
+        public static let unknownRecipient = Code(rawValue: 2)
+        /// The device is not a current device of its handle.
+        public static let staleDevice = Code(rawValue: 3)
+        /// No such device (for operations of a device on itself).
+        public static let unknownDevice = Code(rawValue: 4)
+        /// Unknown handle or recovery code hash changed.
+        public static let recoveryFailed = Code(rawValue: 5)
+        /// The envelope id is used by a different submission.
+        public static let envelopeIDConflict = Code(rawValue: 6)
+        /// The database failed.
+        public static let backend = Code(rawValue: 7)
+        /// The stored data is not what this build expects.
+        public static let corrupt = Code(rawValue: 8)
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// A non-secret explanation.
+    public var detail: String
+
+    /// Creates an error.
+    public init(_ code: Code, _ detail: String = "") {
+        self.code = code
+        self.detail = detail
+    }
+
+    /// The code's name and the detail; never secret.
+    public var description: String {
+        let name: String = switch code {
+        case .handleTaken: "handle taken"
+        case .unknownRecipient: "unknown recipient"
+        case .staleDevice: "stale device"
+        case .unknownDevice: "unknown device"
+        case .recoveryFailed: "recovery failed"
+        case .envelopeIDConflict: "envelope id conflict"
+        case .backend: "storage backend failure"
+        case .corrupt: "corrupt stored data"
+        default: "store error \(code.rawValue)"
+        }
+        return detail.isEmpty ? "StoreError: \(name)" : "StoreError: \(name) (\(detail))"
+    }
+}

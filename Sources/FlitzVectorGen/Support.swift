@@ -1,0 +1,133 @@
+import FlitzCrypto
+import FlitzProtocol
+import Foundation
+import Synchronization
+
+/// A `SeededRandom` that remembers every output, so vectors can list the random bytes each step consumed.
+final class RecordingRandom: RandomSource {
+    let label: String
+    private let base: SeededRandom
+    private let log = Mutex<[Data]>([])
+
+    init(label: String) {
+        self.label = label
+        base = SeededRandom(label: label)
+    }
+
+    func bytes(_ count: Int) -> Data {
+        let out = base.bytes(count)
+        log.withLock { $0.append(out) }
+        return out
+    }
+
+    /// The outputs since the last call, oldest first.
+    func take() -> [Data] {
+        log.withLock { log in
+            defer { log.removeAll() }
+            return log
+        }
+    }
+}
+
+/// One device of a vector: account identity, device identity and (for responders) prekeys, all drawn
+/// from its `RecordingRandom` in this order: account seed (32), device seed (32), signed prekey (32),
+/// one-time prekey (32).
+struct VectorParty {
+    let random: RecordingRandom
+    let account: AccountIdentity
+    let device: DeviceIdentity
+    let signedPreKey: SignedPreKeyPair?
+    let oneTimePreKey: OneTimePreKeyPair?
+
+    static let signedPreKeyID: UInt32 = 1
+    static let oneTimePreKeyID: UInt32 = 100
+
+    init(label: String, signedPreKey: Bool, oneTimePreKey: Bool) {
+        random = RecordingRandom(label: label)
+        account = AccountIdentity(random: random)
+        device = DeviceIdentity(account: account, random: random)
+        self.signedPreKey = signedPreKey ? SignedPreKeyPair(id: Self.signedPreKeyID, device: device, random: random) : nil
+        self.oneTimePreKey = oneTimePreKey ? OneTimePreKeyPair(id: Self.oneTimePreKeyID, random: random) : nil
+        _ = random.take()
+    }
+
+    /// The bundle a relay would serve for this party, verified.
+    func bundle() throws -> PreKeyBundle {
+        guard let signedPreKey else { preconditionFailure("not a responder") }
+        return try UnverifiedPreKeyBundle(
+            deviceID: 1, accountIdentityKey: account.publicKey.rawRepresentation,
+            deviceIdentityKey: device.publicKey.rawRepresentation, deviceCertificateSignature: device.certificate.signature,
+            signedPreKeyID: signedPreKey.id, signedPreKey: signedPreKey.privateKey.publicKey.rawRepresentation,
+            signedPreKeySignature: signedPreKey.signature,
+            oneTimePreKey: oneTimePreKey.map { (id: $0.id, publicKey: $0.privateKey.publicKey.rawRepresentation) }
+        ).verified()
+    }
+
+    /// Everything about the party's keys, as JSON.
+    func json() -> JSONValue {
+        var object: [String: JSONValue] = [
+            "randomLabel": .string(random.label),
+            "accountIdentitySeed": .hex(account.privateKey.seed),
+            "accountIdentityKey": .hex(account.publicKey.rawRepresentation),
+            "deviceIdentitySeed": .hex(device.privateKey.seed),
+            "deviceIdentityKey": .hex(device.publicKey.rawRepresentation),
+            "deviceIdentityX25519PrivateKey": .hex(device.privateKey.x25519PrivateKey().secret),
+            "deviceIdentityX25519PublicKey": .hex(device.privateKey.x25519PrivateKey().publicKey.rawRepresentation),
+            "deviceCertificatePayload": .hex(
+                Data("FlitzDeviceCertificate-v1".utf8) + Data([0]) + account.publicKey.rawRepresentation
+                    + device.publicKey.rawRepresentation),
+            "deviceCertificateSignature": .hex(device.certificate.signature),
+        ]
+        if let signedPreKey {
+            object["signedPreKey"] = .object([
+                "id": .uint(signedPreKey.id),
+                "privateKey": .hex(signedPreKey.privateKey.secret),
+                "publicKey": .hex(signedPreKey.privateKey.publicKey.rawRepresentation),
+                "signature": .hex(signedPreKey.signature),
+            ])
+        }
+        if let oneTimePreKey {
+            object["oneTimePreKey"] = .object([
+                "id": .uint(oneTimePreKey.id),
+                "privateKey": .hex(oneTimePreKey.privateKey.secret),
+                "publicKey": .hex(oneTimePreKey.privateKey.publicKey.rawRepresentation),
+            ])
+        }
+        return .object(object)
+    }
+}
+
+/// The ratchet state of a session as JSON (`RatchetState` of `flitz_session.proto`, plus the public ratchet key).
+func ratchetStateJSON(_ state: ProtoRatchetState) -> JSONValue {
+    let sendingPublic = try! X25519PrivateKey(rawRepresentation: SecretBytes(state.sendingRatchetPrivateKey)).publicKey
+    return .object([
+        "sendingRatchetPrivateKey": .hex(state.sendingRatchetPrivateKey),
+        "sendingRatchetKey": .hex(sendingPublic.rawRepresentation),
+        "receivingRatchetKey": .hex(state.receivingRatchetKey),
+        "rootKey": .hex(state.rootKey),
+        "sendingChainKey": .hex(state.sendingChainKey),
+        "receivingChainKey": .hex(state.receivingChainKey),
+        "sendingCounter": .uint(state.sendingCounter),
+        "receivingCounter": .uint(state.receivingCounter),
+        "previousSendingCounter": .uint(state.previousSendingCounter),
+        "skippedMessageKeys": .array(
+            state.skippedMessageKeys.map {
+                .object(["ratchetKey": .hex($0.ratchetKey), "counter": .uint($0.counter), "messageKey": .hex($0.messageKey)])
+            }),
+        "previousReceivingRatchetKeys": .array(state.previousReceivingRatchetKeys.map { .hex($0) }),
+    ])
+}
+
+/// The ratchet message inside `SessionMessage` bytes, and the prekey message if it is one.
+func ratchetMessage(of sessionMessage: Data) throws -> (ratchetMessage: Data, preKey: IncomingPreKeyMessage?) {
+    switch try IncomingSessionMessage(parsing: sessionMessage) {
+    case .preKey(let message): (message.ratchetMessage, message)
+    case .ratchet(let bytes): (bytes, nil)
+    }
+}
+
+/// Splits a ratchet message into header, nonce and ciphertext ‖ tag.
+func split(ratchetMessage message: Data) -> (header: Data, nonce: Data, ciphertext: Data) {
+    let message = Data(message)
+    return (message.prefix(41), message[41..<65], message.suffix(from: 65))
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Testing
+
+/// The walking skeleton end to end: the built `flitz-relay` on a loopback port with a temporary SQLite
+/// database, and two `flitz` homes, driven as separate processes.
+@Suite(.serialized)
+struct TwoPeopleChatTests {
+    @Test func offlineDeliveryReceiptsExpiryAndRecovery() throws {
+        let scratch = try Scratch()
+        let database = scratch.path("relay.sqlite")
+        let log = scratch.path("relay.log")
+        var relay = try RelayProcess(database: database, log: log, arguments: ["--sweep-interval", "1"])
+        let alice = User(name: "alice", home: scratch.path("alice"), scratch: scratch)
+        let bob = User(name: "bob", home: scratch.path("bob"), scratch: scratch)
+
+        let aliceInit = try alice.flitz("init", "--relay", relay.url, "--handle", "alice")
+        #expect(aliceInit.status == 0, "\(aliceInit)")
+        let bobInit = try bob.flitz("init", "--relay", relay.url, "--handle", "bob")
+        #expect(bobInit.status == 0, "\(bobInit)")
+        let recoveryLine = try #require(bobInit.lines.first { $0.hasPrefix("recovery code: ") })
+        let recoveryCode = String(recoveryLine.dropFirst("recovery code: ".count))
+        #expect(recoveryCode.count >= 16)
+
+        // Bob is offline: alice sends three messages; each is acknowledged as durably stored.
+        let texts = ["first secret rendezvous 7f3a", "second secret rendezvous 7f3a", "third secret rendezvous 7f3a"]
+        var ids: [String] = []
+        for text in texts {
+            let sent = try alice.flitz("send", "bob", text)
+            #expect(sent.status == 0, "\(sent)")
+            #expect(sent.lines.count == 1)
+            let id = try #require(sent.lines.first)
+            #expect(id.count == 32 && id.allSatisfy { "0123456789abcdef".contains($0) })
+            ids.append(id)
+        }
+        #expect(Set(ids).count == 3)
+        for id in ids { #expect(try alice.flitz("status", id).lines == ["sent"]) }
+
+        // Bob's device fetches and acknowledges without showing: "delivered".
+        let synced = try bob.flitz("sync")
+        #expect(synced.status == 0, "\(synced)")
+        #expect(synced.lines == ["3 new"])
+        for id in ids { #expect(try alice.flitz("status", id).lines == ["delivered"]) }
+
+        // Bob reads: all three, in order, exactly once; then "seen".
+        let received = try bob.flitz("receive", "--json")
+        #expect(received.status == 0, "\(received)")
+        let messages = try received.lines.map { line in
+            try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+        }
+        #expect(messages.map { $0["text"] } == texts)
+        #expect(messages.map { $0["id"] } == ids)
+        #expect(messages.allSatisfy { $0["from"] == "alice" })
+        #expect(messages.allSatisfy { ($0["sentAt"] ?? "").hasSuffix("Z") && ($0["sentAt"] ?? "").count >= 20 })
+        #expect(try bob.flitz("receive").lines.isEmpty, "nothing is shown twice")
+        for id in ids { #expect(try alice.flitz("status", id).lines == ["seen"]) }
+
+        // Bob replies; alice's plain receive shows "HANDLE: text".
+        #expect(try bob.flitz("send", "alice", "reply from bob 7f3a").status == 0)
+        #expect(try alice.flitz("receive").lines == ["bob: reply from bob 7f3a"])
+
+        // A message with a 2-second expiry to offline bob never arrives. The relay restarts with its
+        // clock 10 s ahead (debug builds honour FLITZ_TEST_CLOCK_OFFSET), so no test waits for real time.
+        let expiring = try alice.flitz("send", "bob", "expiring secret 7f3a", "--expires-in", "2")
+        #expect(expiring.status == 0, "\(expiring)")
+        let expiringID = try #require(expiring.lines.first)
+        relay.stop()
+        // Same port, so the homes' stored relay address stays right.
+        relay = try RelayProcess(
+            database: database, log: log, port: relay.port, arguments: ["--sweep-interval", "1"],
+            environment: ["FLITZ_TEST_CLOCK_OFFSET": "10"])
+        #expect(try bob.flitz("receive").lines.isEmpty, "an expired envelope is never delivered")
+        #expect(try eventually { try alice.flitz("status", expiringID).lines == ["expired"] })
+
+        // Bob loses his phone and recovers his handle with new keys on a new home.
+        let bob2 = User(name: "bob2", home: scratch.path("bob2"), scratch: scratch)
+        let recovered = try bob2.flitz("init", "--relay", relay.url, "--handle", "bob", "--recover", recoveryCode)
+        #expect(recovered.status == 0, "\(recovered)")
+        let blocked = try alice.flitz("send", "bob", "after recovery 7f3a")
+        #expect(blocked.status == 4, "\(blocked)")
+        #expect(blocked.stdout.isEmpty)
+        #expect(blocked.stderr.contains("flitz trust bob"))
+        #expect(try alice.flitz("send", "bob", "still blocked 7f3a").status == 4)
+        let trusted = try alice.flitz("trust", "bob")
+        #expect(trusted.status == 0, "\(trusted)")
+        let afterTrust = try alice.flitz("send", "bob", "after trust 7f3a")
+        #expect(afterTrust.status == 0, "\(afterTrust)")
+        #expect(try bob2.flitz("receive").lines == ["alice: after trust 7f3a"])
+        #expect(try bob.flitz("receive").status == 3, "the old device can no longer authenticate")
+
+        // The relay's database files and log never contain a plaintext.
+        relay.stop()
+        let relayFiles = try FileManager.default.contentsOfDirectory(at: scratch.url, includingPropertiesForKeys: nil)
+            .filter { $0.lastPathComponent.hasPrefix("relay.") }
+        #expect(relayFiles.count >= 2)
+        for text in texts + ["reply from bob 7f3a", "expiring secret 7f3a", "after trust 7f3a", "rendezvous"] {
+            #expect(anyFile(relayFiles, contains: text) == nil, "relay files contain \"\(text)\"")
+        }
+        for text in texts {
+            #expect(anyFile([alice.home.appendingPathComponent("flitz.sqlite")], contains: text) != nil, "alice keeps her history")
+        }
+    }
+
+    @Test func unhappyPathsExitWithDocumentedCodes() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        let alice = User(name: "alice", home: scratch.path("alice"), scratch: scratch)
+        let nobody = User(name: "nobody", home: scratch.path("nobody"), scratch: scratch)
+
+        #expect(try nobody.flitz("send", "bob", "hi").status == 1, "no account yet")
+        #expect(try alice.flitz("init", "--relay", relay.url, "--handle", "Alice!").status == 1, "invalid handle")
+        #expect(try alice.flitz("init", "--relay", relay.url, "--handle", "alice").status == 0)
+        #expect(try alice.flitz("init", "--relay", relay.url, "--handle", "alice").status == 1, "already initialised")
+        let taken = try nobody.flitz("init", "--relay", relay.url, "--handle", "alice")
+        #expect(taken.status == 3, "\(taken)")
+        let unknown = try alice.flitz("send", "nosuchuser", "hello")
+        #expect(unknown.status == 3, "\(unknown)")
+        #expect(unknown.stderr.contains("relay refused"))
+        #expect(try alice.flitz("status", "00112233445566778899aabbccddeeff").status == 1, "unknown message id")
+        #expect(try alice.flitz("status", "xyz").status != 0)
+        let wrongCode = try nobody.flitz("init", "--relay", relay.url, "--handle", "alice", "--recover", "WRONG-CODE")
+        #expect(wrongCode.status == 3, "\(wrongCode)")
+
+        relay.stop()
+        let unreachable = try alice.flitz("send", "bob", "hello", "--timeout", "1")
+        #expect(unreachable.status == 2, "\(unreachable)")
+        #expect(unreachable.stdout.isEmpty)
+    }
+}
+
+/// Re-checks a condition a bounded number of times (the relay's sweeper runs on its own schedule).
+func eventually(attempts: Int = 40, _ condition: () throws -> Bool) throws -> Bool {
+    for _ in 0..<attempts {
+        if try condition() { return true }
+        Thread.sleep(forTimeInterval: 0.25)
+    }
+    return false
+}

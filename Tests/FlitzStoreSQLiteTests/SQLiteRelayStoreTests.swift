@@ -1,0 +1,267 @@
+import FlitzStore
+import FlitzStoreSQLite
+import Foundation
+import Testing
+
+/// The `RelayStore` conformance suite, run against a real temp-file SQLite database
+/// (`protocol/relay.md`, "Storage and durability"). A future PostgreSQL store runs the same cases.
+@Suite struct SQLiteRelayStoreTests {
+    /// A fresh store in its own temporary directory, and that directory's path.
+    static func makeStore() throws -> (SQLiteRelayStore, String) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-store-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("relay.sqlite").path
+        return (try SQLiteRelayStore(path: path, makeID: randomID), path)
+    }
+
+    @Sendable static func randomID() -> Data {
+        var generator = SystemRandomNumberGenerator()
+        return Data((0..<16).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+    }
+
+    static func bytes(_ byte: UInt8, _ count: Int) -> Data { Data(repeating: byte, count: count) }
+
+    static func newDevice(_ seed: UInt8, oneTimePreKeys: Int = 3) -> NewDevice {
+        NewDevice(
+            deviceIdentityKey: bytes(seed, 32), deviceCertificateSignature: bytes(seed, 64),
+            signedPreKey: SignedPreKeyRecord(id: 1, publicKey: bytes(seed &+ 1, 32), signature: bytes(seed &+ 2, 64)),
+            oneTimePreKeys: (0..<oneTimePreKeys).map { OneTimePreKeyRecord(id: UInt32($0 + 1), publicKey: bytes(UInt8($0), 32)) })
+    }
+
+    /// Registers `handle` and returns its first device.
+    @discardableResult
+    static func register(_ store: SQLiteRelayStore, _ handle: String, oneTimePreKeys: Int = 3, atMs: Int64 = 1_000) async throws -> DeviceAddress {
+        let id = try await store.register(
+            handle: handle, accountIdentityKey: bytes(9, 32), recoveryCodeHash: bytes(7, 32),
+            device: newDevice(1, oneTimePreKeys: oneTimePreKeys), atMs: atMs)
+        return DeviceAddress(handle: handle, deviceID: id)
+    }
+
+    static func envelope(_ id: UInt8, to recipient: DeviceAddress, expiresAtMs: Int64 = 100_000, body: UInt8 = 0xAB) -> EnvelopeSubmission {
+        EnvelopeSubmission(
+            envelopeID: bytes(id, 16), recipient: recipient, ciphertext: bytes(body, 40), expiresAtMs: expiresAtMs,
+            routeExpiresAtMs: 1_000_000)
+    }
+
+    static func envelopeIDs(_ items: [QueuedItem]) -> [Data] {
+        items.compactMap { if case .envelope(let e) = $0.content { e.envelopeID } else { nil } }
+    }
+
+    static func receipts(_ items: [QueuedItem]) -> [StoredReceipt] {
+        items.compactMap { if case .receipt(let r) = $0.content { r } else { nil } }
+    }
+
+    @Test func registrationStoresAccountAndFirstDevice() async throws {
+        let (store, _) = try Self.makeStore()
+        let device = try await Self.register(store, "alice")
+        #expect(device.deviceID == 1)
+        let account = try #require(try await store.account(handle: "alice"))
+        #expect(account.accountIdentityKey == Self.bytes(9, 32))
+        #expect(account.recoveryCodeHash == Self.bytes(7, 32))
+        #expect(account.nextDeviceID == 2)
+        let record = try #require(try await store.device(device))
+        #expect(record.deviceIdentityKey == Self.bytes(1, 32))
+        #expect(record.signedPreKey.publicKey == Self.bytes(2, 32))
+        #expect(try await store.oneTimePreKeyCount(device: device) == 3)
+        #expect(try await store.account(handle: "bob") == nil)
+    }
+
+    @Test func handlesAreUnique() async throws {
+        let (store, _) = try Self.makeStore()
+        try await Self.register(store, "alice")
+        await #expect(throws: StoreError(.handleTaken)) { try await Self.register(store, "alice") }
+    }
+
+    @Test func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetches() async throws {
+        let (store, _) = try Self.makeStore()
+        try await Self.register(store, "alice", oneTimePreKeys: 10)
+        let handedOut = try await withThrowingTaskGroup(of: UInt32?.self) { group in
+            for _ in 0..<20 {
+                group.addTask { try await store.takePreKeyBundle(handle: "alice")?.devices.first?.oneTimePreKey?.id }
+            }
+            var ids: [UInt32] = []
+            for try await id in group { if let id { ids.append(id) } }
+            return ids
+        }
+        #expect(handedOut.count == 10)
+        #expect(Set(handedOut).count == 10)
+        let device = DeviceAddress(handle: "alice", deviceID: 1)
+        #expect(try await store.oneTimePreKeyCount(device: device) == 0)
+        let bundle = try #require(try await store.takePreKeyBundle(handle: "alice"))
+        #expect(bundle.devices.count == 1)
+        #expect(bundle.devices[0].oneTimePreKey == nil)
+        #expect(try await store.takePreKeyBundle(handle: "nobody") == nil)
+    }
+
+    @Test func publishReplacesSignedPreKeyAndAddsOneTimePreKeys() async throws {
+        let (store, _) = try Self.makeStore()
+        let device = try await Self.register(store, "alice", oneTimePreKeys: 2)
+        let signed = SignedPreKeyRecord(id: 2, publicKey: Self.bytes(0x55, 32), signature: Self.bytes(0x56, 64))
+        let remaining = try await store.publishPreKeys(
+            device: device, signedPreKey: signed,
+            oneTimePreKeys: [OneTimePreKeyRecord(id: 2, publicKey: Self.bytes(0x60, 32)), OneTimePreKeyRecord(id: 9, publicKey: Self.bytes(0x61, 32))])
+        #expect(remaining == 3)
+        #expect(try await store.device(device)?.signedPreKey == signed)
+        await #expect(throws: StoreError(.unknownDevice)) {
+            try await store.publishPreKeys(device: DeviceAddress(handle: "alice", deviceID: 7), signedPreKey: nil, oneTimePreKeys: [])
+        }
+    }
+
+    @Test func submissionIsIdempotentAndConflictsAreRefused() async throws {
+        let (store, _) = try Self.makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        let carol = try await Self.register(store, "carol")
+        let first = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 5_000)
+        #expect(first == [.accepted(acceptedAtMs: 5_000, expiresAtMs: 100_000, newlyQueued: true)])
+        let again = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 6_000)
+        #expect(again == [.accepted(acceptedAtMs: 5_000, expiresAtMs: 100_000, newlyQueued: false)])
+        let items = try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 6_000, limit: 100)
+        #expect(Self.envelopeIDs(items) == [Self.bytes(1, 16)])
+        // Same id from someone else, or to someone else.
+        let fromCarol = try await store.submit(sender: carol, envelopes: [Self.envelope(1, to: bob)], atMs: 6_000)
+        let toCarol = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: carol)], atMs: 6_000)
+        #expect(fromCarol == [.rejected(.envelopeIDConflict)])
+        #expect(toCarol == [.rejected(.envelopeIDConflict)])
+        let refused = try await store.submit(
+            sender: alice,
+            envelopes: [Self.envelope(2, to: DeviceAddress(handle: "nobody", deviceID: 1)), Self.envelope(3, to: DeviceAddress(handle: "bob", deviceID: 2))],
+            atMs: 6_000)
+        #expect(refused == [.rejected(.unknownRecipient), .rejected(.staleDevice)])
+    }
+
+    @Test func queueKeepsSubmissionOrderAndPages() async throws {
+        let (store, _) = try Self.makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        _ = try await store.submit(sender: alice, envelopes: (1...5).map { Self.envelope($0, to: bob) }, atMs: 1_000)
+        _ = try await store.submit(sender: alice, envelopes: [Self.envelope(6, to: bob)], atMs: 1_001)
+        let page1 = try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 2_000, limit: 4)
+        #expect(Self.envelopeIDs(page1) == (1...4).map { Self.bytes($0, 16) })
+        let page2 = try await store.pendingItems(for: bob, afterSequence: page1.last!.sequence, nowMs: 2_000, limit: 4)
+        #expect(Self.envelopeIDs(page2) == [Self.bytes(5, 16), Self.bytes(6, 16)])
+        #expect(zip(page1 + page2, (page1 + page2).dropFirst()).allSatisfy { $0.sequence < $1.sequence })
+        guard case .envelope(let envelope) = page1[0].content else { Issue.record("not an envelope"); return }
+        #expect(envelope.sender == alice)
+        #expect(envelope.ciphertext == Self.bytes(0xAB, 40))
+        #expect(envelope.acceptedAtMs == 1_000)
+    }
+
+    @Test func acknowledgeDeletesCiphertextAndQueuesDeliveredReceipt() async throws {
+        let (store, path) = try Self.makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        let marker = Data("CIPHERTEXT-MARKER-7f3a9c".utf8)
+        var submission = Self.envelope(1, to: bob)
+        submission.ciphertext = marker
+        _ = try await store.submit(sender: alice, envelopes: [submission], atMs: 1_000)
+        // Only the recipient device can acknowledge.
+        #expect(try await store.acknowledge(device: alice, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 1_500, receiptExpiresAtMs: 90_000).isEmpty)
+        let notified = try await store.acknowledge(device: bob, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 2_000, receiptExpiresAtMs: 90_000)
+        #expect(notified == [alice])
+        #expect(try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 2_000, limit: 100).isEmpty)
+        let receipts = Self.receipts(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 2_000, limit: 100))
+        #expect(receipts.map(\.kind) == [.delivered])
+        #expect(receipts.first?.recipient == bob)
+        #expect(receipts.first?.atMs == 2_000)
+        // A second acknowledgement does nothing.
+        #expect(try await store.acknowledge(device: bob, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 2_100, receiptExpiresAtMs: 90_000).isEmpty)
+        // Acknowledging the receipt removes it.
+        _ = try await store.acknowledge(device: alice, envelopeIDs: [], receiptIDs: receipts.map(\.receiptID), atMs: 2_200, receiptExpiresAtMs: 90_000)
+        #expect(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 2_200, limit: 100).isEmpty)
+        // The ciphertext is gone from the files.
+        try await store.checkpoint()
+        for file in [path, path + "-wal"] {
+            if let contents = FileManager.default.contents(atPath: file) {
+                #expect(contents.range(of: marker) == nil, "ciphertext found in \(file)")
+            }
+        }
+    }
+
+    @Test func seenReceiptIsQueuedOncePerEnvelope() async throws {
+        let (store, _) = try Self.makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        _ = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 1_000)
+        #expect(try await store.reportSeen(device: alice, envelopeIDs: [Self.bytes(1, 16)], atMs: 1_500, receiptExpiresAtMs: 90_000).isEmpty)
+        #expect(try await store.reportSeen(device: bob, envelopeIDs: [Self.bytes(1, 16)], atMs: 2_000, receiptExpiresAtMs: 90_000) == [alice])
+        #expect(try await store.reportSeen(device: bob, envelopeIDs: [Self.bytes(1, 16)], atMs: 2_100, receiptExpiresAtMs: 90_000).isEmpty)
+        let receipts = Self.receipts(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 2_200, limit: 100))
+        #expect(receipts.map(\.kind) == [.seen])
+    }
+
+    @Test func expiredRowsAreNeverReturnedAndSweepReportsUndelivered() async throws {
+        let (store, _) = try Self.makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        _ = try await store.submit(
+            sender: alice, envelopes: [Self.envelope(1, to: bob, expiresAtMs: 10_000), Self.envelope(2, to: bob, expiresAtMs: 50_000)], atMs: 1_000)
+        // Not swept yet, but past expiry: never returned.
+        #expect(Self.envelopeIDs(try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 10_000, limit: 100)) == [Self.bytes(2, 16)])
+        let result = try await store.sweep(nowMs: 10_000, receiptExpiresAtMs: 90_000)
+        #expect(result.expiredEnvelopes == 1)
+        #expect(result.notifiedSenders == [alice])
+        let receipts = Self.receipts(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 10_000, limit: 100))
+        #expect(receipts.map(\.kind) == [.expired])
+        #expect(receipts.map(\.envelopeID) == [Self.bytes(1, 16)])
+        // A delivered envelope expires without an EXPIRED receipt.
+        _ = try await store.acknowledge(device: bob, envelopeIDs: [Self.bytes(2, 16)], receiptIDs: [], atMs: 20_000, receiptExpiresAtMs: 90_000)
+        let later = try await store.sweep(nowMs: 60_000, receiptExpiresAtMs: 150_000)
+        #expect(later.expiredEnvelopes == 0)
+        // Receipts expire too; routes are purged after retention.
+        let final = try await store.sweep(nowMs: 1_000_000, receiptExpiresAtMs: 2_000_000)
+        #expect(final.purgedReceipts == 2)
+        #expect(final.purgedRoutes == 2)
+        #expect(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 0, limit: 100).isEmpty)
+    }
+
+    @Test func recoveryReplacesIdentityAndRemovesOldDevices() async throws {
+        let (store, _) = try Self.makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        _ = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 1_000)
+        await #expect(throws: StoreError(.recoveryFailed)) {
+            try await store.recover(
+                handle: "bob", expectedRecoveryCodeHash: Self.bytes(0, 32), accountIdentityKey: Self.bytes(3, 32),
+                newRecoveryCodeHash: Self.bytes(4, 32), device: Self.newDevice(5), atMs: 2_000, receiptExpiresAtMs: 90_000)
+        }
+        await #expect(throws: StoreError(.recoveryFailed)) {
+            try await store.recover(
+                handle: "nobody", expectedRecoveryCodeHash: Self.bytes(7, 32), accountIdentityKey: Self.bytes(3, 32),
+                newRecoveryCodeHash: Self.bytes(4, 32), device: Self.newDevice(5), atMs: 2_000, receiptExpiresAtMs: 90_000)
+        }
+        let result = try await store.recover(
+            handle: "bob", expectedRecoveryCodeHash: Self.bytes(7, 32), accountIdentityKey: Self.bytes(3, 32),
+            newRecoveryCodeHash: Self.bytes(4, 32), device: Self.newDevice(5), atMs: 2_000, receiptExpiresAtMs: 90_000)
+        #expect(result.deviceID == 2)
+        #expect(result.removedDeviceIDs == [1])
+        #expect(result.notifiedSenders == [alice])
+        #expect(try await store.device(bob) == nil)
+        let account = try #require(try await store.account(handle: "bob"))
+        #expect(account.accountIdentityKey == Self.bytes(3, 32))
+        #expect(account.recoveryCodeHash == Self.bytes(4, 32))
+        #expect(account.nextDeviceID == 3)
+        let receipts = Self.receipts(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 2_000, limit: 100))
+        #expect(receipts.map(\.kind) == [.expired])
+        #expect(try await store.pendingItems(for: DeviceAddress(handle: "bob", deviceID: 2), afterSequence: 0, nowMs: 2_000, limit: 100).isEmpty)
+        // Old device ids are never reused.
+        let again = try await store.recover(
+            handle: "bob", expectedRecoveryCodeHash: Self.bytes(4, 32), accountIdentityKey: Self.bytes(3, 32),
+            newRecoveryCodeHash: Self.bytes(6, 32), device: Self.newDevice(5), atMs: 3_000, receiptExpiresAtMs: 90_000)
+        #expect(again.deviceID == 3)
+    }
+
+    @Test func reopeningMigratesAndKeepsData() async throws {
+        let (store, path) = try Self.makeStore()
+        try await Self.register(store, "alice")
+        #expect(try await store.appliedMigrations() == ["v1"])
+        let reopened = try SQLiteRelayStore(path: path, makeID: Self.randomID)
+        #expect(try await reopened.appliedMigrations() == ["v1"])
+        #expect(try await reopened.account(handle: "alice") != nil)
+    }
+
+    @Test func writerUsesSynchronousFull() async throws {
+        let (store, _) = try Self.makeStore()
+        #expect(try await store.synchronousMode() == 2)
+    }
+}

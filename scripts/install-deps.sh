@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Flitz builds against, only when they are missing.
+# Used by `make run` and `make test` (and so by .ci/run) on a fresh Debian 12 machine.
+set -euo pipefail
+
+missing=()
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if command -v pkg-config >/dev/null 2>&1; then
+  pkg-config --exists libsodium || missing+=(libsodium-dev)
+  pkg-config --exists sqlite3 || missing+=(libsqlite3-dev)
+else
+  missing+=(libsodium-dev libsqlite3-dev)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "installing Debian packages: ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
