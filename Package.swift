@@ -80,7 +80,7 @@ let package = Package(
         ),
         .executableTarget(name: "FlitzVectorGen", dependencies: ["FlitzProtocol", "FlitzCrypto"]),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
-        .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire"]),
+        .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto"]),
         .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),
         .testTarget(
@@ -90,7 +90,10 @@ let package = Package(
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
             ]
         ),
-        .testTarget(name: "FlitzClientTests", dependencies: ["FlitzClient", "FlitzProtocol", "FlitzRelay"]),
+        .testTarget(
+            name: "FlitzClientTests",
+            dependencies: ["FlitzClient", "FlitzProtocol", "FlitzRelay", "FlitzWire", "FlitzCrypto", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
         // Drives the built `flitz-relay` and `flitz` executables as separate processes.
         .testTarget(name: "FlitzEndToEndTests", dependencies: ["FlitzCLI", "FlitzRelayCLI"]),
     ],

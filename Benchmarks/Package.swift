@@ -1,0 +1,32 @@
+// swift-tools-version:6.2
+// Flitz performance benchmarks (ordo-one/benchmark). A separate package: the root package and CI never
+// build it. Run from this directory: `swift package --disable-sandbox benchmark` (see README.md).
+import Foundation
+import PackageDescription
+
+// A path dependency's package identity is its directory's name ("main" in /work/main), not the root
+// manifest's `name:`, so derive it rather than hard-coding a checkout directory name.
+let rootPackage = URL(fileURLWithPath: Context.packageDirectory).deletingLastPathComponent().lastPathComponent
+
+let package = Package(
+    name: "FlitzBenchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(path: ".."),
+        // The MallocInterposer trait alone (not the default RuntimeInterposer) keeps the dependency set
+        // to packages that are available here.
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "FlitzCryptoBenchmarks",
+            dependencies: [
+                .product(name: "FlitzProtocol", package: rootPackage),
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/FlitzCryptoBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        )
+    ],
+    swiftLanguageModes: [.v6]
+)

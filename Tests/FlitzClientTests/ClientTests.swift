@@ -1,0 +1,198 @@
+import FlitzCrypto
+import FlitzProtocol
+import FlitzRelay
+import FlitzWire
+import Foundation
+import GRDB
+import Logging
+import Testing
+
+@testable import FlitzClient
+
+/// A relay running in this process on a free loopback port with a temporary SQLite file.
+final class InProcessRelay: Sendable {
+    let application: RelayApplication
+    let directory: URL
+    let url: String
+    private let task: Task<Void, any Error>
+
+    init() async throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-client-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var logger = Logger(label: "relay")
+        logger.logLevel = .critical
+        let configuration = RelayConfiguration(port: 0, databasePath: directory.appendingPathComponent("relay.sqlite").path)
+        let application = try await buildRelay(configuration: configuration, logger: logger)
+        self.application = application
+        task = Task { try await application.run(handleSignals: false) }
+        url = "ws://127.0.0.1:\(await application.port())"
+    }
+
+    func client(_ name: String) throws -> FlitzClient {
+        var logger = Logger(label: name)
+        logger.logLevel = .critical
+        return try FlitzClient(home: directory.appendingPathComponent(name), logger: logger)
+    }
+
+    func stop() async {
+        await application.triggerGracefulShutdown()
+        _ = await task.result
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+/// Collects what a receive produced.
+final class Inbox: Sendable {
+    private let state = Mutex<(messages: [ReceivedMessage], warnings: [String])>(([], []))
+    var messages: [ReceivedMessage] { state.withLock { $0.messages } }
+    var texts: [String] { messages.map(\.text) }
+    var warnings: [String] { state.withLock { $0.warnings } }
+    func add(_ message: ReceivedMessage) { state.withLock { $0.messages.append(message) } }
+    func warn(_ text: String) { state.withLock { $0.warnings.append(text) } }
+}
+
+import Synchronization
+
+extension FlitzClient {
+    func receiveAll(wait: Duration = .zero) async throws -> Inbox {
+        let inbox = Inbox()
+        try await receive(wait: wait, onMessage: { inbox.add($0) }, onWarning: { inbox.warn($0) })
+        return inbox
+    }
+}
+
+@Suite(.serialized)
+struct ClientTests {
+    @Test func statusNeverGoesBack() {
+        #expect(MessageStatus.sent.canAdvance(to: .delivered))
+        #expect(MessageStatus.sent.canAdvance(to: .seen))
+        #expect(MessageStatus.delivered.canAdvance(to: .seen))
+        #expect(MessageStatus.sent.canAdvance(to: .expired))
+        #expect(!MessageStatus.seen.canAdvance(to: .delivered))
+        #expect(!MessageStatus.delivered.canAdvance(to: .expired))
+        #expect(!MessageStatus.seen.canAdvance(to: .expired))
+        #expect(!MessageStatus.delivered.canAdvance(to: .sent))
+    }
+
+    @Test func simultaneousFirstMessagesBothDecrypt() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        // Both start a session before either has received anything.
+        _ = try await alice.send(to: "bob", text: "a1")
+        _ = try await bob.send(to: "alice", text: "b1")
+        #expect(try await bob.receiveAll().texts == ["a1"])
+        #expect(try await alice.receiveAll().texts == ["b1"])
+        // Whichever sessions each side now uses, the other side still decrypts.
+        _ = try await alice.send(to: "bob", text: "a2")
+        _ = try await bob.send(to: "alice", text: "b2")
+        let bobInbox = try await bob.receiveAll()
+        let aliceInbox = try await alice.receiveAll()
+        #expect(bobInbox.texts == ["a2"] && bobInbox.warnings.isEmpty, "\(bobInbox.warnings)")
+        #expect(aliceInbox.texts == ["b2"] && aliceInbox.warnings.isEmpty, "\(aliceInbox.warnings)")
+        await relay.stop()
+    }
+
+    @Test func readReceiptsOffNeverReportSeen() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        try bob.setReadReceipts(false)
+        let id = try await alice.send(to: "bob", text: "private")
+        #expect(try await bob.receiveAll().texts == ["private"])
+        #expect(try await alice.status(of: id) == .delivered)
+        try bob.setReadReceipts(true)
+        #expect(try await bob.receiveAll().texts.isEmpty)
+        #expect(try await alice.status(of: id) == .delivered, "read while off: never reported later")
+        await relay.stop()
+    }
+
+    @Test func undecryptableEnvelopeWarnsAndDoesNotBlockTheQueue() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        _ = try await alice.send(to: "bob", text: "hello")
+        // Alice's device submits garbage and a tampered copy of a real ciphertext to bob.
+        let account = try #require(try alice.store.loadAccount())
+        let bobDevice = try #require(try alice.store.sessions(with: "bob").first).deviceID
+        var session = try #require(try alice.store.sessions(with: "bob").first).session
+        var tampered = try session.encrypt(MessageContent(messageID: Data(count: 16), sentAtMilliseconds: 0, body: .text("x")).encoded())
+        tampered[tampered.count - 1] ^= 0x01
+        let ciphertexts = [Data("not a session message".utf8), tampered]
+        try await alice.withAuthenticatedConnection(account) { connection in
+            var submit = WireSubmit()
+            for ciphertext in ciphertexts {
+                var envelope = WireOutgoingEnvelope()
+                envelope.envelopeID = SystemRandom().bytes(16)
+                envelope.recipientHandle = "bob"
+                envelope.recipientDeviceID = bobDevice
+                envelope.ciphertext = ciphertext
+                submit.envelopes.append(envelope)
+            }
+            _ = try await connection.request(.submit(submit))
+        }
+        _ = try await alice.send(to: "bob", text: "after the garbage")
+        let inbox = try await bob.receiveAll()
+        #expect(inbox.texts == ["hello", "after the garbage"])
+        #expect(inbox.warnings.count == 2)
+        #expect(inbox.warnings.allSatisfy { $0.contains("could not decrypt a message from alice") })
+        #expect(try await bob.receiveAll().warnings.isEmpty, "the bad envelopes were acknowledged, not redelivered")
+        await relay.stop()
+    }
+
+    @Test func retryUnderANewEnvelopeIDIsShownOnce() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let id = try await alice.send(to: "bob", text: "once")
+        // A crashed sender re-encrypts the same content (same message id) under a new envelope id.
+        let account = try #require(try alice.store.loadAccount())
+        let stored = try #require(try alice.store.sessions(with: "bob").first)
+        var session = stored.session
+        let again = try session.encrypt(MessageContent(messageID: id, sentAtMilliseconds: 0, body: .text("once")).encoded())
+        try await alice.withAuthenticatedConnection(account) { connection in
+            var envelope = WireOutgoingEnvelope()
+            envelope.envelopeID = SystemRandom().bytes(16)
+            envelope.recipientHandle = "bob"
+            envelope.recipientDeviceID = stored.deviceID
+            envelope.ciphertext = again
+            var submit = WireSubmit()
+            submit.envelopes = [envelope]
+            _ = try await connection.request(.submit(submit))
+        }
+        let inbox = try await bob.receiveAll()
+        #expect(inbox.texts == ["once"])
+        #expect(inbox.messages.first?.messageID == id)
+        await relay.stop()
+    }
+
+    @Test func unreachableRelayTimesOut() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        await relay.application.triggerGracefulShutdown()
+        let error = await #expect(throws: ClientError.self) {
+            _ = try await alice.send(to: "bob", text: "hi", timeout: .milliseconds(300))
+        }
+        #expect(error?.kind == .relayUnreachable)
+        #expect(error?.exitCode == 2)
+        await relay.stop()
+    }
+
+    @Test func storeOpensAgainAndMigrationsAreRecorded() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        let reopened = try relay.client("alice")
+        #expect(try reopened.handle() == "alice")
+        let applied = try await reopened.store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) }
+        #expect(applied == ["v1"])
+        let mode = try FileManager.default.attributesOfItem(atPath: relay.directory.appendingPathComponent("alice/flitz.sqlite").path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        await relay.stop()
+    }
+}
