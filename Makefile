@@ -24,7 +24,7 @@ test: deps
 
 # Regenerates vectors/*.json from fixed seeds (see protocol/vectors.md).
 vectors: deps
-	$(SWIFT) run flitz-vectors vectors
+	$(SWIFT) run flitz-vectors "$(CURDIR)/vectors"
 
 # Regenerates the committed protobuf code (needs protoc and protoc-gen-swift 1.39; not run by CI).
 proto:

@@ -29,8 +29,10 @@ extension FlitzClient {
         var lastError = ClientError(.relayUnreachable, "the relay did not acknowledge the message within \(timeout)")
         while clock.now < deadline {
             do {
-                return try await withAuthenticatedConnection(account) { connection in
-                    try await self.send(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, prepared: prepared)
+                return try await RelayConnection.withTimeout(deadline - clock.now) {
+                    try await self.withAuthenticatedConnection(account) { connection in
+                        try await self.send(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, prepared: prepared)
+                    }
                 }
             } catch let error as ClientError where error.kind == .relayUnreachable {
                 lastError = error

@@ -51,16 +51,20 @@ public final class RelayConnection: Sendable {
         } catch {
             complete(id, .failure(ClientError(.relayUnreachable, "connection to the relay lost")))
         }
-        let frame = try await withCheckedThrowingContinuation { continuation in
-            let ready: Result<WireFrame, any Error>? = state.withLock { state in
-                if case .arrived(let result) = state.requests[id] {
-                    state.requests[id] = nil
-                    return result
+        let frame = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let ready: Result<WireFrame, any Error>? = state.withLock { state in
+                    if case .arrived(let result) = state.requests[id] {
+                        state.requests[id] = nil
+                        return result
+                    }
+                    state.requests[id] = .waiting(continuation)
+                    return nil
                 }
-                state.requests[id] = .waiting(continuation)
-                return nil
+                if let ready { continuation.resume(with: ready) }
             }
-            if let ready { continuation.resume(with: ready) }
+        } onCancel: {
+            self.complete(id, .failure(CancellationError()))
         }
         if case .error(let error) = frame.body {
             throw ClientError(.refused(error.code), "the relay refused the request: \(error.message)")
@@ -79,14 +83,18 @@ public final class RelayConnection: Sendable {
             self?.wakeUnsolicitedWaiter(waiterID)
         }
         defer { timer.cancel() }
-        return await withCheckedContinuation { continuation in
-            let ready: WireFrame?? = state.withLock { state in
-                if !state.unsolicited.isEmpty { return .some(state.unsolicited.removeFirst()) }
-                if state.closed { return .some(nil) }
-                state.unsolicitedWaiter = (waiterID, continuation)
-                return nil
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready: WireFrame?? = state.withLock { state in
+                    if !state.unsolicited.isEmpty { return .some(state.unsolicited.removeFirst()) }
+                    if state.closed || Task.isCancelled { return .some(nil) }
+                    state.unsolicitedWaiter = (waiterID, continuation)
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
             }
-            if let ready { continuation.resume(returning: ready) }
+        } onCancel: {
+            self.wakeUnsolicitedWaiter(waiterID)
         }
     }
 
@@ -121,6 +129,20 @@ public final class RelayConnection: Sendable {
             continuation.resume(throwing: ClientError(.relayUnreachable, "connection to the relay closed"))
         }
         waiter?.continuation.resume(returning: nil)
+    }
+
+    /// Runs `body`, failing with `ClientError(.relayUnreachable)` if it has not finished after `timeout`
+    /// (then `body` is cancelled, which ends its pending requests at once).
+    static func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw ClientError(.relayUnreachable, "the relay did not answer in time")
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
     }
 
     private func complete(_ id: UInt64, _ result: Result<WireFrame, any Error>) {
