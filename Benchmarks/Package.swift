@@ -26,7 +26,13 @@ let package = Package(
             ],
             path: "Benchmarks/FlitzCryptoBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        )
+        ),
+        // Not a benchmark: the ratchet loop without the runner, for perf/valgrind.
+        .executableTarget(
+            name: "RatchetProfile",
+            dependencies: [.product(name: "FlitzProtocol", package: rootPackage)],
+            path: "Sources/RatchetProfile"
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -202,8 +202,8 @@ final class ClientStore: Sendable {
         }
     }
 
-    func signedPreKey(id: UInt32) throws -> SignedPreKeyPair? {
-        try dbQueue.read { db in
+    static func signedPreKey(id: UInt32, _ db: Database) throws -> SignedPreKeyPair? {
+        do {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM signed_prekeys WHERE id = ?", arguments: [Int64(id)]) else { return nil }
             return SignedPreKeyPair(
                 id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(row["private_key"] as Data)),
@@ -211,8 +211,8 @@ final class ClientStore: Sendable {
         }
     }
 
-    func oneTimePreKey(id: UInt32) throws -> OneTimePreKeyPair? {
-        try dbQueue.read { db in
+    static func oneTimePreKey(id: UInt32, _ db: Database) throws -> OneTimePreKeyPair? {
+        do {
             guard let data = try Data.fetchOne(db, sql: "SELECT private_key FROM one_time_prekeys WHERE id = ?", arguments: [Int64(id)])
             else { return nil }
             return OneTimePreKeyPair(id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(data)))
@@ -222,26 +222,42 @@ final class ClientStore: Sendable {
     // MARK: contacts
 
     func contact(_ handle: String) throws -> ContactRecord? {
-        try dbQueue.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM contacts WHERE handle = ?", arguments: [handle]) else { return nil }
-            return ContactRecord(handle: handle, trustedIdentityKey: row["trusted_identity_key"], untrustedIdentityKey: row["untrusted_identity_key"])
-        }
+        try dbQueue.read { db in try Self.contact(handle, db) }
+    }
+
+    static func contact(_ handle: String, _ db: Database) throws -> ContactRecord? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM contacts WHERE handle = ?", arguments: [handle]) else { return nil }
+        return ContactRecord(handle: handle, trustedIdentityKey: row["trusted_identity_key"], untrustedIdentityKey: row["untrusted_identity_key"])
     }
 
     func trustIdentity(_ handle: String, key: Data) throws {
-        try dbQueue.write { db in
-            try db.execute(
-                sql: """
-                    INSERT INTO contacts (handle, trusted_identity_key, untrusted_identity_key) VALUES (?, ?, NULL)
-                    ON CONFLICT(handle) DO UPDATE SET trusted_identity_key = excluded.trusted_identity_key, untrusted_identity_key = NULL
-                    """,
-                arguments: [handle, key])
-        }
+        try dbQueue.write { db in try Self.trustIdentity(handle, key: key, db) }
     }
 
-    func recordUntrustedIdentity(_ handle: String, key: Data) throws {
-        try dbQueue.write { db in
-            try db.execute(sql: "UPDATE contacts SET untrusted_identity_key = ? WHERE handle = ?", arguments: [key, handle])
+    static func trustIdentity(_ handle: String, key: Data, _ db: Database) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO contacts (handle, trusted_identity_key, untrusted_identity_key) VALUES (?, ?, NULL)
+                ON CONFLICT(handle) DO UPDATE SET trusted_identity_key = excluded.trusted_identity_key, untrusted_identity_key = NULL
+                """,
+            arguments: [handle, key])
+    }
+
+    static func recordUntrustedIdentity(_ handle: String, key: Data, _ db: Database) throws {
+        try db.execute(sql: "UPDATE contacts SET untrusted_identity_key = ? WHERE handle = ?", arguments: [key, handle])
+    }
+
+    /// Runs `body` in one IMMEDIATE transaction: it takes SQLite's write lock at once, so a session's
+    /// load → encrypt/decrypt → save cannot interleave with another task or another `flitz` process on
+    /// the same home (which would fork the ratchet state).
+    func transaction<T>(_ body: (Database) throws -> T) throws -> T {
+        try dbQueue.writeWithoutTransaction { db in
+            var result: T?
+            try db.inTransaction(.immediate) {
+                result = try body(db)
+                return .commit
+            }
+            return result!
         }
     }
 
@@ -249,13 +265,15 @@ final class ClientStore: Sendable {
 
     /// Sessions with a handle's devices, the active one first, then newest first.
     func sessions(with handle: String) throws -> [(deviceID: UInt32, session: Session, active: Bool)] {
-        try dbQueue.read { db in
-            try Row.fetchAll(
-                db, sql: "SELECT device_id, record, active FROM sessions WHERE handle = ? ORDER BY active DESC, updated_at DESC",
-                arguments: [handle]
-            ).map { row in
-                (UInt32(row["device_id"] as Int64), try Session(serialized: row["record"]), row["active"] as Bool)
-            }
+        try dbQueue.read { db in try Self.sessions(with: handle, db) }
+    }
+
+    static func sessions(with handle: String, _ db: Database) throws -> [(deviceID: UInt32, session: Session, active: Bool)] {
+        try Row.fetchAll(
+            db, sql: "SELECT device_id, record, active FROM sessions WHERE handle = ? ORDER BY active DESC, updated_at DESC, rowid DESC",
+            arguments: [handle]
+        ).map { row in
+            (UInt32(row["device_id"] as Int64), try Session(serialized: row["record"]), row["active"] as Bool)
         }
     }
 

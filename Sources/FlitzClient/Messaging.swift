@@ -91,37 +91,41 @@ extension FlitzClient {
         if let contact = try store.contact(handle), contact.untrustedIdentityKey != nil {
             throw identityChangedError(handle)
         }
-        var deviceID: UInt32
-        var session: Session
-        if let existing = try store.sessions(with: handle).first(where: \.active) {
-            (deviceID, session) = (existing.deviceID, existing.session)
-        } else {
+        // A new session needs the network (the bundle); everything after happens in one transaction.
+        var fresh: (deviceID: UInt32, session: Session)?
+        if try store.sessions(with: handle).first(where: \.active) == nil {
             let bundle = try await fetchBundle(on: connection, handle: handle)
             try checkIdentity(handle, accountIdentityKey: bundle.certificate.accountIdentityKey.rawRepresentation)
-            session = try Session.initiate(identity: account.device, bundle: bundle, random: random)
-            deviceID = bundle.deviceID
+            fresh = (bundle.deviceID, try Session.initiate(identity: account.device, bundle: bundle, random: random))
         }
         let messageID = random.bytes(WireConstants.idLength)
         let content = MessageContent(
             messageID: messageID, sentAtMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), body: .text(text))
-        let ciphertext = try session.encrypt(content.encoded(), random: random)
-        var outgoing = WireOutgoingEnvelope()
-        outgoing.envelopeID = random.bytes(WireConstants.idLength)
-        outgoing.recipientHandle = handle
-        outgoing.recipientDeviceID = deviceID
-        outgoing.ttlSeconds = expiresIn ?? 0
-        outgoing.ciphertext = ciphertext
-        let envelope = outgoing
-        let finalSession = session
-        let finalDeviceID = deviceID
-        try await store.dbQueue.write { db in
-            try ClientStore.save(finalSession, handle: handle, deviceID: finalDeviceID, makeActive: true, db)
+        let envelopeID = random.bytes(WireConstants.idLength)
+        let random = self.random
+        let newSession = fresh
+        let envelope = try store.transaction { db -> WireOutgoingEnvelope in
+            // Re-read inside the transaction: another process may have advanced the session meanwhile.
+            guard let found = try ClientStore.sessions(with: handle, db).first(where: \.active).map({ ($0.deviceID, $0.session) })
+                ?? newSession
+            else { throw ClientError(.protocolFailure, "no session with \(handle)") }
+            let deviceID = found.0
+            var session = found.1
+            let ciphertext = try session.encrypt(content.encoded(), random: random)
+            try ClientStore.save(session, handle: handle, deviceID: deviceID, makeActive: true, db)
             try db.execute(
                 sql: """
                     INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, envelope, expires_in, status)
                     VALUES (?, 1, ?, ?, ?, ?, ?, 'pending')
                     """,
-                arguments: [messageID, handle, text, envelope.envelopeID, ciphertext, Int64(expiresIn ?? 0)])
+                arguments: [messageID, handle, text, envelopeID, ciphertext, Int64(expiresIn ?? 0)])
+            var outgoing = WireOutgoingEnvelope()
+            outgoing.envelopeID = envelopeID
+            outgoing.recipientHandle = handle
+            outgoing.recipientDeviceID = deviceID
+            outgoing.ttlSeconds = expiresIn ?? 0
+            outgoing.ciphertext = ciphertext
+            return outgoing
         }
         return PreparedEnvelope(messageID: messageID, envelope: envelope)
     }
@@ -146,14 +150,18 @@ extension FlitzClient {
 
     /// Trust on first use; afterwards a different account identity key is recorded and refused until `trust`.
     private func checkIdentity(_ handle: String, accountIdentityKey: Data) throws {
-        guard let contact = try store.contact(handle) else {
-            try store.trustIdentity(handle, key: accountIdentityKey)
-            return
+        let changed = try store.transaction { db -> Bool in
+            guard let contact = try ClientStore.contact(handle, db) else {
+                try ClientStore.trustIdentity(handle, key: accountIdentityKey, db)
+                return false
+            }
+            guard ConstantTime.equals(contact.trustedIdentityKey, accountIdentityKey) else {
+                try ClientStore.recordUntrustedIdentity(handle, key: accountIdentityKey, db)
+                return true
+            }
+            return false
         }
-        if !ConstantTime.equals(contact.trustedIdentityKey, accountIdentityKey) {
-            try store.recordUntrustedIdentity(handle, key: accountIdentityKey)
-            throw identityChangedError(handle)
-        }
+        if changed { throw identityChangedError(handle) }
     }
 
     private func identityChangedError(_ handle: String) -> ClientError {

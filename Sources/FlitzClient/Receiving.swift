@@ -35,62 +35,64 @@ extension FlitzClient {
         return events
     }
 
+    /// Decrypts one envelope and stores the session and the message in one immediate transaction.
     private func accept(_ envelope: WireEnvelope) async throws -> [ClientEvent] {
         let sender = envelope.senderHandle
         let incoming = try IncomingSessionMessage(parsing: envelope.ciphertext)
         let account = try requireAccount()
-        var events: [ClientEvent] = []
-        let plaintext: Data
-        let session: Session
-        var replacesActive = false
-        switch incoming {
-        case .preKey(let message):
-            let accountKey = message.certificate.accountIdentityKey.rawRepresentation
-            if let contact = try store.contact(sender) {
-                if !ConstantTime.equals(contact.trustedIdentityKey, accountKey) {
-                    try store.recordUntrustedIdentity(sender, key: accountKey)
-                    events.append(.warning("the identity key of \(sender) has changed; verify it and run `flitz trust \(sender)` before replying"))
+        let random = self.random
+        let (events, inserted) = try store.transaction { db -> ([ClientEvent], Bool) in
+            var events: [ClientEvent] = []
+            let plaintext: Data
+            let session: Session
+            var makeActive = false
+            var usedOneTimePreKey: UInt32?
+            switch incoming {
+            case .preKey(let message):
+                let accountKey = message.certificate.accountIdentityKey.rawRepresentation
+                if let contact = try ClientStore.contact(sender, db) {
+                    if !ConstantTime.equals(contact.trustedIdentityKey, accountKey) {
+                        try ClientStore.recordUntrustedIdentity(sender, key: accountKey, db)
+                        events.append(.warning("the identity key of \(sender) has changed; verify it and run `flitz trust \(sender)` before replying"))
+                    }
+                } else {
+                    try ClientStore.trustIdentity(sender, key: accountKey, db)
                 }
-            } else {
-                try store.trustIdentity(sender, key: accountKey)
+                if var existing = try ClientStore.sessions(with: sender, db).first(where: { $0.session.baseKey == message.baseKey })?.session {
+                    // A later message of a session we already answered (the initiator has not seen a reply yet).
+                    plaintext = try existing.decrypt(message.ratchetMessage, random: random)
+                    session = existing
+                } else {
+                    guard let signedPreKey = try ClientStore.signedPreKey(id: message.signedPreKeyID, db) else {
+                        throw FlitzProtocolError(.unknownPreKey, "signed prekey \(message.signedPreKeyID)")
+                    }
+                    var oneTimePreKey: OneTimePreKeyPair?
+                    if let id = message.oneTimePreKeyID {
+                        guard let key = try ClientStore.oneTimePreKey(id: id, db) else { throw FlitzProtocolError(.unknownPreKey, "one-time prekey \(id)") }
+                        oneTimePreKey = key
+                        usedOneTimePreKey = id
+                    }
+                    (session, plaintext) = try Session.respond(
+                        to: message, identity: account.device, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, random: random)
+                    makeActive = true
+                }
+            case .ratchet(let bytes):
+                var decrypted: (Session, Data, Bool)?
+                for var candidate in try ClientStore.sessions(with: sender, db) where candidate.deviceID == envelope.senderDeviceID {
+                    if let result = try? candidate.session.decrypt(bytes, random: random) {
+                        decrypted = (candidate.session, result, !candidate.active)
+                        break
+                    }
+                }
+                guard let decrypted else { throw FlitzProtocolError(.authenticationFailed, "no session decrypts it") }
+                (session, plaintext, makeActive) = decrypted
             }
-            let existing = try store.sessions(with: sender).first { $0.session.baseKey == message.baseKey }
-            if var existing = existing?.session {
-                plaintext = try existing.decrypt(message.ratchetMessage, random: random)
-                session = existing
-            } else {
-                guard let signedPreKey = try store.signedPreKey(id: message.signedPreKeyID) else {
-                    throw FlitzProtocolError(.unknownPreKey, "signed prekey \(message.signedPreKeyID)")
-                }
-                var oneTimePreKey: OneTimePreKeyPair?
-                if let id = message.oneTimePreKeyID {
-                    guard let key = try store.oneTimePreKey(id: id) else { throw FlitzProtocolError(.unknownPreKey, "one-time prekey \(id)") }
-                    oneTimePreKey = key
-                }
-                (session, plaintext) = try Session.respond(
-                    to: message, identity: account.device, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, random: random)
-                replacesActive = true
-            }
-        case .ratchet(let bytes):
-            var decrypted: (Session, Data)?
-            for var candidate in try store.sessions(with: sender) where candidate.deviceID == envelope.senderDeviceID {
-                if let result = try? candidate.session.decrypt(bytes, random: random) {
-                    decrypted = (candidate.session, result)
-                    replacesActive = !candidate.active
-                    break
-                }
-            }
-            guard let decrypted else { throw FlitzProtocolError(.authenticationFailed, "no session decrypts it") }
-            (session, plaintext) = decrypted
-        }
-        let content = try MessageContent(decoding: plaintext)
-        guard case .text(let text) = content.body else { return events }
-        let usedOneTimePreKey: UInt32? = if case .preKey(let message) = incoming { message.oneTimePreKeyID } else { nil }
-        let inserted = try await store.dbQueue.write { [replacesActive] db in
-            try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: replacesActive, db)
+            let content = try MessageContent(decoding: plaintext)
+            try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: makeActive, db)
             if let usedOneTimePreKey {
                 try db.execute(sql: "DELETE FROM one_time_prekeys WHERE id = ?", arguments: [Int64(usedOneTimePreKey)])
             }
+            guard case .text(let text) = content.body else { return (events, false) }
             // Duplicates (a sender's retry under a new envelope id) are dropped by (sender, message id).
             try db.execute(
                 sql: """
@@ -98,7 +100,7 @@ extension FlitzClient {
                     VALUES (?, 0, ?, ?, ?, 'delivered', ?) ON CONFLICT DO NOTHING
                     """,
                 arguments: [content.messageID, sender, text, envelope.envelopeID, envelope.acceptedAtMs])
-            return db.changesCount > 0
+            return (events, db.changesCount > 0)
         }
         if !inserted { logger.debug("dropped a duplicate message") }
         return events

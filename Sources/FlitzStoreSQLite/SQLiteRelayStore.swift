@@ -135,6 +135,7 @@ public final class SQLiteRelayStore: RelayStore {
 
     // MARK: RelayStore (documented on the protocol)
 
+    /// Implements `RelayStore.register` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func register(
         handle: String, accountIdentityKey: Data, recoveryCodeHash: Data, device: NewDevice, atMs: Int64
     ) async throws -> UInt32 {
@@ -152,6 +153,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.account` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func account(handle: String) async throws -> AccountRecord? {
         try await run {
             try await self.pool.read { db in
@@ -165,6 +167,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.device` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func device(_ address: DeviceAddress) async throws -> DeviceRecord? {
         try await run {
             try await self.pool.read { db in
@@ -176,6 +179,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.recover` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func recover(
         handle: String, expectedRecoveryCodeHash: Data, accountIdentityKey: Data, newRecoveryCodeHash: Data,
         device: NewDevice, atMs: Int64, receiptExpiresAtMs: Int64
@@ -218,6 +222,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.publishPreKeys` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func publishPreKeys(
         device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord]
     ) async throws -> Int {
@@ -239,10 +244,12 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.oneTimePreKeyCount` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func oneTimePreKeyCount(device: DeviceAddress) async throws -> Int {
         try await run { try await self.pool.read { db in try Self.preKeyCount(db, device) } }
     }
 
+    /// Implements `RelayStore.takePreKeyBundle` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func takePreKeyBundle(handle: String) async throws -> PreKeyBundleRecord? {
         try await run {
             try await self.pool.write { db in
@@ -271,6 +278,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.submit` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome] {
         try await run {
             try await self.pool.write { db in
@@ -317,6 +325,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.pendingItems` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func pendingItems(for device: DeviceAddress, afterSequence: Int64, nowMs: Int64, limit: Int) async throws -> [QueuedItem] {
         try await run {
             try await self.pool.read { db in
@@ -348,6 +357,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.acknowledge` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func acknowledge(
         device: DeviceAddress, envelopeIDs: [Data], receiptIDs: [Data], atMs: Int64, receiptExpiresAtMs: Int64
     ) async throws -> Set<DeviceAddress> {
@@ -379,6 +389,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.reportSeen` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func reportSeen(device: DeviceAddress, envelopeIDs: [Data], atMs: Int64, receiptExpiresAtMs: Int64) async throws -> Set<DeviceAddress> {
         try await run {
             try await self.pool.write { db in
@@ -400,6 +411,7 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.sweep` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func sweep(nowMs: Int64, receiptExpiresAtMs: Int64) async throws -> SweepResult {
         try await run {
             try await self.pool.write { db in

@@ -123,7 +123,12 @@ struct SessionPair {
     }
 
     /// Checks, outside the measurement, that alice → bob messages do not step Bob's ratchet.
+    /// Alice's first message after the handshake carries the ratchet key she made on decrypting Bob's
+    /// reply, so Bob steps once here; every later alice → bob message stays in that chain.
     mutating func checkSameChain(_ plaintext: Data) {
+        let before = bob.ratchetState.receivingRatchetKey
+        precondition(Self.deliver(plaintext, from: &alice, to: &bob) == plaintext)
+        precondition(bob.ratchetState.receivingRatchetKey != before, "expected Bob's first DH ratchet step")
         for _ in 0..<3 {
             let before = bob.ratchetState.receivingRatchetKey
             precondition(Self.deliver(plaintext, from: &alice, to: &bob) == plaintext)
