@@ -27,11 +27,12 @@ let package = Package(
             path: "Benchmarks/FlitzCryptoBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
-        // Not a benchmark: the ratchet loop without the runner, for perf/valgrind.
+        // Not run by the plugin: the same four measurements as plain ContinuousClock loops (medians of
+        // repeated rounds), as a cross-check of the harness and for profilers (perf, valgrind).
         .executableTarget(
-            name: "RatchetProfile",
+            name: "CryptoTiming",
             dependencies: [.product(name: "FlitzProtocol", package: rootPackage)],
-            path: "Sources/RatchetProfile"
+            path: "Sources/CryptoTiming"
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -11,9 +11,11 @@ struct Flitz: AsyncParsableCommand {
         commandName: "flitz",
         abstract: "End-to-end encrypted chat through a Flitz relay.",
         discussion: """
-            State lives in --home DIR, else $FLITZ_HOME, else ~/.flitz.
-            Exit codes: 0 success, 1 usage or local error, 2 relay unreachable or timed out,
-            3 refused by the relay, 4 the contact's identity key changed and is not trusted yet.
+            State lives in --home DIR, else $FLITZ_HOME, else ~/.flitz. One home is one device: a command \
+            on a home replaces that home's other connection to the relay (listen and chat reconnect).
+
+            Exit codes: 0 success; 1 local error; 2 relay unreachable or timed out; 3 refused by the relay; \
+            4 the contact's identity key changed and is not trusted yet; 64 invalid command line.
             """,
         subcommands: [Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Trust.self, Settings.self, SafetyNumberCommand.self]
     )
@@ -26,13 +28,20 @@ struct CommonOptions: ParsableArguments {
     @Flag(name: .long, help: "Log diagnostics to stderr.")
     var verbose = false
 
-    func client() throws -> FlitzClient {
+    /// The client for the chosen home; only `init` passes `create: true`.
+    func client(create: Bool = false) throws -> FlitzClient {
         LoggingBootstrap.once(verbose: verbose)
         var logger = Logger(label: "flitz")
         logger.logLevel = verbose ? .debug : .warning
-        let path = home ?? ProcessInfo.processInfo.environment["FLITZ_HOME"]
-            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".flitz").path
-        return try FlitzClient(home: URL(fileURLWithPath: path), logger: logger)
+        let environment = ProcessInfo.processInfo.environment
+        let userHome = environment["HOME"].map { URL(fileURLWithPath: $0) } ?? FileManager.default.homeDirectoryForCurrentUser
+        let path = home ?? environment["FLITZ_HOME"] ?? userHome.appendingPathComponent(".flitz").path
+        do {
+            return try FlitzClient(home: URL(fileURLWithPath: path), logger: logger, create: create)
+        } catch let error as ClientError {
+            printError("flitz: \(error.message)")
+            throw ExitCode(error.exitCode)
+        }
     }
 }
 
@@ -68,11 +77,11 @@ struct Init: AsyncParsableCommand {
     @Option(help: "Recovery code of an existing handle: take it over on this device with new keys.") var recover: String?
 
     func run() async throws {
-        let client = try options.client()
+        let client = try options.client(create: true)
         let code = try await FlitzCLI.run { try await client.initialize(relayURL: relay, handle: handle, recoveryCode: recover) }
         printLine("registered \(handle) on \(relay)")
         printLine("recovery code: \(code)")
-        printLine("Write the recovery code down; it is shown only this once. With it, `flitz init --handle \(handle) --recover CODE` takes the handle over on a new device.")
+        printLine("Write the recovery code down; it is shown only this once. With it, `flitz init --relay \(relay) --handle \(handle) --recover CODE` takes the handle over on a new device.")
     }
 }
 
@@ -85,9 +94,13 @@ struct Send: AsyncParsableCommand {
     var expiresIn: UInt32?
     @Option(help: "Seconds to keep retrying an unreachable relay.") var timeout: Double = 30
 
+    func validate() throws {
+        guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
+        if let expiresIn, expiresIn < 1 { throw ValidationError("--expires-in must be at least 1 second") }
+    }
+
     func run() async throws {
         let client = try options.client()
-        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         let id = try await FlitzCLI.run {
             try await client.send(to: handle, text: text, expiresIn: expiresIn, timeout: .milliseconds(Int64(timeout * 1000)))
         }
@@ -122,8 +135,26 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
         printLine(String(decoding: data, as: UTF8.self))
     } else {
-        printLine("\(message.from): \(message.text)")
+        printLine("\(message.from): \(terminalSafe(message.text))")
     }
+}
+
+/// Text from other people made safe for a terminal: control characters (newlines, ANSI escapes) and
+/// bidirectional overrides are shown as `\u{…}` escapes, so a message cannot fake lines or restyle the
+/// terminal. `--json` output is escaped by JSON instead.
+func terminalSafe(_ text: String) -> String {
+    var out = ""
+    for scalar in text.unicodeScalars {
+        let value = scalar.value
+        let isControl = value < 0x20 || (0x7f...0x9f).contains(value)
+        let isBidiOverride = (0x202a...0x202e).contains(value) || (0x2066...0x2069).contains(value)
+        if isControl || isBidiOverride {
+            out += "\\u{" + String(value, radix: 16) + "}"
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return out
 }
 
 func rfc3339(_ date: Date) -> String {
@@ -180,11 +211,11 @@ struct Chat: AsyncParsableCommand {
 
     func run() async throws {
         let client = try options.client()
-        let (lines, continuation) = AsyncStream<String>.makeStream()
+        let lines = LineQueue()
         // readLine blocks, so it runs on its own thread rather than in the cooperative pool.
         let reader = Thread {
-            while let line = readLine() { continuation.yield(line) }
-            continuation.finish()
+            while let line = readLine() { lines.push(line) }
+            lines.finish()
         }
         reader.start()
         printError("chatting with \(handle); type a message and press Enter, Ctrl-D to quit")
@@ -230,7 +261,14 @@ struct SafetyNumberCommand: AsyncParsableCommand {
 
     func run() async throws {
         let client = try options.client()
-        printLine(try await FlitzCLI.run { try client.safetyNumber(with: handle) })
+        let numbers = try await FlitzCLI.run { try client.safetyNumbers(with: handle) }
+        if let untrusted = numbers.untrusted {
+            printLine("new key, not trusted yet: \(untrusted)")
+            printLine("previously trusted key:   \(numbers.trusted)")
+            printError("flitz: \(handle)'s identity key changed. Compare the new number with \(handle) in person or on a call, then run `flitz trust \(handle)`.")
+        } else {
+            printLine(numbers.trusted)
+        }
     }
 }
 

@@ -63,13 +63,15 @@ public struct HistoryMessage: Sendable {
 /// The client's local database (GRDB, SQLite file `flitz.sqlite` in the home directory, mode 0600):
 /// keys, prekeys, sessions, contacts, history and statuses. Versioned with `DatabaseMigrator`.
 final class ClientStore: Sendable {
+    /// File name of the store inside the home directory.
+    static let fileName = "flitz.sqlite"
     let dbQueue: DatabaseQueue
 
     /// Opens (creating if needed) the store in `home`, which is created with mode 0700.
     /// - Throws: GRDB or file system errors.
     init(home: URL) throws {
         try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let path = home.appendingPathComponent("flitz.sqlite").path
+        let path = home.appendingPathComponent(Self.fileName).path
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
         dbQueue = try DatabaseQueue(path: path, configuration: configuration)

@@ -41,11 +41,20 @@ public final class FlitzClient: Sendable {
     let logger: Logger
     let random: any RandomSource
 
-    /// Opens the local store in `home`.
-    /// - Throws: file system or database errors.
-    public init(home: URL, logger: Logger, random: any RandomSource = SystemRandom()) throws {
+    /// Opens the local store in `home`. Only `create: true` (for `init`) makes a new home directory.
+    /// - Throws: `ClientError(.notInitialized)` when `home` holds no store and `create` is false;
+    ///   `ClientError(.invalidArgument)` when the store cannot be opened (not a directory, corrupt file).
+    public init(home: URL, logger: Logger, create: Bool = true, random: any RandomSource = SystemRandom()) throws {
         self.home = home
-        self.store = try ClientStore(home: home)
+        let storeFile = home.appendingPathComponent(ClientStore.fileName).path
+        guard create || FileManager.default.fileExists(atPath: storeFile) else {
+            throw ClientError(.notInitialized, "no account in \(home.path); run `flitz init --relay ws://HOST:PORT --handle NAME` first")
+        }
+        do {
+            self.store = try ClientStore(home: home)
+        } catch {
+            throw ClientError(.invalidArgument, "cannot open the local store \(storeFile): \(error)")
+        }
         self.logger = logger
         self.random = random
     }

@@ -4,6 +4,7 @@ import FlitzWire
 import Foundation
 import GRDB
 import Logging
+import Synchronization
 
 /// An encrypted message ready to submit, kept across retries so a resubmission is byte-identical.
 struct PreparedEnvelope: Sendable {
@@ -12,6 +13,10 @@ struct PreparedEnvelope: Sendable {
 }
 
 extension FlitzClient {
+    /// Longest message text in UTF-8 bytes: the relay's 65 536-byte ciphertext limit minus the session
+    /// overhead (prekey message, header, nonce, tag, content fields and padding), rounded down.
+    public static let maxTextBytes = 64_000
+
     // MARK: send
 
     /// Encrypts `text` for `handle` and submits it; returns the 16-byte message id once the relay has
@@ -20,9 +25,7 @@ extension FlitzClient {
     /// - Throws: `ClientError`: `.relayUnreachable` (timed out), `.refused`, `.identityChanged`, `.invalidArgument`.
     public func send(to handle: String, text: String, expiresIn: UInt32? = nil, timeout: Duration = .seconds(30)) async throws -> Data {
         let account = try requireAccount()
-        guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
-        guard handle != account.handle else { throw ClientError(.invalidArgument, "you cannot send a message to yourself") }
-        guard !text.isEmpty else { throw ClientError(.invalidArgument, "the message is empty") }
+        try checkOutgoing(text, to: handle, account: account)
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
         let prepared = PreparedBox()
@@ -48,6 +51,7 @@ extension FlitzClient {
         on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?,
         prepared: PreparedBox = PreparedBox()
     ) async throws -> Data {
+        try checkOutgoing(text, to: handle, account: account)
         for attempt in 0..<2 {
             let envelope: PreparedEnvelope
             if let existing = prepared.value {
@@ -81,6 +85,16 @@ extension FlitzClient {
             return envelope.messageID
         }
         throw ClientError(.refused(.staleDevice), "the recipient's devices keep changing; try again")
+    }
+
+    /// Refuses what the relay would refuse or what makes no sense, before anything is encrypted.
+    private func checkOutgoing(_ text: String, to handle: String, account: AccountRecord) throws {
+        guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
+        guard handle != account.handle else { throw ClientError(.invalidArgument, "you cannot send a message to yourself") }
+        guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw ClientError(.invalidArgument, "the message is empty") }
+        guard text.utf8.count <= Self.maxTextBytes else {
+            throw ClientError(.invalidArgument, "the message is \(text.utf8.count) bytes; the limit is \(Self.maxTextBytes) bytes of UTF-8 text")
+        }
     }
 
     /// Finds or starts the session with `handle`, encrypts the message, and stores session and message
@@ -168,37 +182,49 @@ extension FlitzClient {
         ClientError(
             .identityChanged,
             "the identity key of \(handle) has changed (for example, they reinstalled or recovered their account). "
-                + "Verify it with them, then run `flitz trust \(handle)` to send again")
+                + "Compare `flitz safety-number \(handle)` with them, then run `flitz trust \(handle)` to send again")
     }
 
     // MARK: trust
 
-    /// Accepts `handle`'s current account identity key, fetched from the relay, and drops old sessions.
-    /// Returns the safety number of the new key pair.
+    /// Accepts `handle`'s changed account identity key: the one recorded when the change was noticed
+    /// (the key `safetyNumbers(with:)` showed), else the one the relay serves now. Drops old sessions.
+    /// Returns the safety number of the newly trusted key.
     /// - Throws: `ClientError`.
     public func trust(_ handle: String) async throws -> String {
         let account = try requireAccount()
-        let bundle = try await withAuthenticatedConnection(account) { connection in
-            try await self.fetchBundle(on: connection, handle: handle)
+        let key: Data
+        if let pending = try store.contact(handle)?.untrustedIdentityKey {
+            key = pending
+        } else {
+            let bundle = try await withAuthenticatedConnection(account) { connection in
+                try await self.fetchBundle(on: connection, handle: handle)
+            }
+            key = bundle.certificate.accountIdentityKey.rawRepresentation
         }
-        let key = bundle.certificate.accountIdentityKey.rawRepresentation
         try store.trustIdentity(handle, key: key)
         try store.deleteSessions(with: handle)
         return SafetyNumber.compute(account.account.publicKey.rawRepresentation, key)
     }
 
-    /// The safety number of this account and `handle`'s trusted identity key.
-    /// - Throws: `ClientError(.invalidArgument)` when the contact is unknown.
-    public func safetyNumber(with handle: String) throws -> String {
+    /// The safety number with `handle`'s trusted key and, when their key changed, with the new untrusted key.
+    /// - Throws: `ClientError(.invalidArgument)` when no message has been exchanged with `handle` yet.
+    public func safetyNumbers(with handle: String) throws -> (trusted: String, untrusted: String?) {
         let account = try requireAccount()
-        guard let contact = try store.contact(handle) else { throw ClientError(.invalidArgument, "no contact \(handle) yet") }
-        return SafetyNumber.compute(account.account.publicKey.rawRepresentation, contact.trustedIdentityKey)
+        guard let contact = try store.contact(handle) else {
+            throw ClientError(.invalidArgument, "no contact \(handle) yet: safety numbers exist once you have exchanged a message")
+        }
+        let own = account.account.publicKey.rawRepresentation
+        return (SafetyNumber.compute(own, contact.trustedIdentityKey), contact.untrustedIdentityKey.map { SafetyNumber.compute(own, $0) })
     }
 }
 
 /// Holds a prepared envelope across retries of one send.
-final class PreparedBox: @unchecked Sendable {
-    // Only touched by one send at a time (sequential retries).
-    var value: PreparedEnvelope?
+final class PreparedBox: Sendable {
+    private let storage = Mutex<PreparedEnvelope?>(nil)
     init() {}
+    var value: PreparedEnvelope? {
+        get { storage.withLock { $0 } }
+        set { storage.withLock { $0 = newValue } }
+    }
 }

@@ -253,18 +253,28 @@ extension FlitzClient {
         try await runConnected(onEvent: onEvent) { _, _ in try await Task.sleep(for: .seconds(86_400 * 365)) }
     }
 
-    /// Interactive chat with `handle`: sends each line of `lines`, reports events, ends when `lines` ends.
-    /// - Throws: `ClientError`.
+    /// Interactive chat with `handle`: sends each line pushed to `lines`, reports events, and returns when
+    /// `lines` is finished and everything pushed has been sent. Lines typed while the relay is unreachable
+    /// are sent after reconnecting, each exactly once (a resend reuses the same envelope).
+    /// - Throws: `ClientError` (`.invalidArgument` for an invalid handle or your own).
     public func chat(
-        with handle: String, lines: AsyncStream<String>, onSent: @escaping @Sendable (Data) -> Void,
+        with handle: String, lines: LineQueue, onSent: @escaping @Sendable (Data) -> Void,
         onEvent: @escaping @Sendable (ClientEvent) -> Void
     ) async throws {
+        let account = try requireAccount()
         guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
+        guard handle != account.handle else { throw ClientError(.invalidArgument, "you cannot chat with yourself") }
         try await runConnected(onEvent: onEvent) { connection, account in
-            for await line in lines where !line.trimmingCharacters(in: .whitespaces).isEmpty {
+            while let line = await lines.next() {
                 do {
-                    onSent(try await self.send(on: connection, account: account, to: handle, text: line, expiresIn: nil))
-                } catch let error as ClientError where error.kind != .relayUnreachable {
+                    onSent(try await self.send(on: connection, account: account, to: handle, text: line.text, expiresIn: nil, prepared: line.prepared))
+                } catch let error as ClientError where error.kind == .relayUnreachable {
+                    lines.pushFront(line)
+                    throw error
+                } catch is CancellationError {
+                    lines.pushFront(line)
+                    throw CancellationError()
+                } catch let error as ClientError {
                     onEvent(.warning(error.message))
                 }
             }

@@ -131,6 +131,18 @@ public final class RelayConnection: Sendable {
         waiter?.continuation.resume(returning: nil)
     }
 
+    /// A short, readable reason for a failed connection (the full error goes to the debug log).
+    static func reason(_ error: any Error) -> String {
+        let text = String(describing: error)
+        if text.contains("Connection refused") { return "connection refused (is the relay running on that port?)" }
+        if text.contains("cannotUseIPAddressInSNI") { return "wss:// needs a host name, not an IP address" }
+        if text.contains("Network is unreachable") || text.contains("No route to host") { return "network unreachable" }
+        if text.contains("unresolvable") || text.contains("Name or service not known") { return "unknown host name" }
+        if text.contains("timeout") || text.contains("timedOut") { return "timed out" }
+        if text.contains("invalidURL") || text.contains("InvalidURL") { return "not a valid ws:// or wss:// address" }
+        return "the connection failed (run with --verbose for details)"
+    }
+
     /// Runs `body`, failing with `ClientError(.relayUnreachable)` if it has not finished after `timeout`
     /// (then `body` is cancelled, which ends its pending requests at once).
     static func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
@@ -204,7 +216,8 @@ public final class RelayConnection: Sendable {
             }
         } catch {
             if let outcome = result.withLock({ $0 }) { return try outcome.get() }
-            throw ClientError(.relayUnreachable, "cannot reach the relay at \(endpoint): \(error)")
+            logger.debug("connection failed", metadata: ["error": "\(error)"])
+            throw ClientError(.relayUnreachable, "cannot reach the relay at \(endpoint): \(Self.reason(error))")
         }
         guard let outcome = result.withLock({ $0 }) else {
             throw ClientError(.relayUnreachable, "connection to the relay at \(endpoint) ended early")

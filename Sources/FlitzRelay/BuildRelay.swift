@@ -19,8 +19,11 @@ public final class RelayApplication: Sendable {
     private let logger: Logger
     private let listening: ListeningPort
     private let group = Mutex<(group: ServiceGroup?, shutdownRequested: Bool)>((nil, false))
+    // Held until the application is released; nil when the caller supplied its own store.
+    private let databaseLock: DatabaseLock?
 
-    init(relay: Relay, services: [any Service], logger: Logger, listening: ListeningPort) {
+    init(relay: Relay, services: [any Service], logger: Logger, listening: ListeningPort, databaseLock: DatabaseLock?) {
+        self.databaseLock = databaseLock
         self.relay = relay
         self.services = services
         self.logger = logger
@@ -41,6 +44,7 @@ public final class RelayApplication: Sendable {
         }
         if shutdownRequested { await group.triggerGracefulShutdown() }
         try await group.run()
+        logger.info("relay stopped")
     }
 
     /// Starts a graceful shutdown: the server stops accepting, open connections end, the sweeper stops,
@@ -75,6 +79,7 @@ public func buildRelay(
     onListening: @escaping @Sendable (_ host: String, _ port: Int) async -> Void = { _, _ in }
 ) async throws -> RelayApplication {
     let random = SystemRandom()
+    let lock = store == nil ? try DatabaseLock(databasePath: configuration.databasePath) : nil
     let store = try store ?? SQLiteRelayStore(path: configuration.databasePath, makeID: { random.bytes(16) })
     let relay = Relay(store: store, configuration: configuration, clock: clock, random: random, logger: logger)
     let listening = ListeningPort()
@@ -102,7 +107,8 @@ public func buildRelay(
             await onListening(host, port)
         },
         logger: logger)
-    return RelayApplication(relay: relay, services: [application, ExpirySweeper(relay: relay)], logger: logger, listening: listening)
+    return RelayApplication(
+        relay: relay, services: [application, ExpirySweeper(relay: relay)], logger: logger, listening: listening, databaseLock: lock)
 }
 
 /// A port that becomes known once; waiters resume then.

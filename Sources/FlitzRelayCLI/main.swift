@@ -34,7 +34,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "WebSocket ping period in seconds (ws.pingInterval).")
     var pingInterval: Int = 30
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    @Option(help: "Log level: debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func validate() throws {
@@ -42,7 +42,9 @@ struct Serve: AsyncParsableCommand {
         guard sweepInterval > 0, retention > 0, pingInterval > 0 else {
             throw ValidationError("--sweep-interval, --retention and --ping-interval must be positive")
         }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown --log-level \(logLevel)") }
+        // The WebSocket library logs frame bytes at trace level: they would put credentials in the log.
+        guard level > .trace else { throw ValidationError("--log-level trace is not allowed: it would log frame contents; use debug") }
     }
 
     func run() async throws {
@@ -56,10 +58,17 @@ struct Serve: AsyncParsableCommand {
         let configuration = RelayConfiguration(
             host: host, port: port, databasePath: database, sweepInterval: .seconds(sweepInterval),
             retention: .seconds(retention), pingInterval: .seconds(pingInterval))
-        let relay = try await buildRelay(configuration: configuration, logger: logger) { host, port in
-            // Unbuffered, so a parent process reading the pipe sees the line at once.
-            FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
+        do {
+            let relay = try await buildRelay(configuration: configuration, logger: logger) { host, port in
+                // Unbuffered, so a parent process reading the pipe sees the line at once.
+                FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
+            }
+            try await relay.run()
+        } catch {
+            let text = String(describing: error)
+            let reason = text.contains("Address already in use") ? "cannot listen on \(host):\(port): address already in use" : text
+            FileHandle.standardError.write(Data("flitz-relay: \(reason)\n".utf8))
+            throw ExitCode.failure
         }
-        try await relay.run()
     }
 }

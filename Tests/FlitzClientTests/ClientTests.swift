@@ -196,3 +196,65 @@ struct ClientTests {
         await relay.stop()
     }
 }
+
+@Suite(.serialized)
+struct ChatTests {
+    /// Collects events until one matches, then stops the listener.
+    func listen(_ client: FlitzClient, until predicate: @escaping @Sendable (ClientEvent) -> Bool) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let (found, continuation) = AsyncStream<Void>.makeStream()
+            group.addTask {
+                try await client.listen { event in
+                    if predicate(event) { continuation.yield() }
+                }
+            }
+            group.addTask {
+                for await _ in found { return }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    @Test func chatSurvivesAReplacedConnectionAndSendsEveryLineOnce() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let lines = LineQueue()
+        let sent = Mutex<[Data]>([])
+        let chat = Task {
+            try await alice.chat(with: "bob", lines: lines, onSent: { id in sent.withLock { $0.append(id) } }, onEvent: { _ in })
+        }
+        lines.push("before")
+        try await listen(bob) { if case .message(let m) = $0 { m.text == "before" } else { false } }
+        // Another process on alice's home connects: the relay replaces chat's connection; chat reconnects.
+        let aliceElsewhere = try relay.client("alice")
+        _ = try await aliceElsewhere.sync(onWarning: { _ in })
+        lines.push("after")
+        try await listen(bob) { if case .message(let m) = $0 { m.text == "after" } else { false } }
+        lines.finish()
+        try await chat.value
+        #expect(sent.withLock { $0.count } == 2)
+        let received = try await bob.store.dbQueue.read { db in
+            try String.fetchAll(db, sql: "SELECT text FROM messages WHERE outgoing = 0 ORDER BY seq")
+        }
+        #expect(received == ["before", "after"], "each line arrived exactly once")
+        let ownChat = await #expect(throws: ClientError.self) {
+            try await alice.chat(with: "alice", lines: LineQueue(), onSent: { _ in }, onEvent: { _ in })
+        }
+        #expect(ownChat?.kind == .invalidArgument)
+        await relay.stop()
+    }
+
+    @Test func oversizeAndBlankMessagesAreRefusedLocally() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        for text in ["   ", String(repeating: "x", count: FlitzClient.maxTextBytes + 1)] {
+            let error = await #expect(throws: ClientError.self) { _ = try await alice.send(to: "bob", text: text) }
+            #expect(error?.kind == .invalidArgument)
+        }
+        await relay.stop()
+    }
+}

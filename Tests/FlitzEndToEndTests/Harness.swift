@@ -47,11 +47,14 @@ struct CommandResult: CustomStringConvertible {
 }
 
 /// Runs an executable to completion with stdout and stderr captured in files (no pipe deadlocks).
-func runProcess(_ executable: URL, _ arguments: [String], environment: [String: String] = [:], in scratch: Scratch) throws -> CommandResult {
+/// A process still running after `timeout` seconds is terminated (a hung command fails its test, not CI).
+func runProcess(
+    _ executable: URL, _ arguments: [String], environment: [String: String] = [:], in scratch: Scratch, timeout: Double = 120
+) throws -> CommandResult {
     let id = UUID().uuidString
     let out = scratch.path("out-\(id)"), err = scratch.path("err-\(id)")
-    FileManager.default.createFile(atPath: out.path, contents: nil)
-    FileManager.default.createFile(atPath: err.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: err.path, contents: nil)
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
@@ -63,6 +66,9 @@ func runProcess(_ executable: URL, _ arguments: [String], environment: [String: 
     process.standardOutput = try FileHandle(forWritingTo: out)
     process.standardError = try FileHandle(forWritingTo: err)
     try process.run()
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [process] in
+        if process.isRunning { process.terminate() }
+    }
     process.waitUntilExit()
     return CommandResult(
         status: process.terminationStatus,
@@ -91,7 +97,7 @@ final class RelayProcess {
 
     init(database: URL, log: URL, port requestedPort: Int = 0, arguments: [String] = [], environment: [String: String] = [:]) throws {
         self.log = log
-        if !FileManager.default.fileExists(atPath: log.path) { FileManager.default.createFile(atPath: log.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
         let logHandle = try FileHandle(forWritingTo: log)
         logHandle.seekToEndOfFile()
         let stdout = Pipe()

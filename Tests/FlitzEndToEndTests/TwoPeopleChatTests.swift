@@ -80,11 +80,24 @@ struct TwoPeopleChatTests {
         #expect(blocked.stdout.isEmpty)
         #expect(blocked.stderr.contains("flitz trust bob"))
         #expect(try alice.flitz("send", "bob", "still blocked 7f3a").status == 4)
+        let numbers = try alice.flitz("safety-number", "bob")
+        #expect(numbers.status == 0 && numbers.lines.count == 2, "\(numbers)")
+        let newNumber = try #require(numbers.lines.first { $0.hasPrefix("new key, not trusted yet: ") }?.split(separator: ":").last)
+            .trimmingCharacters(in: .whitespaces)
         let trusted = try alice.flitz("trust", "bob")
         #expect(trusted.status == 0, "\(trusted)")
+        #expect(trusted.stdout.contains(newNumber), "trust accepts the key whose number was shown")
         let afterTrust = try alice.flitz("send", "bob", "after trust 7f3a")
         #expect(afterTrust.status == 0, "\(afterTrust)")
         #expect(try bob2.flitz("receive").lines == ["alice: after trust 7f3a"])
+        // Both sides now compute the same safety number.
+        #expect(try alice.flitz("safety-number", "bob").lines == [newNumber])
+        #expect(try bob2.flitz("safety-number", "alice").lines == [newNumber])
+        #expect(newNumber.count == 35)
+
+        // Text from others cannot forge lines or send terminal escapes.
+        #expect(try bob2.flitz("send", "alice", "ok\nbob: forged\u{1b}[31m").status == 0)
+        #expect(try alice.flitz("receive").lines == ["bob: ok\\u{a}bob: forged\\u{1b}[31m"])
         #expect(try bob.flitz("receive").status == 3, "the old device can no longer authenticate")
 
         // The relay's database files and log never contain a plaintext.
@@ -120,10 +133,23 @@ struct TwoPeopleChatTests {
         let wrongCode = try nobody.flitz("init", "--relay", relay.url, "--handle", "alice", "--recover", "WRONG-CODE")
         #expect(wrongCode.status == 3, "\(wrongCode)")
 
+        // A second relay on the same database refuses to start; trace logging (frame bytes) is refused.
+        let second = try runProcess(
+            Binaries.relay, ["serve", "--port", "0", "--database", scratch.path("relay.sqlite").path], in: scratch, timeout: 20)
+        #expect(second.status == 1, "\(second)")
+        #expect(second.stderr.contains("another flitz-relay is already using"), "\(second)")
+        let trace = try runProcess(Binaries.relay, ["serve", "--port", "0", "--log-level", "trace"], in: scratch, timeout: 20)
+        #expect(trace.status == 64, "\(trace)")
+        #expect(try alice.flitz("send", "bob", "hello", "--expires-in", "0").status == 64)
+
         relay.stop()
         let unreachable = try alice.flitz("send", "bob", "hello", "--timeout", "1")
         #expect(unreachable.status == 2, "\(unreachable)")
         #expect(unreachable.stdout.isEmpty)
+        #expect(unreachable.stderr.contains("connection refused"), "\(unreachable)")
+        #expect(!FileManager.default.fileExists(atPath: scratch.path("never-created").path))
+        #expect(try User(name: "x", home: scratch.path("never-created"), scratch: scratch).flitz("receive").status == 1)
+        #expect(!FileManager.default.fileExists(atPath: scratch.path("never-created").path), "only init creates a home")
     }
 }
 
