@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "flitz-relay", targets: ["FlitzRelayCLI"]),
         .executable(name: "flitz", targets: ["FlitzCLI"]),
         .executable(name: "flitz-vectors", targets: ["FlitzVectorGen"]),
+        .library(name: "FlitzCrypto", targets: ["FlitzCrypto"]),
         .library(name: "FlitzProtocol", targets: ["FlitzProtocol"]),
         .library(name: "FlitzClient", targets: ["FlitzClient"]),
         .library(name: "FlitzRelay", targets: ["FlitzRelay"]),

@@ -1,6 +1,6 @@
 // swift-tools-version:6.2
 // Flitz performance benchmarks (ordo-one/benchmark). A separate package: the root package and CI never
-// build it. Run from this directory: `swift package --disable-sandbox benchmark` (see README.md).
+// build it. Run from this directory: `swift package benchmark` (see README.md).
 import Foundation
 import PackageDescription
 
@@ -22,6 +22,7 @@ let package = Package(
             name: "FlitzCryptoBenchmarks",
             dependencies: [
                 .product(name: "FlitzProtocol", package: rootPackage),
+                .product(name: "FlitzCrypto", package: rootPackage),
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/FlitzCryptoBenchmarks",
@@ -31,7 +32,7 @@ let package = Package(
         // repeated rounds), as a cross-check of the harness and for profilers (perf, valgrind).
         .executableTarget(
             name: "CryptoTiming",
-            dependencies: [.product(name: "FlitzProtocol", package: rootPackage)],
+            dependencies: [.product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage)],
             path: "Sources/CryptoTiming"
         ),
     ],
