@@ -18,9 +18,16 @@ extension FlitzClient {
             } else {
                 do {
                     events += try await accept(envelope)
-                } catch {
+                } catch let error as FlitzProtocolError {
                     // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
-                    events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
+                    // Other errors (the local database) propagate unacknowledged, so the relay redelivers.
+                    // A redelivery of one we already stored (its acknowledgement was lost) is no news.
+                    let known = try await store.dbQueue.read { db in
+                        try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE envelope_id = ? AND outgoing = 0", arguments: [envelope.envelopeID]) ?? false
+                    }
+                    if !(error.code == .duplicateMessage && known) {
+                        events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
+                    }
                 }
             }
             ack.envelopeIds.append(envelope.envelopeID)
@@ -36,7 +43,7 @@ extension FlitzClient {
     }
 
     /// Decrypts one envelope and stores the session and the message in one immediate transaction.
-    private func accept(_ envelope: WireEnvelope) async throws -> [ClientEvent] {
+    func accept(_ envelope: WireEnvelope) async throws -> [ClientEvent] {
         let sender = envelope.senderHandle
         let incoming = try IncomingSessionMessage(parsing: envelope.ciphertext)
         let account = try requireAccount()

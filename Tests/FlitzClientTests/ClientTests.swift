@@ -170,6 +170,28 @@ struct ClientTests {
         await relay.stop()
     }
 
+    @Test func redeliveryAfterALostAcknowledgementIsQuiet() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        _ = try await alice.send(to: "bob", text: "stored once")
+        // Bob stores the envelope, then the connection drops before his acknowledgement.
+        let account = try #require(try bob.store.loadAccount())
+        try await bob.withAuthenticatedConnection(account) { connection in
+            while let frame = await connection.nextUnsolicited(timeout: .seconds(10)) {
+                if case .deliver(let deliver) = frame.body {
+                    for envelope in deliver.envelopes { _ = try await bob.accept(envelope) }
+                    return
+                }
+            }
+        }
+        let inbox = try await bob.receiveAll()
+        #expect(inbox.texts == ["stored once"])
+        #expect(inbox.warnings.isEmpty, "\(inbox.warnings)")
+        await relay.stop()
+    }
+
     @Test func unreachableRelayTimesOut() async throws {
         let relay = try await InProcessRelay()
         let alice = try relay.client("alice")
