@@ -4,6 +4,7 @@ import FlitzWire
 import Foundation
 import GRDB
 import Logging
+import Synchronization
 
 extension FlitzClient {
     /// Decrypts, stores and acknowledges one `Deliver` frame; applies its receipts. Each envelope and
@@ -296,9 +297,12 @@ extension FlitzClient {
     ) async throws {
         let account = try requireAccount()
         let emit: @Sendable ([ClientEvent]) -> Void = { $0.forEach(onEvent) }
+        let reported = Mutex(false)
         while true {
             do {
                 try await withAuthenticatedConnection(account) { connection in
+                    if reported.withLock({ $0 }) { onEvent(.warning("reconnected")) }
+                    reported.withLock { $0 = false }
                     emit(try await self.drain(connection))
                     try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
                     try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -321,7 +325,9 @@ extension FlitzClient {
                 }
                 return
             } catch let error as ClientError where error.kind == .relayUnreachable {
-                onEvent(.warning("\(error.message); reconnecting"))
+                // Say it once per outage, not on every retry.
+                if !reported.withLock({ $0 }) { onEvent(.warning("\(error.message); reconnecting")) }
+                reported.withLock { $0 = true }
                 try await Task.sleep(for: .seconds(2))
             }
         }
