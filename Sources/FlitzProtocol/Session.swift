@@ -61,7 +61,7 @@ public struct Session: Sendable {
     public let remoteCertificate: DeviceCertificate
     /// The X3DH base key (EK_A) that created this session; identifies it across retries.
     public let baseKey: X25519PublicKey
-    /// 64-byte AD: initiator's device identity key ‖ responder's.
+    /// 128-byte AD: IK_A ‖ IK_B ‖ AccK_A ‖ AccK_B (`X3DHAgreement.associatedData`).
     public let associatedData: Data
     private let localCertificate: DeviceCertificate
     private var ratchet: DoubleRatchet
@@ -100,7 +100,7 @@ public struct Session: Sendable {
         }
         let agreement = try X3DH.respond(
             identity: identity, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey,
-            initiatorIdentityKey: message.certificate.deviceIdentityKey, baseKey: message.baseKey)
+            initiatorCertificate: message.certificate, baseKey: message.baseKey)
         var session = Session(
             remoteCertificate: message.certificate, baseKey: message.baseKey, associatedData: agreement.associatedData,
             localCertificate: identity.certificate,
@@ -173,7 +173,7 @@ public struct Session: Sendable {
     /// Restores a session from `serialized()` bytes.
     /// - Throws: `FlitzProtocolError.invalidSessionRecord`.
     public init(serialized bytes: Data) throws(FlitzProtocolError) {
-        guard let record = try? ProtoSessionRecord(serializedBytes: bytes), record.version == 1, record.associatedData.count == 64,
+        guard let record = try? ProtoSessionRecord(serializedBytes: bytes), record.version == 1, record.associatedData.count == X3DH.associatedDataLength,
             let remoteAccount = try? Ed25519PublicKey(rawRepresentation: record.remoteAccountIdentityKey),
             let remoteDevice = try? Ed25519PublicKey(rawRepresentation: record.remoteDeviceIdentityKey),
             let localAccount = try? Ed25519PublicKey(rawRepresentation: record.localAccountIdentityKey),

@@ -5,7 +5,9 @@ import Foundation
 public struct X3DHAgreement: Sendable {
     /// SK: 32 bytes of HKDF-SHA-256(salt = 32 zero bytes, ikm = 0xFF×32 ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4], info = "Flitz-X3DH-v1").
     public let sharedSecret: SecretBytes
-    /// AD: 64 bytes, initiator's raw Ed25519 device identity key ‖ responder's.
+    /// AD: 128 bytes, the raw Ed25519 keys IK_A ‖ IK_B ‖ AccK_A ‖ AccK_B (device identity keys, then the
+    /// account identity keys that certify them; initiator first). Binding the account keys stops a relay
+    /// from presenting one account's device as another's (an unknown-key-share).
     public let associatedData: Data
     /// The DH outputs DH1...DH4 in order (three or four of 32 bytes), kept for test vectors.
     public let dhOutputs: [SecretBytes]
@@ -30,8 +32,7 @@ public enum X3DH {
             if let opk = bundle.oneTimePreKey {
                 outputs.append(try ephemeralKey.sharedSecret(with: opk.publicKey))
             }
-            return try agreement(
-                outputs: outputs, initiator: identity.publicKey, responder: bundle.certificate.deviceIdentityKey)
+            return try agreement(outputs: outputs, initiator: identity.certificate, responder: bundle.certificate)
         } catch let error as FlitzProtocolError {
             throw error
         } catch {
@@ -39,14 +40,15 @@ public enum X3DH {
         }
     }
 
-    /// The responder's side, from the initiator's device identity key IK_A and base key EK_A.
+    /// The responder's side, from the initiator's verified device certificate (IK_A and its account key)
+    /// and base key EK_A.
     /// - Throws: `FlitzProtocolError.authenticationFailed` when a key is unusable.
     public static func respond(
         identity: DeviceIdentity, signedPreKey: SignedPreKeyPair, oneTimePreKey: OneTimePreKeyPair?,
-        initiatorIdentityKey: Ed25519PublicKey, baseKey: X25519PublicKey
+        initiatorCertificate: DeviceCertificate, baseKey: X25519PublicKey
     ) throws(FlitzProtocolError) -> X3DHAgreement {
         do {
-            let ikA = try initiatorIdentityKey.x25519PublicKey()
+            let ikA = try initiatorCertificate.deviceIdentityKey.x25519PublicKey()
             let ikB = identity.privateKey.x25519PrivateKey()
             var outputs = [
                 try signedPreKey.privateKey.sharedSecret(with: ikA),
@@ -56,7 +58,7 @@ public enum X3DH {
             if let oneTimePreKey {
                 outputs.append(try oneTimePreKey.privateKey.sharedSecret(with: baseKey))
             }
-            return try agreement(outputs: outputs, initiator: initiatorIdentityKey, responder: identity.publicKey)
+            return try agreement(outputs: outputs, initiator: initiatorCertificate, responder: identity.certificate)
         } catch let error as FlitzProtocolError {
             throw error
         } catch {
@@ -64,15 +66,19 @@ public enum X3DH {
         }
     }
 
+    /// Length of AD in bytes.
+    public static let associatedDataLength = 128
+
     private static func agreement(
-        outputs: [SecretBytes], initiator: Ed25519PublicKey, responder: Ed25519PublicKey
+        outputs: [SecretBytes], initiator: DeviceCertificate, responder: DeviceCertificate
     ) throws -> X3DHAgreement {
         var ikm = ProtocolConstants.x3dhPrefix
         for output in outputs { output.withUnsafeBytes { ikm.append(contentsOf: $0) } }
         defer { ikm.resetBytes(in: 0..<ikm.count) }
         let sk = try HKDF.deriveKey(
             inputKeyMaterial: SecretBytes(ikm), salt: ProtocolConstants.zeroSalt, info: ProtocolConstants.x3dhInfo, length: 32)
-        return X3DHAgreement(
-            sharedSecret: sk, associatedData: initiator.rawRepresentation + responder.rawRepresentation, dhOutputs: outputs)
+        let associatedData = initiator.deviceIdentityKey.rawRepresentation + responder.deviceIdentityKey.rawRepresentation
+            + initiator.accountIdentityKey.rawRepresentation + responder.accountIdentityKey.rawRepresentation
+        return X3DHAgreement(sharedSecret: sk, associatedData: associatedData, dhOutputs: outputs)
     }
 }

@@ -17,7 +17,7 @@ enum X3DHVectors {
             let initiator = try X3DH.initiate(identity: alice.device, ephemeralKey: ephemeral, bundle: bundle)
             let responder = try X3DH.respond(
                 identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey,
-                initiatorIdentityKey: alice.device.publicKey, baseKey: ephemeral.publicKey)
+                initiatorCertificate: alice.device.certificate, baseKey: ephemeral.publicKey)
             precondition(initiator.sharedSecret.constantTimeEquals(responder.sharedSecret), "X3DH sides disagree")
             precondition(initiator.associatedData == responder.associatedData)
             var keyMaterial = ProtocolConstants.x3dhPrefix

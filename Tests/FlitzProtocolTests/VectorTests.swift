@@ -165,7 +165,7 @@ struct X3DHVectorCase: Decodable, Sendable, CustomTestStringConvertible {
         #expect(agreement.associatedData.hexString == vector.associatedData)
         let responder = try X3DH.respond(
             identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey,
-            initiatorIdentityKey: alice.device.publicKey, baseKey: ephemeral.publicKey)
+            initiatorCertificate: alice.device.certificate, baseKey: ephemeral.publicKey)
         #expect(responder.sharedSecret.unsafeData.hexString == vector.sharedSecret)
     }
 
@@ -189,7 +189,9 @@ struct X3DHVectorCase: Decodable, Sendable, CustomTestStringConvertible {
             inputKeyMaterial: SecretBytes(Data(vectorHex: vector.keyMaterial)), salt: Data(vectorHex: vector.salt),
             info: Data(vectorHex: vector.info), length: 32)
         #expect(sk.unsafeData.hexString == vector.sharedSecret)
-        #expect(vector.associatedData == vector.alice.deviceIdentityKey + vector.bob.deviceIdentityKey)
+        #expect(
+            vector.associatedData
+                == vector.alice.deviceIdentityKey + vector.bob.deviceIdentityKey + vector.alice.accountIdentityKey + vector.bob.accountIdentityKey)
     }
 }
 

@@ -13,10 +13,14 @@ import Testing
             identity: alice.identity, ephemeralKey: ephemeral, bundle: try bob.bundle(withOneTimePreKey: withOneTimePreKey))
         let responder = try X3DH.respond(
             identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: withOneTimePreKey ? bob.oneTimePreKey : nil,
-            initiatorIdentityKey: alice.identity.publicKey, baseKey: ephemeral.publicKey)
+            initiatorCertificate: alice.identity.certificate, baseKey: ephemeral.publicKey)
         #expect(initiator.sharedSecret.count == 32)
         #expect(initiator.sharedSecret.constantTimeEquals(responder.sharedSecret))
-        #expect(initiator.associatedData == alice.identity.publicKey.rawRepresentation + bob.identity.publicKey.rawRepresentation)
+        #expect(
+            initiator.associatedData
+                == alice.identity.publicKey.rawRepresentation + bob.identity.publicKey.rawRepresentation
+                + alice.account.publicKey.rawRepresentation + bob.account.publicKey.rawRepresentation)
+        #expect(initiator.associatedData.count == X3DH.associatedDataLength)
         #expect(responder.associatedData == initiator.associatedData)
         #expect(initiator.dhOutputs.count == (withOneTimePreKey ? 4 : 3))
         #expect(initiator.dhOutputs.map(\.unsafeData) == responder.dhOutputs.map(\.unsafeData))
@@ -47,7 +51,7 @@ import Testing
         let initiator = try X3DH.initiate(identity: alice.identity, ephemeralKey: ephemeral, bundle: try bob.bundle())
         let responder = try X3DH.respond(
             identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: OneTimePreKeyPair(id: 100, random: bob.random),
-            initiatorIdentityKey: alice.identity.publicKey, baseKey: ephemeral.publicKey)
+            initiatorCertificate: alice.identity.certificate, baseKey: ephemeral.publicKey)
         #expect(!initiator.sharedSecret.constantTimeEquals(responder.sharedSecret))
     }
 
@@ -133,5 +137,33 @@ import Testing
         #expect(bob.account.publicKey.isValidSignature(bob.identity.certificate.signature, for: payload))
         // The signed prekey signature covers exactly the raw 32-byte public key.
         #expect(bob.identity.publicKey.isValidSignature(bob.signedPreKey.signature, for: bob.signedPreKey.privateKey.publicKey.rawRepresentation))
+    }
+
+    /// A relay that relabels IK_A as belonging to another account (a certificate anyone can make over
+    /// someone else's device key) gets a different AD, so the first message does not decrypt.
+    @Test func relabelledDeviceKeyDoesNotDecrypt() throws {
+        let alice = TestDevice("x3dh/uks/alice")
+        let bob = TestDevice("x3dh/uks/bob")
+        let mallory = AccountIdentity(random: SeededRandom(label: "x3dh/uks/mallory"))
+        var aliceSession = try Session.initiate(identity: alice.identity, bundle: try bob.bundle(), random: alice.random)
+        let message = try aliceSession.encrypt(Data("hi".utf8), random: alice.random)
+        guard case .preKey(let genuine) = try IncomingSessionMessage(parsing: message) else {
+            Issue.record("expected a prekey message")
+            return
+        }
+        let forged = mallory.certify(alice.identity.publicKey)
+        #expect(throws: Never.self) { try forged.verify() }
+        let agreement = try X3DH.respond(
+            identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: bob.oneTimePreKey,
+            initiatorCertificate: forged, baseKey: genuine.baseKey)
+        var ratchet = DoubleRatchet(
+            responderWith: agreement.sharedSecret, associatedData: agreement.associatedData, ratchetKey: bob.signedPreKey.privateKey)
+        #expect {
+            _ = try ratchet.decrypt(genuine.ratchetMessage, random: bob.random)
+        } throws: { ($0 as? FlitzProtocolError)?.code == .authenticationFailed }
+        // The genuine certificate decrypts.
+        let (_, plaintext) = try Session.respond(
+            to: genuine, identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: bob.oneTimePreKey, random: bob.random)
+        #expect(plaintext == Data("hi".utf8))
     }
 }
