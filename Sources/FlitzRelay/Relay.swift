@@ -154,6 +154,12 @@ public final class Relay: Sendable {
             if request.hasSignedPrekey {
                 signed = try validatedSignedPreKey(request.signedPrekey, deviceIdentityKey: record.deviceIdentityKey)
             }
+            let stock = try await store.oneTimePreKeyCount(device: device)
+            guard stock + oneTime.count <= WireConstants.maxOneTimePreKeysStored else {
+                throw RelayError(
+                    .invalidArgument,
+                    "a device keeps at most \(WireConstants.maxOneTimePreKeysStored) one-time prekeys; it has \(stock)")
+            }
             let remaining = try await store.publishPreKeys(device: device, signedPreKey: signed, oneTimePreKeys: oneTime)
             var status = WirePreKeyStatus()
             status.oneTimePrekeysRemaining = UInt32(clamping: remaining)
@@ -405,6 +411,10 @@ public final class Relay: Sendable {
 
     private func internalError(_ error: any Error) -> RelayError {
         if let error = error as? RelayError { return error }
+        // The device was removed (recovery) while this connection was authenticated.
+        if let error = error as? StoreError, error.code == .unknownDevice {
+            return RelayError(.authenticationFailed, "this device was removed")
+        }
         logger.error("store failure", metadata: ["error": "\(error)"])
         return RelayError(.internal, "the relay failed; retry later")
     }

@@ -55,6 +55,7 @@ public protocol RelayStore: Sendable {
     /// twice; the same id in any other combination is refused with `envelopeIDConflict`. Unknown
     /// recipient handles are refused with `unknownRecipient`, devices that are not current with
     /// `staleDevice`. The route of each envelope is kept until `routeExpiresAtMs`.
+    /// - Throws: `StoreError(.unknownDevice)` when `sender` is no longer a device (nothing is stored).
     func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome]
 
     /// Queue items of `device` with a sequence greater than `afterSequence`, in queue order, at most

@@ -282,6 +282,8 @@ public final class SQLiteRelayStore: RelayStore {
     public func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome] {
         try await run {
             try await self.pool.write { db in
+                // The sender may have been removed (recovery) after it authenticated.
+                guard try Self.deviceExists(db, sender) else { throw StoreError(.unknownDevice) }
                 var outcomes: [SubmissionOutcome] = []
                 outcomes.reserveCapacity(envelopes.count)
                 for envelope in envelopes {

@@ -14,6 +14,8 @@ public enum WireConstants {
     public static let maxItemsPerDeliver = 100
     /// Most one-time prekeys in one `Register`, `Recover` or `PublishPreKeys`.
     public static let maxOneTimePreKeysPerFrame = 200
+    /// Most one-time prekeys the relay stores for one device; `PublishPreKeys` beyond it is refused.
+    public static let maxOneTimePreKeysStored = 1_000
     /// Most ids in one `Acknowledge` or `ReportSeen`.
     public static let maxIDsPerFrame = 1_000
     /// Length of an envelope id, a receipt id and a message id, in bytes.

@@ -231,6 +231,19 @@ import FoundationNetworking
                 publish.signedPrekey = alice.deviceKeys().signedPrekey
                 publish.signedPrekey.signature = Data(count: 64)
                 #expect(try await connection.request(.publishPrekeys(publish)).errorCode == .invalidSignature)
+                // The stock per device is bounded: 8 + 4 × 198 = 800, + 200 = 1 000 exactly, then one more is refused.
+                var bulk = WirePublishPreKeys()
+                for round in 0..<5 {
+                    let count = round < 4 ? 198 : 200
+                    bulk.oneTimePrekeys = alice.deviceKeys(oneTimePreKeys: count, startingAt: UInt32(1_000 + round * 200)).oneTimePrekeys
+                    guard case .prekeyStatus(let status) = try await connection.request(.publishPrekeys(bulk)).body else {
+                        Issue.record("publishing round \(round) was refused")
+                        return
+                    }
+                    #expect(status.oneTimePrekeysRemaining == UInt32(8 + 198 * min(round + 1, 4) + (round == 4 ? 200 : 0)))
+                }
+                bulk.oneTimePrekeys = alice.deviceKeys(oneTimePreKeys: 1, startingAt: 9_000).oneTimePrekeys
+                #expect(try await connection.request(.publishPrekeys(bulk)).errorCode == .invalidArgument)
             }
         }
     }
