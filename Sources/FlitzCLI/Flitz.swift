@@ -128,14 +128,17 @@ struct Receive: AsyncParsableCommand {
 
 func printMessage(_ message: ReceivedMessage, json: Bool) {
     if json {
-        let object: [String: String] = [
+        var object: [String: Any] = [
             "id": message.messageID.hexString, "from": message.from, "text": message.text,
             "sentAt": rfc3339(message.sentAt),
         ]
+        if message.untrustedSender { object["untrustedSender"] = true }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
         printLine(String(decoding: data, as: UTF8.self))
     } else {
-        printLine("\(message.from): \(terminalSafe(message.text))")
+        // A sender whose identity key changed and is not trusted yet is flagged on every display.
+        let from = message.untrustedSender ? "\(message.from) [new identity key, not verified]" : message.from
+        printLine("\(from): \(terminalSafe(message.text))")
     }
 }
 
@@ -243,13 +246,16 @@ struct Status: AsyncParsableCommand {
 }
 
 struct Trust: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Accept a contact's current identity key after it changed.")
+    static let configuration = CommandConfiguration(
+        abstract: "Accept a contact's changed identity key (compare `flitz safety-number HANDLE` with them first).")
     @OptionGroup var options: CommonOptions
     @Argument(help: "Contact handle.") var handle: String
+    @Option(name: .customLong("safety-number"), help: "Trust only if the new key still has this safety number (as shown by `flitz safety-number`).")
+    var safetyNumber: String?
 
     func run() async throws {
         let client = try options.client()
-        let number = try await FlitzCLI.run { try await client.trust(handle) }
+        let number = try await FlitzCLI.run { try await client.trust(handle, expectedSafetyNumber: safetyNumber) }
         printLine("trusted the current identity key of \(handle); safety number: \(number)")
     }
 }

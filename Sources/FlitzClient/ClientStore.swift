@@ -135,6 +135,18 @@ final class ClientStore: Sendable {
                 CREATE INDEX messages_envelope ON messages(envelope_id);
                 """)
         }
+        migrator.registerMigration("v2") { db in
+            // Whether the sender's account key was the trusted one when the message arrived; and the X3DH
+            // base keys already answered, so a replayed prekey message cannot start a second session.
+            try db.execute(sql: """
+                ALTER TABLE messages ADD COLUMN untrusted_sender INTEGER NOT NULL DEFAULT 0;
+                CREATE TABLE accepted_base_keys (
+                    base_key BLOB PRIMARY KEY,
+                    accepted_at REAL NOT NULL
+                );
+                INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) SELECT base_key, updated_at FROM sessions;
+                """)
+        }
         return migrator
     }
 

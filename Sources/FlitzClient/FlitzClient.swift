@@ -15,6 +15,9 @@ public struct ReceivedMessage: Sendable {
     public let text: String
     /// The relay's acceptance time.
     public let sentAt: Date
+    /// The sender's account identity key is not the one this user trusts for `from` (it changed and has
+    /// not been accepted with `flitz trust`): show the message with a warning.
+    public let untrustedSender: Bool
 }
 
 /// Something that happened while connected, for `listen` and `chat`.
@@ -142,6 +145,7 @@ public final class FlitzClient: Sendable {
         guard case .authenticateResult(let result) = try await connection.request(.authenticate(authenticate)).body else {
             throw ClientError(.protocolFailure, "unexpected answer to authentication")
         }
+        connection.relayClockOffsetMilliseconds = result.relayTimeMs - Int64(Date().timeIntervalSince1970 * 1000)
         if result.oneTimePrekeysRemaining < Self.lowPreKeyThreshold {
             let keys = try store.generateOneTimePreKeys(count: Self.preKeyBatchSize)
             var publish = WirePublishPreKeys()

@@ -125,6 +125,11 @@ extension FlitzClient {
             else { throw ClientError(.protocolFailure, "no session with \(handle)") }
             let deviceID = found.0
             var session = found.1
+            // Re-check trust inside the transaction: another process may have seen a key change meanwhile.
+            let contact = try ClientStore.contact(handle, db)
+            guard let contact, contact.untrustedIdentityKey == nil,
+                ConstantTime.equals(contact.trustedIdentityKey, session.remoteCertificate.accountIdentityKey.rawRepresentation)
+            else { throw identityChangedError(handle) }
             let ciphertext = try session.encrypt(content.encoded(), random: random)
             try ClientStore.save(session, handle: handle, deviceID: deviceID, makeActive: true, db)
             try db.execute(
@@ -187,24 +192,40 @@ extension FlitzClient {
 
     // MARK: trust
 
-    /// Accepts `handle`'s changed account identity key: the one recorded when the change was noticed
-    /// (the key `safetyNumbers(with:)` showed), else the one the relay serves now. Drops old sessions.
+    /// Accepts `handle`'s changed account identity key: the one recorded when the change was noticed, the
+    /// key `safetyNumbers(with:)` showed. With `expectedSafetyNumber`, only if that key still has that number
+    /// (another change may have arrived since it was displayed). Drops the sessions with the old key.
     /// Returns the safety number of the newly trusted key.
-    /// - Throws: `ClientError`.
-    public func trust(_ handle: String) async throws -> String {
+    /// - Throws: `ClientError(.invalidArgument)` when nothing changed, or the number does not match.
+    public func trust(_ handle: String, expectedSafetyNumber: String? = nil) async throws -> String {
         let account = try requireAccount()
-        let key: Data
-        if let pending = try store.contact(handle)?.untrustedIdentityKey {
-            key = pending
-        } else {
-            let bundle = try await withAuthenticatedConnection(account) { connection in
-                try await self.fetchBundle(on: connection, handle: handle)
-            }
-            key = bundle.certificate.accountIdentityKey.rawRepresentation
+        guard let contact = try store.contact(handle) else {
+            throw ClientError(.invalidArgument, "no contact \(handle) yet: their key is trusted when you first exchange a message")
         }
-        try store.trustIdentity(handle, key: key)
-        try store.deleteSessions(with: handle)
-        return SafetyNumber.compute(account.account.publicKey.rawRepresentation, key)
+        guard let pending = contact.untrustedIdentityKey else {
+            throw ClientError(.invalidArgument, "the identity key of \(handle) has not changed; nothing to trust")
+        }
+        let number = SafetyNumber.compute(account.account.publicKey.rawRepresentation, pending)
+        if let expectedSafetyNumber {
+            let normalized = { (text: String) in text.filter(\.isNumber) }
+            guard normalized(expectedSafetyNumber) == normalized(number) else {
+                throw ClientError(
+                    .invalidArgument,
+                    "the safety number you gave is not the one of \(handle)'s current new key; run `flitz safety-number \(handle)` again")
+            }
+        }
+        try store.transaction { db in
+            try ClientStore.trustIdentity(handle, key: pending, db)
+            // Drop the sessions with the old key; keep any the new key already started (its owner keeps
+            // using it, and its prekey message cannot be answered twice).
+            for entry in try ClientStore.sessions(with: handle, db)
+            where !ConstantTime.equals(entry.session.remoteCertificate.accountIdentityKey.rawRepresentation, pending) {
+                try db.execute(
+                    sql: "DELETE FROM sessions WHERE handle = ? AND base_key = ?",
+                    arguments: [handle, entry.session.baseKey.rawRepresentation])
+            }
+        }
+        return number
     }
 
     /// The safety number with `handle`'s trusted key and, when their key changed, with the new untrusted key.

@@ -12,10 +12,13 @@ extension FlitzClient {
     func process(_ deliver: WireDeliver, on connection: RelayConnection) async throws -> [ClientEvent] {
         var events: [ClientEvent] = []
         var ack = WireAcknowledge()
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        // The relay's clock decides expiry (this device's clock may be off).
+        let now = Int64(Date().timeIntervalSince1970 * 1000) + connection.relayClockOffsetMilliseconds
         for envelope in deliver.envelopes {
             if envelope.expiresAtMs <= now {
+                // Not acknowledged: the relay's sweeper then reports it to the sender as expired, which it is.
                 logger.debug("discarding an expired envelope")
+                continue
             } else {
                 do {
                     events += try await accept(envelope)
@@ -70,6 +73,11 @@ extension FlitzClient {
                     // A later message of a session we already answered (the initiator has not seen a reply yet).
                     plaintext = try existing.decrypt(message.ratchetMessage, random: random)
                     session = existing
+                } else if try Bool.fetchOne(
+                    db, sql: "SELECT 1 FROM accepted_base_keys WHERE base_key = ?", arguments: [message.baseKey.rawRepresentation]) ?? false
+                {
+                    // A replay of a prekey message whose session is gone: never start a second session from it.
+                    throw FlitzProtocolError(.duplicateMessage, "prekey message already answered")
                 } else {
                     guard let signedPreKey = try ClientStore.signedPreKey(id: message.signedPreKeyID, db) else {
                         throw FlitzProtocolError(.unknownPreKey, "signed prekey \(message.signedPreKeyID)")
@@ -97,17 +105,24 @@ extension FlitzClient {
             }
             let content = try MessageContent(decoding: plaintext)
             try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: makeActive, db)
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) VALUES (?, ?)",
+                arguments: [session.baseKey.rawRepresentation, Date().timeIntervalSince1970])
             if let usedOneTimePreKey {
                 try db.execute(sql: "DELETE FROM one_time_prekeys WHERE id = ?", arguments: [Int64(usedOneTimePreKey)])
             }
             guard case .text(let text) = content.body else { return (events, false) }
+            // Every message from a session whose account key is not the trusted one is marked, so it is
+            // shown with a warning whenever it is shown, not only when it arrived.
+            let trusted = try ClientStore.contact(sender, db)?.trustedIdentityKey ?? Data()
+            let untrusted = !ConstantTime.equals(trusted, session.remoteCertificate.accountIdentityKey.rawRepresentation)
             // Duplicates (a sender's retry under a new envelope id) are dropped by (sender, message id).
             try db.execute(
                 sql: """
-                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, status, accepted_at_ms)
-                    VALUES (?, 0, ?, ?, ?, 'delivered', ?) ON CONFLICT DO NOTHING
+                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, status, accepted_at_ms, untrusted_sender)
+                    VALUES (?, 0, ?, ?, ?, 'delivered', ?, ?) ON CONFLICT DO NOTHING
                     """,
-                arguments: [content.messageID, sender, text, envelope.envelopeID, envelope.acceptedAtMs])
+                arguments: [content.messageID, sender, text, envelope.envelopeID, envelope.acceptedAtMs, untrusted])
             return (events, db.changesCount > 0)
         }
         if !inserted { logger.debug("dropped a duplicate message") }
@@ -129,7 +144,8 @@ extension FlitzClient {
             else { return nil }
             let current = MessageStatus(rawValue: row["status"]) ?? .pending
             guard current.canAdvance(to: status) else { return nil }
-            try db.execute(sql: "UPDATE messages SET status = ? WHERE envelope_id = ?", arguments: [status.rawValue, receipt.envelopeID])
+            try db.execute(
+                sql: "UPDATE messages SET status = ? WHERE envelope_id = ? AND outgoing = 1", arguments: [status.rawValue, receipt.envelopeID])
             return .receipt(messageID: row["message_id"], peer: row["peer"], status: status)
         }
     }
@@ -153,16 +169,18 @@ extension FlitzClient {
     /// read receipts are on), waiting for the relay's confirmation.
     func showNewMessages(on connection: RelayConnection) async throws -> [ReceivedMessage] {
         let account = try requireAccount()
-        let rows = try store.dbQueue.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE outgoing = 0 AND displayed = 0 ORDER BY seq")
+        // Claim and mark in one transaction, so two processes on one home never show a message twice
+        // and none is marked shown without being returned.
+        let rows = try store.transaction { db -> [Row] in
+            let rows = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE outgoing = 0 AND displayed = 0 ORDER BY seq")
+            for row in rows { try db.execute(sql: "UPDATE messages SET displayed = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
+            return rows
         }
         let messages = rows.map {
             ReceivedMessage(
                 messageID: $0["message_id"], from: $0["peer"], text: $0["text"],
-                sentAt: Date(timeIntervalSince1970: Double($0["accepted_at_ms"] as Int64) / 1000))
-        }
-        try await store.dbQueue.write { db in
-            try db.execute(sql: "UPDATE messages SET displayed = 1 WHERE outgoing = 0 AND displayed = 0")
+                sentAt: Date(timeIntervalSince1970: Double($0["accepted_at_ms"] as Int64) / 1000),
+                untrustedSender: $0["untrusted_sender"])
         }
         if account.readReceipts {
             try await reportSeen(on: connection)

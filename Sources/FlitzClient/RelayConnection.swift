@@ -27,6 +27,13 @@ public final class RelayConnection: Sendable {
 
     private let outbound: WebSocketOutboundWriter
     private let state = Mutex(State())
+    private let clockOffset = Mutex<Int64>(0)
+
+    /// The relay's clock minus this device's, in milliseconds, as seen at authentication (0 before).
+    public var relayClockOffsetMilliseconds: Int64 {
+        get { clockOffset.withLock { $0 } }
+        set { clockOffset.withLock { $0 = newValue } }
+    }
 
     init(outbound: WebSocketOutboundWriter) {
         self.outbound = outbound

@@ -192,6 +192,38 @@ struct ClientTests {
         await relay.stop()
     }
 
+    @Test func messagesFromAChangedKeyAreFlaggedUntilTrusted() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        let code = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        _ = try await alice.send(to: "bob", text: "from the real alice")
+        #expect(try await bob.receiveAll().messages.map(\.untrustedSender) == [false])
+        // Someone takes over alice's handle with her recovery code and writes to bob.
+        let impostor = try relay.client("alice-new-phone")
+        _ = try await impostor.initialize(relayURL: relay.url, handle: "alice", recoveryCode: code)
+        _ = try await impostor.send(to: "bob", text: "send me the code")
+        // The warning comes when the queue is drained; the flag stays with the message.
+        let warnings = Inbox()
+        #expect(try await bob.sync(onWarning: { warnings.warn($0) }) == 1)
+        #expect(warnings.warnings.count == 1)
+        let shown = try await bob.receiveAll()
+        #expect(shown.texts == ["send me the code"])
+        #expect(shown.messages.map(\.untrustedSender) == [true])
+        // Bob cannot reply until he trusts the new key, and only the key he was shown.
+        await #expect(throws: ClientError.self) { _ = try await bob.send(to: "alice", text: "who is this?") }
+        let numbers = try bob.safetyNumbers(with: "alice")
+        let untrusted = try #require(numbers.untrusted)
+        #expect(untrusted != numbers.trusted)
+        #expect(try await bob.trust("alice", expectedSafetyNumber: untrusted) == untrusted)
+        _ = try await impostor.send(to: "bob", text: "now trusted")
+        let after = try await bob.receiveAll()
+        #expect(after.messages.map(\.untrustedSender) == [false], "\(after.warnings)")
+        _ = try await bob.send(to: "alice", text: "ok, hello")
+        #expect(try await impostor.receiveAll().texts == ["ok, hello"])
+        await relay.stop()
+    }
+
     @Test func unreachableRelayTimesOut() async throws {
         let relay = try await InProcessRelay()
         let alice = try relay.client("alice")
@@ -212,7 +244,7 @@ struct ClientTests {
         let reopened = try relay.client("alice")
         #expect(try reopened.handle() == "alice")
         let applied = try await reopened.store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) }
-        #expect(applied == ["v1"])
+        #expect(applied == ["v1", "v2"])
         let mode = try FileManager.default.attributesOfItem(atPath: relay.directory.appendingPathComponent("alice/flitz.sqlite").path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
         await relay.stop()
@@ -278,5 +310,36 @@ struct ChatTests {
             #expect(error?.kind == .invalidArgument)
         }
         await relay.stop()
+    }
+}
+
+@Suite struct ClientStoreMigrationTests {
+    /// A database written by the first schema opens in this build: v2 is applied and existing sessions'
+    /// base keys are recorded as answered.
+    @Test func aVersion1DatabaseUpgrades() throws {
+        let home = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-migration-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: home) }
+        try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
+        let baseKey = Data(repeating: 7, count: 32)
+        do {
+            let queue = try DatabaseQueue(path: home.appendingPathComponent(ClientStore.fileName).path)
+            try ClientStore.migrator.migrate(queue, upTo: "v1")
+            try queue.write { db in
+                try db.execute(
+                    sql: "INSERT INTO sessions (handle, device_id, base_key, record, active, updated_at) VALUES ('bob', 1, ?, x'00', 1, 0)",
+                    arguments: [baseKey])
+            }
+        }
+        let store = try ClientStore(home: home)
+        let (applied, baseKeys, columns) = try store.dbQueue.read { db in
+            (
+                try ClientStore.migrator.appliedMigrations(db),
+                try Data.fetchAll(db, sql: "SELECT base_key FROM accepted_base_keys"),
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'untrusted_sender'")
+            )
+        }
+        #expect(applied == ["v1", "v2"])
+        #expect(baseKeys == [baseKey])
+        #expect(columns == 1)
     }
 }

@@ -45,7 +45,7 @@ struct TwoPeopleChatTests {
         let received = try bob.flitz("receive", "--json")
         #expect(received.status == 0, "\(received)")
         let messages = try received.lines.map { line in
-            try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+            try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]).compactMapValues { $0 as? String }
         }
         #expect(messages.map { $0["text"] } == texts)
         #expect(messages.map { $0["id"] } == ids)
@@ -84,8 +84,10 @@ struct TwoPeopleChatTests {
         #expect(numbers.status == 0 && numbers.lines.count == 2, "\(numbers)")
         let newNumber = try #require(numbers.lines.first { $0.hasPrefix("new key, not trusted yet: ") }?.split(separator: ":").last)
             .trimmingCharacters(in: .whitespaces)
-        let trusted = try alice.flitz("trust", "bob")
+        #expect(try alice.flitz("trust", "bob", "--safety-number", "00000 00000 00000 00000 00000 00000").status == 1)
+        let trusted = try alice.flitz("trust", "bob", "--safety-number", newNumber)
         #expect(trusted.status == 0, "\(trusted)")
+        #expect(try alice.flitz("trust", "bob").status == 1, "nothing left to trust")
         #expect(trusted.stdout.contains(newNumber), "trust accepts the key whose number was shown")
         let afterTrust = try alice.flitz("send", "bob", "after trust 7f3a")
         #expect(afterTrust.status == 0, "\(afterTrust)")
