@@ -19,6 +19,8 @@ public struct RelayConfiguration: Sendable {
     public var pingInterval: Duration
     /// `ws.closeTimeout`: how long to wait for the peer's close frame. Default 15 seconds.
     public var closeTimeout: Duration
+    /// `relay.authenticationTimeout`: a connection that has not authenticated by then is closed. Default 30 seconds.
+    public var authenticationTimeout: Duration
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(
@@ -28,7 +30,8 @@ public struct RelayConfiguration: Sendable {
         sweepInterval: Duration = .seconds(60),
         retention: Duration = .seconds(2_592_000),
         pingInterval: Duration = .seconds(30),
-        closeTimeout: Duration = .seconds(15)
+        closeTimeout: Duration = .seconds(15),
+        authenticationTimeout: Duration = .seconds(30)
     ) {
         self.host = host
         self.port = port
@@ -37,6 +40,7 @@ public struct RelayConfiguration: Sendable {
         self.retention = retention
         self.pingInterval = pingInterval
         self.closeTimeout = closeTimeout
+        self.authenticationTimeout = authenticationTimeout
     }
 }
 

@@ -21,6 +21,7 @@ struct RelayConnection {
         case message(WebSocketMessage)
         case inboundFinished
         case signal(ConnectionSignal)
+        case authenticationDeadline
     }
 
     let relay: Relay
@@ -59,6 +60,12 @@ struct RelayConnection {
                 }
                 continuation.yield(.inboundFinished)
             }
+            // Unauthenticated connections hold resources and may not linger (`relay.authenticationTimeout`).
+            let authenticationTimeout = relay.configuration.authenticationTimeout
+            group.addTask {
+                try? await Task.sleep(for: authenticationTimeout)
+                continuation.yield(.authenticationDeadline)
+            }
             // Whatever ends the loop (close, error), release a reader waiting in the gate before the
             // group waits for it.
             defer {
@@ -69,6 +76,12 @@ struct RelayConnection {
                 switch event {
                 case .inboundFinished:
                     break loop
+                case .authenticationDeadline:
+                    if machine.device == nil {
+                        logger.debug("closing", metadata: ["reason": "not authenticated in time"])
+                        try? await outbound.close(.policyViolation, reason: "not authenticated in time")
+                        break loop
+                    }
                 case .signal(.wake):
                     if case .deliver(let device, let after) = machine.wokenUp() {
                         try await deliver(device: device, after: after, drained: false, machine: &machine, outbound)

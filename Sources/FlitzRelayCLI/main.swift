@@ -37,13 +37,16 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds to wait for a peer's WebSocket close frame (ws.closeTimeout).")
     var closeTimeout: Int = 15
 
+    @Option(help: "Seconds a connection may stay unauthenticated before it is closed (relay.authenticationTimeout).")
+    var authenticationTimeout: Int = 30
+
     @Option(help: "Log level: debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func validate() throws {
         guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0 to 65535") }
-        guard sweepInterval > 0, retention > 0, pingInterval > 0, closeTimeout > 0 else {
-            throw ValidationError("--sweep-interval, --retention, --ping-interval and --close-timeout must be positive")
+        guard sweepInterval > 0, retention > 0, pingInterval > 0, closeTimeout > 0, authenticationTimeout > 0 else {
+            throw ValidationError("--sweep-interval, --retention, --ping-interval, --close-timeout and --authentication-timeout must be positive")
         }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown --log-level \(logLevel)") }
         // The WebSocket library logs frame bytes at trace level: they would put credentials in the log.
@@ -60,7 +63,8 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "flitz-relay")
         let configuration = RelayConfiguration(
             host: host, port: port, databasePath: database, sweepInterval: .seconds(sweepInterval),
-            retention: .seconds(retention), pingInterval: .seconds(pingInterval), closeTimeout: .seconds(closeTimeout))
+            retention: .seconds(retention), pingInterval: .seconds(pingInterval), closeTimeout: .seconds(closeTimeout),
+            authenticationTimeout: .seconds(authenticationTimeout))
         do {
             let relay = try await buildRelay(configuration: configuration, logger: logger) { host, port in
                 // Unbuffered, so a parent process reading the pipe sees the line at once.

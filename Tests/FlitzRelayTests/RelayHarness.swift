@@ -26,7 +26,9 @@ struct RelayHarness: Sendable {
 
     var url: String { "ws://127.0.0.1:\(port)/v1/ws" }
 
-    static func run(_ body: @Sendable (RelayHarness) async throws -> Void) async throws {
+    static func run(
+        authenticationTimeout: Duration = .seconds(30), _ body: @Sendable (RelayHarness) async throws -> Void
+    ) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-relay-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -35,7 +37,9 @@ struct RelayHarness: Sendable {
         var logger = Logger(label: "flitz-relay-test")
         logger.logLevel = .warning
         let app = try await buildRelay(
-            configuration: RelayConfiguration(host: "127.0.0.1", port: 0, databasePath: path, sweepInterval: .seconds(3_600), retention: .seconds(86_400)),
+            configuration: RelayConfiguration(
+                host: "127.0.0.1", port: 0, databasePath: path, sweepInterval: .seconds(3_600), retention: .seconds(86_400),
+                authenticationTimeout: authenticationTimeout),
             logger: logger, clock: clock)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.run(handleSignals: false) }

@@ -294,6 +294,15 @@ import FoundationNetworking
         }
     }
 
+    @Test func unauthenticatedConnectionsAreClosedAfterTheTimeout() async throws {
+        try await RelayHarness.run(authenticationTimeout: .milliseconds(200)) { relay in
+            try await relay.connect { connection in
+                let closed = try await connection.isClosedByRelay()
+                #expect(closed)
+            }
+        }
+    }
+
     @Test func newConnectionReplacesTheOldOne() async throws {
         try await RelayHarness.run { relay in
             let alice = TestIdentity("alice")
