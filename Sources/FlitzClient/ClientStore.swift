@@ -136,10 +136,12 @@ final class ClientStore: Sendable {
                 """)
         }
         migrator.registerMigration("v2") { db in
-            // Whether the sender's account key was the trusted one when the message arrived; and the X3DH
-            // base keys already answered, so a replayed prekey message cannot start a second session.
+            // Whether the sender's account key was the trusted one when the message arrived; the device an
+            // unsent envelope is for (to resubmit it after a crash); and the X3DH base keys already
+            // answered, so a replayed prekey message cannot start a second session.
             try db.execute(sql: """
                 ALTER TABLE messages ADD COLUMN untrusted_sender INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE messages ADD COLUMN recipient_device_id INTEGER NOT NULL DEFAULT 0;
                 CREATE TABLE accepted_base_keys (
                     base_key BLOB PRIMARY KEY,
                     accepted_at REAL NOT NULL

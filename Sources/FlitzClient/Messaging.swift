@@ -34,7 +34,9 @@ extension FlitzClient {
             do {
                 return try await RelayConnection.withTimeout(deadline - clock.now) {
                     try await self.withAuthenticatedConnection(account) { connection in
-                        try await self.send(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, prepared: prepared)
+                        // Earlier messages a crashed `flitz` left unsent go first, keeping per-recipient order.
+                        for warning in try await self.resendPending(on: connection) { self.logger.warning("\(warning)") }
+                        return try await self.send(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, prepared: prepared)
                     }
                 }
             } catch let error as ClientError where error.kind == .relayUnreachable {
@@ -87,6 +89,52 @@ extension FlitzClient {
         throw ClientError(.refused(.staleDevice), "the recipient's devices keep changing; try again")
     }
 
+    /// Resubmits, byte for byte, outgoing envelopes that were encrypted and stored but never acknowledged
+    /// (a `flitz` process ended between storing and the relay's answer). Resubmission is idempotent at
+    /// the relay. Returns a warning for each the relay now refuses (those are given up).
+    func resendPending(on connection: RelayConnection) async throws -> [String] {
+        let rows = try await store.dbQueue.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT envelope_id, peer, recipient_device_id, expires_in, envelope FROM messages
+                    WHERE outgoing = 1 AND status = 'pending' AND envelope IS NOT NULL ORDER BY seq
+                    """
+            ).map { row -> WireOutgoingEnvelope in
+                var envelope = WireOutgoingEnvelope()
+                envelope.envelopeID = row["envelope_id"]
+                envelope.recipientHandle = row["peer"]
+                envelope.recipientDeviceID = UInt32(row["recipient_device_id"] as Int64)
+                envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
+                envelope.ciphertext = row["envelope"]
+                return envelope
+            }
+        }
+        var warnings: [String] = []
+        for start in stride(from: 0, to: rows.count, by: WireConstants.maxEnvelopesPerSubmit) {
+            var submit = WireSubmit()
+            submit.envelopes = Array(rows[start..<min(start + WireConstants.maxEnvelopesPerSubmit, rows.count)])
+            guard case .submitResult(let result) = try await connection.request(.submit(submit)).body else {
+                throw ClientError(.protocolFailure, "unexpected answer to submit")
+            }
+            for (envelope, outcome) in zip(submit.envelopes, result.outcomes) {
+                if outcome.hasError {
+                    warnings.append("an unsent message to \(envelope.recipientHandle) was refused by the relay (\(outcome.error.message)); send it again")
+                }
+                try await store.dbQueue.write { db in
+                    if outcome.hasError {
+                        try db.execute(sql: "UPDATE messages SET envelope = NULL WHERE envelope_id = ?", arguments: [envelope.envelopeID])
+                    } else {
+                        try db.execute(
+                            sql: "UPDATE messages SET status = 'sent', accepted_at_ms = ?, envelope = NULL WHERE envelope_id = ? AND status = 'pending'",
+                            arguments: [outcome.acceptedAtMs, envelope.envelopeID])
+                    }
+                }
+            }
+        }
+        return warnings
+    }
+
     /// Refuses what the relay would refuse or what makes no sense, before anything is encrypted.
     private func checkOutgoing(_ text: String, to handle: String, account: AccountRecord) throws {
         guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
@@ -99,7 +147,7 @@ extension FlitzClient {
 
     /// Finds or starts the session with `handle`, encrypts the message, and stores session and message
     /// (status pending) in one transaction before anything is submitted.
-    private func prepare(
+    func prepare(
         on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?
     ) async throws -> PreparedEnvelope {
         if let contact = try store.contact(handle), contact.untrustedIdentityKey != nil {
@@ -134,10 +182,10 @@ extension FlitzClient {
             try ClientStore.save(session, handle: handle, deviceID: deviceID, makeActive: true, db)
             try db.execute(
                 sql: """
-                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, envelope, expires_in, status)
-                    VALUES (?, 1, ?, ?, ?, ?, ?, 'pending')
+                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, envelope, expires_in, status, recipient_device_id)
+                    VALUES (?, 1, ?, ?, ?, ?, ?, 'pending', ?)
                     """,
-                arguments: [messageID, handle, text, envelopeID, ciphertext, Int64(expiresIn ?? 0)])
+                arguments: [messageID, handle, text, envelopeID, ciphertext, Int64(expiresIn ?? 0), Int64(deviceID)])
             var outgoing = WireOutgoingEnvelope()
             outgoing.envelopeID = envelopeID
             outgoing.recipientHandle = handle

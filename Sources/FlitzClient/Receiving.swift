@@ -321,6 +321,7 @@ extension FlitzClient {
                 try await withAuthenticatedConnection(account) { connection in
                     if reported.withLock({ $0 }) { onEvent(.warning("reconnected")) }
                     reported.withLock { $0 = false }
+                    for warning in try await self.resendPending(on: connection) { onEvent(.warning(warning)) }
                     emit(try await self.drain(connection))
                     try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
                     try await withThrowingTaskGroup(of: Bool.self) { group in

@@ -224,6 +224,24 @@ struct ClientTests {
         await relay.stop()
     }
 
+    @Test func aMessageLeftUnsentByACrashIsSentFirstNextTime() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        // Encrypted and stored, then the process "dies" before submitting.
+        let account = try #require(try alice.store.loadAccount())
+        let orphan = try await alice.withAuthenticatedConnection(account) { connection in
+            try await alice.prepare(on: connection, account: account, to: "bob", text: "written before the crash", expiresIn: nil)
+        }
+        #expect(try alice.localStatus(of: orphan.messageID) == .pending)
+        let next = try await alice.send(to: "bob", text: "after restart")
+        #expect(try alice.localStatus(of: orphan.messageID) == .sent)
+        #expect(try await bob.receiveAll().texts == ["written before the crash", "after restart"])
+        #expect(try await alice.status(of: next) == .seen)
+        await relay.stop()
+    }
+
     @Test func unreachableRelayTimesOut() async throws {
         let relay = try await InProcessRelay()
         let alice = try relay.client("alice")
