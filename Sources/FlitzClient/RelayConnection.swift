@@ -19,14 +19,12 @@ public final class RelayConnection: Sendable {
     private struct State {
         var nextRequestID: UInt64 = 1
         var requests: [UInt64: Slot] = [:]
-        var unsolicited: [WireFrame] = []
-        var unsolicitedWaiter: (id: UInt64, continuation: CheckedContinuation<WireFrame?, Never>)?
-        var nextWaiterID: UInt64 = 1
         var closed = false
     }
 
     private let outbound: WebSocketOutboundWriter
     private let state = Mutex(State())
+    private let unsolicited = WaitQueue<WireFrame>()
     private let clockOffset = Mutex<Int64>(0)
 
     /// The relay's clock minus this device's, in milliseconds, as seen at authentication (0 before).
@@ -43,11 +41,13 @@ public final class RelayConnection: Sendable {
     /// - Throws: `ClientError(.refused)` when the relay answers with an `Error` frame;
     ///   `ClientError(.relayUnreachable)` on timeout or when the connection closes.
     public func request(_ body: WireFrame.OneOf_Body, timeout: Duration = .seconds(15)) async throws -> WireFrame {
-        let id = state.withLock { state in
+        let id: UInt64? = state.withLock { state in
+            guard !state.closed else { return nil }
             defer { state.nextRequestID += 1 }
             state.requests[state.nextRequestID] = .expected
             return state.nextRequestID
         }
+        guard let id else { throw ClientError(.relayUnreachable, "connection to the relay closed") }
         let timer = Task { [weak self] in
             try await Task.sleep(for: timeout)
             self?.complete(id, .failure(ClientError(.relayUnreachable, "the relay did not answer within \(timeout)")))
@@ -81,61 +81,29 @@ public final class RelayConnection: Sendable {
 
     /// The next unsolicited frame, or nil when the connection closed or `timeout` passed first.
     public func nextUnsolicited(timeout: Duration) async -> WireFrame? {
-        let waiterID = state.withLock { state in
-            defer { state.nextWaiterID += 1 }
-            return state.nextWaiterID
-        }
-        let timer = Task { [weak self] in
-            try await Task.sleep(for: timeout)
-            self?.wakeUnsolicitedWaiter(waiterID)
-        }
-        defer { timer.cancel() }
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let ready: WireFrame?? = state.withLock { state in
-                    if !state.unsolicited.isEmpty { return .some(state.unsolicited.removeFirst()) }
-                    if state.closed || Task.isCancelled { return .some(nil) }
-                    state.unsolicitedWaiter = (waiterID, continuation)
-                    return nil
-                }
-                if let ready { continuation.resume(returning: ready) }
-            }
-        } onCancel: {
-            self.wakeUnsolicitedWaiter(waiterID)
-        }
+        await unsolicited.next(timeout: timeout)
     }
 
     /// Called by the reader for every decoded frame.
     func received(_ frame: WireFrame) {
         if frame.requestID != 0 {
             complete(frame.requestID, .success(frame))
-            return
+        } else {
+            unsolicited.push(frame)
         }
-        let waiter: CheckedContinuation<WireFrame?, Never>? = state.withLock { state in
-            if let waiter = state.unsolicitedWaiter {
-                state.unsolicitedWaiter = nil
-                return waiter.continuation
-            }
-            state.unsolicited.append(frame)
-            return nil
-        }
-        waiter?.resume(returning: frame)
     }
 
     /// Called by the reader when the connection ends: fails every pending request.
     func closed() {
-        let (requests, waiter) = state.withLock { state in
+        let requests = state.withLock { state in
             state.closed = true
-            let requests = state.requests
-            state.requests = [:]
-            let waiter = state.unsolicitedWaiter
-            state.unsolicitedWaiter = nil
-            return (requests, waiter)
+            defer { state.requests = [:] }
+            return state.requests
         }
         for case .waiting(let continuation) in requests.values {
             continuation.resume(throwing: ClientError(.relayUnreachable, "connection to the relay closed"))
         }
-        waiter?.continuation.resume(returning: nil)
+        unsolicited.finish()
     }
 
     /// A short, readable reason for a failed connection (the full error goes to the debug log).
@@ -180,14 +148,6 @@ public final class RelayConnection: Sendable {
         continuation?.resume(with: result)
     }
 
-    private func wakeUnsolicitedWaiter(_ id: UInt64) {
-        let continuation: CheckedContinuation<WireFrame?, Never>? = state.withLock { state in
-            guard let waiter = state.unsolicitedWaiter, waiter.id == id else { return nil }
-            state.unsolicitedWaiter = nil
-            return waiter.continuation
-        }
-        continuation?.resume(returning: nil)
-    }
 
     /// Opens a connection to `url` (`ws://HOST:PORT`; the path `/v1/ws` is added when absent), runs
     /// `body` with it and closes it.

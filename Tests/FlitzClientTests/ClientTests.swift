@@ -34,6 +34,14 @@ final class InProcessRelay: Sendable {
         return try FlitzClient(home: directory.appendingPathComponent(name), logger: logger)
     }
 
+    /// Two registered users, alice and bob.
+    func aliceAndBob() async throws -> (FlitzClient, FlitzClient) {
+        let alice = try client("alice"), bob = try client("bob")
+        _ = try await alice.initialize(relayURL: url, handle: "alice")
+        _ = try await bob.initialize(relayURL: url, handle: "bob")
+        return (alice, bob)
+    }
+
     func stop() async {
         await application.triggerGracefulShutdown()
         _ = await task.result
@@ -76,9 +84,7 @@ struct ClientTests {
 
     @Test func simultaneousFirstMessagesBothDecrypt() async throws {
         let relay = try await InProcessRelay()
-        let alice = try relay.client("alice"), bob = try relay.client("bob")
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob()
         // Both start a session before either has received anything.
         _ = try await alice.send(to: "bob", text: "a1")
         _ = try await bob.send(to: "alice", text: "b1")
@@ -96,9 +102,7 @@ struct ClientTests {
 
     @Test func readReceiptsOffNeverReportSeen() async throws {
         let relay = try await InProcessRelay()
-        let alice = try relay.client("alice"), bob = try relay.client("bob")
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob()
         try bob.setReadReceipts(false)
         let id = try await alice.send(to: "bob", text: "private")
         #expect(try await bob.receiveAll().texts == ["private"])
@@ -111,9 +115,7 @@ struct ClientTests {
 
     @Test func undecryptableEnvelopeWarnsAndDoesNotBlockTheQueue() async throws {
         let relay = try await InProcessRelay()
-        let alice = try relay.client("alice"), bob = try relay.client("bob")
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob()
         _ = try await alice.send(to: "bob", text: "hello")
         // Alice's device submits garbage and a tampered copy of a real ciphertext to bob.
         let account = try #require(try alice.store.loadAccount())
@@ -145,9 +147,7 @@ struct ClientTests {
 
     @Test func retryUnderANewEnvelopeIDIsShownOnce() async throws {
         let relay = try await InProcessRelay()
-        let alice = try relay.client("alice"), bob = try relay.client("bob")
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob()
         let id = try await alice.send(to: "bob", text: "once")
         // A crashed sender re-encrypts the same content (same message id) under a new envelope id.
         let account = try #require(try alice.store.loadAccount())
@@ -172,9 +172,7 @@ struct ClientTests {
 
     @Test func redeliveryAfterALostAcknowledgementIsQuiet() async throws {
         let relay = try await InProcessRelay()
-        let alice = try relay.client("alice"), bob = try relay.client("bob")
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob()
         _ = try await alice.send(to: "bob", text: "stored once")
         // Bob stores the envelope, then the connection drops before his acknowledgement.
         let account = try #require(try bob.store.loadAccount())
@@ -226,9 +224,7 @@ struct ClientTests {
 
     @Test func aMessageLeftUnsentByACrashIsSentFirstNextTime() async throws {
         let relay = try await InProcessRelay()
-        let alice = try relay.client("alice"), bob = try relay.client("bob")
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob()
         // Encrypted and stored, then the process "dies" before submitting.
         let account = try #require(try alice.store.loadAccount())
         let orphan = try await alice.withAuthenticatedConnection(account) { connection in
@@ -290,9 +286,7 @@ struct ChatTests {
 
     @Test func chatSurvivesAReplacedConnectionAndSendsEveryLineOnce() async throws {
         let relay = try await InProcessRelay()
-        let alice = try relay.client("alice"), bob = try relay.client("bob")
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob()
         let lines = LineQueue()
         let sent = Mutex<[Data]>([])
         let chat = Task {
