@@ -5,13 +5,21 @@ import Testing
 
 /// The `RelayStore` conformance suite, run against a real temp-file SQLite database
 /// (`protocol/relay.md`, "Storage and durability"). A future PostgreSQL store runs the same cases.
-@Suite struct SQLiteRelayStoreTests {
-    /// A fresh store in its own temporary directory, and that directory's path.
-    static func makeStore() throws -> (SQLiteRelayStore, String) {
+@Suite final class SQLiteRelayStoreTests {
+    /// Every test gets its own instance; its temporary directories go when it does.
+    private var directories: [URL] = []
+
+    deinit {
+        for directory in directories { try? FileManager.default.removeItem(at: directory) }
+    }
+
+    /// A fresh store in its own temporary directory, and the database path.
+    func makeStore() throws -> (SQLiteRelayStore, String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-store-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        directories.append(directory)
         let path = directory.appendingPathComponent("relay.sqlite").path
-        return (try SQLiteRelayStore(path: path, makeID: randomID), path)
+        return (try SQLiteRelayStore(path: path, makeID: Self.randomID), path)
     }
 
     @Sendable static func randomID() -> Data {
@@ -52,7 +60,7 @@ import Testing
     }
 
     @Test func registrationStoresAccountAndFirstDevice() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         let device = try await Self.register(store, "alice")
         #expect(device.deviceID == 1)
         let account = try #require(try await store.account(handle: "alice"))
@@ -67,13 +75,13 @@ import Testing
     }
 
     @Test func handlesAreUnique() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         try await Self.register(store, "alice")
         await #expect(throws: StoreError(.handleTaken)) { try await Self.register(store, "alice") }
     }
 
     @Test func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetches() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         try await Self.register(store, "alice", oneTimePreKeys: 10)
         let handedOut = try await withThrowingTaskGroup(of: UInt32?.self) { group in
             for _ in 0..<20 {
@@ -94,7 +102,7 @@ import Testing
     }
 
     @Test func publishReplacesSignedPreKeyAndAddsOneTimePreKeys() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         let device = try await Self.register(store, "alice", oneTimePreKeys: 2)
         let signed = SignedPreKeyRecord(id: 2, publicKey: Self.bytes(0x55, 32), signature: Self.bytes(0x56, 64))
         let remaining = try await store.publishPreKeys(
@@ -108,7 +116,7 @@ import Testing
     }
 
     @Test func submissionIsIdempotentAndConflictsAreRefused() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         let carol = try await Self.register(store, "carol")
@@ -131,7 +139,7 @@ import Testing
     }
 
     @Test func queueKeepsSubmissionOrderAndPages() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(sender: alice, envelopes: (1...5).map { Self.envelope($0, to: bob) }, atMs: 1_000)
@@ -148,7 +156,7 @@ import Testing
     }
 
     @Test func acknowledgeDeletesCiphertextAndQueuesDeliveredReceipt() async throws {
-        let (store, path) = try Self.makeStore()
+        let (store, path) = try makeStore()
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         let marker = Data("CIPHERTEXT-MARKER-7f3a9c".utf8)
@@ -179,7 +187,7 @@ import Testing
     }
 
     @Test func seenReceiptIsQueuedOncePerEnvelope() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 1_000)
@@ -191,7 +199,7 @@ import Testing
     }
 
     @Test func expiredRowsAreNeverReturnedAndSweepReportsUndelivered() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(
@@ -216,7 +224,7 @@ import Testing
     }
 
     @Test func recoveryReplacesIdentityAndRemovesOldDevices() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 1_000)
@@ -252,7 +260,7 @@ import Testing
     }
 
     @Test func reopeningMigratesAndKeepsData() async throws {
-        let (store, path) = try Self.makeStore()
+        let (store, path) = try makeStore()
         try await Self.register(store, "alice")
         #expect(try await store.appliedMigrations() == ["v1"])
         let reopened = try SQLiteRelayStore(path: path, makeID: Self.randomID)
@@ -261,7 +269,7 @@ import Testing
     }
 
     @Test func writerUsesSynchronousFull() async throws {
-        let (store, _) = try Self.makeStore()
+        let (store, _) = try makeStore()
         #expect(try await store.synchronousMode() == 2)
     }
 }
