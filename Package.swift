@@ -93,7 +93,10 @@ let package = Package(
         ),
         .testTarget(
             name: "FlitzClientTests",
-            dependencies: ["FlitzClient", "FlitzProtocol", "FlitzRelay", "FlitzWire", "FlitzCrypto", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: [
+                "FlitzClient", "FlitzProtocol", "FlitzRelay", "FlitzStore", "FlitzWire", "FlitzCrypto",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         // Drives the built `flitz-relay` and `flitz` executables as separate processes.
         .testTarget(name: "FlitzEndToEndTests", dependencies: ["FlitzCLI", "FlitzRelayCLI"]),

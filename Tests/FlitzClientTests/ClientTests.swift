@@ -1,6 +1,7 @@
 import FlitzCrypto
 import FlitzProtocol
 import FlitzRelay
+import FlitzStore
 import FlitzWire
 import Foundation
 import GRDB
@@ -235,6 +236,25 @@ struct ClientTests {
         #expect(try alice.localStatus(of: orphan.messageID) == .sent)
         #expect(try await bob.receiveAll().texts == ["written before the crash", "after restart"])
         #expect(try await alice.status(of: next) == .seen)
+        await relay.stop()
+    }
+
+    @Test func aDeviceRunningLowOnOneTimePreKeysReplenishes() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        let bobDevice = DeviceAddress(handle: "bob", deviceID: try #require(try bob.store.loadAccount()).deviceID)
+        #expect(try await relay.application.relay.store.oneTimePreKeyCount(device: bobDevice) == FlitzClient.preKeyBatchSize)
+        // Someone fetches bob's bundle 85 times: 15 one-time prekeys are left, under the threshold of 20.
+        let account = try #require(try alice.store.loadAccount())
+        try await alice.withAuthenticatedConnection(account) { connection in
+            var fetch = WireFetchPreKeyBundle()
+            fetch.handle = "bob"
+            for _ in 0..<85 { _ = try await connection.request(.fetchPrekeyBundle(fetch)) }
+        }
+        #expect(try await relay.application.relay.store.oneTimePreKeyCount(device: bobDevice) == 15)
+        // Bob's next connection learns the stock is low and publishes a batch.
+        _ = try await bob.sync(onWarning: { _ in })
+        #expect(try await relay.application.relay.store.oneTimePreKeyCount(device: bobDevice) == 15 + FlitzClient.preKeyBatchSize)
         await relay.stop()
     }
 
