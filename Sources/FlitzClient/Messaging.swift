@@ -118,6 +118,8 @@ extension FlitzClient {
                 throw ClientError(.protocolFailure, "unexpected answer to submit")
             }
             for (envelope, outcome) in zip(submit.envelopes, result.outcomes) {
+                // A full queue or a relay failure may pass: keep the envelope for the next connection.
+                if outcome.hasError, [.queueFull, .internal].contains(outcome.error.code) { continue }
                 if outcome.hasError {
                     warnings.append("an unsent message to \(envelope.recipientHandle) was refused by the relay (\(outcome.error.message)); send it again")
                 }

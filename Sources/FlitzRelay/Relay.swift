@@ -246,7 +246,8 @@ public final class Relay: Sendable {
         if !submissions.isEmpty {
             let results: [SubmissionOutcome]
             do {
-                results = try await store.submit(sender: sender, envelopes: submissions, atMs: now)
+                results = try await store.submit(
+                    sender: sender, envelopes: submissions, atMs: now, queueLimit: configuration.maxQueuedEnvelopes)
             } catch {
                 throw internalError(error)
             }
@@ -261,6 +262,7 @@ public final class Relay: Sendable {
                     case .unknownRecipient: RelayError(.unknownRecipient, "no such handle")
                     case .staleDevice: RelayError(.staleDevice, "not a current device of this handle")
                     case .envelopeIDConflict: RelayError(.envelopeIDConflict, "envelope id already used by a different submission")
+                    case .queueFull: RelayError(.queueFull, "the recipient device has too many undelivered envelopes; try again later")
                     default: RelayError(.internal, "the relay failed")
                     }
                     outcomes[position].error = Self.wireError(error, envelopeID: submission.envelopeID)

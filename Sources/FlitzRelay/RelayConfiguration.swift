@@ -21,6 +21,9 @@ public struct RelayConfiguration: Sendable {
     public var closeTimeout: Duration
     /// `relay.authenticationTimeout`: a connection that has not authenticated by then is closed. Default 30 seconds.
     public var authenticationTimeout: Duration
+    /// `relay.maxQueuedEnvelopes`: most undelivered envelopes queued for one device; more get `QUEUE_FULL`.
+    /// Default 10 000.
+    public var maxQueuedEnvelopes: Int
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(
@@ -31,7 +34,8 @@ public struct RelayConfiguration: Sendable {
         retention: Duration = .seconds(2_592_000),
         pingInterval: Duration = .seconds(30),
         closeTimeout: Duration = .seconds(15),
-        authenticationTimeout: Duration = .seconds(30)
+        authenticationTimeout: Duration = .seconds(30),
+        maxQueuedEnvelopes: Int = 10_000
     ) {
         self.host = host
         self.port = port
@@ -41,6 +45,7 @@ public struct RelayConfiguration: Sendable {
         self.pingInterval = pingInterval
         self.closeTimeout = closeTimeout
         self.authenticationTimeout = authenticationTimeout
+        self.maxQueuedEnvelopes = maxQueuedEnvelopes
     }
 }
 

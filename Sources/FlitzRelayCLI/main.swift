@@ -40,13 +40,16 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a connection may stay unauthenticated before it is closed (relay.authenticationTimeout).")
     var authenticationTimeout: Int = 30
 
+    @Option(help: "Most undelivered envelopes queued for one device; more are refused (relay.maxQueuedEnvelopes).")
+    var maxQueuedEnvelopes: Int = 10_000
+
     @Option(help: "Log level: debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func validate() throws {
         guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0 to 65535") }
-        guard sweepInterval > 0, retention > 0, pingInterval > 0, closeTimeout > 0, authenticationTimeout > 0 else {
-            throw ValidationError("--sweep-interval, --retention, --ping-interval, --close-timeout and --authentication-timeout must be positive")
+        guard sweepInterval > 0, retention > 0, pingInterval > 0, closeTimeout > 0, authenticationTimeout > 0, maxQueuedEnvelopes > 0 else {
+            throw ValidationError("--sweep-interval, --retention, --ping-interval, --close-timeout, --authentication-timeout and --max-queued-envelopes must be positive")
         }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown --log-level \(logLevel)") }
         // The WebSocket library logs frame bytes at trace level: they would put credentials in the log.
@@ -64,7 +67,7 @@ struct Serve: AsyncParsableCommand {
         let configuration = RelayConfiguration(
             host: host, port: port, databasePath: database, sweepInterval: .seconds(sweepInterval),
             retention: .seconds(retention), pingInterval: .seconds(pingInterval), closeTimeout: .seconds(closeTimeout),
-            authenticationTimeout: .seconds(authenticationTimeout))
+            authenticationTimeout: .seconds(authenticationTimeout), maxQueuedEnvelopes: maxQueuedEnvelopes)
         do {
             let relay = try await buildRelay(configuration: configuration, logger: logger) { host, port in
                 // Unbuffered, so a parent process reading the pipe sees the line at once.

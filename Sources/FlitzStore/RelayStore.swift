@@ -55,8 +55,10 @@ public protocol RelayStore: Sendable {
     /// twice; the same id in any other combination is refused with `envelopeIDConflict`. Unknown
     /// recipient handles are refused with `unknownRecipient`, devices that are not current with
     /// `staleDevice`. The route of each envelope is kept until `routeExpiresAtMs`.
+    /// A recipient device that already has `queueLimit` undelivered envelopes queued gets no more
+    /// (`queueFull`), so one sender cannot fill the relay's storage.
     /// - Throws: `StoreError(.unknownDevice)` when `sender` is no longer a device (nothing is stored).
-    func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome]
+    func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int) async throws -> [SubmissionOutcome]
 
     /// Queue items of `device` with a sequence greater than `afterSequence`, in queue order, at most
     /// `limit`. Never returns an envelope or receipt whose expiry is at or before `nowMs`, swept or not.
@@ -399,6 +401,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let backend = Code(rawValue: 7)
         /// The stored data is not what this build expects.
         public static let corrupt = Code(rawValue: 8)
+        /// The recipient device already has the most envelopes the relay queues for one device.
+        public static let queueFull = Code(rawValue: 9)
     }
 
     /// What went wrong.
@@ -426,5 +430,12 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         default: "store error \(code.rawValue)"
         }
         return detail.isEmpty ? "StoreError: \(name)" : "StoreError: \(name) (\(detail))"
+    }
+}
+
+extension RelayStore {
+    /// `submit` without a queue limit.
+    public func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome] {
+        try await submit(sender: sender, envelopes: envelopes, atMs: atMs, queueLimit: .max)
     }
 }

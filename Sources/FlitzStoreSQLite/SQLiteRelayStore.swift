@@ -279,13 +279,16 @@ public final class SQLiteRelayStore: RelayStore {
     }
 
     /// Implements `RelayStore.submit` (see its documentation for shapes, units and errors) in one SQLite transaction.
-    public func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome] {
+    public func submit(
+        sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int
+    ) async throws -> [SubmissionOutcome] {
         try await run {
             try await self.pool.write { db in
                 // The sender may have been removed (recovery) after it authenticated.
                 guard try Self.deviceExists(db, sender) else { throw StoreError(.unknownDevice) }
                 var outcomes: [SubmissionOutcome] = []
                 outcomes.reserveCapacity(envelopes.count)
+                var queued: [DeviceAddress: Int] = [:]
                 for envelope in envelopes {
                     if let route = try Row.fetchOne(db, sql: "SELECT * FROM envelope_routes WHERE envelope_id = ?", arguments: [envelope.envelopeID]) {
                         let same = (route["sender_handle"] as String) == sender.handle
@@ -305,6 +308,14 @@ public final class SQLiteRelayStore: RelayStore {
                         outcomes.append(.rejected(.staleDevice))
                         continue
                     }
+                    let depth = try queued[envelope.recipient] ?? Int.fetchOne(
+                        db, sql: "SELECT COUNT(*) FROM queue WHERE handle = ? AND device_id = ? AND kind = ?",
+                        arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID), Self.kindEnvelope]) ?? 0
+                    guard depth < queueLimit else {
+                        outcomes.append(.rejected(.queueFull))
+                        continue
+                    }
+                    queued[envelope.recipient] = depth + 1
                     try db.execute(
                         sql: """
                             INSERT INTO envelope_routes (envelope_id, sender_handle, sender_device_id, recipient_handle, recipient_device_id,

@@ -115,6 +115,27 @@ import Testing
         }
     }
 
+    @Test func aFullQueueRefusesMoreUntilDelivered() async throws {
+        let (store, _) = try makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        let carol = try await Self.register(store, "carol")
+        let batch = try await store.submit(
+            sender: alice, envelopes: [Self.envelope(1, to: bob), Self.envelope(2, to: bob), Self.envelope(3, to: bob), Self.envelope(4, to: carol)],
+            atMs: 5_000, queueLimit: 2)
+        let refusals = batch.map { outcome -> StoreError.Code? in
+            if case .rejected(let code) = outcome { return code }
+            return nil
+        }
+        #expect(refusals == [nil, nil, .queueFull, nil])
+        // A resubmission of a queued envelope is still idempotent, not refused.
+        let again = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 6_000, queueLimit: 2)
+        #expect(again == [.accepted(acceptedAtMs: 5_000, expiresAtMs: 100_000, newlyQueued: false)])
+        _ = try await store.acknowledge(device: bob, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 7_000, receiptExpiresAtMs: 90_000)
+        let after = try await store.submit(sender: alice, envelopes: [Self.envelope(3, to: bob)], atMs: 8_000, queueLimit: 2)
+        #expect(after == [.accepted(acceptedAtMs: 8_000, expiresAtMs: 100_000, newlyQueued: true)])
+    }
+
     @Test func submissionIsIdempotentAndConflictsAreRefused() async throws {
         let (store, _) = try makeStore()
         let alice = try await Self.register(store, "alice")

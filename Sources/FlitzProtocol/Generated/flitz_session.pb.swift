@@ -251,7 +251,7 @@ public nonisolated struct ProtoSessionRecord: @unchecked Sendable {
     set {_uniqueStorage()._version = newValue}
   }
 
-  /// 64 bytes: IK_A ‖ IK_B (initiator's device key first)
+  /// 128 bytes: IK_A ‖ IK_B ‖ AccK_A ‖ AccK_B (crypto.md §3)
   public var associatedData: Data {
     get {_storage._associatedData}
     set {_uniqueStorage()._associatedData = newValue}

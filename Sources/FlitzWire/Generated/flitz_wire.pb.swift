@@ -82,6 +82,9 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
 
   /// the relay failed; the request may be retried
   case `internal` // = 17
+
+  /// the recipient device has the most undelivered envelopes the relay queues
+  case queueFull // = 18
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -108,6 +111,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 15: self = .envelopeIDConflict
     case 16: self = .noPrekeys
     case 17: self = .internal
+    case 18: self = .queueFull
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -132,6 +136,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .envelopeIDConflict: return 15
     case .noPrekeys: return 16
     case .internal: return 17
+    case .queueFull: return 18
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -156,6 +161,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .envelopeIDConflict,
     .noPrekeys,
     .internal,
+    .queueFull,
   ]
 
 }
@@ -906,7 +912,7 @@ public nonisolated struct WireReportSeen: Sendable {
 fileprivate nonisolated let _protobuf_package = "flitz.wire.v1"
 
 nonisolated extension WireErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0")
 }
 
 nonisolated extension WireReceiptKind: SwiftProtobuf._ProtoNameProviding {
