@@ -246,10 +246,6 @@ final class ClientStore: Sendable {
         return ContactRecord(handle: handle, trustedIdentityKey: row["trusted_identity_key"], untrustedIdentityKey: row["untrusted_identity_key"])
     }
 
-    func trustIdentity(_ handle: String, key: Data) throws {
-        try dbQueue.write { db in try Self.trustIdentity(handle, key: key, db) }
-    }
-
     static func trustIdentity(_ handle: String, key: Data, _ db: Database) throws {
         try db.execute(
             sql: """
@@ -312,9 +308,5 @@ final class ClientStore: Sendable {
                     (SELECT base_key FROM sessions WHERE handle = ? ORDER BY active DESC, updated_at DESC LIMIT 5)
                 """,
             arguments: [handle, handle])
-    }
-
-    func deleteSessions(with handle: String) throws {
-        try dbQueue.write { db in try db.execute(sql: "DELETE FROM sessions WHERE handle = ?", arguments: [handle]) }
     }
 }
