@@ -136,12 +136,15 @@ final class ClientStore: Sendable {
                 """)
         }
         migrator.registerMigration("v2") { db in
-            // Whether the sender's account key was the trusted one when the message arrived; the device an
+            // Whether the account's registration finished (keys are stored before registering, so an
+            // interrupted `init` can be retried with the same keys); whether the sender's account key was
+            // the trusted one when the message arrived; the device an
             // unsent envelope is for (to resubmit it after a crash); and the X3DH base keys already
             // answered, so a replayed prekey message cannot start a second session.
             try db.execute(sql: """
                 ALTER TABLE messages ADD COLUMN untrusted_sender INTEGER NOT NULL DEFAULT 0;
                 ALTER TABLE messages ADD COLUMN recipient_device_id INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE account ADD COLUMN registered INTEGER NOT NULL DEFAULT 1;
                 CREATE TABLE accepted_base_keys (
                     base_key BLOB PRIMARY KEY,
                     accepted_at REAL NOT NULL
@@ -154,9 +157,43 @@ final class ClientStore: Sendable {
 
     // MARK: account
 
+    /// The account, once its registration has finished.
     func loadAccount() throws -> AccountRecord? {
+        try loadAccount(registered: true)
+    }
+
+    /// The account whose registration was started but not confirmed by the relay, with its prekeys.
+    func pendingRegistration() throws -> (account: AccountRecord, signedPreKey: SignedPreKeyPair, oneTimePreKeys: [OneTimePreKeyPair])? {
+        guard let account = try loadAccount(registered: false) else { return nil }
+        return try dbQueue.read { db in
+            guard let signedPreKey = try Self.signedPreKey(id: 1, db) else { return nil }
+            let oneTimePreKeys = try Int64.fetchAll(db, sql: "SELECT id FROM one_time_prekeys ORDER BY id").compactMap {
+                try Self.oneTimePreKey(id: UInt32($0), db)
+            }
+            return (account, signedPreKey, oneTimePreKeys)
+        }
+    }
+
+    /// Records the relay's answer to the registration.
+    func markRegistered(deviceID: UInt32, relayURL: String) throws {
+        try dbQueue.write { db in
+            try db.execute(sql: "UPDATE account SET registered = 1, device_id = ?, relay_url = ?", arguments: [Int64(deviceID), relayURL])
+        }
+    }
+
+    /// Forgets a registration the relay refused (so the home can be initialised with another handle).
+    func discardPendingRegistration() throws {
+        try dbQueue.write { db in
+            try db.execute(sql: "DELETE FROM account WHERE registered = 0")
+            try db.execute(sql: "DELETE FROM signed_prekeys")
+            try db.execute(sql: "DELETE FROM one_time_prekeys")
+        }
+    }
+
+    private func loadAccount(registered: Bool) throws -> AccountRecord? {
         try dbQueue.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM account WHERE id = 1") else { return nil }
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM account WHERE id = 1 AND registered = ?", arguments: [registered])
+            else { return nil }
             let account = try AccountIdentity(seed: SecretBytes(row["account_identity_seed"] as Data))
             let deviceKey = try Ed25519PrivateKey(seed: SecretBytes(row["device_identity_seed"] as Data))
             let certificate = DeviceCertificate(
@@ -176,8 +213,8 @@ final class ClientStore: Sendable {
             try db.execute(
                 sql: """
                     INSERT INTO account (id, handle, relay_url, device_id, account_identity_seed, device_identity_seed,
-                        device_certificate_signature, read_receipts, next_one_time_prekey_id)
-                    VALUES (1, ?, ?, ?, ?, ?, ?, 1, ?)
+                        device_certificate_signature, read_receipts, next_one_time_prekey_id, registered)
+                    VALUES (1, ?, ?, ?, ?, ?, ?, 1, ?, 0)
                     """,
                 arguments: [
                     record.handle, record.relayURL, Int64(record.deviceID), record.account.privateKey.seed.unsafeData,

@@ -64,6 +64,11 @@ public final class FlitzClient: Sendable {
 
     func requireAccount() throws -> AccountRecord {
         guard let account = try store.loadAccount() else {
+            if let pending = try store.pendingRegistration() {
+                throw ClientError(
+                    .notInitialized,
+                    "the registration of \(pending.account.handle) in \(home.path) did not finish; run `flitz init --relay ... --handle \(pending.account.handle)` again")
+            }
             throw ClientError(.notInitialized, "no account in \(home.path); run `flitz init --relay ws://HOST:PORT --handle NAME` first")
         }
         return account
@@ -84,10 +89,26 @@ public final class FlitzClient: Sendable {
         guard relayURL.hasPrefix("ws://") || relayURL.hasPrefix("wss://") else {
             throw ClientError(.invalidArgument, "the relay address must start with ws:// or wss://")
         }
-        let account = AccountIdentity(random: random)
-        let device = DeviceIdentity(account: account, random: random)
-        let signedPreKey = SignedPreKeyPair(id: 1, device: device, random: random)
-        let oneTimePreKeys = (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) }
+        // Keys are stored before registering: if the answer is lost, `init` again retries with the same
+        // keys and the relay recognises the retry (`protocol/relay.md`, "Register").
+        let device: DeviceIdentity, account: AccountIdentity, signedPreKey: SignedPreKeyPair, oneTimePreKeys: [OneTimePreKeyPair]
+        if let pending = try store.pendingRegistration() {
+            guard pending.account.handle == handle else {
+                throw ClientError(
+                    .invalidArgument,
+                    "an interrupted registration of \(pending.account.handle) is pending in \(home.path); run init with --handle \(pending.account.handle) to finish it")
+            }
+            (account, device) = (pending.account.account, pending.account.device)
+            (signedPreKey, oneTimePreKeys) = (pending.signedPreKey, pending.oneTimePreKeys)
+        } else {
+            account = AccountIdentity(random: random)
+            device = DeviceIdentity(account: account, random: random)
+            signedPreKey = SignedPreKeyPair(id: 1, device: device, random: random)
+            oneTimePreKeys = (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) }
+            try store.saveNewAccount(
+                AccountRecord(handle: handle, relayURL: relayURL, deviceID: 0, account: account, device: device, readReceipts: true),
+                signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys)
+        }
 
         var keys = WireDeviceKeys()
         keys.deviceIdentityKey = device.publicKey.rawRepresentation
@@ -96,34 +117,39 @@ public final class FlitzClient: Sendable {
         keys.oneTimePrekeys = oneTimePreKeys.map(\.wire)
         let deviceKeys = keys
 
-        let result = try await RelayConnection.with(url: relayURL, logger: logger) { connection in
-            let challenge = try await Self.challenge(connection)
-            let signature = device.privateKey.signature(for: SignedPayload.authentication(nonce: challenge.nonce, handle: handle))
-            let body: WireFrame.OneOf_Body
-            if let recoveryCode {
-                var recover = WireRecover()
-                recover.handle = handle
-                recover.recoveryCode = recoveryCode
-                recover.accountIdentityKey = account.publicKey.rawRepresentation
-                recover.device = deviceKeys
-                recover.challengeSignature = signature
-                body = .recover(recover)
-            } else {
-                var register = WireRegister()
-                register.handle = handle
-                register.accountIdentityKey = account.publicKey.rawRepresentation
-                register.device = deviceKeys
-                register.challengeSignature = signature
-                body = .register(register)
+        let result: WireRegisterResult
+        do {
+            result = try await RelayConnection.with(url: relayURL, logger: logger) { connection in
+                let challenge = try await Self.challenge(connection)
+                let signature = device.privateKey.signature(for: SignedPayload.authentication(nonce: challenge.nonce, handle: handle))
+                let body: WireFrame.OneOf_Body
+                if let recoveryCode {
+                    var recover = WireRecover()
+                    recover.handle = handle
+                    recover.recoveryCode = recoveryCode
+                    recover.accountIdentityKey = account.publicKey.rawRepresentation
+                    recover.device = deviceKeys
+                    recover.challengeSignature = signature
+                    body = .recover(recover)
+                } else {
+                    var register = WireRegister()
+                    register.handle = handle
+                    register.accountIdentityKey = account.publicKey.rawRepresentation
+                    register.device = deviceKeys
+                    register.challengeSignature = signature
+                    body = .register(register)
+                }
+                guard case .registerResult(let result) = try await connection.request(body).body else {
+                    throw ClientError(.protocolFailure, "unexpected answer to registration")
+                }
+                return result
             }
-            guard case .registerResult(let result) = try await connection.request(body).body else {
-                throw ClientError(.protocolFailure, "unexpected answer to registration")
-            }
-            return result
+        } catch let error as ClientError where error.kind != .relayUnreachable {
+            // Refused (handle taken, wrong code): nothing is registered; let the user pick again.
+            try store.discardPendingRegistration()
+            throw error
         }
-        try store.saveNewAccount(
-            AccountRecord(handle: handle, relayURL: relayURL, deviceID: result.deviceID, account: account, device: device, readReceipts: true),
-            signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys)
+        try store.markRegistered(deviceID: result.deviceID, relayURL: relayURL)
         return result.recoveryCode
     }
 

@@ -66,6 +66,10 @@ public final class Relay: Sendable {
                 handle: request.handle, accountIdentityKey: request.accountIdentityKey, recoveryCodeHash: RecoveryCode.hash(code),
                 device: device, atMs: now)
         } catch let error as StoreError where error.code == .handleTaken {
+            // The same keys again: a retry whose answer was lost. Answer it (with a fresh recovery code).
+            if let reissued = try await reissue(request.handle, request.accountIdentityKey, device.deviceIdentityKey) {
+                return reissued
+            }
             throw RelayError(.handleTaken, "this handle is taken")
         } catch {
             throw internalError(error)
@@ -93,7 +97,13 @@ public final class Relay: Sendable {
             throw internalError(error)
         }
         let presentedHash = RecoveryCode.hash(request.recoveryCode)
-        guard ConstantTime.equals(presentedHash, account.recoveryCodeHash) else { throw failed }
+        guard ConstantTime.equals(presentedHash, account.recoveryCodeHash) else {
+            // A retry of a recovery that already happened (its answer was lost) presents the old code.
+            if let reissued = try await reissue(request.handle, request.accountIdentityKey, device.deviceIdentityKey) {
+                return reissued
+            }
+            throw failed
+        }
         let code = RecoveryCode.generate(random)
         let now = clock.nowMs()
         let result: RecoveryResult
@@ -409,6 +419,25 @@ public final class Relay: Sendable {
         guard let key = try? Ed25519PublicKey(rawRepresentation: deviceIdentityKey),
             key.isValidSignature(signature, for: SignedPayload.authentication(nonce: nonce, handle: handle))
         else { throw RelayError(.invalidSignature, "the challenge signature does not verify") }
+    }
+
+    /// Answers a repeated `Register` or `Recover` by the device that already holds the handle: same account
+    /// identity key and a current device with the same device identity key (both proven by the request's
+    /// signatures). Issues a new recovery code; nil when the keys are not the current ones.
+    private func reissue(_ handle: String, _ accountIdentityKey: Data, _ deviceIdentityKey: Data) async throws(RelayError) -> WireRegisterResult? {
+        let code = RecoveryCode.generate(random)
+        do {
+            guard let deviceID = try await store.reissueRegistration(
+                handle: handle, accountIdentityKey: accountIdentityKey, deviceIdentityKey: deviceIdentityKey,
+                recoveryCodeHash: RecoveryCode.hash(code))
+            else { return nil }
+            var result = WireRegisterResult()
+            result.deviceID = deviceID
+            result.recoveryCode = code
+            return result
+        } catch {
+            throw internalError(error)
+        }
     }
 
     private func internalError(_ error: any Error) -> RelayError {

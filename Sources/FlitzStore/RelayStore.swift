@@ -60,6 +60,14 @@ public protocol RelayStore: Sendable {
     /// - Throws: `StoreError(.unknownDevice)` when `sender` is no longer a device (nothing is stored).
     func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int) async throws -> [SubmissionOutcome]
 
+    /// A repeated `Register` or `Recover` whose answer was lost (`relay.md`, "Register"): when `handle`'s
+    /// account identity key is `accountIdentityKey` and it has a current device with `deviceIdentityKey`
+    /// (32-byte Ed25519 keys), stores `recoveryCodeHash` (32 bytes) as the new recovery code hash and
+    /// returns that device's id; otherwise returns nil and changes nothing.
+    func reissueRegistration(
+        handle: String, accountIdentityKey: Data, deviceIdentityKey: Data, recoveryCodeHash: Data
+    ) async throws -> UInt32?
+
     /// Queue items of `device` with a sequence greater than `afterSequence`, in queue order, at most
     /// `limit`. Never returns an envelope or receipt whose expiry is at or before `nowMs`, swept or not.
     func pendingItems(for device: DeviceAddress, afterSequence: Int64, nowMs: Int64, limit: Int) async throws -> [QueuedItem]

@@ -179,6 +179,26 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
+    /// Implements `RelayStore.reissueRegistration` in one SQLite transaction.
+    public func reissueRegistration(
+        handle: String, accountIdentityKey: Data, deviceIdentityKey: Data, recoveryCodeHash: Data
+    ) async throws -> UInt32? {
+        try await run {
+            try await self.pool.write { db -> UInt32? in
+                guard let deviceID = try Int64.fetchOne(
+                    db,
+                    sql: """
+                        SELECT d.device_id FROM devices d JOIN accounts a ON a.handle = d.handle
+                        WHERE d.handle = ? AND a.account_identity_key = ? AND d.device_identity_key = ?
+                        """,
+                    arguments: [handle, accountIdentityKey, deviceIdentityKey])
+                else { return nil }
+                try db.execute(sql: "UPDATE accounts SET recovery_code_hash = ? WHERE handle = ?", arguments: [recoveryCodeHash, handle])
+                return UInt32(deviceID)
+            }
+        }
+    }
+
     /// Implements `RelayStore.recover` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func recover(
         handle: String, expectedRecoveryCodeHash: Data, accountIdentityKey: Data, newRecoveryCodeHash: Data,

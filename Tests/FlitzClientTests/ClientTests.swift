@@ -258,6 +258,47 @@ struct ClientTests {
         await relay.stop()
     }
 
+    @Test func aRegistrationWhoseAnswerWasLostIsFinishedByInitAgain() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice")
+        let firstCode = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        let deviceID = try #require(try alice.store.loadAccount()).deviceID
+        // As if the relay committed but its answer never arrived: the keys are stored, not confirmed.
+        try await alice.store.dbQueue.write { db in try db.execute(sql: "UPDATE account SET registered = 0, device_id = 0") }
+        await #expect(throws: ClientError.self) { _ = try await alice.send(to: "bob", text: "too early") }
+        let refusedOther = await #expect(throws: ClientError.self) { _ = try await alice.initialize(relayURL: relay.url, handle: "carol") }
+        #expect(refusedOther?.kind == .invalidArgument)
+        let secondCode = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        #expect(secondCode != firstCode)
+        #expect(try alice.store.loadAccount()?.deviceID == deviceID)
+        // The registration works: bob can reach alice.
+        let bob = try relay.client("bob")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        _ = try await bob.send(to: "alice", text: "hi")
+        #expect(try await alice.receiveAll().texts == ["hi"])
+        await relay.stop()
+    }
+
+    @Test func aRefusedOrUnreachableRegistrationCanBeRetried() async throws {
+        let relay = try await InProcessRelay()
+        _ = try await relay.client("taken").initialize(relayURL: relay.url, handle: "alice")
+        let newcomer = try relay.client("newcomer")
+        let taken = await #expect(throws: ClientError.self) { _ = try await newcomer.initialize(relayURL: relay.url, handle: "alice") }
+        #expect(taken?.kind == .refused(.handleTaken))
+        // Refused: nothing pending, another handle works.
+        _ = try await newcomer.initialize(relayURL: relay.url, handle: "carol")
+        #expect(try newcomer.handle() == "carol")
+        // Unreachable: the keys wait for a retry.
+        let offline = try relay.client("offline")
+        let unreachable = await #expect(throws: ClientError.self) {
+            _ = try await offline.initialize(relayURL: "ws://127.0.0.1:1", handle: "dave")
+        }
+        #expect(unreachable?.kind == .relayUnreachable)
+        _ = try await offline.initialize(relayURL: relay.url, handle: "dave")
+        #expect(try offline.handle() == "dave")
+        await relay.stop()
+    }
+
     @Test func unreachableRelayTimesOut() async throws {
         let relay = try await InProcessRelay()
         let alice = try relay.client("alice")

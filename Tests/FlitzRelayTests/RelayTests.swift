@@ -294,6 +294,28 @@ import FoundationNetworking
         }
     }
 
+    @Test func aRepeatedRegistrationWithTheSameKeysIsAnsweredAgain() async throws {
+        try await RelayHarness.run { relay in
+            let alice = TestIdentity("alice")
+            let first = try await relay.connect { connection in try await connection.register(alice) }
+            // The answer was lost; the client retries with the same keys.
+            let again = try await relay.connect { connection in try await connection.register(alice) }
+            #expect(again.0 == first.0)
+            #expect(again.1 != first.1, "a fresh recovery code replaces the lost one")
+            try await relay.connect { connection in
+                let mallory = TestIdentity("alice")
+                var recover = WireRecover()
+                recover.handle = "alice"
+                recover.recoveryCode = first.1
+                recover.accountIdentityKey = mallory.account.publicKey.rawRepresentation
+                recover.device = mallory.deviceKeys()
+                recover.challengeSignature = mallory.device.signature(for: SignedPayload.authentication(nonce: connection.nonce, handle: "alice"))
+                #expect(try await connection.request(.recover(recover)).errorCode == .recoveryFailed, "the replaced code is dead")
+                _ = try await connection.authenticate(alice, deviceID: again.0)
+            }
+        }
+    }
+
     @Test func unauthenticatedConnectionsAreClosedAfterTheTimeout() async throws {
         try await RelayHarness.run(authenticationTimeout: .milliseconds(200)) { relay in
             try await relay.connect { connection in
