@@ -19,19 +19,18 @@ extension FlitzClient {
                 // Not acknowledged: the relay's sweeper then reports it to the sender as expired, which it is.
                 logger.debug("discarding an expired envelope")
                 continue
-            } else {
-                do {
-                    events += try await accept(envelope)
-                } catch let error as FlitzProtocolError {
-                    // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
-                    // Other errors (the local database) propagate unacknowledged, so the relay redelivers.
-                    // A redelivery of one we already stored (its acknowledgement was lost) is no news.
-                    let known = try await store.dbQueue.read { db in
-                        try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE envelope_id = ? AND outgoing = 0", arguments: [envelope.envelopeID]) ?? false
-                    }
-                    if !(error.code == .duplicateMessage && known) {
-                        events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
-                    }
+            }
+            do {
+                events += try await accept(envelope)
+            } catch let error as FlitzProtocolError {
+                // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
+                // Other errors (the local database) propagate unacknowledged, so the relay redelivers.
+                // A redelivery of one we already stored (its acknowledgement was lost) is no news.
+                let known = try await store.dbQueue.read { db in
+                    try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE envelope_id = ? AND outgoing = 0", arguments: [envelope.envelopeID]) ?? false
+                }
+                if !(error.code == .duplicateMessage && known) {
+                    events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
                 }
             }
             ack.envelopeIds.append(envelope.envelopeID)
