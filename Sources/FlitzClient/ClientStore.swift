@@ -136,11 +136,10 @@ final class ClientStore: Sendable {
                 """)
         }
         migrator.registerMigration("v2") { db in
-            // Whether the account's registration finished (keys are stored before registering, so an
-            // interrupted `init` can be retried with the same keys); whether the sender's account key was
-            // the trusted one when the message arrived; the device an
-            // unsent envelope is for (to resubmit it after a crash); and the X3DH base keys already
-            // answered, so a replayed prekey message cannot start a second session.
+            // - account.registered: keys are stored before registering, so an interrupted `init` can retry them;
+            // - messages.untrusted_sender: the sender's account key was not the trusted one on arrival;
+            // - messages.recipient_device_id: where an unsent envelope goes when it is resubmitted;
+            // - accepted_base_keys: X3DH base keys already answered, so a replay cannot start a session.
             try db.execute(sql: """
                 ALTER TABLE messages ADD COLUMN untrusted_sender INTEGER NOT NULL DEFAULT 0;
                 ALTER TABLE messages ADD COLUMN recipient_device_id INTEGER NOT NULL DEFAULT 0;

@@ -57,16 +57,16 @@ extension FlitzClient {
         for attempt in 0..<2 {
             let envelope: PreparedEnvelope
             if let existing = prepared.value {
+                // `resendPending` may have submitted it already on this connection.
+                if try localStatus(of: existing.messageID) != .pending { return existing.messageID }
                 envelope = existing
             } else {
                 envelope = try await prepare(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn)
                 prepared.value = envelope
             }
-            var submit = WireSubmit()
-            submit.envelopes = [envelope.envelope]
-            guard case .submitResult(let result) = try await connection.request(.submit(submit)).body,
-                let outcome = result.outcomes.first
-            else { throw ClientError(.protocolFailure, "unexpected answer to submit") }
+            guard let outcome = try await submitStored([envelope.envelope], on: connection, keepRetryable: false).first else {
+                throw ClientError(.protocolFailure, "unexpected answer to submit")
+            }
             if outcome.hasError {
                 if outcome.error.code == .staleDevice, attempt == 0 {
                     // The recipient's devices changed (for example after a recovery): refetch and re-encrypt.
@@ -79,11 +79,6 @@ extension FlitzClient {
                 }
                 throw ClientError(.refused(outcome.error.code), "the relay refused the message: \(outcome.error.message)")
             }
-            try await store.dbQueue.write { db in
-                try db.execute(
-                    sql: "UPDATE messages SET status = 'sent', accepted_at_ms = ?, envelope = NULL WHERE envelope_id = ? AND status = 'pending'",
-                    arguments: [outcome.acceptedAtMs, envelope.envelope.envelopeID])
-            }
             return envelope.messageID
         }
         throw ClientError(.refused(.staleDevice), "the recipient's devices keep changing; try again")
@@ -91,7 +86,7 @@ extension FlitzClient {
 
     /// Resubmits, byte for byte, outgoing envelopes that were encrypted and stored but never acknowledged
     /// (a `flitz` process ended between storing and the relay's answer). Resubmission is idempotent at
-    /// the relay. Returns a warning for each the relay now refuses (those are given up).
+    /// the relay. Returns a warning for each the relay now refuses for good (those are given up).
     func resendPending(on connection: RelayConnection) async throws -> [String] {
         let rows = try await store.dbQueue.read { db in
             try Row.fetchAll(
@@ -112,29 +107,41 @@ extension FlitzClient {
         }
         var warnings: [String] = []
         for start in stride(from: 0, to: rows.count, by: WireConstants.maxEnvelopesPerSubmit) {
-            var submit = WireSubmit()
-            submit.envelopes = Array(rows[start..<min(start + WireConstants.maxEnvelopesPerSubmit, rows.count)])
-            guard case .submitResult(let result) = try await connection.request(.submit(submit)).body else {
-                throw ClientError(.protocolFailure, "unexpected answer to submit")
-            }
-            for (envelope, outcome) in zip(submit.envelopes, result.outcomes) {
-                // A full queue or a relay failure may pass: keep the envelope for the next connection.
-                if outcome.hasError, [.queueFull, .internal].contains(outcome.error.code) { continue }
-                if outcome.hasError {
-                    warnings.append("an unsent message to \(envelope.recipientHandle) was refused by the relay (\(outcome.error.message)); send it again")
-                }
-                try await store.dbQueue.write { db in
-                    if outcome.hasError {
-                        try db.execute(sql: "UPDATE messages SET envelope = NULL WHERE envelope_id = ?", arguments: [envelope.envelopeID])
-                    } else {
-                        try db.execute(
-                            sql: "UPDATE messages SET status = 'sent', accepted_at_ms = ?, envelope = NULL WHERE envelope_id = ? AND status = 'pending'",
-                            arguments: [outcome.acceptedAtMs, envelope.envelopeID])
-                    }
-                }
+            let batch = Array(rows[start..<min(start + WireConstants.maxEnvelopesPerSubmit, rows.count)])
+            for (envelope, outcome) in zip(batch, try await submitStored(batch, on: connection, keepRetryable: true))
+            where outcome.hasError && !Self.isRetryable(outcome.error.code) {
+                warnings.append("an unsent message to \(envelope.recipientHandle) was refused by the relay (\(outcome.error.message)); send it again")
             }
         }
         return warnings
+    }
+
+    /// Refusals that may pass by themselves: a full recipient queue, a relay failure.
+    private static func isRetryable(_ code: WireErrorCode) -> Bool { code == .queueFull || code == .internal }
+
+    /// Submits envelopes already stored as pending, and records the outcome of each: accepted → `sent`
+    /// with the relay's time; refused → the stored envelope is forgotten (given up), except a refusal
+    /// that may pass when `keepRetryable` (it stays pending for the next connection).
+    private func submitStored(
+        _ envelopes: [WireOutgoingEnvelope], on connection: RelayConnection, keepRetryable: Bool
+    ) async throws -> [WireSubmitOutcome] {
+        var submit = WireSubmit()
+        submit.envelopes = envelopes
+        guard case .submitResult(let result) = try await connection.request(.submit(submit)).body,
+            result.outcomes.count == envelopes.count
+        else { throw ClientError(.protocolFailure, "unexpected answer to submit") }
+        try await store.dbQueue.write { db in
+            for (envelope, outcome) in zip(envelopes, result.outcomes) {
+                if !outcome.hasError {
+                    try db.execute(
+                        sql: "UPDATE messages SET status = 'sent', accepted_at_ms = ?, envelope = NULL WHERE envelope_id = ? AND status = 'pending'",
+                        arguments: [outcome.acceptedAtMs, envelope.envelopeID])
+                } else if !(keepRetryable && Self.isRetryable(outcome.error.code)) {
+                    try db.execute(sql: "UPDATE messages SET envelope = NULL WHERE envelope_id = ?", arguments: [envelope.envelopeID])
+                }
+            }
+        }
+        return result.outcomes
     }
 
     /// Refuses what the relay would refuse or what makes no sense, before anything is encrypted.

@@ -17,12 +17,13 @@ final class InProcessRelay: Sendable {
     let url: String
     private let task: Task<Void, any Error>
 
-    init() async throws {
+    init(maxQueuedEnvelopes: Int = 10_000) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-client-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var logger = Logger(label: "relay")
         logger.logLevel = .critical
-        let configuration = RelayConfiguration(port: 0, databasePath: directory.appendingPathComponent("relay.sqlite").path)
+        let configuration = RelayConfiguration(
+            port: 0, databasePath: directory.appendingPathComponent("relay.sqlite").path, maxQueuedEnvelopes: maxQueuedEnvelopes)
         let application = try await buildRelay(configuration: configuration, logger: logger)
         self.application = application
         task = Task { try await application.run(handleSignals: false) }
@@ -296,6 +297,22 @@ struct ClientTests {
         #expect(unreachable?.kind == .relayUnreachable)
         _ = try await offline.initialize(relayURL: relay.url, handle: "dave")
         #expect(try offline.handle() == "dave")
+        await relay.stop()
+    }
+
+    @Test func aRefusedSendIsGivenUpNotResentLater() async throws {
+        let relay = try await InProcessRelay(maxQueuedEnvelopes: 1)
+        let (alice, bob) = try await relay.aliceAndBob()
+        _ = try await alice.send(to: "bob", text: "m1")
+        let refused = await #expect(throws: ClientError.self) { _ = try await alice.send(to: "bob", text: "m2") }
+        #expect(refused?.kind == .refused(.queueFull))
+        #expect(try await bob.receiveAll().texts == ["m1"])
+        _ = try await alice.send(to: "bob", text: "m3")
+        #expect(try await bob.receiveAll().texts == ["m3"], "the refused message is not delivered behind the user's back")
+        let leftovers = try await alice.store.dbQueue.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages WHERE envelope IS NOT NULL") ?? -1
+        }
+        #expect(leftovers == 0)
         await relay.stop()
     }
 
