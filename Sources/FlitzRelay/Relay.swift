@@ -164,18 +164,15 @@ public final class Relay: Sendable {
             if request.hasSignedPrekey {
                 signed = try validatedSignedPreKey(request.signedPrekey, deviceIdentityKey: record.deviceIdentityKey)
             }
-            let stock = try await store.oneTimePreKeyCount(device: device)
-            guard stock + oneTime.count <= WireConstants.maxOneTimePreKeysStored else {
-                throw RelayError(
-                    .invalidArgument,
-                    "a device keeps at most \(WireConstants.maxOneTimePreKeysStored) one-time prekeys; it has \(stock)")
-            }
-            let remaining = try await store.publishPreKeys(device: device, signedPreKey: signed, oneTimePreKeys: oneTime)
+            let remaining = try await store.publishPreKeys(
+                device: device, signedPreKey: signed, oneTimePreKeys: oneTime, stockLimit: WireConstants.maxOneTimePreKeysStored)
             var status = WirePreKeyStatus()
             status.oneTimePrekeysRemaining = UInt32(clamping: remaining)
             return status
         } catch let error as RelayError {
             throw error
+        } catch let error as StoreError where error.code == .preKeyStockFull {
+            throw RelayError(.invalidArgument, "a device keeps at most \(WireConstants.maxOneTimePreKeysStored) one-time prekeys")
         } catch {
             throw internalError(error)
         }

@@ -35,9 +35,10 @@ public protocol RelayStore: Sendable {
 
     /// Stores prekeys of `device`: replaces the signed prekey when given, adds one-time prekeys (an id
     /// already stored is replaced). Returns the number of one-time prekeys now in stock.
-    /// - Throws: `StoreError.unknownDevice`.
+    /// - Throws: `StoreError.unknownDevice`; `StoreError.preKeyStockFull` when the stock would exceed
+    ///   `stockLimit` (nothing is stored then).
     func publishPreKeys(
-        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord]
+        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord], stockLimit: Int
     ) async throws -> Int
 
     /// Number of one-time prekeys in stock for `device`.
@@ -411,6 +412,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let corrupt = Code(rawValue: 8)
         /// The recipient device already has the most envelopes the relay queues for one device.
         public static let queueFull = Code(rawValue: 9)
+        /// A device's one-time prekey stock would exceed its limit.
+        public static let preKeyStockFull = Code(rawValue: 10)
     }
 
     /// What went wrong.
@@ -442,6 +445,11 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
 }
 
 extension RelayStore {
+    /// `publishPreKeys` without a stock limit.
+    public func publishPreKeys(device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord]) async throws -> Int {
+        try await publishPreKeys(device: device, signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys, stockLimit: .max)
+    }
+
     /// `submit` without a queue limit.
     public func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome] {
         try await submit(sender: sender, envelopes: envelopes, atMs: atMs, queueLimit: .max)

@@ -244,7 +244,7 @@ public final class SQLiteRelayStore: RelayStore {
 
     /// Implements `RelayStore.publishPreKeys` (see its documentation for shapes, units and errors) in one SQLite transaction.
     public func publishPreKeys(
-        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord]
+        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord], stockLimit: Int
     ) async throws -> Int {
         try await run {
             try await self.pool.write { db in
@@ -259,7 +259,11 @@ public final class SQLiteRelayStore: RelayStore {
                         sql: "INSERT OR REPLACE INTO one_time_prekeys (handle, device_id, prekey_id, public_key) VALUES (?, ?, ?, ?)",
                         arguments: [device.handle, Int64(device.deviceID), Int64(key.id), key.publicKey])
                 }
-                return try Self.preKeyCount(db, device)
+                // Counted after inserting, inside the transaction: replaced ids count once, and throwing
+                // rolls the whole publish back.
+                let stock = try Self.preKeyCount(db, device)
+                guard stock <= stockLimit else { throw StoreError(.preKeyStockFull) }
+                return stock
             }
         }
     }

@@ -113,6 +113,14 @@ import Testing
         await #expect(throws: StoreError(.unknownDevice)) {
             try await store.publishPreKeys(device: DeviceAddress(handle: "alice", deviceID: 7), signedPreKey: nil, oneTimePreKeys: [])
         }
+        // Over the stock limit: refused as a whole, nothing stored. A replaced id does not count twice.
+        let twoMore = [OneTimePreKeyRecord(id: 20, publicKey: Self.bytes(0x70, 32)), OneTimePreKeyRecord(id: 21, publicKey: Self.bytes(0x71, 32))]
+        await #expect(throws: StoreError(.preKeyStockFull)) {
+            try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: twoMore, stockLimit: 4)
+        }
+        #expect(try await store.oneTimePreKeyCount(device: device) == 3)
+        let replaced = [OneTimePreKeyRecord(id: 9, publicKey: Self.bytes(0x72, 32)), OneTimePreKeyRecord(id: 20, publicKey: Self.bytes(0x70, 32))]
+        #expect(try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: replaced, stockLimit: 4) == 4)
     }
 
     @Test func aFullQueueRefusesMoreUntilDelivered() async throws {
