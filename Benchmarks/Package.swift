@@ -18,9 +18,16 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // Session setup shared by both programs below, so they measure exactly the same thing.
+        .target(
+            name: "BenchmarkSupport",
+            dependencies: [.product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage)],
+            path: "Sources/BenchmarkSupport"
+        ),
         .executableTarget(
             name: "FlitzCryptoBenchmarks",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "FlitzProtocol", package: rootPackage),
                 .product(name: "FlitzCrypto", package: rootPackage),
                 .product(name: "Benchmark", package: "benchmark"),
@@ -32,7 +39,9 @@ let package = Package(
         // repeated rounds), as a cross-check of the harness and for profilers (perf, valgrind).
         .executableTarget(
             name: "CryptoTiming",
-            dependencies: [.product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage)],
+            dependencies: [
+                "BenchmarkSupport", .product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage),
+            ],
             path: "Sources/CryptoTiming"
         ),
     ],

@@ -3,6 +3,7 @@
 // (and minimum) over rounds of (round time / n) is printed in µs per operation.
 // `swift build -c release --product CryptoTiming && .build/release/CryptoTiming [rounds]`.
 // Also a target for profilers: `perf record -g .build/release/CryptoTiming`.
+import BenchmarkSupport
 import FlitzCrypto
 import FlitzProtocol
 import Foundation
@@ -27,32 +28,6 @@ func measure(_ name: String, n: Int, _ body: () -> Void) -> Double {
     return median
 }
 
-func established() -> (alice: Session, bob: Session) {
-    let random = SeededRandom(label: "flitz-bench session setup")
-    let aliceDevice = DeviceIdentity(account: AccountIdentity(random: random), random: random)
-    let bobAccount = AccountIdentity(random: random)
-    let bobDevice = DeviceIdentity(account: bobAccount, random: random)
-    let spk = SignedPreKeyPair(id: 1, device: bobDevice, random: random)
-    let opk = OneTimePreKeyPair(id: 7, random: random)
-    let bundle = try! UnverifiedPreKeyBundle(
-        deviceID: 2, accountIdentityKey: bobAccount.publicKey.rawRepresentation,
-        deviceIdentityKey: bobDevice.publicKey.rawRepresentation, deviceCertificateSignature: bobDevice.certificate.signature,
-        signedPreKeyID: 1, signedPreKey: spk.privateKey.publicKey.rawRepresentation, signedPreKeySignature: spk.signature,
-        oneTimePreKey: (id: 7, publicKey: opk.privateKey.publicKey.rawRepresentation)
-    ).verified()
-    var alice = try! Session.initiate(identity: aliceDevice, bundle: bundle, random: random)
-    guard case .preKey(let first) = try! IncomingSessionMessage(parsing: try! alice.encrypt(Data("hello".utf8), random: random)) else { fatalError() }
-    var bob = try! Session.respond(to: first, identity: bobDevice, signedPreKey: spk, oneTimePreKey: opk, random: random).session
-    _ = deliver(Data("hi".utf8), from: &bob, to: &alice)
-    return (alice, bob)
-}
-
-func deliver(_ plaintext: Data, from sender: inout Session, to receiver: inout Session) -> Data {
-    let wire = try! sender.encrypt(plaintext, random: SystemRandom())
-    guard case .ratchet(let body) = try! IncomingSessionMessage(parsing: wire) else { fatalError("expected a ratchet message") }
-    return try! receiver.decrypt(body, random: SystemRandom())
-}
-
 let plaintext = Data((0..<1024).map { UInt8(truncatingIfNeeded: $0) })
 let setup = SeededRandom(label: "flitz-timing")
 let a = X25519PrivateKey(random: setup), b = X25519PrivateKey(random: setup)
@@ -62,13 +37,19 @@ let s = measure("XChaCha20-Poly1305 seal 1 KiB", n: 20_000) {
     consume(try! XChaCha20Poly1305.seal(plaintext, key: key, nonce: nonce, authenticating: ad))
 }
 // Separate variables for the two sides: two inout accesses to one global tuple would overlap.
-var (alice1, bob1) = established()
-_ = deliver(plaintext, from: &alice1, to: &bob1)  // Bob's one DH step; the rest stay in one chain
-let c = measure("Ratchet encrypt+decrypt 1 KiB, same chain", n: 2_000) { consume(deliver(plaintext, from: &alice1, to: &bob1)) }
-var (alice2, bob2) = established()
+let first = SessionPair.established()
+var (alice1, bob1) = (first.alice, first.bob)
+_ = SessionPair.deliver(plaintext, from: &alice1, to: &bob1)  // Bob's one DH step; the rest stay in one chain
+let c = measure("Ratchet encrypt+decrypt 1 KiB, same chain", n: 2_000) { consume(SessionPair.deliver(plaintext, from: &alice1, to: &bob1)) }
+let second = SessionPair.established()
+var (alice2, bob2) = (second.alice, second.bob)
 var aliceSends = true
 let d = measure("Ratchet encrypt+decrypt 1 KiB, with DH step", n: 1_000) {
-    if aliceSends { consume(deliver(plaintext, from: &alice2, to: &bob2)) } else { consume(deliver(plaintext, from: &bob2, to: &alice2)) }
+    if aliceSends {
+        consume(SessionPair.deliver(plaintext, from: &alice2, to: &bob2))
+    } else {
+        consume(SessionPair.deliver(plaintext, from: &bob2, to: &alice2))
+    }
     aliceSends.toggle()
 }
 print(String(format: "ratios: same chain = %.1f× seal, %.2f× X25519; DH step = %.1f× seal, %.2f× X25519; DH step / same chain = %.2f×", c / s, c / x, d / s, d / x, d / c))
