@@ -60,13 +60,20 @@ func run<T>(_ body: () async throws -> T) async throws -> T {
     }
 }
 
+/// Writes a line to stderr; a closed stderr is ignored.
 func printError(_ text: String) {
-    FileHandle.standardError.write(Data((text + "\n").utf8))
+    try? FileHandle.standardError.write(contentsOf: Data((text + "\n").utf8))
 }
 
-/// Writes a line to stdout and flushes it (scripts read stdout line by line).
+/// Writes a line to stdout unbuffered (scripts read stdout line by line). When the reader has gone
+/// (`flitz receive | head -1`), exit quietly with 141, as a process killed by SIGPIPE does, instead of
+/// crashing; whatever the command did before printing (stored, acknowledged) stays done.
 func printLine(_ text: String) {
-    FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    do {
+        try FileHandle.standardOutput.write(contentsOf: Data((text + "\n").utf8))
+    } catch {
+        exit(141)
+    }
 }
 
 struct Init: AsyncParsableCommand {

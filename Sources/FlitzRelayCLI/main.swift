@@ -71,13 +71,14 @@ struct Serve: AsyncParsableCommand {
         do {
             let relay = try await buildRelay(configuration: configuration, logger: logger) { host, port in
                 // Unbuffered, so a parent process reading the pipe sees the line at once.
-                FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
+                // A closed stdout must not stop the relay.
+                try? FileHandle.standardOutput.write(contentsOf: Data("listening on \(host):\(port)\n".utf8))
             }
             try await relay.run()
         } catch {
             let text = String(describing: error)
             let reason = text.contains("Address already in use") ? "cannot listen on \(host):\(port): address already in use" : text
-            FileHandle.standardError.write(Data("flitz-relay: \(reason)\n".utf8))
+            try? FileHandle.standardError.write(contentsOf: Data("flitz-relay: \(reason)\n".utf8))
             throw ExitCode.failure
         }
     }

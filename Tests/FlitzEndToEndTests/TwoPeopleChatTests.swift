@@ -144,6 +144,23 @@ struct TwoPeopleChatTests {
         #expect(trace.status == 64, "\(trace)")
         #expect(try alice.flitz("send", "bob", "hello", "--expires-in", "0").status == 64)
 
+        // stdout already closed by its reader (`flitz ... | head -1`): a quiet exit 141, never a crash.
+        let closedPipe = Pipe()
+        try closedPipe.fileHandleForReading.close()
+        let initCarol = Process()
+        initCarol.executableURL = Binaries.flitz
+        initCarol.arguments = ["init", "--home", scratch.path("carol").path, "--relay", relay.url, "--handle", "carol"]
+        initCarol.standardOutput = closedPipe.fileHandleForWriting
+        let carolErrors = Pipe()
+        initCarol.standardError = carolErrors
+        try initCarol.run()
+        initCarol.waitUntilExit()
+        let carolStderr = String(decoding: carolErrors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(initCarol.terminationStatus == 141, "\(carolStderr)")
+        #expect(!carolStderr.contains("Fatal error") && !carolStderr.contains("crashed"), "\(carolStderr)")
+        #expect(try User(name: "carol", home: scratch.path("carol"), scratch: scratch).flitz("settings", "read-receipts").lines == ["on"],
+            "the registration itself finished")
+
         relay.stop()
         let unreachable = try alice.flitz("send", "bob", "hello", "--timeout", "1")
         #expect(unreachable.status == 2, "\(unreachable)")
