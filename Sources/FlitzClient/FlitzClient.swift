@@ -168,7 +168,16 @@ public final class FlitzClient: Sendable {
         authenticate.deviceID = account.deviceID
         authenticate.signature = account.device.privateKey.signature(
             for: SignedPayload.authentication(nonce: challenge.nonce, handle: account.handle))
-        guard case .authenticateResult(let result) = try await connection.request(.authenticate(authenticate)).body else {
+        let answer: WireFrame
+        do {
+            answer = try await connection.request(.authenticate(authenticate))
+        } catch let error as ClientError where error.kind == .refused(.authenticationFailed) {
+            throw ClientError(
+                error.kind,
+                "the relay no longer knows this device as \(account.handle) (the handle was recovered on another device, or removed); "
+                    + "this home cannot be used any more")
+        }
+        guard case .authenticateResult(let result) = answer.body else {
             throw ClientError(.protocolFailure, "unexpected answer to authentication")
         }
         connection.relayClockOffsetMilliseconds = result.relayTimeMs - Int64(Date().timeIntervalSince1970 * 1000)

@@ -100,7 +100,9 @@ struct TwoPeopleChatTests {
         // Text from others cannot forge lines or send terminal escapes.
         #expect(try bob2.flitz("send", "alice", "ok\nbob: forged\u{1b}[31m").status == 0)
         #expect(try alice.flitz("receive").lines == ["bob: ok\\u{a}bob: forged\\u{1b}[31m"])
-        #expect(try bob.flitz("receive").status == 3, "the old device can no longer authenticate")
+        let oldDevice = try bob.flitz("receive")
+        #expect(oldDevice.status == 3, "the old device can no longer authenticate")
+        #expect(oldDevice.stderr.contains("no longer knows this device as bob"), "\(oldDevice)")
 
         // The relay's database files and log never contain a plaintext.
         relay.stop()
