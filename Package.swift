@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // ML-KEM-1024 only: libsodium has no post-quantum KEM (DESIGN.md, "Cryptography").
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     ],
     targets: [
         .systemLibrary(
@@ -30,7 +32,10 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"])]
         ),
-        .target(name: "FlitzCrypto", dependencies: ["CFlitzSodium"]),
+        .target(
+            name: "FlitzCrypto",
+            dependencies: ["CFlitzSodium", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "FlitzWire",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]

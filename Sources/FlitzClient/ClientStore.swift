@@ -37,6 +37,14 @@ struct AccountRecord: Sendable {
     var readReceipts: Bool
 }
 
+/// The prekeys a new device registers with (`protocol/relay.md`, "Register").
+struct RegistrationPreKeys: Sendable {
+    var signedPreKey: SignedPreKeyPair
+    var oneTimePreKeys: [OneTimePreKeyPair]
+    var lastResortKEMPreKey: KEMPreKeyPair
+    var oneTimeKEMPreKeys: [KEMPreKeyPair]
+}
+
 /// A contact: the account identity key this user trusts for a handle, and a newer one seen but not trusted.
 struct ContactRecord: Sendable {
     var handle: String
@@ -151,6 +159,42 @@ final class ClientStore: Sendable {
                 INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) SELECT base_key, updated_at FROM sessions;
                 """)
         }
+        migrator.registerMigration("v4-pqxdh") { db in
+            // - kem_prekeys: ML-KEM-1024 prekeys (64-byte seeds); one-time ones deleted after first use,
+            //   last-resort ones kept until rotated out and past the grace period (replaced_at);
+            // - signed_prekeys.created_at / replaced_at: rotation and its grace period;
+            // - next_*_prekey_id: ids are never reused (crypto.md, "Prekey lifecycle");
+            // - session_resets: when this device last replaced a failing session with each peer device;
+            // - unsupported_messages: content of a kind this version does not know, kept for a newer version.
+            try db.execute(sql: """
+                CREATE TABLE kem_prekeys (
+                    id INTEGER PRIMARY KEY,
+                    seed BLOB NOT NULL,
+                    signature BLOB NOT NULL,
+                    last_resort INTEGER NOT NULL,
+                    created_at REAL NOT NULL,
+                    replaced_at REAL
+                );
+                ALTER TABLE signed_prekeys ADD COLUMN created_at REAL NOT NULL DEFAULT 0;
+                ALTER TABLE signed_prekeys ADD COLUMN replaced_at REAL;
+                ALTER TABLE account ADD COLUMN next_signed_prekey_id INTEGER NOT NULL DEFAULT 2;
+                ALTER TABLE account ADD COLUMN next_kem_prekey_id INTEGER NOT NULL DEFAULT 1;
+                CREATE TABLE session_resets (
+                    handle TEXT NOT NULL,
+                    device_id INTEGER NOT NULL,
+                    at REAL NOT NULL,
+                    PRIMARY KEY (handle, device_id)
+                );
+                CREATE TABLE unsupported_messages (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    peer TEXT NOT NULL,
+                    envelope_id BLOB NOT NULL UNIQUE,
+                    kind TEXT NOT NULL,  -- 'envelope': undecrypted SessionMessage bytes; 'content': decrypted Content bytes
+                    content BLOB NOT NULL,
+                    received_at REAL NOT NULL
+                );
+                """)
+        }
         return migrator
     }
 
@@ -162,14 +206,21 @@ final class ClientStore: Sendable {
     }
 
     /// The account whose registration was started but not confirmed by the relay, with its prekeys.
-    func pendingRegistration() throws -> (account: AccountRecord, signedPreKey: SignedPreKeyPair, oneTimePreKeys: [OneTimePreKeyPair])? {
+    func pendingRegistration() throws -> (account: AccountRecord, preKeys: RegistrationPreKeys)? {
         guard let account = try loadAccount(registered: false) else { return nil }
         return try dbQueue.read { db in
             guard let signedPreKey = try Self.signedPreKey(id: 1, db) else { return nil }
             let oneTimePreKeys = try Int64.fetchAll(db, sql: "SELECT id FROM one_time_prekeys ORDER BY id").compactMap {
                 try Self.oneTimePreKey(id: UInt32($0), db)
             }
-            return (account, signedPreKey, oneTimePreKeys)
+            let kem = try Int64.fetchAll(db, sql: "SELECT id FROM kem_prekeys ORDER BY id").compactMap { try Self.kemPreKey(id: UInt32($0), db) }
+            guard let lastResort = kem.first(where: { $0.kind == .lastResort }) else { return nil }
+            return (
+                account,
+                RegistrationPreKeys(
+                    signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys, lastResortKEMPreKey: lastResort,
+                    oneTimeKEMPreKeys: kem.filter { $0.kind == .oneTime })
+            )
         }
     }
 
@@ -186,6 +237,7 @@ final class ClientStore: Sendable {
             try db.execute(sql: "DELETE FROM account WHERE registered = 0")
             try db.execute(sql: "DELETE FROM signed_prekeys")
             try db.execute(sql: "DELETE FROM one_time_prekeys")
+            try db.execute(sql: "DELETE FROM kem_prekeys")
         }
     }
 
@@ -205,30 +257,105 @@ final class ClientStore: Sendable {
         }
     }
 
-    func saveNewAccount(
-        _ record: AccountRecord, signedPreKey: SignedPreKeyPair, oneTimePreKeys: [OneTimePreKeyPair]
-    ) throws {
+    func saveNewAccount(_ record: AccountRecord, preKeys: RegistrationPreKeys, now: Date) throws {
         try dbQueue.write { db in
+            let kemIDs = [preKeys.lastResortKEMPreKey.id] + preKeys.oneTimeKEMPreKeys.map(\.id)
             try db.execute(
                 sql: """
                     INSERT INTO account (id, handle, relay_url, device_id, account_identity_seed, device_identity_seed,
-                        device_certificate_signature, read_receipts, next_one_time_prekey_id, registered)
-                    VALUES (1, ?, ?, ?, ?, ?, ?, 1, ?, 0)
+                        device_certificate_signature, read_receipts, next_one_time_prekey_id, next_signed_prekey_id, next_kem_prekey_id, registered)
+                    VALUES (1, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 0)
                     """,
                 arguments: [
                     record.handle, record.relayURL, Int64(record.deviceID), record.account.privateKey.seed.unsafeData,
                     record.device.privateKey.seed.unsafeData, record.device.certificate.signature,
-                    Int64((oneTimePreKeys.map(\.id).max() ?? 0) + 1),
+                    Int64((preKeys.oneTimePreKeys.map(\.id).max() ?? 0) + 1), Int64(preKeys.signedPreKey.id) + 1,
+                    Int64((kemIDs.max() ?? 0) + 1),
                 ])
-            try Self.insert(signedPreKey, db)
-            try Self.insert(oneTimePreKeys, db)
+            try Self.insert(preKeys.signedPreKey, now: now, db)
+            try Self.insert(preKeys.oneTimePreKeys, db)
+            try Self.insert([preKeys.lastResortKEMPreKey] + preKeys.oneTimeKEMPreKeys, now: now, db)
         }
     }
 
-    private static func insert(_ key: SignedPreKeyPair, _ db: Database) throws {
+    private static func insert(_ key: SignedPreKeyPair, now: Date, _ db: Database) throws {
         try db.execute(
-            sql: "INSERT OR REPLACE INTO signed_prekeys (id, private_key, signature) VALUES (?, ?, ?)",
-            arguments: [Int64(key.id), key.privateKey.secret.unsafeData, key.signature])
+            sql: "INSERT OR REPLACE INTO signed_prekeys (id, private_key, signature, created_at) VALUES (?, ?, ?, ?)",
+            arguments: [Int64(key.id), key.privateKey.secret.unsafeData, key.signature, now.timeIntervalSince1970])
+    }
+
+    private static func insert(_ keys: [KEMPreKeyPair], now: Date, _ db: Database) throws {
+        for key in keys {
+            try db.execute(
+                sql: "INSERT INTO kem_prekeys (id, seed, signature, last_resort, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [Int64(key.id), key.privateKey.seed.unsafeData, key.signature, key.kind == .lastResort, now.timeIntervalSince1970])
+        }
+    }
+
+    /// Reserves `count` fresh KEM prekey ids, generates and signs one-time KEM prekeys and stores them.
+    func generateOneTimeKEMPreKeys(count: Int, device: DeviceIdentity, random: any RandomSource, now: Date) throws -> [KEMPreKeyPair] {
+        try dbQueue.write { db in
+            let first = try UInt32(Int64.fetchOne(db, sql: "SELECT next_kem_prekey_id FROM account") ?? 1)
+            let keys = (0..<UInt32(count)).map { KEMPreKeyPair(id: first + $0, kind: .oneTime, device: device, random: random) }
+            try db.execute(sql: "UPDATE account SET next_kem_prekey_id = ?", arguments: [Int64(first) + Int64(count)])
+            try Self.insert(keys, now: now, db)
+            return keys
+        }
+    }
+
+    /// When the current signed prekey (or the last-resort KEM prekey) is older than `rotationInterval`
+    /// seconds, or there is no last-resort KEM prekey (a home from before PQXDH), makes new ones under
+    /// fresh ids, marks the old ones replaced now, and returns the new ones to publish. Also deletes
+    /// replaced keys whose `grace` seconds have passed (`protocol/crypto.md`, "Prekey lifecycle").
+    func rotatePreKeysIfDue(
+        device: DeviceIdentity, random: any RandomSource, now: Date, rotationInterval: TimeInterval, grace: TimeInterval
+    ) throws -> (signed: SignedPreKeyPair?, lastResort: KEMPreKeyPair?) {
+        try dbQueue.write { db in
+            let t = now.timeIntervalSince1970
+            try db.execute(sql: "DELETE FROM signed_prekeys WHERE replaced_at IS NOT NULL AND replaced_at + ? <= ?", arguments: [grace, t])
+            try db.execute(sql: "DELETE FROM kem_prekeys WHERE replaced_at IS NOT NULL AND replaced_at + ? <= ?", arguments: [grace, t])
+            var result: (signed: SignedPreKeyPair?, lastResort: KEMPreKeyPair?) = (nil, nil)
+            let signedCreated = try Double.fetchOne(db, sql: "SELECT MAX(created_at) FROM signed_prekeys WHERE replaced_at IS NULL") ?? -.infinity
+            if signedCreated + rotationInterval <= t {
+                let id = try UInt32(Int64.fetchOne(db, sql: "SELECT next_signed_prekey_id FROM account") ?? 2)
+                let key = SignedPreKeyPair(id: id, device: device, random: random)
+                try db.execute(sql: "UPDATE signed_prekeys SET replaced_at = ? WHERE replaced_at IS NULL", arguments: [t])
+                try Self.insert(key, now: now, db)
+                try db.execute(sql: "UPDATE account SET next_signed_prekey_id = ?", arguments: [Int64(id) + 1])
+                result.signed = key
+            }
+            let kemCreated = try Double.fetchOne(
+                db, sql: "SELECT MAX(created_at) FROM kem_prekeys WHERE last_resort = 1 AND replaced_at IS NULL") ?? -.infinity
+            if kemCreated + rotationInterval <= t {
+                let id = try UInt32(Int64.fetchOne(db, sql: "SELECT next_kem_prekey_id FROM account") ?? 1)
+                let key = KEMPreKeyPair(id: id, kind: .lastResort, device: device, random: random)
+                try db.execute(sql: "UPDATE kem_prekeys SET replaced_at = ? WHERE last_resort = 1 AND replaced_at IS NULL", arguments: [t])
+                try Self.insert([key], now: now, db)
+                try db.execute(sql: "UPDATE account SET next_kem_prekey_id = ?", arguments: [Int64(id) + 1])
+                result.lastResort = key
+            }
+            return result
+        }
+    }
+
+    static func kemPreKey(id: UInt32, _ db: Database) throws -> KEMPreKeyPair? {
+        do {
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM kem_prekeys WHERE id = ?", arguments: [Int64(id)]) else { return nil }
+            let lastResort: Bool = row["last_resort"]
+            return KEMPreKeyPair(
+                id: id, kind: lastResort ? .lastResort : .oneTime, privateKey: try KEMPrivateKey(seed: SecretBytes(row["seed"] as Data)),
+                signature: row["signature"])
+        } catch {
+            throw ClientError(.protocolFailure, "a stored KEM prekey is corrupt")
+        }
+    }
+
+    /// Whether a signed prekey with this id existed and was deleted after its grace period: ids only grow,
+    /// so an id below the next one that is no longer stored was rotated out.
+    static func signedPreKeyExpired(id: UInt32, _ db: Database) throws -> Bool {
+        let next = try Int64.fetchOne(db, sql: "SELECT next_signed_prekey_id FROM account") ?? 2
+        let stored = try signedPreKey(id: id, db)
+        return Int64(id) < next && stored == nil
     }
 
     private static func insert(_ keys: [OneTimePreKeyPair], _ db: Database) throws {

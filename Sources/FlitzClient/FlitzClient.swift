@@ -37,17 +37,36 @@ public final class FlitzClient: Sendable {
     public static let preKeyBatchSize = 100
     /// Replenish one-time prekeys when the relay reports fewer than this many.
     public static let lowPreKeyThreshold = 20
+    /// One-time KEM prekeys generated at registration and whenever the relay's stock falls below
+    /// `lowKEMPreKeyThreshold` (each is 1568 bytes at the relay, so fewer than X25519 ones).
+    public static let kemPreKeyBatchSize = 20
+    /// Replenish one-time KEM prekeys when the relay reports fewer than this many.
+    public static let lowKEMPreKeyThreshold = 5
+    /// Seconds after which the signed prekey and the last-resort KEM prekey are replaced (7 days).
+    public static let signedPreKeyRotationInterval: TimeInterval = 7 * 86_400
+    /// Seconds a replaced signed or last-resort KEM prekey still answers prekey messages (35 days: the
+    /// relay's 30-day retention ceiling plus margin for a bundle fetched just before rotation).
+    public static let signedPreKeyGracePeriod: TimeInterval = 35 * 86_400
+    /// Least seconds between two session resets this device starts with one peer device (1 hour).
+    public static let sessionResetInterval: TimeInterval = 3_600
 
     /// The home directory (`--home`, `FLITZ_HOME`, or `~/.flitz`).
     public let home: URL
     let store: ClientStore
     let logger: Logger
     let random: any RandomSource
+    /// The wall clock, injected so tests can move through rotation and rate-limit periods.
+    let now: @Sendable () -> Date
 
     /// Opens the local store in `home`. Only `create: true` (for `init`) makes a new home directory.
     /// - Throws: `ClientError(.notInitialized)` when `home` holds no store and `create` is false;
     ///   `ClientError(.invalidArgument)` when the store cannot be opened (not a directory, corrupt file).
-    public init(home: URL, logger: Logger, create: Bool = true, random: any RandomSource = SystemRandom()) throws {
+    /// - Parameter now: the wall clock (tests inject one to step through prekey rotation and reset limits).
+    public init(
+        home: URL, logger: Logger, create: Bool = true, random: any RandomSource = SystemRandom(),
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) throws {
+        self.now = now
         self.home = home
         let storeFile = home.appendingPathComponent(ClientStore.fileName).path
         guard create || FileManager.default.fileExists(atPath: storeFile) else {
@@ -91,7 +110,7 @@ public final class FlitzClient: Sendable {
         }
         // Keys are stored before registering: if the answer is lost, `init` again retries with the same
         // keys and the relay recognises the retry (`protocol/relay.md`, "Register").
-        let device: DeviceIdentity, account: AccountIdentity, signedPreKey: SignedPreKeyPair, oneTimePreKeys: [OneTimePreKeyPair]
+        let device: DeviceIdentity, account: AccountIdentity, preKeys: RegistrationPreKeys
         if let pending = try store.pendingRegistration() {
             guard pending.account.handle == handle else {
                 throw ClientError(
@@ -99,22 +118,28 @@ public final class FlitzClient: Sendable {
                     "an interrupted registration of \(pending.account.handle) is pending in \(home.path); run init with --handle \(pending.account.handle) to finish it")
             }
             (account, device) = (pending.account.account, pending.account.device)
-            (signedPreKey, oneTimePreKeys) = (pending.signedPreKey, pending.oneTimePreKeys)
+            preKeys = pending.preKeys
         } else {
             account = AccountIdentity(random: random)
             device = DeviceIdentity(account: account, random: random)
-            signedPreKey = SignedPreKeyPair(id: 1, device: device, random: random)
-            oneTimePreKeys = (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) }
+            // Ids start at 1 in each space: signed, one-time, KEM (last-resort first, then one-time).
+            preKeys = RegistrationPreKeys(
+                signedPreKey: SignedPreKeyPair(id: 1, device: device, random: random),
+                oneTimePreKeys: (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) },
+                lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: device, random: random),
+                oneTimeKEMPreKeys: (2...UInt32(Self.kemPreKeyBatchSize + 1)).map { KEMPreKeyPair(id: $0, kind: .oneTime, device: device, random: random) })
             try store.saveNewAccount(
                 AccountRecord(handle: handle, relayURL: relayURL, deviceID: 0, account: account, device: device, readReceipts: true),
-                signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys)
+                preKeys: preKeys, now: now())
         }
 
         var keys = WireDeviceKeys()
         keys.deviceIdentityKey = device.publicKey.rawRepresentation
         keys.deviceCertificateSignature = device.certificate.signature
-        keys.signedPrekey = signedPreKey.wire
-        keys.oneTimePrekeys = oneTimePreKeys.map(\.wire)
+        keys.signedPrekey = preKeys.signedPreKey.wire
+        keys.oneTimePrekeys = preKeys.oneTimePreKeys.map(\.wire)
+        keys.lastResortKemPrekey = preKeys.lastResortKEMPreKey.wire
+        keys.oneTimeKemPrekeys = preKeys.oneTimeKEMPreKeys.map(\.wire)
         let deviceKeys = keys
 
         let result: WireRegisterResult
@@ -160,7 +185,8 @@ public final class FlitzClient: Sendable {
         return challenge
     }
 
-    /// Authenticates `connection` as this device and tops up one-time prekeys when the relay runs low.
+    /// Authenticates `connection` as this device, rotates the signed and last-resort KEM prekeys when
+    /// due, and tops up one-time prekeys of either kind when the relay runs low.
     func authenticate(_ connection: RelayConnection, _ account: AccountRecord) async throws {
         let challenge = try await Self.challenge(connection)
         var authenticate = WireAuthenticate()
@@ -181,12 +207,28 @@ public final class FlitzClient: Sendable {
             throw ClientError(.protocolFailure, "unexpected answer to authentication")
         }
         connection.relayClockOffsetMilliseconds = result.relayTimeMs - Int64(Date().timeIntervalSince1970 * 1000)
+        var publish = WirePublishPreKeys()
+        let rotated = try store.rotatePreKeysIfDue(
+            device: account.device, random: random, now: now(), rotationInterval: Self.signedPreKeyRotationInterval,
+            grace: Self.signedPreKeyGracePeriod)
+        if let signed = rotated.signed { publish.signedPrekey = signed.wire }
+        if let lastResort = rotated.lastResort { publish.lastResortKemPrekey = lastResort.wire }
         if result.oneTimePrekeysRemaining < Self.lowPreKeyThreshold {
-            let keys = try store.generateOneTimePreKeys(count: Self.preKeyBatchSize)
-            var publish = WirePublishPreKeys()
-            publish.oneTimePrekeys = keys.map(\.wire)
+            publish.oneTimePrekeys = try store.generateOneTimePreKeys(count: Self.preKeyBatchSize).map(\.wire)
+        }
+        if result.oneTimeKemPrekeysRemaining < Self.lowKEMPreKeyThreshold {
+            publish.oneTimeKemPrekeys = try store
+                .generateOneTimeKEMPreKeys(count: Self.kemPreKeyBatchSize, device: account.device, random: random, now: now())
+                .map(\.wire)
+        }
+        if publish.hasSignedPrekey || publish.hasLastResortKemPrekey || !publish.oneTimePrekeys.isEmpty || !publish.oneTimeKemPrekeys.isEmpty {
             _ = try await connection.request(.publishPrekeys(publish))
-            logger.debug("published one-time prekeys", metadata: ["count": "\(keys.count)"])
+            logger.debug(
+                "published prekeys",
+                metadata: [
+                    "signed": "\(publish.hasSignedPrekey)", "lastResortKEM": "\(publish.hasLastResortKemPrekey)",
+                    "oneTime": "\(publish.oneTimePrekeys.count)", "oneTimeKEM": "\(publish.oneTimeKemPrekeys.count)",
+                ])
         }
     }
 
@@ -222,6 +264,17 @@ extension SignedPreKeyPair {
         key.id = id
         key.publicKey = privateKey.publicKey.rawRepresentation
         key.signature = signature
+        return key
+    }
+}
+
+extension KEMPreKeyPair {
+    var wire: WireKEMPreKey {
+        var key = WireKEMPreKey()
+        key.id = id
+        key.publicKey = privateKey.publicKey.rawRepresentation
+        key.signature = signature
+        key.lastResort = kind == .lastResort
         return key
     }
 }

@@ -206,7 +206,7 @@ extension FlitzClient {
         return PreparedEnvelope(messageID: messageID, envelope: envelope)
     }
 
-    private func fetchBundle(on connection: RelayConnection, handle: String) async throws -> PreKeyBundle {
+    func fetchBundle(on connection: RelayConnection, handle: String) async throws -> PreKeyBundle {
         var fetch = WireFetchPreKeyBundle()
         fetch.handle = handle
         guard case .prekeyBundle(let wire) = try await connection.request(.fetchPrekeyBundle(fetch)).body,
@@ -216,7 +216,9 @@ extension FlitzClient {
             deviceID: device.deviceID, accountIdentityKey: wire.accountIdentityKey, deviceIdentityKey: device.deviceIdentityKey,
             deviceCertificateSignature: device.deviceCertificateSignature, signedPreKeyID: device.signedPrekey.id,
             signedPreKey: device.signedPrekey.publicKey, signedPreKeySignature: device.signedPrekey.signature,
-            oneTimePreKey: device.hasOneTimePrekey ? (device.oneTimePrekey.id, device.oneTimePrekey.publicKey) : nil)
+            oneTimePreKey: device.hasOneTimePrekey ? (device.oneTimePrekey.id, device.oneTimePrekey.publicKey) : nil,
+            kemPreKey: device.hasKemPrekey
+                ? (device.kemPrekey.id, device.kemPrekey.publicKey, device.kemPrekey.signature, device.kemPrekey.lastResort) : nil)
         do {
             return try unverified.verified()
         } catch {
@@ -225,7 +227,7 @@ extension FlitzClient {
     }
 
     /// Trust on first use; afterwards a different account identity key is recorded and refused until `trust`.
-    private func checkIdentity(_ handle: String, accountIdentityKey: Data) throws {
+    func checkIdentity(_ handle: String, accountIdentityKey: Data) throws {
         let changed = try store.transaction { db -> Bool in
             guard let contact = try ClientStore.contact(handle, db) else {
                 try ClientStore.trustIdentity(handle, key: accountIdentityKey, db)

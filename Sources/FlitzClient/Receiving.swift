@@ -12,6 +12,8 @@ extension FlitzClient {
     func process(_ deliver: WireDeliver, on connection: RelayConnection) async throws -> [ClientEvent] {
         var events: [ClientEvent] = []
         var ack = WireAcknowledge()
+        var resets: [(handle: String, deviceID: UInt32, envelopeID: Data)] = []
+        var resends: [(handle: String, envelopeID: Data)] = []
         // The relay's clock decides expiry (this device's clock may be off).
         let now = Int64(Date().timeIntervalSince1970 * 1000) + connection.relayClockOffsetMilliseconds
         for envelope in deliver.envelopes {
@@ -21,7 +23,13 @@ extension FlitzClient {
                 continue
             }
             do {
-                events += try await accept(envelope)
+                let outcome = try await accept(envelope)
+                events += outcome.events
+                if let failed = outcome.resetFor { resends.append((envelope.senderHandle, failed)) }
+            } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
+                // A newer peer's session message: kept for a newer version of Flitz, not lost.
+                try await keepUnsupported(envelope, kind: "envelope", bytes: envelope.ciphertext)
+                events.append(.warning("a message from \(envelope.senderHandle) needs a newer version of Flitz; it is kept and will be read after an update"))
             } catch let error as FlitzProtocolError {
                 // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
                 // Other errors (the local database) propagate unacknowledged, so the relay redelivers.
@@ -31,6 +39,9 @@ extension FlitzClient {
                 }
                 if !(error.code == .duplicateMessage && known) {
                     events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
+                }
+                if Self.resetTriggers.contains(error.code), !resets.contains(where: { $0.handle == envelope.senderHandle && $0.deviceID == envelope.senderDeviceID }) {
+                    resets.append((envelope.senderHandle, envelope.senderDeviceID, envelope.envelopeID))
                 }
             }
             ack.envelopeIds.append(envelope.envelopeID)
@@ -42,21 +53,135 @@ extension FlitzClient {
         if !ack.envelopeIds.isEmpty || !ack.receiptIds.isEmpty {
             _ = try await connection.request(.acknowledge(ack))
         }
+        for reset in resets {
+            do {
+                if try await startSessionReset(with: reset.handle, deviceID: reset.deviceID, failedEnvelopeID: reset.envelopeID, on: connection) {
+                    events.append(.warning("started a new session with \(reset.handle) so they can send the message again"))
+                }
+            } catch {
+                events.append(.warning("could not start a new session with \(reset.handle): \(error)"))
+            }
+        }
+        for resend in resends {
+            do {
+                try await resendAfterReset(envelopeID: resend.envelopeID, to: resend.handle, on: connection)
+            } catch {
+                events.append(.warning("could not resend a message to \(resend.handle) after they reset the session: \(error)"))
+            }
+        }
         return events
     }
 
+    /// Failures that mean this device and the sender's no longer share a working session (for example one
+    /// side restored an old copy of its state, or a signed prekey expired): answered by a session reset
+    /// (`protocol/crypto.md`, "Session reset"). Duplicates and malformed input are not.
+    static let resetTriggers: Set<FlitzProtocolError.Code> = [.authenticationFailed, .signedPreKeyExpired, .unknownPreKey, .invalidSessionRecord]
+
+    /// Keeps what this version cannot read, for a later version (`protocol/relay.md`, "Versioning").
+    func keepUnsupported(_ envelope: WireEnvelope, kind: String, bytes: Data) async throws {
+        let at = now().timeIntervalSince1970
+        try await store.dbQueue.write { db in
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO unsupported_messages (peer, envelope_id, kind, content, received_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [envelope.senderHandle, envelope.envelopeID, kind, bytes, at])
+        }
+    }
+
+    /// Replaces a failing session with `handle`'s device by a fresh PQXDH session whose first message is a
+    /// `SessionReset` naming the envelope that failed, at most once per `sessionResetInterval` per peer
+    /// device. Returns whether it started one.
+    /// - Throws: `ClientError` (relay refusals, identity changed), database errors.
+    func startSessionReset(with handle: String, deviceID: UInt32, failedEnvelopeID: Data, on connection: RelayConnection) async throws -> Bool {
+        let account = try requireAccount()
+        let at = now().timeIntervalSince1970
+        let last = try await store.dbQueue.read { db in
+            try Double.fetchOne(db, sql: "SELECT at FROM session_resets WHERE handle = ? AND device_id = ?", arguments: [handle, Int64(deviceID)])
+        }
+        if let last, at - last < Self.sessionResetInterval {
+            logger.debug("session reset rate-limited", metadata: ["peer": "\(handle)"])
+            return false
+        }
+        let bundle = try await fetchBundle(on: connection, handle: handle)
+        guard bundle.deviceID == deviceID else { return false }
+        try checkIdentity(handle, accountIdentityKey: bundle.certificate.accountIdentityKey.rawRepresentation)
+        var session = try Session.initiate(identity: account.device, bundle: bundle, random: random)
+        let content = MessageContent(
+            messageID: random.bytes(WireConstants.idLength), sentAtMilliseconds: Int64(at * 1000), body: .sessionReset(envelopeID: failedEnvelopeID))
+        let ciphertext = try session.encrypt(content.encoded(), random: random)
+        let finalSession = session
+        try store.transaction { db in
+            try ClientStore.save(finalSession, handle: handle, deviceID: deviceID, makeActive: true, db)
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO session_resets (handle, device_id, at) VALUES (?, ?, ?)", arguments: [handle, Int64(deviceID), at])
+        }
+        var envelope = WireOutgoingEnvelope()
+        envelope.envelopeID = random.bytes(WireConstants.idLength)
+        envelope.recipientHandle = handle
+        envelope.recipientDeviceID = deviceID
+        envelope.ciphertext = ciphertext
+        var submit = WireSubmit()
+        submit.envelopes = [envelope]
+        guard case .submitResult(let result) = try await connection.request(.submit(submit)).body, let outcome = result.outcomes.first else {
+            throw ClientError(.protocolFailure, "unexpected answer to submit")
+        }
+        if outcome.hasError { throw ClientError(.refused(outcome.error.code), outcome.error.message) }
+        return true
+    }
+
+    /// Answers a peer's `SessionReset`: sends the message that failed again, same message id (the peer
+    /// drops duplicates by it), on the session the reset made active. Nothing when the envelope is unknown.
+    func resendAfterReset(envelopeID: Data, to handle: String, on connection: RelayConnection) async throws {
+        let random = self.random
+        let sentAt = Int64(now().timeIntervalSince1970 * 1000)
+        let newEnvelopeID = random.bytes(WireConstants.idLength)
+        let prepared = try store.transaction { db -> WireOutgoingEnvelope? in
+            guard !envelopeID.isEmpty,
+                let row = try Row.fetchOne(
+                    db, sql: "SELECT message_id, text, expires_in FROM messages WHERE envelope_id = ? AND outgoing = 1 AND peer = ?",
+                    arguments: [envelopeID, handle]),
+                let active = try ClientStore.sessions(with: handle, db).first(where: \.active)
+            else { return nil }
+            var session = active.session
+            let content = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: .text(row["text"]))
+            let ciphertext = try session.encrypt(content.encoded(), random: random)
+            try ClientStore.save(session, handle: handle, deviceID: active.deviceID, makeActive: true, db)
+            try db.execute(sql: "UPDATE messages SET envelope_id = ? WHERE envelope_id = ? AND outgoing = 1", arguments: [newEnvelopeID, envelopeID])
+            var envelope = WireOutgoingEnvelope()
+            envelope.envelopeID = newEnvelopeID
+            envelope.recipientHandle = handle
+            envelope.recipientDeviceID = active.deviceID
+            envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
+            envelope.ciphertext = ciphertext
+            return envelope
+        }
+        guard let prepared else { return }
+        var submit = WireSubmit()
+        submit.envelopes = [prepared]
+        _ = try await connection.request(.submit(submit))
+    }
+
+    /// What accepting one envelope did.
+    struct AcceptOutcome {
+        /// Events to report.
+        var events: [ClientEvent]
+        /// Set when the envelope was the sender's `SessionReset`: the id of this device's envelope it could not decrypt.
+        var resetFor: Data?
+    }
+
     /// Decrypts one envelope and stores the session and the message in one immediate transaction.
-    func accept(_ envelope: WireEnvelope) async throws -> [ClientEvent] {
+    func accept(_ envelope: WireEnvelope) async throws -> AcceptOutcome {
         let sender = envelope.senderHandle
         let incoming = try IncomingSessionMessage(parsing: envelope.ciphertext)
         let account = try requireAccount()
         let random = self.random
-        let (events, inserted) = try store.transaction { db -> ([ClientEvent], Bool) in
+        let receivedAt = now().timeIntervalSince1970
+        let (events, inserted, resetFor) = try store.transaction { db -> ([ClientEvent], Bool, Data?) in
             var events: [ClientEvent] = []
             let plaintext: Data
             let session: Session
             var makeActive = false
             var usedOneTimePreKey: UInt32?
+            var usedOneTimeKEMPreKey: UInt32?
             switch incoming {
             case .preKey(let message):
                 let accountKey = message.certificate.accountIdentityKey.rawRepresentation
@@ -79,8 +204,15 @@ extension FlitzClient {
                     throw FlitzProtocolError(.duplicateMessage, "prekey message already answered")
                 } else {
                     guard let signedPreKey = try ClientStore.signedPreKey(id: message.signedPreKeyID, db) else {
+                        if try ClientStore.signedPreKeyExpired(id: message.signedPreKeyID, db) {
+                            throw FlitzProtocolError(.signedPreKeyExpired, "signed prekey \(message.signedPreKeyID) was rotated out")
+                        }
                         throw FlitzProtocolError(.unknownPreKey, "signed prekey \(message.signedPreKeyID)")
                     }
+                    guard let kemPreKey = try ClientStore.kemPreKey(id: message.kemPreKeyID, db) else {
+                        throw FlitzProtocolError(.unknownPreKey, "KEM prekey \(message.kemPreKeyID)")
+                    }
+                    if kemPreKey.kind == .oneTime { usedOneTimeKEMPreKey = kemPreKey.id }
                     var oneTimePreKey: OneTimePreKeyPair?
                     if let id = message.oneTimePreKeyID {
                         guard let key = try ClientStore.oneTimePreKey(id: id, db) else { throw FlitzProtocolError(.unknownPreKey, "one-time prekey \(id)") }
@@ -88,29 +220,65 @@ extension FlitzClient {
                         usedOneTimePreKey = id
                     }
                     (session, plaintext) = try Session.respond(
-                        to: message, identity: account.device, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, random: random)
-                    makeActive = true
-                }
-            case .ratchet(let bytes):
-                var decrypted: (Session, Data, Bool)?
-                for var candidate in try ClientStore.sessions(with: sender, db) where candidate.deviceID == envelope.senderDeviceID {
-                    if let result = try? candidate.session.decrypt(bytes, random: random) {
-                        decrypted = (candidate.session, result, !candidate.active)
-                        break
+                        to: message, identity: account.device, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey,
+                        kemPreKey: kemPreKey, random: random)
+                    // Simultaneous initiation: while our own session with that device still awaits its first
+                    // reply, both sides keep the session with the lower base key, so they converge on one.
+                    if let own = try ClientStore.sessions(with: sender, db).first(where: { $0.active && $0.deviceID == envelope.senderDeviceID }),
+                        own.session.isAwaitingReply
+                    {
+                        makeActive = message.baseKey.rawRepresentation.lexicographicallyPrecedes(own.session.baseKey.rawRepresentation)
+                    } else {
+                        makeActive = true
                     }
                 }
-                guard let decrypted else { throw FlitzProtocolError(.authenticationFailed, "no session decrypts it") }
-                (session, plaintext, makeActive) = decrypted
+            case .ratchet(let bytes):
+                // Any of the device's sessions may decrypt (messages sent before a convergence); which one
+                // sends stays as chosen (a session reset or a new inbound session changes it).
+                var decrypted: (Session, Data)?
+                var duplicate = false
+                for var candidate in try ClientStore.sessions(with: sender, db) where candidate.deviceID == envelope.senderDeviceID {
+                    do {
+                        decrypted = (candidate.session, try candidate.session.decrypt(bytes, random: random))
+                        break
+                    } catch let error as FlitzProtocolError where error.code == .duplicateMessage {
+                        duplicate = true
+                    } catch {}
+                }
+                guard let decrypted else {
+                    throw FlitzProtocolError(duplicate ? .duplicateMessage : .authenticationFailed, "no session decrypts it")
+                }
+                (session, plaintext) = decrypted
             }
             let content = try MessageContent(decoding: plaintext)
+            var resetFor: Data?
+            if case .sessionReset(let failed) = content.body {
+                // The sender lost our session: theirs is the one to use now, whatever the tie-break said.
+                makeActive = true
+                resetFor = failed
+            }
             try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: makeActive, db)
             try db.execute(
                 sql: "INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) VALUES (?, ?)",
                 arguments: [session.baseKey.rawRepresentation, Date().timeIntervalSince1970])
+            // One-time prekeys go only now that the first message authenticated (crypto.md, "Prekey lifecycle").
             if let usedOneTimePreKey {
                 try db.execute(sql: "DELETE FROM one_time_prekeys WHERE id = ?", arguments: [Int64(usedOneTimePreKey)])
             }
-            guard case .text(let text) = content.body else { return (events, false) }
+            if let usedOneTimeKEMPreKey {
+                try db.execute(sql: "DELETE FROM kem_prekeys WHERE id = ? AND last_resort = 0", arguments: [Int64(usedOneTimeKEMPreKey)])
+            }
+            let text: String
+            switch content.body {
+            case .text(let body): text = body
+            case .sessionReset: return (events, false, resetFor)
+            case .unsupported:
+                try db.execute(
+                    sql: "INSERT OR IGNORE INTO unsupported_messages (peer, envelope_id, kind, content, received_at) VALUES (?, ?, 'content', ?, ?)",
+                    arguments: [sender, envelope.envelopeID, plaintext, receivedAt])
+                events.append(.warning("a message from \(sender) needs a newer version of Flitz; it is kept and will be shown after an update"))
+                return (events, false, nil)
+            }
             // Every message from a session whose account key is not the trusted one is marked, so it is
             // shown with a warning whenever it is shown, not only when it arrived.
             let trusted = try ClientStore.contact(sender, db)?.trustedIdentityKey ?? Data()
@@ -122,10 +290,10 @@ extension FlitzClient {
                     VALUES (?, 0, ?, ?, ?, 'delivered', ?, ?) ON CONFLICT DO NOTHING
                     """,
                 arguments: [content.messageID, sender, text, envelope.envelopeID, envelope.acceptedAtMs, untrusted])
-            return (events, db.changesCount > 0)
+            return (events, db.changesCount > 0, nil)
         }
-        if !inserted { logger.debug("dropped a duplicate message") }
-        return events
+        if !inserted && resetFor == nil { logger.debug("dropped a duplicate message or a control message") }
+        return AcceptOutcome(events: events, resetFor: resetFor)
     }
 
     private func apply(_ receipt: WireReceipt) async throws -> ClientEvent? {

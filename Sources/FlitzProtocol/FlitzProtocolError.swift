@@ -25,6 +25,14 @@ public struct FlitzProtocolError: Error, Hashable, Sendable, CustomStringConvert
         public static let invalidSessionRecord = Code(rawValue: 8)
         /// A counter would overflow 32 bits.
         public static let counterOverflow = Code(rawValue: 9)
+        /// A prekey bundle has no ML-KEM prekey, or a prekey message no KEM ciphertext: PQXDH is required.
+        public static let missingKEMPreKey = Code(rawValue: 10)
+        /// A public key is malformed or unusable: an ML-KEM key failing FIPS 203's modulus check, or an
+        /// X25519 key of low order (all-zero shared secret).
+        public static let invalidKey = Code(rawValue: 11)
+        /// A prekey message names a signed prekey that was rotated out and whose grace period ended; the
+        /// receiver answers with a session reset (`protocol/crypto.md`, "Session reset").
+        public static let signedPreKeyExpired = Code(rawValue: 12)
     }
 
     /// What went wrong.
@@ -49,6 +57,9 @@ public struct FlitzProtocolError: Error, Hashable, Sendable, CustomStringConvert
         case .unknownPreKey: "unknown prekey"
         case .invalidSessionRecord: "invalid session record"
         case .counterOverflow: "counter overflow"
+        case .missingKEMPreKey: "missing KEM prekey"
+        case .invalidKey: "invalid key"
+        case .signedPreKeyExpired: "signed prekey expired"
         default: "protocol error \(code.rawValue)"
         }
         return detail.isEmpty ? "FlitzProtocolError: \(name)" : "FlitzProtocolError: \(name) (\(detail))"

@@ -7,6 +7,12 @@ public struct MessageContent: Hashable, Sendable {
     public enum Body: Hashable, Sendable {
         /// UTF-8 text.
         case text(String)
+        /// The sender could not decrypt the envelope with this 16-byte id (empty when none in particular)
+        /// and started this fresh session (`protocol/crypto.md`, "Session reset").
+        case sessionReset(envelopeID: Data)
+        /// A body kind this version does not know (a newer peer's): kept, not dropped
+        /// (`protocol/relay.md`, "Versioning"). Never encoded by this version.
+        case unsupported
     }
 
     /// 16-byte message id, chosen at random by the sender; names the message across all its envelopes.
@@ -33,6 +39,12 @@ public struct MessageContent: Hashable, Sendable {
             var t = ProtoText()
             t.body = text
             content.body = .text(t)
+        case .sessionReset(let envelopeID):
+            var reset = ProtoSessionReset()
+            reset.envelopeID = envelopeID
+            content.body = .sessionReset(reset)
+        case .unsupported:
+            break
         }
         var encoded = try! content.serializedData()
         var padding = 0
@@ -46,7 +58,8 @@ public struct MessageContent: Hashable, Sendable {
 
     /// Decodes content.
     /// - Throws: `FlitzProtocolError.malformedMessage` when it does not parse, has a message id that is
-    ///   not 16 bytes, or has no body this version knows.
+    ///   not 16 bytes, has no body at all, or a session reset whose envelope id is neither empty nor 16 bytes.
+    ///   A body of a kind this version does not know decodes as `.unsupported`.
     public init(decoding bytes: Data) throws(FlitzProtocolError) {
         guard let content = try? ProtoContent(serializedBytes: bytes) else {
             throw FlitzProtocolError(.malformedMessage, "content does not parse")
@@ -54,7 +67,15 @@ public struct MessageContent: Hashable, Sendable {
         guard content.messageID.count == 16 else { throw FlitzProtocolError(.malformedMessage, "message id must be 16 bytes") }
         switch content.body {
         case .text(let text): body = .text(text.body)
-        case nil: throw FlitzProtocolError(.malformedMessage, "content has no known body")
+        case .sessionReset(let reset):
+            guard reset.envelopeID.isEmpty || reset.envelopeID.count == 16 else {
+                throw FlitzProtocolError(.malformedMessage, "session reset envelope id must be 16 bytes")
+            }
+            body = .sessionReset(envelopeID: reset.envelopeID)
+        case nil:
+            // An unknown oneof field lands in unknownFields; no field at all is malformed.
+            guard !content.unknownFields.data.isEmpty else { throw FlitzProtocolError(.malformedMessage, "content has no body") }
+            body = .unsupported
         }
         messageID = content.messageID
         sentAtMilliseconds = content.sentAtMs

@@ -6,6 +6,8 @@ public enum ProtocolConstants {
     public static let version: UInt8 = 1
     /// HKDF info for the X3DH shared secret SK.
     public static let x3dhInfo = Data("Flitz-X3DH-v1".utf8)
+    /// HKDF info for the PQXDH shared secret SK.
+    public static let pqxdhInfo = Data("Flitz-PQXDH-v1".utf8)
     /// HKDF info for KDF_RK.
     public static let rootKDFInfo = Data("Flitz-Ratchet-v1".utf8)
     /// HKDF info deriving the XChaCha20-Poly1305 key from a message key.

@@ -11,6 +11,10 @@ public struct X3DHAgreement: Sendable {
     public let associatedData: Data
     /// The DH outputs DH1...DH4 in order (three or four of 32 bytes), kept for test vectors.
     public let dhOutputs: [SecretBytes]
+    /// PQXDH only: the 1568-byte ML-KEM-1024 ciphertext CT the initiator sends (`nil` for X3DH).
+    public let kemCiphertext: Data?
+    /// PQXDH only: the 32-byte KEM shared secret SS, kept for test vectors (`nil` for X3DH).
+    public let kemSharedSecret: SecretBytes?
 }
 
 /// X3DH key agreement with Ed25519 identity keys used for Diffie-Hellman through their X25519 form.
@@ -32,9 +36,11 @@ public enum X3DH {
             if let opk = bundle.oneTimePreKey {
                 outputs.append(try ephemeralKey.sharedSecret(with: opk.publicKey))
             }
-            return try agreement(outputs: outputs, initiator: identity.certificate, responder: bundle.certificate)
+            return try agreement(outputs: outputs, kem: nil, initiator: identity.certificate, responder: bundle.certificate)
         } catch let error as FlitzProtocolError {
             throw error
+        } catch let error as FlitzCryptoError where error.code == .nonContributory {
+            throw FlitzProtocolError(.invalidKey, "low-order public key in X3DH")
         } catch {
             throw FlitzProtocolError(.authenticationFailed, "X3DH key agreement")
         }
@@ -58,9 +64,11 @@ public enum X3DH {
             if let oneTimePreKey {
                 outputs.append(try oneTimePreKey.privateKey.sharedSecret(with: baseKey))
             }
-            return try agreement(outputs: outputs, initiator: initiatorCertificate, responder: identity.certificate)
+            return try agreement(outputs: outputs, kem: nil, initiator: initiatorCertificate, responder: identity.certificate)
         } catch let error as FlitzProtocolError {
             throw error
+        } catch let error as FlitzCryptoError where error.code == .nonContributory {
+            throw FlitzProtocolError(.invalidKey, "low-order public key in X3DH")
         } catch {
             throw FlitzProtocolError(.authenticationFailed, "X3DH key agreement")
         }
@@ -69,16 +77,74 @@ public enum X3DH {
     /// Length of AD in bytes.
     public static let associatedDataLength = 128
 
-    private static func agreement(
-        outputs: [SecretBytes], initiator: DeviceCertificate, responder: DeviceCertificate
+    /// SK and AD from the DH outputs and, for PQXDH, the KEM ciphertext and shared secret: the KEM secret
+    /// is appended to the DH outputs and the HKDF info names the protocol, so X3DH and PQXDH never share an SK.
+    static func agreement(
+        outputs: [SecretBytes], kem: (ciphertext: Data, sharedSecret: SecretBytes)?, initiator: DeviceCertificate, responder: DeviceCertificate
     ) throws -> X3DHAgreement {
         var ikm = ProtocolConstants.x3dhPrefix
         for output in outputs { output.withUnsafeBytes { ikm.append(contentsOf: $0) } }
+        kem?.sharedSecret.withUnsafeBytes { ikm.append(contentsOf: $0) }
         defer { ikm.resetBytes(in: 0..<ikm.count) }
-        let sk = try HKDF.deriveKey(
-            inputKeyMaterial: SecretBytes(ikm), salt: ProtocolConstants.zeroSalt, info: ProtocolConstants.x3dhInfo, length: 32)
+        let info = kem == nil ? ProtocolConstants.x3dhInfo : ProtocolConstants.pqxdhInfo
+        let sk = try HKDF.deriveKey(inputKeyMaterial: SecretBytes(ikm), salt: ProtocolConstants.zeroSalt, info: info, length: 32)
         let associatedData = initiator.deviceIdentityKey.rawRepresentation + responder.deviceIdentityKey.rawRepresentation
             + initiator.accountIdentityKey.rawRepresentation + responder.accountIdentityKey.rawRepresentation
-        return X3DHAgreement(sharedSecret: sk, associatedData: associatedData, dhOutputs: outputs)
+        return X3DHAgreement(
+            sharedSecret: sk, associatedData: associatedData, dhOutputs: outputs, kemCiphertext: kem?.ciphertext, kemSharedSecret: kem?.sharedSecret)
+    }
+}
+
+/// PQXDH: X3DH plus an ML-KEM-1024 encapsulation to the responder's signed KEM prekey, in the manner of
+/// Signal's PQXDH (revision 3) (`protocol/crypto.md`, "PQXDH"). The session layer uses only this; `X3DH`
+/// remains as its classical part and for test vectors.
+public enum PQXDH {
+    /// The initiator's side. `ephemeralKey` is EK_A, fresh per session; `encapsulation` is `nil` in normal
+    /// use (a fresh encapsulation to the bundle's KEM prekey) and a fixed (1568-byte CT, 32-byte SS) pair in
+    /// test vectors, because swift-crypto cannot take injected randomness for it.
+    /// - Throws: `FlitzProtocolError.invalidKey` for a low-order X25519 key, `.authenticationFailed` for an
+    ///   identity key without an X25519 form, `.malformedMessage` for a wrongly sized fixed encapsulation.
+    public static func initiate(
+        identity: DeviceIdentity, ephemeralKey: X25519PrivateKey, bundle: PreKeyBundle,
+        encapsulation: (ciphertext: Data, sharedSecret: SecretBytes)? = nil
+    ) throws(FlitzProtocolError) -> X3DHAgreement {
+        let classical = try X3DH.initiate(identity: identity, ephemeralKey: ephemeralKey, bundle: bundle)
+        let kem: (ciphertext: Data, sharedSecret: SecretBytes)
+        if let encapsulation {
+            guard encapsulation.ciphertext.count == MLKEMSizes.ciphertext, encapsulation.sharedSecret.count == MLKEMSizes.sharedSecret else {
+                throw FlitzProtocolError(.malformedMessage, "fixed KEM encapsulation sizes")
+            }
+            kem = encapsulation
+        } else {
+            do { kem = try bundle.kemPreKey.publicKey.encapsulate() } catch { throw FlitzProtocolError(.invalidKey, "KEM encapsulation") }
+        }
+        do {
+            return try X3DH.agreement(outputs: classical.dhOutputs, kem: kem, initiator: identity.certificate, responder: bundle.certificate)
+        } catch {
+            throw FlitzProtocolError(.authenticationFailed, "PQXDH key derivation")
+        }
+    }
+
+    /// The responder's side: X3DH's DHs plus decapsulating the 1568-byte `kemCiphertext` with the KEM prekey
+    /// the initiator named.
+    /// - Throws: `FlitzProtocolError.invalidKey`, `.authenticationFailed` as `X3DH.respond`;
+    ///   `.malformedMessage` for a ciphertext that is not 1568 bytes.
+    public static func respond(
+        identity: DeviceIdentity, signedPreKey: SignedPreKeyPair, oneTimePreKey: OneTimePreKeyPair?, kemPreKey: KEMPreKeyPair,
+        kemCiphertext: Data, initiatorCertificate: DeviceCertificate, baseKey: X25519PublicKey
+    ) throws(FlitzProtocolError) -> X3DHAgreement {
+        let classical = try X3DH.respond(
+            identity: identity, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey,
+            initiatorCertificate: initiatorCertificate, baseKey: baseKey)
+        let secret: SecretBytes
+        do { secret = try kemPreKey.privateKey.decapsulate(kemCiphertext) } catch {
+            throw FlitzProtocolError(.malformedMessage, "KEM ciphertext")
+        }
+        do {
+            return try X3DH.agreement(
+                outputs: classical.dhOutputs, kem: (kemCiphertext, secret), initiator: initiatorCertificate, responder: identity.certificate)
+        } catch {
+            throw FlitzProtocolError(.authenticationFailed, "PQXDH key derivation")
+        }
     }
 }

@@ -71,6 +71,8 @@ public final class Relay: Sendable {
                 return reissued
             }
             throw RelayError(.handleTaken, "this handle is taken")
+        } catch let error as StoreError where error.code == .preKeyIDReused {
+            throw RelayError(.prekeyIDReused, error.detail)
         } catch {
             throw internalError(error)
         }
@@ -130,11 +132,11 @@ public final class Relay: Sendable {
         let failed = RelayError(.authenticationFailed, "unknown device or bad signature")
         let address = DeviceAddress(handle: request.handle, deviceID: request.deviceID)
         let record: DeviceRecord
-        let remaining: Int
+        let remaining: PreKeyStock
         do {
             guard Handle.isValid(request.handle), let found = try await store.device(address) else { throw failed }
             record = found
-            remaining = try await store.oneTimePreKeyCount(device: address)
+            remaining = try await store.preKeyStock(device: address)
         } catch let error as RelayError {
             throw error
         } catch {
@@ -145,7 +147,8 @@ public final class Relay: Sendable {
             key.isValidSignature(request.signature, for: SignedPayload.authentication(nonce: nonce, handle: request.handle))
         else { throw failed }
         var result = WireAuthenticateResult()
-        result.oneTimePrekeysRemaining = UInt32(clamping: remaining)
+        result.oneTimePrekeysRemaining = UInt32(clamping: remaining.oneTime)
+        result.oneTimeKemPrekeysRemaining = UInt32(clamping: remaining.oneTimeKEM)
         result.relayTimeMs = clock.nowMs()
         return (address, result)
     }
@@ -157,22 +160,38 @@ public final class Relay: Sendable {
         guard request.oneTimePrekeys.count <= WireConstants.maxOneTimePreKeysPerFrame else {
             throw RelayError(.invalidArgument, "at most \(WireConstants.maxOneTimePreKeysPerFrame) one-time prekeys per frame")
         }
+        guard request.oneTimeKemPrekeys.count <= WireConstants.maxOneTimeKEMPreKeysPerFrame else {
+            throw RelayError(.invalidArgument, "at most \(WireConstants.maxOneTimeKEMPreKeysPerFrame) one-time KEM prekeys per frame")
+        }
         let oneTime = try request.oneTimePrekeys.map(validatedOneTimePreKey)
-        var signed: SignedPreKeyRecord?
         do {
             guard let record = try await store.device(device) else { throw RelayError(.authenticationFailed, "this device was removed") }
+            var publication = PreKeyPublication(oneTimePreKeys: oneTime)
             if request.hasSignedPrekey {
-                signed = try validatedSignedPreKey(request.signedPrekey, deviceIdentityKey: record.deviceIdentityKey)
+                publication.signedPreKey = try validatedSignedPreKey(request.signedPrekey, deviceIdentityKey: record.deviceIdentityKey)
+            }
+            if request.hasLastResortKemPrekey {
+                publication.lastResortKEMPreKey = try validatedKEMPreKey(
+                    request.lastResortKemPrekey, lastResort: true, deviceIdentityKey: record.deviceIdentityKey)
+            }
+            publication.oneTimeKEMPreKeys = try request.oneTimeKemPrekeys.map { key throws(RelayError) in
+                try validatedKEMPreKey(key, lastResort: false, deviceIdentityKey: record.deviceIdentityKey)
             }
             let remaining = try await store.publishPreKeys(
-                device: device, signedPreKey: signed, oneTimePreKeys: oneTime, stockLimit: WireConstants.maxOneTimePreKeysStored)
+                device: device, publication,
+                limits: PreKeyStockLimits(oneTime: WireConstants.maxOneTimePreKeysStored, oneTimeKEM: WireConstants.maxOneTimeKEMPreKeysStored))
             var status = WirePreKeyStatus()
-            status.oneTimePrekeysRemaining = UInt32(clamping: remaining)
+            status.oneTimePrekeysRemaining = UInt32(clamping: remaining.oneTime)
+            status.oneTimeKemPrekeysRemaining = UInt32(clamping: remaining.oneTimeKEM)
             return status
         } catch let error as RelayError {
             throw error
         } catch let error as StoreError where error.code == .preKeyStockFull {
-            throw RelayError(.invalidArgument, "a device keeps at most \(WireConstants.maxOneTimePreKeysStored) one-time prekeys")
+            throw RelayError(
+                .invalidArgument,
+                "a device keeps at most \(WireConstants.maxOneTimePreKeysStored) one-time prekeys and \(WireConstants.maxOneTimeKEMPreKeysStored) one-time KEM prekeys")
+        } catch let error as StoreError where error.code == .preKeyIDReused {
+            throw RelayError(.prekeyIDReused, error.detail)
         } catch {
             throw internalError(error)
         }
@@ -210,6 +229,14 @@ public final class Relay: Sendable {
                 key.id = oneTime.id
                 key.publicKey = oneTime.publicKey
                 device.oneTimePrekey = key
+            }
+            if let kem = entry.kemPreKey {
+                var key = WireKEMPreKey()
+                key.id = kem.id
+                key.publicKey = kem.publicKey
+                key.signature = kem.signature
+                key.lastResort = kem.lastResort
+                device.kemPrekey = key
             }
             return device
         }
@@ -380,6 +407,10 @@ public final class Relay: Sendable {
         guard keys.oneTimePrekeys.count <= WireConstants.maxOneTimePreKeysPerFrame else {
             throw RelayError(.invalidArgument, "at most \(WireConstants.maxOneTimePreKeysPerFrame) one-time prekeys per frame")
         }
+        guard keys.oneTimeKemPrekeys.count <= WireConstants.maxOneTimeKEMPreKeysPerFrame else {
+            throw RelayError(.invalidArgument, "at most \(WireConstants.maxOneTimeKEMPreKeysPerFrame) one-time KEM prekeys per frame")
+        }
+        guard keys.hasLastResortKemPrekey else { throw RelayError(.malformedFrame, "a last-resort KEM prekey is required") }
         let oneTime = try keys.oneTimePrekeys.map(validatedOneTimePreKey)
         guard let accountKey = try? Ed25519PublicKey(rawRepresentation: accountIdentityKey),
             accountKey.isValidSignature(
@@ -387,9 +418,27 @@ public final class Relay: Sendable {
                 for: SignedPayload.deviceCertificate(accountIdentityKey: accountIdentityKey, deviceIdentityKey: keys.deviceIdentityKey))
         else { throw RelayError(.invalidSignature, "the device certificate signature does not verify") }
         let signed = try validatedSignedPreKey(keys.signedPrekey, deviceIdentityKey: keys.deviceIdentityKey)
+        let lastResort = try validatedKEMPreKey(keys.lastResortKemPrekey, lastResort: true, deviceIdentityKey: keys.deviceIdentityKey)
+        let oneTimeKEM = try keys.oneTimeKemPrekeys.map { key throws(RelayError) in
+            try validatedKEMPreKey(key, lastResort: false, deviceIdentityKey: keys.deviceIdentityKey)
+        }
         return NewDevice(
             deviceIdentityKey: keys.deviceIdentityKey, deviceCertificateSignature: keys.deviceCertificateSignature,
-            signedPreKey: signed, oneTimePreKeys: oneTime)
+            signedPreKey: signed, oneTimePreKeys: oneTime, lastResortKEMPreKey: lastResort, oneTimeKEMPreKeys: oneTimeKEM)
+    }
+
+    /// Checks a KEM prekey's sizes, kind and signature; the relay never uses the key itself.
+    private func validatedKEMPreKey(_ key: WireKEMPreKey, lastResort: Bool, deviceIdentityKey: Data) throws(RelayError) -> KEMPreKeyRecord {
+        guard key.publicKey.count == WireConstants.kemPublicKeyLength, key.signature.count == WireConstants.signatureLength else {
+            throw RelayError(.malformedFrame, "a KEM prekey is \(WireConstants.kemPublicKeyLength) bytes with a 64-byte signature")
+        }
+        guard key.lastResort == lastResort else {
+            throw RelayError(.invalidArgument, lastResort ? "the last-resort KEM prekey must be marked last_resort" : "a one-time KEM prekey must not be marked last_resort")
+        }
+        guard let deviceKey = try? Ed25519PublicKey(rawRepresentation: deviceIdentityKey),
+            deviceKey.isValidSignature(key.signature, for: SignedPayload.kemPreKey(id: key.id, lastResort: lastResort, publicKey: key.publicKey))
+        else { throw RelayError(.invalidSignature, "the KEM prekey signature does not verify") }
+        return KEMPreKeyRecord(id: key.id, publicKey: key.publicKey, signature: key.signature, lastResort: lastResort)
     }
 
     private func validatedSignedPreKey(_ key: WireSignedPreKey, deviceIdentityKey: Data) throws(RelayError) -> SignedPreKeyRecord {

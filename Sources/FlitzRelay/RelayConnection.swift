@@ -46,6 +46,7 @@ struct RelayConnection {
         var challenge = WireChallenge()
         challenge.nonce = machine.nonce
         challenge.relayTimeMs = relay.clock.nowMs()
+        challenge.supportedVersions = WireConstants.supportedVersions
         try await send(WireFrame(requestID: 0, body: .challenge(challenge)), outbound)
 
         try await withThrowingTaskGroup(of: Void.self) { group in

@@ -33,20 +33,21 @@ public protocol RelayStore: Sendable {
         device: NewDevice, atMs: Int64, receiptExpiresAtMs: Int64
     ) async throws -> RecoveryResult
 
-    /// Stores prekeys of `device`: replaces the signed prekey when given, adds one-time prekeys (an id
-    /// already stored is replaced). Returns the number of one-time prekeys now in stock.
-    /// - Throws: `StoreError.unknownDevice`; `StoreError.preKeyStockFull` when the stock would exceed
-    ///   `stockLimit` (nothing is stored then).
-    func publishPreKeys(
-        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord], stockLimit: Int
-    ) async throws -> Int
+    /// Stores prekeys of `device` in one transaction: replaces the signed prekey and the last-resort KEM
+    /// prekey when given, adds one-time X25519 and KEM prekeys. Every id must be greater than every id the
+    /// device published before of the same kind (signed; one-time; KEM, whose one-time and last-resort
+    /// ids share one space), so ids are never reused (`crypto.md`, "Prekey lifecycle"). Returns the stock.
+    /// - Throws: `StoreError.unknownDevice`; `.preKeyIDReused`; `.preKeyStockFull` when a stock would
+    ///   exceed its limit. Nothing is stored when it throws.
+    func publishPreKeys(device: DeviceAddress, _ publication: PreKeyPublication, limits: PreKeyStockLimits) async throws -> PreKeyStock
 
-    /// Number of one-time prekeys in stock for `device`.
-    func oneTimePreKeyCount(device: DeviceAddress) async throws -> Int
+    /// One-time prekeys (X25519 and KEM) in stock for `device`.
+    func preKeyStock(device: DeviceAddress) async throws -> PreKeyStock
 
-    /// The prekey bundle of every current device of `handle`, each with at most one one-time prekey, which
-    /// is deleted in the same write transaction so that it is handed out at most once, even under
-    /// concurrent fetches. Nil for an unknown handle.
+    /// The prekey bundle of every current device of `handle`, each with at most one one-time prekey and
+    /// one KEM prekey (a one-time one, else the last-resort one). One-time ones are deleted in the same
+    /// write transaction so that each is handed out at most once, even under concurrent fetches; the
+    /// last-resort one is never deleted by a fetch. Nil for an unknown handle.
     func takePreKeyBundle(handle: String) async throws -> PreKeyBundleRecord?
 
     /// Stores a batch of envelopes from `sender` in one transaction (`relay.md`, "Submit").
@@ -141,6 +142,81 @@ public struct OneTimePreKeyRecord: Hashable, Sendable {
     }
 }
 
+/// A signed ML-KEM-1024 prekey: a 1568-byte encapsulation key and the device identity key's 64-byte
+/// signature over its payload (`crypto.md`, "Keys"); the relay checks the signature, never uses the key.
+public struct KEMPreKeyRecord: Hashable, Sendable {
+    /// Client-chosen id, in the device's KEM id space.
+    public var id: UInt32
+    /// 1568-byte ML-KEM-1024 encapsulation key.
+    public var publicKey: Data
+    /// 64-byte Ed25519 signature.
+    public var signature: Data
+    /// Whether it is the device's last-resort KEM prekey (else one-time).
+    public var lastResort: Bool
+
+    /// Creates a record.
+    public init(id: UInt32, publicKey: Data, signature: Data, lastResort: Bool) {
+        self.id = id
+        self.publicKey = publicKey
+        self.signature = signature
+        self.lastResort = lastResort
+    }
+}
+
+/// What one `publishPreKeys` adds or replaces.
+public struct PreKeyPublication: Hashable, Sendable {
+    /// Replaces the current signed prekey when set.
+    public var signedPreKey: SignedPreKeyRecord?
+    /// One-time X25519 prekeys to add.
+    public var oneTimePreKeys: [OneTimePreKeyRecord]
+    /// Replaces the current last-resort KEM prekey when set (`lastResort` must be true).
+    public var lastResortKEMPreKey: KEMPreKeyRecord?
+    /// One-time KEM prekeys to add (`lastResort` false).
+    public var oneTimeKEMPreKeys: [KEMPreKeyRecord]
+
+    /// Creates a publication.
+    public init(
+        signedPreKey: SignedPreKeyRecord? = nil, oneTimePreKeys: [OneTimePreKeyRecord] = [],
+        lastResortKEMPreKey: KEMPreKeyRecord? = nil, oneTimeKEMPreKeys: [KEMPreKeyRecord] = []
+    ) {
+        self.signedPreKey = signedPreKey
+        self.oneTimePreKeys = oneTimePreKeys
+        self.lastResortKEMPreKey = lastResortKEMPreKey
+        self.oneTimeKEMPreKeys = oneTimeKEMPreKeys
+    }
+}
+
+/// Most one-time prekeys a device may have in stock, per kind.
+public struct PreKeyStockLimits: Hashable, Sendable {
+    /// One-time X25519 prekeys.
+    public var oneTime: Int
+    /// One-time KEM prekeys.
+    public var oneTimeKEM: Int
+
+    /// No limit.
+    public static let unlimited = PreKeyStockLimits(oneTime: .max, oneTimeKEM: .max)
+
+    /// Creates limits.
+    public init(oneTime: Int, oneTimeKEM: Int) {
+        self.oneTime = oneTime
+        self.oneTimeKEM = oneTimeKEM
+    }
+}
+
+/// One-time prekeys in stock for a device.
+public struct PreKeyStock: Hashable, Sendable {
+    /// One-time X25519 prekeys.
+    public var oneTime: Int
+    /// One-time KEM prekeys.
+    public var oneTimeKEM: Int
+
+    /// Creates a count.
+    public init(oneTime: Int, oneTimeKEM: Int) {
+        self.oneTime = oneTime
+        self.oneTimeKEM = oneTimeKEM
+    }
+}
+
 /// The keys of a device being registered (already verified by the relay).
 public struct NewDevice: Hashable, Sendable {
     /// 32-byte Ed25519 device identity key.
@@ -151,13 +227,22 @@ public struct NewDevice: Hashable, Sendable {
     public var signedPreKey: SignedPreKeyRecord
     /// Initial stock of one-time prekeys.
     public var oneTimePreKeys: [OneTimePreKeyRecord]
+    /// The last-resort KEM prekey (the relay requires one; the store accepts none for its own tests).
+    public var lastResortKEMPreKey: KEMPreKeyRecord?
+    /// Initial stock of one-time KEM prekeys.
+    public var oneTimeKEMPreKeys: [KEMPreKeyRecord]
 
     /// Creates a record.
-    public init(deviceIdentityKey: Data, deviceCertificateSignature: Data, signedPreKey: SignedPreKeyRecord, oneTimePreKeys: [OneTimePreKeyRecord]) {
+    public init(
+        deviceIdentityKey: Data, deviceCertificateSignature: Data, signedPreKey: SignedPreKeyRecord, oneTimePreKeys: [OneTimePreKeyRecord],
+        lastResortKEMPreKey: KEMPreKeyRecord? = nil, oneTimeKEMPreKeys: [KEMPreKeyRecord] = []
+    ) {
         self.deviceIdentityKey = deviceIdentityKey
         self.deviceCertificateSignature = deviceCertificateSignature
         self.signedPreKey = signedPreKey
         self.oneTimePreKeys = oneTimePreKeys
+        self.lastResortKEMPreKey = lastResortKEMPreKey
+        self.oneTimeKEMPreKeys = oneTimeKEMPreKeys
     }
 }
 
@@ -212,11 +297,15 @@ public struct PreKeyBundleRecord: Hashable, Sendable {
         public var device: DeviceRecord
         /// A one-time prekey, now deleted from the stock; nil when the stock was empty.
         public var oneTimePreKey: OneTimePreKeyRecord?
+        /// A one-time KEM prekey (now deleted from the stock), else the last-resort one; nil only for a
+        /// device registered without one.
+        public var kemPreKey: KEMPreKeyRecord?
 
         /// Creates an entry.
-        public init(device: DeviceRecord, oneTimePreKey: OneTimePreKeyRecord?) {
+        public init(device: DeviceRecord, oneTimePreKey: OneTimePreKeyRecord?, kemPreKey: KEMPreKeyRecord? = nil) {
             self.device = device
             self.oneTimePreKey = oneTimePreKey
+            self.kemPreKey = kemPreKey
         }
     }
 
@@ -414,6 +503,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let queueFull = Code(rawValue: 9)
         /// A device's one-time prekey stock would exceed its limit.
         public static let preKeyStockFull = Code(rawValue: 10)
+        /// A published prekey id is not greater than every id of its kind the device published before.
+        public static let preKeyIDReused = Code(rawValue: 11)
     }
 
     /// What went wrong.
@@ -445,6 +536,21 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
 }
 
 extension RelayStore {
+    /// `publishPreKeys` of X25519 prekeys only, with a limit on one-time ones; returns their stock.
+    public func publishPreKeys(
+        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord], stockLimit: Int
+    ) async throws -> Int {
+        try await publishPreKeys(
+            device: device, PreKeyPublication(signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys),
+            limits: PreKeyStockLimits(oneTime: stockLimit, oneTimeKEM: .max)
+        ).oneTime
+    }
+
+    /// Number of one-time X25519 prekeys in stock for `device`.
+    public func oneTimePreKeyCount(device: DeviceAddress) async throws -> Int {
+        try await preKeyStock(device: device).oneTime
+    }
+
     /// `publishPreKeys` without a stock limit.
     public func publishPreKeys(device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord]) async throws -> Int {
         try await publishPreKeys(device: device, signedPreKey: signedPreKey, oneTimePreKeys: oneTimePreKeys, stockLimit: .max)

@@ -124,6 +124,27 @@ public final class SQLiteRelayStore: RelayStore {
                 CREATE INDEX queue_by_expiry ON queue(expires_at);
                 """)
         }
+        migrator.registerMigration("v2-pqxdh") { db in
+            // KEM prekeys (PQXDH), and the highest prekey id each device ever published per kind, so that a
+            // prekey id is never reused (crypto.md, "Prekey lifecycle").
+            try db.execute(sql: """
+                CREATE TABLE kem_prekeys (
+                    handle TEXT NOT NULL,
+                    device_id INTEGER NOT NULL,
+                    prekey_id INTEGER NOT NULL,
+                    public_key BLOB NOT NULL,
+                    signature BLOB NOT NULL,
+                    last_resort INTEGER NOT NULL,
+                    PRIMARY KEY (handle, device_id, prekey_id),
+                    FOREIGN KEY (handle, device_id) REFERENCES devices(handle, device_id) ON DELETE CASCADE
+                );
+                CREATE UNIQUE INDEX kem_prekeys_one_last_resort ON kem_prekeys(handle, device_id) WHERE last_resort = 1;
+                ALTER TABLE devices ADD COLUMN max_one_time_prekey_id INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE devices ADD COLUMN max_kem_prekey_id INTEGER NOT NULL DEFAULT 0;
+                UPDATE devices SET max_one_time_prekey_id = COALESCE((SELECT MAX(prekey_id) FROM one_time_prekeys o
+                    WHERE o.handle = devices.handle AND o.device_id = devices.device_id), 0);
+                """)
+        }
         return migrator
     }()
 
@@ -243,34 +264,27 @@ public final class SQLiteRelayStore: RelayStore {
     }
 
     /// Implements `RelayStore.publishPreKeys` (see its documentation for shapes, units and errors) in one SQLite transaction.
-    public func publishPreKeys(
-        device: DeviceAddress, signedPreKey: SignedPreKeyRecord?, oneTimePreKeys: [OneTimePreKeyRecord], stockLimit: Int
-    ) async throws -> Int {
+    public func publishPreKeys(device: DeviceAddress, _ publication: PreKeyPublication, limits: PreKeyStockLimits) async throws -> PreKeyStock {
         try await run {
             try await self.pool.write { db in
-                guard try Self.deviceExists(db, device) else { throw StoreError(.unknownDevice) }
-                if let signedPreKey {
-                    try db.execute(
-                        sql: "UPDATE devices SET signed_prekey_id = ?, signed_prekey_public_key = ?, signed_prekey_signature = ? WHERE handle = ? AND device_id = ?",
-                        arguments: [Int64(signedPreKey.id), signedPreKey.publicKey, signedPreKey.signature, device.handle, Int64(device.deviceID)])
-                }
-                for key in oneTimePreKeys {
-                    try db.execute(
-                        sql: "INSERT OR REPLACE INTO one_time_prekeys (handle, device_id, prekey_id, public_key) VALUES (?, ?, ?, ?)",
-                        arguments: [device.handle, Int64(device.deviceID), Int64(key.id), key.publicKey])
-                }
-                // Counted after inserting, inside the transaction: replaced ids count once, and throwing
-                // rolls the whole publish back.
-                let stock = try Self.preKeyCount(db, device)
-                guard stock <= stockLimit else { throw StoreError(.preKeyStockFull) }
+                guard let row = try Row.fetchOne(
+                    db, sql: "SELECT signed_prekey_id, max_one_time_prekey_id, max_kem_prekey_id FROM devices WHERE handle = ? AND device_id = ?",
+                    arguments: [device.handle, Int64(device.deviceID)])
+                else { throw StoreError(.unknownDevice) }
+                try Self.insertPreKeys(
+                    db, device, publication,
+                    maxIDs: (row["signed_prekey_id"] as Int64, row["max_one_time_prekey_id"] as Int64, row["max_kem_prekey_id"] as Int64))
+                // Counted after inserting, inside the transaction: throwing rolls the whole publish back.
+                let stock = try Self.preKeyStock(db, device)
+                guard stock.oneTime <= limits.oneTime, stock.oneTimeKEM <= limits.oneTimeKEM else { throw StoreError(.preKeyStockFull) }
                 return stock
             }
         }
     }
 
-    /// Implements `RelayStore.oneTimePreKeyCount` (see its documentation for shapes, units and errors) in one SQLite transaction.
-    public func oneTimePreKeyCount(device: DeviceAddress) async throws -> Int {
-        try await run { try await self.pool.read { db in try Self.preKeyCount(db, device) } }
+    /// Implements `RelayStore.preKeyStock` (see its documentation for shapes, units and errors) in one SQLite transaction.
+    public func preKeyStock(device: DeviceAddress) async throws -> PreKeyStock {
+        try await run { try await self.pool.read { db in try Self.preKeyStock(db, device) } }
     }
 
     /// Implements `RelayStore.takePreKeyBundle` (see its documentation for shapes, units and errors) in one SQLite transaction.
@@ -295,7 +309,26 @@ public final class SQLiteRelayStore: RelayStore {
                             sql: "DELETE FROM one_time_prekeys WHERE handle = ? AND device_id = ? AND prekey_id = ?",
                             arguments: [address.handle, Int64(address.deviceID), id])
                     }
-                    entries.append(.init(device: device, oneTimePreKey: oneTime))
+                    // A one-time KEM prekey while any remain (deleted now), else the last-resort one (kept).
+                    var kem: KEMPreKeyRecord?
+                    if let row = try Row.fetchOne(
+                        db,
+                        sql: """
+                            SELECT prekey_id, public_key, signature, last_resort FROM kem_prekeys WHERE handle = ? AND device_id = ?
+                            ORDER BY last_resort, prekey_id LIMIT 1
+                            """,
+                        arguments: [address.handle, Int64(address.deviceID)])
+                    {
+                        let id: Int64 = row["prekey_id"]
+                        let lastResort: Bool = row["last_resort"]
+                        kem = KEMPreKeyRecord(id: UInt32(id), publicKey: row["public_key"], signature: row["signature"], lastResort: lastResort)
+                        if !lastResort {
+                            try db.execute(
+                                sql: "DELETE FROM kem_prekeys WHERE handle = ? AND device_id = ? AND prekey_id = ?",
+                                arguments: [address.handle, Int64(address.deviceID), id])
+                        }
+                    }
+                    entries.append(.init(device: device, oneTimePreKey: oneTime, kemPreKey: kem))
                 }
                 return PreKeyBundleRecord(handle: handle, accountIdentityKey: key, devices: entries)
             }
@@ -504,11 +537,53 @@ public final class SQLiteRelayStore: RelayStore {
                 address.handle, Int64(address.deviceID), device.deviceIdentityKey, device.deviceCertificateSignature,
                 Int64(device.signedPreKey.id), device.signedPreKey.publicKey, device.signedPreKey.signature, atMs,
             ])
-        for key in device.oneTimePreKeys {
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO one_time_prekeys (handle, device_id, prekey_id, public_key) VALUES (?, ?, ?, ?)",
-                arguments: [address.handle, Int64(address.deviceID), Int64(key.id), key.publicKey])
+        // The registered signed prekey's id is the floor for later ones; one-time and KEM ids start above 0.
+        try insertPreKeys(
+            db, address,
+            PreKeyPublication(
+                oneTimePreKeys: device.oneTimePreKeys, lastResortKEMPreKey: device.lastResortKEMPreKey, oneTimeKEMPreKeys: device.oneTimeKEMPreKeys),
+            maxIDs: (Int64(device.signedPreKey.id), 0, 0))
+    }
+
+    /// Inserts a publication's keys, enforcing that every id exceeds every earlier id of its kind, and
+    /// records the new highest ids. `maxIDs` are the device's highest (signed, one-time, KEM) ids so far.
+    private static func insertPreKeys(
+        _ db: Database, _ address: DeviceAddress, _ publication: PreKeyPublication, maxIDs: (signed: Int64, oneTime: Int64, kem: Int64)
+    ) throws {
+        var maxIDs = maxIDs
+        func claim(_ id: UInt32, above max: inout Int64, _ kind: String) throws {
+            guard Int64(id) > max else { throw StoreError(.preKeyIDReused, "\(kind) prekey id \(id) is not above \(max)") }
+            max = Int64(id)
         }
+        let handle = address.handle, deviceID = Int64(address.deviceID)
+        if let signedPreKey = publication.signedPreKey {
+            try claim(signedPreKey.id, above: &maxIDs.signed, "signed")
+            try db.execute(
+                sql: "UPDATE devices SET signed_prekey_id = ?, signed_prekey_public_key = ?, signed_prekey_signature = ? WHERE handle = ? AND device_id = ?",
+                arguments: [Int64(signedPreKey.id), signedPreKey.publicKey, signedPreKey.signature, handle, deviceID])
+        }
+        for key in publication.oneTimePreKeys {
+            try claim(key.id, above: &maxIDs.oneTime, "one-time")
+            try db.execute(
+                sql: "INSERT INTO one_time_prekeys (handle, device_id, prekey_id, public_key) VALUES (?, ?, ?, ?)",
+                arguments: [handle, deviceID, Int64(key.id), key.publicKey])
+        }
+        if let key = publication.lastResortKEMPreKey {
+            try claim(key.id, above: &maxIDs.kem, "KEM")
+            try db.execute(sql: "DELETE FROM kem_prekeys WHERE handle = ? AND device_id = ? AND last_resort = 1", arguments: [handle, deviceID])
+            try db.execute(
+                sql: "INSERT INTO kem_prekeys (handle, device_id, prekey_id, public_key, signature, last_resort) VALUES (?, ?, ?, ?, ?, 1)",
+                arguments: [handle, deviceID, Int64(key.id), key.publicKey, key.signature])
+        }
+        for key in publication.oneTimeKEMPreKeys {
+            try claim(key.id, above: &maxIDs.kem, "KEM")
+            try db.execute(
+                sql: "INSERT INTO kem_prekeys (handle, device_id, prekey_id, public_key, signature, last_resort) VALUES (?, ?, ?, ?, ?, 0)",
+                arguments: [handle, deviceID, Int64(key.id), key.publicKey, key.signature])
+        }
+        try db.execute(
+            sql: "UPDATE devices SET max_one_time_prekey_id = ?, max_kem_prekey_id = ? WHERE handle = ? AND device_id = ?",
+            arguments: [maxIDs.oneTime, maxIDs.kem, handle, deviceID])
     }
 
     private static func deviceExists(_ db: Database, _ address: DeviceAddress) throws -> Bool {
@@ -516,10 +591,12 @@ public final class SQLiteRelayStore: RelayStore {
             db, sql: "SELECT 1 FROM devices WHERE handle = ? AND device_id = ?", arguments: [address.handle, Int64(address.deviceID)]) == true
     }
 
-    private static func preKeyCount(_ db: Database, _ address: DeviceAddress) throws -> Int {
-        try Int.fetchOne(
-            db, sql: "SELECT COUNT(*) FROM one_time_prekeys WHERE handle = ? AND device_id = ?",
-            arguments: [address.handle, Int64(address.deviceID)]) ?? 0
+    private static func preKeyStock(_ db: Database, _ address: DeviceAddress) throws -> PreKeyStock {
+        let arguments: StatementArguments = [address.handle, Int64(address.deviceID)]
+        let oneTime = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM one_time_prekeys WHERE handle = ? AND device_id = ?", arguments: arguments) ?? 0
+        let kem = try Int.fetchOne(
+            db, sql: "SELECT COUNT(*) FROM kem_prekeys WHERE handle = ? AND device_id = ? AND last_resort = 0", arguments: arguments) ?? 0
+        return PreKeyStock(oneTime: oneTime, oneTimeKEM: kem)
     }
 
     private static func deviceRecord(_ row: Row) -> DeviceRecord {

@@ -34,11 +34,12 @@ enum RatchetVectors {
         let label = "flitz-vectors/ratchet"
         let alice = VectorParty(label: "\(label)/alice", signedPreKey: false, oneTimePreKey: false)
         let bob = VectorParty(label: "\(label)/bob", signedPreKey: true, oneTimePreKey: true)
-        var aliceSession = try Session.initiate(identity: alice.device, bundle: try bob.bundle(), random: alice.random)
+        var aliceSession = try alice.initiate(to: bob)
         let initiationRandom = alice.random.take()
-        let agreement = try X3DH.initiate(
+        let bundle = try bob.bundle()
+        let agreement = try PQXDH.initiate(
             identity: alice.device, ephemeralKey: X25519PrivateKey(rawRepresentation: SecretBytes(initiationRandom[0])),
-            bundle: try bob.bundle())
+            bundle: bundle, encapsulation: try KEMFixtures.encapsulation(for: bundle.kemPreKey.publicKey))
         var bobSession: Session?
 
         var messages: [String: JSONValue] = [:]
@@ -105,9 +106,7 @@ enum RatchetVectors {
                 let plaintextOut: Data
                 if toBob {
                     if bobSession == nil {
-                        let (session, out) = try Session.respond(
-                            to: preKey!, identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey,
-                            random: random)
+                        let (session, out) = try bob.respond(to: preKey!)
                         bobSession = session
                         plaintextOut = out
                     } else {
@@ -148,6 +147,8 @@ enum RatchetVectors {
             "bobRatchetKey": .hex(bob.signedPreKey!.privateKey.publicKey.rawRepresentation),
             "sharedSecret": .hex(agreement.sharedSecret),
             "associatedData": .hex(agreement.associatedData),
+            "kemCiphertext": .hex(agreement.kemCiphertext!),
+            "kemSharedSecret": .hex(agreement.kemSharedSecret!),
             "messages": .array(script.compactMap { if case .send(let id) = $0 { messages[id] } else { nil } }),
             "events": .array(events),
             "deliveryOrder": .array(deliveryOrder),

@@ -12,7 +12,7 @@ enum SessionVectors {
         let label = "flitz-vectors/session"
         let alice = VectorParty(label: "\(label)/alice", signedPreKey: false, oneTimePreKey: false)
         let bob = VectorParty(label: "\(label)/bob", signedPreKey: true, oneTimePreKey: true)
-        var aliceSession = try Session.initiate(identity: alice.device, bundle: try bob.bundle(), random: alice.random)
+        var aliceSession = try alice.initiate(to: bob)
         let initiationRandom = alice.random.take()
         var bobSession: Session?
         var out: [JSONValue] = []
@@ -49,8 +49,7 @@ enum SessionVectors {
             let received: Data
             if fromAlice {
                 if let preKey, bobSession == nil {
-                    let (session, plaintext) = try Session.respond(
-                        to: preKey, identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey, random: bob.random)
+                    let (session, plaintext) = try bob.respond(to: preKey)
                     bobSession = session
                     received = plaintext
                 } else {
@@ -77,6 +76,8 @@ enum SessionVectors {
             "bob": bob.json(),
             "aliceInitiationRandomBytes": .array(initiationRandom.map { .hex($0) }),
             "associatedData": .hex(aliceSession.associatedData),
+            "kemCiphertext": .hex(try KEMFixtures.encapsulation(for: try bob.bundle().kemPreKey.publicKey).ciphertext),
+            "kemSharedSecret": .hex(try KEMFixtures.encapsulation(for: try bob.bundle().kemPreKey.publicKey).sharedSecret),
             "messages": .array(out),
         ])
     }

@@ -31,16 +31,18 @@ final class RecordingRandom: RandomSource {
 
 /// One device of a vector: account identity, device identity and (for responders) prekeys, all drawn
 /// from its `RecordingRandom` in this order: account seed (32), device seed (32), signed prekey (32),
-/// one-time prekey (32).
+/// one-time prekey (32), KEM prekey seed (64, responders only).
 struct VectorParty {
     let random: RecordingRandom
     let account: AccountIdentity
     let device: DeviceIdentity
     let signedPreKey: SignedPreKeyPair?
     let oneTimePreKey: OneTimePreKeyPair?
+    let kemPreKey: KEMPreKeyPair?
 
     static let signedPreKeyID: UInt32 = 1
     static let oneTimePreKeyID: UInt32 = 100
+    static let kemPreKeyID: UInt32 = 200
 
     init(label: String, signedPreKey: Bool, oneTimePreKey: Bool) {
         random = RecordingRandom(label: label)
@@ -48,7 +50,21 @@ struct VectorParty {
         device = DeviceIdentity(account: account, random: random)
         self.signedPreKey = signedPreKey ? SignedPreKeyPair(id: Self.signedPreKeyID, device: device, random: random) : nil
         self.oneTimePreKey = oneTimePreKey ? OneTimePreKeyPair(id: Self.oneTimePreKeyID, random: random) : nil
+        self.kemPreKey = signedPreKey ? KEMPreKeyPair(id: Self.kemPreKeyID, kind: .oneTime, device: device, random: random) : nil
         _ = random.take()
+    }
+
+    /// Starts a session to `responder` with the fixed KEM encapsulation of its KEM prekey.
+    func initiate(to responder: VectorParty) throws -> Session {
+        let bundle = try responder.bundle()
+        return try Session.initiate(
+            identity: device, bundle: bundle, random: random, encapsulation: try KEMFixtures.encapsulation(for: bundle.kemPreKey.publicKey))
+    }
+
+    /// Answers a prekey message as this (responder) party.
+    func respond(to message: IncomingPreKeyMessage) throws -> (session: Session, plaintext: Data) {
+        try Session.respond(
+            to: message, identity: device, signedPreKey: signedPreKey!, oneTimePreKey: oneTimePreKey, kemPreKey: kemPreKey!, random: random)
     }
 
     /// The bundle a relay would serve for this party, verified.
@@ -59,7 +75,8 @@ struct VectorParty {
             deviceIdentityKey: device.publicKey.rawRepresentation, deviceCertificateSignature: device.certificate.signature,
             signedPreKeyID: signedPreKey.id, signedPreKey: signedPreKey.privateKey.publicKey.rawRepresentation,
             signedPreKeySignature: signedPreKey.signature,
-            oneTimePreKey: oneTimePreKey.map { (id: $0.id, publicKey: $0.privateKey.publicKey.rawRepresentation) }
+            oneTimePreKey: oneTimePreKey.map { (id: $0.id, publicKey: $0.privateKey.publicKey.rawRepresentation) },
+            kemPreKey: kemPreKey.map { (id: $0.id, publicKey: $0.privateKey.publicKey.rawRepresentation, signature: $0.signature, lastResort: false) }
         ).verified()
     }
 
@@ -91,6 +108,17 @@ struct VectorParty {
                 "id": .uint(oneTimePreKey.id),
                 "privateKey": .hex(oneTimePreKey.privateKey.secret),
                 "publicKey": .hex(oneTimePreKey.privateKey.publicKey.rawRepresentation),
+            ])
+        }
+        if let kemPreKey {
+            let publicKey = kemPreKey.privateKey.publicKey.rawRepresentation
+            object["kemPreKey"] = .object([
+                "id": .uint(kemPreKey.id),
+                "lastResort": .bool(kemPreKey.kind == .lastResort),
+                "seed": .hex(kemPreKey.privateKey.seed),
+                "publicKey": .hex(publicKey),
+                "signaturePayload": .hex(KEMPreKeyPair.signaturePayload(id: kemPreKey.id, kind: kemPreKey.kind, publicKey: publicKey)),
+                "signature": .hex(kemPreKey.signature),
             ])
         }
         return .object(object)

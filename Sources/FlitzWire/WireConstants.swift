@@ -4,6 +4,8 @@ import Foundation
 public enum WireConstants {
     /// The only `Frame.version` this build speaks.
     public static let protocolVersion: UInt32 = 1
+    /// Every `Frame.version` this build speaks, ascending; sent in `Challenge.supported_versions`.
+    public static let supportedVersions: [UInt32] = [1]
     /// Largest WebSocket message either side accepts, in bytes (1 MiB).
     public static let maxFrameBytes = 1_048_576
     /// Largest `OutgoingEnvelope.ciphertext`, in bytes (64 KiB).
@@ -16,6 +18,12 @@ public enum WireConstants {
     public static let maxOneTimePreKeysPerFrame = 200
     /// Most one-time prekeys the relay stores for one device; `PublishPreKeys` beyond it is refused.
     public static let maxOneTimePreKeysStored = 1_000
+    /// Most one-time KEM prekeys in one `Register`, `Recover` or `PublishPreKeys` (each is about 1.6 KiB).
+    public static let maxOneTimeKEMPreKeysPerFrame = 50
+    /// Most one-time KEM prekeys the relay stores for one device.
+    public static let maxOneTimeKEMPreKeysStored = 100
+    /// Length of an ML-KEM-1024 encapsulation key, in bytes.
+    public static let kemPublicKeyLength = 1568
     /// Most ids in one `Acknowledge` or `ReportSeen`.
     public static let maxIDsPerFrame = 1_000
     /// Length of an envelope id, a receipt id and a message id, in bytes.
@@ -50,6 +58,19 @@ public enum SignedPayload {
     public static let authenticationLabel = Array("FlitzAuthentication-v1".utf8)
     /// ASCII label that starts the device certificate payload.
     public static let deviceCertificateLabel = Array("FlitzDeviceCertificate-v1".utf8)
+    /// ASCII label that starts the KEM prekey payload.
+    public static let kemPreKeyLabel = Array("FlitzKEMPreKey-v1".utf8)
+
+    /// What the device identity key signs for a KEM prekey (`protocol/crypto.md`, "Keys"):
+    /// label ‖ 0x00 ‖ kind (0x01 one-time, 0x02 last-resort) ‖ u32be(id) ‖ 1568-byte ML-KEM-1024 public key.
+    public static func kemPreKey(id: UInt32, lastResort: Bool, publicKey: Data) -> Data {
+        var out = Data(kemPreKeyLabel)
+        out.append(0)
+        out.append(lastResort ? 0x02 : 0x01)
+        out.append(contentsOf: withUnsafeBytes(of: id.bigEndian) { Array($0) })
+        out.append(publicKey)
+        return out
+    }
 
     /// What a device signs to prove it holds its device identity key on this connection:
     /// label ‖ 0x00 ‖ 32-byte challenge nonce ‖ UTF-8 handle.

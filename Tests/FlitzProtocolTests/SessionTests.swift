@@ -27,7 +27,7 @@ import Testing
         #expect(preKey.oneTimePreKeyID == (withOneTimePreKey ? 100 : nil))
         var (bobSession, plaintext) = try Session.respond(
             to: preKey, identity: bob.identity, signedPreKey: bob.signedPreKey,
-            oneTimePreKey: withOneTimePreKey ? bob.oneTimePreKey : nil, random: bob.random)
+            oneTimePreKey: withOneTimePreKey ? bob.oneTimePreKey : nil, kemPreKey: bob.kemPreKey, random: bob.random)
         #expect(plaintext == Data("one".utf8))
         #expect(bobSession.associatedData == aliceSession.associatedData)
         #expect(bobSession.baseKey == aliceSession.baseKey)
@@ -59,16 +59,16 @@ import Testing
             return
         }
         expectProtocolError(.unknownPreKey) {
-            try Session.respond(to: preKey, identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: nil, random: bob.random)
+            try Session.respond(to: preKey, identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: nil, kemPreKey: bob.kemPreKey, random: bob.random)
         }
         let otherSigned = SignedPreKeyPair(id: 2, device: bob.identity, random: bob.random)
         expectProtocolError(.unknownPreKey) {
-            try Session.respond(to: preKey, identity: bob.identity, signedPreKey: otherSigned, oneTimePreKey: bob.oneTimePreKey, random: bob.random)
+            try Session.respond(to: preKey, identity: bob.identity, signedPreKey: otherSigned, oneTimePreKey: bob.oneTimePreKey, kemPreKey: bob.kemPreKey, random: bob.random)
         }
         // Right ids but the wrong private key: the first message does not decrypt.
         let impostor = OneTimePreKeyPair(id: 100, random: bob.random)
         expectProtocolError(.authenticationFailed) {
-            try Session.respond(to: preKey, identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: impostor, random: bob.random)
+            try Session.respond(to: preKey, identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: impostor, kemPreKey: bob.kemPreKey, random: bob.random)
         }
     }
 
@@ -215,6 +215,7 @@ extension MessageContent {
     var bodyText: String {
         switch body {
         case .text(let text): text
+        case .sessionReset, .unsupported: ""
         }
     }
 }

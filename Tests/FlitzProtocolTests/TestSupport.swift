@@ -4,6 +4,7 @@ import Foundation
 import Testing
 
 /// A device with deterministic keys: account seed, device seed, signed prekey (id 1), one-time prekey (id 100),
+/// one-time KEM prekey (id 200),
 /// drawn in that order from `SeededRandom(label:)`.
 struct TestDevice {
     let random: SeededRandom
@@ -11,6 +12,7 @@ struct TestDevice {
     let identity: DeviceIdentity
     let signedPreKey: SignedPreKeyPair
     let oneTimePreKey: OneTimePreKeyPair
+    let kemPreKey: KEMPreKeyPair
 
     init(_ label: String) {
         random = SeededRandom(label: label)
@@ -18,6 +20,7 @@ struct TestDevice {
         identity = DeviceIdentity(account: account, random: random)
         signedPreKey = SignedPreKeyPair(id: 1, device: identity, random: random)
         oneTimePreKey = OneTimePreKeyPair(id: 100, random: random)
+        kemPreKey = KEMPreKeyPair(id: 200, kind: .oneTime, device: identity, random: random)
     }
 
     func unverifiedBundle(withOneTimePreKey: Bool = true) -> UnverifiedPreKeyBundle {
@@ -26,7 +29,11 @@ struct TestDevice {
             deviceIdentityKey: identity.publicKey.rawRepresentation, deviceCertificateSignature: identity.certificate.signature,
             signedPreKeyID: signedPreKey.id, signedPreKey: signedPreKey.privateKey.publicKey.rawRepresentation,
             signedPreKeySignature: signedPreKey.signature,
-            oneTimePreKey: withOneTimePreKey ? (id: oneTimePreKey.id, publicKey: oneTimePreKey.privateKey.publicKey.rawRepresentation) : nil)
+            oneTimePreKey: withOneTimePreKey ? (id: oneTimePreKey.id, publicKey: oneTimePreKey.privateKey.publicKey.rawRepresentation) : nil,
+            kemPreKey: (
+                id: kemPreKey.id, publicKey: kemPreKey.privateKey.publicKey.rawRepresentation, signature: kemPreKey.signature,
+                lastResort: kemPreKey.kind == .lastResort
+            ))
     }
 
     func bundle(withOneTimePreKey: Bool = true) throws -> PreKeyBundle {
@@ -52,7 +59,7 @@ struct SessionPair {
         }
         let (session, plaintext) = try Session.respond(
             to: message, identity: bobDevice.identity, signedPreKey: bobDevice.signedPreKey,
-            oneTimePreKey: withOneTimePreKey ? bobDevice.oneTimePreKey : nil, random: bobDevice.random)
+            oneTimePreKey: withOneTimePreKey ? bobDevice.oneTimePreKey : nil, kemPreKey: bobDevice.kemPreKey, random: bobDevice.random)
         #expect(plaintext == Data("first".utf8))
         bob = session
     }

@@ -24,6 +24,7 @@ struct RebuiltParty {
     let device: DeviceIdentity
     let signedPreKey: SignedPreKeyPair?
     let oneTimePreKey: OneTimePreKeyPair?
+    let kemPreKey: KEMPreKeyPair?
 
     init(_ vector: PartyVector) {
         let random = SeededRandom(label: vector.randomLabel)
@@ -34,6 +35,14 @@ struct RebuiltParty {
         self.device = device
         signedPreKey = vector.signedPreKey.map { SignedPreKeyPair(id: $0.id, device: device, random: random) }
         oneTimePreKey = vector.oneTimePreKey.map { OneTimePreKeyPair(id: $0.id, random: random) }
+        kemPreKey = vector.signedPreKey.map { _ in KEMPreKeyPair(id: 200, kind: .oneTime, device: device, random: random) }
+    }
+
+    /// Starts a session to `responder` with the vector's fixed KEM encapsulation.
+    func initiate(to responder: RebuiltParty, kemCiphertext: String, kemSharedSecret: String) throws -> Session {
+        try Session.initiate(
+            identity: device, bundle: try responder.bundle(), random: random,
+            encapsulation: (Data(vectorHex: kemCiphertext), SecretBytes(Data(vectorHex: kemSharedSecret))))
     }
 
     func bundle() throws -> PreKeyBundle {
@@ -41,7 +50,8 @@ struct RebuiltParty {
             deviceID: 1, accountIdentityKey: account.publicKey.rawRepresentation, deviceIdentityKey: device.publicKey.rawRepresentation,
             deviceCertificateSignature: device.certificate.signature, signedPreKeyID: signedPreKey!.id,
             signedPreKey: signedPreKey!.privateKey.publicKey.rawRepresentation, signedPreKeySignature: signedPreKey!.signature,
-            oneTimePreKey: oneTimePreKey.map { (id: $0.id, publicKey: $0.privateKey.publicKey.rawRepresentation) }
+            oneTimePreKey: oneTimePreKey.map { (id: $0.id, publicKey: $0.privateKey.publicKey.rawRepresentation) },
+            kemPreKey: kemPreKey.map { (id: $0.id, publicKey: $0.privateKey.publicKey.rawRepresentation, signature: $0.signature, lastResort: false) }
         ).verified()
     }
 
@@ -241,6 +251,7 @@ struct RatchetVectorFile: Decodable, Sendable {
     let alice, bob: PartyVector
     let aliceInitiationRandomBytes: [String]
     let aliceBaseKey, bobRatchetPrivateKey, bobRatchetKey, sharedSecret, associatedData: String
+    let kemCiphertext, kemSharedSecret: String
     let messages: [Message]
     let events: [Event]
     let deliveryOrder: [String]
@@ -308,7 +319,7 @@ struct RatchetVectorFile: Decodable, Sendable {
         let bob = RebuiltParty(file.bob)
         try alice.check(file.alice)
         try bob.check(file.bob)
-        var aliceSession = try Session.initiate(identity: alice.device, bundle: try bob.bundle(), random: alice.random)
+        var aliceSession = try alice.initiate(to: bob, kemCiphertext: file.kemCiphertext, kemSharedSecret: file.kemSharedSecret)
         #expect(aliceSession.baseKey.rawRepresentation.hexString == file.aliceBaseKey)
         #expect(aliceSession.associatedData.hexString == file.associatedData)
         var bobSession: Session?
@@ -330,7 +341,7 @@ struct RatchetVectorFile: Decodable, Sendable {
                         return
                     }
                     let (session, plaintext) = try Session.respond(
-                        to: preKey, identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey, random: bob.random)
+                        to: preKey, identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey, kemPreKey: bob.kemPreKey!, random: bob.random)
                     bobSession = session
                     #expect(plaintext.hexString == message.plaintext)
                 } else {
@@ -360,6 +371,7 @@ struct SessionVectorFile: Decodable, Sendable {
         let prekeyMessage: PreKey?
     }
     let description, generator, associatedData: String
+    let kemCiphertext, kemSharedSecret: String
     let alice, bob: PartyVector
     let aliceInitiationRandomBytes: [String]
     let messages: [Message]
@@ -373,7 +385,7 @@ struct SessionVectorFile: Decodable, Sendable {
         let bob = RebuiltParty(file.bob)
         try alice.check(file.alice)
         try bob.check(file.bob)
-        var aliceSession = try Session.initiate(identity: alice.device, bundle: try bob.bundle(), random: alice.random)
+        var aliceSession = try alice.initiate(to: bob, kemCiphertext: file.kemCiphertext, kemSharedSecret: file.kemSharedSecret)
         var bobSession: Session?
         for message in file.messages {
             let fromAlice = message.sender == "alice"
@@ -401,7 +413,7 @@ struct SessionVectorFile: Decodable, Sendable {
                 #expect(preKey.oneTimePreKeyID == expected.oneTimePreKeyId)
                 #expect(preKey.ratchetMessage.hexString == message.ratchetMessage)
                 let (session, plaintext) = try Session.respond(
-                    to: preKey, identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey, random: bob.random)
+                    to: preKey, identity: bob.device, signedPreKey: bob.signedPreKey!, oneTimePreKey: bob.oneTimePreKey, kemPreKey: bob.kemPreKey!, random: bob.random)
                 bobSession = session
                 received = plaintext
             case .ratchet(let ratchetBytes):

@@ -163,7 +163,7 @@ import Testing
         } throws: { ($0 as? FlitzProtocolError)?.code == .authenticationFailed }
         // The genuine certificate decrypts.
         let (_, plaintext) = try Session.respond(
-            to: genuine, identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: bob.oneTimePreKey, random: bob.random)
+            to: genuine, identity: bob.identity, signedPreKey: bob.signedPreKey, oneTimePreKey: bob.oneTimePreKey, kemPreKey: bob.kemPreKey, random: bob.random)
         #expect(plaintext == Data("hi".utf8))
     }
 }

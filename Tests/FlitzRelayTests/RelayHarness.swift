@@ -166,6 +166,8 @@ struct TestIdentity: Sendable {
     let account = Ed25519PrivateKey()
     let device = Ed25519PrivateKey()
     let signedPreKeyPublic = SystemRandom().bytes(32)
+    /// The relay checks a KEM prekey's size and signature only, so random bytes stand in for an ML-KEM key.
+    let lastResortKEMPreKeyPublic = SystemRandom().bytes(WireConstants.kemPublicKeyLength)
 
     init(_ handle: String) { self.handle = handle }
 
@@ -179,6 +181,7 @@ struct TestIdentity: Sendable {
         signed.publicKey = signedPreKeyPublic
         signed.signature = device.signature(for: signedPreKeyPublic)
         keys.signedPrekey = signed
+        keys.lastResortKemPrekey = kemPreKey(id: 1, lastResort: true, publicKey: lastResortKEMPreKeyPublic)
         keys.oneTimePrekeys = (0..<oneTimePreKeys).map { index in
             var key = WireOneTimePreKey()
             key.id = first + UInt32(index)
@@ -186,6 +189,16 @@ struct TestIdentity: Sendable {
             return key
         }
         return keys
+    }
+
+    /// A KEM prekey signed by this device over `SignedPayload.kemPreKey`.
+    func kemPreKey(id: UInt32, lastResort: Bool, publicKey: Data = SystemRandom().bytes(WireConstants.kemPublicKeyLength)) -> WireKEMPreKey {
+        var key = WireKEMPreKey()
+        key.id = id
+        key.publicKey = publicKey
+        key.lastResort = lastResort
+        key.signature = device.signature(for: SignedPayload.kemPreKey(id: id, lastResort: lastResort, publicKey: publicKey))
+        return key
     }
 
     func register(nonce: Data, oneTimePreKeys: Int = 5) -> WireFrame.OneOf_Body {

@@ -105,22 +105,60 @@ import Testing
         let (store, _) = try makeStore()
         let device = try await Self.register(store, "alice", oneTimePreKeys: 2)
         let signed = SignedPreKeyRecord(id: 2, publicKey: Self.bytes(0x55, 32), signature: Self.bytes(0x56, 64))
+        // Ids are never reused: 2 was registered, so a batch naming it is refused as a whole.
+        await #expect { 
+            try await store.publishPreKeys(
+                device: device, signedPreKey: signed,
+                oneTimePreKeys: [OneTimePreKeyRecord(id: 9, publicKey: Self.bytes(0x61, 32)), OneTimePreKeyRecord(id: 2, publicKey: Self.bytes(0x60, 32))])
+        } throws: { ($0 as? StoreError)?.code == .preKeyIDReused }
+        #expect(try await store.device(device)?.signedPreKey.id == 1)
         let remaining = try await store.publishPreKeys(
             device: device, signedPreKey: signed,
-            oneTimePreKeys: [OneTimePreKeyRecord(id: 2, publicKey: Self.bytes(0x60, 32)), OneTimePreKeyRecord(id: 9, publicKey: Self.bytes(0x61, 32))])
-        #expect(remaining == 3)
+            oneTimePreKeys: [OneTimePreKeyRecord(id: 3, publicKey: Self.bytes(0x60, 32)), OneTimePreKeyRecord(id: 9, publicKey: Self.bytes(0x61, 32))])
+        #expect(remaining == 4)
         #expect(try await store.device(device)?.signedPreKey == signed)
+        await #expect { 
+            try await store.publishPreKeys(device: device, signedPreKey: signed, oneTimePreKeys: [])
+        } throws: { ($0 as? StoreError)?.code == .preKeyIDReused }
         await #expect(throws: StoreError(.unknownDevice)) {
             try await store.publishPreKeys(device: DeviceAddress(handle: "alice", deviceID: 7), signedPreKey: nil, oneTimePreKeys: [])
         }
-        // Over the stock limit: refused as a whole, nothing stored. A replaced id does not count twice.
+        // Over the stock limit: refused as a whole, nothing stored (not even the ids: 20 is still free).
         let twoMore = [OneTimePreKeyRecord(id: 20, publicKey: Self.bytes(0x70, 32)), OneTimePreKeyRecord(id: 21, publicKey: Self.bytes(0x71, 32))]
         await #expect(throws: StoreError(.preKeyStockFull)) {
-            try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: twoMore, stockLimit: 4)
+            try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: twoMore, stockLimit: 5)
         }
-        #expect(try await store.oneTimePreKeyCount(device: device) == 3)
-        let replaced = [OneTimePreKeyRecord(id: 9, publicKey: Self.bytes(0x72, 32)), OneTimePreKeyRecord(id: 20, publicKey: Self.bytes(0x70, 32))]
-        #expect(try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: replaced, stockLimit: 4) == 4)
+        #expect(try await store.oneTimePreKeyCount(device: device) == 4)
+        #expect(try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: [twoMore[0]], stockLimit: 5) == 5)
+    }
+
+    @Test func kemPreKeysAreHandedOutOnceThenTheLastResortOneForever() async throws {
+        let (store, _) = try makeStore()
+        let device = try await Self.register(store, "alice", oneTimePreKeys: 0)
+        let lastResort = KEMPreKeyRecord(id: 1, publicKey: Self.bytes(0x10, 1568), signature: Self.bytes(0x11, 64), lastResort: true)
+        let oneTime = (2...3).map { KEMPreKeyRecord(id: UInt32($0), publicKey: Self.bytes(UInt8($0), 1568), signature: Self.bytes(0x12, 64), lastResort: false) }
+        let limits = PreKeyStockLimits(oneTime: 10, oneTimeKEM: 2)
+        #expect(try await store.publishPreKeys(device: device, PreKeyPublication(lastResortKEMPreKey: lastResort, oneTimeKEMPreKeys: oneTime), limits: limits)
+            == PreKeyStock(oneTime: 0, oneTimeKEM: 2))
+        await #expect(throws: StoreError(.preKeyStockFull)) {
+            try await store.publishPreKeys(
+                device: device, PreKeyPublication(oneTimeKEMPreKeys: [KEMPreKeyRecord(id: 9, publicKey: Self.bytes(9, 1568), signature: Self.bytes(9, 64), lastResort: false)]),
+                limits: limits)
+        }
+        // KEM ids share one space: a one-time id at or below the last-resort one is refused.
+        await #expect { 
+            try await store.publishPreKeys(
+                device: device, PreKeyPublication(oneTimeKEMPreKeys: [KEMPreKeyRecord(id: 3, publicKey: Self.bytes(9, 1568), signature: Self.bytes(9, 64), lastResort: false)]),
+                limits: .unlimited)
+        } throws: { ($0 as? StoreError)?.code == .preKeyIDReused }
+        var handedOut: [KEMPreKeyRecord?] = []
+        for _ in 0..<4 { handedOut.append(try await store.takePreKeyBundle(handle: "alice")?.devices.first?.kemPreKey) }
+        #expect(handedOut == [oneTime[0], oneTime[1], lastResort, lastResort])
+        #expect(try await store.preKeyStock(device: device) == PreKeyStock(oneTime: 0, oneTimeKEM: 0))
+        // Rotation replaces the last-resort key; the old one is never handed out again.
+        let rotated = KEMPreKeyRecord(id: 4, publicKey: Self.bytes(0x40, 1568), signature: Self.bytes(0x41, 64), lastResort: true)
+        _ = try await store.publishPreKeys(device: device, PreKeyPublication(lastResortKEMPreKey: rotated), limits: .unlimited)
+        #expect(try await store.takePreKeyBundle(handle: "alice")?.devices.first?.kemPreKey == rotated)
     }
 
     @Test func aFullQueueRefusesMoreUntilDelivered() async throws {
@@ -291,9 +329,9 @@ import Testing
     @Test func reopeningMigratesAndKeepsData() async throws {
         let (store, path) = try makeStore()
         try await Self.register(store, "alice")
-        #expect(try await store.appliedMigrations() == ["v1"])
+        #expect(try await store.appliedMigrations() == ["v1", "v2-pqxdh"])
         let reopened = try SQLiteRelayStore(path: path, makeID: Self.randomID)
-        #expect(try await reopened.appliedMigrations() == ["v1"])
+        #expect(try await reopened.appliedMigrations() == ["v1", "v2-pqxdh"])
         #expect(try await reopened.account(handle: "alice") != nil)
     }
 

@@ -103,6 +103,12 @@ public nonisolated struct ProtoPreKeyMessage: Sendable {
   /// the first ratchet message
   public var ratchetMessage: Data = Data()
 
+  /// the responder's KEM prekey the initiator encapsulated to
+  public var kemPrekeyID: UInt32 = 0
+
+  /// 1568-byte ML-KEM-1024 ciphertext (crypto.md, "PQXDH")
+  public var kemCiphertext: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -132,6 +138,14 @@ public nonisolated struct ProtoContent: Sendable {
     set {body = .text(newValue)}
   }
 
+  public var sessionReset: ProtoSessionReset {
+    get {
+      if case .sessionReset(let v)? = body {return v}
+      return ProtoSessionReset()
+    }
+    set {body = .sessionReset(newValue)}
+  }
+
   /// zero bytes so that the encoded Content is a multiple of 64 bytes
   public var padding: Data = Data()
 
@@ -139,6 +153,7 @@ public nonisolated struct ProtoContent: Sendable {
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case text(ProtoText)
+    case sessionReset(ProtoSessionReset)
 
   }
 
@@ -151,6 +166,22 @@ public nonisolated struct ProtoText: Sendable {
   // methods supported on all messages.
 
   public var body: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Sent in a fresh session by a device that could not decrypt a message from this peer device
+/// (crypto.md, "Session reset"). The receiver makes the new session its active one and resends the
+/// message the envelope carried, if it still has it.
+public nonisolated struct ProtoSessionReset: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 16 bytes: the envelope that failed; empty when the reset has no single cause
+  public var envelopeID: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -233,6 +264,11 @@ public nonisolated struct ProtoPendingPreKey: Sendable {
   /// Clears the value of `oneTimePrekeyID`. Subsequent reads from it will return its default value.
   public mutating func clearOneTimePrekeyID() {self._oneTimePrekeyID = nil}
 
+  public var kemPrekeyID: UInt32 = 0
+
+  /// 1568 bytes, repeated in every prekey message of this session
+  public var kemCiphertext: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -310,6 +346,12 @@ public nonisolated struct ProtoSessionRecord: @unchecked Sendable {
   public var localDeviceCertificateSignature: Data {
     get {_storage._localDeviceCertificateSignature}
     set {_uniqueStorage()._localDeviceCertificateSignature = newValue}
+  }
+
+  /// PQXDH used the responder's last-resort KEM prekey (no one-time KEM prekey was left)
+  public var lastResort: Bool {
+    get {_storage._lastResort}
+    set {_uniqueStorage()._lastResort = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -392,7 +434,7 @@ nonisolated extension ProtoSessionMessage: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PreKeyMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}account_identity_key\0\u{3}device_identity_key\0\u{3}device_certificate_signature\0\u{3}base_key\0\u{3}signed_prekey_id\0\u{3}one_time_prekey_id\0\u{3}ratchet_message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}account_identity_key\0\u{3}device_identity_key\0\u{3}device_certificate_signature\0\u{3}base_key\0\u{3}signed_prekey_id\0\u{3}one_time_prekey_id\0\u{3}ratchet_message\0\u{3}kem_prekey_id\0\u{3}kem_ciphertext\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -407,6 +449,8 @@ nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.signedPrekeyID) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self._oneTimePrekeyID) }()
       case 7: try { try decoder.decodeSingularBytesField(value: &self.ratchetMessage) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.kemPrekeyID) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.kemCiphertext) }()
       default: break
       }
     }
@@ -438,6 +482,12 @@ nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.ratchetMessage.isEmpty {
       try visitor.visitSingularBytesField(value: self.ratchetMessage, fieldNumber: 7)
     }
+    if self.kemPrekeyID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.kemPrekeyID, fieldNumber: 8)
+    }
+    if !self.kemCiphertext.isEmpty {
+      try visitor.visitSingularBytesField(value: self.kemCiphertext, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -449,6 +499,8 @@ nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.signedPrekeyID != rhs.signedPrekeyID {return false}
     if lhs._oneTimePrekeyID != rhs._oneTimePrekeyID {return false}
     if lhs.ratchetMessage != rhs.ratchetMessage {return false}
+    if lhs.kemPrekeyID != rhs.kemPrekeyID {return false}
+    if lhs.kemCiphertext != rhs.kemCiphertext {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -456,7 +508,7 @@ nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Content"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{2}\u{c}padding\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{3}session_reset\0\u{2}\u{b}padding\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -479,6 +531,19 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .text(v)
         }
       }()
+      case 4: try {
+        var v: ProtoSessionReset?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .sessionReset(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .sessionReset(v)
+        }
+      }()
       case 15: try { try decoder.decodeSingularBytesField(value: &self.padding) }()
       default: break
       }
@@ -496,9 +561,17 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if self.sentAtMs != 0 {
       try visitor.visitSingularInt64Field(value: self.sentAtMs, fieldNumber: 2)
     }
-    try { if case .text(let v)? = self.body {
+    switch self.body {
+    case .text?: try {
+      guard case .text(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    } }()
+    }()
+    case .sessionReset?: try {
+      guard case .sessionReset(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case nil: break
+    }
     if !self.padding.isEmpty {
       try visitor.visitSingularBytesField(value: self.padding, fieldNumber: 15)
     }
@@ -540,6 +613,36 @@ nonisolated extension ProtoText: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
 
   public static func ==(lhs: ProtoText, rhs: ProtoText) -> Bool {
     if lhs.body != rhs.body {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoSessionReset: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SessionReset"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.envelopeID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.envelopeID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.envelopeID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoSessionReset, rhs: ProtoSessionReset) -> Bool {
+    if lhs.envelopeID != rhs.envelopeID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -662,7 +765,7 @@ nonisolated extension ProtoRatchetState: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension ProtoPendingPreKey: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PendingPreKey"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}base_key\0\u{3}signed_prekey_id\0\u{3}one_time_prekey_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}base_key\0\u{3}signed_prekey_id\0\u{3}one_time_prekey_id\0\u{3}kem_prekey_id\0\u{3}kem_ciphertext\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -673,6 +776,8 @@ nonisolated extension ProtoPendingPreKey: SwiftProtobuf.Message, SwiftProtobuf._
       case 1: try { try decoder.decodeSingularBytesField(value: &self.baseKey) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.signedPrekeyID) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self._oneTimePrekeyID) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.kemPrekeyID) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.kemCiphertext) }()
       default: break
       }
     }
@@ -692,6 +797,12 @@ nonisolated extension ProtoPendingPreKey: SwiftProtobuf.Message, SwiftProtobuf._
     try { if let v = self._oneTimePrekeyID {
       try visitor.visitSingularUInt32Field(value: v, fieldNumber: 3)
     } }()
+    if self.kemPrekeyID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.kemPrekeyID, fieldNumber: 4)
+    }
+    if !self.kemCiphertext.isEmpty {
+      try visitor.visitSingularBytesField(value: self.kemCiphertext, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -699,6 +810,8 @@ nonisolated extension ProtoPendingPreKey: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.baseKey != rhs.baseKey {return false}
     if lhs.signedPrekeyID != rhs.signedPrekeyID {return false}
     if lhs._oneTimePrekeyID != rhs._oneTimePrekeyID {return false}
+    if lhs.kemPrekeyID != rhs.kemPrekeyID {return false}
+    if lhs.kemCiphertext != rhs.kemCiphertext {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -706,7 +819,7 @@ nonisolated extension ProtoPendingPreKey: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension ProtoSessionRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SessionRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}associated_data\0\u{3}remote_account_identity_key\0\u{3}remote_device_identity_key\0\u{3}remote_device_certificate_signature\0\u{3}base_key\0\u{1}ratchet\0\u{3}pending_prekey\0\u{3}local_account_identity_key\0\u{3}local_device_identity_key\0\u{3}local_device_certificate_signature\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}associated_data\0\u{3}remote_account_identity_key\0\u{3}remote_device_identity_key\0\u{3}remote_device_certificate_signature\0\u{3}base_key\0\u{1}ratchet\0\u{3}pending_prekey\0\u{3}local_account_identity_key\0\u{3}local_device_identity_key\0\u{3}local_device_certificate_signature\0\u{3}last_resort\0")
 
   fileprivate class _StorageClass {
     var _version: UInt32 = 0
@@ -720,6 +833,7 @@ nonisolated extension ProtoSessionRecord: SwiftProtobuf.Message, SwiftProtobuf._
     var _localAccountIdentityKey: Data = Data()
     var _localDeviceIdentityKey: Data = Data()
     var _localDeviceCertificateSignature: Data = Data()
+    var _lastResort: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -741,6 +855,7 @@ nonisolated extension ProtoSessionRecord: SwiftProtobuf.Message, SwiftProtobuf._
       _localAccountIdentityKey = source._localAccountIdentityKey
       _localDeviceIdentityKey = source._localDeviceIdentityKey
       _localDeviceCertificateSignature = source._localDeviceCertificateSignature
+      _lastResort = source._lastResort
     }
   }
 
@@ -770,6 +885,7 @@ nonisolated extension ProtoSessionRecord: SwiftProtobuf.Message, SwiftProtobuf._
         case 9: try { try decoder.decodeSingularBytesField(value: &_storage._localAccountIdentityKey) }()
         case 10: try { try decoder.decodeSingularBytesField(value: &_storage._localDeviceIdentityKey) }()
         case 11: try { try decoder.decodeSingularBytesField(value: &_storage._localDeviceCertificateSignature) }()
+        case 12: try { try decoder.decodeSingularBoolField(value: &_storage._lastResort) }()
         default: break
         }
       }
@@ -815,6 +931,9 @@ nonisolated extension ProtoSessionRecord: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._localDeviceCertificateSignature.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._localDeviceCertificateSignature, fieldNumber: 11)
       }
+      if _storage._lastResort != false {
+        try visitor.visitSingularBoolField(value: _storage._lastResort, fieldNumber: 12)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -835,6 +954,7 @@ nonisolated extension ProtoSessionRecord: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._localAccountIdentityKey != rhs_storage._localAccountIdentityKey {return false}
         if _storage._localDeviceIdentityKey != rhs_storage._localDeviceIdentityKey {return false}
         if _storage._localDeviceCertificateSignature != rhs_storage._localDeviceCertificateSignature {return false}
+        if _storage._lastResort != rhs_storage._lastResort {return false}
         return true
       }
       if !storagesAreEqual {return false}

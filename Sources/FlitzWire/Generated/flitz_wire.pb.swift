@@ -85,6 +85,9 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
 
   /// the recipient device has the most undelivered envelopes the relay queues
   case queueFull // = 18
+
+  /// a published prekey id is not greater than every id this device published before, per kind
+  case prekeyIDReused // = 19
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -112,6 +115,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 16: self = .noPrekeys
     case 17: self = .internal
     case 18: self = .queueFull
+    case 19: self = .prekeyIDReused
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -137,6 +141,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .noPrekeys: return 16
     case .internal: return 17
     case .queueFull: return 18
+    case .prekeyIDReused: return 19
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -162,6 +167,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .noPrekeys,
     .internal,
     .queueFull,
+    .prekeyIDReused,
   ]
 
 }
@@ -216,162 +222,171 @@ public nonisolated enum WireReceiptKind: SwiftProtobuf.Enum, Swift.CaseIterable 
 
 /// The only frame container. `version` must be 1; a relay answers any other value with
 /// Error{code: UNSUPPORTED_VERSION} and keeps the connection open.
-public nonisolated struct WireFrame: Sendable {
+public nonisolated struct WireFrame: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var version: UInt32 = 0
+  public var version: UInt32 {
+    get {_storage._version}
+    set {_uniqueStorage()._version = newValue}
+  }
 
   /// Chosen by the client for requests (non-zero) and echoed in the response; 0 in unsolicited frames.
-  public var requestID: UInt64 = 0
+  public var requestID: UInt64 {
+    get {_storage._requestID}
+    set {_uniqueStorage()._requestID = newValue}
+  }
 
-  public var body: WireFrame.OneOf_Body? = nil
+  public var body: OneOf_Body? {
+    get {return _storage._body}
+    set {_uniqueStorage()._body = newValue}
+  }
 
   /// relay -> client
   public var challenge: WireChallenge {
     get {
-      if case .challenge(let v)? = body {return v}
+      if case .challenge(let v)? = _storage._body {return v}
       return WireChallenge()
     }
-    set {body = .challenge(newValue)}
+    set {_uniqueStorage()._body = .challenge(newValue)}
   }
 
   public var error: WireError {
     get {
-      if case .error(let v)? = body {return v}
+      if case .error(let v)? = _storage._body {return v}
       return WireError()
     }
-    set {body = .error(newValue)}
+    set {_uniqueStorage()._body = .error(newValue)}
   }
 
   public var registerResult: WireRegisterResult {
     get {
-      if case .registerResult(let v)? = body {return v}
+      if case .registerResult(let v)? = _storage._body {return v}
       return WireRegisterResult()
     }
-    set {body = .registerResult(newValue)}
+    set {_uniqueStorage()._body = .registerResult(newValue)}
   }
 
   public var authenticateResult: WireAuthenticateResult {
     get {
-      if case .authenticateResult(let v)? = body {return v}
+      if case .authenticateResult(let v)? = _storage._body {return v}
       return WireAuthenticateResult()
     }
-    set {body = .authenticateResult(newValue)}
+    set {_uniqueStorage()._body = .authenticateResult(newValue)}
   }
 
   public var prekeyBundle: WirePreKeyBundle {
     get {
-      if case .prekeyBundle(let v)? = body {return v}
+      if case .prekeyBundle(let v)? = _storage._body {return v}
       return WirePreKeyBundle()
     }
-    set {body = .prekeyBundle(newValue)}
+    set {_uniqueStorage()._body = .prekeyBundle(newValue)}
   }
 
   public var submitResult: WireSubmitResult {
     get {
-      if case .submitResult(let v)? = body {return v}
+      if case .submitResult(let v)? = _storage._body {return v}
       return WireSubmitResult()
     }
-    set {body = .submitResult(newValue)}
+    set {_uniqueStorage()._body = .submitResult(newValue)}
   }
 
   public var deliver: WireDeliver {
     get {
-      if case .deliver(let v)? = body {return v}
+      if case .deliver(let v)? = _storage._body {return v}
       return WireDeliver()
     }
-    set {body = .deliver(newValue)}
+    set {_uniqueStorage()._body = .deliver(newValue)}
   }
 
   public var queueDrained: WireQueueDrained {
     get {
-      if case .queueDrained(let v)? = body {return v}
+      if case .queueDrained(let v)? = _storage._body {return v}
       return WireQueueDrained()
     }
-    set {body = .queueDrained(newValue)}
+    set {_uniqueStorage()._body = .queueDrained(newValue)}
   }
 
   public var prekeyStatus: WirePreKeyStatus {
     get {
-      if case .prekeyStatus(let v)? = body {return v}
+      if case .prekeyStatus(let v)? = _storage._body {return v}
       return WirePreKeyStatus()
     }
-    set {body = .prekeyStatus(newValue)}
+    set {_uniqueStorage()._body = .prekeyStatus(newValue)}
   }
 
   public var ok: WireOk {
     get {
-      if case .ok(let v)? = body {return v}
+      if case .ok(let v)? = _storage._body {return v}
       return WireOk()
     }
-    set {body = .ok(newValue)}
+    set {_uniqueStorage()._body = .ok(newValue)}
   }
 
   /// client -> relay
   public var register: WireRegister {
     get {
-      if case .register(let v)? = body {return v}
+      if case .register(let v)? = _storage._body {return v}
       return WireRegister()
     }
-    set {body = .register(newValue)}
+    set {_uniqueStorage()._body = .register(newValue)}
   }
 
   public var recover: WireRecover {
     get {
-      if case .recover(let v)? = body {return v}
+      if case .recover(let v)? = _storage._body {return v}
       return WireRecover()
     }
-    set {body = .recover(newValue)}
+    set {_uniqueStorage()._body = .recover(newValue)}
   }
 
   public var authenticate: WireAuthenticate {
     get {
-      if case .authenticate(let v)? = body {return v}
+      if case .authenticate(let v)? = _storage._body {return v}
       return WireAuthenticate()
     }
-    set {body = .authenticate(newValue)}
+    set {_uniqueStorage()._body = .authenticate(newValue)}
   }
 
   public var publishPrekeys: WirePublishPreKeys {
     get {
-      if case .publishPrekeys(let v)? = body {return v}
+      if case .publishPrekeys(let v)? = _storage._body {return v}
       return WirePublishPreKeys()
     }
-    set {body = .publishPrekeys(newValue)}
+    set {_uniqueStorage()._body = .publishPrekeys(newValue)}
   }
 
   public var fetchPrekeyBundle: WireFetchPreKeyBundle {
     get {
-      if case .fetchPrekeyBundle(let v)? = body {return v}
+      if case .fetchPrekeyBundle(let v)? = _storage._body {return v}
       return WireFetchPreKeyBundle()
     }
-    set {body = .fetchPrekeyBundle(newValue)}
+    set {_uniqueStorage()._body = .fetchPrekeyBundle(newValue)}
   }
 
   public var submit: WireSubmit {
     get {
-      if case .submit(let v)? = body {return v}
+      if case .submit(let v)? = _storage._body {return v}
       return WireSubmit()
     }
-    set {body = .submit(newValue)}
+    set {_uniqueStorage()._body = .submit(newValue)}
   }
 
   public var acknowledge: WireAcknowledge {
     get {
-      if case .acknowledge(let v)? = body {return v}
+      if case .acknowledge(let v)? = _storage._body {return v}
       return WireAcknowledge()
     }
-    set {body = .acknowledge(newValue)}
+    set {_uniqueStorage()._body = .acknowledge(newValue)}
   }
 
   public var reportSeen: WireReportSeen {
     get {
-      if case .reportSeen(let v)? = body {return v}
+      if case .reportSeen(let v)? = _storage._body {return v}
       return WireReportSeen()
     }
-    set {body = .reportSeen(newValue)}
+    set {_uniqueStorage()._body = .reportSeen(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -401,6 +416,8 @@ public nonisolated struct WireFrame: Sendable {
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Sent by the relay as the first frame of every connection. The nonce is signed in Register,
@@ -415,6 +432,9 @@ public nonisolated struct WireChallenge: Sendable {
 
   /// relay clock, milliseconds since the Unix epoch
   public var relayTimeMs: Int64 = 0
+
+  /// frame versions this relay speaks, ascending (today [1])
+  public var supportedVersions: [UInt32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -482,6 +502,30 @@ public nonisolated struct WireOneTimePreKey: Sendable {
   public init() {}
 }
 
+/// A post-quantum prekey (crypto.md, "PQXDH"). One-time ones are handed out once; the last-resort one
+/// is handed out whenever no one-time one is left and is never deleted by a fetch.
+public nonisolated struct WireKEMPreKey: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// ids of one-time and last-resort KEM prekeys share one space per device
+  public var id: UInt32 = 0
+
+  /// 1568-byte ML-KEM-1024 encapsulation key
+  public var publicKey: Data = Data()
+
+  /// 64-byte Ed25519 signature by the device identity key over
+  /// "FlitzKEMPreKey-v1" ‖ 0x00 ‖ kind (0x01 one-time, 0x02 last-resort) ‖ u32be(id) ‖ public_key
+  public var signature: Data = Data()
+
+  public var lastResort: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// A device's public keys as registered with the relay.
 public nonisolated struct WireDeviceKeys: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -506,11 +550,25 @@ public nonisolated struct WireDeviceKeys: Sendable {
   /// at most 200 per frame
   public var oneTimePrekeys: [WireOneTimePreKey] = []
 
+  /// required
+  public var lastResortKemPrekey: WireKEMPreKey {
+    get {_lastResortKemPrekey ?? WireKEMPreKey()}
+    set {_lastResortKemPrekey = newValue}
+  }
+  /// Returns true if `lastResortKemPrekey` has been explicitly set.
+  public var hasLastResortKemPrekey: Bool {self._lastResortKemPrekey != nil}
+  /// Clears the value of `lastResortKemPrekey`. Subsequent reads from it will return its default value.
+  public mutating func clearLastResortKemPrekey() {self._lastResortKemPrekey = nil}
+
+  /// at most 50 per frame
+  public var oneTimeKemPrekeys: [WireKEMPreKey] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _signedPrekey: WireSignedPreKey? = nil
+  fileprivate var _lastResortKemPrekey: WireKEMPreKey? = nil
 }
 
 /// Creates a handle with its first device. Allowed only before authentication.
@@ -616,6 +674,8 @@ public nonisolated struct WireAuthenticateResult: Sendable {
 
   public var relayTimeMs: Int64 = 0
 
+  public var oneTimeKemPrekeysRemaining: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -639,11 +699,25 @@ public nonisolated struct WirePublishPreKeys: Sendable {
   /// at most 200 per frame
   public var oneTimePrekeys: [WireOneTimePreKey] = []
 
+  /// optional: replaces the current one when present
+  public var lastResortKemPrekey: WireKEMPreKey {
+    get {_lastResortKemPrekey ?? WireKEMPreKey()}
+    set {_lastResortKemPrekey = newValue}
+  }
+  /// Returns true if `lastResortKemPrekey` has been explicitly set.
+  public var hasLastResortKemPrekey: Bool {self._lastResortKemPrekey != nil}
+  /// Clears the value of `lastResortKemPrekey`. Subsequent reads from it will return its default value.
+  public mutating func clearLastResortKemPrekey() {self._lastResortKemPrekey = nil}
+
+  /// at most 50 per frame
+  public var oneTimeKemPrekeys: [WireKEMPreKey] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _signedPrekey: WireSignedPreKey? = nil
+  fileprivate var _lastResortKemPrekey: WireKEMPreKey? = nil
 }
 
 public nonisolated struct WirePreKeyStatus: Sendable {
@@ -652,6 +726,8 @@ public nonisolated struct WirePreKeyStatus: Sendable {
   // methods supported on all messages.
 
   public var oneTimePrekeysRemaining: UInt32 = 0
+
+  public var oneTimeKemPrekeysRemaining: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -700,12 +776,23 @@ public nonisolated struct WireDeviceBundle: Sendable {
   /// Clears the value of `oneTimePrekey`. Subsequent reads from it will return its default value.
   public mutating func clearOneTimePrekey() {self._oneTimePrekey = nil}
 
+  /// a one-time KEM prekey while any remain, else the last-resort one
+  public var kemPrekey: WireKEMPreKey {
+    get {_kemPrekey ?? WireKEMPreKey()}
+    set {_kemPrekey = newValue}
+  }
+  /// Returns true if `kemPrekey` has been explicitly set.
+  public var hasKemPrekey: Bool {self._kemPrekey != nil}
+  /// Clears the value of `kemPrekey`. Subsequent reads from it will return its default value.
+  public mutating func clearKemPrekey() {self._kemPrekey = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _signedPrekey: WireSignedPreKey? = nil
   fileprivate var _oneTimePrekey: WireOneTimePreKey? = nil
+  fileprivate var _kemPrekey: WireKEMPreKey? = nil
 }
 
 public nonisolated struct WirePreKeyBundle: Sendable {
@@ -912,7 +999,7 @@ public nonisolated struct WireReportSeen: Sendable {
 fileprivate nonisolated let _protobuf_package = "flitz.wire.v1"
 
 nonisolated extension WireErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0\u{1}PREKEY_ID_REUSED\0")
 }
 
 nonisolated extension WireReceiptKind: SwiftProtobuf._ProtoNameProviding {
@@ -923,346 +1010,386 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
   public static let protoMessageName: String = _protobuf_package + ".Frame"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{2}\u{b}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0")
 
+  fileprivate class _StorageClass {
+    var _version: UInt32 = 0
+    var _requestID: UInt64 = 0
+    var _body: WireFrame.OneOf_Body?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _version = source._version
+      _requestID = source._requestID
+      _body = source._body
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.version) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
-      case 10: try {
-        var v: WireChallenge?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .challenge(let m) = current {v = m}
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._version) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._requestID) }()
+        case 10: try {
+          var v: WireChallenge?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .challenge(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .challenge(v)
+          }
+        }()
+        case 11: try {
+          var v: WireError?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .error(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .error(v)
+          }
+        }()
+        case 12: try {
+          var v: WireRegisterResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .registerResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .registerResult(v)
+          }
+        }()
+        case 13: try {
+          var v: WireAuthenticateResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .authenticateResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .authenticateResult(v)
+          }
+        }()
+        case 14: try {
+          var v: WirePreKeyBundle?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .prekeyBundle(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .prekeyBundle(v)
+          }
+        }()
+        case 15: try {
+          var v: WireSubmitResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submitResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submitResult(v)
+          }
+        }()
+        case 16: try {
+          var v: WireDeliver?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .deliver(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .deliver(v)
+          }
+        }()
+        case 17: try {
+          var v: WireQueueDrained?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .queueDrained(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .queueDrained(v)
+          }
+        }()
+        case 18: try {
+          var v: WirePreKeyStatus?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .prekeyStatus(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .prekeyStatus(v)
+          }
+        }()
+        case 19: try {
+          var v: WireOk?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ok(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ok(v)
+          }
+        }()
+        case 30: try {
+          var v: WireRegister?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .register(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .register(v)
+          }
+        }()
+        case 31: try {
+          var v: WireRecover?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .recover(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .recover(v)
+          }
+        }()
+        case 32: try {
+          var v: WireAuthenticate?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .authenticate(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .authenticate(v)
+          }
+        }()
+        case 33: try {
+          var v: WirePublishPreKeys?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .publishPrekeys(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .publishPrekeys(v)
+          }
+        }()
+        case 34: try {
+          var v: WireFetchPreKeyBundle?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .fetchPrekeyBundle(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .fetchPrekeyBundle(v)
+          }
+        }()
+        case 35: try {
+          var v: WireSubmit?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submit(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submit(v)
+          }
+        }()
+        case 36: try {
+          var v: WireAcknowledge?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .acknowledge(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .acknowledge(v)
+          }
+        }()
+        case 37: try {
+          var v: WireReportSeen?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .reportSeen(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .reportSeen(v)
+          }
+        }()
+        default: break
         }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .challenge(v)
-        }
-      }()
-      case 11: try {
-        var v: WireError?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .error(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .error(v)
-        }
-      }()
-      case 12: try {
-        var v: WireRegisterResult?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .registerResult(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .registerResult(v)
-        }
-      }()
-      case 13: try {
-        var v: WireAuthenticateResult?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .authenticateResult(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .authenticateResult(v)
-        }
-      }()
-      case 14: try {
-        var v: WirePreKeyBundle?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .prekeyBundle(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .prekeyBundle(v)
-        }
-      }()
-      case 15: try {
-        var v: WireSubmitResult?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .submitResult(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .submitResult(v)
-        }
-      }()
-      case 16: try {
-        var v: WireDeliver?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .deliver(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .deliver(v)
-        }
-      }()
-      case 17: try {
-        var v: WireQueueDrained?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .queueDrained(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .queueDrained(v)
-        }
-      }()
-      case 18: try {
-        var v: WirePreKeyStatus?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .prekeyStatus(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .prekeyStatus(v)
-        }
-      }()
-      case 19: try {
-        var v: WireOk?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ok(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ok(v)
-        }
-      }()
-      case 30: try {
-        var v: WireRegister?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .register(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .register(v)
-        }
-      }()
-      case 31: try {
-        var v: WireRecover?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .recover(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .recover(v)
-        }
-      }()
-      case 32: try {
-        var v: WireAuthenticate?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .authenticate(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .authenticate(v)
-        }
-      }()
-      case 33: try {
-        var v: WirePublishPreKeys?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .publishPrekeys(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .publishPrekeys(v)
-        }
-      }()
-      case 34: try {
-        var v: WireFetchPreKeyBundle?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .fetchPrekeyBundle(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .fetchPrekeyBundle(v)
-        }
-      }()
-      case 35: try {
-        var v: WireSubmit?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .submit(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .submit(v)
-        }
-      }()
-      case 36: try {
-        var v: WireAcknowledge?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .acknowledge(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .acknowledge(v)
-        }
-      }()
-      case 37: try {
-        var v: WireReportSeen?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .reportSeen(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .reportSeen(v)
-        }
-      }()
-      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.version != 0 {
-      try visitor.visitSingularUInt32Field(value: self.version, fieldNumber: 1)
-    }
-    if self.requestID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 2)
-    }
-    switch self.body {
-    case .challenge?: try {
-      guard case .challenge(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .error?: try {
-      guard case .error(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .registerResult?: try {
-      guard case .registerResult(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .authenticateResult?: try {
-      guard case .authenticateResult(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .prekeyBundle?: try {
-      guard case .prekeyBundle(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-    }()
-    case .submitResult?: try {
-      guard case .submitResult(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
-    }()
-    case .deliver?: try {
-      guard case .deliver(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
-    }()
-    case .queueDrained?: try {
-      guard case .queueDrained(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
-    }()
-    case .prekeyStatus?: try {
-      guard case .prekeyStatus(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
-    }()
-    case .ok?: try {
-      guard case .ok(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
-    }()
-    case .register?: try {
-      guard case .register(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
-    }()
-    case .recover?: try {
-      guard case .recover(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
-    }()
-    case .authenticate?: try {
-      guard case .authenticate(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
-    }()
-    case .publishPrekeys?: try {
-      guard case .publishPrekeys(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
-    }()
-    case .fetchPrekeyBundle?: try {
-      guard case .fetchPrekeyBundle(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
-    }()
-    case .submit?: try {
-      guard case .submit(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
-    }()
-    case .acknowledge?: try {
-      guard case .acknowledge(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
-    }()
-    case .reportSeen?: try {
-      guard case .reportSeen(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
-    }()
-    case nil: break
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._version != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._version, fieldNumber: 1)
+      }
+      if _storage._requestID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._requestID, fieldNumber: 2)
+      }
+      switch _storage._body {
+      case .challenge?: try {
+        guard case .challenge(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .error?: try {
+        guard case .error(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .registerResult?: try {
+        guard case .registerResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .authenticateResult?: try {
+        guard case .authenticateResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      }()
+      case .prekeyBundle?: try {
+        guard case .prekeyBundle(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      }()
+      case .submitResult?: try {
+        guard case .submitResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      }()
+      case .deliver?: try {
+        guard case .deliver(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      }()
+      case .queueDrained?: try {
+        guard case .queueDrained(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      }()
+      case .prekeyStatus?: try {
+        guard case .prekeyStatus(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+      }()
+      case .ok?: try {
+        guard case .ok(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+      }()
+      case .register?: try {
+        guard case .register(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+      }()
+      case .recover?: try {
+        guard case .recover(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      }()
+      case .authenticate?: try {
+        guard case .authenticate(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+      }()
+      case .publishPrekeys?: try {
+        guard case .publishPrekeys(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
+      }()
+      case .fetchPrekeyBundle?: try {
+        guard case .fetchPrekeyBundle(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+      }()
+      case .submit?: try {
+        guard case .submit(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+      }()
+      case .acknowledge?: try {
+        guard case .acknowledge(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
+      }()
+      case .reportSeen?: try {
+        guard case .reportSeen(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireFrame, rhs: WireFrame) -> Bool {
-    if lhs.version != rhs.version {return false}
-    if lhs.requestID != rhs.requestID {return false}
-    if lhs.body != rhs.body {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._version != rhs_storage._version {return false}
+        if _storage._requestID != rhs_storage._requestID {return false}
+        if _storage._body != rhs_storage._body {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1270,7 +1397,7 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
 
 nonisolated extension WireChallenge: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Challenge"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nonce\0\u{3}relay_time_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nonce\0\u{3}relay_time_ms\0\u{3}supported_versions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1280,6 +1407,7 @@ nonisolated extension WireChallenge: SwiftProtobuf.Message, SwiftProtobuf._Messa
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.nonce) }()
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.relayTimeMs) }()
+      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.supportedVersions) }()
       default: break
       }
     }
@@ -1292,12 +1420,16 @@ nonisolated extension WireChallenge: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if self.relayTimeMs != 0 {
       try visitor.visitSingularInt64Field(value: self.relayTimeMs, fieldNumber: 2)
     }
+    if !self.supportedVersions.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.supportedVersions, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireChallenge, rhs: WireChallenge) -> Bool {
     if lhs.nonce != rhs.nonce {return false}
     if lhs.relayTimeMs != rhs.relayTimeMs {return false}
+    if lhs.supportedVersions != rhs.supportedVersions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1437,9 +1569,54 @@ nonisolated extension WireOneTimePreKey: SwiftProtobuf.Message, SwiftProtobuf._M
   }
 }
 
+nonisolated extension WireKEMPreKey: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".KEMPreKey"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}public_key\0\u{1}signature\0\u{3}last_resort\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.publicKey) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.lastResort) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.id != 0 {
+      try visitor.visitSingularUInt32Field(value: self.id, fieldNumber: 1)
+    }
+    if !self.publicKey.isEmpty {
+      try visitor.visitSingularBytesField(value: self.publicKey, fieldNumber: 2)
+    }
+    if !self.signature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.signature, fieldNumber: 3)
+    }
+    if self.lastResort != false {
+      try visitor.visitSingularBoolField(value: self.lastResort, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireKEMPreKey, rhs: WireKEMPreKey) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.publicKey != rhs.publicKey {return false}
+    if lhs.signature != rhs.signature {return false}
+    if lhs.lastResort != rhs.lastResort {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension WireDeviceKeys: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceKeys"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_identity_key\0\u{3}device_certificate_signature\0\u{3}signed_prekey\0\u{3}one_time_prekeys\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_identity_key\0\u{3}device_certificate_signature\0\u{3}signed_prekey\0\u{3}one_time_prekeys\0\u{3}last_resort_kem_prekey\0\u{3}one_time_kem_prekeys\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1451,6 +1628,8 @@ nonisolated extension WireDeviceKeys: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 2: try { try decoder.decodeSingularBytesField(value: &self.deviceCertificateSignature) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._signedPrekey) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.oneTimePrekeys) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._lastResortKemPrekey) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.oneTimeKemPrekeys) }()
       default: break
       }
     }
@@ -1473,6 +1652,12 @@ nonisolated extension WireDeviceKeys: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if !self.oneTimePrekeys.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.oneTimePrekeys, fieldNumber: 4)
     }
+    try { if let v = self._lastResortKemPrekey {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if !self.oneTimeKemPrekeys.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.oneTimeKemPrekeys, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1481,6 +1666,8 @@ nonisolated extension WireDeviceKeys: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.deviceCertificateSignature != rhs.deviceCertificateSignature {return false}
     if lhs._signedPrekey != rhs._signedPrekey {return false}
     if lhs.oneTimePrekeys != rhs.oneTimePrekeys {return false}
+    if lhs._lastResortKemPrekey != rhs._lastResortKemPrekey {return false}
+    if lhs.oneTimeKemPrekeys != rhs.oneTimeKemPrekeys {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1666,7 +1853,7 @@ nonisolated extension WireAuthenticate: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AuthenticateResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}one_time_prekeys_remaining\0\u{3}relay_time_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}one_time_prekeys_remaining\0\u{3}relay_time_ms\0\u{3}one_time_kem_prekeys_remaining\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1676,6 +1863,7 @@ nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtob
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.oneTimePrekeysRemaining) }()
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.relayTimeMs) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.oneTimeKemPrekeysRemaining) }()
       default: break
       }
     }
@@ -1688,12 +1876,16 @@ nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtob
     if self.relayTimeMs != 0 {
       try visitor.visitSingularInt64Field(value: self.relayTimeMs, fieldNumber: 2)
     }
+    if self.oneTimeKemPrekeysRemaining != 0 {
+      try visitor.visitSingularUInt32Field(value: self.oneTimeKemPrekeysRemaining, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireAuthenticateResult, rhs: WireAuthenticateResult) -> Bool {
     if lhs.oneTimePrekeysRemaining != rhs.oneTimePrekeysRemaining {return false}
     if lhs.relayTimeMs != rhs.relayTimeMs {return false}
+    if lhs.oneTimeKemPrekeysRemaining != rhs.oneTimeKemPrekeysRemaining {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1701,7 +1893,7 @@ nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension WirePublishPreKeys: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PublishPreKeys"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}signed_prekey\0\u{3}one_time_prekeys\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}signed_prekey\0\u{3}one_time_prekeys\0\u{3}last_resort_kem_prekey\0\u{3}one_time_kem_prekeys\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1711,6 +1903,8 @@ nonisolated extension WirePublishPreKeys: SwiftProtobuf.Message, SwiftProtobuf._
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._signedPrekey) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.oneTimePrekeys) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._lastResortKemPrekey) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.oneTimeKemPrekeys) }()
       default: break
       }
     }
@@ -1727,12 +1921,20 @@ nonisolated extension WirePublishPreKeys: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.oneTimePrekeys.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.oneTimePrekeys, fieldNumber: 2)
     }
+    try { if let v = self._lastResortKemPrekey {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.oneTimeKemPrekeys.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.oneTimeKemPrekeys, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WirePublishPreKeys, rhs: WirePublishPreKeys) -> Bool {
     if lhs._signedPrekey != rhs._signedPrekey {return false}
     if lhs.oneTimePrekeys != rhs.oneTimePrekeys {return false}
+    if lhs._lastResortKemPrekey != rhs._lastResortKemPrekey {return false}
+    if lhs.oneTimeKemPrekeys != rhs.oneTimeKemPrekeys {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1740,7 +1942,7 @@ nonisolated extension WirePublishPreKeys: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension WirePreKeyStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PreKeyStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}one_time_prekeys_remaining\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}one_time_prekeys_remaining\0\u{3}one_time_kem_prekeys_remaining\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1749,6 +1951,7 @@ nonisolated extension WirePreKeyStatus: SwiftProtobuf.Message, SwiftProtobuf._Me
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.oneTimePrekeysRemaining) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.oneTimeKemPrekeysRemaining) }()
       default: break
       }
     }
@@ -1758,11 +1961,15 @@ nonisolated extension WirePreKeyStatus: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.oneTimePrekeysRemaining != 0 {
       try visitor.visitSingularUInt32Field(value: self.oneTimePrekeysRemaining, fieldNumber: 1)
     }
+    if self.oneTimeKemPrekeysRemaining != 0 {
+      try visitor.visitSingularUInt32Field(value: self.oneTimeKemPrekeysRemaining, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WirePreKeyStatus, rhs: WirePreKeyStatus) -> Bool {
     if lhs.oneTimePrekeysRemaining != rhs.oneTimePrekeysRemaining {return false}
+    if lhs.oneTimeKemPrekeysRemaining != rhs.oneTimeKemPrekeysRemaining {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1800,7 +2007,7 @@ nonisolated extension WireFetchPreKeyBundle: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension WireDeviceBundle: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeviceBundle"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}device_identity_key\0\u{3}device_certificate_signature\0\u{3}signed_prekey\0\u{3}one_time_prekey\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}device_identity_key\0\u{3}device_certificate_signature\0\u{3}signed_prekey\0\u{3}one_time_prekey\0\u{3}kem_prekey\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1813,6 +2020,7 @@ nonisolated extension WireDeviceBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 3: try { try decoder.decodeSingularBytesField(value: &self.deviceCertificateSignature) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._signedPrekey) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._oneTimePrekey) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._kemPrekey) }()
       default: break
       }
     }
@@ -1838,6 +2046,9 @@ nonisolated extension WireDeviceBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
     try { if let v = self._oneTimePrekey {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
+    try { if let v = self._kemPrekey {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1847,6 +2058,7 @@ nonisolated extension WireDeviceBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.deviceCertificateSignature != rhs.deviceCertificateSignature {return false}
     if lhs._signedPrekey != rhs._signedPrekey {return false}
     if lhs._oneTimePrekey != rhs._oneTimePrekey {return false}
+    if lhs._kemPrekey != rhs._kemPrekey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
