@@ -239,7 +239,8 @@ extension FlitzClient {
                 var duplicate = false
                 for var candidate in try ClientStore.sessions(with: sender, db) where candidate.deviceID == envelope.senderDeviceID {
                     do {
-                        decrypted = (candidate.session, try candidate.session.decrypt(bytes, random: random))
+                        let plaintext = try candidate.session.decrypt(bytes, random: random)
+                        decrypted = (candidate.session, plaintext)
                         break
                     } catch let error as FlitzProtocolError where error.code == .duplicateMessage {
                         duplicate = true

@@ -30,10 +30,10 @@ final class InProcessRelay: Sendable {
         url = "ws://127.0.0.1:\(await application.port())"
     }
 
-    func client(_ name: String) throws -> FlitzClient {
+    func client(_ name: String, now: @escaping @Sendable () -> Date = { Date() }) throws -> FlitzClient {
         var logger = Logger(label: name)
         logger.logLevel = .critical
-        return try FlitzClient(home: directory.appendingPathComponent(name), logger: logger)
+        return try FlitzClient(home: directory.appendingPathComponent(name), logger: logger, now: now)
     }
 
     /// Two registered users, alice and bob.
