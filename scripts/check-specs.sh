@@ -48,7 +48,7 @@ if [ ! -x "$venv/bin/python" ] || ! printf '%s\n' "${pins[@]}" | cmp -s - "$stam
   if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --only-binary=:all: \
       --no-deps "${pins[@]}" >&2; then
     rm -rf "$venv"
-    echo "check-specs: installing the validators from PyPI failed" >&2
+    echo "check-specs: installing the validators from PyPI failed (behind a TLS-intercepting proxy, set PIP_CERT to a CA bundle that trusts it)" >&2
     exit 1
   fi
   if ! report=$("$venv/bin/python" -m pip check 2>&1); then
