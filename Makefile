@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 7878
 DATABASE ?= ./flitz-relay.sqlite
 
-.PHONY: deps build run test vectors proto
+.PHONY: deps build run test vectors proto spec-check
 
 deps:
 	@./scripts/install-deps.sh
@@ -21,6 +21,11 @@ run: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# Validates protocol/openapi.yaml and protocol/asyncapi.yaml and checks them against flitz_wire.proto
+# (Python validators pinned in a venv under .build/spec-venv; see scripts/check_specs.py).
+spec-check: deps
+	bash scripts/check-specs.sh
 
 # Regenerates vectors/*.json from fixed seeds (see protocol/vectors.md).
 vectors: deps

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Flitz builds against, only when they are missing.
-# Used by `make run` and `make test` (and so by .ci/run) on a fresh Debian 12 machine.
+# Used by `make run`, `make test` (and so by .ci/run) and `make spec-check` on a fresh Debian 12 machine.
 set -euo pipefail
 
 missing=()
@@ -10,6 +10,12 @@ if command -v pkg-config >/dev/null 2>&1; then
   pkg-config --exists sqlite3 || missing+=(libsqlite3-dev)
 else
   missing+=(libsodium-dev libsqlite3-dev)
+fi
+# scripts/check-specs.sh makes a Python venv; Debian's python3 has no ensurepip without python3-venv.
+if command -v python3 >/dev/null 2>&1; then
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+else
+  missing+=(python3 python3-venv)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
