@@ -182,6 +182,13 @@ public final class FlitzClient: Sendable {
         guard let frame = await connection.nextUnsolicited(timeout: .seconds(15)), case .challenge(let challenge) = frame.body,
             challenge.nonce.count == WireConstants.challengeNonceLength
         else { throw ClientError(.relayUnreachable, "the relay did not send a valid challenge") }
+        // An empty list is an older relay, which speaks version 1 (`protocol/relay.md`, "Versioning").
+        guard challenge.supportedVersions.isEmpty || challenge.supportedVersions.contains(WireConstants.protocolVersion) else {
+            throw ClientError(
+                .protocolFailure,
+                "the relay speaks frame versions \(challenge.supportedVersions.map(String.init).joined(separator: ", ")); "
+                    + "this flitz speaks \(WireConstants.protocolVersion): update flitz")
+        }
         return challenge
     }
 
