@@ -25,11 +25,12 @@ extension FlitzClient {
             } catch let error as FlitzProtocolError {
                 // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
                 // Other errors (the local database) propagate unacknowledged, so the relay redelivers.
-                // A redelivery of one we already stored (its acknowledgement was lost) is no news.
+                // A redelivery of one we already stored (its acknowledgement was lost) is no news, whatever
+                // the error: a ratchet message's used key makes every session fail, not only as a duplicate.
                 let known = try await store.dbQueue.read { db in
                     try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE envelope_id = ? AND outgoing = 0", arguments: [envelope.envelopeID]) ?? false
                 }
-                if !(error.code == .duplicateMessage && known) {
+                if !known {
                     events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
                 }
             }
