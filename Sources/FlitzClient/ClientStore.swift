@@ -297,12 +297,13 @@ final class ClientStore: Sendable {
 
     /// Runs `body` in one IMMEDIATE transaction: it takes SQLite's write lock at once, so a session's
     /// load → encrypt/decrypt → save cannot interleave with another task or another `flitz` process on
-    /// the same home (which would fork the ratchet state).
-    func transaction<T>(_ body: (Database) throws -> T) throws -> T {
+    /// the same home (which would fork the ratchet state). `failpoint` is hit after `body`, before commit.
+    func transaction<T>(failpoint: String? = nil, _ body: (Database) throws -> T) throws -> T {
         try dbQueue.writeWithoutTransaction { db in
             var result: T?
             try db.inTransaction(.immediate) {
                 result = try body(db)
+                if let failpoint { Failpoint.hit(failpoint) }
                 return .commit
             }
             return result!

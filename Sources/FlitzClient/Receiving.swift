@@ -22,6 +22,7 @@ extension FlitzClient {
             }
             do {
                 events += try await accept(envelope)
+                Failpoint.hit("receive.afterCommit")
             } catch let error as FlitzProtocolError {
                 // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
                 // Other errors (the local database) propagate unacknowledged, so the relay redelivers.
@@ -42,6 +43,7 @@ extension FlitzClient {
         }
         if !ack.envelopeIds.isEmpty || !ack.receiptIds.isEmpty {
             _ = try await connection.request(.acknowledge(ack))
+            if !ack.envelopeIds.isEmpty { Failpoint.hit("receive.afterAcknowledge") }
         }
         return events
     }
@@ -52,7 +54,7 @@ extension FlitzClient {
         let incoming = try IncomingSessionMessage(parsing: envelope.ciphertext)
         let account = try requireAccount()
         let random = self.random
-        let (events, inserted) = try store.transaction { db -> ([ClientEvent], Bool) in
+        let (events, inserted) = try store.transaction(failpoint: "receive.afterDecrypt") { db -> ([ClientEvent], Bool) in
             var events: [ClientEvent] = []
             let plaintext: Data
             let session: Session
@@ -211,8 +213,9 @@ extension FlitzClient {
 
     // MARK: receive
 
-    /// Drains the queue, then waits up to `wait` for more; calls `onMessage` for each new message in
-    /// order and `onWarning` for problems. Returns after the relay confirmed acknowledgements and seen reports.
+    /// Resubmits what an interrupted `flitz` stored but did not submit, drains the queue, then waits up to
+    /// `wait` for more; calls `onMessage` for each new message in order and `onWarning` for problems.
+    /// Returns after the relay confirmed acknowledgements and seen reports.
     /// - Throws: `ClientError`.
     public func receive(
         wait: Duration, onMessage: @escaping @Sendable (ReceivedMessage) -> Void, onWarning: @escaping @Sendable (String) -> Void
@@ -221,6 +224,7 @@ extension FlitzClient {
         try await withAuthenticatedConnection(account) { connection in
             let clock = ContinuousClock()
             let deadline = clock.now.advanced(by: wait)
+            for warning in try await self.resendPending(on: connection) { onWarning(warning) }
             for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
             try await self.showNewMessages(on: connection).forEach(onMessage)
             while clock.now < deadline {
@@ -234,12 +238,13 @@ extension FlitzClient {
 
     // MARK: sync
 
-    /// Fetches and acknowledges everything queued (so senders see "delivered") without showing it;
-    /// returns how many messages are waiting to be shown by `receive`.
+    /// Resubmits what an interrupted `flitz` stored but did not submit, fetches and acknowledges everything
+    /// queued (so senders see "delivered") without showing it; returns how many messages wait for `receive`.
     /// - Throws: `ClientError`.
     public func sync(onWarning: @escaping @Sendable (String) -> Void) async throws -> Int {
         let account = try requireAccount()
         try await withAuthenticatedConnection(account) { connection in
+            for warning in try await self.resendPending(on: connection) { onWarning(warning) }
             for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
         }
         return try await store.dbQueue.read { db in
