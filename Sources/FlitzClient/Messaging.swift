@@ -246,7 +246,7 @@ extension FlitzClient {
         ClientError(
             .identityChanged,
             "the identity key of \(handle) has changed (for example, they reinstalled or recovered their account). "
-                + "Compare `flitz safety-number \(handle)` with them, then run `flitz trust \(handle)` to send again")
+                + "Compare `flitz verify \(handle)` with them, then run `flitz trust \(handle)` to send again")
     }
 
     // MARK: trust
