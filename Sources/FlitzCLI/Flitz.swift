@@ -17,7 +17,10 @@ struct Flitz: AsyncParsableCommand {
             Exit codes: 0 success; 1 local error; 2 relay unreachable or timed out; 3 refused by the relay; \
             4 the contact's identity key changed and is not trusted yet; 64 invalid command line.
             """,
-        subcommands: [Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Trust.self, Settings.self, SafetyNumberCommand.self]
+        subcommands: [
+            Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Verify.self, Trust.self, Contacts.self,
+            Settings.self, SafetyNumberCommand.self,
+        ]
     )
 }
 
@@ -252,9 +255,72 @@ struct Status: AsyncParsableCommand {
     }
 }
 
+struct Verify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the safety number with a contact; mark the contact verified when the number you compared matches.",
+        discussion: """
+            Without options, prints the safety number (digits and scannable form) and whether the contact is verified. \
+            Compare it with the contact in person or on a call; then --safety-number with the digits they read out \
+            (spaces optional), or --scanned with the FLITZSN1: text of their code, marks the contact verified if it \
+            matches (exit 1 and nothing marked if not). A changed identity key must be accepted with `flitz trust` \
+            first (exit 4), and needs verifying again.
+            """)
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "Contact handle.") var handle: String
+    @Option(name: .customLong("safety-number"), help: "The 30 digits you compared (spaces optional).") var safetyNumber: String?
+    @Option(help: "The scanned code: FLITZSN1: followed by 64 hexadecimal digits.") var scanned: String?
+
+    func validate() throws {
+        guard safetyNumber == nil || scanned == nil else { throw ValidationError("give --safety-number or --scanned, not both") }
+        if let safetyNumber, !safetyNumber.allSatisfy({ $0 == " " || ("0"..."9").contains($0) }) {
+            throw ValidationError("--safety-number takes digits and spaces only")
+        }
+    }
+
+    func run() async throws {
+        let client = try options.client()
+        let result = try await FlitzCLI.run {
+            if let safetyNumber { return try client.verify(handle, safetyNumber: safetyNumber) }
+            if let scanned { return try client.verify(handle, scanned: scanned) }
+            return try client.verification(of: handle)
+        }
+        printLine("safety number: \(result.safetyNumber)")
+        printLine("scannable: \(result.scannable)")
+        printLine("status: \(describe(result.state))")
+        switch result.state {
+        case .verified: break
+        case .unverified:
+            printError("flitz: compare the number with \(handle) in person or on a call, then run `flitz verify \(handle) --safety-number \"NUMBER\"`")
+        case .identityChanged:
+            printError("flitz: \(handle)'s identity key changed; this is the number of the new key. Compare it with \(handle), then run `flitz trust \(handle)`")
+        }
+    }
+}
+
+/// How a verification state reads in `verify` and `contacts`.
+func describe(_ state: VerificationState) -> String {
+    switch state {
+    case .verified: "verified"
+    case .unverified: "not verified"
+    case .identityChanged: "identity key changed, not trusted yet"
+    }
+}
+
+struct Contacts: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List contacts and whether each is verified.")
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let client = try options.client()
+        for contact in try await FlitzCLI.run({ try client.contacts() }) {
+            printLine("\(contact.handle): \(describe(contact.state))")
+        }
+    }
+}
+
 struct Trust: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Accept a contact's changed identity key (compare `flitz safety-number HANDLE` with them first).")
+        abstract: "Accept a contact's changed identity key (compare `flitz verify HANDLE` with them first).")
     @OptionGroup var options: CommonOptions
     @Argument(help: "Contact handle.") var handle: String
     @Option(name: .customLong("safety-number"), help: "Trust only if the new key still has this safety number (as shown by `flitz safety-number`).")
@@ -264,11 +330,13 @@ struct Trust: AsyncParsableCommand {
         let client = try options.client()
         let number = try await FlitzCLI.run { try await client.trust(handle, expectedSafetyNumber: safetyNumber) }
         printLine("trusted the current identity key of \(handle); safety number: \(number)")
+        printError("flitz: \(handle) is not verified; after comparing the number with them, run `flitz verify \(handle) --safety-number \"NUMBER\"`")
     }
 }
 
 struct SafetyNumberCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "safety-number", abstract: "Print the safety number to compare with a contact.")
+    static let configuration = CommandConfiguration(
+        commandName: "safety-number", abstract: "Print only the safety number digits (for scripts; `flitz verify` shows both forms and the state).")
     @OptionGroup var options: CommonOptions
     @Argument(help: "Contact handle.") var handle: String
 

@@ -22,6 +22,8 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
         case unknownMessage
         /// A protocol or crypto failure on this side.
         case protocolFailure
+        /// The safety number (or scanned code) the user gave is not the one of the contact's trusted key.
+        case safetyNumberMismatch
     }
 
     /// What went wrong.

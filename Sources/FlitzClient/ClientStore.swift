@@ -45,11 +45,19 @@ struct RegistrationPreKeys: Sendable {
     var oneTimeKEMPreKeys: [KEMPreKeyPair]
 }
 
-/// A contact: the account identity key this user trusts for a handle, and a newer one seen but not trusted.
+/// A contact: the account identity key this user trusts for a handle, a newer one seen but not trusted,
+/// and the key whose safety number the user confirmed (`flitz verify`).
 struct ContactRecord: Sendable {
     var handle: String
     var trustedIdentityKey: Data
     var untrustedIdentityKey: Data?
+    var verifiedIdentityKey: Data?
+
+    /// Verified: the trusted key is the one confirmed, and no other key has been seen since.
+    var isVerified: Bool {
+        guard untrustedIdentityKey == nil, let verifiedIdentityKey else { return false }
+        return ConstantTime.equals(verifiedIdentityKey, trustedIdentityKey)
+    }
 }
 
 /// A message in the local history.
@@ -158,6 +166,11 @@ final class ClientStore: Sendable {
                 );
                 INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) SELECT base_key, updated_at FROM sessions;
                 """)
+        }
+        migrator.registerMigration("v3-verified") { db in
+            // contacts.verified_identity_key: the account key whose safety number the user confirmed; cleared
+            // whenever another key is seen, so a key change always needs a new verification.
+            try db.execute(sql: "ALTER TABLE contacts ADD COLUMN verified_identity_key BLOB")
         }
         migrator.registerMigration("v4-pqxdh") { db in
             // - kem_prekeys: ML-KEM-1024 prekeys (64-byte seeds); one-time ones deleted after first use,
@@ -406,30 +419,46 @@ final class ClientStore: Sendable {
 
     static func contact(_ handle: String, _ db: Database) throws -> ContactRecord? {
         guard let row = try Row.fetchOne(db, sql: "SELECT * FROM contacts WHERE handle = ?", arguments: [handle]) else { return nil }
-        return ContactRecord(handle: handle, trustedIdentityKey: row["trusted_identity_key"], untrustedIdentityKey: row["untrusted_identity_key"])
+        return ContactRecord(
+            handle: handle, trustedIdentityKey: row["trusted_identity_key"], untrustedIdentityKey: row["untrusted_identity_key"],
+            verifiedIdentityKey: row["verified_identity_key"])
+    }
+
+    /// Every contact, by handle.
+    static func contacts(_ db: Database) throws -> [ContactRecord] {
+        try String.fetchAll(db, sql: "SELECT handle FROM contacts ORDER BY handle").compactMap { try contact($0, db) }
     }
 
     static func trustIdentity(_ handle: String, key: Data, _ db: Database) throws {
         try db.execute(
             sql: """
                 INSERT INTO contacts (handle, trusted_identity_key, untrusted_identity_key) VALUES (?, ?, NULL)
-                ON CONFLICT(handle) DO UPDATE SET trusted_identity_key = excluded.trusted_identity_key, untrusted_identity_key = NULL
+                ON CONFLICT(handle) DO UPDATE SET trusted_identity_key = excluded.trusted_identity_key, untrusted_identity_key = NULL,
+                    verified_identity_key = CASE WHEN verified_identity_key = excluded.trusted_identity_key THEN verified_identity_key END
                 """,
             arguments: [handle, key])
     }
 
+    /// Records a key other than the trusted one; the contact is no longer verified, even if this key later goes away.
     static func recordUntrustedIdentity(_ handle: String, key: Data, _ db: Database) throws {
-        try db.execute(sql: "UPDATE contacts SET untrusted_identity_key = ? WHERE handle = ?", arguments: [key, handle])
+        try db.execute(
+            sql: "UPDATE contacts SET untrusted_identity_key = ?, verified_identity_key = NULL WHERE handle = ?", arguments: [key, handle])
+    }
+
+    /// Marks `key` (the trusted key, compared by the caller) as verified by the user.
+    static func markVerified(_ handle: String, key: Data, _ db: Database) throws {
+        try db.execute(sql: "UPDATE contacts SET verified_identity_key = ? WHERE handle = ?", arguments: [key, handle])
     }
 
     /// Runs `body` in one IMMEDIATE transaction: it takes SQLite's write lock at once, so a session's
     /// load → encrypt/decrypt → save cannot interleave with another task or another `flitz` process on
-    /// the same home (which would fork the ratchet state).
-    func transaction<T>(_ body: (Database) throws -> T) throws -> T {
+    /// the same home (which would fork the ratchet state). `failpoint` is hit after `body`, before commit.
+    func transaction<T>(failpoint: String? = nil, _ body: (Database) throws -> T) throws -> T {
         try dbQueue.writeWithoutTransaction { db in
             var result: T?
             try db.inTransaction(.immediate) {
                 result = try body(db)
+                if let failpoint { Failpoint.hit(failpoint) }
                 return .commit
             }
             return result!

@@ -63,6 +63,7 @@ extension FlitzClient {
             } else {
                 envelope = try await prepare(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn)
                 prepared.value = envelope
+                Failpoint.hit("send.afterCommit")
             }
             guard let outcome = try await submitStored([envelope.envelope], on: connection, keepRetryable: false).first else {
                 throw ClientError(.protocolFailure, "unexpected answer to submit")
@@ -130,6 +131,7 @@ extension FlitzClient {
         guard case .submitResult(let result) = try await connection.request(.submit(submit)).body,
             result.outcomes.count == envelopes.count
         else { throw ClientError(.protocolFailure, "unexpected answer to submit") }
+        Failpoint.hit("send.afterSubmit")
         try await store.dbQueue.write { db in
             for (envelope, outcome) in zip(envelopes, result.outcomes) {
                 if !outcome.hasError {
@@ -175,7 +177,7 @@ extension FlitzClient {
         let envelopeID = random.bytes(WireConstants.idLength)
         let random = self.random
         let newSession = fresh
-        let envelope = try store.transaction { db -> WireOutgoingEnvelope in
+        let envelope = try store.transaction(failpoint: "send.afterEncrypt") { db -> WireOutgoingEnvelope in
             // Re-read inside the transaction: another process may have advanced the session meanwhile.
             guard let found = try ClientStore.sessions(with: handle, db).first(where: \.active).map({ ($0.deviceID, $0.session) })
                 ?? newSession
@@ -246,7 +248,7 @@ extension FlitzClient {
         ClientError(
             .identityChanged,
             "the identity key of \(handle) has changed (for example, they reinstalled or recovered their account). "
-                + "Compare `flitz safety-number \(handle)` with them, then run `flitz trust \(handle)` to send again")
+                + "Compare `flitz verify \(handle)` with them, then run `flitz trust \(handle)` to send again")
     }
 
     // MARK: trust

@@ -26,6 +26,7 @@ extension FlitzClient {
                 let outcome = try await accept(envelope)
                 events += outcome.events
                 if let failed = outcome.resetFor { resends.append((envelope.senderHandle, failed)) }
+                Failpoint.hit("receive.afterCommit")
             } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
                 // A newer peer's session message: kept for a newer version of Flitz, not lost.
                 try await keepUnsupported(envelope, kind: "envelope", bytes: envelope.ciphertext)
@@ -33,14 +34,16 @@ extension FlitzClient {
             } catch let error as FlitzProtocolError {
                 // An envelope that cannot be decrypted never will be: drop it rather than block the queue.
                 // Other errors (the local database) propagate unacknowledged, so the relay redelivers.
-                // A redelivery of one we already stored (its acknowledgement was lost) is no news.
+                // A redelivery of one we already stored (its acknowledgement was lost) is no news, whatever
+                // the error: a ratchet message's used key makes every session fail, not only as a duplicate.
                 let known = try await store.dbQueue.read { db in
                     try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE envelope_id = ? AND outgoing = 0", arguments: [envelope.envelopeID]) ?? false
                 }
-                if !(error.code == .duplicateMessage && known) {
+                if !known {
                     events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
                 }
-                if Self.resetTriggers.contains(error.code), !resets.contains(where: { $0.handle == envelope.senderHandle && $0.deviceID == envelope.senderDeviceID }) {
+                // A redelivery of one already stored fails (its key is used) but needs no new session.
+                if !known, Self.resetTriggers.contains(error.code), !resets.contains(where: { $0.handle == envelope.senderHandle && $0.deviceID == envelope.senderDeviceID }) {
                     resets.append((envelope.senderHandle, envelope.senderDeviceID, envelope.envelopeID))
                 }
             }
@@ -52,6 +55,7 @@ extension FlitzClient {
         }
         if !ack.envelopeIds.isEmpty || !ack.receiptIds.isEmpty {
             _ = try await connection.request(.acknowledge(ack))
+            if !ack.envelopeIds.isEmpty { Failpoint.hit("receive.afterAcknowledge") }
         }
         for reset in resets {
             do {
@@ -175,7 +179,7 @@ extension FlitzClient {
         let account = try requireAccount()
         let random = self.random
         let receivedAt = now().timeIntervalSince1970
-        let (events, inserted, resetFor) = try store.transaction { db -> ([ClientEvent], Bool, Data?) in
+        let (events, inserted, resetFor) = try store.transaction(failpoint: "receive.afterDecrypt") { db -> ([ClientEvent], Bool, Data?) in
             var events: [ClientEvent] = []
             let plaintext: Data
             let session: Session
@@ -379,8 +383,9 @@ extension FlitzClient {
 
     // MARK: receive
 
-    /// Drains the queue, then waits up to `wait` for more; calls `onMessage` for each new message in
-    /// order and `onWarning` for problems. Returns after the relay confirmed acknowledgements and seen reports.
+    /// Resubmits what an interrupted `flitz` stored but did not submit, drains the queue, then waits up to
+    /// `wait` for more; calls `onMessage` for each new message in order and `onWarning` for problems.
+    /// Returns after the relay confirmed acknowledgements and seen reports.
     /// - Throws: `ClientError`.
     public func receive(
         wait: Duration, onMessage: @escaping @Sendable (ReceivedMessage) -> Void, onWarning: @escaping @Sendable (String) -> Void
@@ -389,6 +394,7 @@ extension FlitzClient {
         try await withAuthenticatedConnection(account) { connection in
             let clock = ContinuousClock()
             let deadline = clock.now.advanced(by: wait)
+            for warning in try await self.resendPending(on: connection) { onWarning(warning) }
             for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
             try await self.showNewMessages(on: connection).forEach(onMessage)
             while clock.now < deadline {
@@ -402,12 +408,13 @@ extension FlitzClient {
 
     // MARK: sync
 
-    /// Fetches and acknowledges everything queued (so senders see "delivered") without showing it;
-    /// returns how many messages are waiting to be shown by `receive`.
+    /// Resubmits what an interrupted `flitz` stored but did not submit, fetches and acknowledges everything
+    /// queued (so senders see "delivered") without showing it; returns how many messages wait for `receive`.
     /// - Throws: `ClientError`.
     public func sync(onWarning: @escaping @Sendable (String) -> Void) async throws -> Int {
         let account = try requireAccount()
         try await withAuthenticatedConnection(account) { connection in
+            for warning in try await self.resendPending(on: connection) { onWarning(warning) }
             for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
         }
         return try await store.dbQueue.read { db in

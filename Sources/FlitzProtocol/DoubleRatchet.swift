@@ -13,7 +13,8 @@ struct SkippedMessageKey: Sendable {
 /// failed decryption never changes the state.
 ///
 /// Ratchet message layout: header (41 bytes) ‖ nonce (24 bytes) ‖ XChaCha20-Poly1305 ciphertext ‖ tag (16),
-/// with AD = X3DH AD (64 bytes) ‖ header.
+/// with AD = X3DH AD (128 bytes) ‖ header. Skipped message keys are bounded per chain, in number of
+/// chains and in total (`RatchetLimits`; eviction order in `protocol/crypto.md`, "Limits").
 public struct DoubleRatchet: Sendable {
     /// Smallest possible ratchet message: header, nonce and tag around an empty plaintext.
     public static let minimumMessageLength = RatchetHeader.encodedLength + XChaCha20Poly1305.nonceLength + XChaCha20Poly1305.tagLength
@@ -130,7 +131,7 @@ public struct DoubleRatchet: Sendable {
         guard UInt64(counter) <= UInt64(receivingCounter) + UInt64(RatchetLimits.maxSkip) else {
             throw FlitzProtocolError(.tooManySkippedMessages, "would skip \(UInt64(counter) - UInt64(receivingCounter)) keys")
         }
-        guard var chainKey = receivingChainKey, let ratchetKey = receivingRatchetKey else { return }
+        guard var chainKey = receivingChainKey, let ratchetKey = receivingRatchetKey, receivingCounter < counter else { return }
         while receivingCounter < counter {
             let (next, messageKey) = RatchetKDF.chainStep(chainKey: chainKey)
             skippedKeys.append(SkippedMessageKey(ratchetKey: ratchetKey, counter: receivingCounter, messageKey: messageKey))
@@ -138,9 +139,31 @@ public struct DoubleRatchet: Sendable {
             receivingCounter += 1
         }
         receivingChainKey = chainKey
-        if skippedKeys.count > RatchetLimits.maxStoredSkippedKeys {
-            skippedKeys.removeFirst(skippedKeys.count - RatchetLimits.maxStoredSkippedKeys)
+        evictSkippedKeys()
+    }
+
+    /// Applies the three storage bounds, in this order (`protocol/crypto.md`, "Limits"): at most `maxSkip`
+    /// keys per chain (a chain's oldest go first); keys of at most `maxChainsWithSkippedKeys` chains, ranked
+    /// by their most recently stored key (all keys of the others go); at most `maxStoredSkippedKeys` in
+    /// total (the oldest go). Runs only on the working copy of `decrypt`, so a forged message that fails
+    /// later evicts nothing.
+    private mutating func evictSkippedKeys() {
+        var perChain: [X25519PublicKey: Int] = [:]
+        var kept: [SkippedMessageKey] = []
+        kept.reserveCapacity(skippedKeys.count)
+        // Newest first, so each bound keeps the newest keys.
+        for key in skippedKeys.reversed() {
+            let stored = perChain[key.ratchetKey, default: 0]
+            if stored == Int(RatchetLimits.maxSkip) { continue }
+            if stored == 0, perChain.count == RatchetLimits.maxChainsWithSkippedKeys { continue }
+            perChain[key.ratchetKey] = stored + 1
+            kept.append(key)
         }
+        kept.reverse()
+        if kept.count > RatchetLimits.maxStoredSkippedKeys {
+            kept.removeFirst(kept.count - RatchetLimits.maxStoredSkippedKeys)
+        }
+        skippedKeys = kept
     }
 
     private mutating func ratchetStep(to remoteKey: X25519PublicKey, random: any RandomSource) throws(FlitzProtocolError) {

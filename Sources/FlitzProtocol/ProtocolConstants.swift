@@ -27,10 +27,15 @@ public enum ProtocolConstants {
 /// Bounds on stored state, so a hostile peer cannot make a receiver do unbounded work or storage
 /// (`protocol/crypto.md`, "Limits").
 public enum RatchetLimits {
-    /// Most message keys skipped in one receiving chain by one incoming message (MAX_SKIP).
+    /// MAX_SKIP: most message keys one incoming message may make the receiver skip in one receiving chain
+    /// (`tooManySkippedMessages` beyond), and most skipped keys stored per chain (that chain's oldest are
+    /// dropped beyond).
     public static let maxSkip: UInt32 = 1_000
-    /// Most skipped message keys stored per session; the oldest are dropped beyond it.
+    /// MAX_CHAINS: most receiving chains (ratchet public keys) with stored skipped keys; beyond it every key
+    /// of the chain whose newest stored key is oldest is dropped.
+    public static let maxChainsWithSkippedKeys = 5
+    /// MAX_STORED: most skipped message keys stored per session; the oldest are dropped beyond it.
     public static let maxStoredSkippedKeys = 2_000
-    /// How many previous receiving ratchet public keys are remembered to recognise duplicates.
+    /// MAX_PREVIOUS: how many previous receiving ratchet public keys are remembered to recognise duplicates.
     public static let maxPreviousReceivingKeys = 5
 }
