@@ -2,8 +2,8 @@ import FlitzCrypto
 import FlitzProtocol
 import Foundation
 
-/// Alice and Bob with an established session: X3DH from a verified prekey bundle (with a one-time
-/// prekey), Alice's prekey message decrypted by Bob, Bob's reply decrypted by Alice.
+/// Alice and Bob with an established session: PQXDH from a verified prekey bundle (with a one-time
+/// prekey and a one-time KEM prekey), Alice's prekey message decrypted by Bob, Bob's reply decrypted by Alice.
 public struct SessionPair {
     /// The initiator's session.
     public var alice: Session
@@ -17,6 +17,7 @@ public struct SessionPair {
         let bobDevice = DeviceIdentity(account: bobAccount, random: random)
         let signedPreKey = SignedPreKeyPair(id: 1, device: bobDevice, random: random)
         let oneTimePreKey = OneTimePreKeyPair(id: 7, random: random)
+        let kemPreKey = KEMPreKeyPair(id: 9, kind: .oneTime, device: bobDevice, random: random)
         let bundle = try! UnverifiedPreKeyBundle(
             deviceID: 2,
             accountIdentityKey: bobAccount.publicKey.rawRepresentation,
@@ -25,7 +26,8 @@ public struct SessionPair {
             signedPreKeyID: signedPreKey.id,
             signedPreKey: signedPreKey.privateKey.publicKey.rawRepresentation,
             signedPreKeySignature: signedPreKey.signature,
-            oneTimePreKey: (id: oneTimePreKey.id, publicKey: oneTimePreKey.privateKey.publicKey.rawRepresentation)
+            oneTimePreKey: (id: oneTimePreKey.id, publicKey: oneTimePreKey.privateKey.publicKey.rawRepresentation),
+            kemPreKey: (id: kemPreKey.id, publicKey: kemPreKey.privateKey.publicKey.rawRepresentation, signature: kemPreKey.signature, lastResort: false)
         ).verified()
 
         var alice = try! Session.initiate(identity: aliceDevice, bundle: bundle, random: random)
@@ -33,7 +35,7 @@ public struct SessionPair {
             fatalError("expected a prekey message")
         }
         var bob = try! Session.respond(
-            to: first, identity: bobDevice, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, random: random
+            to: first, identity: bobDevice, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, kemPreKey: kemPreKey, random: random
         ).session
         _ = deliver(Data("hi".utf8), from: &bob, to: &alice)
         precondition(!alice.isAwaitingReply, "session not established")
