@@ -79,6 +79,7 @@ struct RelayHarness: Sendable {
                     let challenge = try await connection.next()
                     guard case .challenge(let hello) = challenge.body else { throw TestTimeout() }
                     connection.nonce = hello.nonce
+                    connection.supportedVersions = hello.supportedVersions
                     let value = try await body(connection)
                     result.withLock { $0 = .success(value) }
                 } catch {
@@ -101,6 +102,8 @@ final class TestConnection: @unchecked Sendable {
     private var nextRequestID: UInt64 = 1
     private var stash: [WireFrame] = []
     var nonce = Data()
+    /// `Challenge.supported_versions` of this connection.
+    var supportedVersions: [UInt32] = []
 
     init(outbound: WebSocketOutboundWriter, inbox: FrameInbox) {
         self.outbound = outbound
