@@ -18,9 +18,11 @@ run: deps
 	$(SWIFT) build --product flitz
 	exec .build/debug/flitz-relay serve --host $(HOST) --port $(PORT) --database $(DATABASE)
 
+# The whole suite: Swift tests, then the machine-readable spec checks.
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	bash scripts/check-specs.sh
 
 # Validates protocol/openapi.yaml and protocol/asyncapi.yaml and checks them against flitz_wire.proto
 # (Python validators pinned in a venv under .build/spec-venv; see scripts/check_specs.py).
