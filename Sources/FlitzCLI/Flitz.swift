@@ -313,7 +313,9 @@ struct Contacts: AsyncParsableCommand {
     func run() async throws {
         let client = try options.client()
         for contact in try await FlitzCLI.run({ try client.contacts() }) {
-            printLine("\(contact.handle): \(describe(contact.state))")
+            // A session on a last-resort KEM prekey is weaker against a future quantum attacker; say so.
+            let lastResort = try await FlitzCLI.run { try client.activeSessionUsesLastResortPreKey(with: contact.handle) }
+            printLine("\(contact.handle): \(describe(contact.state))" + (lastResort ? " (session on a last-resort prekey)" : ""))
         }
     }
 }

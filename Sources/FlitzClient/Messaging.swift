@@ -289,6 +289,15 @@ extension FlitzClient {
         return number
     }
 
+    /// Whether the session this device sends to `handle` on was made with a last-resort KEM prekey (the
+    /// relay had no one-time KEM prekey left), so its post-quantum part rests on a reusable key
+    /// (`protocol/crypto.md`, "PQXDH"). False without a session.
+    /// - Throws: `ClientError(.notInitialized)`, database errors.
+    public func activeSessionUsesLastResortPreKey(with handle: String) throws -> Bool {
+        _ = try requireAccount()
+        return try store.sessions(with: handle).first(where: \.active)?.session.usedLastResortPreKey ?? false
+    }
+
     /// The safety number with `handle`'s trusted key and, when their key changed, with the new untrusted key.
     /// - Throws: `ClientError(.invalidArgument)` when no message has been exchanged with `handle` yet.
     public func safetyNumbers(with handle: String) throws -> (trusted: String, untrusted: String?) {

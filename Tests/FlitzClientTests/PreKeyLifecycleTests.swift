@@ -109,6 +109,7 @@ struct PreKeyLifecycleTests {
         #expect(kinds.last == .lastResort)
         _ = try await alice.send(to: "bob", text: "on the last resort")
         #expect(try alice.store.sessions(with: "bob")[0].session.usedLastResortPreKey)
+        #expect(try alice.activeSessionUsesLastResortPreKey(with: "bob"))
         #expect(try await bob.receiveAll().texts == ["on the last resort"])
         #expect(try bob.store.sessions(with: "alice")[0].session.usedLastResortPreKey)
         #expect(try bob.count("SELECT COUNT(*) FROM kem_prekeys WHERE last_resort = 1") == 1, "the last-resort key is kept")
