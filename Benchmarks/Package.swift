@@ -16,12 +16,21 @@ let package = Package(
         // The MallocInterposer trait alone (not the default RuntimeInterposer) keeps the dependency set
         // to packages that are available here.
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        // Already dependencies of the root package (same versions): SwiftProtobuf to rebuild the X3DH-only
+        // first message, swift-crypto for the raw ML-KEM-1024 baselines.
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     ],
     targets: [
-        // Session setup shared by both programs below, so they measure exactly the same thing.
+        // Session setups shared by the programs below, so they measure exactly the same thing. It also
+        // imports FlitzWire (for encoded sizes), which the root package builds for FlitzProtocol but does
+        // not export as a product.
         .target(
             name: "BenchmarkSupport",
-            dependencies: [.product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage)],
+            dependencies: [
+                .product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
             path: "Sources/BenchmarkSupport"
         ),
         .executableTarget(
@@ -31,11 +40,12 @@ let package = Package(
                 .product(name: "FlitzProtocol", package: rootPackage),
                 .product(name: "FlitzCrypto", package: rootPackage),
                 .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Benchmarks/FlitzCryptoBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
-        // Not run by the plugin: the same four measurements as plain ContinuousClock loops (medians of
+        // Not run by the plugin: the ratchet and session setup measurements as plain ContinuousClock loops (medians of
         // repeated rounds), as a cross-check of the harness and for profilers (perf, valgrind).
         .executableTarget(
             name: "CryptoTiming",
@@ -44,6 +54,8 @@ let package = Package(
             ],
             path: "Sources/CryptoTiming"
         ),
+        // Not run by the plugin: prints the encoded sizes of a session setup with PQXDH and X3DH only.
+        .executableTarget(name: "HandshakeSizes", dependencies: ["BenchmarkSupport"], path: "Sources/HandshakeSizes"),
     ],
     swiftLanguageModes: [.v6]
 )

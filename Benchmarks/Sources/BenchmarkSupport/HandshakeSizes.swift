@@ -51,21 +51,21 @@ public struct HandshakeSizes: Sendable {
         device.kemPrekey = kem
         deviceBundle = Pair(pqxdh: try! device.serializedData().count, x3dh: try! classicDevice.serializedData().count)
 
-        func bundleFrame(_ device: WireDeviceBundle) -> Int {
+        func encodedBundle(_ device: WireDeviceBundle) -> Int {
             var wire = WirePreKeyBundle()
             wire.handle = handle
             wire.accountIdentityKey = bundle.accountIdentityKey
             wire.devices = [device]
             return FrameCodec.encode(WireFrame(requestID: 1, body: .prekeyBundle(wire))).count
         }
-        self.bundleFrame = Pair(pqxdh: bundleFrame(device), x3dh: bundleFrame(classicDevice))
+        bundleFrame = Pair(pqxdh: encodedBundle(device), x3dh: encodedBundle(classicDevice))
 
         let pq = handshake.initiatePQXDH().message
         let classic = handshake.initiateX3DH().message
         firstMessage = Pair(pqxdh: pq.count, x3dh: classic.count)
         plaintext = handshake.firstPlaintext.count
 
-        func submitFrame(_ ciphertext: Data) -> Int {
+        func encodedSubmit(_ ciphertext: Data) -> Int {
             var envelope = WireOutgoingEnvelope()
             envelope.envelopeID = Data(repeating: 0xAB, count: WireConstants.idLength)
             envelope.recipientHandle = handle
@@ -75,7 +75,7 @@ public struct HandshakeSizes: Sendable {
             submit.envelopes = [envelope]
             return FrameCodec.encode(WireFrame(requestID: 1, body: .submit(submit))).count
         }
-        submitFrame = Pair(pqxdh: submitFrame(pq), x3dh: submitFrame(classic))
+        submitFrame = Pair(pqxdh: encodedSubmit(pq), x3dh: encodedSubmit(classic))
     }
 
     /// The sizes as a Markdown table.
