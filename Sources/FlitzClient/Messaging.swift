@@ -123,7 +123,7 @@ extension FlitzClient {
     /// Submits envelopes already stored as pending, and records the outcome of each: accepted → `sent`
     /// with the relay's time; refused → the stored envelope is forgotten (given up), except a refusal
     /// that may pass when `keepRetryable` (it stays pending for the next connection).
-    private func submitStored(
+    func submitStored(
         _ envelopes: [WireOutgoingEnvelope], on connection: RelayConnection, keepRetryable: Bool
     ) async throws -> [WireSubmitOutcome] {
         var submit = WireSubmit()

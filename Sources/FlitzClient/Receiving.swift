@@ -134,6 +134,9 @@ extension FlitzClient {
 
     /// Answers a peer's `SessionReset`: sends the message that failed again, same message id (the peer
     /// drops duplicates by it), on the session the reset made active. Nothing when the envelope is unknown.
+    /// The new envelope is stored as pending with the session in one transaction before it is submitted, so
+    /// a crash resubmits it (`resendPending`); its status restarts at pending, since the old envelope,
+    /// though acknowledged, was never read.
     func resendAfterReset(envelopeID: Data, to handle: String, on connection: RelayConnection) async throws {
         let random = self.random
         let sentAt = Int64(now().timeIntervalSince1970 * 1000)
@@ -149,7 +152,12 @@ extension FlitzClient {
             let content = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: .text(row["text"]))
             let ciphertext = try session.encrypt(content.encoded(), random: random)
             try ClientStore.save(session, handle: handle, deviceID: active.deviceID, makeActive: true, db)
-            try db.execute(sql: "UPDATE messages SET envelope_id = ? WHERE envelope_id = ? AND outgoing = 1", arguments: [newEnvelopeID, envelopeID])
+            try db.execute(
+                sql: """
+                    UPDATE messages SET envelope_id = ?, envelope = ?, recipient_device_id = ?, status = 'pending'
+                    WHERE envelope_id = ? AND outgoing = 1
+                    """,
+                arguments: [newEnvelopeID, ciphertext, Int64(active.deviceID), envelopeID])
             var envelope = WireOutgoingEnvelope()
             envelope.envelopeID = newEnvelopeID
             envelope.recipientHandle = handle
@@ -159,9 +167,10 @@ extension FlitzClient {
             return envelope
         }
         guard let prepared else { return }
-        var submit = WireSubmit()
-        submit.envelopes = [prepared]
-        _ = try await connection.request(.submit(submit))
+        guard let outcome = try await submitStored([prepared], on: connection, keepRetryable: true).first else {
+            throw ClientError(.protocolFailure, "unexpected answer to submit")
+        }
+        if outcome.hasError { throw ClientError(.refused(outcome.error.code), outcome.error.message) }
     }
 
     /// What accepting one envelope did.
@@ -240,7 +249,7 @@ extension FlitzClient {
                 // Any of the device's sessions may decrypt (messages sent before a convergence); which one
                 // sends stays as chosen (a session reset or a new inbound session changes it).
                 var decrypted: (Session, Data)?
-                var duplicate = false
+                var duplicate = false, unsupported = false
                 for var candidate in try ClientStore.sessions(with: sender, db) where candidate.deviceID == envelope.senderDeviceID {
                     do {
                         let plaintext = try candidate.session.decrypt(bytes, random: random)
@@ -248,9 +257,13 @@ extension FlitzClient {
                         break
                     } catch let error as FlitzProtocolError where error.code == .duplicateMessage {
                         duplicate = true
+                    } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
+                        unsupported = true
                     } catch {}
                 }
                 guard let decrypted else {
+                    // A newer header version is kept for a newer Flitz, not answered with a session reset.
+                    if unsupported { throw FlitzProtocolError(.unsupportedVersion, "ratchet header version") }
                     throw FlitzProtocolError(duplicate ? .duplicateMessage : .authenticationFailed, "no session decrypts it")
                 }
                 (session, plaintext) = decrypted

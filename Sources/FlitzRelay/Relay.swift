@@ -115,6 +115,8 @@ public final class Relay: Sendable {
                 newRecoveryCodeHash: RecoveryCode.hash(code), device: device, atMs: now, receiptExpiresAtMs: now + retentionMs)
         } catch let error as StoreError where error.code == .recoveryFailed {
             throw failed
+        } catch let error as StoreError where error.code == .preKeyIDReused {
+            throw RelayError(.prekeyIDReused, error.detail)
         } catch {
             throw internalError(error)
         }

@@ -167,6 +167,8 @@ struct PreKeyLifecycleTests {
         #expect(failed.warnings.contains { $0.contains("started a new session with alice") }, "\(failed.warnings)")
         // Alice gets the reset, resends the same message on bob's new session, and bob reads it once.
         _ = try await alice.receiveAll()
+        // The resend restarted the status: the first envelope was acknowledged but never read.
+        #expect(try alice.localStatus(of: messageID) == .sent)
         let recovered = try await bob.receiveAll()
         #expect(recovered.texts == ["after the grace period"], "\(recovered.warnings)")
         #expect(try bob.count("SELECT COUNT(*) FROM messages WHERE outgoing = 0 AND text = 'after the grace period'") == 1)
