@@ -90,7 +90,7 @@ let package = Package(
         ),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
         .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
-        .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto"]),
+        .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzVectors"]),
         .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),
         .testTarget(
             name: "FlitzRelayTests",
