@@ -75,6 +75,7 @@ let package = Package(
             name: "FlitzCLI",
             dependencies: [
                 "FlitzClient",
+                "FlitzVectors",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

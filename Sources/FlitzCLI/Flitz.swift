@@ -17,7 +17,7 @@ struct Flitz: AsyncParsableCommand {
             Exit codes: 0 success; 1 local error; 2 relay unreachable or timed out; 3 refused by the relay; \
             4 the contact's identity key changed and is not trusted yet; 64 invalid command line.
             """,
-        subcommands: [Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Trust.self, Settings.self, SafetyNumberCommand.self]
+        subcommands: [Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Trust.self, Settings.self, SafetyNumberCommand.self, VectorsCommand.self]
     )
 }
 
