@@ -4,13 +4,21 @@ import Foundation
 /// A JSON value as vector files use it: integers only (no fractions), strings, booleans, arrays,
 /// objects and null. Encoded with sorted keys so a file is stable byte for byte (`vectors/README.md`).
 public indirect enum JSONValue: Codable, Hashable, Sendable {
+    /// A string (also lowercase hex for bytes, and 64-bit wire integers in decimal).
     case string(String)
+    /// An integer; vectors have no fractional numbers.
     case int(Int)
+    /// A boolean.
     case bool(Bool)
+    /// An array.
     case array([JSONValue])
+    /// An object; encoded with its keys sorted.
     case object([String: JSONValue])
+    /// `null`: an absent optional value.
     case null
 
+    /// Decodes any JSON value except a fractional number.
+    /// - Throws: `DecodingError.dataCorrupted` for a fractional number.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if container.decodeNil() {
@@ -30,6 +38,7 @@ public indirect enum JSONValue: Codable, Hashable, Sendable {
         }
     }
 
+    /// Encodes the value as the JSON it stands for.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         switch self {
@@ -76,6 +85,7 @@ public struct VectorCheckFailure: Error, Sendable, CustomStringConvertible {
     public let reason: String
     /// Creates a failure.
     public init(_ reason: String) { self.reason = reason }
+    /// The reason.
     public var description: String { reason }
 }
 

@@ -57,6 +57,7 @@ public struct VectorErrorRef: Hashable, Sendable, CustomStringConvertible {
         self.init(type: try json.string("type"), name: try json.string("name"), code: try json.int("code"))
     }
 
+    /// `type.name (code)`, for failure reasons.
     public var description: String { "\(type).\(name) (\(code))" }
 }
 
@@ -121,6 +122,7 @@ public struct VectorCase: Sendable {
 public struct VectorTest: Sendable {
     /// Expected outcome.
     public enum Result: Sendable {
+        /// Accepted, with the outputs in `fields`.
         case valid
         /// Refused with this error; `stateUnchanged` adds `"state": "unchanged"` (stateful operations).
         case invalid(VectorErrorRef, stateUnchanged: Bool = false)

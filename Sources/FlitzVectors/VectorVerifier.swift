@@ -26,6 +26,7 @@ public struct VectorFileProblem: Sendable, Equatable, CustomStringConvertible {
     public let file: String
     /// What is wrong, one line.
     public let message: String
+    /// `file: message`.
     public var description: String { "\(file): \(message)" }
 }
 
@@ -48,6 +49,7 @@ public struct VectorReport: Sendable {
 public struct VectorRunError: Error, Sendable, CustomStringConvertible {
     /// What is wrong.
     public let message: String
+    /// The message.
     public var description: String { message }
 }
 
