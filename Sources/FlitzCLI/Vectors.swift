@@ -59,7 +59,7 @@ enum VectorTable {
         lines.append(
             "summary: \(report.results.count) vectors in \(files) files: \(report.passedCount) pass, \(report.failedCount) fail"
                 + (report.problems.isEmpty ? "" : "; \(report.problems.count) file problem\(report.problems.count == 1 ? "" : "s")"))
-        return lines.joined(separator: "\n")
+        return lines.map { String($0.reversed().drop { $0 == " " }.reversed()) }.joined(separator: "\n")
     }
 
     static func pad(_ text: String, _ width: Int) -> String {
