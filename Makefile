@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 7878
 DATABASE ?= ./flitz-relay.sqlite
 
-.PHONY: deps build run test vectors proto spec-check
+.PHONY: deps build run test vectors vectors-check vectors-verify proto spec-check
 
 deps:
 	@./scripts/install-deps.sh
@@ -32,6 +32,15 @@ spec-check: deps
 # Regenerates vectors/*.json from fixed seeds (see protocol/vectors.md).
 vectors: deps
 	$(SWIFT) run flitz-vectors "$(CURDIR)/vectors"
+
+# Fails with the diff unless regenerating the vectors gives exactly the committed files (vectors/README.md).
+vectors-check: deps
+	./scripts/check-vectors.sh
+
+# Runs every committed vector against this build and prints the pass/fail table.
+vectors-verify: deps
+	$(SWIFT) build --product flitz
+	"$$($(SWIFT) build --show-bin-path)/flitz" vectors verify vectors
 
 # Regenerates the committed protobuf code (needs protoc and protoc-gen-swift 1.39; not run by CI).
 proto:

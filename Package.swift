@@ -80,14 +80,23 @@ let package = Package(
             name: "FlitzCLI",
             dependencies: [
                 "FlitzClient",
+                "FlitzVectors",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .executableTarget(name: "FlitzVectorGen", dependencies: ["FlitzProtocol", "FlitzCrypto"]),
+        // Verifies vectors/*.json against this build; used by the tests and `flitz vectors verify`.
+        .target(
+            name: "FlitzVectors",
+            dependencies: ["FlitzCrypto", "FlitzWire", "FlitzProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        .executableTarget(
+            name: "FlitzVectorGen",
+            dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzWire", "FlitzVectors", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
         .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
-        .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto"]),
+        .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzVectors"]),
         .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),
         .testTarget(
             name: "FlitzRelayTests",

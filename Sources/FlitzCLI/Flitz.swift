@@ -19,7 +19,7 @@ struct Flitz: AsyncParsableCommand {
             """,
         subcommands: [
             Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Verify.self, Trust.self, Contacts.self,
-            Settings.self, SafetyNumberCommand.self,
+            Settings.self, SafetyNumberCommand.self, VectorsCommand.self,
         ]
     )
 }

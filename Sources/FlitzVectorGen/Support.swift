@@ -1,5 +1,6 @@
 import FlitzCrypto
 import FlitzProtocol
+import FlitzVectors
 import Foundation
 import Synchronization
 
@@ -80,6 +81,36 @@ struct VectorParty {
         ).verified()
     }
 
+    /// The bundle a relay would serve, as JSON (`vectors/README.md`, "Bundles").
+    func bundleJSON() -> JSONValue {
+        guard let signedPreKey else { preconditionFailure("not a responder") }
+        var object: [String: JSONValue] = [
+            "deviceId": .int(1),
+            "accountIdentityKey": .hex(account.publicKey.rawRepresentation),
+            "deviceIdentityKey": .hex(device.publicKey.rawRepresentation),
+            "deviceCertificateSignature": .hex(device.certificate.signature),
+            "signedPreKeyId": .uint(signedPreKey.id),
+            "signedPreKey": .hex(signedPreKey.privateKey.publicKey.rawRepresentation),
+            "signedPreKeySignature": .hex(signedPreKey.signature),
+        ]
+        if let oneTimePreKey {
+            object["oneTimePreKeyId"] = .uint(oneTimePreKey.id)
+            object["oneTimePreKey"] = .hex(oneTimePreKey.privateKey.publicKey.rawRepresentation)
+        }
+        if let kemPreKey {
+            let publicKey = kemPreKey.privateKey.publicKey
+            object["kemPreKeyId"] = .uint(kemPreKey.id)
+            object["kemPreKey"] = .hex(publicKey.rawRepresentation)
+            object["kemPreKeySignature"] = .hex(kemPreKey.signature)
+            object["kemPreKeyLastResort"] = .bool(kemPreKey.kind == .lastResort)
+            // The initiator's fixed encapsulation to this key (swift-crypto cannot seed it; see KEMFixtures).
+            let fixed = try! KEMFixtures.encapsulation(for: publicKey)
+            object["kemCiphertext"] = .hex(fixed.ciphertext)
+            object["kemSharedSecret"] = .hex(fixed.sharedSecret)
+        }
+        return .object(object)
+    }
+
     /// Everything about the party's keys, as JSON.
     func json() -> JSONValue {
         var object: [String: JSONValue] = [
@@ -125,27 +156,6 @@ struct VectorParty {
     }
 }
 
-/// The ratchet state of a session as JSON (`RatchetState` of `flitz_session.proto`, plus the public ratchet key).
-func ratchetStateJSON(_ state: ProtoRatchetState) -> JSONValue {
-    let sendingPublic = try! X25519PrivateKey(rawRepresentation: SecretBytes(state.sendingRatchetPrivateKey)).publicKey
-    return .object([
-        "sendingRatchetPrivateKey": .hex(state.sendingRatchetPrivateKey),
-        "sendingRatchetKey": .hex(sendingPublic.rawRepresentation),
-        "receivingRatchetKey": .hex(state.receivingRatchetKey),
-        "rootKey": .hex(state.rootKey),
-        "sendingChainKey": .hex(state.sendingChainKey),
-        "receivingChainKey": .hex(state.receivingChainKey),
-        "sendingCounter": .uint(state.sendingCounter),
-        "receivingCounter": .uint(state.receivingCounter),
-        "previousSendingCounter": .uint(state.previousSendingCounter),
-        "skippedMessageKeys": .array(
-            state.skippedMessageKeys.map {
-                .object(["ratchetKey": .hex($0.ratchetKey), "counter": .uint($0.counter), "messageKey": .hex($0.messageKey)])
-            }),
-        "previousReceivingRatchetKeys": .array(state.previousReceivingRatchetKeys.map { .hex($0) }),
-    ])
-}
-
 /// The ratchet message inside `SessionMessage` bytes, and the prekey message if it is one.
 func ratchetMessage(of sessionMessage: Data) throws -> (ratchetMessage: Data, preKey: IncomingPreKeyMessage?) {
     switch try IncomingSessionMessage(parsing: sessionMessage) {
@@ -158,4 +168,9 @@ func ratchetMessage(of sessionMessage: Data) throws -> (ratchetMessage: Data, pr
 func split(ratchetMessage message: Data) -> (header: Data, nonce: Data, ciphertext: Data) {
     let message = Data(message)
     return (message.prefix(41), message[41..<65], message.suffix(from: 65))
+}
+
+/// A session's state as a vector state object (`SessionStateJSON.state`).
+func stateJSON(_ session: Session) -> JSONValue {
+    try! SessionStateJSON.state(record: session.serialized())
 }

@@ -1,9 +1,21 @@
-// flitz-vectors: writes the deterministic Flitz test vectors (protocol/vectors.md).
-// Usage: swift run flitz-vectors [OUTPUT_DIR]   (default: the repository's vectors/)
+// flitz-vectors: writes the deterministic Flitz test vectors (vectors/README.md).
+// Usage: flitz-vectors [OUTPUT_DIR]   (default: the repository's vectors/)
+import FlitzVectors
 import Foundation
 
 enum Generator {
-    static let name = "flitz-vectors (Sources/FlitzVectorGen), `swift run flitz-vectors`"
+    /// One generator function per topic; the file is `<topic>.json`. Add a topic here and a verifier
+    /// in `FlitzVectors.VectorTopics.all`.
+    static let topics: [(name: String, make: @Sendable () throws -> VectorFileBuilder)] = [
+        ("hkdf", HKDFVectors.make),
+        ("x3dh", X3DHVectors.make),
+        ("pqxdh", PQXDHVectors.make),
+        ("ratchet", RatchetVectors.make),
+        ("session", SessionVectors.make),
+        ("content", ContentVectors.make),
+        ("frames", FrameVectors.make),
+        ("fingerprint", FingerprintVectors.make),
+    ]
 
     /// The repository's `vectors/` directory, found by walking up from this source file to `Package.swift`.
     static func defaultOutputDirectory() -> URL {
@@ -22,15 +34,11 @@ enum Generator {
         }
         let directory = arguments.first.map { URL(fileURLWithPath: $0) } ?? defaultOutputDirectory()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let files: [(String, () throws -> JSONValue)] = [
-            ("kdf.json", KDFVectors.make),
-            ("x3dh.json", X3DHVectors.make),
-            ("ratchet.json", RatchetVectors.make),
-            ("session.json", SessionVectors.make),
-        ]
-        for (name, make) in files {
-            let url = directory.appendingPathComponent(name)
-            try make().encoded().write(to: url, options: .atomic)
+        for (name, make) in topics {
+            let builder = try make()
+            precondition(builder.topic == name, "generator for \(name) made topic \(builder.topic)")
+            let url = directory.appendingPathComponent("\(name).json")
+            try builder.json().encoded().write(to: url, options: .atomic)
             print("wrote \(url.path)")
         }
     }

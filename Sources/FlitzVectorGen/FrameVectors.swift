@@ -1,0 +1,256 @@
+import FlitzCrypto
+import FlitzProtocol
+import FlitzVectors
+import FlitzWire
+import Foundation
+
+/// `vectors/frames.json`: every wire `Frame` body kind encoded, frames that do not decode, and the
+/// authentication payload.
+enum FrameVectors {
+    static let label = "flitz-vectors/frames"
+    /// 2026-01-01T00:00:00Z in milliseconds.
+    static let time: Int64 = 1_767_225_600_000
+
+    static func make() throws -> VectorFileBuilder {
+        let random = SeededRandom(label: label)
+        let alice = VectorParty(label: "\(label)/alice", signedPreKey: true, oneTimePreKey: true)
+        let spk = alice.signedPreKey!, opk = alice.oneTimePreKey!
+        let nonce = random.bytes(32)
+        let envelopeIDs = (0..<3).map { _ in random.bytes(16) }
+        let receiptID = random.bytes(16)
+        let ciphertext = random.bytes(48)
+        let lastResort = KEMPreKeyPair(id: 201, kind: .lastResort, device: alice.device, random: random)
+        func wire(_ key: KEMPreKeyPair) -> WireKEMPreKey {
+            var out = WireKEMPreKey()
+            out.id = key.id
+            out.publicKey = key.privateKey.publicKey.rawRepresentation
+            out.signature = key.signature
+            out.lastResort = key.kind == .lastResort
+            return out
+        }
+        let authentication = SignedPayload.authentication(nonce: nonce, handle: "alice")
+
+        var signedPreKey = WireSignedPreKey()
+        signedPreKey.id = spk.id
+        signedPreKey.publicKey = spk.privateKey.publicKey.rawRepresentation
+        signedPreKey.signature = spk.signature
+        var oneTimePreKey = WireOneTimePreKey()
+        oneTimePreKey.id = opk.id
+        oneTimePreKey.publicKey = opk.privateKey.publicKey.rawRepresentation
+        var deviceKeys = WireDeviceKeys()
+        deviceKeys.deviceIdentityKey = alice.device.publicKey.rawRepresentation
+        deviceKeys.deviceCertificateSignature = alice.device.certificate.signature
+        deviceKeys.signedPrekey = signedPreKey
+        deviceKeys.oneTimePrekeys = [oneTimePreKey]
+        deviceKeys.lastResortKemPrekey = wire(lastResort)
+        deviceKeys.oneTimeKemPrekeys = [wire(alice.kemPreKey!)]
+
+        var frames: [(String, String, [String], WireFrame)] = []
+        func add(_ comment: String, _ kind: String, flags: [String] = [], requestID: UInt64, _ body: WireFrame.OneOf_Body) {
+            frames.append((comment, kind, flags, WireFrame(requestID: requestID, body: body)))
+        }
+
+        var challenge = WireChallenge()
+        challenge.nonce = nonce
+        challenge.relayTimeMs = time
+        challenge.supportedVersions = WireConstants.supportedVersions
+        add("the relay's first frame: a 32-byte nonce, its clock and the frame versions it speaks", "challenge", flags: ["Unsolicited"], requestID: 0, .challenge(challenge))
+        add("an error answering request 7", "error", requestID: 7, .error(WireFrame.error(.invalidHandle, "handle must be 3-32 characters of a-z 0-9 _ .").error))
+        add(
+            "an error about one envelope of a batch", "error", requestID: 8,
+            .error(WireFrame.error(.envelopeIDConflict, "envelope id already used", envelopeID: envelopeIDs[0]).error))
+        var registerResult = WireRegisterResult()
+        registerResult.deviceID = 1
+        registerResult.recoveryCode = "7QH2-MXKD-93PA-LC4E"
+        add("the answer to Register and Recover", "registerResult", requestID: 1, .registerResult(registerResult))
+        var authenticateResult = WireAuthenticateResult()
+        authenticateResult.oneTimePrekeysRemaining = 99
+        authenticateResult.relayTimeMs = time + 5
+        authenticateResult.oneTimeKemPrekeysRemaining = 19
+        add("the answer to Authenticate", "authenticateResult", requestID: 2, .authenticateResult(authenticateResult))
+
+        var deviceBundle = WireDeviceBundle()
+        deviceBundle.deviceID = 1
+        deviceBundle.deviceIdentityKey = alice.device.publicKey.rawRepresentation
+        deviceBundle.deviceCertificateSignature = alice.device.certificate.signature
+        deviceBundle.signedPrekey = signedPreKey
+        deviceBundle.oneTimePrekey = oneTimePreKey
+        deviceBundle.kemPrekey = wire(alice.kemPreKey!)
+        var bundle = WirePreKeyBundle()
+        bundle.handle = "alice"
+        bundle.accountIdentityKey = alice.account.publicKey.rawRepresentation
+        bundle.devices = [deviceBundle]
+        add("a prekey bundle with a one-time prekey", "prekeyBundle", requestID: 3, .prekeyBundle(bundle))
+        deviceBundle.clearOneTimePrekey()
+        bundle.devices = [deviceBundle]
+        deviceBundle.kemPrekey = wire(lastResort)
+        bundle.devices = [deviceBundle]
+        add(
+            "a prekey bundle whose one-time stocks are empty: no one-time prekey, the last-resort KEM prekey", "prekeyBundle", flags: ["Optional"],
+            requestID: 4, .prekeyBundle(bundle))
+
+        var accepted = WireSubmitOutcome()
+        accepted.envelopeID = envelopeIDs[0]
+        accepted.acceptedAtMs = time
+        accepted.expiresAtMs = time + 2_592_000_000
+        var refused = WireSubmitOutcome()
+        refused.envelopeID = envelopeIDs[1]
+        refused.error = WireFrame.error(.unknownRecipient, "no such handle").error
+        var submitResult = WireSubmitResult()
+        submitResult.outcomes = [accepted, refused]
+        add("one envelope stored (the sent receipt), one refused", "submitResult", requestID: 5, .submitResult(submitResult))
+
+        var envelope = WireEnvelope()
+        envelope.envelopeID = envelopeIDs[2]
+        envelope.senderHandle = "bob"
+        envelope.senderDeviceID = 1
+        envelope.recipientDeviceID = 1
+        envelope.acceptedAtMs = time
+        envelope.expiresAtMs = time + 60_000
+        envelope.ciphertext = ciphertext
+        var receipt = WireReceipt()
+        receipt.receiptID = receiptID
+        receipt.envelopeID = envelopeIDs[0]
+        receipt.kind = .delivered
+        receipt.atMs = time + 1_000
+        receipt.recipientHandle = "bob"
+        receipt.recipientDeviceID = 1
+        var deliver = WireDeliver()
+        deliver.envelopes = [envelope]
+        deliver.receipts = [receipt]
+        add("queued items pushed by the relay: an envelope and a receipt", "deliver", flags: ["Unsolicited"], requestID: 0, .deliver(deliver))
+        add("sent once the items queued at authentication are delivered", "queueDrained", flags: ["Unsolicited", "EmptyBody"], requestID: 0, .queueDrained(WireQueueDrained()))
+        var prekeyStatus = WirePreKeyStatus()
+        prekeyStatus.oneTimePrekeysRemaining = 200
+        prekeyStatus.oneTimeKemPrekeysRemaining = 20
+        add("the answer to PublishPreKeys", "prekeyStatus", requestID: 6, .prekeyStatus(prekeyStatus))
+        add("a plain acknowledgement", "ok", flags: ["EmptyBody"], requestID: 9, .ok(WireOk()))
+
+        var register = WireRegister()
+        register.handle = "alice"
+        register.accountIdentityKey = alice.account.publicKey.rawRepresentation
+        register.device = deviceKeys
+        register.challengeSignature = alice.device.privateKey.signature(for: authentication)
+        add("Register with the device keys and the signed challenge", "register", requestID: 1, .register(register))
+        var recover = WireRecover()
+        recover.handle = "alice"
+        recover.recoveryCode = "7QH2-MXKD-93PA-LC4E"
+        recover.accountIdentityKey = alice.account.publicKey.rawRepresentation
+        recover.device = deviceKeys
+        recover.challengeSignature = register.challengeSignature
+        add("Recover a handle with new keys", "recover", requestID: 1, .recover(recover))
+        var authenticate = WireAuthenticate()
+        authenticate.handle = "alice"
+        authenticate.deviceID = 1
+        authenticate.signature = register.challengeSignature
+        add("Authenticate; the request id needs more than 32 bits", "authenticate", flags: ["LargeRequestId"], requestID: 1 << 40, .authenticate(authenticate))
+        var publish = WirePublishPreKeys()
+        publish.signedPrekey = signedPreKey
+        publish.oneTimePrekeys = [oneTimePreKey]
+        publish.lastResortKemPrekey = wire(lastResort)
+        publish.oneTimeKemPrekeys = [wire(alice.kemPreKey!)]
+        add("PublishPreKeys with a new signed prekey, a last-resort KEM prekey and one one-time prekey of each kind", "publishPrekeys", requestID: 10, .publishPrekeys(publish))
+        var fetch = WireFetchPreKeyBundle()
+        fetch.handle = "bob"
+        add("FetchPreKeyBundle", "fetchPrekeyBundle", requestID: 11, .fetchPrekeyBundle(fetch))
+        var outgoing = WireOutgoingEnvelope()
+        outgoing.envelopeID = envelopeIDs[0]
+        outgoing.recipientHandle = "bob"
+        outgoing.recipientDeviceID = 1
+        outgoing.ttlSeconds = 3_600
+        outgoing.ciphertext = ciphertext
+        var submit = WireSubmit()
+        submit.envelopes = [outgoing]
+        add("Submit one envelope with a one-hour expiry", "submit", requestID: 12, .submit(submit))
+        var acknowledge = WireAcknowledge()
+        acknowledge.envelopeIds = [envelopeIDs[2]]
+        acknowledge.receiptIds = [receiptID]
+        add("Acknowledge an envelope and a receipt", "acknowledge", requestID: 13, .acknowledge(acknowledge))
+        var seen = WireReportSeen()
+        seen.envelopeIds = [envelopeIDs[2], envelopeIDs[1]]
+        add("ReportSeen for two envelopes", "reportSeen", requestID: 14, .reportSeen(seen))
+
+        let encodeTests = try frames.map { comment, kind, flags, frame in
+            VectorTest(
+                comment, flags: flags,
+                ["bodyKind": .string(kind), "fields": try WireJSON.fields(of: frame), "frame": .hex(FrameCodec.encode(frame))])
+        }
+
+        // Decoding failures, each with the wire ErrorCode the relay answers.
+        let okFrame = FrameCodec.encode(WireFrame(requestID: 9, body: .ok(WireOk())))
+        let fetchFrame = FrameCodec.encode(frames.first { $0.1 == "fetchPrekeyBundle" }!.3)
+        func invalid(_ comment: String, _ bytes: Data, _ code: WireErrorCode, requestID: UInt64? = nil, flags: [String]) -> VectorTest {
+            var fields: [String: JSONValue] = ["frame": .hex(bytes)]
+            if let requestID { fields["errorRequestId"] = .string(String(requestID)) }
+            return VectorTest(comment, flags: flags, result: .invalid(VectorErrorRef(code)), fields)
+        }
+        // Frame{version: 2, request_id: 9, ok: {}}.
+        let version2 = Data([0x08, 0x02]) + okFrame.dropFirst(2)
+        var decodeTests: [VectorTest] = [
+            invalid("not protobuf", Data([0xff, 0xff, 0xff]), .malformedFrame, flags: ["NotProtobuf"]),
+            invalid("truncated inside the body", fetchFrame.dropLast(2), .malformedFrame, flags: ["Truncated"]),
+            invalid("a field with a length running past the end", Data([0x08, 0x01, 0x9a, 0x01, 0x05, 0x00]), .malformedFrame, flags: ["Truncated"]),
+            invalid("version 2 (request id 9 is echoed)", version2, .unsupportedVersion, requestID: 9, flags: ["WrongVersion"]),
+            invalid("empty input decodes as version 0", Data(), .unsupportedVersion, requestID: 0, flags: ["WrongVersion"]),
+            invalid("no body", Data([0x08, 0x01, 0x10, 0x05]), .unknownFrame, requestID: 5, flags: ["UnknownBody"]),
+            invalid(
+                "a body kind this version does not know (field 50)", Data([0x08, 0x01, 0x10, 0x05, 0x92, 0x03, 0x00]), .unknownFrame, requestID: 5,
+                flags: ["UnknownBody"]),
+        ]
+        let unknownExtra = okFrame + Data([0xf8, 0x06, 0x01])  // field 111, varint 1
+        // JSON has no place for unknown fields, so fields shows the known ones.
+        let extraFrame = try WireFrame(serializedBytes: unknownExtra)
+        decodeTests.append(
+            VectorTest(
+                "an unknown field next to a known body is skipped", flags: ["UnknownField"],
+                ["frame": .hex(unknownExtra), "fields": try WireJSON.fields(of: extraFrame)]))
+
+        let signature = alice.device.privateKey.signature(for: authentication)
+        let otherHandle = SignedPayload.authentication(nonce: nonce, handle: "mallory")
+        let authenticationTests = [
+            VectorTest(
+                "the device identity key signs label || 0x00 || nonce || handle",
+                [
+                    "nonce": .hex(nonce), "handle": .string("alice"), "payload": .hex(authentication),
+                    "deviceIdentitySeed": .hex(alice.device.privateKey.seed), "deviceIdentityKey": .hex(alice.device.publicKey.rawRepresentation),
+                    "signature": .hex(signature),
+                ]),
+            VectorTest(
+                "a signature over another handle does not verify", flags: ["WrongHandle"],
+                result: .invalid(VectorErrorRef(FlitzCryptoError.Code.authenticationFailed)),
+                [
+                    "nonce": .hex(nonce), "handle": .string("alice"), "payload": .hex(authentication),
+                    "deviceIdentityKey": .hex(alice.device.publicKey.rawRepresentation),
+                    "signature": .hex(alice.device.privateKey.signature(for: otherHandle)),
+                ]),
+        ]
+
+        return VectorFileBuilder(
+            topic: "frames",
+            description: "Relay wire frames (flitz.wire.v1.Frame, one per WebSocket binary message). fields is the frame in the "
+                + "protobuf JSON mapping (lowerCamelCase names, enum value names, 64-bit integers as decimal strings, default values "
+                + "omitted) except that bytes fields are lowercase hex instead of base64; frame is its canonical encoding. Keys come "
+                + "from the party alice (randomLabel \"\(label)/alice\"); nonce (32), three envelope ids (16), a receipt id (16) and "
+                + "a ciphertext (48) are successive draws of SeededRandom(label: \"\(label)\"). The decode group gives bytes that do "
+                + "not decode and the wire ErrorCode a relay answers with; errorRequestId is the request id that Error frame echoes.",
+            specification: "protocol/flitz_wire.proto; protocol/relay.md \"Transport and framing\", \"Errors\", \"Signed payloads\"",
+            notes: [
+                "Unsolicited": "Sent by the relay on its own, with request id 0.",
+                "EmptyBody": "A body message without fields encodes as a zero-length field.",
+                "Optional": "An optional sub-message left out.",
+                "LargeRequestId": "A request id above 2^32 (uint64 varint; a decimal string in JSON).",
+                "NotProtobuf": "The bytes are not a protobuf message.",
+                "Truncated": "Bytes cut short or a length past the end.",
+                "WrongVersion": "Frame.version is not 1.",
+                "UnknownBody": "No body, or a body field this version does not know.",
+                "UnknownField": "An unknown field beside a known body is skipped (protobuf rules).",
+                "WrongHandle": "The signed payload names another handle.",
+            ],
+            seeds: [label, "\(label)/alice"],
+            groups: [
+                VectorGroup(type: "encode", fields: ["alice": alice.json()], tests: encodeTests),
+                VectorGroup(type: "decode", tests: decodeTests),
+                VectorGroup(type: "authenticationPayload", tests: authenticationTests),
+            ])
+    }
+}
