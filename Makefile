@@ -18,10 +18,11 @@ run: deps
 	$(SWIFT) build --product flitz
 	exec .build/debug/flitz-relay serve --host $(HOST) --port $(PORT) --database $(DATABASE)
 
-# The whole suite: Swift tests, then the machine-readable spec checks.
+# The whole suite: Swift tests, regenerating the vectors byte for byte, then the machine-readable spec checks.
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	FLITZ_VECTORS="$$($(SWIFT) build --show-bin-path)/flitz-vectors" bash scripts/check-vectors.sh
 	bash scripts/check-specs.sh
 
 # Validates protocol/openapi.yaml and protocol/asyncapi.yaml and checks them against flitz_wire.proto
