@@ -243,3 +243,35 @@ extension FlitzClient {
         return try await send(to: handle, text: text)
     }
 }
+
+/// Versioning (`protocol/relay.md`, "Versioning"): what a newer peer sends is kept, not lost or fatal.
+@Suite(.serialized)
+struct NewerPeerTests {
+    @Test func aNewerSessionVersionAndAnUnknownContentKindAreKeptWithAWarning() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        _ = try await alice.send(to: "bob", text: "hello")
+        #expect(try await bob.receiveAll().texts == ["hello"])
+        // A SessionMessage of version 2.
+        var newer = ProtoSessionMessage()
+        newer.version = 2
+        newer.kind = .ratchetMessage(Data(repeating: 7, count: 80))
+        try await alice.submitRaw(try newer.serializedData(), to: "bob", deviceID: 1)
+        // A real message of this session whose Content has a body kind from the future (field 5).
+        var session = try #require(try alice.store.sessions(with: "bob").first(where: \.active)).session
+        var content = Data([0x0a, 0x10]) + SystemRandom().bytes(16) + Data([0x2a, 0x02, 0x0a, 0x00])
+        content += Data([0x7a, UInt8(64 - (content.count + 2) % 64)]) + Data(count: 64 - (content.count + 2) % 64)
+        let future = try session.encrypt(content, random: SystemRandom())
+        try alice.store.transaction { db in try ClientStore.save(session, handle: "bob", deviceID: 1, makeActive: true, db) }
+        try await alice.submitRaw(future, to: "bob", deviceID: 1)
+        _ = try await alice.send(to: "bob", text: "after")
+        let inbox = try await bob.receiveAll()
+        #expect(inbox.texts == ["after"], "the session went on past the unknown kind")
+        #expect(inbox.warnings.filter { $0.contains("needs a newer version of Flitz") }.count == 2, "\(inbox.warnings)")
+        #expect(!inbox.warnings.contains { $0.contains("started a new session") }, "no reset for a newer version")
+        #expect(try bob.count("SELECT COUNT(*) FROM unsupported_messages WHERE kind = 'envelope'") == 1)
+        #expect(try bob.count("SELECT COUNT(*) FROM unsupported_messages WHERE kind = 'content'") == 1)
+        #expect(try await bob.receiveAll().warnings.isEmpty, "acknowledged, not redelivered")
+        await relay.stop()
+    }
+}
