@@ -142,9 +142,7 @@ struct PreKeyLifecycleTests {
     @Test func anExpiredSignedPreKeyTriggersAResetAndTheMessageArrives() async throws {
         let relay = try await InProcessRelay()
         let clock = ManualClock()
-        let alice = try relay.client("alice", now: clock.now), bob = try relay.client("bob", now: clock.now)
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob(now: clock.now)
         // Alice starts a session on bob's signed prekey 1 and keeps sending prekey messages on it.
         _ = try await alice.send(to: "bob", text: "before the rotation")
         #expect(try await bob.receiveAll().texts == ["before the rotation"])
@@ -179,9 +177,7 @@ struct PreKeyLifecycleTests {
     @Test func aSessionBrokenByARestoredBackupIsReplacedOncePerInterval() async throws {
         let relay = try await InProcessRelay()
         let clock = ManualClock()
-        let alice = try relay.client("alice", now: clock.now), bob = try relay.client("bob", now: clock.now)
-        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let (alice, bob) = try await relay.aliceAndBob(now: clock.now)
         _ = try await alice.send(to: "bob", text: "hi")
         #expect(try await bob.receiveAll().texts == ["hi"])
         // Bob's session state as a backup would have it, then a few ratchet steps later it is restored.
