@@ -1,0 +1,169 @@
+import FlitzCrypto
+import FlitzProtocol
+import Foundation
+import SwiftProtobuf
+
+/// The repository's `vectors/` directory, found by walking up from this source file (the fuzzers run
+/// on the machine that built them, like the tests).
+public let vectorsDirectory: URL = {
+    var url = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    while !FileManager.default.fileExists(atPath: url.appendingPathComponent("vectors/ratchet.json").path) {
+        let parent = url.deletingLastPathComponent()
+        guard parent.path != url.path else { fatalError("no vectors/ratchet.json above \(#filePath)") }
+        url = parent
+    }
+    return url.appendingPathComponent("vectors")
+}()
+
+/// Reads `vectors/<name>` as a JSON object.
+public func loadVectorFile(_ name: String) -> [String: Any] {
+    let url = vectorsDirectory.appendingPathComponent(name)
+    guard let data = try? Data(contentsOf: url),
+        let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+    else { fatalError("cannot read \(url.path) as a JSON object") }
+    return object
+}
+
+/// Typed access into vector JSON; a missing or mistyped field is a broken fixture, so it traps with the path.
+public struct VectorJSON: @unchecked Sendable {
+    /// The wrapped JSON value (dictionary, array, string or number).
+    public let value: Any
+    private let path: String
+
+    /// Wraps a parsed JSON value.
+    public init(_ value: Any, path: String = "$") {
+        self.value = value
+        self.path = path
+    }
+
+    /// The member `key` of an object.
+    public subscript(_ key: String) -> VectorJSON {
+        guard let object = value as? [String: Any], let member = object[key] else { fatalError("vector field \(path).\(key) is missing") }
+        return VectorJSON(member, path: "\(path).\(key)")
+    }
+
+    /// Whether an object has the member `key` with a non-null value.
+    public func has(_ key: String) -> Bool {
+        guard let object = value as? [String: Any], let member = object[key] else { return false }
+        return !(member is NSNull)
+    }
+
+    /// The elements of an array.
+    public var array: [VectorJSON] {
+        guard let array = value as? [Any] else { fatalError("vector field \(path) is not an array") }
+        return array.enumerated().map { VectorJSON($1, path: "\(path)[\($0)]") }
+    }
+
+    /// A string value.
+    public var string: String {
+        guard let string = value as? String else { fatalError("vector field \(path) is not a string") }
+        return string
+    }
+
+    /// A hex string value as bytes.
+    public var bytes: Data {
+        guard let data = Data(hexString: string) else { fatalError("vector field \(path) is not hex") }
+        return data
+    }
+
+    /// An unsigned 32-bit number.
+    public var uint32: UInt32 {
+        guard let number = value as? NSNumber, let result = UInt32(exactly: number.int64Value) else {
+            fatalError("vector field \(path) is not a UInt32")
+        }
+        return result
+    }
+
+    /// A signed 64-bit number.
+    public var int64: Int64 {
+        guard let number = value as? NSNumber else { fatalError("vector field \(path) is not a number") }
+        return number.int64Value
+    }
+}
+
+/// Keys and one session state from `vectors/ratchet.json`, so that seeds taken from the vectors decrypt in
+/// the fuzzers and mutations of them reach the code behind each check.
+public struct Fixtures: Sendable {
+    /// alice, the initiator, as a device identity.
+    public let alice: DeviceIdentity
+    /// bob's account identity (it certifies bob's device).
+    public let bobAccount: AccountIdentity
+    /// bob, the responder, as a device identity.
+    public let bob: DeviceIdentity
+    /// bob's signed prekey (id 1).
+    public let bobSignedPreKey: SignedPreKeyPair
+    /// bob's one-time prekey (id 100).
+    public let bobOneTimePreKey: OneTimePreKeyPair
+    /// bob's session right after he decrypted alice's first message (`events[3]` of the vector), so that
+    /// alice's later ratchet messages from the vector decrypt in it.
+    public let bobSession: Session
+
+    /// Loaded once per process.
+    public static let shared = Fixtures(VectorJSON(loadVectorFile("ratchet.json")))
+
+    init(_ vector: VectorJSON) {
+        func account(_ party: VectorJSON) -> AccountIdentity {
+            guard let account = try? AccountIdentity(seed: SecretBytes(party["accountIdentitySeed"].bytes)) else {
+                fatalError("bad account seed in ratchet.json")
+            }
+            return account
+        }
+        func device(_ party: VectorJSON) -> DeviceIdentity {
+            guard let key = try? Ed25519PrivateKey(seed: SecretBytes(party["deviceIdentitySeed"].bytes)),
+                let device = try? DeviceIdentity(privateKey: key, certificate: account(party).certify(key.publicKey))
+            else { fatalError("bad device seed in ratchet.json") }
+            return device
+        }
+        alice = device(vector["alice"])
+        bobAccount = account(vector["bob"])
+        bob = device(vector["bob"])
+        let signed = vector["bob"]["signedPreKey"], oneTime = vector["bob"]["oneTimePreKey"]
+        guard let signedKey = try? X25519PrivateKey(rawRepresentation: SecretBytes(signed["privateKey"].bytes)),
+            let oneTimeKey = try? X25519PrivateKey(rawRepresentation: SecretBytes(oneTime["privateKey"].bytes))
+        else { fatalError("bad prekeys in ratchet.json") }
+        bobSignedPreKey = SignedPreKeyPair(id: signed["id"].uint32, privateKey: signedKey, signature: signed["signature"].bytes)
+        bobOneTimePreKey = OneTimePreKeyPair(id: oneTime["id"].uint32, privateKey: oneTimeKey)
+
+        // The record is assembled from the vector's state dump; Session(serialized:) checks every size.
+        guard let event = vector["events"].array.first(where: { $0["action"].string == "receive" && $0["party"].string == "bob" }) else {
+            fatalError("ratchet.json has no receive event for bob")
+        }
+        let state = event["statesAfter"]["bob"]
+        var ratchet = ProtoRatchetState()
+        ratchet.sendingRatchetPrivateKey = state["sendingRatchetPrivateKey"].bytes
+        ratchet.receivingRatchetKey = state["receivingRatchetKey"].bytes
+        ratchet.rootKey = state["rootKey"].bytes
+        ratchet.sendingChainKey = state["sendingChainKey"].bytes
+        ratchet.receivingChainKey = state["receivingChainKey"].bytes
+        ratchet.sendingCounter = state["sendingCounter"].uint32
+        ratchet.receivingCounter = state["receivingCounter"].uint32
+        ratchet.previousSendingCounter = state["previousSendingCounter"].uint32
+        ratchet.skippedMessageKeys = state["skippedMessageKeys"].array.map {
+            var key = ProtoSkippedMessageKey()
+            key.ratchetKey = $0["ratchetKey"].bytes
+            key.counter = $0["counter"].uint32
+            key.messageKey = $0["messageKey"].bytes
+            return key
+        }
+        ratchet.previousReceivingRatchetKeys = state["previousReceivingRatchetKeys"].array.map(\.bytes)
+        var record = ProtoSessionRecord()
+        record.version = 1
+        record.associatedData = vector["associatedData"].bytes
+        record.remoteAccountIdentityKey = alice.certificate.accountIdentityKey.rawRepresentation
+        record.remoteDeviceIdentityKey = alice.certificate.deviceIdentityKey.rawRepresentation
+        record.remoteDeviceCertificateSignature = alice.certificate.signature
+        record.localAccountIdentityKey = bob.certificate.accountIdentityKey.rawRepresentation
+        record.localDeviceIdentityKey = bob.certificate.deviceIdentityKey.rawRepresentation
+        record.localDeviceCertificateSignature = bob.certificate.signature
+        record.baseKey = vector["aliceBaseKey"].bytes
+        record.ratchet = ratchet
+        guard let bytes = try? record.serializedData(), let session = try? Session(serialized: bytes) else {
+            fatalError("bob's session from ratchet.json does not restore")
+        }
+        bobSession = session
+    }
+
+    /// A fresh deterministic random source, so that one input always takes the same path (a DH ratchet
+    /// step draws a new key pair).
+    public static func random() -> any RandomSource { SeededRandom(label: "flitz-fuzz") }
+}
