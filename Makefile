@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 7878
 DATABASE ?= ./flitz-relay.sqlite
 
-.PHONY: deps build run test vectors proto
+.PHONY: deps build run test vectors proto fuzz-ci fuzz
 
 deps:
 	@./scripts/install-deps.sh
@@ -21,6 +21,16 @@ run: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# libFuzzer targets of Fuzz/ (Fuzz/README.md): a fixed, about 30 s run of each for CI, or FUZZ_SECONDS
+# (default 600) per target, one after another, keeping new inputs in Fuzz/.build/fuzz-long/.
+FUZZ_SECONDS ?= 600
+
+fuzz-ci: deps
+	SWIFT=$(SWIFT) ./scripts/fuzz.sh ci
+
+fuzz: deps
+	SWIFT=$(SWIFT) ./scripts/fuzz.sh long $(FUZZ_SECONDS)
 
 # Regenerates vectors/*.json from fixed seeds (see protocol/vectors.md).
 vectors: deps
