@@ -33,6 +33,12 @@ fail() {
     exit 1
 }
 
+# Reports a failed run; the caller decides whether to go on.
+failed() {
+    echo "FAIL: $*" >&2
+    return 1
+}
+
 build() {
     local started=$SECONDS status=0
     echo "building the fuzz targets (Fuzz/, scratch $SCRATCH)"
@@ -45,7 +51,7 @@ build() {
     echo "built in $((SECONDS - started)) s"
 }
 
-# run LABEL LOG TIMEOUT ARGS…: runs one fuzzer, checks its exit and its cov: figure.
+# run LABEL LOG TIMEOUT TARGET ARGS…: runs one fuzzer, checks its exit and its cov: figure.
 run() {
     local label=$1 log=$2 limit=$3 target=$4
     shift 4
@@ -55,16 +61,16 @@ run() {
         || status=$?
     local elapsed=$((SECONDS - started))
     if [ "$status" -eq 124 ]; then
-        fail "$label: still running after $limit s (log: $log)"
+        failed "$label: still running after $limit s (log: $log)"; return
     elif [ "$status" -ne 0 ]; then
         grep -E "^(==[0-9]+==ERROR|SUMMARY|Fatal error|.*fuzz invariant violated)" "$log" | head -5 >&2 || true
-        fail "$label crashed (exit $status); input in $SCRATCH/fuzz-artifacts/$target/, log: $log"
+        failed "$label crashed (exit $status); input in $SCRATCH/fuzz-artifacts/$target/, log: $log"; return
     fi
     local stats cov
     stats=$(grep -E "^#[0-9]+[[:space:]]+(DONE|INITED|pulse|NEW|REDUCE)" "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9][0-9]*\).*/\1/p' <<<"$stats")
     if [ -z "$cov" ] || [ "$cov" -eq 0 ]; then
-        fail "$label reported no coverage (is the build instrumented?); log: $log"
+        failed "$label reported no coverage (is the build instrumented?); log: $log"; return
     fi
     local execs rate
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
@@ -78,20 +84,20 @@ ci() {
     mkdir -p "$logs"
     for target in "${TARGETS[@]}"; do
         [ -d "Fuzz/Corpus/$target" ] || fail "no committed corpus Fuzz/Corpus/$target"
-        run "replay $target" "$logs/$target-replay.log" 300 "$target" -runs=0 "Fuzz/Corpus/$target"
+        run "replay $target" "$logs/$target-replay.log" 300 "$target" -runs=0 "Fuzz/Corpus/$target" || exit 1
     done
     for target in "${TARGETS[@]}"; do
         # New inputs go to an emptied scratch directory so every ci run starts from the committed corpus.
         local scratch=$SCRATCH/fuzz-ci/$target
         rm -rf "$scratch" && mkdir -p "$scratch"
         run "fuzz $target" "$logs/$target-ci.log" 300 "$target" -seed=$CI_SEED -runs="${CI_RUNS[$target]}" \
-            "$scratch" "Fuzz/Corpus/$target"
+            "$scratch" "Fuzz/Corpus/$target" || exit 1
     done
     echo "fuzz ci passed in $((SECONDS - started)) s"
 }
 
 long() {
-    local seconds=${1:-600} logs=$SCRATCH/fuzz-logs target
+    local seconds=${1:-600} logs=$SCRATCH/fuzz-logs target failures=0
     shift || true
     [[ $seconds =~ ^[0-9]+$ ]] || fail "SECONDS must be a whole number, got '$seconds'"
     local targets=("$@")
@@ -102,10 +108,12 @@ long() {
         [ -d "Fuzz/Corpus/$target" ] || fail "unknown target $target (one of: ${TARGETS[*]})"
         local corpus=$SCRATCH/fuzz-long/$target
         mkdir -p "$corpus"
+        # A failure does not stop the other targets; the exit status reports it at the end.
         run "long $target" "$logs/$target-long.log" $((seconds + 300)) "$target" -max_total_time="$seconds" \
-            "$corpus" "Fuzz/Corpus/$target"
+            "$corpus" "Fuzz/Corpus/$target" || failures=$((failures + 1))
         echo "     new inputs: $corpus (merge: $BIN/fuzz-$target -merge=1 Fuzz/Corpus/$target $corpus)"
     done
+    [ "$failures" -eq 0 ] || fail "$failures of ${#targets[@]} targets failed"
 }
 
 case "${1:-}" in
