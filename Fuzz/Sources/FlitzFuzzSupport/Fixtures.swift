@@ -94,8 +94,8 @@ public struct Fixtures: Sendable {
     public let bobSignedPreKey: SignedPreKeyPair
     /// bob's one-time prekey (id 100).
     public let bobOneTimePreKey: OneTimePreKeyPair
-    /// bob's session right after he decrypted alice's first message (`events[3]` of the vector), so that
-    /// alice's later ratchet messages from the vector decrypt in it.
+    /// bob's session at his first receive event that left a skipped message key (alice's a2 before a1), so
+    /// that alice's other messages from the vector decrypt in it, one of them with the stored key.
     public let bobSession: Session
 
     /// Loaded once per process.
@@ -125,9 +125,9 @@ public struct Fixtures: Sendable {
         bobOneTimePreKey = OneTimePreKeyPair(id: oneTime["id"].uint32, privateKey: oneTimeKey)
 
         // The record is assembled from the vector's state dump; Session(serialized:) checks every size.
-        guard let event = vector["events"].array.first(where: { $0["action"].string == "receive" && $0["party"].string == "bob" }) else {
-            fatalError("ratchet.json has no receive event for bob")
-        }
+        guard let event = vector["events"].array.first(where: {
+            $0["action"].string == "receive" && $0["party"].string == "bob" && !$0["statesAfter"]["bob"]["skippedMessageKeys"].array.isEmpty
+        }) else { fatalError("ratchet.json has no receive event after which bob holds a skipped key") }
         let state = event["statesAfter"]["bob"]
         var ratchet = ProtoRatchetState()
         ratchet.sendingRatchetPrivateKey = state["sendingRatchetPrivateKey"].bytes
