@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 7878
 DATABASE ?= ./flitz-relay.sqlite
 
-.PHONY: deps build run test vectors vectors-check vectors-verify proto spec-check
+.PHONY: deps build run test vectors vectors-check vectors-verify proto spec-check fuzz-ci fuzz
 
 deps:
 	@./scripts/install-deps.sh
@@ -18,17 +18,29 @@ run: deps
 	$(SWIFT) build --product flitz
 	exec .build/debug/flitz-relay serve --host $(HOST) --port $(PORT) --database $(DATABASE)
 
-# The whole suite: Swift tests, regenerating the vectors byte for byte, then the machine-readable spec checks.
+# The whole suite: Swift tests, regenerating the vectors byte for byte, the machine-readable spec checks, then
+# the fuzz targets (built with sanitizers in Fuzz/.build; corpus replay and a fixed run each).
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	FLITZ_VECTORS="$$($(SWIFT) build --show-bin-path)/flitz-vectors" bash scripts/check-vectors.sh
 	bash scripts/check-specs.sh
+	SWIFT=$(SWIFT) ./scripts/fuzz.sh ci
 
 # Validates protocol/openapi.yaml and protocol/asyncapi.yaml and checks them against flitz_wire.proto
 # (Python validators pinned in a venv under .build/spec-venv; see scripts/check_specs.py).
 spec-check: deps
 	bash scripts/check-specs.sh
+
+# libFuzzer targets of Fuzz/ (Fuzz/README.md): a fixed, about 30 s run of each for CI, or FUZZ_SECONDS
+# (default 600) per target, one after another, keeping new inputs in Fuzz/.build/fuzz-long/.
+FUZZ_SECONDS ?= 600
+
+fuzz-ci: deps
+	SWIFT=$(SWIFT) ./scripts/fuzz.sh ci
+
+fuzz: deps
+	SWIFT=$(SWIFT) ./scripts/fuzz.sh long $(FUZZ_SECONDS)
 
 # Regenerates vectors/*.json from fixed seeds (see protocol/vectors.md).
 vectors: deps

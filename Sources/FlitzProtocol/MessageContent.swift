@@ -11,8 +11,9 @@ public struct MessageContent: Hashable, Sendable {
         /// and started this fresh session (`protocol/crypto.md`, "Session reset").
         case sessionReset(envelopeID: Data)
         /// A body kind this version does not know (a newer peer's): kept, not dropped
-        /// (`protocol/relay.md`, "Versioning"). Never encoded by this version.
-        case unsupported
+        /// (`protocol/relay.md`, "Versioning"). Carries the whole encoded `Content` as it arrived, which
+        /// `encoded()` returns unchanged, so nothing of it is lost; this version never composes one.
+        case unsupported(encodedContent: Data)
     }
 
     /// 16-byte message id, chosen at random by the sender; names the message across all its envelopes.
@@ -29,8 +30,10 @@ public struct MessageContent: Hashable, Sendable {
         self.body = body
     }
 
-    /// Encoded `Content`, zero-padded so its length is a multiple of 64 bytes (`ProtocolConstants.contentPaddingBlock`).
+    /// Encoded `Content`, zero-padded so its length is a multiple of 64 bytes (`ProtocolConstants.contentPaddingBlock`);
+    /// for an `.unsupported` body, the bytes that arrived, unchanged.
     public func encoded() -> Data {
+        if case .unsupported(let original) = body { return original }
         var content = ProtoContent()
         content.messageID = messageID
         content.sentAtMs = sentAtMilliseconds
@@ -44,7 +47,7 @@ public struct MessageContent: Hashable, Sendable {
             reset.envelopeID = envelopeID
             content.body = .sessionReset(reset)
         case .unsupported:
-            break
+            preconditionFailure("returned above")
         }
         var encoded = try! content.serializedData()
         var padding = 0
@@ -75,7 +78,7 @@ public struct MessageContent: Hashable, Sendable {
         case nil:
             // An unknown oneof field lands in unknownFields; no field at all is malformed.
             guard !content.unknownFields.data.isEmpty else { throw FlitzProtocolError(.malformedMessage, "content has no body") }
-            body = .unsupported
+            body = .unsupported(encodedContent: Data(bytes))
         }
         messageID = content.messageID
         sentAtMilliseconds = content.sentAtMs
