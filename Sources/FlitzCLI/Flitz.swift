@@ -272,8 +272,22 @@ struct Verify: AsyncParsableCommand {
 
     func validate() throws {
         guard safetyNumber == nil || scanned == nil else { throw ValidationError("give --safety-number or --scanned, not both") }
-        if let safetyNumber, !safetyNumber.allSatisfy({ $0 == " " || ("0"..."9").contains($0) }) {
-            throw ValidationError("--safety-number takes digits and spaces only")
+        if let safetyNumber {
+            guard safetyNumber.allSatisfy({ $0 == " " || ("0"..."9").contains($0) }) else {
+                throw ValidationError("--safety-number takes digits and spaces only")
+            }
+            guard safetyNumber.filter({ $0 != " " }).count == 30 else {
+                throw ValidationError("--safety-number has 30 digits (six groups of five)")
+            }
+        }
+        // A malformed code is a typo, not a mismatch: only a well-formed one can raise the interception warning.
+        if let scanned {
+            let trimmed = scanned.trimmingCharacters(in: .whitespacesAndNewlines)
+            let prefix = "FLITZSN1:"  // crypto.md §12, "Safety numbers"
+            let hex = trimmed.uppercased().hasPrefix(prefix) ? trimmed.dropFirst(prefix.count) : ""
+            guard hex.count == 64, hex.allSatisfy(\.isHexDigit) else {
+                throw ValidationError("--scanned takes \(prefix) followed by 64 hexadecimal digits")
+            }
         }
     }
 

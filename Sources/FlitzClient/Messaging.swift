@@ -13,9 +13,10 @@ struct PreparedEnvelope: Sendable {
 }
 
 extension FlitzClient {
-    /// Longest message text in UTF-8 bytes: the relay's 65 536-byte ciphertext limit minus the session
-    /// overhead (prekey message, header, nonce, tag, content fields and padding), rounded down.
-    public static let maxTextBytes = 64_000
+    /// Longest message text in UTF-8 bytes: the relay's 65 536-byte ciphertext limit minus the largest
+    /// session overhead (a PQXDH prekey message with its 1568-byte KEM ciphertext: about 1 900 bytes; header,
+    /// nonce, tag, content fields and up to 64 bytes of padding), rounded down.
+    public static let maxTextBytes = 63_000
 
     // MARK: send
 

@@ -46,7 +46,8 @@ enum PQXDHVectors {
         func bundle(_ overrides: [String: JSONValue], removing: [String] = []) -> JSONValue {
             guard case .object(var object) = bob.bundleJSON() else { preconditionFailure("bundle JSON is an object") }
             for (key, value) in overrides { object[key] = value }
-            for key in removing { object[key] = nil }
+            // Verification never encapsulates: a fixed encapsulation here would be an input nothing checks.
+            for key in removing + ["kemCiphertext", "kemSharedSecret"] { object[key] = nil }
             return .object(object)
         }
         let kem = bob.kemPreKey!

@@ -397,6 +397,21 @@ struct ChatTests {
         }
         await relay.stop()
     }
+
+    /// The largest text fits the relay's ciphertext limit even as a first (PQXDH prekey) message, whose
+    /// 1568-byte KEM ciphertext is the largest overhead, in multi-byte UTF-8 too.
+    @Test func theLargestTextFitsAsAFirstMessage() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        let ascii = String(repeating: "x", count: FlitzClient.maxTextBytes)
+        let multiByte = String(repeating: "é", count: FlitzClient.maxTextBytes / 2)
+        #expect(multiByte.utf8.count == FlitzClient.maxTextBytes)
+        _ = try await alice.send(to: "bob", text: ascii)
+        #expect(try alice.store.sessions(with: "bob")[0].session.isAwaitingReply, "still sending prekey messages")
+        _ = try await alice.send(to: "bob", text: multiByte)
+        #expect(try await bob.receiveAll().texts.map(\.utf8.count) == [FlitzClient.maxTextBytes, FlitzClient.maxTextBytes])
+        await relay.stop()
+    }
 }
 
 @Suite struct ClientStoreMigrationTests {

@@ -60,6 +60,7 @@ enum PQXDHTopic {
         let bundle = try unverifiedBundle(bundleJSON).verified()
         let ciphertext = try test.hex("kemCiphertext"), kemSecret = try test.hex("kemSharedSecret")
         try check(try bundleJSON.hex("kemCiphertext"), ciphertext, "bundle kemCiphertext")
+        try check(try bundleJSON.hex("kemSharedSecret"), kemSecret, "bundle kemSharedSecret")
         // The responder side by decapsulation: the fixed ciphertext opens to the fixed secret.
         try check(try kemPreKey.privateKey.decapsulate(ciphertext), kemSecret, "ML-KEM-1024 decapsulation of kemCiphertext")
 
