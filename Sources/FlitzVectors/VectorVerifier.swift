@@ -62,6 +62,13 @@ public enum VectorVerifier {
     /// not read), in file-name order.
     /// - Throws: `VectorRunError` when the directory cannot be listed or holds no `.json` file.
     public static func verifyDirectory(_ directory: URL, topics: [VectorTopic] = VectorTopics.all) throws(VectorRunError) -> VectorReport {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory) else {
+            throw VectorRunError(message: "cannot read directory \(directory.path): it does not exist")
+        }
+        guard isDirectory.boolValue else {
+            throw VectorRunError(message: "cannot read directory \(directory.path): it is a file; give the directory that holds the vector files")
+        }
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: directory.path)

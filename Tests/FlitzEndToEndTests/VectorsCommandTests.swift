@@ -40,6 +40,11 @@ import Testing
         let missing = try runProcess(Binaries.flitz, ["vectors", "verify", scratch.path("missing").path], in: scratch)
         #expect(missing.status == 2, "\(missing)")
         #expect(missing.stderr.contains("cannot read directory"))
+        let file = scratch.path("a-file.json")
+        try Data("{}".utf8).write(to: file)
+        let notDirectory = try runProcess(Binaries.flitz, ["vectors", "verify", file.path], in: scratch)
+        #expect(notDirectory.status == 2, "\(notDirectory)")
+        #expect(notDirectory.stderr.contains("it is a file"), "\(notDirectory)")
 
         let directory = scratch.path("unknown")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
