@@ -47,52 +47,24 @@ enum PQXDHTopic {
     }
 
     static func agreement(_ test: JSONValue) throws {
-        let aliceJSON = try test.object("alice"), bobJSON = try test.object("bob")
-        let alice = try VectorPartyKeys(aliceJSON), bob = try VectorPartyKeys(bobJSON)
-        guard let spk = bob.signedPreKey, let kemPreKey = bob.kemPreKey else { throw VectorCheckFailure("bob has no signed or KEM prekey") }
-        let ephemeralSecret = try test.hex("aliceEphemeralPrivateKey")
-        let random = SeededRandom(label: try aliceJSON.string("randomLabel"))
-        _ = random.bytes(32)
-        _ = random.bytes(32)
-        try check(random.bytes(32), ephemeralSecret, "aliceEphemeralPrivateKey (third draw of alice's randomLabel)")
-        let ephemeral = try X25519PrivateKey(rawRepresentation: SecretBytes(ephemeralSecret))
-        let bundleJSON = try test.object("bundle")
-        let bundle = try unverifiedBundle(bundleJSON).verified()
         let ciphertext = try test.hex("kemCiphertext"), kemSecret = try test.hex("kemSharedSecret")
-        try check(try bundleJSON.hex("kemCiphertext"), ciphertext, "bundle kemCiphertext")
-        try check(try bundleJSON.hex("kemSharedSecret"), kemSecret, "bundle kemSharedSecret")
+        let part = try X3DHTopic.checkAgreementInputs(test, info: "Flitz-PQXDH-v1", kemSharedSecret: kemSecret)
+        guard let kemPreKey = part.bob.kemPreKey else { throw VectorCheckFailure("bob has no KEM prekey") }
+        try check(try part.bundleJSON.hex("kemCiphertext"), ciphertext, "bundle kemCiphertext")
+        try check(try part.bundleJSON.hex("kemSharedSecret"), kemSecret, "bundle kemSharedSecret")
         // The responder side by decapsulation: the fixed ciphertext opens to the fixed secret.
         try check(try kemPreKey.privateKey.decapsulate(ciphertext), kemSecret, "ML-KEM-1024 decapsulation of kemCiphertext")
 
-        // Independently of PQXDH: the DHs of X3DH, then HKDF over them and the KEM secret.
-        let dhOutputs = try test.hexArray("dhOutputs")
-        let ikA = alice.device.privateKey.x25519PrivateKey(), ikB = try bob.device.publicKey.x25519PublicKey()
-        var expected = [
-            try ikA.sharedSecret(with: spk.privateKey.publicKey).unsafeData, try ephemeral.sharedSecret(with: ikB).unsafeData,
-            try ephemeral.sharedSecret(with: spk.privateKey.publicKey).unsafeData,
-        ]
-        if let opk = bob.oneTimePreKey { expected.append(try ephemeral.sharedSecret(with: opk.privateKey.publicKey).unsafeData) }
-        try check(dhOutputs, expected, "dhOutputs")
-        let keyMaterial = try test.hex("keyMaterial")
-        try check(keyMaterial, Data(repeating: 0xFF, count: 32) + expected.reduce(Data(), +) + kemSecret, "keyMaterial")
-        try check(try test.hex("salt"), Data(count: 32), "salt")
-        try check(try test.hex("info"), Data("Flitz-PQXDH-v1".utf8), "info")
-        let sharedSecret = try test.hex("sharedSecret"), associatedData = try test.hex("associatedData")
-        try check(try hkdf(salt: Data(count: 32), ikm: keyMaterial, info: Data("Flitz-PQXDH-v1".utf8), length: 32), sharedSecret, "sharedSecret")
-        try check(
-            try aliceJSON.hex("deviceIdentityKey") + (try bobJSON.hex("deviceIdentityKey")) + (try aliceJSON.hex("accountIdentityKey"))
-                + (try bobJSON.hex("accountIdentityKey")), associatedData, "associatedData = IK_A || IK_B || AccK_A || AccK_B")
-
         // Through the API, on both sides.
         let initiator = try PQXDH.initiate(
-            identity: alice.device, ephemeralKey: ephemeral, bundle: bundle, encapsulation: (ciphertext, SecretBytes(kemSecret)))
-        try check(initiator.dhOutputs.map(\.unsafeData), dhOutputs, "PQXDH.initiate DH outputs")
-        try check(initiator.sharedSecret, sharedSecret, "PQXDH.initiate shared secret")
-        try check(initiator.associatedData, associatedData, "PQXDH.initiate AD")
+            identity: part.alice.device, ephemeralKey: part.ephemeral, bundle: part.bundle, encapsulation: (ciphertext, SecretBytes(kemSecret)))
+        try check(initiator.dhOutputs.map(\.unsafeData), part.dhOutputs, "PQXDH.initiate DH outputs")
+        try check(initiator.sharedSecret, part.sharedSecret, "PQXDH.initiate shared secret")
+        try check(initiator.associatedData, part.associatedData, "PQXDH.initiate AD")
         let responder = try PQXDH.respond(
-            identity: bob.device, signedPreKey: spk, oneTimePreKey: bob.oneTimePreKey, kemPreKey: kemPreKey, kemCiphertext: ciphertext,
-            initiatorCertificate: alice.device.certificate, baseKey: ephemeral.publicKey)
-        try check(responder.sharedSecret, sharedSecret, "PQXDH.respond shared secret (decapsulating)")
-        try check(responder.associatedData, associatedData, "PQXDH.respond AD")
+            identity: part.bob.device, signedPreKey: part.signedPreKey, oneTimePreKey: part.bob.oneTimePreKey, kemPreKey: kemPreKey,
+            kemCiphertext: ciphertext, initiatorCertificate: part.alice.device.certificate, baseKey: part.ephemeral.publicKey)
+        try check(responder.sharedSecret, part.sharedSecret, "PQXDH.respond shared secret (decapsulating)")
+        try check(responder.associatedData, part.associatedData, "PQXDH.respond AD")
     }
 }

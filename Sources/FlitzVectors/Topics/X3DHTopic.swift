@@ -48,6 +48,35 @@ enum X3DHTopic {
     }
 
     static func agreement(_ test: JSONValue) throws {
+        let part = try checkAgreementInputs(test, info: "Flitz-X3DH-v1", kemSharedSecret: Data())
+        // Through the API, on both sides.
+        let initiator = try X3DH.initiate(identity: part.alice.device, ephemeralKey: part.ephemeral, bundle: part.bundle)
+        try check(initiator.dhOutputs.map(\.unsafeData), part.dhOutputs, "X3DH.initiate DH outputs")
+        try check(initiator.sharedSecret, part.sharedSecret, "X3DH.initiate shared secret")
+        try check(initiator.associatedData, part.associatedData, "X3DH.initiate AD")
+        let responder = try X3DH.respond(
+            identity: part.bob.device, signedPreKey: part.signedPreKey, oneTimePreKey: part.bob.oneTimePreKey,
+            initiatorCertificate: part.alice.device.certificate, baseKey: part.ephemeral.publicKey)
+        try check(responder.dhOutputs.map(\.unsafeData), part.dhOutputs, "X3DH.respond DH outputs")
+        try check(responder.sharedSecret, part.sharedSecret, "X3DH.respond shared secret")
+        try check(responder.associatedData, part.associatedData, "X3DH.respond AD")
+    }
+
+    /// What an `agreement` test of `x3dh.json` or `pqxdh.json` fixes, checked independently of the API.
+    struct AgreementInputs {
+        let alice: VectorPartyKeys, bob: VectorPartyKeys
+        let signedPreKey: SignedPreKeyPair
+        let ephemeral: X25519PrivateKey
+        let bundleJSON: JSONValue
+        let bundle: PreKeyBundle
+        let dhOutputs: [Data]
+        let sharedSecret: Data, associatedData: Data
+    }
+
+    /// Rebuilds both parties and EK_A, checks the bundle against bob's keys, every DH from the private keys
+    /// in the file, keyMaterial = 32 × 0xff ‖ DHs ‖ `kemSharedSecret` (empty for X3DH), the salt, `info`,
+    /// the HKDF output and the AD (`protocol/crypto.md` §3, §3a).
+    static func checkAgreementInputs(_ test: JSONValue, info: String, kemSharedSecret: Data) throws -> AgreementInputs {
         let aliceJSON = try test.object("alice"), bobJSON = try test.object("bob")
         let alice = try VectorPartyKeys(aliceJSON), bob = try VectorPartyKeys(bobJSON)
         guard let spk = bob.signedPreKey else { throw VectorCheckFailure("bob has no signed prekey") }
@@ -65,9 +94,15 @@ enum X3DHTopic {
         try check(try bundleJSON.hex("deviceIdentityKey"), bob.device.publicKey.rawRepresentation, "bundle.deviceIdentityKey")
         try check(try bundleJSON.hex("signedPreKey"), spk.privateKey.publicKey.rawRepresentation, "bundle.signedPreKey")
         try check(bundleJSON.has("oneTimePreKey"), bob.oneTimePreKey != nil, "bundle has a one-time prekey")
+        if let opk = bob.oneTimePreKey {
+            try check(try bundleJSON.hex("oneTimePreKey"), opk.privateKey.publicKey.rawRepresentation, "bundle.oneTimePreKey")
+        }
+        if let kem = bob.kemPreKey {
+            try check(try bundleJSON.hex("kemPreKey"), kem.privateKey.publicKey.rawRepresentation, "bundle.kemPreKey")
+        }
         let bundle = try unverifiedBundle(bundleJSON).verified()
 
-        // Independently: each DH from the private keys in the file, then F || DHs, HKDF, AD.
+        // Independently: each DH from the private keys in the file, then F || DHs [|| SS], HKDF, AD.
         let dhOutputs = try test.hexArray("dhOutputs")
         var expected = [
             try x25519(try aliceJSON.hex("deviceIdentityX25519PrivateKey"), try bundleJSON.hex("signedPreKey")),
@@ -77,25 +112,16 @@ enum X3DHTopic {
         if bundleJSON.has("oneTimePreKey") { expected.append(try x25519(ephemeralSecret, try bundleJSON.hex("oneTimePreKey"))) }
         try check(dhOutputs, expected, "dhOutputs from the private keys")
         let keyMaterial = try test.hex("keyMaterial")
-        try check(keyMaterial, Data(repeating: 0xFF, count: 32) + expected.reduce(Data(), +), "keyMaterial")
+        try check(keyMaterial, Data(repeating: 0xFF, count: 32) + expected.reduce(Data(), +) + kemSharedSecret, "keyMaterial")
         try check(try test.hex("salt"), Data(count: 32), "salt")
-        try check(try test.hex("info"), Data("Flitz-X3DH-v1".utf8), "info")
+        try check(try test.hex("info"), Data(info.utf8), "info")
         let sharedSecret = try test.hex("sharedSecret"), associatedData = try test.hex("associatedData")
-        try check(try hkdf(salt: Data(count: 32), ikm: keyMaterial, info: Data("Flitz-X3DH-v1".utf8), length: 32), sharedSecret, "sharedSecret")
+        try check(try hkdf(salt: Data(count: 32), ikm: keyMaterial, info: Data(info.utf8), length: 32), sharedSecret, "sharedSecret")
         try check(
             try aliceJSON.hex("deviceIdentityKey") + (try bobJSON.hex("deviceIdentityKey")) + (try aliceJSON.hex("accountIdentityKey"))
                 + (try bobJSON.hex("accountIdentityKey")), associatedData, "associatedData = IK_A || IK_B || AccK_A || AccK_B")
-
-        // Through the API, on both sides.
-        let initiator = try X3DH.initiate(identity: alice.device, ephemeralKey: ephemeral, bundle: bundle)
-        try check(initiator.dhOutputs.map(\.unsafeData), dhOutputs, "X3DH.initiate DH outputs")
-        try check(initiator.sharedSecret, sharedSecret, "X3DH.initiate shared secret")
-        try check(initiator.associatedData, associatedData, "X3DH.initiate AD")
-        let responder = try X3DH.respond(
-            identity: bob.device, signedPreKey: spk, oneTimePreKey: bob.oneTimePreKey, initiatorCertificate: alice.device.certificate,
-            baseKey: ephemeral.publicKey)
-        try check(responder.dhOutputs.map(\.unsafeData), dhOutputs, "X3DH.respond DH outputs")
-        try check(responder.sharedSecret, sharedSecret, "X3DH.respond shared secret")
-        try check(responder.associatedData, associatedData, "X3DH.respond AD")
+        return AgreementInputs(
+            alice: alice, bob: bob, signedPreKey: spk, ephemeral: ephemeral, bundleJSON: bundleJSON, bundle: bundle, dhOutputs: dhOutputs,
+            sharedSecret: sharedSecret, associatedData: associatedData)
     }
 }
