@@ -208,6 +208,11 @@ extension FlitzClient {
                 }
                 if var existing = try ClientStore.sessions(with: sender, db).first(where: { $0.session.baseKey == message.baseKey })?.session {
                     // A later message of a session we already answered (the initiator has not seen a reply yet).
+                    // Its certificate must be the session's: the AD binds only the first one, so a relay could
+                    // otherwise relabel the sender (and make this device record a false identity change).
+                    guard existing.remoteCertificate == message.certificate else {
+                        throw FlitzProtocolError(.authenticationFailed, "prekey message certificate differs from its session's")
+                    }
                     plaintext = try existing.decrypt(message.ratchetMessage, random: random)
                     session = existing
                 } else if try Bool.fetchOne(

@@ -81,6 +81,30 @@ struct PreKeyLifecycleTests {
         await relay.stop()
     }
 
+    @Test func aLaterPrekeyMessageUnderAnotherAccountsCertificateIsRefused() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        _ = try await alice.send(to: "bob", text: "first")
+        #expect(try await bob.receiveAll().texts == ["first"])
+        // alice's next message is still a prekey message; a relay relabels it with mallory's account key and a
+        // certificate mallory made over alice's device key (valid, but not the session's).
+        var session = try #require(try alice.store.sessions(with: "bob").first(where: \.active)).session
+        var message = try ProtoSessionMessage(
+            serializedBytes: try session.encrypt(MessageContent(messageID: SystemRandom().bytes(16), sentAtMilliseconds: 0, body: .text("x")).encoded()))
+        guard case .prekeyMessage(var preKey) = message.kind else { Issue.record("expected a prekey message"); return }
+        let mallory = AccountIdentity()
+        let aliceDevice = try Ed25519PublicKey(rawRepresentation: preKey.deviceIdentityKey)
+        preKey.accountIdentityKey = mallory.publicKey.rawRepresentation
+        preKey.deviceCertificateSignature = mallory.certify(aliceDevice).signature
+        message.kind = .prekeyMessage(preKey)
+        try await alice.submitRaw(try message.serializedData(), to: "bob", deviceID: 1)
+        let inbox = try await bob.receiveAll()
+        #expect(inbox.texts.isEmpty)
+        #expect(!inbox.warnings.contains { $0.contains("identity key of alice has changed") }, "\(inbox.warnings)")
+        #expect(try bob.store.contact("alice")?.untrustedIdentityKey == nil, "no false identity change recorded")
+        await relay.stop()
+    }
+
     @Test func aOneTimeKEMPreKeySurvivesAForgedFirstMessage() async throws {
         let relay = try await InProcessRelay()
         let (alice, bob) = try await relay.aliceAndBob()
