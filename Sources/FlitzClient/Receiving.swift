@@ -105,6 +105,18 @@ extension FlitzClient {
             logger.debug("session reset rate-limited", metadata: ["peer": "\(handle)"])
             return false
         }
+        // Only a session this device had can be reset, and only with a contact already trusted: a forged
+        // envelope from a stranger must not make this device pin a key (trust on first use) or spend the
+        // stranger's prekeys. The attempt counts before the bundle is fetched, so each costs one per interval.
+        let known = try await store.transaction { db -> Bool in
+            guard try ClientStore.contact(handle, db) != nil,
+                try ClientStore.sessions(with: handle, db).contains(where: { $0.deviceID == deviceID })
+            else { return false }
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO session_resets (handle, device_id, at) VALUES (?, ?, ?)", arguments: [handle, Int64(deviceID), at])
+            return true
+        }
+        guard known else { return false }
         let bundle = try await fetchBundle(on: connection, handle: handle)
         guard bundle.deviceID == deviceID else { return false }
         try checkIdentity(handle, accountIdentityKey: bundle.certificate.accountIdentityKey.rawRepresentation)
@@ -113,11 +125,7 @@ extension FlitzClient {
             messageID: random.bytes(WireConstants.idLength), sentAtMilliseconds: Int64(at * 1000), body: .sessionReset(envelopeID: failedEnvelopeID))
         let ciphertext = try session.encrypt(content.encoded(), random: random)
         let finalSession = session
-        try store.transaction { db in
-            try ClientStore.save(finalSession, handle: handle, deviceID: deviceID, makeActive: true, db)
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO session_resets (handle, device_id, at) VALUES (?, ?, ?)", arguments: [handle, Int64(deviceID), at])
-        }
+        try store.transaction { db in try ClientStore.save(finalSession, handle: handle, deviceID: deviceID, makeActive: true, db) }
         var envelope = WireOutgoingEnvelope()
         envelope.envelopeID = random.bytes(WireConstants.idLength)
         envelope.recipientHandle = handle
@@ -146,7 +154,10 @@ extension FlitzClient {
                 let row = try Row.fetchOne(
                     db, sql: "SELECT message_id, text, expires_in FROM messages WHERE envelope_id = ? AND outgoing = 1 AND peer = ?",
                     arguments: [envelopeID, handle]),
-                let active = try ClientStore.sessions(with: handle, db).first(where: \.active)
+                let active = try ClientStore.sessions(with: handle, db).first(where: \.active),
+                // As when sending: only to the trusted identity, never past a pending key change.
+                let contact = try ClientStore.contact(handle, db), contact.untrustedIdentityKey == nil,
+                ConstantTime.equals(contact.trustedIdentityKey, active.session.remoteCertificate.accountIdentityKey.rawRepresentation)
             else { return nil }
             var session = active.session
             let content = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: .text(row["text"]))
@@ -206,7 +217,9 @@ extension FlitzClient {
                 } else {
                     try ClientStore.trustIdentity(sender, key: accountKey, db)
                 }
-                if var existing = try ClientStore.sessions(with: sender, db).first(where: { $0.session.baseKey == message.baseKey })?.session {
+                if var existing = try ClientStore.sessions(with: sender, db).first(where: {
+                    $0.session.baseKey == message.baseKey && $0.deviceID == envelope.senderDeviceID
+                })?.session {
                     // A later message of a session we already answered (the initiator has not seen a reply yet).
                     // Its certificate must be the session's: the AD binds only the first one, so a relay could
                     // otherwise relabel the sender (and make this device record a false identity change).
@@ -276,9 +289,18 @@ extension FlitzClient {
             let content = try MessageContent(decoding: plaintext)
             var resetFor: Data?
             if case .sessionReset(let failed) = content.body {
-                // The sender lost our session: theirs is the one to use now, whatever the tie-break said.
-                makeActive = true
-                resetFor = failed
+                // Only the trusted identity may redirect this device's sending (and its resend) to a new session:
+                // a reset from a changed, untrusted key is ignored, or it could pull old messages to a new key.
+                let contact = try ClientStore.contact(sender, db)
+                if let contact, contact.untrustedIdentityKey == nil,
+                    ConstantTime.equals(contact.trustedIdentityKey, session.remoteCertificate.accountIdentityKey.rawRepresentation)
+                {
+                    // The sender lost our session: theirs is the one to use now, whatever the tie-break said.
+                    makeActive = true
+                    resetFor = failed
+                } else {
+                    events.append(.warning("ignored a session reset from \(sender): it does not come from their trusted identity key"))
+                }
             }
             try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: makeActive, db)
             try db.execute(

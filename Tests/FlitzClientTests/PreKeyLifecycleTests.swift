@@ -105,6 +105,33 @@ struct PreKeyLifecycleTests {
         await relay.stop()
     }
 
+    @Test func aSessionResetFromAnUntrustedKeyMovesNothing() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        let code = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let secretID = try await alice.send(to: "bob", text: "for bob's eyes only")
+        #expect(try await bob.receiveAll().texts == ["for bob's eyes only"])
+        func envelopeID() throws -> Data? {
+            try alice.store.dbQueue.read { db in
+                try Data.fetchOne(db, sql: "SELECT envelope_id FROM messages WHERE message_id = ?", arguments: [secretID])
+            }
+        }
+        let oldEnvelope = try #require(try envelopeID())
+        // Someone takes over bob's handle (a new identity key) and sends alice a reset naming that envelope.
+        let taker = try relay.client("taker")
+        _ = try await taker.initialize(relayURL: relay.url, handle: "bob", recoveryCode: code)
+        var session = try Session.initiate(identity: try taker.requireAccount().device, bundle: try await taker.fetchBundleForTest("alice"))
+        let reset = MessageContent(messageID: SystemRandom().bytes(16), sentAtMilliseconds: 0, body: .sessionReset(envelopeID: oldEnvelope))
+        try await taker.submitRaw(try session.encrypt(reset.encoded()), to: "alice", deviceID: 1)
+        let inbox = try await alice.receiveAll()
+        #expect(inbox.warnings.contains { $0.contains("ignored a session reset from bob") }, "\(inbox.warnings)")
+        // Nothing was re-encrypted to the new key: the taker receives nothing and the message kept its envelope.
+        #expect(try await taker.receiveAll().texts.isEmpty)
+        #expect(try envelopeID() == oldEnvelope)
+        await relay.stop()
+    }
+
     @Test func aOneTimeKEMPreKeySurvivesAForgedFirstMessage() async throws {
         let relay = try await InProcessRelay()
         let (alice, bob) = try await relay.aliceAndBob()
