@@ -25,6 +25,13 @@ public enum X3DH {
     public static func initiate(
         identity: DeviceIdentity, ephemeralKey: X25519PrivateKey, bundle: PreKeyBundle
     ) throws(FlitzProtocolError) -> X3DHAgreement {
+        try initiate(identity: identity, ephemeralKey: ephemeralKey, bundle: bundle, kem: nil)
+    }
+
+    /// The initiator's side with an optional KEM (ciphertext, secret) entering the KDF (PQXDH).
+    static func initiate(
+        identity: DeviceIdentity, ephemeralKey: X25519PrivateKey, bundle: PreKeyBundle, kem: (ciphertext: Data, sharedSecret: SecretBytes)?
+    ) throws(FlitzProtocolError) -> X3DHAgreement {
         do {
             let ikA = identity.privateKey.x25519PrivateKey()
             let ikB = try bundle.certificate.deviceIdentityKey.x25519PublicKey()
@@ -36,7 +43,7 @@ public enum X3DH {
             if let opk = bundle.oneTimePreKey {
                 outputs.append(try ephemeralKey.sharedSecret(with: opk.publicKey))
             }
-            return try agreement(outputs: outputs, kem: nil, initiator: identity.certificate, responder: bundle.certificate)
+            return try agreement(outputs: outputs, kem: kem, initiator: identity.certificate, responder: bundle.certificate)
         } catch let error as FlitzProtocolError {
             throw error
         } catch let error as FlitzCryptoError where error.code == .nonContributory {
@@ -53,6 +60,16 @@ public enum X3DH {
         identity: DeviceIdentity, signedPreKey: SignedPreKeyPair, oneTimePreKey: OneTimePreKeyPair?,
         initiatorCertificate: DeviceCertificate, baseKey: X25519PublicKey
     ) throws(FlitzProtocolError) -> X3DHAgreement {
+        try respond(
+            identity: identity, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, initiatorCertificate: initiatorCertificate,
+            baseKey: baseKey, kem: nil)
+    }
+
+    /// The responder's side with an optional KEM (ciphertext, secret) entering the KDF (PQXDH).
+    static func respond(
+        identity: DeviceIdentity, signedPreKey: SignedPreKeyPair, oneTimePreKey: OneTimePreKeyPair?,
+        initiatorCertificate: DeviceCertificate, baseKey: X25519PublicKey, kem: (ciphertext: Data, sharedSecret: SecretBytes)?
+    ) throws(FlitzProtocolError) -> X3DHAgreement {
         do {
             let ikA = try initiatorCertificate.deviceIdentityKey.x25519PublicKey()
             let ikB = identity.privateKey.x25519PrivateKey()
@@ -64,7 +81,7 @@ public enum X3DH {
             if let oneTimePreKey {
                 outputs.append(try oneTimePreKey.privateKey.sharedSecret(with: baseKey))
             }
-            return try agreement(outputs: outputs, kem: nil, initiator: initiatorCertificate, responder: identity.certificate)
+            return try agreement(outputs: outputs, kem: kem, initiator: initiatorCertificate, responder: identity.certificate)
         } catch let error as FlitzProtocolError {
             throw error
         } catch let error as FlitzCryptoError where error.code == .nonContributory {
@@ -79,7 +96,7 @@ public enum X3DH {
 
     /// SK and AD from the DH outputs and, for PQXDH, the KEM ciphertext and shared secret: the KEM secret
     /// is appended to the DH outputs and the HKDF info names the protocol, so X3DH and PQXDH never share an SK.
-    static func agreement(
+    private static func agreement(
         outputs: [SecretBytes], kem: (ciphertext: Data, sharedSecret: SecretBytes)?, initiator: DeviceCertificate, responder: DeviceCertificate
     ) throws -> X3DHAgreement {
         var ikm = ProtocolConstants.x3dhPrefix
@@ -108,7 +125,6 @@ public enum PQXDH {
         identity: DeviceIdentity, ephemeralKey: X25519PrivateKey, bundle: PreKeyBundle,
         encapsulation: (ciphertext: Data, sharedSecret: SecretBytes)? = nil
     ) throws(FlitzProtocolError) -> X3DHAgreement {
-        let classical = try X3DH.initiate(identity: identity, ephemeralKey: ephemeralKey, bundle: bundle)
         let kem: (ciphertext: Data, sharedSecret: SecretBytes)
         if let encapsulation {
             guard encapsulation.ciphertext.count == MLKEMSizes.ciphertext, encapsulation.sharedSecret.count == MLKEMSizes.sharedSecret else {
@@ -118,11 +134,7 @@ public enum PQXDH {
         } else {
             do { kem = try bundle.kemPreKey.publicKey.encapsulate() } catch { throw FlitzProtocolError(.invalidKey, "KEM encapsulation") }
         }
-        do {
-            return try X3DH.agreement(outputs: classical.dhOutputs, kem: kem, initiator: identity.certificate, responder: bundle.certificate)
-        } catch {
-            throw FlitzProtocolError(.authenticationFailed, "PQXDH key derivation")
-        }
+        return try X3DH.initiate(identity: identity, ephemeralKey: ephemeralKey, bundle: bundle, kem: kem)
     }
 
     /// The responder's side: X3DH's DHs plus decapsulating the 1568-byte `kemCiphertext` with the KEM prekey
@@ -133,18 +145,12 @@ public enum PQXDH {
         identity: DeviceIdentity, signedPreKey: SignedPreKeyPair, oneTimePreKey: OneTimePreKeyPair?, kemPreKey: KEMPreKeyPair,
         kemCiphertext: Data, initiatorCertificate: DeviceCertificate, baseKey: X25519PublicKey
     ) throws(FlitzProtocolError) -> X3DHAgreement {
-        let classical = try X3DH.respond(
-            identity: identity, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey,
-            initiatorCertificate: initiatorCertificate, baseKey: baseKey)
         let secret: SecretBytes
         do { secret = try kemPreKey.privateKey.decapsulate(kemCiphertext) } catch {
             throw FlitzProtocolError(.malformedMessage, "KEM ciphertext")
         }
-        do {
-            return try X3DH.agreement(
-                outputs: classical.dhOutputs, kem: (kemCiphertext, secret), initiator: initiatorCertificate, responder: identity.certificate)
-        } catch {
-            throw FlitzProtocolError(.authenticationFailed, "PQXDH key derivation")
-        }
+        return try X3DH.respond(
+            identity: identity, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey, initiatorCertificate: initiatorCertificate,
+            baseKey: baseKey, kem: (kemCiphertext, secret))
     }
 }
