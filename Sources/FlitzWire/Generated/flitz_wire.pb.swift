@@ -88,6 +88,21 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
 
   /// a published prekey id is not greater than every id this device published before, per kind
   case prekeyIDReused // = 19
+
+  /// too many requests of this kind; Error.retry_after_ms says when one may succeed
+  case rateLimited // = 20
+
+  /// an acknowledged envelope id was never queued for this device (idempotent re-acks are fine)
+  case unknownEnvelope // = 21
+
+  /// a Submit does not address exactly the current devices of a handle; see Error.device_mismatches
+  case mismatchedDevices // = 22
+
+  /// a published device list is not valid, not newer than the stored one, or does not match the devices
+  case deviceListRejected // = 23
+
+  /// the handle already has the most devices an account may have (devices.md, MAX_DEVICES)
+  case tooManyDevices // = 24
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -116,6 +131,11 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 17: self = .internal
     case 18: self = .queueFull
     case 19: self = .prekeyIDReused
+    case 20: self = .rateLimited
+    case 21: self = .unknownEnvelope
+    case 22: self = .mismatchedDevices
+    case 23: self = .deviceListRejected
+    case 24: self = .tooManyDevices
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -142,6 +162,11 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .internal: return 17
     case .queueFull: return 18
     case .prekeyIDReused: return 19
+    case .rateLimited: return 20
+    case .unknownEnvelope: return 21
+    case .mismatchedDevices: return 22
+    case .deviceListRejected: return 23
+    case .tooManyDevices: return 24
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -168,6 +193,11 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .internal,
     .queueFull,
     .prekeyIDReused,
+    .rateLimited,
+    .unknownEnvelope,
+    .mismatchedDevices,
+    .deviceListRejected,
+    .tooManyDevices,
   ]
 
 }
@@ -324,6 +354,22 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .ok(newValue)}
   }
 
+  public var deviceListResult: WireDeviceListResult {
+    get {
+      if case .deviceListResult(let v)? = _storage._body {return v}
+      return WireDeviceListResult()
+    }
+    set {_uniqueStorage()._body = .deviceListResult(newValue)}
+  }
+
+  public var linkMessage: WireLinkMessage {
+    get {
+      if case .linkMessage(let v)? = _storage._body {return v}
+      return WireLinkMessage()
+    }
+    set {_uniqueStorage()._body = .linkMessage(newValue)}
+  }
+
   /// client -> relay
   public var register: WireRegister {
     get {
@@ -389,6 +435,65 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .reportSeen(newValue)}
   }
 
+  /// allowed only before authentication
+  public var registerDevice: WireRegisterDevice {
+    get {
+      if case .registerDevice(let v)? = _storage._body {return v}
+      return WireRegisterDevice()
+    }
+    set {_uniqueStorage()._body = .registerDevice(newValue)}
+  }
+
+  public var publishDeviceList: WirePublishDeviceList {
+    get {
+      if case .publishDeviceList(let v)? = _storage._body {return v}
+      return WirePublishDeviceList()
+    }
+    set {_uniqueStorage()._body = .publishDeviceList(newValue)}
+  }
+
+  public var fetchDeviceList: WireFetchDeviceList {
+    get {
+      if case .fetchDeviceList(let v)? = _storage._body {return v}
+      return WireFetchDeviceList()
+    }
+    set {_uniqueStorage()._body = .fetchDeviceList(newValue)}
+  }
+
+  public var deleteAccount: WireDeleteAccount {
+    get {
+      if case .deleteAccount(let v)? = _storage._body {return v}
+      return WireDeleteAccount()
+    }
+    set {_uniqueStorage()._body = .deleteAccount(newValue)}
+  }
+
+  /// allowed before and after authentication
+  public var linkPut: WireLinkPut {
+    get {
+      if case .linkPut(let v)? = _storage._body {return v}
+      return WireLinkPut()
+    }
+    set {_uniqueStorage()._body = .linkPut(newValue)}
+  }
+
+  /// allowed before and after authentication
+  public var linkTake: WireLinkTake {
+    get {
+      if case .linkTake(let v)? = _storage._body {return v}
+      return WireLinkTake()
+    }
+    set {_uniqueStorage()._body = .linkTake(newValue)}
+  }
+
+  public var updateAccountSettings: WireUpdateAccountSettings {
+    get {
+      if case .updateAccountSettings(let v)? = _storage._body {return v}
+      return WireUpdateAccountSettings()
+    }
+    set {_uniqueStorage()._body = .updateAccountSettings(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -403,6 +508,8 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case queueDrained(WireQueueDrained)
     case prekeyStatus(WirePreKeyStatus)
     case ok(WireOk)
+    case deviceListResult(WireDeviceListResult)
+    case linkMessage(WireLinkMessage)
     /// client -> relay
     case register(WireRegister)
     case recover(WireRecover)
@@ -412,6 +519,16 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case submit(WireSubmit)
     case acknowledge(WireAcknowledge)
     case reportSeen(WireReportSeen)
+    /// allowed only before authentication
+    case registerDevice(WireRegisterDevice)
+    case publishDeviceList(WirePublishDeviceList)
+    case fetchDeviceList(WireFetchDeviceList)
+    case deleteAccount(WireDeleteAccount)
+    /// allowed before and after authentication
+    case linkPut(WireLinkPut)
+    /// allowed before and after authentication
+    case linkTake(WireLinkTake)
+    case updateAccountSettings(WireUpdateAccountSettings)
 
   }
 
@@ -453,6 +570,31 @@ public nonisolated struct WireError: Sendable {
 
   /// set when the error concerns one envelope of a batch
   public var envelopeID: Data = Data()
+
+  /// RATE_LIMITED: milliseconds after which the request may succeed
+  public var retryAfterMs: Int64 = 0
+
+  /// MISMATCHED_DEVICES: per handle, what to fix; nothing was stored
+  public var deviceMismatches: [WireDeviceMismatch] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// How one handle's addressed devices differ from its current devices (relay.md, "Submit").
+public nonisolated struct WireDeviceMismatch: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var handle: String = String()
+
+  /// current devices the Submit did not address, ascending
+  public var missingDeviceIds: [UInt32] = []
+
+  /// addressed devices that are not current devices, ascending
+  public var staleDeviceIds: [UInt32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -676,6 +818,9 @@ public nonisolated struct WireAuthenticateResult: Sendable {
 
   public var oneTimeKemPrekeysRemaining: UInt32 = 0
 
+  /// the account's setting (UpdateAccountSettings)
+  public var seenReceiptsOff: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -740,6 +885,10 @@ public nonisolated struct WireFetchPreKeyBundle: Sendable {
   // methods supported on all messages.
 
   public var handle: String = String()
+
+  /// Only these devices (e.g. the ones without a session yet); empty = every current device. Ids that are
+  /// not current devices are left out of the answer. Each device in the answer costs it one one-time prekey.
+  public var deviceIds: [UInt32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -806,6 +955,231 @@ public nonisolated struct WirePreKeyBundle: Sendable {
 
   public var devices: [WireDeviceBundle] = []
 
+  /// the handle's newest published device list; absent before one was published
+  public var deviceList: WireSignedDeviceList {
+    get {_deviceList ?? WireSignedDeviceList()}
+    set {_deviceList = newValue}
+  }
+  /// Returns true if `deviceList` has been explicitly set.
+  public var hasDeviceList: Bool {self._deviceList != nil}
+  /// Clears the value of `deviceList`. Subsequent reads from it will return its default value.
+  public mutating func clearDeviceList() {self._deviceList = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _deviceList: WireSignedDeviceList? = nil
+}
+
+/// A device list signed by the account identity key (devices.md, section 4).
+public nonisolated struct WireSignedDeviceList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// DeviceListPayload, 69 + 36n bytes (devices.md, section 4.1)
+  public var payload: Data = Data()
+
+  /// 64-byte Ed25519 signature by the account identity key over payload
+  public var signature: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Publishes the account's next device list (primary device only: the relay checks it under the handle's
+/// account identity key, devices.md section 4.3) and removes the listed-out devices in the same
+/// transaction (section 6). Answered with Ok, or DEVICE_LIST_REJECTED.
+public nonisolated struct WirePublishDeviceList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var deviceList: WireSignedDeviceList {
+    get {_deviceList ?? WireSignedDeviceList()}
+    set {_deviceList = newValue}
+  }
+  /// Returns true if `deviceList` has been explicitly set.
+  public var hasDeviceList: Bool {self._deviceList != nil}
+  /// Clears the value of `deviceList`. Subsequent reads from it will return its default value.
+  public mutating func clearDeviceList() {self._deviceList = nil}
+
+  /// current devices absent from the list, deleted with their queues and prekeys
+  public var removeDeviceIds: [UInt32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _deviceList: WireSignedDeviceList? = nil
+}
+
+/// Asks for a handle's device list and current devices without taking any prekey. Answered with
+/// DeviceListResult, or UNKNOWN_RECIPIENT.
+public nonisolated struct WireFetchDeviceList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var handle: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireDeviceInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var deviceID: UInt32 = 0
+
+  /// 32-byte Ed25519 public key
+  public var deviceIdentityKey: Data = Data()
+
+  /// 64 bytes, by the account identity key
+  public var deviceCertificateSignature: Data = Data()
+
+  public var registeredAtMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireDeviceListResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var handle: String = String()
+
+  public var accountIdentityKey: Data = Data()
+
+  /// absent before one was published
+  public var deviceList: WireSignedDeviceList {
+    get {_deviceList ?? WireSignedDeviceList()}
+    set {_deviceList = newValue}
+  }
+  /// Returns true if `deviceList` has been explicitly set.
+  public var hasDeviceList: Bool {self._deviceList != nil}
+  /// Clears the value of `deviceList`. Subsequent reads from it will return its default value.
+  public mutating func clearDeviceList() {self._deviceList = nil}
+
+  /// the relay's current devices of the handle, ascending by id
+  public var devices: [WireDeviceInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _deviceList: WireSignedDeviceList? = nil
+}
+
+/// Registers a new device of an existing handle (devices.md section 5.3, step 6). Allowed only before
+/// authentication. Answered with RegisterResult (recovery_code empty), or INVALID_SIGNATURE (the
+/// certificate is not under the handle's current account identity key), UNKNOWN_RECIPIENT, TOO_MANY_DEVICES.
+public nonisolated struct WireRegisterDevice: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var handle: String = String()
+
+  public var device: WireDeviceKeys {
+    get {_device ?? WireDeviceKeys()}
+    set {_device = newValue}
+  }
+  /// Returns true if `device` has been explicitly set.
+  public var hasDevice: Bool {self._device != nil}
+  /// Clears the value of `device`. Subsequent reads from it will return its default value.
+  public mutating func clearDevice() {self._device = nil}
+
+  /// by the new device identity key over the authentication payload
+  public var challengeSignature: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _device: WireDeviceKeys? = nil
+}
+
+/// Deletes the account (devices.md section 8). signature: 64-byte Ed25519 signature by the account identity
+/// key over "FlitzDeleteAccount-v1" ‖ 0x00 ‖ account identity key ‖ this connection's challenge nonce ‖ UTF-8
+/// handle. Answered with Ok; then the relay closes every connection of the handle.
+public nonisolated struct WireDeleteAccount: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var signature: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Pairing messages (devices.md section 5.2): opaque bytes kept under a rendezvous id for at most 10 minutes.
+/// Each slot is written once and read once (a read deletes it).
+public nonisolated struct WireLinkPut: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 16 bytes
+  public var rendezvousID: Data = Data()
+
+  /// 1 offer, 2 grant, 3 done
+  public var slot: UInt32 = 0
+
+  /// 1 to 1024 bytes
+  public var message: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireLinkTake: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var rendezvousID: Data = Data()
+
+  public var slot: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireLinkMessage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// empty when nothing was put in that slot yet
+  public var message: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Account-wide settings the relay enforces. seen_receipts_off: the relay drops every ReportSeen of every
+/// device of the account (so a reader who turned seen receipts off never emits one). Answered with Ok.
+public nonisolated struct WireUpdateAccountSettings: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var seenReceiptsOff: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -830,6 +1204,10 @@ public nonisolated struct WireOutgoingEnvelope: Sendable {
   /// opaque to the relay; at most 65536 bytes
   public var ciphertext: Data = Data()
 
+  /// Envelopes of one Submit with the same non-zero group carry one message to every device that must get it
+  /// (relay.md, "Submit" and "Receipts across devices"); 0 makes a group of one envelope.
+  public var group: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -842,6 +1220,11 @@ public nonisolated struct WireSubmit: Sendable {
 
   /// 1 to 100
   public var envelopes: [WireOutgoingEnvelope] = []
+
+  /// false: each group must address exactly the current devices of each handle it addresses, and of the
+  /// sender's own handle except the sending device, or the whole Submit is refused with MISMATCHED_DEVICES.
+  /// true: the envelopes address chosen devices on purpose (a session reset, a resend after one).
+  public var selectedDevices: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -999,7 +1382,7 @@ public nonisolated struct WireReportSeen: Sendable {
 fileprivate nonisolated let _protobuf_package = "flitz.wire.v1"
 
 nonisolated extension WireErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0\u{1}PREKEY_ID_REUSED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0\u{1}PREKEY_ID_REUSED\0\u{1}RATE_LIMITED\0\u{1}UNKNOWN_ENVELOPE\0\u{1}MISMATCHED_DEVICES\0\u{1}DEVICE_LIST_REJECTED\0\u{1}TOO_MANY_DEVICES\0")
 }
 
 nonisolated extension WireReceiptKind: SwiftProtobuf._ProtoNameProviding {
@@ -1008,7 +1391,7 @@ nonisolated extension WireReceiptKind: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Frame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{2}\u{b}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{2}\u{9}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0")
 
   fileprivate class _StorageClass {
     var _version: UInt32 = 0
@@ -1177,6 +1560,32 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
             _storage._body = .ok(v)
           }
         }()
+        case 20: try {
+          var v: WireDeviceListResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .deviceListResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .deviceListResult(v)
+          }
+        }()
+        case 21: try {
+          var v: WireLinkMessage?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .linkMessage(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .linkMessage(v)
+          }
+        }()
         case 30: try {
           var v: WireRegister?
           var hadOneofValue = false
@@ -1281,6 +1690,97 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
             _storage._body = .reportSeen(v)
           }
         }()
+        case 38: try {
+          var v: WireRegisterDevice?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .registerDevice(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .registerDevice(v)
+          }
+        }()
+        case 39: try {
+          var v: WirePublishDeviceList?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .publishDeviceList(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .publishDeviceList(v)
+          }
+        }()
+        case 40: try {
+          var v: WireFetchDeviceList?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .fetchDeviceList(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .fetchDeviceList(v)
+          }
+        }()
+        case 41: try {
+          var v: WireDeleteAccount?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .deleteAccount(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .deleteAccount(v)
+          }
+        }()
+        case 42: try {
+          var v: WireLinkPut?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .linkPut(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .linkPut(v)
+          }
+        }()
+        case 43: try {
+          var v: WireLinkTake?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .linkTake(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .linkTake(v)
+          }
+        }()
+        case 44: try {
+          var v: WireUpdateAccountSettings?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .updateAccountSettings(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .updateAccountSettings(v)
+          }
+        }()
         default: break
         }
       }
@@ -1340,6 +1840,14 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
         guard case .ok(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
       }()
+      case .deviceListResult?: try {
+        guard case .deviceListResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      }()
+      case .linkMessage?: try {
+        guard case .linkMessage(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      }()
       case .register?: try {
         guard case .register(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
@@ -1371,6 +1879,34 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .reportSeen?: try {
         guard case .reportSeen(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
+      }()
+      case .registerDevice?: try {
+        guard case .registerDevice(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 38)
+      }()
+      case .publishDeviceList?: try {
+        guard case .publishDeviceList(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 39)
+      }()
+      case .fetchDeviceList?: try {
+        guard case .fetchDeviceList(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
+      }()
+      case .deleteAccount?: try {
+        guard case .deleteAccount(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
+      }()
+      case .linkPut?: try {
+        guard case .linkPut(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 42)
+      }()
+      case .linkTake?: try {
+        guard case .linkTake(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
+      }()
+      case .updateAccountSettings?: try {
+        guard case .updateAccountSettings(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 44)
       }()
       case nil: break
       }
@@ -1437,7 +1973,7 @@ nonisolated extension WireChallenge: SwiftProtobuf.Message, SwiftProtobuf._Messa
 
 nonisolated extension WireError: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Error"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}code\0\u{1}message\0\u{3}envelope_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}code\0\u{1}message\0\u{3}envelope_id\0\u{3}retry_after_ms\0\u{3}device_mismatches\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1448,6 +1984,8 @@ nonisolated extension WireError: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case 1: try { try decoder.decodeSingularEnumField(value: &self.code) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.message) }()
       case 3: try { try decoder.decodeSingularBytesField(value: &self.envelopeID) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.retryAfterMs) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.deviceMismatches) }()
       default: break
       }
     }
@@ -1463,6 +2001,12 @@ nonisolated extension WireError: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
     if !self.envelopeID.isEmpty {
       try visitor.visitSingularBytesField(value: self.envelopeID, fieldNumber: 3)
     }
+    if self.retryAfterMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.retryAfterMs, fieldNumber: 4)
+    }
+    if !self.deviceMismatches.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.deviceMismatches, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1470,6 +2014,48 @@ nonisolated extension WireError: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
     if lhs.code != rhs.code {return false}
     if lhs.message != rhs.message {return false}
     if lhs.envelopeID != rhs.envelopeID {return false}
+    if lhs.retryAfterMs != rhs.retryAfterMs {return false}
+    if lhs.deviceMismatches != rhs.deviceMismatches {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireDeviceMismatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeviceMismatch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{3}missing_device_ids\0\u{3}stale_device_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.handle) }()
+      case 2: try { try decoder.decodeRepeatedUInt32Field(value: &self.missingDeviceIds) }()
+      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.staleDeviceIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.handle.isEmpty {
+      try visitor.visitSingularStringField(value: self.handle, fieldNumber: 1)
+    }
+    if !self.missingDeviceIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.missingDeviceIds, fieldNumber: 2)
+    }
+    if !self.staleDeviceIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.staleDeviceIds, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireDeviceMismatch, rhs: WireDeviceMismatch) -> Bool {
+    if lhs.handle != rhs.handle {return false}
+    if lhs.missingDeviceIds != rhs.missingDeviceIds {return false}
+    if lhs.staleDeviceIds != rhs.staleDeviceIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1853,7 +2439,7 @@ nonisolated extension WireAuthenticate: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AuthenticateResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}one_time_prekeys_remaining\0\u{3}relay_time_ms\0\u{3}one_time_kem_prekeys_remaining\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}one_time_prekeys_remaining\0\u{3}relay_time_ms\0\u{3}one_time_kem_prekeys_remaining\0\u{3}seen_receipts_off\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1864,6 +2450,7 @@ nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtob
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.oneTimePrekeysRemaining) }()
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.relayTimeMs) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.oneTimeKemPrekeysRemaining) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.seenReceiptsOff) }()
       default: break
       }
     }
@@ -1879,6 +2466,9 @@ nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtob
     if self.oneTimeKemPrekeysRemaining != 0 {
       try visitor.visitSingularUInt32Field(value: self.oneTimeKemPrekeysRemaining, fieldNumber: 3)
     }
+    if self.seenReceiptsOff != false {
+      try visitor.visitSingularBoolField(value: self.seenReceiptsOff, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1886,6 +2476,7 @@ nonisolated extension WireAuthenticateResult: SwiftProtobuf.Message, SwiftProtob
     if lhs.oneTimePrekeysRemaining != rhs.oneTimePrekeysRemaining {return false}
     if lhs.relayTimeMs != rhs.relayTimeMs {return false}
     if lhs.oneTimeKemPrekeysRemaining != rhs.oneTimeKemPrekeysRemaining {return false}
+    if lhs.seenReceiptsOff != rhs.seenReceiptsOff {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1977,7 +2568,7 @@ nonisolated extension WirePreKeyStatus: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireFetchPreKeyBundle: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FetchPreKeyBundle"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{3}device_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1986,6 +2577,7 @@ nonisolated extension WireFetchPreKeyBundle: SwiftProtobuf.Message, SwiftProtobu
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.handle) }()
+      case 2: try { try decoder.decodeRepeatedUInt32Field(value: &self.deviceIds) }()
       default: break
       }
     }
@@ -1995,11 +2587,15 @@ nonisolated extension WireFetchPreKeyBundle: SwiftProtobuf.Message, SwiftProtobu
     if !self.handle.isEmpty {
       try visitor.visitSingularStringField(value: self.handle, fieldNumber: 1)
     }
+    if !self.deviceIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.deviceIds, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireFetchPreKeyBundle, rhs: WireFetchPreKeyBundle) -> Bool {
     if lhs.handle != rhs.handle {return false}
+    if lhs.deviceIds != rhs.deviceIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2066,7 +2662,7 @@ nonisolated extension WireDeviceBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WirePreKeyBundle: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PreKeyBundle"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{3}account_identity_key\0\u{1}devices\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{3}account_identity_key\0\u{1}devices\0\u{3}device_list\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2077,12 +2673,17 @@ nonisolated extension WirePreKeyBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 1: try { try decoder.decodeSingularStringField(value: &self.handle) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.accountIdentityKey) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.devices) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._deviceList) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.handle.isEmpty {
       try visitor.visitSingularStringField(value: self.handle, fieldNumber: 1)
     }
@@ -2092,6 +2693,9 @@ nonisolated extension WirePreKeyBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.devices.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.devices, fieldNumber: 3)
     }
+    try { if let v = self._deviceList {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2099,6 +2703,414 @@ nonisolated extension WirePreKeyBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.handle != rhs.handle {return false}
     if lhs.accountIdentityKey != rhs.accountIdentityKey {return false}
     if lhs.devices != rhs.devices {return false}
+    if lhs._deviceList != rhs._deviceList {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireSignedDeviceList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SignedDeviceList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}payload\0\u{1}signature\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.payload) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.payload.isEmpty {
+      try visitor.visitSingularBytesField(value: self.payload, fieldNumber: 1)
+    }
+    if !self.signature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.signature, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireSignedDeviceList, rhs: WireSignedDeviceList) -> Bool {
+    if lhs.payload != rhs.payload {return false}
+    if lhs.signature != rhs.signature {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WirePublishDeviceList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PublishDeviceList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_list\0\u{3}remove_device_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._deviceList) }()
+      case 2: try { try decoder.decodeRepeatedUInt32Field(value: &self.removeDeviceIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._deviceList {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.removeDeviceIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.removeDeviceIds, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WirePublishDeviceList, rhs: WirePublishDeviceList) -> Bool {
+    if lhs._deviceList != rhs._deviceList {return false}
+    if lhs.removeDeviceIds != rhs.removeDeviceIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireFetchDeviceList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FetchDeviceList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.handle) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.handle.isEmpty {
+      try visitor.visitSingularStringField(value: self.handle, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireFetchDeviceList, rhs: WireFetchDeviceList) -> Bool {
+    if lhs.handle != rhs.handle {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireDeviceInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeviceInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{3}device_identity_key\0\u{3}device_certificate_signature\0\u{3}registered_at_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.deviceID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.deviceIdentityKey) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.deviceCertificateSignature) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.registeredAtMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.deviceID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.deviceID, fieldNumber: 1)
+    }
+    if !self.deviceIdentityKey.isEmpty {
+      try visitor.visitSingularBytesField(value: self.deviceIdentityKey, fieldNumber: 2)
+    }
+    if !self.deviceCertificateSignature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.deviceCertificateSignature, fieldNumber: 3)
+    }
+    if self.registeredAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.registeredAtMs, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireDeviceInfo, rhs: WireDeviceInfo) -> Bool {
+    if lhs.deviceID != rhs.deviceID {return false}
+    if lhs.deviceIdentityKey != rhs.deviceIdentityKey {return false}
+    if lhs.deviceCertificateSignature != rhs.deviceCertificateSignature {return false}
+    if lhs.registeredAtMs != rhs.registeredAtMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireDeviceListResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeviceListResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{3}account_identity_key\0\u{3}device_list\0\u{1}devices\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.handle) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.accountIdentityKey) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._deviceList) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.devices) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.handle.isEmpty {
+      try visitor.visitSingularStringField(value: self.handle, fieldNumber: 1)
+    }
+    if !self.accountIdentityKey.isEmpty {
+      try visitor.visitSingularBytesField(value: self.accountIdentityKey, fieldNumber: 2)
+    }
+    try { if let v = self._deviceList {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.devices.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.devices, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireDeviceListResult, rhs: WireDeviceListResult) -> Bool {
+    if lhs.handle != rhs.handle {return false}
+    if lhs.accountIdentityKey != rhs.accountIdentityKey {return false}
+    if lhs._deviceList != rhs._deviceList {return false}
+    if lhs.devices != rhs.devices {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireRegisterDevice: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RegisterDevice"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{1}device\0\u{3}challenge_signature\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.handle) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._device) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.challengeSignature) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.handle.isEmpty {
+      try visitor.visitSingularStringField(value: self.handle, fieldNumber: 1)
+    }
+    try { if let v = self._device {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.challengeSignature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.challengeSignature, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireRegisterDevice, rhs: WireRegisterDevice) -> Bool {
+    if lhs.handle != rhs.handle {return false}
+    if lhs._device != rhs._device {return false}
+    if lhs.challengeSignature != rhs.challengeSignature {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireDeleteAccount: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeleteAccount"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}signature\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.signature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.signature, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireDeleteAccount, rhs: WireDeleteAccount) -> Bool {
+    if lhs.signature != rhs.signature {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireLinkPut: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LinkPut"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rendezvous_id\0\u{1}slot\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.rendezvousID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.slot) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.rendezvousID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.rendezvousID, fieldNumber: 1)
+    }
+    if self.slot != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slot, fieldNumber: 2)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularBytesField(value: self.message, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireLinkPut, rhs: WireLinkPut) -> Bool {
+    if lhs.rendezvousID != rhs.rendezvousID {return false}
+    if lhs.slot != rhs.slot {return false}
+    if lhs.message != rhs.message {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireLinkTake: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LinkTake"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rendezvous_id\0\u{1}slot\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.rendezvousID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.slot) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.rendezvousID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.rendezvousID, fieldNumber: 1)
+    }
+    if self.slot != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slot, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireLinkTake, rhs: WireLinkTake) -> Bool {
+    if lhs.rendezvousID != rhs.rendezvousID {return false}
+    if lhs.slot != rhs.slot {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireLinkMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LinkMessage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.message.isEmpty {
+      try visitor.visitSingularBytesField(value: self.message, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireLinkMessage, rhs: WireLinkMessage) -> Bool {
+    if lhs.message != rhs.message {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireUpdateAccountSettings: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UpdateAccountSettings"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}seen_receipts_off\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.seenReceiptsOff) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.seenReceiptsOff != false {
+      try visitor.visitSingularBoolField(value: self.seenReceiptsOff, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireUpdateAccountSettings, rhs: WireUpdateAccountSettings) -> Bool {
+    if lhs.seenReceiptsOff != rhs.seenReceiptsOff {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2106,7 +3118,7 @@ nonisolated extension WirePreKeyBundle: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OutgoingEnvelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}recipient_handle\0\u{3}recipient_device_id\0\u{3}ttl_seconds\0\u{1}ciphertext\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}recipient_handle\0\u{3}recipient_device_id\0\u{3}ttl_seconds\0\u{1}ciphertext\0\u{1}group\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2119,6 +3131,7 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.recipientDeviceID) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.ttlSeconds) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.ciphertext) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
       default: break
       }
     }
@@ -2140,6 +3153,9 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
     if !self.ciphertext.isEmpty {
       try visitor.visitSingularBytesField(value: self.ciphertext, fieldNumber: 5)
     }
+    if self.group != 0 {
+      try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2149,6 +3165,7 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.recipientDeviceID != rhs.recipientDeviceID {return false}
     if lhs.ttlSeconds != rhs.ttlSeconds {return false}
     if lhs.ciphertext != rhs.ciphertext {return false}
+    if lhs.group != rhs.group {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2156,7 +3173,7 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension WireSubmit: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Submit"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}envelopes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}envelopes\0\u{3}selected_devices\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2165,6 +3182,7 @@ nonisolated extension WireSubmit: SwiftProtobuf.Message, SwiftProtobuf._MessageI
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.envelopes) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.selectedDevices) }()
       default: break
       }
     }
@@ -2174,11 +3192,15 @@ nonisolated extension WireSubmit: SwiftProtobuf.Message, SwiftProtobuf._MessageI
     if !self.envelopes.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.envelopes, fieldNumber: 1)
     }
+    if self.selectedDevices != false {
+      try visitor.visitSingularBoolField(value: self.selectedDevices, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireSubmit, rhs: WireSubmit) -> Bool {
     if lhs.envelopes != rhs.envelopes {return false}
+    if lhs.selectedDevices != rhs.selectedDevices {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
