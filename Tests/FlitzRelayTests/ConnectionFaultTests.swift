@@ -58,7 +58,11 @@ import Testing
             // The write timeout passes: bob's connection is closed, with its buffer within the bound.
             gate.open()
             try await within(.seconds(60)) { await monitor.wait { $0.slowReaderDisconnects == 1 } }
+            // From now on blocked writes wait the real timeout again (30 s), so the drain below, which a
+            // loaded machine reads slowly, is not cut short.
+            registry.stallTimer = { duration in try await Task.sleep(for: duration) }
             let buffered = monitor.snapshot.maxBufferedBytesAtStall
+            print("slow reader: closed with \(buffered) bytes in its outbound buffer (bound \(relay.app.relay.configuration.outboundBufferBytes) + one frame)")
             #expect(buffered >= 0 && buffered <= relay.app.relay.configuration.outboundBufferBytes + WireConstants.maxFrameBytes, "\(buffered)")
             // Reading the stalled socket now ends after what the kernel had buffered.
             var ended = false
@@ -82,6 +86,7 @@ import Testing
             #expect(drained.map(\.envelopeID) == backlog.map(\.envelopeID))
             #expect(drained.map(\.ciphertext) == backlog.map(\.ciphertext))
             #expect(try await relay.connect { try await $0.authenticate(bob) }.isEmpty)
+            #expect(monitor.snapshot.slowReaderDisconnects == 1, "only the stalled connection was closed")
         }
     }
 
@@ -105,11 +110,12 @@ import Testing
     }
 
     @Test func aPeerThatAnswersPingsStaysConnected() async throws {
-        try await RelayHarness.run(configure: { $0.pingInterval = .milliseconds(100) }) { relay in
+        // Long enough that a loaded machine answers each ping well within one interval.
+        try await RelayHarness.run(configure: { $0.pingInterval = .milliseconds(700) }) { relay in
             let peer = try await RawWebSocket(port: relay.port)
             _ = try await challenge(peer)
             var pings = 0
-            while pings < 5 {
+            while pings < 3 {
                 let frame = try #require(try await peer.readFrame())
                 #expect(frame.opcode != RawWebSocket.Frame.close, "closed: \(frame.closeReason)")
                 if frame.opcode == RawWebSocket.Frame.ping {
