@@ -2,6 +2,7 @@
 import FlitzStore
 import FlitzWire
 import Foundation
+import Synchronization
 import Testing
 
 /// Transcript tests of the per-connection state machine: event, expected action, event, ...
@@ -83,6 +84,19 @@ import Testing
         machine.attemptEnded(freshNonce: nonce)
         #expect(machine.receivedFrame(frame(4, .linkTake(WireLinkTake()))) == .handleAnonymous(requestID: 4, body: .linkTake(WireLinkTake())))
         #expect(machine.receivedFrame(frame(5, .fetchDeviceList(WireFetchDeviceList()))).isReply(code: .notAuthenticated))
+    }
+
+    /// However many items are queued while a connection is busy, at most one pump event waits for it.
+    @Test func wakesAreCoalescedIntoOnePendingPump() {
+        let enqueued = Mutex(0)
+        let pump = PumpRequest(continuation: { enqueued.withLock { $0 += 1 } })
+        for _ in 0..<1_000 { pump.wake() }
+        pump.request()
+        #expect(enqueued.withLock { $0 } == 1)
+        #expect(pump.taken() == true, "the pump being handled reports the wakes")
+        pump.request()
+        #expect(enqueued.withLock { $0 } == 2)
+        #expect(pump.taken() == false, "a pump asked for after a page is not a wake")
     }
 
     @Test func undecodableInputTranscript() {
