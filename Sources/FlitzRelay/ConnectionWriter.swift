@@ -45,6 +45,16 @@ struct ConnectionWriter: Sendable {
         try await perform { try await outbound.close(code, reason: reason) }
     }
 
+    /// Sends a WebSocket close frame; a connection already gone is not an error here, a stalled one is
+    /// (it throws `Stalled`, so the caller counts it).
+    func closeQuietly(_ code: WebSocketErrorCode, reason: String?) async throws {
+        do {
+            try await close(code, reason: reason)
+        } catch let stalled as Stalled {
+            throw stalled
+        } catch {}
+    }
+
     private enum Outcome: Sendable {
         case written
         case failed(any Error)

@@ -87,7 +87,7 @@ struct RelayConnection {
                     case .authenticationDeadline:
                         if machine.device == nil {
                             logger.debug("closing", metadata: ["reason": "not authenticated in time"])
-                            try? await writer.close(.policyViolation, reason: "not authenticated in time")
+                            try await writer.closeQuietly(.policyViolation, reason: "not authenticated in time")
                             break loop
                         }
                     case .pump:
@@ -96,7 +96,7 @@ struct RelayConnection {
                     case .close(let reason):
                         if case .close(let reason) = machine.closeRequested(reason: reason) {
                             logger.debug("closing", metadata: ["reason": "\(reason)"])
-                            try? await writer.close(.normalClosure, reason: reason)
+                            try await writer.closeQuietly(.normalClosure, reason: reason)
                             break loop
                         }
                     case .message(let message):
@@ -148,7 +148,7 @@ struct RelayConnection {
                 return true
             case .replyAndClose(let reply):
                 try await writer.send(reply)
-                try? await writer.close(.messageTooLarge, reason: "frame too large")
+                try await writer.closeQuietly(.messageTooLarge, reason: "frame too large")
                 return false
             }
         }

@@ -36,6 +36,7 @@ import Testing
             let stalled = try await RawWebSocket(port: relay.port, receiveBufferBytes: 4_096)
             let nonce = try await challenge(stalled)
             try await stalled.sendBinary(FrameCodec.encode(WireFrame(requestID: 1, body: bob.authenticate(nonce: nonce, deviceID: 1))))
+            // Bob's is the only open connection now (the registrations and alice's submissions are closed).
             try await within(.seconds(60)) { await monitor.wait { $0.writesWaiting >= 1 } }
 
             // While bob's connection is blocked, carol sends to alice and alice receives and acknowledges.
