@@ -62,7 +62,8 @@ struct FaultTests {
         print(
             "fault test: submitted \(envelopes.count), acknowledged to sender \(result.acknowledgedToSender.count), "
                 + "delivered \(result.history.count), duplicates dropped \(result.duplicatesDropped), kills \(relay.kills), "
-                + "sender reconnects \(result.senderConnections - 1), recipient reconnects \(result.recipientConnections - 1)")
+                + "sender reconnects \(result.senderConnections - 1), batches resubmitted after a lost result \(result.batchesResubmitted), "
+                + "recipient reconnects \(result.recipientConnections - 1)")
         #expect(relay.kills == Self.killCount)
         #expect(result.acknowledgedToSender.count == envelopes.count, "the sender retried until every envelope was acknowledged")
         // Every envelope the sender saw acknowledged is in the recipient's history, exactly once, with its bytes.
@@ -100,7 +101,9 @@ struct FaultTests {
                             outgoing.ciphertext = envelope.ciphertext
                             return outgoing
                         }
+                        progress.awaitingResult = true
                         let reply = try await session.request(.submit(submit))
+                        progress.awaitingResult = false
                         guard case .submitResult(let result) = reply.body, result.outcomes.count == batch.count,
                             result.outcomes.allSatisfy({ !$0.hasError })
                         else { throw WireIdentity.Failure("submit refused: \(reply)") }
@@ -116,6 +119,8 @@ struct FaultTests {
                 throw failure
             } catch {
                 // The relay went away mid-batch: reconnect (below) and submit the batch again.
+                if progress.awaitingResult { state.update { $0.batchesResubmitted += 1 } }
+                progress.awaitingResult = false
             }
             if progress.next < envelopes.count { try await relay.waitUntilServing() }
         }
@@ -124,6 +129,7 @@ struct FaultTests {
     /// The sender's position; used by one task at a time (the sender's).
     final class SenderProgress: @unchecked Sendable {
         var next = 0
+        var awaitingResult = false
         var kills: ArraySlice<Int>
         init(kills: [Int]) { self.kills = kills[...] }
     }
@@ -185,6 +191,8 @@ final class FaultState: Sendable {
         var duplicatesDropped = 0
         var mismatchedRedeliveries = 0
         var deliveredAfterConfirmedAcknowledgement = 0
+        /// Submits whose result a kill swallowed, sent again byte for byte.
+        var batchesResubmitted = 0
         var senderConnections = 0
         var recipientConnections = 0
     }
