@@ -113,7 +113,16 @@ let package = Package(
             ]
         ),
         // Drives the built `flitz-relay` and `flitz` executables as separate processes.
-        .testTarget(name: "FlitzEndToEndTests", dependencies: ["FlitzCLI", "FlitzRelayCLI"]),
+        // FaultTests speak raw frames to the child relay: FlitzWire, FlitzCrypto and the WebSocket client.
+        .testTarget(
+            name: "FlitzEndToEndTests",
+            dependencies: [
+                "FlitzCLI", "FlitzRelayCLI", "FlitzWire", "FlitzCrypto",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -94,10 +94,10 @@ public func buildRelay(
     let host = configuration.host
     let application = Application(
         router: router,
-        server: .http1WebSocketUpgrade(configuration: .init(ws: webSocket)) { request, _, _ in
+        server: .http1WebSocketUpgrade(configuration: .init(ws: webSocket)) { request, channel, _ in
             guard request.path == "/v1/ws" else { return .dontUpgrade }
             return .upgrade([:]) { inbound, outbound, context in
-                try await RelayConnection(relay: relay).run(inbound: inbound, outbound: outbound, logger: context.logger)
+                try await RelayConnection(relay: relay, channel: channel).run(inbound: inbound, outbound: outbound, logger: context.logger)
             }
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "flitz-relay"),

@@ -347,14 +347,18 @@ public final class Relay: Sendable {
     /// Budget for one Deliver frame's items, leaving room for the frame's own fields.
     static let deliverByteBudget = WireConstants.maxFrameBytes - 4_096
 
-    /// The next Deliver body for `device`: queue items after `sequence`, at most
-    /// `WireConstants.maxItemsPerDeliver` and at most `deliverByteBudget` bytes (a 64 KiB ciphertext
-    /// limit times 100 items would otherwise exceed the 1 MiB frame limit). Nil when nothing is waiting.
-    /// `more` is true when further items may be waiting right away.
-    func nextDelivery(for device: DeviceAddress, after sequence: Int64) async throws(RelayError) -> (body: WireDeliver, lastSequence: Int64, more: Bool)? {
+    /// The next Deliver body for `device`: queue items after `sequence`, at most `limit` (1 to
+    /// `WireConstants.maxItemsPerDeliver`; the connection's free delivery window) and at most
+    /// `deliverByteBudget` bytes (a 64 KiB ciphertext limit times 100 items would otherwise exceed the
+    /// 1 MiB frame limit). Nil when nothing is waiting. `more` is true when further items may be waiting
+    /// right away.
+    func nextDelivery(
+        for device: DeviceAddress, after sequence: Int64, limit: Int = WireConstants.maxItemsPerDeliver
+    ) async throws(RelayError) -> (body: WireDeliver, lastSequence: Int64, more: Bool)? {
+        let limit = min(max(1, limit), WireConstants.maxItemsPerDeliver)
         let items: [QueuedItem]
         do {
-            items = try await store.pendingItems(for: device, afterSequence: sequence, nowMs: clock.nowMs(), limit: WireConstants.maxItemsPerDeliver)
+            items = try await store.pendingItems(for: device, afterSequence: sequence, nowMs: clock.nowMs(), limit: limit)
         } catch {
             throw internalError(error)
         }
@@ -395,7 +399,7 @@ public final class Relay: Sendable {
             included += 1
             lastSequence = item.sequence
         }
-        return (deliver, lastSequence, items.count == WireConstants.maxItemsPerDeliver)
+        return (deliver, lastSequence, items.count == limit)
     }
 
     // MARK: Validation

@@ -24,6 +24,17 @@ public struct RelayConfiguration: Sendable {
     /// `relay.maxQueuedEnvelopes`: most undelivered envelopes queued for one device; more get `QUEUE_FULL`.
     /// Default 10 000.
     public var maxQueuedEnvelopes: Int
+    /// `relay.deliveryWindow`: most queue items (envelopes and receipts) a connection has sent and not yet
+    /// had acknowledged; delivery pauses at this many until acknowledgements arrive (`relay.md`,
+    /// "Delivery window"). Default 1 000.
+    public var deliveryWindow: Int = 1_000
+    /// `relay.outboundBufferBytes`: the relay buffers at most this many bytes (plus the frame being
+    /// written) for a connection whose peer reads slowly; writes wait above it (`relay.md`, "Slow
+    /// readers"). Default 65 536.
+    public var outboundBufferBytes: Int = 65_536
+    /// `relay.writeTimeout`: a write that has waited this long for a peer that does not read closes the
+    /// connection; nothing queued is lost (`relay.md`, "Slow readers"). Default 30 seconds.
+    public var writeTimeout: Duration = .seconds(30)
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(

@@ -8,7 +8,9 @@ import Synchronization
 
 /// Runs one WebSocket connection (`protocol/relay.md`, "Connections"): sends the Challenge, then
 /// handles frames and relay signals (wake, close) one at a time, in arrival order, driving a
-/// `ConnectionStateMachine`.
+/// `ConnectionStateMachine`. Delivery goes one `Deliver` page per event, interleaved with requests, and
+/// stops while the delivery window is full ("Delivery window"); writes go through a `ConnectionWriter`,
+/// which disconnects a peer that stops reading ("Slow readers").
 struct RelayConnection {
     /// Largest WebSocket message read before the frame-size check; larger messages are closed by the
     /// WebSocket layer with close code 1009 (too big). Between `maxFrameBytes` and this, the relay
@@ -20,14 +22,18 @@ struct RelayConnection {
     private enum Event: Sendable {
         case message(WebSocketMessage)
         case inboundFinished
-        case signal(ConnectionSignal)
+        case close(reason: String)
+        case pump
         case authenticationDeadline
     }
 
     let relay: Relay
+    /// The connection's socket: its outbound buffer is bounded, and it is closed under a stalled write.
+    let channel: any Channel
 
     func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async throws {
         let registry = relay.registry
+        let configuration = relay.configuration
         let connectionID = registry.makeConnectionID()
         let logger = {
             var logger = logger
@@ -35,77 +41,99 @@ struct RelayConnection {
             return logger
         }()
         let (events, continuation) = AsyncStream.makeStream(of: Event.self)
+        let pump = PumpRequest(continuation: { continuation.yield(.pump) })
         let gate = ReadGate(limit: Self.maxPendingMessages)
-        var machine = ConnectionStateMachine(nonce: relay.random.bytes(WireConstants.challengeNonceLength))
+        let writer = ConnectionWriter(outbound: outbound, channel: channel, timeout: configuration.writeTimeout, registry: registry)
+        await writer.limitBuffer(highWaterMark: configuration.outboundBufferBytes)
+        var machine = ConnectionStateMachine(nonce: relay.random.bytes(WireConstants.challengeNonceLength), window: configuration.deliveryWindow)
+        var windowFull = false
         defer {
             if let device = machine.device { registry.release(device, connectionID: connectionID) }
+            if windowFull { registry.monitor.record { $0.windowsFull -= 1 } }
             continuation.finish()
             gate.close()
         }
 
-        var challenge = WireChallenge()
-        challenge.nonce = machine.nonce
-        challenge.relayTimeMs = relay.clock.nowMs()
-        challenge.supportedVersions = WireConstants.supportedVersions
-        try await send(WireFrame(requestID: 0, body: .challenge(challenge)), outbound)
-
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                do {
-                    for try await message in inbound.messages(maxSize: Self.readLimit) {
-                        guard await gate.enter() else { break }
-                        continuation.yield(.message(message))
+        do {
+            try await writer.send(challenge(machine.nonce))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        for try await message in inbound.messages(maxSize: Self.readLimit) {
+                            guard await gate.enter() else { break }
+                            continuation.yield(.message(message))
+                        }
+                    } catch {
+                        logger.debug("inbound ended", metadata: ["error": "\(error)"])
                     }
-                } catch {
-                    logger.debug("inbound ended", metadata: ["error": "\(error)"])
+                    continuation.yield(.inboundFinished)
                 }
-                continuation.yield(.inboundFinished)
-            }
-            // Unauthenticated connections hold resources and may not linger (`relay.authenticationTimeout`).
-            let authenticationTimeout = relay.configuration.authenticationTimeout
-            group.addTask {
-                try? await Task.sleep(for: authenticationTimeout)
-                continuation.yield(.authenticationDeadline)
-            }
-            // Whatever ends the loop (close, error), release a reader waiting in the gate before the
-            // group waits for it.
-            defer {
-                gate.close()
-                group.cancelAll()
-            }
-            loop: for await event in events {
-                switch event {
-                case .inboundFinished:
-                    break loop
-                case .authenticationDeadline:
-                    if machine.device == nil {
-                        logger.debug("closing", metadata: ["reason": "not authenticated in time"])
-                        try? await outbound.close(.policyViolation, reason: "not authenticated in time")
-                        break loop
-                    }
-                case .signal(.wake):
-                    if case .deliver(let device, let after) = machine.wokenUp() {
-                        try await deliver(device: device, after: after, drained: false, machine: &machine, outbound)
-                    }
-                case .signal(.close(let reason)):
-                    if case .close(let reason) = machine.closeRequested(reason: reason) {
-                        logger.debug("closing", metadata: ["reason": "\(reason)"])
-                        try? await outbound.close(.normalClosure, reason: reason)
-                        break loop
-                    }
-                case .message(let message):
-                    defer { gate.leave() }
-                    let keepOpen = try await received(message, machine: &machine, connectionID: connectionID, continuation: continuation, outbound, logger)
-                    if !keepOpen { break loop }
+                // Unauthenticated connections hold resources and may not linger (`relay.authenticationTimeout`).
+                let authenticationTimeout = configuration.authenticationTimeout
+                group.addTask {
+                    try? await Task.sleep(for: authenticationTimeout)
+                    continuation.yield(.authenticationDeadline)
                 }
+                // Whatever ends the loop (close, error), release a reader waiting in the gate before the
+                // group waits for it.
+                defer {
+                    gate.close()
+                    group.cancelAll()
+                }
+                loop: for await event in events {
+                    switch event {
+                    case .inboundFinished:
+                        break loop
+                    case .authenticationDeadline:
+                        if machine.device == nil {
+                            logger.debug("closing", metadata: ["reason": "not authenticated in time"])
+                            try await writer.closeQuietly(.policyViolation, reason: "not authenticated in time")
+                            break loop
+                        }
+                    case .pump:
+                        if pump.taken() { _ = machine.wokenUp() }
+                        try await deliverPage(machine: &machine, writer: writer, pump: pump)
+                    case .close(let reason):
+                        if case .close(let reason) = machine.closeRequested(reason: reason) {
+                            logger.debug("closing", metadata: ["reason": "\(reason)"])
+                            try await writer.closeQuietly(.normalClosure, reason: reason)
+                            break loop
+                        }
+                    case .message(let message):
+                        defer { gate.leave() }
+                        let keepOpen = try await received(
+                            message, machine: &machine, connectionID: connectionID, continuation: continuation, pump: pump, writer, logger)
+                        if !keepOpen { break loop }
+                    }
+                    let full = machine.device != nil && machine.inFlightCount >= machine.window
+                    if full != windowFull {
+                        windowFull = full
+                        registry.monitor.record { $0.windowsFull += full ? 1 : -1 }
+                    }
+                }
+            }
+        } catch let stalled as ConnectionWriter.Stalled {
+            // The socket is closed; the unacknowledged items stay queued for the next connection.
+            logger.notice("closed a slow reader", metadata: ["relay.bufferedBytes": "\(stalled.bufferedBytes)"])
+            registry.monitor.record {
+                $0.slowReaderDisconnects += 1
+                $0.maxBufferedBytesAtStall = max($0.maxBufferedBytesAtStall, stalled.bufferedBytes)
             }
         }
+    }
+
+    private func challenge(_ nonce: Data) -> WireFrame {
+        var challenge = WireChallenge()
+        challenge.nonce = nonce
+        challenge.relayTimeMs = relay.clock.nowMs()
+        challenge.supportedVersions = WireConstants.supportedVersions
+        return WireFrame(requestID: 0, body: .challenge(challenge))
     }
 
     /// Handles one WebSocket message; returns false when the connection must close.
     private func received(
         _ message: WebSocketMessage, machine: inout ConnectionStateMachine, connectionID: UInt64,
-        continuation: AsyncStream<Event>.Continuation, _ outbound: WebSocketOutboundWriter, _ logger: Logger
+        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, _ writer: ConnectionWriter, _ logger: Logger
     ) async throws -> Bool {
         let frame: WireFrame
         do throws(FrameDecodingError) {
@@ -116,11 +144,11 @@ struct RelayConnection {
         } catch {
             switch machine.receivedUndecodable(error) {
             case .reply(let reply):
-                try await send(reply, outbound)
+                try await writer.send(reply)
                 return true
             case .replyAndClose(let reply):
-                try await send(reply, outbound)
-                try? await outbound.close(.messageTooLarge, reason: "frame too large")
+                try await writer.send(reply)
+                try await writer.closeQuietly(.messageTooLarge, reason: "frame too large")
                 return false
             }
         }
@@ -128,10 +156,13 @@ struct RelayConnection {
         case .ignore:
             return true
         case .reply(let reply):
-            try await send(reply, outbound)
+            try await writer.send(reply)
         case .handleUnauthenticated(let requestID, let body, let nonce):
             try await handleUnauthenticated(
-                requestID: requestID, body: body, nonce: nonce, machine: &machine, connectionID: connectionID, continuation: continuation, outbound, logger)
+                requestID: requestID, body: body, nonce: nonce, machine: &machine, connectionID: connectionID, continuation: continuation,
+                pump: pump, writer, logger)
+        case .handleAnonymous(let requestID, _):
+            try await writer.send(.error(.unknownFrame, "unexpected frame", requestID: requestID))
         case .handleAuthenticated(let requestID, let body, let device):
             let reply: WireFrame
             do {
@@ -139,38 +170,55 @@ struct RelayConnection {
             } catch {
                 reply = error.frame(requestID: requestID)
             }
-            try await send(reply, outbound)
+            try await writer.send(reply)
+            // Acknowledged items free their places in the window.
+            if case .acknowledge(let request) = body, case .ok = reply.body {
+                let keys = request.envelopeIds.compactMap(ConnectionStateMachine.ItemKey.envelope)
+                    + request.receiptIds.compactMap(ConnectionStateMachine.ItemKey.receipt)
+                if machine.acknowledged(keys) { pump.request() }
+            }
         }
         return true
     }
 
+    /// Register, Recover, RegisterDevice or Authenticate: each consumes the connection's nonce. Unless it
+    /// authenticates the connection, the relay sends a fresh `Challenge` before the answer
+    /// (`relay.md`, "Challenges").
     private func handleUnauthenticated(
         requestID: UInt64, body: WireFrame.OneOf_Body, nonce: Data, machine: inout ConnectionStateMachine, connectionID: UInt64,
-        continuation: AsyncStream<Event>.Continuation, _ outbound: WebSocketOutboundWriter, _ logger: Logger
+        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, _ writer: ConnectionWriter, _ logger: Logger
     ) async throws {
+        let answer: WireFrame
         do {
             switch body {
             case .register(let request):
-                let result = try await relay.register(request, nonce: nonce)
-                try await send(WireFrame(requestID: requestID, body: .registerResult(result)), outbound)
+                answer = WireFrame(requestID: requestID, body: .registerResult(try await relay.register(request, nonce: nonce)))
             case .recover(let request):
-                let result = try await relay.recover(request, nonce: nonce)
-                try await send(WireFrame(requestID: requestID, body: .registerResult(result)), outbound)
+                answer = WireFrame(requestID: requestID, body: .registerResult(try await relay.recover(request, nonce: nonce)))
             case .authenticate(let request):
                 let (device, result) = try await relay.authenticate(request, nonce: nonce)
                 switch machine.authenticationSucceeded(as: device) {
-                case .sendResultAndDrain(let device):
-                    relay.registry.claim(device, connectionID: connectionID) { signal in continuation.yield(.signal(signal)) }
+                case .sendResultAndDeliver(let device):
+                    relay.registry.claim(device, connectionID: connectionID) { signal in
+                        switch signal {
+                        case .wake: pump.wake()
+                        case .close(let reason): continuation.yield(.close(reason: reason))
+                        }
+                    }
                     logger.debug("authenticated", metadata: ["relay.handle": "\(device.handle)", "relay.device": "\(device.deviceID)"])
-                    try await send(WireFrame(requestID: requestID, body: .authenticateResult(result)), outbound)
-                    try await deliver(device: device, after: 0, drained: true, machine: &machine, outbound)
+                    try await writer.send(WireFrame(requestID: requestID, body: .authenticateResult(result)))
+                    pump.request()
+                    return
                 }
             default:
-                try await send(.error(.unknownFrame, "unexpected frame", requestID: requestID), outbound)
+                throw RelayError(.unknownFrame, "unexpected frame")
             }
         } catch let error as RelayError {
-            try await send(error.frame(requestID: requestID), outbound)
+            answer = error.frame(requestID: requestID)
         }
+        machine.attemptEnded(freshNonce: relay.random.bytes(WireConstants.challengeNonceLength))
+        try await writer.send(challenge(machine.nonce))
+        try await writer.send(answer)
     }
 
     private func handleAuthenticated(requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress) async throws(RelayError) -> WireFrame {
@@ -192,29 +240,69 @@ struct RelayConnection {
         }
     }
 
-    /// Sends every item queued after `after` in Deliver frames, then `QueueDrained` when `drained`.
-    private func deliver(
-        device: DeviceAddress, after: Int64, drained: Bool, machine: inout ConnectionStateMachine, _ outbound: WebSocketOutboundWriter
-    ) async throws {
-        var cursor = after
+    /// Sends one `Deliver` page if the machine allows, then `QueueDrained` or another pump as it says.
+    private func deliverPage(machine: inout ConnectionStateMachine, writer: ConnectionWriter, pump: PumpRequest) async throws {
+        guard case .fetch(let device, let after, let limit) = machine.pump(nowMs: relay.clock.nowMs()) else { return }
+        let next: ConnectionStateMachine.AfterPageAction
         do {
-            while let (body, last, more) = try await relay.nextDelivery(for: device, after: cursor) {
-                try await send(WireFrame(requestID: 0, body: .deliver(body)), outbound)
-                machine.sentItems(through: last)
-                cursor = last
-                if !more { break }
+            if let (body, last, more) = try await relay.nextDelivery(for: device, after: after, limit: limit) {
+                try await writer.send(WireFrame(requestID: 0, body: .deliver(body)))
+                var items: [(key: ConnectionStateMachine.ItemKey, expiresAtMs: Int64)] = []
+                items.reserveCapacity(body.envelopes.count + body.receipts.count)
+                for envelope in body.envelopes {
+                    if let key = ConnectionStateMachine.ItemKey.envelope(envelope.envelopeID) { items.append((key, envelope.expiresAtMs)) }
+                }
+                for receipt in body.receipts {
+                    if let key = ConnectionStateMachine.ItemKey.receipt(receipt.receiptID) { items.append((key, .max)) }
+                }
+                next = machine.sent(items, through: last, more: more)
+                let inFlight = machine.inFlightCount
+                if inFlight > relay.registry.monitor.snapshot.maxInFlight {
+                    relay.registry.monitor.record { $0.maxInFlight = max($0.maxInFlight, inFlight) }
+                }
+            } else {
+                next = machine.foundNothing()
             }
         } catch let error as RelayError {
-            try await send(error.frame(requestID: 0), outbound)
+            // The items stay queued and are tried again at the next wake or acknowledgement.
+            try await writer.send(error.frame(requestID: 0))
             return
         }
-        if drained {
-            try await send(WireFrame(requestID: 0, body: .queueDrained(WireQueueDrained())), outbound)
+        switch next {
+        case .pumpAgain: pump.request()
+        case .sendQueueDrained: try await writer.send(WireFrame(requestID: 0, body: .queueDrained(WireQueueDrained())))
+        case .none: break
         }
     }
+}
 
-    private func send(_ frame: WireFrame, _ outbound: WebSocketOutboundWriter) async throws {
-        try await outbound.write(.binary(ByteBuffer(bytes: FrameCodec.encode(frame))))
+/// Coalesces requests to deliver: at most one `pump` event waits in a connection's event queue, however
+/// many items are queued meanwhile, so a busy or blocked connection's queue stays bounded.
+final class PumpRequest: Sendable {
+    private let pending = Atomic<Bool>(false)
+    private let woken = Atomic<Bool>(false)
+    private let enqueue: @Sendable () -> Void
+
+    init(continuation enqueue: @escaping @Sendable () -> Void) {
+        self.enqueue = enqueue
+    }
+
+    /// Asks for a pump unless one is already waiting.
+    func request() {
+        if !pending.exchange(true, ordering: .acquiringAndReleasing) { enqueue() }
+    }
+
+    /// New items may be queued: asks for a pump that first tells the machine (`wokenUp`).
+    func wake() {
+        woken.store(true, ordering: .releasing)
+        request()
+    }
+
+    /// The waiting pump is being handled; later requests enqueue a new one. Returns whether a wake came
+    /// since the last pump was taken.
+    func taken() -> Bool {
+        pending.store(false, ordering: .releasing)
+        return woken.exchange(false, ordering: .acquiringAndReleasing)
     }
 }
 

@@ -31,6 +31,8 @@ import Testing
                 register.device.oneTimeKemPrekeys = (2...52).map { alice.kemPreKey(id: UInt32($0), lastResort: false) }
                 #expect(try await connection.request(.register(register)).errorCode == .invalidArgument, "51 one-time KEM prekeys in one frame")
                 register.device.oneTimeKemPrekeys = (2...3).map { alice.kemPreKey(id: UInt32($0), lastResort: false) }
+                // Each refused attempt consumed a nonce (`relay.md`, "Challenges"): sign the current one.
+                register.challengeSignature = alice.device.signature(for: SignedPayload.authentication(nonce: connection.nonce, handle: "alice"))
                 guard case .registerResult = try await connection.request(.register(register)).body else {
                     Issue.record("a valid registration was refused")
                     return

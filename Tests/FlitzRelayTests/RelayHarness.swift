@@ -27,7 +27,8 @@ struct RelayHarness: Sendable {
     var url: String { "ws://127.0.0.1:\(port)/v1/ws" }
 
     static func run(
-        authenticationTimeout: Duration = .seconds(30), _ body: @Sendable (RelayHarness) async throws -> Void
+        authenticationTimeout: Duration = .seconds(30), configure: (inout RelayConfiguration) -> Void = { _ in },
+        _ body: @Sendable (RelayHarness) async throws -> Void
     ) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-relay-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -36,11 +37,11 @@ struct RelayHarness: Sendable {
         let clock = TestClock()
         var logger = Logger(label: "flitz-relay-test")
         logger.logLevel = .warning
-        let app = try await buildRelay(
-            configuration: RelayConfiguration(
-                host: "127.0.0.1", port: 0, databasePath: path, sweepInterval: .seconds(3_600), retention: .seconds(86_400),
-                authenticationTimeout: authenticationTimeout),
-            logger: logger, clock: clock)
+        var configuration = RelayConfiguration(
+            host: "127.0.0.1", port: 0, databasePath: path, sweepInterval: .seconds(3_600), retention: .seconds(86_400),
+            authenticationTimeout: authenticationTimeout)
+        configure(&configuration)
+        let app = try await buildRelay(configuration: configuration, logger: logger, clock: clock)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.run(handleSignals: false) }
             let port = await app.port()
@@ -133,6 +134,9 @@ final class TestConnection: @unchecked Sendable {
         }
     }
 
+    /// Unsolicited frames read while waiting for a response and not yet taken by `next()`.
+    var stashedFrames: [WireFrame] { stash }
+
     /// The next frame (stashed unsolicited frames first).
     func next() async throws -> WireFrame {
         if !stash.isEmpty { return stash.removeFirst() }
@@ -149,6 +153,12 @@ final class TestConnection: @unchecked Sendable {
             guard let data = try await nextRaw() else { throw TestTimeout() }
             let frame = try WireFrame(serializedBytes: data)
             if frame.requestID == id { return frame }
+            // A fresh Challenge (sent before the answer to a registration or a failed attempt) replaces the
+            // consumed nonce (`relay.md`, "Challenges").
+            if case .challenge(let challenge) = frame.body {
+                nonce = challenge.nonce
+                continue
+            }
             stash.append(frame)
         }
     }
