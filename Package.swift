@@ -92,7 +92,9 @@ let package = Package(
         ),
         .executableTarget(
             name: "FlitzVectorGen",
-            dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzWire", "FlitzVectors", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzWire", "FlitzVectors", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            // Read from the source tree by path (KEMFixtures.swift), not bundled.
+            exclude: ["Fixtures"]
         ),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
         .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),

@@ -108,7 +108,7 @@ extension FlitzClient {
         // Only a session this device had can be reset, and only with a contact already trusted: a forged
         // envelope from a stranger must not make this device pin a key (trust on first use) or spend the
         // stranger's prekeys. The attempt counts before the bundle is fetched, so each costs one per interval.
-        let known = try await store.transaction { db -> Bool in
+        let known = try store.transaction { db -> Bool in
             guard try ClientStore.contact(handle, db) != nil,
                 try ClientStore.sessions(with: handle, db).contains(where: { $0.deviceID == deviceID })
             else { return false }

@@ -68,7 +68,7 @@ public enum WireJSON {
     /// The JSON names of every `bytes` field in `flitz_wire.proto`; only these are converted.
     public static let bytesFieldNames: Set<String> = [
         "nonce", "envelopeId", "envelopeIds", "receiptId", "receiptIds", "publicKey", "signature", "deviceIdentityKey",
-        "deviceCertificateSignature", "accountIdentityKey", "challengeSignature", "ciphertext",
+        "deviceCertificateSignature", "accountIdentityKey", "challengeSignature", "ciphertext", "rendezvousId", "pairingMessage", "payload",
     ]
 
     /// The fields of `frame` as JSON.

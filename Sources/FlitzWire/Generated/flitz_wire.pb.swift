@@ -1123,7 +1123,7 @@ public nonisolated struct WireDeleteAccount: Sendable {
   public init() {}
 }
 
-/// Pairing messages (devices.md section 5.2): opaque bytes kept under a rendezvous id for at most 10 minutes.
+/// Pairing messages (devices.md section 5.2), opaque to the relay, stored under a rendezvous id for at most 10 minutes.
 /// Each slot is written once and read once (a read deletes it).
 public nonisolated struct WireLinkPut: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -1136,8 +1136,8 @@ public nonisolated struct WireLinkPut: Sendable {
   /// 1 offer, 2 grant, 3 done
   public var slot: UInt32 = 0
 
-  /// 1 to 1024 bytes
-  public var message: Data = Data()
+  /// 1 to 1024 bytes (named so to differ from the string Error.message in JSON vectors)
+  public var pairingMessage: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1164,7 +1164,7 @@ public nonisolated struct WireLinkMessage: Sendable {
   // methods supported on all messages.
 
   /// empty when nothing was put in that slot yet
-  public var message: Data = Data()
+  public var pairingMessage: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2983,7 +2983,7 @@ nonisolated extension WireDeleteAccount: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension WireLinkPut: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LinkPut"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rendezvous_id\0\u{1}slot\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rendezvous_id\0\u{1}slot\0\u{3}pairing_message\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2993,7 +2993,7 @@ nonisolated extension WireLinkPut: SwiftProtobuf.Message, SwiftProtobuf._Message
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.rendezvousID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.slot) }()
-      case 3: try { try decoder.decodeSingularBytesField(value: &self.message) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.pairingMessage) }()
       default: break
       }
     }
@@ -3006,8 +3006,8 @@ nonisolated extension WireLinkPut: SwiftProtobuf.Message, SwiftProtobuf._Message
     if self.slot != 0 {
       try visitor.visitSingularUInt32Field(value: self.slot, fieldNumber: 2)
     }
-    if !self.message.isEmpty {
-      try visitor.visitSingularBytesField(value: self.message, fieldNumber: 3)
+    if !self.pairingMessage.isEmpty {
+      try visitor.visitSingularBytesField(value: self.pairingMessage, fieldNumber: 3)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3015,7 +3015,7 @@ nonisolated extension WireLinkPut: SwiftProtobuf.Message, SwiftProtobuf._Message
   public static func ==(lhs: WireLinkPut, rhs: WireLinkPut) -> Bool {
     if lhs.rendezvousID != rhs.rendezvousID {return false}
     if lhs.slot != rhs.slot {return false}
-    if lhs.message != rhs.message {return false}
+    if lhs.pairingMessage != rhs.pairingMessage {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3058,7 +3058,7 @@ nonisolated extension WireLinkTake: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension WireLinkMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LinkMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}pairing_message\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3066,21 +3066,21 @@ nonisolated extension WireLinkMessage: SwiftProtobuf.Message, SwiftProtobuf._Mes
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularBytesField(value: &self.message) }()
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.pairingMessage) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.message.isEmpty {
-      try visitor.visitSingularBytesField(value: self.message, fieldNumber: 1)
+    if !self.pairingMessage.isEmpty {
+      try visitor.visitSingularBytesField(value: self.pairingMessage, fieldNumber: 1)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireLinkMessage, rhs: WireLinkMessage) -> Bool {
-    if lhs.message != rhs.message {return false}
+    if lhs.pairingMessage != rhs.pairingMessage {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
