@@ -197,6 +197,25 @@ public final class SQLiteRelayStore: RelayStore {
                     PRIMARY KEY (group_id, recipient_handle, kind)
                 );
                 CREATE INDEX group_receipts_by_retention ON group_receipts(route_expires_at);
+                -- Undelivered envelopes per device, kept by triggers on every insert and delete of an envelope
+                -- row (any path: submit, acknowledge, sweep, removal, recovery, deletion), so that a submit reads
+                -- one row instead of counting the queue (relay.maxQueuedEnvelopes).
+                CREATE TABLE queue_depths (
+                    handle TEXT NOT NULL,
+                    device_id INTEGER NOT NULL,
+                    envelopes INTEGER NOT NULL,
+                    PRIMARY KEY (handle, device_id)
+                );
+                INSERT INTO queue_depths (handle, device_id, envelopes)
+                    SELECT handle, device_id, COUNT(*) FROM queue WHERE kind = 1 GROUP BY handle, device_id;
+                CREATE TRIGGER queue_depth_insert AFTER INSERT ON queue WHEN NEW.kind = 1 BEGIN
+                    INSERT INTO queue_depths (handle, device_id, envelopes) VALUES (NEW.handle, NEW.device_id, 1)
+                        ON CONFLICT (handle, device_id) DO UPDATE SET envelopes = envelopes + 1;
+                END;
+                CREATE TRIGGER queue_depth_delete AFTER DELETE ON queue WHEN OLD.kind = 1 BEGIN
+                    UPDATE queue_depths SET envelopes = envelopes - 1 WHERE handle = OLD.handle AND device_id = OLD.device_id;
+                    DELETE FROM queue_depths WHERE handle = OLD.handle AND device_id = OLD.device_id AND envelopes <= 0;
+                END;
                 """)
         }
         return migrator
@@ -492,8 +511,8 @@ public final class SQLiteRelayStore: RelayStore {
                 continue
             }
             let depth = try queued[envelope.recipient] ?? Int.fetchOne(
-                db, sql: "SELECT COUNT(*) FROM queue WHERE handle = ? AND device_id = ? AND kind = ?",
-                arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID), Self.kindEnvelope]) ?? 0
+                db, sql: "SELECT envelopes FROM queue_depths WHERE handle = ? AND device_id = ?",
+                arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID)]) ?? 0
             guard depth < queueLimit else {
                 outcomes.append(.rejected(.queueFull))
                 continue
