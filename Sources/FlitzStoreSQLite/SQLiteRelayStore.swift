@@ -171,6 +171,13 @@ public final class SQLiteRelayStore: RelayStore {
                     device_identity_key BLOB NOT NULL,
                     PRIMARY KEY (handle, device_id)
                 );
+                -- Device identity keys removed by a device list: their certificates stay valid forever
+                -- (devices.md section 6), so RegisterDevice refuses them until the account key changes.
+                CREATE TABLE removed_device_keys (
+                    handle TEXT NOT NULL REFERENCES accounts(handle) ON DELETE CASCADE,
+                    device_identity_key BLOB NOT NULL,
+                    PRIMARY KEY (handle, device_identity_key)
+                );
                 CREATE TABLE account_tombstones (
                     handle TEXT PRIMARY KEY NOT NULL,
                     deleted_at INTEGER NOT NULL,
@@ -332,6 +339,7 @@ public final class SQLiteRelayStore: RelayStore {
                 try db.execute(sql: "DELETE FROM devices WHERE handle = ?", arguments: [handle])
                 // Lists are per account identity key (devices.md section 7): the new key starts at version 1.
                 try Self.deleteDeviceList(db, handle)
+                try db.execute(sql: "DELETE FROM removed_device_keys WHERE handle = ?", arguments: [handle])
                 try db.execute(
                     sql: "UPDATE accounts SET account_identity_key = ?, recovery_code_hash = ?, next_device_id = ? WHERE handle = ?",
                     arguments: [accountIdentityKey, newRecoveryCodeHash, newDeviceID + 1, handle])
@@ -773,6 +781,12 @@ public final class SQLiteRelayStore: RelayStore {
                 {
                     return UInt32(existing)
                 }
+                if try Bool.fetchOne(
+                    db, sql: "SELECT 1 FROM removed_device_keys WHERE handle = ? AND device_identity_key = ?",
+                    arguments: [handle, device.deviceIdentityKey]) == true
+                {
+                    throw StoreError(.deviceRemoved)
+                }
                 let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM devices WHERE handle = ?", arguments: [handle]) ?? 0
                 guard count < maxDevices else { throw StoreError(.tooManyDevices) }
                 let deviceID: Int64 = account["next_device_id"]
@@ -836,6 +850,11 @@ public final class SQLiteRelayStore: RelayStore {
                         arguments: [handle, Int64(entry.deviceID), entry.deviceIdentityKey])
                 }
                 let removed = Array(Set(removeDeviceIDs)).sorted()
+                for id in removed {
+                    try db.execute(
+                        sql: "INSERT OR IGNORE INTO removed_device_keys (handle, device_identity_key) VALUES (?, ?)",
+                        arguments: [handle, current[id]])
+                }
                 let notified = try self.removeDevices(db, handle: handle, deviceIDs: removed, notifyOwnHandle: true, atMs: atMs, receiptExpiresAtMs: receiptExpiresAtMs)
                 return DeviceRemovalResult(removedDeviceIDs: removed, notifiedSenders: notified)
             }
