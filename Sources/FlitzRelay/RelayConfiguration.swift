@@ -35,6 +35,9 @@ public struct RelayConfiguration: Sendable {
     /// `relay.writeTimeout`: a write that has waited this long for a peer that does not read closes the
     /// connection; nothing queued is lost (`relay.md`, "Slow readers"). Default 30 seconds.
     public var writeTimeout: Duration = .seconds(30)
+    /// `relay.linkLifetime`: how long a pairing message (`LinkPut`) is kept unless taken. Default 10 minutes
+    /// (`protocol/devices.md` 5.2).
+    public var linkLifetime: Duration
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(
@@ -46,7 +49,8 @@ public struct RelayConfiguration: Sendable {
         pingInterval: Duration = .seconds(30),
         closeTimeout: Duration = .seconds(15),
         authenticationTimeout: Duration = .seconds(30),
-        maxQueuedEnvelopes: Int = 10_000
+        maxQueuedEnvelopes: Int = 10_000,
+        linkLifetime: Duration = .seconds(600)
     ) {
         self.host = host
         self.port = port
@@ -57,6 +61,7 @@ public struct RelayConfiguration: Sendable {
         self.closeTimeout = closeTimeout
         self.authenticationTimeout = authenticationTimeout
         self.maxQueuedEnvelopes = maxQueuedEnvelopes
+        self.linkLifetime = linkLifetime
     }
 }
 

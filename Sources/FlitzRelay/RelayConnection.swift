@@ -161,12 +161,20 @@ struct RelayConnection {
             try await handleUnauthenticated(
                 requestID: requestID, body: body, nonce: nonce, machine: &machine, connectionID: connectionID, continuation: continuation,
                 pump: pump, writer, logger)
-        case .handleAnonymous(let requestID, _):
-            try await writer.send(.error(.unknownFrame, "unexpected frame", requestID: requestID))
+        case .handleAnonymous(let requestID, let body):
+            // LinkPut / LinkTake: allowed in any state, they neither need nor consume the challenge.
+            let reply: WireFrame
+            do {
+                reply = try await relay.handleUnauthenticatedDeviceFrame(requestID: requestID, body: body, nonce: Data())
+                    ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
+            } catch {
+                reply = error.frame(requestID: requestID)
+            }
+            try await writer.send(reply)
         case .handleAuthenticated(let requestID, let body, let device):
             let reply: WireFrame
             do {
-                reply = try await handleAuthenticated(requestID: requestID, body: body, device: device)
+                reply = try await handleAuthenticated(requestID: requestID, body: body, device: device, nonce: machine.nonce)
             } catch {
                 reply = error.frame(requestID: requestID)
             }
@@ -211,7 +219,9 @@ struct RelayConnection {
                     return
                 }
             default:
-                throw RelayError(.unknownFrame, "unexpected frame")
+                // RegisterDevice (Relay+Devices.swift).
+                answer = try await relay.handleUnauthenticatedDeviceFrame(requestID: requestID, body: body, nonce: nonce)
+                    ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
             }
         } catch let error as RelayError {
             answer = error.frame(requestID: requestID)
@@ -221,7 +231,9 @@ struct RelayConnection {
         try await writer.send(answer)
     }
 
-    private func handleAuthenticated(requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress) async throws(RelayError) -> WireFrame {
+    private func handleAuthenticated(
+        requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress, nonce: Data
+    ) async throws(RelayError) -> WireFrame {
         switch body {
         case .publishPrekeys(let request):
             return WireFrame(requestID: requestID, body: .prekeyStatus(try await relay.publishPreKeys(request, device: device)))
@@ -236,7 +248,9 @@ struct RelayConnection {
             try await relay.reportSeen(request, device: device)
             return WireFrame(requestID: requestID, body: .ok(WireOk()))
         default:
-            return .error(.unknownFrame, "unexpected frame", requestID: requestID)
+            // Device lists, account deletion and settings, pairing (Relay+Devices.swift).
+            let reply = try await relay.handleAuthenticatedDeviceFrame(requestID: requestID, body: body, device: device, nonce: nonce)
+            return reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
         }
     }
 

@@ -214,10 +214,8 @@ import Testing
         }
     }
 
-    /// Passes only with helper `relaymd`'s store change (UNKNOWN_ENVELOPE for an id never queued for this
-    /// device); the integrator enables it when merging that branch.
-    @Test(.disabled("needs relaymd: Acknowledge of an id never queued for this device answers UNKNOWN_ENVELOPE"))
-    func aForeignAcknowledgementIsRejected() async throws {
+    /// An id never queued for this device is refused with UNKNOWN_ENVELOPE (relay.md, "Acknowledge").
+    @Test func aForeignAcknowledgementIsRejected() async throws {
         try await RelayHarness.run { relay in
             let (alice, bob) = try await registerAliceAndBob(relay)
             let carol = TestIdentity("carol")
