@@ -166,7 +166,9 @@ public struct SignedDeviceList: Hashable, Sendable, Codable {
         try container.encode(signature, forKey: .signature)
     }
 
+    /// Equal when payload and signature bytes are equal (the decoded list follows from the payload).
     public static func == (a: SignedDeviceList, b: SignedDeviceList) -> Bool { a.payload == b.payload && a.signature == b.signature }
+    /// Hashes the payload and signature bytes.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(payload)
         hasher.combine(signature)
