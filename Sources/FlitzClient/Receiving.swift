@@ -317,7 +317,7 @@ extension FlitzClient {
             switch content.body {
             case .text(let body): text = body
             case .sessionReset: return (events, false, resetFor)
-            case .unsupported:
+            case .unsupported, .sentTranscript:  // transcripts: handled by the multi-device client work (issue 4)
                 try db.execute(
                     sql: "INSERT OR IGNORE INTO unsupported_messages (peer, envelope_id, kind, content, received_at) VALUES (?, ?, 'content', ?, ?)",
                     arguments: [sender, envelope.envelopeID, plaintext, receivedAt])

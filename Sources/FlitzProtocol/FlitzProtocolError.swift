@@ -33,6 +33,8 @@ public struct FlitzProtocolError: Error, Hashable, Sendable, CustomStringConvert
         /// A prekey message names a signed prekey that was rotated out and whose grace period ended; the
         /// receiver answers with a session reset (`protocol/crypto.md`, "Session reset").
         public static let signedPreKeyExpired = Code(rawValue: 12)
+        /// A pairing code (`protocol/devices.md`, section 5.2) is not `"FLITZLINK1:"` and 52 base32 characters.
+        public static let invalidPairingCode = Code(rawValue: 13)
     }
 
     /// What went wrong.
@@ -60,6 +62,7 @@ public struct FlitzProtocolError: Error, Hashable, Sendable, CustomStringConvert
         case .missingKEMPreKey: "missing KEM prekey"
         case .invalidKey: "invalid key"
         case .signedPreKeyExpired: "signed prekey expired"
+        case .invalidPairingCode: "invalid pairing code"
         default: "protocol error \(code.rawValue)"
         }
         return detail.isEmpty ? "FlitzProtocolError: \(name)" : "FlitzProtocolError: \(name) (\(detail))"

@@ -10,6 +10,11 @@ public struct MessageContent: Hashable, Sendable {
         /// The sender could not decrypt the envelope with this 16-byte id (empty when none in particular)
         /// and started this fresh session (`protocol/crypto.md`, "Session reset").
         case sessionReset(envelopeID: Data)
+        /// A copy of a text message this account sent to `destinationHandle` (`SentTranscript`,
+        /// `protocol/crypto.md` section 7): sent by the sending device to its own account's other devices so they
+        /// show the message in their history. The content's message id and time are those of the sent message.
+        /// Accept it only from a device of the receiver's own account.
+        case sentTranscript(destinationHandle: String, text: String)
         /// A body kind this version does not know (a newer peer's): kept, not dropped
         /// (`protocol/relay.md`, "Versioning"). Carries the whole encoded `Content` as it arrived, which
         /// `encoded()` returns unchanged, so nothing of it is lost; this version never composes one.
@@ -46,6 +51,13 @@ public struct MessageContent: Hashable, Sendable {
             var reset = ProtoSessionReset()
             reset.envelopeID = envelopeID
             content.body = .sessionReset(reset)
+        case .sentTranscript(let destinationHandle, let text):
+            var transcript = ProtoSentTranscript()
+            transcript.destinationHandle = destinationHandle
+            var t = ProtoText()
+            t.body = text
+            transcript.body = .text(t)
+            content.body = .sentTranscript(transcript)
         case .unsupported:
             preconditionFailure("returned above")
         }
@@ -61,8 +73,9 @@ public struct MessageContent: Hashable, Sendable {
 
     /// Decodes content.
     /// - Throws: `FlitzProtocolError.malformedMessage` when it does not parse, has a message id that is
-    ///   not 16 bytes, has no body at all, or a session reset whose envelope id is neither empty nor 16 bytes.
-    ///   A body of a kind this version does not know decodes as `.unsupported`.
+    ///   not 16 bytes, has no body at all, a session reset whose envelope id is neither empty nor 16 bytes, or a
+    ///   sent transcript whose destination is not a handle (3-32 bytes of `a-z 0-9 _ .`) or that has no body at all.
+    ///   A body of a kind this version does not know (also inside a sent transcript) decodes as `.unsupported`.
     public init(decoding bytes: Data) throws(FlitzProtocolError) {
         guard let content = try? ProtoContent(serializedBytes: bytes) else {
             throw FlitzProtocolError(.malformedMessage, "content does not parse")
@@ -75,6 +88,17 @@ public struct MessageContent: Hashable, Sendable {
                 throw FlitzProtocolError(.malformedMessage, "session reset envelope id must be 16 bytes")
             }
             body = .sessionReset(envelopeID: reset.envelopeID)
+        case .sentTranscript(let transcript):
+            guard LinkGrant.isValidHandle(transcript.destinationHandle) else {
+                throw FlitzProtocolError(.malformedMessage, "sent transcript destination is not a handle")
+            }
+            switch transcript.body {
+            case .text(let text): body = .sentTranscript(destinationHandle: transcript.destinationHandle, text: text.body)
+            case nil:
+                // A transcript of a body kind a newer version added: kept whole, like an unknown body.
+                guard !transcript.unknownFields.data.isEmpty else { throw FlitzProtocolError(.malformedMessage, "sent transcript has no body") }
+                body = .unsupported(encodedContent: Data(bytes))
+            }
         case nil:
             // An unknown oneof field lands in unknownFields; no field at all is malformed.
             guard !content.unknownFields.data.isEmpty else { throw FlitzProtocolError(.malformedMessage, "content has no body") }

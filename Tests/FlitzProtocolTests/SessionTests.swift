@@ -215,7 +215,7 @@ extension MessageContent {
     var bodyText: String {
         switch body {
         case .text(let text): text
-        case .sessionReset, .unsupported: ""
+        case .sessionReset, .sentTranscript, .unsupported: ""
         }
     }
 }

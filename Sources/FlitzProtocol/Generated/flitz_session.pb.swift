@@ -146,6 +146,15 @@ public nonisolated struct ProtoContent: Sendable {
     set {body = .sessionReset(newValue)}
   }
 
+  /// 5 is left unused: tests and fuzz regressions use it as "a body kind from a newer version".
+  public var sentTranscript: ProtoSentTranscript {
+    get {
+      if case .sentTranscript(let v)? = body {return v}
+      return ProtoSentTranscript()
+    }
+    set {body = .sentTranscript(newValue)}
+  }
+
   /// zero bytes so that the encoded Content is a multiple of 64 bytes
   public var padding: Data = Data()
 
@@ -154,6 +163,8 @@ public nonisolated struct ProtoContent: Sendable {
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case text(ProtoText)
     case sessionReset(ProtoSessionReset)
+    /// 5 is left unused: tests and fuzz regressions use it as "a body kind from a newer version".
+    case sentTranscript(ProtoSentTranscript)
 
   }
 
@@ -184,6 +195,39 @@ public nonisolated struct ProtoSessionReset: Sendable {
   public var envelopeID: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A copy of a message this account sent, for the sender's own other devices so that they show it in
+/// their history (crypto.md, "Content"; devices.md). The enclosing Content's message_id and sent_at_ms are
+/// those of the sent message. Only accepted from a device of the receiver's own account.
+public nonisolated struct ProtoSentTranscript: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the handle the message was sent to (relay.md "Limits")
+  public var destinationHandle: String = String()
+
+  /// the sent message's body; later versions add kinds
+  public var body: ProtoSentTranscript.OneOf_Body? = nil
+
+  public var text: ProtoText {
+    get {
+      if case .text(let v)? = body {return v}
+      return ProtoText()
+    }
+    set {body = .text(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  /// the sent message's body; later versions add kinds
+  public nonisolated enum OneOf_Body: Equatable, Sendable {
+    case text(ProtoText)
+
+  }
 
   public init() {}
 }
@@ -508,7 +552,7 @@ nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Content"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{3}session_reset\0\u{2}\u{b}padding\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{3}session_reset\0\u{4}\u{2}sent_transcript\0\u{2}\u{9}padding\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -544,6 +588,19 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .sessionReset(v)
         }
       }()
+      case 6: try {
+        var v: ProtoSentTranscript?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .sentTranscript(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .sentTranscript(v)
+        }
+      }()
       case 15: try { try decoder.decodeSingularBytesField(value: &self.padding) }()
       default: break
       }
@@ -569,6 +626,10 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .sessionReset?: try {
       guard case .sessionReset(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .sentTranscript?: try {
+      guard case .sentTranscript(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     }()
     case nil: break
     }
@@ -643,6 +704,57 @@ nonisolated extension ProtoSessionReset: SwiftProtobuf.Message, SwiftProtobuf._M
 
   public static func ==(lhs: ProtoSessionReset, rhs: ProtoSessionReset) -> Bool {
     if lhs.envelopeID != rhs.envelopeID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoSentTranscript: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SentTranscript"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}destination_handle\0\u{1}text\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.destinationHandle) }()
+      case 2: try {
+        var v: ProtoText?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .text(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .text(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.destinationHandle.isEmpty {
+      try visitor.visitSingularStringField(value: self.destinationHandle, fieldNumber: 1)
+    }
+    try { if case .text(let v)? = self.body {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoSentTranscript, rhs: ProtoSentTranscript) -> Bool {
+    if lhs.destinationHandle != rhs.destinationHandle {return false}
+    if lhs.body != rhs.body {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
