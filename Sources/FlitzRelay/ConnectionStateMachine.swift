@@ -80,18 +80,20 @@ struct ConnectionStateMachine {
             return .ignore
         case .awaitingAuthentication:
             switch body {
-            case .register, .recover, .authenticate:
+            case .register, .recover, .authenticate, .registerDevice, .linkPut, .linkTake:
                 return .handleUnauthenticated(requestID: frame.requestID, body: body, nonce: nonce)
-            case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen:
+            case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList, .deleteAccount,
+                .updateAccountSettings:
                 return .reply(.error(.notAuthenticated, "authenticate first", requestID: frame.requestID))
             default:
                 return .reply(Self.relayOnly(frame.requestID))
             }
         case .authenticated(let device, _):
             switch body {
-            case .register, .recover, .authenticate:
+            case .register, .recover, .authenticate, .registerDevice:
                 return .reply(.error(.alreadyAuthenticated, "this connection is already authenticated", requestID: frame.requestID))
-            case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen:
+            case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList, .deleteAccount,
+                .updateAccountSettings, .linkPut, .linkTake:
                 return .handleAuthenticated(requestID: frame.requestID, body: body, device: device)
             default:
                 return .reply(Self.relayOnly(frame.requestID))

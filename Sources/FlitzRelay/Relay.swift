@@ -35,10 +35,11 @@ public final class Relay: Sendable {
         let now = clock.nowMs()
         let result = try await store.sweep(nowMs: now, receiptExpiresAtMs: now + retentionMs)
         registry.wake(result.notifiedSenders)
-        if result.expiredEnvelopes + result.purgedReceipts + result.purgedRoutes > 0 {
+        if result.expiredEnvelopes + result.purgedReceipts + result.purgedRoutes + result.purgedTombstones + result.purgedLinkMessages > 0 {
             logger.debug("sweep", metadata: [
                 "relay.expired": "\(result.expiredEnvelopes)", "relay.purgedReceipts": "\(result.purgedReceipts)",
-                "relay.purgedRoutes": "\(result.purgedRoutes)",
+                "relay.purgedRoutes": "\(result.purgedRoutes)", "relay.purgedTombstones": "\(result.purgedTombstones)",
+                "relay.purgedLinkMessages": "\(result.purgedLinkMessages)",
             ])
         }
         return result
@@ -135,10 +136,12 @@ public final class Relay: Sendable {
         let address = DeviceAddress(handle: request.handle, deviceID: request.deviceID)
         let record: DeviceRecord
         let remaining: PreKeyStock
+        let seenReceiptsOff: Bool
         do {
             guard Handle.isValid(request.handle), let found = try await store.device(address) else { throw failed }
             record = found
             remaining = try await store.preKeyStock(device: address)
+            seenReceiptsOff = try await store.account(handle: request.handle)?.seenReceiptsOff ?? false
         } catch let error as RelayError {
             throw error
         } catch {
@@ -152,6 +155,7 @@ public final class Relay: Sendable {
         result.oneTimePrekeysRemaining = UInt32(clamping: remaining.oneTime)
         result.oneTimeKemPrekeysRemaining = UInt32(clamping: remaining.oneTimeKEM)
         result.relayTimeMs = clock.nowMs()
+        result.seenReceiptsOff = seenReceiptsOff
         return (address, result)
     }
 
@@ -199,23 +203,28 @@ public final class Relay: Sendable {
         }
     }
 
-    /// FetchPreKeyBundle (`relay.md`, "Prekeys"): consumes one one-time prekey per device.
+    /// FetchPreKeyBundle (`relay.md`, "FetchPreKeyBundle"): the listed devices when a device list is stored
+    /// (restricted to `device_ids` when given), each consuming one one-time prekey of each kind.
     func fetchPreKeyBundle(_ request: WireFetchPreKeyBundle) async throws(RelayError) -> WirePreKeyBundle {
         let unknown = RelayError(.unknownRecipient, "no such handle")
         guard Handle.isValid(request.handle) else { throw unknown }
         let bundle: PreKeyBundleRecord
         do {
-            guard let found = try await store.takePreKeyBundle(handle: request.handle) else { throw unknown }
+            let deviceIDs = request.deviceIds.isEmpty ? nil : request.deviceIds
+            guard let found = try await store.takePreKeyBundle(handle: request.handle, deviceIDs: deviceIDs) else { throw unknown }
             bundle = found
         } catch let error as RelayError {
             throw error
         } catch {
             throw internalError(error)
         }
-        guard !bundle.devices.isEmpty else { throw RelayError(.noPrekeys, "this handle has no device with a signed prekey") }
+        guard !bundle.devices.isEmpty || !request.deviceIds.isEmpty else {
+            throw RelayError(.noPrekeys, "this handle has no device with a signed prekey")
+        }
         var reply = WirePreKeyBundle()
         reply.handle = bundle.handle
         reply.accountIdentityKey = bundle.accountIdentityKey
+        if let list = bundle.deviceList { reply.deviceList = Self.wireDeviceList(list) }
         reply.devices = bundle.devices.map { entry in
             var device = WireDeviceBundle()
             device.deviceID = entry.device.address.deviceID
@@ -275,17 +284,34 @@ public final class Relay: Sendable {
             submissions.append(EnvelopeSubmission(
                 envelopeID: envelope.envelopeID,
                 recipient: DeviceAddress(handle: envelope.recipientHandle, deviceID: envelope.recipientDeviceID),
-                ciphertext: envelope.ciphertext, expiresAtMs: now + ttlMs, routeExpiresAtMs: now + retention))
+                ciphertext: envelope.ciphertext, expiresAtMs: now + ttlMs, routeExpiresAtMs: now + retention, group: envelope.group))
             positions.append(index)
         }
         var wake = Set<DeviceAddress>()
         if !submissions.isEmpty {
             let results: [SubmissionOutcome]
+            let batch: SubmitBatchOutcome
             do {
-                results = try await store.submit(
-                    sender: sender, envelopes: submissions, atMs: now, queueLimit: configuration.maxQueuedEnvelopes)
+                batch = try await store.submit(
+                    sender: sender, envelopes: submissions, atMs: now, queueLimit: configuration.maxQueuedEnvelopes,
+                    checkCoverage: !request.selectedDevices)
             } catch {
                 throw internalError(error)
+            }
+            switch batch {
+            case .stored(let stored):
+                results = stored
+            case .mismatched(let mismatches):
+                var error = RelayError(
+                    .mismatchedDevices, "the submit does not address exactly the current devices of \(mismatches.map(\.handle).joined(separator: ", ")); nothing was stored")
+                error.deviceMismatches = mismatches.map { mismatch in
+                    var wire = WireDeviceMismatch()
+                    wire.handle = mismatch.handle
+                    wire.missingDeviceIds = mismatch.missingDeviceIDs
+                    wire.staleDeviceIds = mismatch.staleDeviceIDs
+                    return wire
+                }
+                throw error
             }
             for (submission, (position, result)) in zip(submissions, zip(positions, results)) {
                 switch result {
@@ -318,11 +344,16 @@ public final class Relay: Sendable {
         }
         let now = clock.nowMs()
         do {
+            // Every envelope id must have been queued for this device (else UNKNOWN_ENVELOPE, nothing applied).
             let senders = try await store.acknowledge(
-                device: device, envelopeIDs: request.envelopeIds.filter { $0.count == WireConstants.idLength },
+                device: device, envelopeIDs: request.envelopeIds,
                 receiptIDs: request.receiptIds.filter { $0.count == WireConstants.idLength }, atMs: now,
                 receiptExpiresAtMs: now + retentionMs)
             registry.wake(senders)
+        } catch let error as StoreError where error.code == .unknownEnvelope {
+            throw RelayError(
+                .unknownEnvelope, "an acknowledged envelope was never queued for this device; nothing was acknowledged",
+                envelopeID: error.envelopeID)
         } catch {
             throw internalError(error)
         }
@@ -400,7 +431,7 @@ public final class Relay: Sendable {
 
     // MARK: Validation
 
-    private func validatedDevice(_ keys: WireDeviceKeys, accountIdentityKey: Data) throws(RelayError) -> NewDevice {
+    func validatedDevice(_ keys: WireDeviceKeys, accountIdentityKey: Data) throws(RelayError) -> NewDevice {
         guard accountIdentityKey.count == WireConstants.publicKeyLength,
             keys.deviceIdentityKey.count == WireConstants.publicKeyLength,
             keys.deviceCertificateSignature.count == WireConstants.signatureLength,
@@ -460,7 +491,7 @@ public final class Relay: Sendable {
         return OneTimePreKeyRecord(id: key.id, publicKey: key.publicKey)
     }
 
-    private func verifyChallenge(_ signature: Data, handle: String, deviceIdentityKey: Data, nonce: Data) throws(RelayError) {
+    func verifyChallenge(_ signature: Data, handle: String, deviceIdentityKey: Data, nonce: Data) throws(RelayError) {
         guard signature.count == WireConstants.signatureLength else {
             throw RelayError(.malformedFrame, "the challenge signature must be 64 bytes")
         }
@@ -488,7 +519,7 @@ public final class Relay: Sendable {
         }
     }
 
-    private func internalError(_ error: any Error) -> RelayError {
+    func internalError(_ error: any Error) -> RelayError {
         if let error = error as? RelayError { return error }
         // The device was removed (recovery) while this connection was authenticated.
         if let error = error as? StoreError, error.code == .unknownDevice {
@@ -498,7 +529,7 @@ public final class Relay: Sendable {
         return RelayError(.internal, "the relay failed; retry later")
     }
 
-    private static func wireError(_ error: RelayError, envelopeID: Data) -> WireError {
+    static func wireError(_ error: RelayError, envelopeID: Data) -> WireError {
         var wire = WireError()
         wire.code = error.code
         wire.message = error.message

@@ -24,6 +24,9 @@ public struct RelayConfiguration: Sendable {
     /// `relay.maxQueuedEnvelopes`: most undelivered envelopes queued for one device; more get `QUEUE_FULL`.
     /// Default 10 000.
     public var maxQueuedEnvelopes: Int
+    /// `relay.linkLifetime`: how long a pairing message (`LinkPut`) is kept unless taken. Default 10 minutes
+    /// (`protocol/devices.md` 5.2).
+    public var linkLifetime: Duration
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(
@@ -35,7 +38,8 @@ public struct RelayConfiguration: Sendable {
         pingInterval: Duration = .seconds(30),
         closeTimeout: Duration = .seconds(15),
         authenticationTimeout: Duration = .seconds(30),
-        maxQueuedEnvelopes: Int = 10_000
+        maxQueuedEnvelopes: Int = 10_000,
+        linkLifetime: Duration = .seconds(600)
     ) {
         self.host = host
         self.port = port
@@ -46,6 +50,7 @@ public struct RelayConfiguration: Sendable {
         self.closeTimeout = closeTimeout
         self.authenticationTimeout = authenticationTimeout
         self.maxQueuedEnvelopes = maxQueuedEnvelopes
+        self.linkLifetime = linkLifetime
     }
 }
 

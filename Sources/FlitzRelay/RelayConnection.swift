@@ -135,7 +135,7 @@ struct RelayConnection {
         case .handleAuthenticated(let requestID, let body, let device):
             let reply: WireFrame
             do {
-                reply = try await handleAuthenticated(requestID: requestID, body: body, device: device)
+                reply = try await handleAuthenticated(requestID: requestID, body: body, device: device, nonce: machine.nonce)
             } catch {
                 reply = error.frame(requestID: requestID)
             }
@@ -166,14 +166,18 @@ struct RelayConnection {
                     try await deliver(device: device, after: 0, drained: true, machine: &machine, outbound)
                 }
             default:
-                try await send(.error(.unknownFrame, "unexpected frame", requestID: requestID), outbound)
+                // RegisterDevice, LinkPut, LinkTake (Relay+Devices.swift).
+                let reply = try await relay.handleUnauthenticatedDeviceFrame(requestID: requestID, body: body, nonce: nonce)
+                try await send(reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID), outbound)
             }
         } catch let error as RelayError {
             try await send(error.frame(requestID: requestID), outbound)
         }
     }
 
-    private func handleAuthenticated(requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress) async throws(RelayError) -> WireFrame {
+    private func handleAuthenticated(
+        requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress, nonce: Data
+    ) async throws(RelayError) -> WireFrame {
         switch body {
         case .publishPrekeys(let request):
             return WireFrame(requestID: requestID, body: .prekeyStatus(try await relay.publishPreKeys(request, device: device)))
@@ -188,7 +192,9 @@ struct RelayConnection {
             try await relay.reportSeen(request, device: device)
             return WireFrame(requestID: requestID, body: .ok(WireOk()))
         default:
-            return .error(.unknownFrame, "unexpected frame", requestID: requestID)
+            // Device lists, account deletion and settings, pairing (Relay+Devices.swift).
+            let reply = try await relay.handleAuthenticatedDeviceFrame(requestID: requestID, body: body, device: device, nonce: nonce)
+            return reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
         }
     }
 

@@ -74,24 +74,100 @@ public protocol RelayStore: Sendable {
     /// `limit`. Never returns an envelope or receipt whose expiry is at or before `nowMs`, swept or not.
     func pendingItems(for device: DeviceAddress, afterSequence: Int64, nowMs: Int64, limit: Int) async throws -> [QueuedItem]
 
-    /// The recipient `device` acknowledges envelopes and receipts (`relay.md`, "Acknowledge").
+    /// The recipient `device` acknowledges envelopes and receipts (`relay.md`, "Acknowledge"), in one
+    /// transaction.
     ///
-    /// Each queued envelope addressed to `device` is deleted (its ciphertext with it), its route marked
-    /// delivered, and a `delivered` receipt queued for its sender device. Receipts queued for `device`
-    /// are deleted. Ids that are unknown, not addressed to `device` or already acknowledged are ignored.
-    /// Returns the sender devices that received a receipt.
+    /// First every envelope id is checked: one that was never queued for `device` (no route with this
+    /// recipient device) refuses the whole call with `.unknownEnvelope` (its `envelopeID` set) and nothing
+    /// is applied. Then each envelope still queued is deleted (its ciphertext with it) and its route marked
+    /// delivered; ids already delivered or expired are accepted without effect (idempotent). Receipts follow
+    /// the rules of "Receipts across devices": one `delivered` receipt per (group, recipient handle), at the
+    /// first acknowledgement by a device of that handle, to the submitting device and to every other device
+    /// of the sender's handle with a copy in the group; none for an acknowledgement by a device of the
+    /// sender's own handle. Receipts queued for `device` are deleted; unknown receipt ids are ignored.
+    /// Returns the devices that received a receipt.
     func acknowledge(
         device: DeviceAddress, envelopeIDs: [Data], receiptIDs: [Data], atMs: Int64, receiptExpiresAtMs: Int64
     ) async throws -> Set<DeviceAddress>
 
-    /// Queues one `seen` receipt per envelope whose recipient is `device` (delivered or not), at most once
-    /// per envelope over its route's lifetime. Returns the sender devices that received a receipt.
+    /// `device` reports envelopes addressed to it as seen (delivered or not). Nothing happens when the
+    /// device's account has seen receipts off. Otherwise `seen` receipts are queued once per (group, reader
+    /// handle), to the same devices as `delivered` (see `acknowledge`); a reader of the sender's own handle
+    /// produces none; other ids are ignored. Returns the devices that received a receipt.
     func reportSeen(device: DeviceAddress, envelopeIDs: [Data], atMs: Int64, receiptExpiresAtMs: Int64) async throws -> Set<DeviceAddress>
 
     /// Expiry sweep (`relay.md`, "Expiry"): deletes every envelope whose expiry is at or before `nowMs`
     /// and queues an `expired` receipt (expiring at `receiptExpiresAtMs`) for each one never delivered;
-    /// deletes receipts and routes past their expiry.
+    /// deletes receipts and routes past their expiry, account tombstones past retention and pairing
+    /// messages past their lifetime.
     func sweep(nowMs: Int64, receiptExpiresAtMs: Int64) async throws -> SweepResult
+
+    // MARK: Multi-device accounts (`devices.md`; `relay.md`, "Devices of an account")
+
+    /// Registers a new device of the existing `handle` (`devices.md` 5.3 step 6) in one transaction.
+    ///
+    /// `accountIdentityKey` is the key the caller checked the device certificate under; the store refuses
+    /// if it is no longer the handle's key (a recovery raced). A current device with the same device identity
+    /// key makes this a retry: its id is returned and nothing changes. Otherwise the device gets the next
+    /// device id (never reused).
+    /// - Throws: `.unknownRecipient` (no such handle, or deleted); `.accountKeyChanged`; `.tooManyDevices` when
+    ///   the handle already has `maxDevices` current devices; `.preKeyIDReused`.
+    func registerDevice(handle: String, accountIdentityKey: Data, device: NewDevice, atMs: Int64, maxDevices: Int) async throws -> UInt32
+
+    /// Every current device of `handle`, by ascending id (empty for an unknown handle).
+    func devices(handle: String) async throws -> [DeviceRecord]
+
+    /// The newest device list published for `handle`, or nil.
+    func deviceList(handle: String) async throws -> StoredDeviceList?
+
+    /// Stores `list` as the newest device list of `handle` and removes `removeDeviceIDs`, in one transaction
+    /// (`devices.md` 4.3 and 6). The caller has verified the signature and the payload's form (checks 1 to 5)
+    /// under `accountIdentityKey`; the store checks that this is still the handle's key, that the version is
+    /// greater than the stored list's, that every `entries` pair is a current device with that key, that
+    /// `publisher` is listed, and that every id to remove is a current device absent from the list. Each
+    /// removed device loses its prekeys and queue; envelopes still queued to it are marked expired with an
+    /// `expired` receipt (at `atMs`, expiring at `receiptExpiresAtMs`) to their sender devices.
+    /// - Throws: `.deviceListRejected` (detail says why) and stores nothing.
+    func publishDeviceList(
+        handle: String, accountIdentityKey: Data, list: StoredDeviceList, entries: [DeviceListEntry], publisher: DeviceAddress,
+        removeDeviceIDs: [UInt32], atMs: Int64, receiptExpiresAtMs: Int64
+    ) async throws -> DeviceRemovalResult
+
+    /// `takePreKeyBundle` restricted to the listed devices when a device list is stored, and to
+    /// `deviceIDs` when given (ids that are not served are left out). Each device served costs one one-time
+    /// prekey of each kind. The record carries the stored device list.
+    func takePreKeyBundle(handle: String, deviceIDs: [UInt32]?) async throws -> PreKeyBundleRecord?
+
+    /// Deletes the account `handle` (`devices.md` section 8) in one transaction, if `accountIdentityKey` is
+    /// still its key: envelopes queued to its devices become expired with `expired` receipts to senders on
+    /// other handles; devices, prekeys, queues, device list, settings and the recovery code hash are deleted; a
+    /// tombstone keeps the handle taken until `tombstoneUntilMs`.
+    /// - Throws: `.unknownRecipient` for an unknown handle; `.accountKeyChanged`.
+    func deleteAccount(handle: String, accountIdentityKey: Data, atMs: Int64, tombstoneUntilMs: Int64, receiptExpiresAtMs: Int64) async throws
+        -> DeviceRemovalResult
+
+    /// Sets the account-wide seen-receipts setting of `handle` (`UpdateAccountSettings`).
+    /// - Throws: `.unknownRecipient`.
+    func setSeenReceiptsOff(handle: String, _ off: Bool) async throws
+
+    /// Stores one pairing message (`devices.md` 5.2) under `rendezvousID` (16 bytes) and `slot` (1 to 3), kept
+    /// until `expiresAtMs`. A slot is written once: a slot already written (taken or not) and not past its
+    /// expiry at `nowMs` refuses with `.linkSlotUsed`.
+    func putLinkMessage(rendezvousID: Data, slot: UInt32, message: Data, nowMs: Int64, expiresAtMs: Int64) async throws
+
+    /// Reads and deletes the message in a pairing slot; nil when nothing is there (never written, already
+    /// taken, or expired at `nowMs`).
+    func takeLinkMessage(rendezvousID: Data, slot: UInt32, nowMs: Int64) async throws -> Data?
+
+    /// `submit` with the coverage check of `relay.md` "Submit" (when `checkCoverage`) in the same
+    /// transaction: per group, the addressed devices of each known handle must equal its current devices
+    /// (the listed ones when a list is stored), and the sender handle's current devices other than `sender`
+    /// must be addressed whenever there are any. A group whose envelopes are all already stored for the same
+    /// sender and recipients is not checked. On a mismatch nothing is stored and `.mismatched` lists, per
+    /// handle, the missing and stale device ids.
+    /// - Throws: `.unknownDevice` when `sender` is no longer a device.
+    func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int, checkCoverage: Bool) async throws
+        -> SubmitBatchOutcome
 }
 
 /// A device of a handle: the routing address of a WebSocket connection and a queue.
@@ -258,14 +334,19 @@ public struct AccountRecord: Hashable, Sendable {
     public var nextDeviceID: UInt32
     /// Creation time, milliseconds since the Unix epoch.
     public var createdAtMs: Int64
+    /// Whether the account turned seen receipts off (`UpdateAccountSettings`).
+    public var seenReceiptsOff: Bool
 
     /// Creates a record.
-    public init(handle: String, accountIdentityKey: Data, recoveryCodeHash: Data, nextDeviceID: UInt32, createdAtMs: Int64) {
+    public init(
+        handle: String, accountIdentityKey: Data, recoveryCodeHash: Data, nextDeviceID: UInt32, createdAtMs: Int64, seenReceiptsOff: Bool = false
+    ) {
         self.handle = handle
         self.accountIdentityKey = accountIdentityKey
         self.recoveryCodeHash = recoveryCodeHash
         self.nextDeviceID = nextDeviceID
         self.createdAtMs = createdAtMs
+        self.seenReceiptsOff = seenReceiptsOff
     }
 }
 
@@ -279,13 +360,18 @@ public struct DeviceRecord: Hashable, Sendable {
     public var deviceCertificateSignature: Data
     /// The current signed prekey.
     public var signedPreKey: SignedPreKeyRecord
+    /// Registration time, milliseconds since the Unix epoch.
+    public var createdAtMs: Int64
 
     /// Creates a record.
-    public init(address: DeviceAddress, deviceIdentityKey: Data, deviceCertificateSignature: Data, signedPreKey: SignedPreKeyRecord) {
+    public init(
+        address: DeviceAddress, deviceIdentityKey: Data, deviceCertificateSignature: Data, signedPreKey: SignedPreKeyRecord, createdAtMs: Int64 = 0
+    ) {
         self.address = address
         self.deviceIdentityKey = deviceIdentityKey
         self.deviceCertificateSignature = deviceCertificateSignature
         self.signedPreKey = signedPreKey
+        self.createdAtMs = createdAtMs
     }
 }
 
@@ -313,14 +399,17 @@ public struct PreKeyBundleRecord: Hashable, Sendable {
     public var handle: String
     /// 32-byte account identity key.
     public var accountIdentityKey: Data
-    /// Every current device, by ascending device id.
+    /// The devices served, by ascending device id.
     public var devices: [Device]
+    /// The handle's newest published device list, if any.
+    public var deviceList: StoredDeviceList?
 
     /// Creates a record.
-    public init(handle: String, accountIdentityKey: Data, devices: [Device]) {
+    public init(handle: String, accountIdentityKey: Data, devices: [Device], deviceList: StoredDeviceList? = nil) {
         self.handle = handle
         self.accountIdentityKey = accountIdentityKey
         self.devices = devices
+        self.deviceList = deviceList
     }
 }
 
@@ -336,14 +425,18 @@ public struct EnvelopeSubmission: Hashable, Sendable {
     public var expiresAtMs: Int64
     /// Until when the route (ids, no ciphertext) is kept, milliseconds since the Unix epoch.
     public var routeExpiresAtMs: Int64
+    /// `OutgoingEnvelope.group`: envelopes of one submit with the same non-zero group carry one message
+    /// (receipts across devices, `relay.md`); 0 makes a group of one.
+    public var group: UInt32
 
     /// Creates a submission.
-    public init(envelopeID: Data, recipient: DeviceAddress, ciphertext: Data, expiresAtMs: Int64, routeExpiresAtMs: Int64) {
+    public init(envelopeID: Data, recipient: DeviceAddress, ciphertext: Data, expiresAtMs: Int64, routeExpiresAtMs: Int64, group: UInt32 = 0) {
         self.envelopeID = envelopeID
         self.recipient = recipient
         self.ciphertext = ciphertext
         self.expiresAtMs = expiresAtMs
         self.routeExpiresAtMs = routeExpiresAtMs
+        self.group = group
     }
 }
 
@@ -463,13 +556,22 @@ public struct SweepResult: Hashable, Sendable {
     public var purgedReceipts: Int
     /// Routes deleted past their retention.
     public var purgedRoutes: Int
+    /// Account tombstones deleted past retention (their handles may be registered again).
+    public var purgedTombstones: Int
+    /// Pairing messages deleted past their lifetime.
+    public var purgedLinkMessages: Int
 
     /// Creates a result.
-    public init(expiredEnvelopes: Int, notifiedSenders: Set<DeviceAddress>, purgedReceipts: Int, purgedRoutes: Int) {
+    public init(
+        expiredEnvelopes: Int, notifiedSenders: Set<DeviceAddress>, purgedReceipts: Int, purgedRoutes: Int, purgedTombstones: Int = 0,
+        purgedLinkMessages: Int = 0
+    ) {
         self.expiredEnvelopes = expiredEnvelopes
         self.notifiedSenders = notifiedSenders
         self.purgedReceipts = purgedReceipts
         self.purgedRoutes = purgedRoutes
+        self.purgedTombstones = purgedTombstones
+        self.purgedLinkMessages = purgedLinkMessages
     }
 }
 
@@ -505,12 +607,24 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let preKeyStockFull = Code(rawValue: 10)
         /// A published prekey id is not greater than every id of its kind the device published before.
         public static let preKeyIDReused = Code(rawValue: 11)
+        /// The handle already has the most devices an account may have.
+        public static let tooManyDevices = Code(rawValue: 12)
+        /// The handle's account identity key is not the one the caller checked signatures under.
+        public static let accountKeyChanged = Code(rawValue: 13)
+        /// A published device list was refused (`detail` says why).
+        public static let deviceListRejected = Code(rawValue: 14)
+        /// A pairing slot was already written.
+        public static let linkSlotUsed = Code(rawValue: 15)
+        /// An acknowledged envelope id was never queued for the acknowledging device.
+        public static let unknownEnvelope = Code(rawValue: 16)
     }
 
     /// What went wrong.
     public var code: Code
     /// A non-secret explanation.
     public var detail: String
+    /// The envelope the error is about (`.unknownEnvelope`), if any.
+    public var envelopeID: Data?
 
     /// Creates an error.
     public init(_ code: Code, _ detail: String = "") {
@@ -529,10 +643,89 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         case .envelopeIDConflict: "envelope id conflict"
         case .backend: "storage backend failure"
         case .corrupt: "corrupt stored data"
+        case .queueFull: "queue full"
+        case .preKeyStockFull: "prekey stock full"
+        case .preKeyIDReused: "prekey id reused"
+        case .tooManyDevices: "too many devices"
+        case .accountKeyChanged: "account identity key changed"
+        case .deviceListRejected: "device list rejected"
+        case .linkSlotUsed: "pairing slot already written"
+        case .unknownEnvelope: "unknown envelope"
         default: "store error \(code.rawValue)"
         }
         return detail.isEmpty ? "StoreError: \(name)" : "StoreError: \(name) (\(detail))"
     }
+}
+
+/// A signed device list as stored (`devices.md` 4.1): the payload bytes, the account identity key's
+/// signature and the payload's version.
+public struct StoredDeviceList: Hashable, Sendable {
+    /// `DeviceListPayload` bytes, 69 + 36n.
+    public var payload: Data
+    /// 64-byte Ed25519 signature by the account identity key over `payload`.
+    public var signature: Data
+    /// The payload's version (bytes 51..<59), kept to compare with the next list.
+    public var version: UInt64
+
+    /// Creates a record.
+    public init(payload: Data, signature: Data, version: UInt64) {
+        self.payload = payload
+        self.signature = signature
+        self.version = version
+    }
+}
+
+/// One `(device id, device identity key)` entry of a device list.
+public struct DeviceListEntry: Hashable, Sendable {
+    /// Relay-assigned device id.
+    public var deviceID: UInt32
+    /// 32-byte Ed25519 device identity key.
+    public var deviceIdentityKey: Data
+
+    /// Creates an entry.
+    public init(deviceID: UInt32, deviceIdentityKey: Data) {
+        self.deviceID = deviceID
+        self.deviceIdentityKey = deviceIdentityKey
+    }
+}
+
+/// What a removal of devices did (`publishDeviceList`, `deleteAccount`).
+public struct DeviceRemovalResult: Hashable, Sendable {
+    /// The device ids removed (their live connections must be closed).
+    public var removedDeviceIDs: [UInt32]
+    /// Sender devices that got an `expired` receipt (to wake).
+    public var notifiedSenders: Set<DeviceAddress>
+
+    /// Creates a result.
+    public init(removedDeviceIDs: [UInt32], notifiedSenders: Set<DeviceAddress>) {
+        self.removedDeviceIDs = removedDeviceIDs
+        self.notifiedSenders = notifiedSenders
+    }
+}
+
+/// How one handle's addressed devices differ from its current devices (`Error.device_mismatches`).
+public struct DeviceMismatchRecord: Hashable, Sendable {
+    /// The handle.
+    public var handle: String
+    /// Current devices not addressed, ascending.
+    public var missingDeviceIDs: [UInt32]
+    /// Addressed devices that are not current, ascending.
+    public var staleDeviceIDs: [UInt32]
+
+    /// Creates a record.
+    public init(handle: String, missingDeviceIDs: [UInt32], staleDeviceIDs: [UInt32]) {
+        self.handle = handle
+        self.missingDeviceIDs = missingDeviceIDs
+        self.staleDeviceIDs = staleDeviceIDs
+    }
+}
+
+/// What a `submit` with a coverage check did.
+public enum SubmitBatchOutcome: Hashable, Sendable {
+    /// Checked (or not checked); one outcome per submission, in order.
+    case stored([SubmissionOutcome])
+    /// A group did not cover the current devices: nothing was stored. Sorted by handle.
+    case mismatched([DeviceMismatchRecord])
 }
 
 extension RelayStore {

@@ -1,6 +1,7 @@
 import FlitzStore
 import Foundation
 import GRDB
+import Synchronization
 
 /// The embedded `RelayStore`: one SQLite database in WAL mode through a GRDB `DatabasePool`
 /// (`protocol/relay.md`, "Storage and durability").
@@ -12,6 +13,7 @@ import GRDB
 public final class SQLiteRelayStore: RelayStore {
     private let pool: DatabasePool
     private let makeID: @Sendable () -> Data
+    private let committer: GroupCommitter
 
     /// Opens (creating if needed) the database at `path` and migrates it to the newest schema.
     /// - Parameters:
@@ -38,11 +40,18 @@ public final class SQLiteRelayStore: RelayStore {
             throw StoreError(.backend, "cannot open database: \(Self.describe(error))")
         }
         self.makeID = makeID
+        committer = GroupCommitter(pool: pool)
     }
 
     /// The writer connection's `PRAGMA synchronous` value (2 = FULL). Exposed for tests.
     public func synchronousMode() async throws -> Int {
         try await run { try await self.pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 } }
+    }
+
+    /// How many `submit` calls the group commit has handled, in how many write transactions (for tests
+    /// and diagnostics: fewer transactions than callers means batches were shared).
+    public func groupCommitStatistics() -> (callers: Int, transactions: Int) {
+        committer.statistics()
     }
 
     /// Names of the applied migrations, oldest first (for tests and diagnostics).
@@ -145,6 +154,51 @@ public final class SQLiteRelayStore: RelayStore {
                     WHERE o.handle = devices.handle AND o.device_id = devices.device_id), 0);
                 """)
         }
+        migrator.registerMigration("v3-devices") { db in
+            // Multi-device accounts (devices.md): the newest signed device list per handle with its entries,
+            // tombstones of deleted accounts, the seen-receipts setting, pairing messages, the group of
+            // each route (receipts across devices) and which (group, recipient handle) receipts went out.
+            try db.execute(sql: """
+                CREATE TABLE device_lists (
+                    handle TEXT PRIMARY KEY NOT NULL REFERENCES accounts(handle) ON DELETE CASCADE,
+                    payload BLOB NOT NULL,
+                    signature BLOB NOT NULL,
+                    version INTEGER NOT NULL
+                );
+                CREATE TABLE device_list_entries (
+                    handle TEXT NOT NULL REFERENCES accounts(handle) ON DELETE CASCADE,
+                    device_id INTEGER NOT NULL,
+                    device_identity_key BLOB NOT NULL,
+                    PRIMARY KEY (handle, device_id)
+                );
+                CREATE TABLE account_tombstones (
+                    handle TEXT PRIMARY KEY NOT NULL,
+                    deleted_at INTEGER NOT NULL,
+                    purge_at INTEGER NOT NULL
+                );
+                ALTER TABLE accounts ADD COLUMN seen_receipts_off INTEGER NOT NULL DEFAULT 0;
+                -- A taken slot keeps its row (message NULL) so that it cannot be written again.
+                CREATE TABLE link_messages (
+                    rendezvous_id BLOB NOT NULL,
+                    slot INTEGER NOT NULL,
+                    message BLOB,
+                    expires_at INTEGER NOT NULL,
+                    PRIMARY KEY (rendezvous_id, slot)
+                );
+                CREATE INDEX link_messages_by_expiry ON link_messages(expires_at);
+                -- NULL for routes from before v3: each is a group of its own (COALESCE(group_id, envelope_id)).
+                ALTER TABLE envelope_routes ADD COLUMN group_id BLOB;
+                CREATE INDEX envelope_routes_by_group ON envelope_routes(group_id);
+                CREATE TABLE group_receipts (
+                    group_id BLOB NOT NULL,
+                    recipient_handle TEXT NOT NULL,
+                    kind INTEGER NOT NULL,
+                    route_expires_at INTEGER NOT NULL,
+                    PRIMARY KEY (group_id, recipient_handle, kind)
+                );
+                CREATE INDEX group_receipts_by_retention ON group_receipts(route_expires_at);
+                """)
+        }
         return migrator
     }()
 
@@ -165,6 +219,10 @@ public final class SQLiteRelayStore: RelayStore {
                 if try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE handle = ?", arguments: [handle]) == true {
                     throw StoreError(.handleTaken)
                 }
+                // A deleted account's handle stays taken until its tombstone is purged (devices.md section 8).
+                if try Bool.fetchOne(db, sql: "SELECT 1 FROM account_tombstones WHERE handle = ?", arguments: [handle]) == true {
+                    throw StoreError(.handleTaken, "deleted account")
+                }
                 try db.execute(
                     sql: "INSERT INTO accounts (handle, account_identity_key, recovery_code_hash, next_device_id, created_at) VALUES (?, ?, ?, 2, ?)",
                     arguments: [handle, accountIdentityKey, recoveryCodeHash, atMs])
@@ -182,7 +240,7 @@ public final class SQLiteRelayStore: RelayStore {
                     AccountRecord(
                         handle: row["handle"], accountIdentityKey: row["account_identity_key"],
                         recoveryCodeHash: row["recovery_code_hash"], nextDeviceID: UInt32(row["next_device_id"] as Int64),
-                        createdAtMs: row["created_at"])
+                        createdAtMs: row["created_at"], seenReceiptsOff: row["seen_receipts_off"])
                 }
             }
         }
@@ -253,6 +311,8 @@ public final class SQLiteRelayStore: RelayStore {
                 }
                 try db.execute(sql: "DELETE FROM queue WHERE handle = ?", arguments: [handle])
                 try db.execute(sql: "DELETE FROM devices WHERE handle = ?", arguments: [handle])
+                // Lists are per account identity key (devices.md section 7): the new key starts at version 1.
+                try Self.deleteDeviceList(db, handle)
                 try db.execute(
                     sql: "UPDATE accounts SET account_identity_key = ?, recovery_code_hash = ?, next_device_id = ? WHERE handle = ?",
                     arguments: [accountIdentityKey, newRecoveryCodeHash, newDeviceID + 1, handle])
@@ -287,14 +347,32 @@ public final class SQLiteRelayStore: RelayStore {
         try await run { try await self.pool.read { db in try Self.preKeyStock(db, device) } }
     }
 
-    /// Implements `RelayStore.takePreKeyBundle` (see its documentation for shapes, units and errors) in one SQLite transaction.
+    /// Implements `RelayStore.takePreKeyBundle(handle:)`: every current device (no list restriction).
     public func takePreKeyBundle(handle: String) async throws -> PreKeyBundleRecord? {
+        try await takeBundle(handle: handle, deviceIDs: nil, listedOnly: false)
+    }
+
+    /// Implements `RelayStore.takePreKeyBundle(handle:deviceIDs:)` in one SQLite write transaction.
+    public func takePreKeyBundle(handle: String, deviceIDs: [UInt32]?) async throws -> PreKeyBundleRecord? {
+        try await takeBundle(handle: handle, deviceIDs: deviceIDs, listedOnly: true)
+    }
+
+    private func takeBundle(handle: String, deviceIDs: [UInt32]?, listedOnly: Bool) async throws -> PreKeyBundleRecord? {
         try await run {
             try await self.pool.write { db in
                 guard let key = try Data.fetchOne(db, sql: "SELECT account_identity_key FROM accounts WHERE handle = ?", arguments: [handle])
                 else { return nil }
-                let devices = try Row.fetchAll(db, sql: "SELECT * FROM devices WHERE handle = ? ORDER BY device_id", arguments: [handle])
+                let list = try Self.deviceList(db, handle)
+                var devices = try Row.fetchAll(db, sql: "SELECT * FROM devices WHERE handle = ? ORDER BY device_id", arguments: [handle])
                     .map(Self.deviceRecord)
+                if listedOnly, list != nil {
+                    let listed = try Self.listedDeviceIDs(db, handle)
+                    devices = devices.filter { listed.contains($0.address.deviceID) }
+                }
+                if let deviceIDs {
+                    let wanted = Set(deviceIDs)
+                    devices = devices.filter { wanted.contains($0.address.deviceID) }
+                }
                 var entries: [PreKeyBundleRecord.Device] = []
                 for device in devices {
                     let address = device.address
@@ -330,68 +408,167 @@ public final class SQLiteRelayStore: RelayStore {
                     }
                     entries.append(.init(device: device, oneTimePreKey: oneTime, kemPreKey: kem))
                 }
-                return PreKeyBundleRecord(handle: handle, accountIdentityKey: key, devices: entries)
+                return PreKeyBundleRecord(handle: handle, accountIdentityKey: key, devices: entries, deviceList: list)
             }
         }
     }
 
-    /// Implements `RelayStore.submit` (see its documentation for shapes, units and errors) in one SQLite transaction.
+    /// Implements `RelayStore.submit` without a coverage check (see `submit(…checkCoverage:)`).
     public func submit(
         sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int
     ) async throws -> [SubmissionOutcome] {
+        switch try await submit(sender: sender, envelopes: envelopes, atMs: atMs, queueLimit: queueLimit, checkCoverage: false) {
+        case .stored(let outcomes): return outcomes
+        case .mismatched: throw StoreError(.corrupt, "coverage mismatch without a coverage check")
+        }
+    }
+
+    /// Implements `RelayStore.submit(…checkCoverage:)` (see its documentation for shapes, units and errors).
+    ///
+    /// Group commit: concurrent calls are batched into one write transaction (each in its own savepoint,
+    /// so one caller's failure rolls back only its own batch), and each caller returns after the shared
+    /// commit. Queue sequences are assigned in commit order (one writer, `AUTOINCREMENT`).
+    public func submit(
+        sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int, checkCoverage: Bool
+    ) async throws -> SubmitBatchOutcome {
         try await run {
-            try await self.pool.write { db in
-                // The sender may have been removed (recovery) after it authenticated.
-                guard try Self.deviceExists(db, sender) else { throw StoreError(.unknownDevice) }
-                var outcomes: [SubmissionOutcome] = []
-                outcomes.reserveCapacity(envelopes.count)
-                var queued: [DeviceAddress: Int] = [:]
-                for envelope in envelopes {
-                    if let route = try Row.fetchOne(db, sql: "SELECT * FROM envelope_routes WHERE envelope_id = ?", arguments: [envelope.envelopeID]) {
-                        let same = (route["sender_handle"] as String) == sender.handle
-                            && (route["sender_device_id"] as Int64) == Int64(sender.deviceID)
-                            && (route["recipient_handle"] as String) == envelope.recipient.handle
-                            && (route["recipient_device_id"] as Int64) == Int64(envelope.recipient.deviceID)
-                        outcomes.append(same
-                            ? .accepted(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyQueued: false)
-                            : .rejected(.envelopeIDConflict))
-                        continue
-                    }
-                    guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE handle = ?", arguments: [envelope.recipient.handle]) == true else {
-                        outcomes.append(.rejected(.unknownRecipient))
-                        continue
-                    }
-                    guard try Self.deviceExists(db, envelope.recipient) else {
-                        outcomes.append(.rejected(.staleDevice))
-                        continue
-                    }
-                    let depth = try queued[envelope.recipient] ?? Int.fetchOne(
-                        db, sql: "SELECT COUNT(*) FROM queue WHERE handle = ? AND device_id = ? AND kind = ?",
-                        arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID), Self.kindEnvelope]) ?? 0
-                    guard depth < queueLimit else {
-                        outcomes.append(.rejected(.queueFull))
-                        continue
-                    }
-                    queued[envelope.recipient] = depth + 1
-                    try db.execute(
-                        sql: """
-                            INSERT INTO envelope_routes (envelope_id, sender_handle, sender_device_id, recipient_handle, recipient_device_id,
-                                accepted_at, expires_at, route_expires_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                            """,
-                        arguments: [
-                            envelope.envelopeID, sender.handle, Int64(sender.deviceID), envelope.recipient.handle,
-                            Int64(envelope.recipient.deviceID), atMs, envelope.expiresAtMs, envelope.routeExpiresAtMs, Self.stateQueued,
-                        ])
-                    try db.execute(
-                        sql: "INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        arguments: [
-                            envelope.recipient.handle, Int64(envelope.recipient.deviceID), Self.kindEnvelope, envelope.envelopeID,
-                            envelope.ciphertext, envelope.expiresAtMs,
-                        ])
-                    outcomes.append(.accepted(acceptedAtMs: atMs, expiresAtMs: envelope.expiresAtMs, newlyQueued: true))
-                }
-                return outcomes
+            try await self.committer.perform { db in
+                try self.submitInTransaction(
+                    db, sender: sender, envelopes: envelopes, atMs: atMs, queueLimit: queueLimit, checkCoverage: checkCoverage)
             }
+        }
+    }
+
+    private func submitInTransaction(
+        _ db: Database, sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int, checkCoverage: Bool
+    ) throws -> SubmitBatchOutcome {
+        // The sender may have been removed (recovery, removal) after it authenticated.
+        guard try Self.deviceExists(db, sender) else { throw StoreError(.unknownDevice) }
+        // Groups of this submit: a non-zero `group` number, or each group-0 envelope on its own.
+        let groupKeys: [Int64] = envelopes.enumerated().map { index, envelope in
+            envelope.group == 0 ? -1 - Int64(index) : Int64(envelope.group)
+        }
+        var existing: [Int: Row] = [:]
+        for (index, envelope) in envelopes.enumerated() {
+            existing[index] = try Row.fetchOne(db, sql: "SELECT * FROM envelope_routes WHERE envelope_id = ?", arguments: [envelope.envelopeID])
+        }
+        func isSameRoute(_ route: Row, _ envelope: EnvelopeSubmission) -> Bool {
+            (route["sender_handle"] as String) == sender.handle
+                && (route["sender_device_id"] as Int64) == Int64(sender.deviceID)
+                && (route["recipient_handle"] as String) == envelope.recipient.handle
+                && (route["recipient_device_id"] as Int64) == Int64(envelope.recipient.deviceID)
+        }
+        if checkCoverage {
+            let mismatches = try coverageMismatches(db, sender: sender, envelopes: envelopes, groupKeys: groupKeys) { index in
+                existing[index].map { isSameRoute($0, envelopes[index]) } ?? false
+            }
+            if !mismatches.isEmpty { return .mismatched(mismatches) }
+        }
+        // A group keeps the relay group id of any of its envelopes already stored (a partial resubmission).
+        var groupIDs: [Int64: Data] = [:]
+        for (index, envelope) in envelopes.enumerated() {
+            if let route = existing[index], isSameRoute(route, envelope), groupIDs[groupKeys[index]] == nil {
+                groupIDs[groupKeys[index]] = (route["group_id"] as Data?) ?? envelope.envelopeID
+            }
+        }
+        var outcomes: [SubmissionOutcome] = []
+        outcomes.reserveCapacity(envelopes.count)
+        var queued: [DeviceAddress: Int] = [:]
+        for (index, envelope) in envelopes.enumerated() {
+            if let route = try existing[index] ?? Row.fetchOne(
+                db, sql: "SELECT * FROM envelope_routes WHERE envelope_id = ?", arguments: [envelope.envelopeID])
+            {
+                outcomes.append(isSameRoute(route, envelope)
+                    ? .accepted(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyQueued: false)
+                    : .rejected(.envelopeIDConflict))
+                continue
+            }
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE handle = ?", arguments: [envelope.recipient.handle]) == true else {
+                outcomes.append(.rejected(.unknownRecipient))
+                continue
+            }
+            guard try Self.deviceExists(db, envelope.recipient) else {
+                outcomes.append(.rejected(.staleDevice))
+                continue
+            }
+            let depth = try queued[envelope.recipient] ?? Int.fetchOne(
+                db, sql: "SELECT COUNT(*) FROM queue WHERE handle = ? AND device_id = ? AND kind = ?",
+                arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID), Self.kindEnvelope]) ?? 0
+            guard depth < queueLimit else {
+                outcomes.append(.rejected(.queueFull))
+                continue
+            }
+            queued[envelope.recipient] = depth + 1
+            let groupID: Data
+            if let known = groupIDs[groupKeys[index]] {
+                groupID = known
+            } else {
+                groupID = makeID()
+                groupIDs[groupKeys[index]] = groupID
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO envelope_routes (envelope_id, sender_handle, sender_device_id, recipient_handle, recipient_device_id,
+                        accepted_at, expires_at, route_expires_at, state, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    envelope.envelopeID, sender.handle, Int64(sender.deviceID), envelope.recipient.handle,
+                    Int64(envelope.recipient.deviceID), atMs, envelope.expiresAtMs, envelope.routeExpiresAtMs, Self.stateQueued, groupID,
+                ])
+            try db.execute(
+                sql: "INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    envelope.recipient.handle, Int64(envelope.recipient.deviceID), Self.kindEnvelope, envelope.envelopeID,
+                    envelope.ciphertext, envelope.expiresAtMs,
+                ])
+            outcomes.append(.accepted(acceptedAtMs: atMs, expiresAtMs: envelope.expiresAtMs, newlyQueued: true))
+        }
+        return .stored(outcomes)
+    }
+
+    /// The coverage check of `relay.md` "Submit": per group not entirely resubmitted, the addressed devices
+    /// of each known handle against its current devices, and the sender's own other current devices.
+    private func coverageMismatches(
+        _ db: Database, sender: DeviceAddress, envelopes: [EnvelopeSubmission], groupKeys: [Int64], alreadyStored: (Int) -> Bool
+    ) throws -> [DeviceMismatchRecord] {
+        var current: [String: Set<UInt32>?] = [:]
+        func currentDevices(_ handle: String) throws -> Set<UInt32>? {
+            if let known = current[handle] { return known }
+            let found = try Self.currentDeviceIDs(db, handle)
+            current[handle] = .some(found)
+            return found
+        }
+        var indicesByGroup: [Int64: [Int]] = [:]
+        var groupOrder: [Int64] = []
+        for (index, key) in groupKeys.enumerated() {
+            if indicesByGroup[key] == nil { groupOrder.append(key) }
+            indicesByGroup[key, default: []].append(index)
+        }
+        let senderOthers = (try currentDevices(sender.handle) ?? []).subtracting([sender.deviceID])
+        var missing: [String: Set<UInt32>] = [:]
+        var stale: [String: Set<UInt32>] = [:]
+        for key in groupOrder {
+            let indices = indicesByGroup[key] ?? []
+            if indices.allSatisfy(alreadyStored) { continue }
+            var addressed: [String: Set<UInt32>] = [:]
+            for index in indices {
+                let recipient = envelopes[index].recipient
+                // Unknown handles keep their per-envelope UNKNOWN_RECIPIENT.
+                guard try currentDevices(recipient.handle) != nil else { continue }
+                addressed[recipient.handle, default: []].insert(recipient.deviceID)
+            }
+            if !senderOthers.isEmpty { addressed[sender.handle, default: []].formUnion([]) }
+            for (handle, devices) in addressed {
+                var expected = try currentDevices(handle) ?? []
+                if handle == sender.handle { expected.remove(sender.deviceID) }
+                let lacking = expected.subtracting(devices), extra = devices.subtracting(expected)
+                if !lacking.isEmpty { missing[handle, default: []].formUnion(lacking) }
+                if !extra.isEmpty { stale[handle, default: []].formUnion(extra) }
+            }
+        }
+        return Set(missing.keys).union(stale.keys).sorted().map { handle in
+            DeviceMismatchRecord(
+                handle: handle, missingDeviceIDs: (missing[handle] ?? []).sorted(), staleDeviceIDs: (stale[handle] ?? []).sorted())
         }
     }
 
@@ -433,21 +610,28 @@ public final class SQLiteRelayStore: RelayStore {
     ) async throws -> Set<DeviceAddress> {
         try await run {
             try await self.pool.write { db in
-                var notified = Set<DeviceAddress>()
+                var routes: [Row] = []
                 for envelopeID in envelopeIDs {
                     guard let route = try Row.fetchOne(
                         db,
-                        sql: "SELECT sender_handle, sender_device_id FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ? AND state = ?",
-                        arguments: [envelopeID, device.handle, Int64(device.deviceID), Self.stateQueued])
-                    else { continue }
+                        sql: "SELECT * FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ?",
+                        arguments: [envelopeID, device.handle, Int64(device.deviceID)])
+                    else {
+                        // Never queued for this device (or its route is past retention): refuse before applying anything.
+                        var error = StoreError(.unknownEnvelope, "an acknowledged envelope was never queued for this device")
+                        error.envelopeID = envelopeID
+                        throw error
+                    }
+                    routes.append(route)
+                }
+                var notified = Set<DeviceAddress>()
+                for route in routes where (route["state"] as Int) == Self.stateQueued {
+                    let envelopeID: Data = route["envelope_id"]
                     try db.execute(
                         sql: "DELETE FROM queue WHERE envelope_id = ? AND kind = ? AND handle = ? AND device_id = ?",
                         arguments: [envelopeID, Self.kindEnvelope, device.handle, Int64(device.deviceID)])
                     try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateDelivered, envelopeID])
-                    let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
-                    if try self.queueReceipt(db, to: sender, envelopeID: envelopeID, kind: .delivered, recipient: device, atMs: atMs, expiresAtMs: receiptExpiresAtMs) {
-                        notified.insert(sender)
-                    }
+                    try notified.formUnion(self.queueGroupReceipt(db, route: route, kind: .delivered, reader: device, atMs: atMs, expiresAtMs: receiptExpiresAtMs))
                 }
                 for receiptID in receiptIDs {
                     try db.execute(
@@ -463,22 +647,60 @@ public final class SQLiteRelayStore: RelayStore {
     public func reportSeen(device: DeviceAddress, envelopeIDs: [Data], atMs: Int64, receiptExpiresAtMs: Int64) async throws -> Set<DeviceAddress> {
         try await run {
             try await self.pool.write { db in
+                // A reader who turned seen receipts off never emits one, from any device.
+                if try Bool.fetchOne(db, sql: "SELECT seen_receipts_off FROM accounts WHERE handle = ?", arguments: [device.handle]) ?? true {
+                    return []
+                }
                 var notified = Set<DeviceAddress>()
                 for envelopeID in envelopeIDs {
                     guard let route = try Row.fetchOne(
                         db,
-                        sql: "SELECT sender_handle, sender_device_id FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ? AND seen_reported = 0",
+                        sql: "SELECT * FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ? AND seen_reported = 0",
                         arguments: [envelopeID, device.handle, Int64(device.deviceID)])
                     else { continue }
                     try db.execute(sql: "UPDATE envelope_routes SET seen_reported = 1 WHERE envelope_id = ?", arguments: [envelopeID])
-                    let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
-                    if try self.queueReceipt(db, to: sender, envelopeID: envelopeID, kind: .seen, recipient: device, atMs: atMs, expiresAtMs: receiptExpiresAtMs) {
-                        notified.insert(sender)
-                    }
+                    try notified.formUnion(self.queueGroupReceipt(db, route: route, kind: .seen, reader: device, atMs: atMs, expiresAtMs: receiptExpiresAtMs))
                 }
                 return notified
             }
         }
+    }
+
+    /// Receipts across devices (`relay.md`): the first `kind` event of the reader's handle on the route's
+    /// group queues one receipt to the submitting device (about `route`'s envelope) and one to every other
+    /// device of the sender's handle holding a copy in the group (about its own copy). Nothing when the reader
+    /// belongs to the sender's handle, or when the (group, handle, kind) receipt went out before.
+    private func queueGroupReceipt(
+        _ db: Database, route: Row, kind: ReceiptKind, reader: DeviceAddress, atMs: Int64, expiresAtMs: Int64
+    ) throws -> Set<DeviceAddress> {
+        let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
+        guard reader.handle != sender.handle else { return [] }
+        let envelopeID: Data = route["envelope_id"]
+        let groupID: Data = (route["group_id"] as Data?) ?? envelopeID
+        try db.execute(
+            sql: "INSERT OR IGNORE INTO group_receipts (group_id, recipient_handle, kind, route_expires_at) VALUES (?, ?, ?, ?)",
+            arguments: [groupID, reader.handle, kind.rawValue, route["route_expires_at"] as Int64])
+        guard db.changesCount == 1 else { return [] }
+        var notified = Set<DeviceAddress>()
+        if try queueReceipt(db, to: sender, envelopeID: envelopeID, kind: kind, recipient: reader, atMs: atMs, expiresAtMs: expiresAtMs) {
+            notified.insert(sender)
+        }
+        if route["group_id"] as Data? != nil {
+            let copies = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT envelope_id, recipient_device_id FROM envelope_routes
+                    WHERE group_id = ? AND recipient_handle = ? AND recipient_device_id != ? AND sender_handle = ? AND sender_device_id = ?
+                    """,
+                arguments: [groupID, sender.handle, Int64(sender.deviceID), sender.handle, Int64(sender.deviceID)])
+            for copy in copies {
+                let own = DeviceAddress(handle: sender.handle, deviceID: UInt32(copy["recipient_device_id"] as Int64))
+                if try queueReceipt(db, to: own, envelopeID: copy["envelope_id"], kind: kind, recipient: reader, atMs: atMs, expiresAtMs: expiresAtMs) {
+                    notified.insert(own)
+                }
+            }
+        }
+        return notified
     }
 
     /// Implements `RelayStore.sweep` (see its documentation for shapes, units and errors) in one SQLite transaction.
@@ -503,9 +725,222 @@ public final class SQLiteRelayStore: RelayStore {
                 let purgedReceipts = db.changesCount
                 try db.execute(sql: "DELETE FROM envelope_routes WHERE route_expires_at <= ?", arguments: [nowMs])
                 let purgedRoutes = db.changesCount
-                return SweepResult(expiredEnvelopes: expired.count, notifiedSenders: notified, purgedReceipts: purgedReceipts, purgedRoutes: purgedRoutes)
+                try db.execute(sql: "DELETE FROM group_receipts WHERE route_expires_at <= ?", arguments: [nowMs])
+                try db.execute(sql: "DELETE FROM account_tombstones WHERE purge_at <= ?", arguments: [nowMs])
+                let purgedTombstones = db.changesCount
+                try db.execute(sql: "DELETE FROM link_messages WHERE expires_at <= ?", arguments: [nowMs])
+                let purgedLinkMessages = db.changesCount
+                return SweepResult(
+                    expiredEnvelopes: expired.count, notifiedSenders: notified, purgedReceipts: purgedReceipts, purgedRoutes: purgedRoutes,
+                    purgedTombstones: purgedTombstones, purgedLinkMessages: purgedLinkMessages)
             }
         }
+    }
+
+    // MARK: Multi-device accounts (documented on the protocol)
+
+    /// Implements `RelayStore.registerDevice` in one SQLite transaction.
+    public func registerDevice(handle: String, accountIdentityKey: Data, device: NewDevice, atMs: Int64, maxDevices: Int) async throws -> UInt32 {
+        try await run {
+            try await self.pool.write { db in
+                guard let account = try Row.fetchOne(
+                    db, sql: "SELECT account_identity_key, next_device_id FROM accounts WHERE handle = ?", arguments: [handle])
+                else { throw StoreError(.unknownRecipient) }
+                guard (account["account_identity_key"] as Data) == accountIdentityKey else { throw StoreError(.accountKeyChanged) }
+                // The same device key again: a retry whose answer was lost.
+                if let existing = try Int64.fetchOne(
+                    db, sql: "SELECT device_id FROM devices WHERE handle = ? AND device_identity_key = ?",
+                    arguments: [handle, device.deviceIdentityKey])
+                {
+                    return UInt32(existing)
+                }
+                let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM devices WHERE handle = ?", arguments: [handle]) ?? 0
+                guard count < maxDevices else { throw StoreError(.tooManyDevices) }
+                let deviceID: Int64 = account["next_device_id"]
+                try db.execute(sql: "UPDATE accounts SET next_device_id = ? WHERE handle = ?", arguments: [deviceID + 1, handle])
+                try Self.insertDevice(db, address: DeviceAddress(handle: handle, deviceID: UInt32(deviceID)), device: device, atMs: atMs)
+                return UInt32(deviceID)
+            }
+        }
+    }
+
+    /// Implements `RelayStore.devices(handle:)`.
+    public func devices(handle: String) async throws -> [DeviceRecord] {
+        try await run {
+            try await self.pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM devices WHERE handle = ? ORDER BY device_id", arguments: [handle]).map(Self.deviceRecord)
+            }
+        }
+    }
+
+    /// Implements `RelayStore.deviceList(handle:)`.
+    public func deviceList(handle: String) async throws -> StoredDeviceList? {
+        try await run { try await self.pool.read { db in try Self.deviceList(db, handle) } }
+    }
+
+    /// Implements `RelayStore.publishDeviceList` in one SQLite transaction.
+    public func publishDeviceList(
+        handle: String, accountIdentityKey: Data, list: StoredDeviceList, entries: [DeviceListEntry], publisher: DeviceAddress,
+        removeDeviceIDs: [UInt32], atMs: Int64, receiptExpiresAtMs: Int64
+    ) async throws -> DeviceRemovalResult {
+        try await run {
+            try await self.pool.write { db in
+                func reject(_ why: String) -> StoreError { StoreError(.deviceListRejected, why) }
+                guard let key = try Data.fetchOne(db, sql: "SELECT account_identity_key FROM accounts WHERE handle = ?", arguments: [handle])
+                else { throw reject("no such handle") }
+                guard key == accountIdentityKey else { throw reject("the list is not signed by the handle's current account identity key") }
+                if let stored = try Self.deviceList(db, handle), list.version <= stored.version {
+                    throw reject("version \(list.version) is not greater than the stored list's \(stored.version)")
+                }
+                let devices = try Row.fetchAll(db, sql: "SELECT device_id, device_identity_key FROM devices WHERE handle = ?", arguments: [handle])
+                var current: [UInt32: Data] = [:]
+                for row in devices { current[UInt32(row["device_id"] as Int64)] = row["device_identity_key"] }
+                for entry in entries {
+                    guard let stored = current[entry.deviceID] else { throw reject("device \(entry.deviceID) is not a current device") }
+                    guard stored == entry.deviceIdentityKey else { throw reject("device \(entry.deviceID) is listed with another device identity key") }
+                }
+                let listed = Set(entries.map(\.deviceID))
+                guard publisher.handle == handle, listed.contains(publisher.deviceID) else {
+                    throw reject("the publishing device must be in the list")
+                }
+                for id in removeDeviceIDs {
+                    guard current[id] != nil else { throw reject("device \(id) to remove is not a current device") }
+                    guard !listed.contains(id) else { throw reject("device \(id) to remove is in the list") }
+                }
+                try Self.deleteDeviceList(db, handle)
+                try db.execute(
+                    sql: "INSERT INTO device_lists (handle, payload, signature, version) VALUES (?, ?, ?, ?)",
+                    arguments: [handle, list.payload, list.signature, Int64(bitPattern: list.version)])
+                for entry in entries {
+                    try db.execute(
+                        sql: "INSERT INTO device_list_entries (handle, device_id, device_identity_key) VALUES (?, ?, ?)",
+                        arguments: [handle, Int64(entry.deviceID), entry.deviceIdentityKey])
+                }
+                let removed = Array(Set(removeDeviceIDs)).sorted()
+                let notified = try self.removeDevices(db, handle: handle, deviceIDs: removed, notifyOwnHandle: true, atMs: atMs, receiptExpiresAtMs: receiptExpiresAtMs)
+                return DeviceRemovalResult(removedDeviceIDs: removed, notifiedSenders: notified)
+            }
+        }
+    }
+
+    /// Implements `RelayStore.deleteAccount` in one SQLite transaction.
+    public func deleteAccount(handle: String, accountIdentityKey: Data, atMs: Int64, tombstoneUntilMs: Int64, receiptExpiresAtMs: Int64) async throws
+        -> DeviceRemovalResult
+    {
+        try await run {
+            try await self.pool.write { db in
+                guard let key = try Data.fetchOne(db, sql: "SELECT account_identity_key FROM accounts WHERE handle = ?", arguments: [handle])
+                else { throw StoreError(.unknownRecipient) }
+                guard key == accountIdentityKey else { throw StoreError(.accountKeyChanged) }
+                let ids = try Int64.fetchAll(db, sql: "SELECT device_id FROM devices WHERE handle = ? ORDER BY device_id", arguments: [handle])
+                    .map { UInt32($0) }
+                let notified = try self.removeDevices(
+                    db, handle: handle, deviceIDs: ids, notifyOwnHandle: false, atMs: atMs, receiptExpiresAtMs: receiptExpiresAtMs)
+                // Devices (and with them prekeys), the list, settings and the recovery code hash go with the account row.
+                try db.execute(sql: "DELETE FROM accounts WHERE handle = ?", arguments: [handle])
+                try db.execute(sql: "DELETE FROM queue WHERE handle = ?", arguments: [handle])
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO account_tombstones (handle, deleted_at, purge_at) VALUES (?, ?, ?)",
+                    arguments: [handle, atMs, tombstoneUntilMs])
+                return DeviceRemovalResult(removedDeviceIDs: ids, notifiedSenders: notified)
+            }
+        }
+    }
+
+    /// Implements `RelayStore.setSeenReceiptsOff`.
+    public func setSeenReceiptsOff(handle: String, _ off: Bool) async throws {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(sql: "UPDATE accounts SET seen_receipts_off = ? WHERE handle = ?", arguments: [off, handle])
+                guard db.changesCount == 1 else { throw StoreError(.unknownRecipient) }
+            }
+        }
+    }
+
+    /// Implements `RelayStore.putLinkMessage` in one SQLite transaction.
+    public func putLinkMessage(rendezvousID: Data, slot: UInt32, message: Data, nowMs: Int64, expiresAtMs: Int64) async throws {
+        try await run {
+            try await self.pool.write { db in
+                let arguments: StatementArguments = [rendezvousID, Int64(slot)]
+                // An expired slot the sweeper has not purged yet counts as never written.
+                try db.execute(sql: "DELETE FROM link_messages WHERE rendezvous_id = ? AND slot = ? AND expires_at <= ?", arguments: arguments + [nowMs])
+                if try Bool.fetchOne(db, sql: "SELECT 1 FROM link_messages WHERE rendezvous_id = ? AND slot = ?", arguments: arguments) == true {
+                    throw StoreError(.linkSlotUsed)
+                }
+                try db.execute(
+                    sql: "INSERT INTO link_messages (rendezvous_id, slot, message, expires_at) VALUES (?, ?, ?, ?)",
+                    arguments: arguments + [message, expiresAtMs])
+            }
+        }
+    }
+
+    /// Implements `RelayStore.takeLinkMessage` in one SQLite transaction.
+    public func takeLinkMessage(rendezvousID: Data, slot: UInt32, nowMs: Int64) async throws -> Data? {
+        try await run {
+            try await self.pool.write { db -> Data? in
+                let arguments: StatementArguments = [rendezvousID, Int64(slot), nowMs]
+                guard let message = try Data.fetchOne(
+                    db, sql: "SELECT message FROM link_messages WHERE rendezvous_id = ? AND slot = ? AND expires_at > ? AND message IS NOT NULL",
+                    arguments: arguments)
+                else { return nil }
+                // Read once: the row stays (without the message) so the slot cannot be written again.
+                try db.execute(sql: "UPDATE link_messages SET message = NULL WHERE rendezvous_id = ? AND slot = ? AND expires_at > ?", arguments: arguments)
+                return message
+            }
+        }
+    }
+
+    /// Deletes `deviceIDs` of `handle` with their prekeys and queues; their queued envelopes become expired
+    /// with an `expired` receipt to each sender device that is still current (and, unless `notifyOwnHandle`,
+    /// not of `handle`). Returns the senders notified.
+    private func removeDevices(
+        _ db: Database, handle: String, deviceIDs: [UInt32], notifyOwnHandle: Bool, atMs: Int64, receiptExpiresAtMs: Int64
+    ) throws -> Set<DeviceAddress> {
+        var routes: [Row] = []
+        for id in deviceIDs {
+            let arguments: StatementArguments = [handle, Int64(id)]
+            routes += try Row.fetchAll(
+                db, sql: "SELECT * FROM envelope_routes WHERE recipient_handle = ? AND recipient_device_id = ? AND state = \(Self.stateQueued)",
+                arguments: arguments)
+            try db.execute(sql: "DELETE FROM queue WHERE handle = ? AND device_id = ?", arguments: arguments)
+            try db.execute(sql: "DELETE FROM devices WHERE handle = ? AND device_id = ?", arguments: arguments)
+        }
+        var notified = Set<DeviceAddress>()
+        for route in routes {
+            let envelopeID: Data = route["envelope_id"]
+            let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
+            let recipient = DeviceAddress(handle: handle, deviceID: UInt32(route["recipient_device_id"] as Int64))
+            try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateExpired, envelopeID])
+            guard notifyOwnHandle || sender.handle != handle else { continue }
+            if try queueReceipt(db, to: sender, envelopeID: envelopeID, kind: .expired, recipient: recipient, atMs: atMs, expiresAtMs: receiptExpiresAtMs) {
+                notified.insert(sender)
+            }
+        }
+        return notified
+    }
+
+    private static func deviceList(_ db: Database, _ handle: String) throws -> StoredDeviceList? {
+        try Row.fetchOne(db, sql: "SELECT payload, signature, version FROM device_lists WHERE handle = ?", arguments: [handle]).map { row in
+            StoredDeviceList(payload: row["payload"], signature: row["signature"], version: UInt64(bitPattern: row["version"] as Int64))
+        }
+    }
+
+    private static func deleteDeviceList(_ db: Database, _ handle: String) throws {
+        try db.execute(sql: "DELETE FROM device_lists WHERE handle = ?", arguments: [handle])
+        try db.execute(sql: "DELETE FROM device_list_entries WHERE handle = ?", arguments: [handle])
+    }
+
+    private static func listedDeviceIDs(_ db: Database, _ handle: String) throws -> Set<UInt32> {
+        Set(try Int64.fetchAll(db, sql: "SELECT device_id FROM device_list_entries WHERE handle = ?", arguments: [handle]).map { UInt32($0) })
+    }
+
+    /// The current devices of `handle` in the sense of `relay.md` "Submit": the listed ones when a list is
+    /// stored, else every device; nil for an unknown handle.
+    private static func currentDeviceIDs(_ db: Database, _ handle: String) throws -> Set<UInt32>? {
+        guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE handle = ?", arguments: [handle]) == true else { return nil }
+        let all = Set(try Int64.fetchAll(db, sql: "SELECT device_id FROM devices WHERE handle = ?", arguments: [handle]).map { UInt32($0) })
+        guard try deviceList(db, handle) != nil else { return all }
+        return all.intersection(try listedDeviceIDs(db, handle))
     }
 
     // MARK: Helpers
@@ -605,7 +1040,8 @@ public final class SQLiteRelayStore: RelayStore {
             deviceIdentityKey: row["device_identity_key"], deviceCertificateSignature: row["device_certificate_signature"],
             signedPreKey: SignedPreKeyRecord(
                 id: UInt32(row["signed_prekey_id"] as Int64), publicKey: row["signed_prekey_public_key"],
-                signature: row["signed_prekey_signature"]))
+                signature: row["signed_prekey_signature"]),
+            createdAtMs: row["created_at"])
     }
 
     /// Runs one GRDB access (GRDB's async APIs run it on GRDB's own queues, off the cooperative pool)
@@ -626,5 +1062,95 @@ public final class SQLiteRelayStore: RelayStore {
             return "SQLite error \(error.resultCode.rawValue): \(error.message ?? "")"
         }
         return String(describing: type(of: error))
+    }
+}
+
+/// Group commit for `submit` (`relay.md`, "Storage and durability"): callers that arrive while a write
+/// transaction is running wait, and the next transaction runs all of them, each inside its own savepoint
+/// (a failing caller rolls back only its own changes and gets its own error). Every caller returns after
+/// the shared commit, so acknowledgements still follow a `synchronous=FULL` commit.
+final class GroupCommitter: Sendable {
+    private struct Job: Sendable {
+        let body: @Sendable (Database) throws -> Void
+        let done: CheckedContinuation<Void, any Error>
+    }
+
+    /// Holds one caller's result between its savepoint and its resumption.
+    private final class ResultBox<T: Sendable>: Sendable {
+        let value = Mutex<T?>(nil)
+    }
+
+    private let pool: DatabasePool
+    private let state = Mutex<(pending: [Job], running: Bool)>(([], false))
+    private let counts = Mutex<(callers: Int, transactions: Int)>((0, 0))
+
+    /// Callers handled and write transactions run so far.
+    func statistics() -> (callers: Int, transactions: Int) {
+        counts.withLock { $0 }
+    }
+
+    init(pool: DatabasePool) {
+        self.pool = pool
+    }
+
+    /// Runs `body` in the next shared write transaction and returns its result after the commit.
+    /// - Throws: what `body` threw (its savepoint rolled back), or the transaction's error.
+    func perform<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        let box = ResultBox<T>()
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let job = Job(body: { db in
+                let value = try body(db)
+                box.value.withLock { $0 = value }
+            }, done: continuation)
+            let leads = state.withLock { state -> Bool in
+                state.pending.append(job)
+                if state.running { return false }
+                state.running = true
+                return true
+            }
+            // The first caller starts the drain loop; it ends when no caller is waiting.
+            if leads { Task { await self.drain() } }
+        }
+        guard let value = box.value.withLock({ $0 }) else { throw StoreError(.backend, "group commit lost a result") }
+        return value
+    }
+
+    private func drain() async {
+        while true {
+            let jobs = state.withLock { state -> [Job] in
+                if state.pending.isEmpty {
+                    state.running = false
+                    return []
+                }
+                defer { state.pending = [] }
+                return state.pending
+            }
+            if jobs.isEmpty { return }
+            counts.withLock { counts in
+                counts.callers += jobs.count
+                counts.transactions += 1
+            }
+            let failures = ResultBox<[Int: any Error]>()
+            do {
+                try await pool.write { db in
+                    for (index, job) in jobs.enumerated() {
+                        do {
+                            try db.inSavepoint {
+                                try job.body(db)
+                                return .commit
+                            }
+                        } catch {
+                            failures.value.withLock { $0 = ($0 ?? [:]).merging([index: error]) { $1 } }
+                        }
+                    }
+                }
+                let failed = failures.value.withLock { $0 } ?? [:]
+                for (index, job) in jobs.enumerated() {
+                    if let error = failed[index] { job.done.resume(throwing: error) } else { job.done.resume() }
+                }
+            } catch {
+                for job in jobs { job.done.resume(throwing: error) }
+            }
+        }
     }
 }

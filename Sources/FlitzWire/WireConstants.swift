@@ -36,6 +36,17 @@ public enum WireConstants {
     public static let signatureLength = 64
     /// Shortest and longest handle, in characters.
     public static let handleLengthRange = 3...32
+    /// Most current devices of one account (`MAX_DEVICES`, `protocol/devices.md` section 10); a
+    /// `RegisterDevice` beyond it gets `TOO_MANY_DEVICES`.
+    public static let maxDevicesPerAccount = DeviceListPayload.maxDevices
+    /// Length of a pairing rendezvous id (`LinkPut`, `LinkTake`), in bytes (`devices.md` 5.2).
+    public static let rendezvousIDLength = 16
+    /// Pairing slots: 1 offer, 2 grant, 3 done (`devices.md` 5.3).
+    public static let linkSlots: ClosedRange<UInt32> = 1...3
+    /// Size of one pairing message (`LinkPut.message`), in bytes.
+    public static let linkMessageBytes = 1...1_024
+    /// Default lifetime of a pairing message at the relay, in seconds (10 minutes; `relay.linkLifetime`).
+    public static let defaultLinkLifetimeSeconds = 600
 }
 
 /// Handles: 3 to 32 characters of `a`-`z`, `0`-`9`, `_` and `.` (`protocol/relay.md`, "Handles").

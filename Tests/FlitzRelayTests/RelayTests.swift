@@ -184,11 +184,14 @@ import FoundationNetworking
                 #expect(again.expiresAtMs == first.expiresAtMs)
                 let conflicts = try await connection.submit([outgoing(1, to: "carol"), outgoing(9, to: "bob")])
                 #expect(conflicts.map(\.error.code) == [.envelopeIDConflict, .envelopeIDConflict])
-                // Stale device, unknown recipient, bad sizes: per-envelope errors; the rest is accepted.
-                let mixed = try await connection.submit([
+                // Stale device (chosen devices: no coverage check), unknown recipient, bad sizes: per-envelope
+                // errors; the rest is accepted.
+                let mixedReply = try await connection.submit([
                     outgoing(2, to: "bob", device: 2), outgoing(3, to: "nobody"), outgoing(4, to: "bob", ciphertext: Data()),
                     outgoing(5, to: "bob"),
-                ])
+                ], selectedDevices: true)
+                guard case .submitResult(let mixedResult) = mixedReply.body else { throw Failure("\(mixedReply)") }
+                let mixed = mixedResult.outcomes
                 #expect(mixed.map(\.error.code) == [.staleDevice, .unknownRecipient, .invalidArgument, .unspecified])
                 #expect(mixed[0].error.envelopeID == Data(repeating: 2, count: 16))
                 #expect(try await connection.request(.submit(WireSubmit())).errorCode == .invalidArgument)

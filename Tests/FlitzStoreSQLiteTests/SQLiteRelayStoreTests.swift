@@ -230,8 +230,13 @@ import Testing
         var submission = Self.envelope(1, to: bob)
         submission.ciphertext = marker
         _ = try await store.submit(sender: alice, envelopes: [submission], atMs: 1_000)
-        // Only the recipient device can acknowledge.
-        #expect(try await store.acknowledge(device: alice, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 1_500, receiptExpiresAtMs: 90_000).isEmpty)
+        // Only the recipient device can acknowledge: another device's id is refused and nothing changes.
+        await #expect {
+            try await store.acknowledge(device: alice, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 1_500, receiptExpiresAtMs: 90_000)
+        } throws: { error in
+            (error as? StoreError)?.code == .unknownEnvelope && (error as? StoreError)?.envelopeID == Self.bytes(1, 16)
+        }
+        #expect(Self.envelopeIDs(try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 1_500, limit: 100)) == [Self.bytes(1, 16)])
         let notified = try await store.acknowledge(device: bob, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 2_000, receiptExpiresAtMs: 90_000)
         #expect(notified == [alice])
         #expect(try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 2_000, limit: 100).isEmpty)
@@ -329,14 +334,153 @@ import Testing
     @Test func reopeningMigratesAndKeepsData() async throws {
         let (store, path) = try makeStore()
         try await Self.register(store, "alice")
-        #expect(try await store.appliedMigrations() == ["v1", "v2-pqxdh"])
+        #expect(try await store.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices"])
         let reopened = try SQLiteRelayStore(path: path, makeID: Self.randomID)
-        #expect(try await reopened.appliedMigrations() == ["v1", "v2-pqxdh"])
+        #expect(try await reopened.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices"])
         #expect(try await reopened.account(handle: "alice") != nil)
     }
 
     @Test func writerUsesSynchronousFull() async throws {
         let (store, _) = try makeStore()
         #expect(try await store.synchronousMode() == 2)
+    }
+
+    // MARK: Multi-device accounts and group commit
+
+    @Test func concurrentSubmitsShareCommitsAndOneFailureSparesTheOthers() async throws {
+        let (store, _) = try makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        let ghost = DeviceAddress(handle: "ghost", deviceID: 1)
+        let results = try await withThrowingTaskGroup(of: (Int, Bool).self) { group in
+            for index in 0..<64 {
+                group.addTask {
+                    // Every eighth caller is a sender that does not exist: its batch fails alone.
+                    let sender = index % 8 == 7 ? ghost : alice
+                    do {
+                        let outcomes = try await store.submit(
+                            sender: sender, envelopes: [Self.envelope(UInt8(index), to: bob)], atMs: 1_000, queueLimit: .max)
+                        return (index, outcomes == [.accepted(acceptedAtMs: 1_000, expiresAtMs: 100_000, newlyQueued: true)])
+                    } catch let error as StoreError where error.code == .unknownDevice {
+                        return (index, false)
+                    }
+                }
+            }
+            var results: [Int: Bool] = [:]
+            for try await (index, accepted) in group { results[index] = accepted }
+            return results
+        }
+        #expect(results.filter(\.value).keys.sorted() == (0..<64).filter { $0 % 8 != 7 })
+        // Queue sequences follow commit order: strictly increasing, one per accepted envelope.
+        let items = try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 0, limit: 100)
+        #expect(items.count == 56)
+        #expect(zip(items, items.dropFirst()).allSatisfy { $0.sequence < $1.sequence })
+        #expect(try await store.synchronousMode() == 2)
+        let statistics = store.groupCommitStatistics()
+        #expect(statistics.callers == 64)
+        #expect(statistics.transactions >= 1 && statistics.transactions <= 64)
+        print("group commit: \(statistics.callers) submit calls in \(statistics.transactions) transactions")
+    }
+
+    @Test func registerDeviceCountsDevicesAndAnswersRetries() async throws {
+        let (store, _) = try makeStore()
+        try await Self.register(store, "alice")
+        let key = Self.bytes(9, 32)
+        #expect(try await store.registerDevice(handle: "alice", accountIdentityKey: key, device: Self.newDevice(2), atMs: 2_000, maxDevices: 3) == 2)
+        #expect(try await store.registerDevice(handle: "alice", accountIdentityKey: key, device: Self.newDevice(2), atMs: 2_000, maxDevices: 3) == 2)
+        #expect(try await store.registerDevice(handle: "alice", accountIdentityKey: key, device: Self.newDevice(3), atMs: 2_000, maxDevices: 3) == 3)
+        await #expect(throws: StoreError(.tooManyDevices)) {
+            try await store.registerDevice(handle: "alice", accountIdentityKey: key, device: Self.newDevice(4), atMs: 2_000, maxDevices: 3)
+        }
+        await #expect(throws: StoreError(.accountKeyChanged)) {
+            try await store.registerDevice(handle: "alice", accountIdentityKey: Self.bytes(8, 32), device: Self.newDevice(4), atMs: 2_000, maxDevices: 9)
+        }
+        await #expect(throws: StoreError(.unknownRecipient)) {
+            try await store.registerDevice(handle: "bob", accountIdentityKey: key, device: Self.newDevice(4), atMs: 2_000, maxDevices: 9)
+        }
+        #expect(try await store.devices(handle: "alice").map(\.address.deviceID) == [1, 2, 3])
+        #expect(try await store.devices(handle: "alice").map(\.createdAtMs) == [1_000, 2_000, 2_000])
+    }
+
+    @Test func deviceListRemovalAndCoverageInOneStore() async throws {
+        let (store, _) = try makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        let key = Self.bytes(9, 32)
+        let bob2 = DeviceAddress(
+            handle: "bob",
+            deviceID: try await store.registerDevice(handle: "bob", accountIdentityKey: key, device: Self.newDevice(2), atMs: 2_000, maxDevices: 16))
+        let entries = [DeviceListEntry(deviceID: 1, deviceIdentityKey: Self.bytes(1, 32)), DeviceListEntry(deviceID: 2, deviceIdentityKey: Self.bytes(2, 32))]
+        let list = StoredDeviceList(payload: Self.bytes(0xD1, 105), signature: Self.bytes(0x51, 64), version: 3)
+        // A wrong key for a listed device, an unlisted publisher, an old key: refused, nothing stored.
+        for (badEntries, publisher, accountKey) in [
+            ([DeviceListEntry(deviceID: 2, deviceIdentityKey: Self.bytes(7, 32))], bob2, key), ([entries[1]], bob, key), (entries, bob, Self.bytes(8, 32)),
+        ] {
+            await #expect {
+                try await store.publishDeviceList(
+                    handle: "bob", accountIdentityKey: accountKey, list: list, entries: badEntries, publisher: publisher, removeDeviceIDs: [], atMs: 3_000,
+                    receiptExpiresAtMs: 90_000)
+            } throws: { ($0 as? StoreError)?.code == .deviceListRejected }
+        }
+        #expect(try await store.deviceList(handle: "bob") == nil)
+        _ = try await store.publishDeviceList(
+            handle: "bob", accountIdentityKey: key, list: list, entries: entries, publisher: bob, removeDeviceIDs: [], atMs: 3_000, receiptExpiresAtMs: 90_000)
+        #expect(try await store.deviceList(handle: "bob") == list)
+        // Coverage: bob/1 alone misses bob/2; nothing is stored.
+        let partial = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 4_000, queueLimit: .max, checkCoverage: true)
+        #expect(partial == .mismatched([DeviceMismatchRecord(handle: "bob", missingDeviceIDs: [2], staleDeviceIDs: [])]))
+        var first = Self.envelope(1, to: bob), second = Self.envelope(2, to: bob2)
+        first.group = 5
+        second.group = 5
+        guard case .stored(let outcomes) = try await store.submit(
+            sender: alice, envelopes: [first, second], atMs: 4_000, queueLimit: .max, checkCoverage: true)
+        else { throw StoreError(.corrupt, "refused") }
+        #expect(outcomes.count == 2)
+        // Bob removes device 2: its envelope expires and alice is told; bob/1's DELIVERED comes once per handle.
+        let removal = try await store.publishDeviceList(
+            handle: "bob", accountIdentityKey: key, list: StoredDeviceList(payload: Self.bytes(0xD2, 69 + 36), signature: Self.bytes(0x52, 64), version: 4),
+            entries: [entries[0]], publisher: bob, removeDeviceIDs: [2], atMs: 5_000, receiptExpiresAtMs: 90_000)
+        #expect(removal == DeviceRemovalResult(removedDeviceIDs: [2], notifiedSenders: [alice]))
+        #expect(try await store.device(bob2) == nil)
+        _ = try await store.acknowledge(device: bob, envelopeIDs: [Self.bytes(1, 16)], receiptIDs: [], atMs: 6_000, receiptExpiresAtMs: 90_000)
+        let receipts = Self.receipts(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 0, limit: 10))
+        #expect(receipts.map(\.kind) == [.expired, .delivered])
+        #expect(receipts.map(\.envelopeID) == [Self.bytes(2, 16), Self.bytes(1, 16)])
+    }
+
+    @Test func deletedAccountLeavesATombstoneUntilSwept() async throws {
+        let (store, _) = try makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        _ = try await store.submit(sender: bob, envelopes: [Self.envelope(1, to: alice)], atMs: 1_000)
+        await #expect(throws: StoreError(.accountKeyChanged)) {
+            try await store.deleteAccount(handle: "alice", accountIdentityKey: Self.bytes(8, 32), atMs: 2_000, tombstoneUntilMs: 50_000, receiptExpiresAtMs: 90_000)
+        }
+        let result = try await store.deleteAccount(
+            handle: "alice", accountIdentityKey: Self.bytes(9, 32), atMs: 2_000, tombstoneUntilMs: 50_000, receiptExpiresAtMs: 90_000)
+        #expect(result == DeviceRemovalResult(removedDeviceIDs: [1], notifiedSenders: [bob]))
+        #expect(try await store.account(handle: "alice") == nil)
+        #expect(try await store.takePreKeyBundle(handle: "alice", deviceIDs: nil) == nil)
+        #expect(try await store.submit(sender: bob, envelopes: [Self.envelope(2, to: alice)], atMs: 3_000) == [.rejected(.unknownRecipient)])
+        await #expect(throws: StoreError(.handleTaken, "deleted account")) { try await Self.register(store, "alice") }
+        #expect(try await store.sweep(nowMs: 50_000, receiptExpiresAtMs: 90_000).purgedTombstones == 1)
+        try await Self.register(store, "alice")
+    }
+
+    @Test func pairingSlotsAreWrittenOnceAndReadOnce() async throws {
+        let (store, _) = try makeStore()
+        let id = Self.bytes(3, 16)
+        try await store.putLinkMessage(rendezvousID: id, slot: 1, message: Self.bytes(1, 10), nowMs: 1_000, expiresAtMs: 2_000)
+        await #expect(throws: StoreError(.linkSlotUsed)) {
+            try await store.putLinkMessage(rendezvousID: id, slot: 1, message: Self.bytes(2, 10), nowMs: 1_000, expiresAtMs: 2_000)
+        }
+        #expect(try await store.takeLinkMessage(rendezvousID: id, slot: 1, nowMs: 1_500) == Self.bytes(1, 10))
+        #expect(try await store.takeLinkMessage(rendezvousID: id, slot: 1, nowMs: 1_500) == nil)
+        await #expect(throws: StoreError(.linkSlotUsed)) {
+            try await store.putLinkMessage(rendezvousID: id, slot: 1, message: Self.bytes(2, 10), nowMs: 1_600, expiresAtMs: 2_000)
+        }
+        try await store.putLinkMessage(rendezvousID: id, slot: 2, message: Self.bytes(4, 10), nowMs: 1_000, expiresAtMs: 2_000)
+        #expect(try await store.takeLinkMessage(rendezvousID: id, slot: 2, nowMs: 2_000) == nil)
+        #expect(try await store.sweep(nowMs: 2_000, receiptExpiresAtMs: 90_000).purgedLinkMessages == 2)
     }
 }
