@@ -87,11 +87,11 @@ struct ClientTests {
     @Test func readReceiptsOffNeverReportSeen() async throws {
         let relay = try await InProcessRelay()
         let (alice, bob) = try await relay.aliceAndBob()
-        try bob.setReadReceipts(false)
+        try await bob.setReadReceipts(false)
         let id = try await alice.send(to: "bob", text: "private")
         #expect(try await bob.receiveAll().texts == ["private"])
         #expect(try await alice.status(of: id) == .delivered)
-        try bob.setReadReceipts(true)
+        try await bob.setReadReceipts(true)
         #expect(try await bob.receiveAll().texts.isEmpty)
         #expect(try await alice.status(of: id) == .delivered, "read while off: never reported later")
         await relay.stop()
@@ -226,7 +226,8 @@ struct ClientTests {
         // Encrypted and stored, then the process "dies" before submitting.
         let account = try #require(try alice.store.loadAccount())
         let orphan = try await alice.withAuthenticatedConnection(account) { connection in
-            try await alice.prepare(on: connection, account: account, to: "bob", text: "written before the crash", expiresIn: nil)
+            try await alice.prepare(
+                on: connection, account: account, to: "bob", text: "written before the crash", expiresIn: nil, messageID: Data(repeating: 1, count: 16))
         }
         #expect(try alice.localStatus(of: orphan.messageID) == .pending)
         let next = try await alice.send(to: "bob", text: "after restart")
