@@ -189,6 +189,14 @@ public final class FlitzClient: Sendable {
             throw error
         }
         try store.markRegistered(deviceID: result.deviceID, relayURL: relayURL)
+        // Publish device list version 1 now (`protocol/devices.md` section 7); if that fails, the next
+        // authenticated connection does it, so `init` has still succeeded.
+        do {
+            let account = try requireAccount()
+            try await withAuthenticatedConnection(account) { _ in }
+        } catch {
+            logger.warning("the device list will be published on the next connection", metadata: ["error": "\(error)"])
+        }
         return result.recoveryCode
     }
 

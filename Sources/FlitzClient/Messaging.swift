@@ -243,7 +243,7 @@ extension FlitzClient {
             var envelopes: [WireOutgoingEnvelope] = []
             var rows: [(handle: String, deviceID: UInt32, envelopeID: Data, ciphertext: Data)] = []
             for (target, body, newOnes) in [(handle, content, fresh), (account.handle, transcript, ownFresh)] {
-                for deviceID in try Self.targetDevices(of: target, account: account, db) {
+                for deviceID in try Self.targetDevices(of: target, account: account, fresh: Array(newOnes.keys), db) {
                     // Re-read inside the transaction: another process may have advanced the session meanwhile.
                     guard var session = try ClientStore.sessions(with: target, db).first(where: { $0.deviceID == deviceID && $0.active })?.session
                         ?? newOnes[deviceID]
@@ -288,13 +288,15 @@ extension FlitzClient {
     }
 
     /// The devices a message to `handle` goes to: its accepted list (without this device, for the own
-    /// handle); before any list was seen, the one device this device has a session with (version 1's rule).
-    static func targetDevices(of handle: String, account: AccountRecord, _ db: Database) throws -> [UInt32] {
+    /// handle); before any list was seen, the one device this device has (or just started) a session with
+    /// (version 1's rule).
+    static func targetDevices(of handle: String, account: AccountRecord, fresh: [UInt32], _ db: Database) throws -> [UInt32] {
         if let list = try ClientStore.acceptedDeviceList(handle, account: account, db) {
             return list.entries.map(\.deviceID).filter { !(handle == account.handle && $0 == account.deviceID) }
         }
         if handle == account.handle { return [] }
-        return Array(Set(try ClientStore.sessions(with: handle, db).filter(\.active).map(\.deviceID))).sorted().prefix(1).map { $0 }
+        let known = Set(try ClientStore.sessions(with: handle, db).filter(\.active).map(\.deviceID)).union(fresh)
+        return Array(known.sorted().prefix(1))
     }
 
     /// Starts a session with every device `handle`'s accepted list holds and this device has none with:

@@ -201,6 +201,16 @@ extension FlitzClient {
                     VALUES (?, ?, ?, ?, ?, 'pending', 1)
                     """,
                 arguments: [newEnvelopeID, row["seq"] as Int64, handle, Int64(deviceID), ciphertext])
+            // The failed envelope was acknowledged but never read: unless another of the recipient's devices
+            // has it, the message's status starts again from pending.
+            if handle != account.handle {
+                try db.execute(
+                    sql: """
+                        UPDATE messages SET status = 'pending' WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM envelopes
+                            WHERE message_seq = ? AND recipient_handle = ? AND envelope_id != ? AND status IN ('delivered', 'seen'))
+                        """,
+                    arguments: [row["seq"] as Int64, row["seq"] as Int64, handle, envelopeID])
+            }
             var envelope = WireOutgoingEnvelope()
             envelope.envelopeID = newEnvelopeID
             envelope.recipientHandle = handle

@@ -177,7 +177,7 @@ struct ClientTests {
         try await bob.withAuthenticatedConnection(account) { connection in
             while let frame = await connection.nextUnsolicited(timeout: .seconds(10)) {
                 if case .deliver(let deliver) = frame.body {
-                    for envelope in deliver.envelopes { _ = try await bob.accept(envelope).events }
+                    for envelope in deliver.envelopes { _ = try await bob.accept(envelope, listChecked: true).events }
                     return
                 }
             }
@@ -333,7 +333,7 @@ struct ClientTests {
         let reopened = try relay.client("alice")
         #expect(try reopened.handle() == "alice")
         let applied = try await reopened.store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) }
-        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh"])
+        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices"])
         let mode = try FileManager.default.attributesOfItem(atPath: relay.directory.appendingPathComponent("alice/flitz.sqlite").path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
         await relay.stop()
@@ -440,7 +440,7 @@ struct ChatTests {
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'untrusted_sender'")
             )
         }
-        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh"])
+        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices"])
         #expect(baseKeys == [baseKey])
         #expect(columns == 1)
     }
