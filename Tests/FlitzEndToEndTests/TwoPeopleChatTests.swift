@@ -131,7 +131,7 @@ struct TwoPeopleChatTests {
         #expect(taken.status == 3, "\(taken)")
         let unknown = try alice.flitz("send", "nosuchuser", "hello")
         #expect(unknown.status == 3, "\(unknown)")
-        #expect(unknown.stderr.contains("relay refused"))
+        #expect(unknown.stderr.contains("no such handle nosuchuser (deleted or never registered)"), "\(unknown)")
         #expect(try alice.flitz("status", "00112233445566778899aabbccddeeff").status == 1, "unknown message id")
         #expect(try alice.flitz("status", "xyz").status != 0)
         let wrongCode = try nobody.flitz("init", "--relay", relay.url, "--handle", "alice", "--recover", "WRONG-CODE")
