@@ -84,8 +84,11 @@ struct LinkingTests {
         #expect(try laptop.flitz("send", "bob", "from the laptop").status == 0)
         #expect(try bob.flitz("receive").lines == ["alice: from the laptop"])
         #expect(try alice.flitz("receive").lines == ["you → bob: from the laptop"])
+        #expect(try alice.flitz("receive", "--json").lines.isEmpty, "nothing twice")
+        #expect(try laptop.flitz("send", "bob", "second from the laptop").status == 0)
         let json = try alice.flitz("receive", "--json")
-        #expect(json.lines.isEmpty, "nothing twice")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any], "\(json)")
+        #expect(object["to"] as? String == "bob" && object["from"] as? String == "alice" && object["text"] as? String == "second from the laptop")
 
         // Revoking: only the primary, never itself; the removed laptop stops.
         #expect(try laptop.flitz("devices", "remove", "1").status == 1)
