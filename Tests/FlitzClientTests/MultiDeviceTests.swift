@@ -3,6 +3,7 @@ import FlitzProtocol
 import FlitzWire
 import Foundation
 import GRDB
+import Logging
 import Synchronization
 import Testing
 
@@ -294,6 +295,64 @@ struct MultiDeviceTests {
         await #expect(throws: ClientError.self) { _ = try await stranger.send(to: "bob", text: "hi") }
         await #expect(throws: ClientError.self) { _ = try await bob1.receiveAll() }
         await #expect(throws: ClientError.self) { _ = try await bob2.receiveAll() }
+        await relay.stop()
+    }
+
+    /// devices.md 4.4, "Incoming messages": a device with a valid certificate under bob's account key, registered
+    /// at the relay but not in bob's signed list (as a relay replaying a certificate could do), is refused
+    /// after one list fetch: its message is acknowledged undecrypted with a warning, and bob's real device works.
+    @Test func aMessageFromADeviceNotInTheSendersListIsRefused() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        _ = try await bob.send(to: "alice", text: "hello")
+        #expect(try await alice.receiveAll().texts == ["hello"])
+        let bobAccount = try #require(try bob.store.loadAccount()?.accountIdentity)
+        let rogue = DeviceIdentity(account: bobAccount)
+        let preKeys = RegistrationPreKeys(
+            signedPreKey: SignedPreKeyPair(id: 1, device: rogue), oneTimePreKeys: [OneTimePreKeyPair(id: 1)],
+            lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: rogue), oneTimeKEMPreKeys: [])
+        let logger = Logger(label: "rogue")
+        let deviceID = try await RelayConnection.with(url: relay.url, logger: logger) { connection -> UInt32 in
+            let challenge = try await FlitzClient.challenge(connection)
+            var register = WireRegisterDevice()
+            register.handle = "bob"
+            register.device = FlitzClient.wireKeys(rogue, preKeys)
+            register.challengeSignature = rogue.privateKey.signature(for: SignedPayload.authentication(nonce: challenge.nonce, handle: "bob"))
+            guard case .registerResult(let result) = try await connection.request(.registerDevice(register)).body else { throw CancellationError() }
+            return result.deviceID
+        }
+        try await RelayConnection.with(url: relay.url, logger: logger) { connection in
+            let challenge = try await FlitzClient.challenge(connection)
+            var authenticate = WireAuthenticate()
+            authenticate.handle = "bob"
+            authenticate.deviceID = deviceID
+            authenticate.signature = rogue.privateKey.signature(for: SignedPayload.authentication(nonce: challenge.nonce, handle: "bob"))
+            _ = try await connection.request(.authenticate(authenticate))
+            var fetch = WireFetchPreKeyBundle()
+            fetch.handle = "alice"
+            guard case .prekeyBundle(let wire) = try await connection.request(.fetchPrekeyBundle(fetch)).body, let device = wire.devices.first
+            else { throw CancellationError() }
+            let bundle = try alice.verifiedBundle(device, accountIdentityKey: wire.accountIdentityKey, handle: "alice")
+            var session = try Session.initiate(identity: rogue, bundle: bundle)
+            var envelope = WireOutgoingEnvelope()
+            envelope.envelopeID = SystemRandom().bytes(16)
+            envelope.recipientHandle = "alice"
+            envelope.recipientDeviceID = device.deviceID
+            envelope.ciphertext = try session.encrypt(
+                MessageContent(messageID: SystemRandom().bytes(16), sentAtMilliseconds: 1, body: .text("from a rogue device")).encoded())
+            var submit = WireSubmit()
+            submit.envelopes = [envelope]
+            submit.selectedDevices = true
+            _ = try await connection.request(.submit(submit))
+        }
+        let oneTimePreKeys = try await alice.store.dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM one_time_prekeys") }
+        let inbox = try await alice.receiveAll()
+        #expect(inbox.texts.isEmpty)
+        #expect(inbox.warnings.contains { $0.contains("not in their signed device list") }, "\(inbox.warnings)")
+        #expect(try await alice.store.dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM one_time_prekeys") } == oneTimePreKeys)
+        #expect(try alice.store.sessions(with: "bob").allSatisfy { $0.deviceID == 1 })
+        _ = try await bob.send(to: "alice", text: "still me")
+        #expect(try await alice.receiveAll().texts == ["still me"])
         await relay.stop()
     }
 
