@@ -166,7 +166,9 @@ public struct SignedDeviceList: Hashable, Sendable, Codable {
         try container.encode(signature, forKey: .signature)
     }
 
+    /// Equal when payload and signature bytes are equal (the decoded list follows from the payload).
     public static func == (a: SignedDeviceList, b: SignedDeviceList) -> Bool { a.payload == b.payload && a.signature == b.signature }
+    /// Hashes the payload and signature bytes.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(payload)
         hasher.combine(signature)
@@ -186,5 +188,29 @@ extension AccountIdentity {
         }
         return privateKey.signature(
             for: SignedPayload.deleteAccount(accountIdentityKey: publicKey.rawRepresentation, nonce: nonce, handle: handle))
+    }
+}
+
+extension SignedDeviceList {
+    /// The list as it goes on the wire (`PublishDeviceList.device_list`, `flitz_wire.proto`).
+    public var wire: WireSignedDeviceList {
+        var out = WireSignedDeviceList()
+        out.payload = payload
+        out.signature = signature
+        return out
+    }
+
+    /// Verifies a list received on the wire (`PreKeyBundle.device_list`, `DeviceListResult.device_list`) under the
+    /// trusted 32-byte account identity key; as `init(payload:signature:accountIdentityKey:)`.
+    /// - Throws: `DeviceListError`.
+    public init(wire: WireSignedDeviceList, accountIdentityKey: Data) throws(DeviceListError) {
+        try self.init(payload: wire.payload, signature: wire.signature, accountIdentityKey: accountIdentityKey)
+    }
+}
+
+extension DeviceListTracker {
+    /// `receive(payload:signature:trustedAccountKey:)` for a list received on the wire.
+    public mutating func receive(_ wire: WireSignedDeviceList, trustedAccountKey: Data) -> Decision {
+        receive(payload: wire.payload, signature: wire.signature, trustedAccountKey: trustedAccountKey)
     }
 }

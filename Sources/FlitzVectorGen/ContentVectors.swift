@@ -103,6 +103,23 @@ enum ContentVectors {
                     "encoded": .hex(Data([0x0a, 0x10]) + id + Data([0x2a, 0x02, 0x0a, 0x00])), "messageId": .hex(id), "sentAtMs": .int(0),
                     "body": .string("unsupported"),
                 ]))
+        // A sent transcript (field 6): the copy of a sent message for the sender's other devices.
+        let transcript = MessageContent(messageID: id, sentAtMilliseconds: sentAt, body: .sentTranscript(destinationHandle: "bob", text: "hello bob"))
+        decode.append(
+            VectorTest(
+                "a sent transcript: the text sent to bob, for the sender's other devices", flags: ["SentTranscript"],
+                [
+                    "encoded": .hex(transcript.encoded()), "messageId": .hex(id), "sentAtMs": .int(Int(sentAt)), "body": .string("sentTranscript"),
+                    "destinationHandle": .string("bob"), "text": .string("hello bob"), "textUtf8": .hex(Data("hello bob".utf8)),
+                ]))
+        func transcriptBytes(_ inner: Data) -> Data { Data([0x0a, 0x10]) + id + Data([0x32, UInt8(inner.count)]) + inner }
+        let bobHandle = Data([0x0a, 0x03]) + Data("bob".utf8)
+        let newerTranscript = transcriptBytes(bobHandle + Data([0x1a, 0x00]))
+        decode.append(
+            VectorTest(
+                "a sent transcript of a body kind this version does not know (its field 3) decodes as unsupported and is kept",
+                flags: ["SentTranscript", "UnknownBody"],
+                ["encoded": .hex(newerTranscript), "messageId": .hex(id), "sentAtMs": .int(0), "body": .string("unsupported")]))
         decode += [
             decodeInvalid("empty input: no message id", Data(), flags: ["MissingField"]),
             decodeInvalid("not protobuf", Data([0xff, 0xff, 0xff, 0xff]), flags: ["NotProtobuf"]),
@@ -116,6 +133,14 @@ enum ContentVectors {
                 "a session reset whose envelope id is 5 bytes", Data([0x0a, 0x10]) + id + Data([0x22, 0x07, 0x0a, 0x05, 1, 2, 3, 4, 5]),
                 flags: ["SessionReset", "BadLength"]),
             decodeInvalid(
+                "a sent transcript with no body", transcriptBytes(bobHandle), flags: ["SentTranscript", "MissingField"]),
+            decodeInvalid(
+                "a sent transcript whose destination is not a handle (upper case)",
+                transcriptBytes(Data([0x0a, 0x03]) + Data("Bob".utf8) + Data([0x12, 0x03, 0x0a, 0x01, 0x61])), flags: ["SentTranscript", "BadHandle"]),
+            decodeInvalid(
+                "a sent transcript with no destination", transcriptBytes(Data([0x12, 0x03, 0x0a, 0x01, 0x61])),
+                flags: ["SentTranscript", "MissingField"]),
+            decodeInvalid(
                 "text that is not UTF-8", Data([0x0a, 0x10]) + id + Data([0x1a, 0x04, 0x0a, 0x02, 0xff, 0xfe]), flags: ["InvalidUTF8"]),
             decodeInvalid(
                 "message_id with wire type varint instead of length-delimited", Data([0x08, 0x05, 0x1a, 0x03, 0x0a, 0x01, 0x61]),
@@ -124,7 +149,7 @@ enum ContentVectors {
         return VectorFileBuilder(
             topic: "content",
             description: "Content, the plaintext of a ratchet message: encode (messageId, sentAtMs, text) without padding (length n), "
-                + "or a session_reset (field 4), then add padding (field 15) of k zero bytes, the smallest k >= 1 with (n + 2 + k) % 64 == 0, unless n % 64 == 0. "
+                + "or a session_reset (field 4) or a sent_transcript (field 6), then add padding (field 15) of k zero bytes, the smallest k >= 1 with (n + 2 + k) % 64 == 0, unless n % 64 == 0. "
                 + "Decoders ignore padding. Message ids are successive 16-byte draws of SeededRandom(label: \"\(label)\") "
                 + "(the spec example uses 000102...0f). There is no size limit in Content itself (see README, \"Not covered\").",
             specification: "protocol/crypto.md section 7, \"Content\"; flitz_session.proto",
@@ -147,6 +172,8 @@ enum ContentVectors {
                 "BadLength": "The message id is not 16 bytes.",
                 "UnknownBody": "A body kind added by a later version: decoded as unsupported, kept for a newer version.",
                 "SessionReset": "A SessionReset body (crypto.md section 3d): an envelope id of 16 bytes, or empty.",
+                "SentTranscript": "A SentTranscript body (field 6): a destination handle and the sent message's body.",
+                "BadHandle": "A handle that is not 3-32 bytes of a-z 0-9 _ . (relay.md, \"Limits\").",
                 "InvalidUTF8": "A string field that is not UTF-8.",
                 "WrongWireType": "A known field number with the wrong wire type.",
             ],

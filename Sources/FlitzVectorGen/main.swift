@@ -15,6 +15,7 @@ enum Generator {
         ("content", ContentVectors.make),
         ("frames", FrameVectors.make),
         ("fingerprint", FingerprintVectors.make),
+        ("devices", DeviceVectors.make),
     ]
 
     /// The repository's `vectors/` directory, found by walking up from this source file to `Package.swift`.

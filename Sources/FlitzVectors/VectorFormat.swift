@@ -27,7 +27,7 @@ public struct VectorErrorRef: Hashable, Sendable, CustomStringConvertible {
         let names: [Int: String] = [
             1: "malformedMessage", 2: "unsupportedVersion", 3: "authenticationFailed", 4: "duplicateMessage",
             5: "tooManySkippedMessages", 6: "noSendingChain", 7: "unknownPreKey", 8: "invalidSessionRecord", 9: "counterOverflow",
-            10: "missingKEMPreKey", 11: "invalidKey", 12: "signedPreKeyExpired",
+            10: "missingKEMPreKey", 11: "invalidKey", 12: "signedPreKeyExpired", 13: "invalidPairingCode",
         ]
         self.init(type: "FlitzProtocolError", name: names[code.rawValue] ?? "code\(code.rawValue)", code: code.rawValue)
     }
@@ -36,6 +36,20 @@ public struct VectorErrorRef: Hashable, Sendable, CustomStringConvertible {
     public init(_ code: FlitzCryptoError.Code) {
         let names: [Int: String] = [1: "authenticationFailed", 2: "invalidLength", 3: "invalidKey", 4: "nonContributory", 5: "libraryFailure"]
         self.init(type: "FlitzCryptoError", name: names[code.rawValue] ?? "code\(code.rawValue)", code: code.rawValue)
+    }
+
+    /// The reference for a device list that is not valid: type `DeviceListError`, the case name, and as code
+    /// the number of the failing check of `protocol/devices.md` section 4.2 (1 to 5).
+    public init(_ error: DeviceListError) {
+        let name: String = switch error {
+        case .signature: "signature"
+        case .accountKeyMismatch: "accountKeyMismatch"
+        case .malformed: "malformed"
+        case .deviceCount: "deviceCount"
+        case .zeroField: "zeroField"
+        case .unsortedOrDuplicate: "unsortedOrDuplicate"
+        }
+        self.init(type: "DeviceListError", name: name, code: error.check)
     }
 
     /// The reference for a wire `ErrorCode`, named as in `flitz_wire.proto`.
@@ -71,7 +85,7 @@ public enum VectorOutcome: Sendable {
     /// afterwards (nil for stateless operations).
     case invalid(VectorErrorRef, stateUnchanged: Bool?)
 
-    /// Runs `body`; a `FlitzProtocolError`, `FlitzCryptoError` or `FrameDecodingError` becomes `.invalid`.
+    /// Runs `body`; a `FlitzProtocolError`, `FlitzCryptoError`, `FrameDecodingError` or `DeviceListError` becomes `.invalid`.
     /// - Throws: any other error, and `VectorCheckFailure` from inside `body`.
     public static func capture(stateUnchanged: (() -> Bool)? = nil, _ body: () throws -> Void) throws -> VectorOutcome {
         do {
@@ -83,6 +97,8 @@ public enum VectorOutcome: Sendable {
             return .invalid(VectorErrorRef(error.code), stateUnchanged: stateUnchanged?())
         } catch let error as FrameDecodingError {
             return .invalid(VectorErrorRef(error.code), stateUnchanged: stateUnchanged?())
+        } catch let error as DeviceListError {
+            return .invalid(VectorErrorRef(error), stateUnchanged: stateUnchanged?())
         }
     }
 }

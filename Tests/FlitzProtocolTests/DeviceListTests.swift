@@ -1,6 +1,7 @@
 import FlitzCrypto
 import FlitzProtocol
 import FlitzWire
+import SwiftProtobuf
 import Foundation
 import Testing
 
@@ -144,6 +145,17 @@ struct DeviceListTests {
         object["signature"] = signature.base64EncodedString()
         let tampered = try JSONSerialization.data(withJSONObject: object)
         #expect(throws: DecodingError.self) { try JSONDecoder().decode(SignedDeviceList.self, from: tampered) }
+    }
+
+    @Test func travelsAsTheWireMessage() throws {
+        let account = try F.exampleAccount()
+        let list = try SignedDeviceList.next(after: nil, devices: [F.entry(1, 1)], issuedAtMs: 10, account: account)
+        let bytes = try list.wire.serializedData()
+        let received = try WireSignedDeviceList(serializedBytes: bytes)
+        #expect(try SignedDeviceList(wire: received, accountIdentityKey: account.publicKey.rawRepresentation) == list)
+        var tracker = DeviceListTracker(accountIdentityKey: account.publicKey.rawRepresentation)
+        #expect(tracker.receive(received, trustedAccountKey: account.publicKey.rawRepresentation) == .accepted(removedDeviceIDs: []))
+        #expect(throws: DeviceListError.signature) { try SignedDeviceList(wire: WireSignedDeviceList(), accountIdentityKey: account.publicKey.rawRepresentation) }
     }
 
     @Test func deleteAccountSignatureIsOverTheSpecPayload() throws {

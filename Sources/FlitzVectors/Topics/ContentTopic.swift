@@ -6,7 +6,8 @@ import Foundation
 ///
 /// Group `encode`: `messageId`, `sentAtMs`, `text` / `textUtf8`, `unpaddedLength`, `paddingLength`, `encoded`.
 /// Group `decode`: `encoded`; valid tests give the decoded `messageId`, `sentAtMs` and `body` (`text`, the
-/// default, with `textUtf8`; `sessionReset` with `envelopeId`; or `unsupported`).
+/// default, with `textUtf8`; `sessionReset` with `envelopeId`; `sentTranscript` with `destinationHandle` and
+/// `textUtf8`; or `unsupported`).
 enum ContentTopic {
     static let topic = VectorTopic(name: "content", verify: verify)
 
@@ -44,6 +45,10 @@ enum ContentTopic {
                 switch (test.has("body") ? try test.string("body") : "text", content.body) {
                 case ("text", .text(let text)): try check(text, try utf8Text(test), "text")
                 case ("sessionReset", .sessionReset(let envelopeID)): try check(envelopeID, try test.hex("envelopeId"), "envelopeId")
+                case ("sentTranscript", .sentTranscript(let destination, let text)):
+                    try check(destination, try test.string("destinationHandle"), "destinationHandle")
+                    try check(text, try utf8Text(test), "text")
+                    try check(content.encoded(), encoded, "MessageContent.encoded() of the decoded transcript")
                 case ("unsupported", .unsupported): break
                 case (let expected, let body): throw VectorCheckFailure("body is \(body), expected \(expected)")
                 }
