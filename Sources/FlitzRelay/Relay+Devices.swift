@@ -74,6 +74,8 @@ extension Relay {
             case .unknownRecipient: throw unknown
             case .accountKeyChanged: throw RelayError(.invalidSignature, "the device certificate is not under the handle's current account identity key")
             case .tooManyDevices: throw RelayError(.tooManyDevices, "an account has at most \(WireConstants.maxDevicesPerAccount) devices")
+            case .deviceRemoved:
+                throw RelayError(.invalidSignature, "this device identity key was removed from the account; link with a new device key")
             case .preKeyIDReused: throw RelayError(.prekeyIDReused, error.detail)
             default: throw internalError(error)
             }

@@ -110,8 +110,9 @@ public protocol RelayStore: Sendable {
     /// if it is no longer the handle's key (a recovery raced). A current device with the same device identity
     /// key makes this a retry: its id is returned and nothing changes. Otherwise the device gets the next
     /// device id (never reused).
-    /// - Throws: `.unknownRecipient` (no such handle, or deleted); `.accountKeyChanged`; `.tooManyDevices` when
-    ///   the handle already has `maxDevices` current devices; `.preKeyIDReused`.
+    /// - Throws: `.unknownRecipient` (no such handle, or deleted); `.accountKeyChanged`; `.deviceRemoved` for a
+    ///   device identity key that a device list removed from this account (under its current account key);
+    ///   `.tooManyDevices` when the handle already has `maxDevices` current devices; `.preKeyIDReused`.
     func registerDevice(handle: String, accountIdentityKey: Data, device: NewDevice, atMs: Int64, maxDevices: Int) async throws -> UInt32
 
     /// Every current device of `handle`, by ascending id (empty for an unknown handle).
@@ -617,6 +618,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let linkSlotUsed = Code(rawValue: 15)
         /// An acknowledged envelope id was never queued for the acknowledging device.
         public static let unknownEnvelope = Code(rawValue: 16)
+        /// The device identity key was removed from the account by a device list and may not register again.
+        public static let deviceRemoved = Code(rawValue: 17)
     }
 
     /// What went wrong.
@@ -651,6 +654,7 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         case .deviceListRejected: "device list rejected"
         case .linkSlotUsed: "pairing slot already written"
         case .unknownEnvelope: "unknown envelope"
+        case .deviceRemoved: "device removed"
         default: "store error \(code.rawValue)"
         }
         return detail.isEmpty ? "StoreError: \(name)" : "StoreError: \(name) (\(detail))"

@@ -171,6 +171,13 @@ public final class SQLiteRelayStore: RelayStore {
                     device_identity_key BLOB NOT NULL,
                     PRIMARY KEY (handle, device_id)
                 );
+                -- Device identity keys removed by a device list: their certificates stay valid forever
+                -- (devices.md section 6), so RegisterDevice refuses them until the account key changes.
+                CREATE TABLE removed_device_keys (
+                    handle TEXT NOT NULL REFERENCES accounts(handle) ON DELETE CASCADE,
+                    device_identity_key BLOB NOT NULL,
+                    PRIMARY KEY (handle, device_identity_key)
+                );
                 CREATE TABLE account_tombstones (
                     handle TEXT PRIMARY KEY NOT NULL,
                     deleted_at INTEGER NOT NULL,
@@ -197,6 +204,25 @@ public final class SQLiteRelayStore: RelayStore {
                     PRIMARY KEY (group_id, recipient_handle, kind)
                 );
                 CREATE INDEX group_receipts_by_retention ON group_receipts(route_expires_at);
+                -- Undelivered envelopes per device, kept by triggers on every insert and delete of an envelope
+                -- row (any path: submit, acknowledge, sweep, removal, recovery, deletion), so that a submit reads
+                -- one row instead of counting the queue (relay.maxQueuedEnvelopes).
+                CREATE TABLE queue_depths (
+                    handle TEXT NOT NULL,
+                    device_id INTEGER NOT NULL,
+                    envelopes INTEGER NOT NULL,
+                    PRIMARY KEY (handle, device_id)
+                );
+                INSERT INTO queue_depths (handle, device_id, envelopes)
+                    SELECT handle, device_id, COUNT(*) FROM queue WHERE kind = 1 GROUP BY handle, device_id;
+                CREATE TRIGGER queue_depth_insert AFTER INSERT ON queue WHEN NEW.kind = 1 BEGIN
+                    INSERT INTO queue_depths (handle, device_id, envelopes) VALUES (NEW.handle, NEW.device_id, 1)
+                        ON CONFLICT (handle, device_id) DO UPDATE SET envelopes = envelopes + 1;
+                END;
+                CREATE TRIGGER queue_depth_delete AFTER DELETE ON queue WHEN OLD.kind = 1 BEGIN
+                    UPDATE queue_depths SET envelopes = envelopes - 1 WHERE handle = OLD.handle AND device_id = OLD.device_id;
+                    DELETE FROM queue_depths WHERE handle = OLD.handle AND device_id = OLD.device_id AND envelopes <= 0;
+                END;
                 """)
         }
         return migrator
@@ -313,6 +339,7 @@ public final class SQLiteRelayStore: RelayStore {
                 try db.execute(sql: "DELETE FROM devices WHERE handle = ?", arguments: [handle])
                 // Lists are per account identity key (devices.md section 7): the new key starts at version 1.
                 try Self.deleteDeviceList(db, handle)
+                try db.execute(sql: "DELETE FROM removed_device_keys WHERE handle = ?", arguments: [handle])
                 try db.execute(
                     sql: "UPDATE accounts SET account_identity_key = ?, recovery_code_hash = ?, next_device_id = ? WHERE handle = ?",
                     arguments: [accountIdentityKey, newRecoveryCodeHash, newDeviceID + 1, handle])
@@ -492,8 +519,8 @@ public final class SQLiteRelayStore: RelayStore {
                 continue
             }
             let depth = try queued[envelope.recipient] ?? Int.fetchOne(
-                db, sql: "SELECT COUNT(*) FROM queue WHERE handle = ? AND device_id = ? AND kind = ?",
-                arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID), Self.kindEnvelope]) ?? 0
+                db, sql: "SELECT envelopes FROM queue_depths WHERE handle = ? AND device_id = ?",
+                arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID)]) ?? 0
             guard depth < queueLimit else {
                 outcomes.append(.rejected(.queueFull))
                 continue
@@ -754,6 +781,12 @@ public final class SQLiteRelayStore: RelayStore {
                 {
                     return UInt32(existing)
                 }
+                if try Bool.fetchOne(
+                    db, sql: "SELECT 1 FROM removed_device_keys WHERE handle = ? AND device_identity_key = ?",
+                    arguments: [handle, device.deviceIdentityKey]) == true
+                {
+                    throw StoreError(.deviceRemoved)
+                }
                 let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM devices WHERE handle = ?", arguments: [handle]) ?? 0
                 guard count < maxDevices else { throw StoreError(.tooManyDevices) }
                 let deviceID: Int64 = account["next_device_id"]
@@ -817,6 +850,11 @@ public final class SQLiteRelayStore: RelayStore {
                         arguments: [handle, Int64(entry.deviceID), entry.deviceIdentityKey])
                 }
                 let removed = Array(Set(removeDeviceIDs)).sorted()
+                for id in removed {
+                    try db.execute(
+                        sql: "INSERT OR IGNORE INTO removed_device_keys (handle, device_identity_key) VALUES (?, ?)",
+                        arguments: [handle, current[id]])
+                }
                 let notified = try self.removeDevices(db, handle: handle, deviceIDs: removed, notifyOwnHandle: true, atMs: atMs, receiptExpiresAtMs: receiptExpiresAtMs)
                 return DeviceRemovalResult(removedDeviceIDs: removed, notifiedSenders: notified)
             }

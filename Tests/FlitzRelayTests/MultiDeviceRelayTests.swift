@@ -315,6 +315,10 @@ extension WireFrame {
                 #expect(try await connection.request(alice.authenticate(2, nonce: connection.nonce)).errorCode == .authenticationFailed)
             }
             #expect(try await relay.app.relay.store.device(alice.address(2)) == nil)
+            // Its certificate is still valid, but the removed key cannot register again.
+            try await relay.connect { (connection: TestConnection) async throws -> Void in
+                #expect(try await connection.request(alice.registerDevice(2, nonce: connection.nonce)).errorCode == .invalidSignature)
+            }
         }
     }
 

@@ -182,6 +182,31 @@ import Testing
         #expect(after == [.accepted(acceptedAtMs: 8_000, expiresAtMs: 100_000, newlyQueued: true)])
     }
 
+    @Test func queueDepthCounterFollowsEveryWayEnvelopesLeave() async throws {
+        let (store, _) = try makeStore()
+        let alice = try await Self.register(store, "alice")
+        let bob = try await Self.register(store, "bob")
+        func accepted(_ outcomes: [SubmissionOutcome]) -> Int {
+            outcomes.filter { if case .accepted = $0 { true } else { false } }.count
+        }
+        // Full at 2; a sweep of the expired ones frees the queue again.
+        let first = try await store.submit(
+            sender: alice, envelopes: [Self.envelope(1, to: bob, expiresAtMs: 2_000), Self.envelope(2, to: bob, expiresAtMs: 2_000),
+                                       Self.envelope(3, to: bob)], atMs: 1_000, queueLimit: 2)
+        #expect(accepted(first) == 2)
+        _ = try await store.sweep(nowMs: 2_000, receiptExpiresAtMs: 90_000)
+        #expect(accepted(try await store.submit(sender: alice, envelopes: [Self.envelope(3, to: bob), Self.envelope(4, to: bob)], atMs: 3_000, queueLimit: 2)) == 2)
+        #expect(accepted(try await store.submit(sender: alice, envelopes: [Self.envelope(5, to: bob)], atMs: 3_000, queueLimit: 2)) == 0)
+        // A recovery empties bob's queue; his new device starts at 0.
+        let recovered = try await store.recover(
+            handle: "bob", expectedRecoveryCodeHash: Self.bytes(7, 32), accountIdentityKey: Self.bytes(3, 32),
+            newRecoveryCodeHash: Self.bytes(4, 32), device: Self.newDevice(5), atMs: 4_000, receiptExpiresAtMs: 90_000)
+        let newBob = DeviceAddress(handle: "bob", deviceID: recovered.deviceID)
+        #expect(accepted(try await store.submit(
+            sender: alice, envelopes: [Self.envelope(6, to: newBob), Self.envelope(7, to: newBob), Self.envelope(8, to: newBob)], atMs: 5_000,
+            queueLimit: 2)) == 2)
+    }
+
     @Test func submissionIsIdempotentAndConflictsAreRefused() async throws {
         let (store, _) = try makeStore()
         let alice = try await Self.register(store, "alice")
