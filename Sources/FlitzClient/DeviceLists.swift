@@ -55,7 +55,7 @@ extension ClientStore {
         var tracker = try tracker(handle, db) ?? DeviceListTracker(accountIdentityKey: trusted)
         guard let wire else { return nil }
         let old = ConstantTime.equals(tracker.accountIdentityKey, trusted) ? tracker.accepted : nil
-        var decision = tracker.receive(payload: wire.payload, signature: wire.signature, trustedAccountKey: trusted)
+        var decision = tracker.receive(wire, trustedAccountKey: trusted)
         if case .pending = decision, handle == account.handle {
             tracker.acceptPending()
             decision = .accepted(removedDeviceIDs: old.map { old in

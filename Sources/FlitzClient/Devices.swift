@@ -44,7 +44,7 @@ extension FlitzClient {
             try await refreshDeviceList(account.handle, on: connection, account: account, forSending: false)
             return
         }
-        try store.transaction { db in _ = try ClientStore.consider(list.wireForm, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, db) }
+        try store.transaction { db in _ = try ClientStore.consider(list.wire, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, db) }
     }
 
     private func signedList(after previous: SignedDeviceList?, devices: [DeviceListPayload.Entry], _ identity: AccountIdentity) throws -> SignedDeviceList {
@@ -58,7 +58,7 @@ extension FlitzClient {
 
     private func publish(_ list: SignedDeviceList, removing: [UInt32], on connection: RelayConnection) async throws {
         var publish = WirePublishDeviceList()
-        publish.deviceList = list.wireForm
+        publish.deviceList = list.wire
         publish.removeDeviceIds = removing
         _ = try await connection.request(.publishDeviceList(publish))
     }
@@ -111,7 +111,7 @@ extension FlitzClient {
             }
             let list = try self.signedList(after: accepted, devices: accepted.entries.filter { $0.deviceID != deviceID }, identity)
             try await self.publish(list, removing: [deviceID], on: connection)
-            try self.considerDeviceList(list.wireForm, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, forSending: false)
+            try self.considerDeviceList(list.wire, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, forSending: false)
         }
     }
 
@@ -180,7 +180,7 @@ extension FlitzClient {
                 after: accepted, devices: current + [.init(deviceID: done.deviceID, deviceIdentityKey: done.deviceIdentityKey.rawRepresentation)],
                 identity)
             try await self.publish(list, removing: [], on: connection)
-            try self.considerDeviceList(list.wireForm, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, forSending: false)
+            try self.considerDeviceList(list.wire, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, forSending: false)
             return (done.deviceID, fingerprint)
         }
     }
@@ -313,15 +313,5 @@ extension FlitzClient {
             }
             try await Task.sleep(for: pollInterval)
         }
-    }
-}
-
-extension SignedDeviceList {
-    /// The wire form (`SignedDeviceList` of `flitz_wire.proto`).
-    var wireForm: WireSignedDeviceList {
-        var wire = WireSignedDeviceList()
-        wire.payload = payload
-        wire.signature = signature
-        return wire
     }
 }

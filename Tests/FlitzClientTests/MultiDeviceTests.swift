@@ -369,7 +369,7 @@ struct MultiDeviceTests {
             let payload = DeviceListPayload(
                 accountIdentityKey: key, version: version, issuedAtMs: 1,
                 entries: ids.map { .init(deviceID: $0, deviceIdentityKey: Data(repeating: UInt8($0), count: 32)) })
-            return try SignedDeviceList.signed(payload, with: bobAccount).wireForm
+            return try SignedDeviceList.signed(payload, with: bobAccount).wire
         }
         let v2 = try list(2, [1, 2])
         #expect(try alice.considerDeviceList(v2, handle: "bob", servedAccountKey: key, account: account, forSending: true) == .accepted(removedDeviceIDs: []))
@@ -379,7 +379,7 @@ struct MultiDeviceTests {
         #expect(throws: ClientError.self) {
             try alice.considerDeviceList(try list(2, [1, 3]), handle: "bob", servedAccountKey: key, account: account, forSending: true)
         }
-        #expect(try await alice.store.dbQueue.read { db in try ClientStore.acceptedDeviceList("bob", account: account, db) }?.wireForm == v2)
+        #expect(try await alice.store.dbQueue.read { db in try ClientStore.acceptedDeviceList("bob", account: account, db) }?.wire == v2)
         // A removal only: accepted at once.
         #expect(try alice.considerDeviceList(try list(3, [1]), handle: "bob", servedAccountKey: key, account: account, forSending: true)
             == .accepted(removedDeviceIDs: [2]))
