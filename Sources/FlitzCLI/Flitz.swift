@@ -14,12 +14,13 @@ struct Flitz: AsyncParsableCommand {
             State lives in --home DIR, else $FLITZ_HOME, else ~/.flitz. One home is one device: a command \
             on a home replaces that home's other connection to the relay (listen and chat reconnect).
 
-            Exit codes: 0 success; 1 local error; 2 relay unreachable or timed out; 3 refused by the relay; \
-            4 the contact's identity key changed and is not trusted yet; 64 invalid command line.
+            Exit codes: 0 success; 1 local error; 2 relay unreachable or timed out; 3 refused by the relay \
+            (also: no such handle, deleted or never registered); 4 the contact's identity key or device list \
+            changed and is not trusted yet; 64 invalid command line.
             """,
         subcommands: [
             Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Verify.self, Trust.self, Contacts.self,
-            Settings.self, SafetyNumberCommand.self, VectorsCommand.self,
+            Settings.self, SafetyNumberCommand.self, Devices.self, Account.self, VectorsCommand.self,
         ]
     )
 }
@@ -80,14 +81,37 @@ func printLine(_ text: String) {
 }
 
 struct Init: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create keys, register a handle with a relay, print the recovery code once.")
+    static let configuration = CommandConfiguration(
+        abstract: "Create keys, register a handle with a relay, print the recovery code once; or, with --link, become a new device of an existing account.")
     @OptionGroup var options: CommonOptions
     @Option(help: "Relay address, ws://HOST:PORT or wss://HOST:PORT.") var relay: String
-    @Option(help: "Handle: 3-32 characters of a-z, 0-9, _ and .") var handle: String
+    @Option(help: "Handle: 3-32 characters of a-z, 0-9, _ and . (not with --link).") var handle: String?
     @Option(help: "Recovery code of an existing handle: take it over on this device with new keys.") var recover: String?
+    @Option(help: "Pairing code (FLITZLINK1:...) shown by `flitz devices link` on the account's primary device.") var link: String?
+    @Option(help: "With --link: seconds to wait for the primary device.") var timeout: Double = 600
+
+    func validate() throws {
+        if link != nil {
+            guard handle == nil, recover == nil else { throw ValidationError("--link takes neither --handle nor --recover: the primary device names the account") }
+            guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
+        } else if handle == nil {
+            throw ValidationError("give --handle NAME (a new account) or --link CODE (a new device of an account)")
+        }
+    }
 
     func run() async throws {
         let client = try options.client(create: true)
+        if let link {
+            let (handle, deviceID) = try await FlitzCLI.run {
+                try await client.initializeByLinking(
+                    code: link, relayURL: relay, timeout: .milliseconds(Int64(timeout * 1000)),
+                    onFingerprint: { printLine("this device's fingerprint: \($0) (check that the primary device shows the same)") })
+            }
+            printLine("linked as device \(deviceID) of \(handle)")
+            printError("flitz: this device starts with no message history; messages sent from now on reach it")
+            return
+        }
+        guard let handle else { return }
         let code = try await FlitzCLI.run { try await client.initialize(relayURL: relay, handle: handle, recoveryCode: recover) }
         printLine("registered \(handle) on \(relay)")
         printLine("recovery code: \(code)")
@@ -122,7 +146,7 @@ struct Receive: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Fetch queued messages, wait for more, print them, acknowledge them.")
     @OptionGroup var options: CommonOptions
     @Option(help: "Seconds to wait for further messages after the queue is drained.") var wait: Double = 0
-    @Flag(help: "One JSON object per line: id, from, text, sentAt.") var json = false
+    @Flag(help: "One JSON object per line: id, from, text, sentAt; and to, for a message another of your devices sent.") var json = false
 
     func run() async throws {
         let client = try options.client()
@@ -143,12 +167,18 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
             "sentAt": rfc3339(message.sentAt),
         ]
         if message.untrustedSender { object["untrustedSender"] = true }
+        if let to = message.to { object["to"] = to }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
         printLine(String(decoding: data, as: UTF8.self))
     } else {
         // A sender whose identity key changed and is not trusted yet is flagged on every display.
         let from = message.untrustedSender ? "\(message.from) [new identity key, not verified]" : message.from
-        printLine("\(from): \(terminalSafe(message.text))")
+        if let to = message.to {
+            // Sent from another device of this account (a sent transcript).
+            printLine("you → \(to): \(terminalSafe(message.text))")
+        } else {
+            printLine("\(from): \(terminalSafe(message.text))")
+        }
     }
 }
 
@@ -345,7 +375,7 @@ struct Trust: AsyncParsableCommand {
     func run() async throws {
         let client = try options.client()
         let number = try await FlitzCLI.run { try await client.trust(handle, expectedSafetyNumber: safetyNumber) }
-        printLine("trusted the current identity key of \(handle); safety number: \(number)")
+        printLine("trusted the current identity key and devices of \(handle); safety number: \(number)")
         printError("flitz: \(handle) is not verified; after comparing the number with them, run `flitz verify \(handle) --safety-number \"NUMBER\"`")
     }
 }
@@ -373,7 +403,8 @@ struct Settings: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Change settings.", subcommands: [ReadReceipts.self])
 
     struct ReadReceipts: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "read-receipts", abstract: "Send seen receipts for messages you read: on or off.")
+        static let configuration = CommandConfiguration(
+            commandName: "read-receipts", abstract: "Send seen receipts for messages you read: on or off, for every device of the account.")
         @OptionGroup var options: CommonOptions
         @Argument(help: "on or off (omit to show the current setting).") var value: String?
 
@@ -381,10 +412,104 @@ struct Settings: AsyncParsableCommand {
             let client = try options.client()
             switch value {
             case nil: printLine(try await FlitzCLI.run { try client.readReceipts() } ? "on" : "off")
-            case "on": try await FlitzCLI.run { try client.setReadReceipts(true) }
-            case "off": try await FlitzCLI.run { try client.setReadReceipts(false) }
+            case "on": try await FlitzCLI.run { try await client.setReadReceipts(true) }
+            case "off": try await FlitzCLI.run { try await client.setReadReceipts(false) }
             default: throw ValidationError("read-receipts takes on or off")
             }
+        }
+    }
+}
+
+/// Reads y or yes (any case) from stdin; anything else, or end of input, is no.
+func confirmOnStdin(_ question: String) -> Bool {
+    try? FileHandle.standardError.write(contentsOf: Data((question + " [y/N] ").utf8))
+    guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
+    return answer == "y" || answer == "yes"
+}
+
+struct Devices: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List this account's devices (id, fingerprint, this device, primary, registered); link or remove one.",
+        subcommands: [List.self, Link.self, Remove.self], defaultSubcommand: List.self)
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List this account's devices from its signed device list.")
+        @OptionGroup var options: CommonOptions
+
+        func run() async throws {
+            let client = try options.client()
+            for device in try await FlitzCLI.run({ try await client.devices() }) {
+                var notes: [String] = []
+                if device.isThisDevice { notes.append("this device") }
+                if device.isPrimary { notes.append("primary") }
+                if let at = device.registeredAt { notes.append("registered \(rfc3339(at))") }
+                printLine("\(device.deviceID)  \(device.fingerprint)  \(notes.joined(separator: ", "))")
+            }
+        }
+    }
+
+    struct Link: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "On the primary device: print a pairing code for `flitz init --link CODE` on the new device, confirm its fingerprint, add it.")
+        @OptionGroup var options: CommonOptions
+        @Option(help: "Seconds to wait for the new device.") var timeout: Double = 600
+        @Flag(help: "Do not ask to confirm the new device's fingerprint (scripts).") var yes = false
+
+        func validate() throws {
+            guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
+        }
+
+        func run() async throws {
+            let client = try options.client()
+            let yes = yes
+            let (deviceID, fingerprint) = try await FlitzCLI.run {
+                try await client.linkDevice(
+                    timeout: .milliseconds(Int64(timeout * 1000)),
+                    onCode: { code in
+                        printLine("pairing code: \(code)")
+                        printError("flitz: on the new device run `flitz init --link CODE --relay URL`; waiting for it (keep the code secret)")
+                    },
+                    confirm: { fingerprint in
+                        printLine("new device's fingerprint: \(fingerprint)")
+                        return yes || confirmOnStdin("Does the new device show this same fingerprint?")
+                    })
+            }
+            printLine("linked device \(deviceID) (\(fingerprint))")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "On the primary device: remove a device from the account (its keys, queue and prekeys at the relay).")
+        @OptionGroup var options: CommonOptions
+        @Argument(help: "Device id, as listed by `flitz devices`.") var id: UInt32
+
+        func run() async throws {
+            let client = try options.client()
+            try await FlitzCLI.run { try await client.removeDevice(id) }
+            printLine("removed device \(id)")
+        }
+    }
+}
+
+struct Account: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Account lifecycle.", subcommands: [Delete.self])
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "On the primary device: delete the account at the relay (handle, every device, queue and prekey). Cannot be undone.")
+        @OptionGroup var options: CommonOptions
+        @Flag(help: "Do not ask for confirmation (scripts).") var yes = false
+
+        func run() async throws {
+            let client = try options.client()
+            let handle = try await FlitzCLI.run { try client.handle() }
+            guard yes || confirmOnStdin("Delete the account \(handle) and every device of it at the relay? This cannot be undone.") else {
+                printError("flitz: not deleted")
+                throw ExitCode(1)
+            }
+            try await FlitzCLI.run { try await client.deleteAccount() }
+            printLine("deleted \(handle)")
         }
     }
 }

@@ -30,11 +30,14 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
     public let kind: Kind
     /// Human-readable explanation.
     public let message: String
+    /// The relay's `Error` frame when the relay refused (for `MISMATCHED_DEVICES`, its `device_mismatches`).
+    public let relayError: WireError?
 
     /// Creates an error.
-    public init(_ kind: Kind, _ message: String) {
+    public init(_ kind: Kind, _ message: String, relayError: WireError? = nil) {
         self.kind = kind
         self.message = message
+        self.relayError = relayError
     }
 
     /// `flitz` exit status: 2 unreachable or timed out, 3 refused by the relay, 4 identity changed, 1 otherwise.

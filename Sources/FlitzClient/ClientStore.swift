@@ -32,9 +32,19 @@ struct AccountRecord: Sendable {
     var handle: String
     var relayURL: String
     var deviceID: UInt32
-    var account: AccountIdentity
+    /// The account identity key pair: only on the primary device (`protocol/devices.md` section 5.1).
+    var accountIdentity: AccountIdentity?
+    /// The 32-byte account identity public key (every device knows it; a linked device from the grant).
+    var accountIdentityKey: Ed25519PublicKey
     var device: DeviceIdentity
     var readReceipts: Bool
+    /// `flitz account delete` ran: the relay no longer knows the handle.
+    var deleted = false
+    /// This device found itself missing from its account's newest device list (devices.md 4.4, "Own account").
+    var removed = false
+
+    /// Whether this is the primary device, the one that holds the account identity key.
+    var isPrimary: Bool { accountIdentity != nil }
 }
 
 /// The prekeys a new device registers with (`protocol/relay.md`, "Register").
@@ -208,6 +218,46 @@ final class ClientStore: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v5-devices") { db in
+            // Several devices per account (`protocol/devices.md`):
+            // - account.account_identity_key: the account's public key; a linked device has no seed (empty blob);
+            // - account.deleted / removed: the account was deleted, or this device was removed from it;
+            // - device_lists: per handle (own included) the newest accepted and at most one pending signed list,
+            //   under the account identity key they are for (section 4.4), as a DeviceListTracker;
+            // - envelopes: the envelopes of each outgoing message, one per recipient device and per own other
+            //   device, with their own status; receipts name an envelope, the message status follows them;
+            // - messages.transcript: a message another device of this account sent (a sent transcript);
+            // - messages.group_id: the Submit group of an outgoing message's envelopes.
+            try db.execute(sql: """
+                ALTER TABLE account ADD COLUMN account_identity_key BLOB;
+                ALTER TABLE account ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE account ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
+                CREATE TABLE device_lists (
+                    handle TEXT PRIMARY KEY,
+                    tracker BLOB NOT NULL  -- DeviceListTracker as JSON: trusted key, accepted and pending list bytes
+                );
+                CREATE TABLE envelopes (
+                    envelope_id BLOB PRIMARY KEY,
+                    message_seq INTEGER NOT NULL,
+                    recipient_handle TEXT NOT NULL,
+                    recipient_device_id INTEGER NOT NULL,
+                    ciphertext BLOB,  -- kept while pending, so a resubmission is byte-identical
+                    status TEXT NOT NULL,
+                    selected_devices INTEGER NOT NULL DEFAULT 0  -- submitted with Submit.selected_devices (resets)
+                );
+                CREATE INDEX envelopes_message ON envelopes(message_seq);
+                INSERT OR IGNORE INTO envelopes (envelope_id, message_seq, recipient_handle, recipient_device_id, ciphertext, status, selected_devices)
+                    SELECT envelope_id, seq, peer, recipient_device_id, envelope, status, 1 FROM messages WHERE outgoing = 1;
+                ALTER TABLE messages ADD COLUMN transcript INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE messages ADD COLUMN group_id INTEGER NOT NULL DEFAULT 0;
+                """)
+            for row in try Row.fetchAll(db, sql: "SELECT account_identity_seed FROM account") {
+                let seed: Data = row["account_identity_seed"]
+                guard !seed.isEmpty else { continue }
+                let key = try AccountIdentity(seed: SecretBytes(seed)).publicKey.rawRepresentation
+                try db.execute(sql: "UPDATE account SET account_identity_key = ?", arguments: [key])
+            }
+        }
         return migrator
     }
 
@@ -258,15 +308,19 @@ final class ClientStore: Sendable {
         try dbQueue.read { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM account WHERE id = 1 AND registered = ?", arguments: [registered])
             else { return nil }
-            let account = try AccountIdentity(seed: SecretBytes(row["account_identity_seed"] as Data))
+            // A linked (secondary) device stores no account seed: an empty blob.
+            let seed: Data = row["account_identity_seed"]
+            let account = seed.isEmpty ? nil : try AccountIdentity(seed: SecretBytes(seed))
+            let accountKey = try Ed25519PublicKey(rawRepresentation: row["account_identity_key"] ?? account?.publicKey.rawRepresentation ?? Data())
             let deviceKey = try Ed25519PrivateKey(seed: SecretBytes(row["device_identity_seed"] as Data))
             let certificate = DeviceCertificate(
-                accountIdentityKey: account.publicKey, deviceIdentityKey: deviceKey.publicKey,
+                accountIdentityKey: accountKey, deviceIdentityKey: deviceKey.publicKey,
                 signature: row["device_certificate_signature"])
             return AccountRecord(
                 handle: row["handle"], relayURL: row["relay_url"], deviceID: UInt32(row["device_id"] as Int64),
-                account: account, device: try DeviceIdentity(privateKey: deviceKey, certificate: certificate),
-                readReceipts: row["read_receipts"])
+                accountIdentity: account, accountIdentityKey: accountKey,
+                device: try DeviceIdentity(privateKey: deviceKey, certificate: certificate),
+                readReceipts: row["read_receipts"], deleted: row["deleted"], removed: row["removed"])
         }
     }
 
@@ -275,12 +329,13 @@ final class ClientStore: Sendable {
             let kemIDs = [preKeys.lastResortKEMPreKey.id] + preKeys.oneTimeKEMPreKeys.map(\.id)
             try db.execute(
                 sql: """
-                    INSERT INTO account (id, handle, relay_url, device_id, account_identity_seed, device_identity_seed,
+                    INSERT INTO account (id, handle, relay_url, device_id, account_identity_seed, account_identity_key, device_identity_seed,
                         device_certificate_signature, read_receipts, next_one_time_prekey_id, next_signed_prekey_id, next_kem_prekey_id, registered)
-                    VALUES (1, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 0)
+                    VALUES (1, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 0)
                     """,
                 arguments: [
-                    record.handle, record.relayURL, Int64(record.deviceID), record.account.privateKey.seed.unsafeData,
+                    record.handle, record.relayURL, Int64(record.deviceID), record.accountIdentity?.privateKey.seed.unsafeData ?? Data(),
+                    record.accountIdentityKey.rawRepresentation,
                     record.device.privateKey.seed.unsafeData, record.device.certificate.signature,
                     Int64((preKeys.oneTimePreKeys.map(\.id).max() ?? 0) + 1), Int64(preKeys.signedPreKey.id) + 1,
                     Int64((kemIDs.max() ?? 0) + 1),
@@ -376,6 +431,14 @@ final class ClientStore: Sendable {
             try db.execute(
                 sql: "INSERT INTO one_time_prekeys (id, private_key) VALUES (?, ?)",
                 arguments: [Int64(key.id), key.privateKey.secret.unsafeData])
+        }
+    }
+
+    /// Marks the account deleted (`flitz account delete`) or this device removed from it.
+    func markAccount(deleted: Bool? = nil, removed: Bool? = nil) throws {
+        try dbQueue.write { db in
+            if let deleted { try db.execute(sql: "UPDATE account SET deleted = ?", arguments: [deleted]) }
+            if let removed { try db.execute(sql: "UPDATE account SET removed = ?", arguments: [removed]) }
         }
     }
 
@@ -481,10 +544,10 @@ final class ClientStore: Sendable {
         }
     }
 
-    /// Stores a session; `makeActive` makes it the one used to send to that device.
+    /// Stores a session; `makeActive` makes it the one used to send to that device (one active session per device).
     static func save(_ session: Session, handle: String, deviceID: UInt32, makeActive: Bool, _ db: Database) throws {
         if makeActive {
-            try db.execute(sql: "UPDATE sessions SET active = 0 WHERE handle = ?", arguments: [handle])
+            try db.execute(sql: "UPDATE sessions SET active = 0 WHERE handle = ? AND device_id = ?", arguments: [handle, Int64(deviceID)])
         }
         try db.execute(
             sql: """
@@ -493,12 +556,12 @@ final class ClientStore: Sendable {
                     active = MAX(active, excluded.active), updated_at = excluded.updated_at
                 """,
             arguments: [handle, Int64(deviceID), session.baseKey.rawRepresentation, session.serialized(), makeActive, Date().timeIntervalSince1970])
-        // Keep at most five sessions per handle (older ones are from superseded initiations).
+        // Keep at most five sessions per device (older ones are from superseded initiations).
         try db.execute(
             sql: """
-                DELETE FROM sessions WHERE handle = ? AND base_key NOT IN
-                    (SELECT base_key FROM sessions WHERE handle = ? ORDER BY active DESC, updated_at DESC LIMIT 5)
+                DELETE FROM sessions WHERE handle = ? AND device_id = ? AND base_key NOT IN
+                    (SELECT base_key FROM sessions WHERE handle = ? AND device_id = ? ORDER BY active DESC, updated_at DESC LIMIT 5)
                 """,
-            arguments: [handle, handle])
+            arguments: [handle, Int64(deviceID), handle, Int64(deviceID)])
     }
 }

@@ -18,6 +18,18 @@ public struct ReceivedMessage: Sendable {
     /// The sender's account identity key is not the one this user trusts for `from` (it changed and has
     /// not been accepted with `flitz trust`): show the message with a warning.
     public let untrustedSender: Bool
+    /// Set for a message another device of this account sent (a sent transcript): its recipient. `from` is
+    /// then this account's own handle.
+    public let to: String?
+
+    init(messageID: Data, from: String, text: String, sentAt: Date, untrustedSender: Bool, to: String? = nil) {
+        self.messageID = messageID
+        self.from = from
+        self.text = text
+        self.sentAt = sentAt
+        self.untrustedSender = untrustedSender
+        self.to = to
+    }
 }
 
 /// Something that happened while connected, for `listen` and `chat`.
@@ -90,6 +102,10 @@ public final class FlitzClient: Sendable {
             }
             throw ClientError(.notInitialized, "no account in \(home.path); run `flitz init --relay ws://HOST:PORT --handle NAME` first")
         }
+        if account.deleted {
+            throw ClientError(.refused(.authenticationFailed), "the account \(account.handle) was deleted (`flitz account delete`); this home cannot be used any more")
+        }
+        if account.removed { throw removedError(account) }
         return account
     }
 
@@ -117,7 +133,10 @@ public final class FlitzClient: Sendable {
                     .invalidArgument,
                     "an interrupted registration of \(pending.account.handle) is pending in \(home.path); run init with --handle \(pending.account.handle) to finish it")
             }
-            (account, device) = (pending.account.account, pending.account.device)
+            guard let pendingAccount = pending.account.accountIdentity else {
+                throw ClientError(.invalidArgument, "an interrupted linking is pending in \(home.path); run `flitz init --link CODE` again")
+            }
+            (account, device) = (pendingAccount, pending.account.device)
             preKeys = pending.preKeys
         } else {
             account = AccountIdentity(random: random)
@@ -129,18 +148,13 @@ public final class FlitzClient: Sendable {
                 lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: device, random: random),
                 oneTimeKEMPreKeys: (2...UInt32(Self.kemPreKeyBatchSize + 1)).map { KEMPreKeyPair(id: $0, kind: .oneTime, device: device, random: random) })
             try store.saveNewAccount(
-                AccountRecord(handle: handle, relayURL: relayURL, deviceID: 0, account: account, device: device, readReceipts: true),
+                AccountRecord(
+                    handle: handle, relayURL: relayURL, deviceID: 0, accountIdentity: account, accountIdentityKey: account.publicKey, device: device,
+                    readReceipts: true),
                 preKeys: preKeys, now: now())
         }
 
-        var keys = WireDeviceKeys()
-        keys.deviceIdentityKey = device.publicKey.rawRepresentation
-        keys.deviceCertificateSignature = device.certificate.signature
-        keys.signedPrekey = preKeys.signedPreKey.wire
-        keys.oneTimePrekeys = preKeys.oneTimePreKeys.map(\.wire)
-        keys.lastResortKemPrekey = preKeys.lastResortKEMPreKey.wire
-        keys.oneTimeKemPrekeys = preKeys.oneTimeKEMPreKeys.map(\.wire)
-        let deviceKeys = keys
+        let deviceKeys = Self.wireKeys(device, preKeys)
 
         let result: WireRegisterResult
         do {
@@ -175,6 +189,14 @@ public final class FlitzClient: Sendable {
             throw error
         }
         try store.markRegistered(deviceID: result.deviceID, relayURL: relayURL)
+        // Publish device list version 1 now (`protocol/devices.md` section 7); if that fails, the next
+        // authenticated connection does it, so `init` has still succeeded.
+        do {
+            let account = try requireAccount()
+            try await withAuthenticatedConnection(account) { _ in }
+        } catch {
+            logger.warning("the device list will be published on the next connection", metadata: ["error": "\(error)"])
+        }
         return result.recoveryCode
     }
 
@@ -193,8 +215,12 @@ public final class FlitzClient: Sendable {
     }
 
     /// Authenticates `connection` as this device, rotates the signed and last-resort KEM prekeys when
-    /// due, and tops up one-time prekeys of either kind when the relay runs low.
-    func authenticate(_ connection: RelayConnection, _ account: AccountRecord) async throws {
+    /// due, and tops up one-time prekeys of either kind when the relay runs low. Follows the account's
+    /// seen-receipts setting, and on a primary device that has not published a device list yet (after
+    /// `Register` or `Recover`), publishes version 1 holding itself (`protocol/devices.md` section 7).
+    /// Returns the connection's challenge nonce (signed again by `DeleteAccount`).
+    @discardableResult
+    func authenticate(_ connection: RelayConnection, _ account: AccountRecord) async throws -> Data {
         let challenge = try await Self.challenge(connection)
         var authenticate = WireAuthenticate()
         authenticate.handle = account.handle
@@ -214,6 +240,9 @@ public final class FlitzClient: Sendable {
             throw ClientError(.protocolFailure, "unexpected answer to authentication")
         }
         connection.relayClockOffsetMilliseconds = result.relayTimeMs - Int64(Date().timeIntervalSince1970 * 1000)
+        // The setting is the account's: another device may have turned seen receipts off (or on again).
+        if result.seenReceiptsOff == account.readReceipts { try store.setReadReceipts(!result.seenReceiptsOff) }
+        try await publishFirstDeviceListIfNeeded(on: connection, account)
         var publish = WirePublishPreKeys()
         let rotated = try store.rotatePreKeysIfDue(
             device: account.device, random: random, now: now(), rotationInterval: Self.signedPreKeyRotationInterval,
@@ -237,6 +266,7 @@ public final class FlitzClient: Sendable {
                     "oneTime": "\(publish.oneTimePrekeys.count)", "oneTimeKEM": "\(publish.oneTimeKemPrekeys.count)",
                 ])
         }
+        return challenge.nonce
     }
 
     /// Runs `body` on an authenticated connection.
@@ -251,11 +281,23 @@ public final class FlitzClient: Sendable {
 
     // MARK: settings
 
-    /// Turns seen receipts on or off for every message this device shows from now on.
-    /// - Throws: `ClientError(.notInitialized)`, database errors.
-    public func setReadReceipts(_ on: Bool) throws {
-        _ = try requireAccount()
+    /// Turns seen receipts on or off for the whole account: locally first (so this device stops at once), then
+    /// at the relay (`UpdateAccountSettings`), which then drops every seen report of every device of the
+    /// account; the other devices follow the setting when they next authenticate.
+    /// - Throws: `ClientError(.notInitialized)`, `.relayUnreachable` (the local setting is changed already),
+    ///   database errors.
+    public func setReadReceipts(_ on: Bool) async throws {
+        let account = try requireAccount()
         try store.setReadReceipts(on)
+        var settings = WireUpdateAccountSettings()
+        settings.seenReceiptsOff = !on
+        let update = settings
+        var updated = account
+        updated.readReceipts = on
+        try await withAuthenticatedConnection(updated) { connection in
+            _ = try await connection.request(.updateAccountSettings(update))
+        }
+        try store.setReadReceipts(on)  // authentication followed the relay's old value
     }
 
     /// Whether seen receipts are sent.

@@ -6,10 +6,14 @@ import GRDB
 import Logging
 import Synchronization
 
-/// An encrypted message ready to submit, kept across retries so a resubmission is byte-identical.
-struct PreparedEnvelope: Sendable {
+/// One message encrypted for every device that must get it, ready to submit as one group; kept across
+/// retries so a resubmission is byte-identical.
+struct PreparedMessage: Sendable {
     var messageID: Data
-    var envelope: WireOutgoingEnvelope
+    /// The message's row in `messages`.
+    var seq: Int64
+    /// One envelope per recipient device and per own other device, all with `group` 1.
+    var envelopes: [WireOutgoingEnvelope]
 }
 
 extension FlitzClient {
@@ -49,70 +53,115 @@ extension FlitzClient {
         throw ClientError(.relayUnreachable, "\(lastError.message) (gave up after \(timeout))")
     }
 
-    /// Sends one message on an authenticated connection (used by `send` and `chat`).
+    /// How many times a send re-fetches device lists and re-encrypts after `MISMATCHED_DEVICES` before giving up.
+    static let maxDeviceRetries = 3
+
+    /// Sends one message on an authenticated connection (used by `send` and `chat`): encrypted once per device
+    /// of `handle`'s accepted list and once per other device of this account, in one `Submit` and one group.
+    /// When the relay answers `MISMATCHED_DEVICES`, refreshes the lists named, re-encrypts under the same
+    /// message id and tries again, at most `maxDeviceRetries` times (`protocol/devices.md` section 4.4).
     func send(
         on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?,
         prepared: PreparedBox = PreparedBox()
     ) async throws -> Data {
         try checkOutgoing(text, to: handle, account: account)
-        for attempt in 0..<2 {
-            let envelope: PreparedEnvelope
+        let messageID = prepared.value?.messageID ?? random.bytes(WireConstants.idLength)
+        for _ in 0...Self.maxDeviceRetries {
+            let message: PreparedMessage
             if let existing = prepared.value {
                 // `resendPending` may have submitted it already on this connection.
                 if try localStatus(of: existing.messageID) != .pending { return existing.messageID }
-                envelope = existing
+                message = existing
             } else {
-                envelope = try await prepare(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn)
-                prepared.value = envelope
+                message = try await prepare(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, messageID: messageID)
+                prepared.value = message
                 Failpoint.hit("send.afterCommit")
             }
-            guard let outcome = try await submitStored([envelope.envelope], on: connection, keepRetryable: false).first else {
-                throw ClientError(.protocolFailure, "unexpected answer to submit")
-            }
-            if outcome.hasError {
-                if outcome.error.code == .staleDevice, attempt == 0 {
-                    // The recipient's devices changed (for example after a recovery): refetch and re-encrypt.
-                    try await store.dbQueue.write { db in
-                        try db.execute(sql: "DELETE FROM sessions WHERE handle = ?", arguments: [handle])
-                        try db.execute(sql: "DELETE FROM messages WHERE envelope_id = ?", arguments: [envelope.envelope.envelopeID])
-                    }
-                    prepared.value = nil
-                    continue
+            var mismatches: [WireDeviceMismatch]
+            do {
+                let outcomes = try await submitStored(message.envelopes, on: connection, keepRetryable: false, selectedDevices: false)
+                guard let failed = outcomes.first(where: \.hasError) else { return message.messageID }
+                switch failed.error.code {
+                case .unknownRecipient: throw noSuchHandleError(handle)
+                case .mismatchedDevices, .staleDevice: mismatches = failed.error.deviceMismatches
+                default: throw ClientError(.refused(failed.error.code), "the relay refused the message: \(failed.error.message)")
                 }
-                throw ClientError(.refused(outcome.error.code), "the relay refused the message: \(outcome.error.message)")
+            } catch let error as ClientError where error.kind == .refused(.mismatchedDevices) || error.kind == .refused(.staleDevice) {
+                mismatches = error.relayError?.deviceMismatches ?? []
+            } catch let error as ClientError where error.kind == .refused(.unknownRecipient) {
+                throw noSuchHandleError(handle)
             }
-            return envelope.messageID
+            // The relay stored nothing: forget this encryption, learn the devices, encrypt again.
+            logger.debug("devices changed, re-encrypting", metadata: ["handles": "\(mismatches.map(\.handle))"])
+            try discard(message)
+            prepared.value = nil
+            if mismatches.isEmpty {
+                var own = WireDeviceMismatch(), peer = WireDeviceMismatch()
+                own.handle = account.handle
+                peer.handle = handle
+                mismatches = [peer, own]
+            }
+            for mismatch in mismatches {
+                try store.transaction { db in try ClientStore.deleteSessions(mismatch.handle, deviceIDs: mismatch.staleDeviceIds, db) }
+                try await refreshDeviceList(mismatch.handle, on: connection, account: account, forSending: true) { self.logger.warning("\($0)") }
+            }
         }
-        throw ClientError(.refused(.staleDevice), "the recipient's devices keep changing; try again")
+        throw ClientError(
+            .refused(.mismatchedDevices),
+            "the devices of \(handle) (or of your account) kept changing while sending (tried \(Self.maxDeviceRetries + 1) times); "
+                + "try again later")
+    }
+
+    /// Forgets a prepared message the relay refused as a whole (the sessions stay advanced: harmless gaps).
+    private func discard(_ message: PreparedMessage) throws {
+        try store.dbQueue.write { db in
+            try db.execute(sql: "DELETE FROM envelopes WHERE message_seq = ?", arguments: [message.seq])
+            try db.execute(sql: "DELETE FROM messages WHERE seq = ?", arguments: [message.seq])
+        }
     }
 
     /// Resubmits, byte for byte, outgoing envelopes that were encrypted and stored but never acknowledged
-    /// (a `flitz` process ended between storing and the relay's answer). Resubmission is idempotent at
-    /// the relay. Returns a warning for each the relay now refuses for good (those are given up).
+    /// (a `flitz` process ended between storing and the relay's answer), one message's group per `Submit`.
+    /// Resubmission is idempotent at the relay. Returns a warning for each message the relay now refuses for
+    /// good (those are given up, for example when the recipient's devices changed meanwhile).
     func resendPending(on connection: RelayConnection) async throws -> [String] {
-        let rows = try await store.dbQueue.read { db in
+        let groups = try await store.dbQueue.read { db in
             try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT envelope_id, peer, recipient_device_id, expires_in, envelope FROM messages
-                    WHERE outgoing = 1 AND status = 'pending' AND envelope IS NOT NULL ORDER BY seq
+                    SELECT e.envelope_id, e.message_seq, e.recipient_handle, e.recipient_device_id, e.ciphertext, e.selected_devices,
+                        m.expires_in, m.peer FROM envelopes e JOIN messages m ON m.seq = e.message_seq
+                    WHERE e.status = 'pending' AND e.ciphertext IS NOT NULL ORDER BY e.message_seq, e.rowid
                     """
-            ).map { row -> WireOutgoingEnvelope in
+            ).reduce(into: [(seq: Int64, peer: String, selected: Bool, envelopes: [WireOutgoingEnvelope])]()) { groups, row in
                 var envelope = WireOutgoingEnvelope()
                 envelope.envelopeID = row["envelope_id"]
-                envelope.recipientHandle = row["peer"]
+                envelope.recipientHandle = row["recipient_handle"]
                 envelope.recipientDeviceID = UInt32(row["recipient_device_id"] as Int64)
                 envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
-                envelope.ciphertext = row["envelope"]
-                return envelope
+                envelope.ciphertext = row["ciphertext"]
+                let selected: Bool = row["selected_devices"]
+                envelope.group = selected ? 0 : 1
+                let seq: Int64 = row["message_seq"]
+                if let last = groups.last, last.seq == seq, last.selected == selected {
+                    groups[groups.count - 1].envelopes.append(envelope)
+                } else {
+                    groups.append((seq, row["peer"], selected, [envelope]))
+                }
             }
         }
         var warnings: [String] = []
-        for start in stride(from: 0, to: rows.count, by: WireConstants.maxEnvelopesPerSubmit) {
-            let batch = Array(rows[start..<min(start + WireConstants.maxEnvelopesPerSubmit, rows.count)])
-            for (envelope, outcome) in zip(batch, try await submitStored(batch, on: connection, keepRetryable: true))
-            where outcome.hasError && !Self.isRetryable(outcome.error.code) {
-                warnings.append("an unsent message to \(envelope.recipientHandle) was refused by the relay (\(outcome.error.message)); send it again")
+        for group in groups {
+            do {
+                let outcomes = try await submitStored(group.envelopes, on: connection, keepRetryable: true, selectedDevices: group.selected)
+                if let failed = outcomes.first(where: { $0.hasError && !Self.isRetryable($0.error.code) }) {
+                    warnings.append("an unsent message to \(group.peer) was refused by the relay (\(failed.error.message)); send it again")
+                }
+            } catch let error as ClientError where error.relayError != nil {
+                try await store.dbQueue.write { db in
+                    try db.execute(sql: "UPDATE envelopes SET ciphertext = NULL WHERE message_seq = ? AND status = 'pending'", arguments: [group.seq])
+                }
+                warnings.append("an unsent message to \(group.peer) was refused by the relay (\(error.relayError?.message ?? "")); send it again")
             }
         }
         return warnings
@@ -121,14 +170,16 @@ extension FlitzClient {
     /// Refusals that may pass by themselves: a full recipient queue, a relay failure.
     private static func isRetryable(_ code: WireErrorCode) -> Bool { code == .queueFull || code == .internal }
 
-    /// Submits envelopes already stored as pending, and records the outcome of each: accepted → `sent`
-    /// with the relay's time; refused → the stored envelope is forgotten (given up), except a refusal
-    /// that may pass when `keepRetryable` (it stays pending for the next connection).
+    /// Submits envelopes already stored as pending (one `Submit`), and records the outcome of each: accepted →
+    /// the envelope and its message `sent` with the relay's time; refused → the stored envelope is forgotten
+    /// (given up), except a refusal that may pass when `keepRetryable` (it stays pending for the next connection).
+    /// - Throws: `ClientError(.refused)` when the relay refuses the whole `Submit` (nothing is recorded then).
     func submitStored(
-        _ envelopes: [WireOutgoingEnvelope], on connection: RelayConnection, keepRetryable: Bool
+        _ envelopes: [WireOutgoingEnvelope], on connection: RelayConnection, keepRetryable: Bool, selectedDevices: Bool
     ) async throws -> [WireSubmitOutcome] {
         var submit = WireSubmit()
         submit.envelopes = envelopes
+        submit.selectedDevices = selectedDevices
         guard case .submitResult(let result) = try await connection.request(.submit(submit)).body,
             result.outcomes.count == envelopes.count
         else { throw ClientError(.protocolFailure, "unexpected answer to submit") }
@@ -137,10 +188,16 @@ extension FlitzClient {
             for (envelope, outcome) in zip(envelopes, result.outcomes) {
                 if !outcome.hasError {
                     try db.execute(
-                        sql: "UPDATE messages SET status = 'sent', accepted_at_ms = ?, envelope = NULL WHERE envelope_id = ? AND status = 'pending'",
+                        sql: "UPDATE envelopes SET status = 'sent', ciphertext = NULL WHERE envelope_id = ? AND status = 'pending'",
+                        arguments: [envelope.envelopeID])
+                    try db.execute(
+                        sql: """
+                            UPDATE messages SET status = 'sent', accepted_at_ms = ?
+                            WHERE seq = (SELECT message_seq FROM envelopes WHERE envelope_id = ?) AND status = 'pending'
+                            """,
                         arguments: [outcome.acceptedAtMs, envelope.envelopeID])
                 } else if !(keepRetryable && Self.isRetryable(outcome.error.code)) {
-                    try db.execute(sql: "UPDATE messages SET envelope = NULL WHERE envelope_id = ?", arguments: [envelope.envelopeID])
+                    try db.execute(sql: "UPDATE envelopes SET ciphertext = NULL WHERE envelope_id = ?", arguments: [envelope.envelopeID])
                 }
             }
         }
@@ -157,66 +214,150 @@ extension FlitzClient {
         }
     }
 
-    /// Finds or starts the session with `handle`, encrypts the message, and stores session and message
-    /// (status pending) in one transaction before anything is submitted.
+    /// Encrypts the message once per device of `handle`'s accepted list and, as a sent transcript, once per
+    /// other device of this account, starting sessions where needed; stores the sessions, the message (status
+    /// pending) and its envelopes in one transaction before anything is submitted.
+    /// - Throws: `ClientError` (`.identityChanged` for a changed key or a pending device list, `.refused`,
+    ///   `.protocolFailure` for a refused list or bundle).
     func prepare(
-        on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?
-    ) async throws -> PreparedEnvelope {
+        on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?, messageID: Data
+    ) async throws -> PreparedMessage {
         if let contact = try store.contact(handle), contact.untrustedIdentityKey != nil {
             throw identityChangedError(handle)
         }
-        // A new session needs the network (the bundle); everything after happens in one transaction.
-        var fresh: (deviceID: UInt32, session: Session)?
-        if try store.sessions(with: handle).first(where: \.active) == nil {
-            let bundle = try await fetchBundle(on: connection, handle: handle)
-            try checkIdentity(handle, accountIdentityKey: bundle.certificate.accountIdentityKey.rawRepresentation)
-            fresh = (bundle.deviceID, try Session.initiate(identity: account.device, bundle: bundle, random: random))
+        if try await store.dbQueue.read({ db in try ClientStore.hasPendingDeviceList(handle, account: account, db) }) {
+            throw pendingListError(handle)
         }
-        let messageID = random.bytes(WireConstants.idLength)
-        let content = MessageContent(
-            messageID: messageID, sentAtMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), body: .text(text))
-        let envelopeID = random.bytes(WireConstants.idLength)
+        // New sessions need the network (bundles); everything after happens in one transaction.
+        let fresh = try await newSessions(with: handle, on: connection, account: account)
+        let ownFresh = try await newSessions(with: account.handle, on: connection, account: account)
+        let sentAt = Int64(Date().timeIntervalSince1970 * 1000)
+        let content = MessageContent(messageID: messageID, sentAtMilliseconds: sentAt, body: .text(text))
+        let transcript = MessageContent(
+            messageID: messageID, sentAtMilliseconds: sentAt, body: .sentTranscript(destinationHandle: handle, text: text))
         let random = self.random
-        let newSession = fresh
-        let envelope = try store.transaction(failpoint: "send.afterEncrypt") { db -> WireOutgoingEnvelope in
-            // Re-read inside the transaction: another process may have advanced the session meanwhile.
-            guard let found = try ClientStore.sessions(with: handle, db).first(where: \.active).map({ ($0.deviceID, $0.session) })
-                ?? newSession
-            else { throw ClientError(.protocolFailure, "no session with \(handle)") }
-            let deviceID = found.0
-            var session = found.1
+        return try store.transaction(failpoint: "send.afterEncrypt") { db -> PreparedMessage in
             // Re-check trust inside the transaction: another process may have seen a key change meanwhile.
-            let contact = try ClientStore.contact(handle, db)
-            guard let contact, contact.untrustedIdentityKey == nil,
-                ConstantTime.equals(contact.trustedIdentityKey, session.remoteCertificate.accountIdentityKey.rawRepresentation)
-            else { throw identityChangedError(handle) }
-            let ciphertext = try session.encrypt(content.encoded(), random: random)
-            try ClientStore.save(session, handle: handle, deviceID: deviceID, makeActive: true, db)
+            guard let contact = try ClientStore.contact(handle, db), contact.untrustedIdentityKey == nil else { throw identityChangedError(handle) }
+            guard try !ClientStore.hasPendingDeviceList(handle, account: account, db) else { throw pendingListError(handle) }
+            var envelopes: [WireOutgoingEnvelope] = []
+            var rows: [(handle: String, deviceID: UInt32, envelopeID: Data, ciphertext: Data)] = []
+            for (target, body, newOnes) in [(handle, content, fresh), (account.handle, transcript, ownFresh)] {
+                for deviceID in try Self.targetDevices(of: target, account: account, fresh: Array(newOnes.keys), db) {
+                    // Re-read inside the transaction: another process may have advanced the session meanwhile.
+                    guard var session = try ClientStore.sessions(with: target, db).first(where: { $0.deviceID == deviceID && $0.active })?.session
+                        ?? newOnes[deviceID]
+                    else { continue }  // a listed device the relay did not serve: skipped (section 4.4)
+                    let trusted = target == account.handle ? account.accountIdentityKey.rawRepresentation : contact.trustedIdentityKey
+                    guard ConstantTime.equals(trusted, session.remoteCertificate.accountIdentityKey.rawRepresentation) else {
+                        throw identityChangedError(target)
+                    }
+                    let ciphertext = try session.encrypt(body.encoded(), random: random)
+                    try ClientStore.save(session, handle: target, deviceID: deviceID, makeActive: true, db)
+                    var outgoing = WireOutgoingEnvelope()
+                    outgoing.envelopeID = random.bytes(WireConstants.idLength)
+                    outgoing.recipientHandle = target
+                    outgoing.recipientDeviceID = deviceID
+                    outgoing.ttlSeconds = expiresIn ?? 0
+                    outgoing.ciphertext = ciphertext
+                    outgoing.group = 1
+                    envelopes.append(outgoing)
+                    rows.append((target, deviceID, outgoing.envelopeID, ciphertext))
+                }
+            }
+            guard let first = rows.first, first.handle == handle else {
+                throw ClientError(.refused(.noPrekeys), "\(handle) has no device this device can send to")
+            }
             try db.execute(
                 sql: """
-                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, envelope, expires_in, status, recipient_device_id)
-                    VALUES (?, 1, ?, ?, ?, ?, ?, 'pending', ?)
+                    INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, expires_in, status, recipient_device_id, displayed, group_id)
+                    VALUES (?, 1, ?, ?, ?, ?, 'pending', ?, 1, 1)
                     """,
-                arguments: [messageID, handle, text, envelopeID, ciphertext, Int64(expiresIn ?? 0), Int64(deviceID)])
-            var outgoing = WireOutgoingEnvelope()
-            outgoing.envelopeID = envelopeID
-            outgoing.recipientHandle = handle
-            outgoing.recipientDeviceID = deviceID
-            outgoing.ttlSeconds = expiresIn ?? 0
-            outgoing.ciphertext = ciphertext
-            return outgoing
+                arguments: [messageID, handle, text, first.envelopeID, Int64(expiresIn ?? 0), Int64(first.deviceID)])
+            let seq = db.lastInsertedRowID
+            for row in rows {
+                try db.execute(
+                    sql: """
+                        INSERT INTO envelopes (envelope_id, message_seq, recipient_handle, recipient_device_id, ciphertext, status)
+                        VALUES (?, ?, ?, ?, ?, 'pending')
+                        """,
+                    arguments: [row.envelopeID, seq, row.handle, Int64(row.deviceID), row.ciphertext])
+            }
+            return PreparedMessage(messageID: messageID, seq: seq, envelopes: envelopes)
         }
-        return PreparedEnvelope(messageID: messageID, envelope: envelope)
     }
 
-    func fetchBundle(on connection: RelayConnection, handle: String) async throws -> PreKeyBundle {
+    /// The devices a message to `handle` goes to: its accepted list (without this device, for the own
+    /// handle); before any list was seen, the one device this device has (or just started) a session with
+    /// (version 1's rule).
+    static func targetDevices(of handle: String, account: AccountRecord, fresh: [UInt32], _ db: Database) throws -> [UInt32] {
+        if let list = try ClientStore.acceptedDeviceList(handle, account: account, db) {
+            return list.entries.map(\.deviceID).filter { !(handle == account.handle && $0 == account.deviceID) }
+        }
+        if handle == account.handle { return [] }
+        let known = Set(try ClientStore.sessions(with: handle, db).filter(\.active).map(\.deviceID)).union(fresh)
+        return Array(known.sorted().prefix(1))
+    }
+
+    /// Starts a session with every device `handle`'s accepted list holds and this device has none with:
+    /// fetches their bundles (`FetchPreKeyBundle.device_ids`; every device when nothing is known yet), feeds
+    /// the bundle's list to the tracker first, and uses only bundle devices the accepted list holds with the
+    /// same device identity key (section 4.4, "Only listed devices"; version 1's rule before any list).
+    /// Returns the new sessions by device id, not yet stored.
+    func newSessions(with handle: String, on connection: RelayConnection, account: AccountRecord) async throws -> [UInt32: Session] {
+        let own = handle == account.handle
+        let missing: [UInt32]? = try await store.dbQueue.read { db in
+            let active = Set(try ClientStore.sessions(with: handle, db).filter(\.active).map(\.deviceID))
+            guard let list = try ClientStore.acceptedDeviceList(handle, account: account, db) else {
+                return own || !active.isEmpty ? [] : nil  // nil: nothing known, fetch every device
+            }
+            return list.entries.map(\.deviceID).filter { !active.contains($0) && !(own && $0 == account.deviceID) }
+        }
+        if missing?.isEmpty == true { return [:] }
         var fetch = WireFetchPreKeyBundle()
         fetch.handle = handle
-        guard case .prekeyBundle(let wire) = try await connection.request(.fetchPrekeyBundle(fetch)).body,
-            let device = wire.devices.first
-        else { throw ClientError(.refused(.noPrekeys), "\(handle) has no devices to send to") }
+        fetch.deviceIds = missing ?? []
+        let wire: WirePreKeyBundle
+        do {
+            guard case .prekeyBundle(let bundle) = try await connection.request(.fetchPrekeyBundle(fetch)).body else {
+                throw ClientError(.protocolFailure, "unexpected answer to a prekey bundle request")
+            }
+            wire = bundle
+        } catch let error as ClientError where error.kind == .refused(.unknownRecipient) {
+            throw noSuchHandleError(handle)
+        }
+        if own {
+            guard ConstantTime.equals(wire.accountIdentityKey, account.accountIdentityKey.rawRepresentation) else { throw removedError(account) }
+        } else {
+            try checkIdentity(handle, accountIdentityKey: wire.accountIdentityKey)
+        }
+        try considerDeviceList(
+            wire.hasDeviceList ? wire.deviceList : nil, handle: handle, servedAccountKey: wire.accountIdentityKey, account: account,
+            forSending: true) { self.logger.warning("\($0)") }
+        let tracker = try await store.dbQueue.read { db in try ClientStore.tracker(handle, db) }
+            ?? DeviceListTracker(accountIdentityKey: wire.accountIdentityKey)
+        let served = wire.devices.map { DeviceListPayload.Entry(deviceID: $0.deviceID, deviceIdentityKey: $0.deviceIdentityKey) }
+        let targets: [DeviceListPayload.Entry]
+        switch tracker.sendTargets(bundleDevices: served, bundleCarriedList: wire.hasDeviceList) {
+        case .success(let entries): targets = entries
+        case .failure(.pendingChange): throw pendingListError(handle)
+        case .failure(.noListedDevice): return [:]
+        case .failure(let refusal):
+            throw ClientError(.protocolFailure, "the relay served \(handle)'s devices without a valid signed device list (\(refusal)); not sending")
+        }
+        var sessions: [UInt32: Session] = [:]
+        for device in wire.devices where targets.contains(where: { $0.deviceID == device.deviceID }) {
+            if own && device.deviceID == account.deviceID { continue }
+            let bundle = try verifiedBundle(device, accountIdentityKey: wire.accountIdentityKey, handle: handle)
+            sessions[device.deviceID] = try Session.initiate(identity: account.device, bundle: bundle, random: random)
+        }
+        return sessions
+    }
+
+    /// Checks one device's bundle: its certificate under the account key, its signed and KEM prekeys.
+    func verifiedBundle(_ device: WireDeviceBundle, accountIdentityKey: Data, handle: String) throws -> PreKeyBundle {
         let unverified = UnverifiedPreKeyBundle(
-            deviceID: device.deviceID, accountIdentityKey: wire.accountIdentityKey, deviceIdentityKey: device.deviceIdentityKey,
+            deviceID: device.deviceID, accountIdentityKey: accountIdentityKey, deviceIdentityKey: device.deviceIdentityKey,
             deviceCertificateSignature: device.deviceCertificateSignature, signedPreKeyID: device.signedPrekey.id,
             signedPreKey: device.signedPrekey.publicKey, signedPreKeySignature: device.signedPrekey.signature,
             oneTimePreKey: device.hasOneTimePrekey ? (device.oneTimePrekey.id, device.oneTimePrekey.publicKey) : nil,
@@ -227,6 +368,22 @@ extension FlitzClient {
         } catch {
             throw ClientError(.protocolFailure, "the prekey bundle of \(handle) does not verify (\(error)); not sending")
         }
+    }
+
+    /// The bundle of one device of `handle` (for a session reset), checked against the accepted list.
+    func fetchBundle(on connection: RelayConnection, handle: String, deviceID: UInt32, account: AccountRecord) async throws -> PreKeyBundle? {
+        var fetch = WireFetchPreKeyBundle()
+        fetch.handle = handle
+        fetch.deviceIds = [deviceID]
+        guard case .prekeyBundle(let wire) = try await connection.request(.fetchPrekeyBundle(fetch)).body,
+            let device = wire.devices.first(where: { $0.deviceID == deviceID })
+        else { return nil }
+        let listed = try await store.dbQueue.read { db -> Bool in
+            guard let list = try ClientStore.acceptedDeviceList(handle, account: account, db) else { return true }
+            return list.contains(deviceID: deviceID, identityKey: device.deviceIdentityKey)
+        }
+        guard listed else { return nil }
+        return try verifiedBundle(device, accountIdentityKey: wire.accountIdentityKey, handle: handle)
     }
 
     /// Trust on first use; afterwards a different account identity key is recorded and refused until `trust`.
@@ -265,9 +422,13 @@ extension FlitzClient {
             throw ClientError(.invalidArgument, "no contact \(handle) yet: their key is trusted when you first exchange a message")
         }
         guard let pending = contact.untrustedIdentityKey else {
-            throw ClientError(.invalidArgument, "the identity key of \(handle) has not changed; nothing to trust")
+            // Same key, a newer device list adding a device: accept it (`protocol/devices.md` section 4.4).
+            if try store.transaction({ db in try ClientStore.acceptPendingDeviceList(handle, account: account, db) }) {
+                return SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, contact.trustedIdentityKey)
+            }
+            throw ClientError(.invalidArgument, "neither the identity key nor the devices of \(handle) have changed; nothing to trust")
         }
-        let number = SafetyNumber.compute(account.account.publicKey.rawRepresentation, pending)
+        let number = SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, pending)
         if let expectedSafetyNumber {
             let normalized = { (text: String) in text.filter(\.isNumber) }
             guard normalized(expectedSafetyNumber) == normalized(number) else {
@@ -306,16 +467,16 @@ extension FlitzClient {
         guard let contact = try store.contact(handle) else {
             throw ClientError(.invalidArgument, "no contact \(handle) yet: safety numbers exist once you have exchanged a message")
         }
-        let own = account.account.publicKey.rawRepresentation
+        let own = account.accountIdentityKey.rawRepresentation
         return (SafetyNumber.compute(own, contact.trustedIdentityKey), contact.untrustedIdentityKey.map { SafetyNumber.compute(own, $0) })
     }
 }
 
 /// Holds a prepared envelope across retries of one send.
 final class PreparedBox: Sendable {
-    private let storage = Mutex<PreparedEnvelope?>(nil)
+    private let storage = Mutex<PreparedMessage?>(nil)
     init() {}
-    var value: PreparedEnvelope? {
+    var value: PreparedMessage? {
         get { storage.withLock { $0 } }
         set { storage.withLock { $0 = newValue } }
     }

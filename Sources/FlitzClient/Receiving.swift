@@ -10,10 +10,11 @@ extension FlitzClient {
     /// Decrypts, stores and acknowledges one `Deliver` frame; applies its receipts. Each envelope and
     /// receipt is acknowledged only after the local store committed it. Returns what happened.
     func process(_ deliver: WireDeliver, on connection: RelayConnection) async throws -> [ClientEvent] {
+        let account = try requireAccount()
         var events: [ClientEvent] = []
         var ack = WireAcknowledge()
         var resets: [(handle: String, deviceID: UInt32, envelopeID: Data)] = []
-        var resends: [(handle: String, envelopeID: Data)] = []
+        var resends: [(handle: String, deviceID: UInt32, envelopeID: Data)] = []
         // The relay's clock decides expiry (this device's clock may be off).
         let now = Int64(Date().timeIntervalSince1970 * 1000) + connection.relayClockOffsetMilliseconds
         for envelope in deliver.envelopes {
@@ -23,10 +24,26 @@ extension FlitzClient {
                 continue
             }
             do {
-                let outcome = try await accept(envelope)
+                let outcome: AcceptOutcome
+                do {
+                    outcome = try await accept(envelope)
+                } catch is SenderNotListed {
+                    // An unknown device: fetch the sender's list once, then decide (devices.md 4.4, "Incoming messages").
+                    do {
+                        try await refreshDeviceList(envelope.senderHandle, on: connection, account: account, forSending: false) {
+                            events.append(.warning($0))
+                        }
+                    } catch let error as ClientError where error.kind != .relayUnreachable && error.kind != .refused(.authenticationFailed) {
+                        events.append(.warning(error.message))  // for example the sender's account was deleted meanwhile
+                    }
+                    outcome = try await accept(envelope, listChecked: true)
+                }
                 events += outcome.events
-                if let failed = outcome.resetFor { resends.append((envelope.senderHandle, failed)) }
+                if let failed = outcome.resetFor { resends.append((envelope.senderHandle, envelope.senderDeviceID, failed)) }
                 Failpoint.hit("receive.afterCommit")
+            } catch is SenderNotListed {
+                // Acknowledged undecrypted: it can never be accepted from an unlisted device.
+                events.append(.warning("ignored a message from a device of \(envelope.senderHandle) that is not in their signed device list"))
             } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
                 // A newer peer's session message: kept for a newer version of Flitz, not lost.
                 try await keepUnsupported(envelope, kind: "envelope", bytes: envelope.ciphertext)
@@ -68,7 +85,7 @@ extension FlitzClient {
         }
         for resend in resends {
             do {
-                try await resendAfterReset(envelopeID: resend.envelopeID, to: resend.handle, on: connection)
+                try await resendAfterReset(envelopeID: resend.envelopeID, to: resend.handle, deviceID: resend.deviceID, on: connection)
             } catch {
                 events.append(.warning("could not resend a message to \(resend.handle) after they reset the session: \(error)"))
             }
@@ -117,9 +134,12 @@ extension FlitzClient {
             return true
         }
         guard known else { return false }
-        let bundle = try await fetchBundle(on: connection, handle: handle)
-        guard bundle.deviceID == deviceID else { return false }
-        try checkIdentity(handle, accountIdentityKey: bundle.certificate.accountIdentityKey.rawRepresentation)
+        guard let bundle = try await fetchBundle(on: connection, handle: handle, deviceID: deviceID, account: account) else { return false }
+        if handle != account.handle {
+            try checkIdentity(handle, accountIdentityKey: bundle.certificate.accountIdentityKey.rawRepresentation)
+        } else if bundle.certificate.accountIdentityKey != account.accountIdentityKey {
+            return false
+        }
         var session = try Session.initiate(identity: account.device, bundle: bundle, random: random)
         let content = MessageContent(
             messageID: random.bytes(WireConstants.idLength), sentAtMilliseconds: Int64(at * 1000), body: .sessionReset(envelopeID: failedEnvelopeID))
@@ -133,6 +153,7 @@ extension FlitzClient {
         envelope.ciphertext = ciphertext
         var submit = WireSubmit()
         submit.envelopes = [envelope]
+        submit.selectedDevices = true  // one device on purpose (`protocol/flitz_wire.proto`, Submit)
         guard case .submitResult(let result) = try await connection.request(.submit(submit)).body, let outcome = result.outcomes.first else {
             throw ClientError(.protocolFailure, "unexpected answer to submit")
         }
@@ -140,45 +161,66 @@ extension FlitzClient {
         return true
     }
 
-    /// Answers a peer's `SessionReset`: sends the message that failed again, same message id (the peer
-    /// drops duplicates by it), on the session the reset made active. Nothing when the envelope is unknown.
-    /// The new envelope is stored as pending with the session in one transaction before it is submitted, so
-    /// a crash resubmits it (`resendPending`); its status restarts at pending, since the old envelope,
-    /// though acknowledged, was never read.
-    func resendAfterReset(envelopeID: Data, to handle: String, on connection: RelayConnection) async throws {
+    /// Answers a peer device's `SessionReset`: sends the message that failed again, same message id (the peer
+    /// drops duplicates by it), on the session the reset made active, to that device only (`selected_devices`).
+    /// Nothing when the envelope is unknown. The new envelope is stored as pending with the session in one
+    /// transaction before it is submitted, so a crash resubmits it (`resendPending`).
+    func resendAfterReset(envelopeID: Data, to handle: String, deviceID: UInt32, on connection: RelayConnection) async throws {
+        let account = try requireAccount()
         let random = self.random
         let sentAt = Int64(now().timeIntervalSince1970 * 1000)
         let newEnvelopeID = random.bytes(WireConstants.idLength)
         let prepared = try store.transaction { db -> WireOutgoingEnvelope? in
             guard !envelopeID.isEmpty,
                 let row = try Row.fetchOne(
-                    db, sql: "SELECT message_id, text, expires_in FROM messages WHERE envelope_id = ? AND outgoing = 1 AND peer = ?",
-                    arguments: [envelopeID, handle]),
-                let active = try ClientStore.sessions(with: handle, db).first(where: \.active),
-                // As when sending: only to the trusted identity, never past a pending key change.
-                let contact = try ClientStore.contact(handle, db), contact.untrustedIdentityKey == nil,
-                ConstantTime.equals(contact.trustedIdentityKey, active.session.remoteCertificate.accountIdentityKey.rawRepresentation)
+                    db,
+                    sql: """
+                        SELECT m.seq, m.message_id, m.peer, m.text, m.expires_in FROM envelopes e JOIN messages m ON m.seq = e.message_seq
+                        WHERE e.envelope_id = ? AND e.recipient_handle = ? AND e.recipient_device_id = ?
+                        """,
+                    arguments: [envelopeID, handle, Int64(deviceID)]),
+                let active = try ClientStore.sessions(with: handle, db).first(where: { $0.active && $0.deviceID == deviceID })
             else { return nil }
+            // As when sending: only to the trusted identity, never past a pending key change.
+            if handle == account.handle {
+                guard active.session.remoteCertificate.accountIdentityKey == account.accountIdentityKey else { return nil }
+            } else {
+                guard let contact = try ClientStore.contact(handle, db), contact.untrustedIdentityKey == nil,
+                    ConstantTime.equals(contact.trustedIdentityKey, active.session.remoteCertificate.accountIdentityKey.rawRepresentation)
+                else { return nil }
+            }
             var session = active.session
-            let content = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: .text(row["text"]))
+            let peer: String = row["peer"], text: String = row["text"]
+            let body: MessageContent.Body = handle == account.handle ? .sentTranscript(destinationHandle: peer, text: text) : .text(text)
+            let content = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: body)
             let ciphertext = try session.encrypt(content.encoded(), random: random)
-            try ClientStore.save(session, handle: handle, deviceID: active.deviceID, makeActive: true, db)
+            try ClientStore.save(session, handle: handle, deviceID: deviceID, makeActive: true, db)
             try db.execute(
                 sql: """
-                    UPDATE messages SET envelope_id = ?, envelope = ?, recipient_device_id = ?, status = 'pending'
-                    WHERE envelope_id = ? AND outgoing = 1
+                    INSERT INTO envelopes (envelope_id, message_seq, recipient_handle, recipient_device_id, ciphertext, status, selected_devices)
+                    VALUES (?, ?, ?, ?, ?, 'pending', 1)
                     """,
-                arguments: [newEnvelopeID, ciphertext, Int64(active.deviceID), envelopeID])
+                arguments: [newEnvelopeID, row["seq"] as Int64, handle, Int64(deviceID), ciphertext])
+            // The failed envelope was acknowledged but never read: unless another of the recipient's devices
+            // has it, the message's status starts again from pending.
+            if handle != account.handle {
+                try db.execute(
+                    sql: """
+                        UPDATE messages SET status = 'pending' WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM envelopes
+                            WHERE message_seq = ? AND recipient_handle = ? AND envelope_id != ? AND status IN ('delivered', 'seen'))
+                        """,
+                    arguments: [row["seq"] as Int64, row["seq"] as Int64, handle, envelopeID])
+            }
             var envelope = WireOutgoingEnvelope()
             envelope.envelopeID = newEnvelopeID
             envelope.recipientHandle = handle
-            envelope.recipientDeviceID = active.deviceID
+            envelope.recipientDeviceID = deviceID
             envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
             envelope.ciphertext = ciphertext
             return envelope
         }
         guard let prepared else { return }
-        guard let outcome = try await submitStored([prepared], on: connection, keepRetryable: true).first else {
+        guard let outcome = try await submitStored([prepared], on: connection, keepRetryable: true, selectedDevices: true).first else {
             throw ClientError(.protocolFailure, "unexpected answer to submit")
         }
         if outcome.hasError { throw ClientError(.refused(outcome.error.code), outcome.error.message) }
@@ -193,7 +235,26 @@ extension FlitzClient {
     }
 
     /// Decrypts one envelope and stores the session and the message in one immediate transaction.
-    func accept(_ envelope: WireEnvelope) async throws -> AcceptOutcome {
+    /// The sender device is not in the sender's accepted device list (`protocol/devices.md` 4.4, "Incoming
+    /// messages"); nothing was stored or changed.
+    struct SenderNotListed: Error {}
+
+    /// Whether `(deviceID, deviceIdentityKey)` of `handle` is in its accepted list under `accountKey` (the
+    /// key of the session's certificate); nil when no list under that key has been seen (version 1's rule).
+    static func senderListed(
+        _ handle: String, deviceID: UInt32, deviceIdentityKey: Data, accountKey: Data, _ db: Database
+    ) throws -> Bool? {
+        guard let tracker = try ClientStore.tracker(handle, db), ConstantTime.equals(tracker.accountIdentityKey, accountKey),
+            let accepted = tracker.accepted
+        else { return nil }
+        return accepted.contains(deviceID: deviceID, identityKey: deviceIdentityKey)
+    }
+
+    /// Decrypts one envelope and stores the session and the message in one immediate transaction. The sender
+    /// device must be in the sender's accepted device list: when it is not, or no list is known and
+    /// `listChecked` is false, throws `SenderNotListed` and changes nothing (the caller fetches the list once
+    /// and tries again with `listChecked`). Sent transcripts are accepted only from this account's own devices.
+    func accept(_ envelope: WireEnvelope, listChecked: Bool = false) async throws -> AcceptOutcome {
         let sender = envelope.senderHandle
         let incoming = try IncomingSessionMessage(parsing: envelope.ciphertext)
         let account = try requireAccount()
@@ -209,7 +270,12 @@ extension FlitzClient {
             switch incoming {
             case .preKey(let message):
                 let accountKey = message.certificate.accountIdentityKey.rawRepresentation
-                if let contact = try ClientStore.contact(sender, db) {
+                if sender == account.handle {
+                    // Another device of this account: only under this account's key, never trusted on first use.
+                    guard ConstantTime.equals(accountKey, account.accountIdentityKey.rawRepresentation),
+                        envelope.senderDeviceID != account.deviceID
+                    else { throw FlitzProtocolError(.authenticationFailed, "a message from this account under another account key") }
+                } else if let contact = try ClientStore.contact(sender, db) {
                     if !ConstantTime.equals(contact.trustedIdentityKey, accountKey) {
                         try ClientStore.recordUntrustedIdentity(sender, key: accountKey, db)
                         events.append(.warning("the identity key of \(sender) has changed; verify it and run `flitz trust \(sender)` before replying"))
@@ -275,7 +341,10 @@ extension FlitzClient {
                         break
                     } catch let error as FlitzProtocolError where error.code == .duplicateMessage {
                         duplicate = true
-                    } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
+                    } catch is SenderNotListed {
+                // Acknowledged undecrypted: it can never be accepted from an unlisted device.
+                events.append(.warning("ignored a message from a device of \(envelope.senderHandle) that is not in their signed device list"))
+            } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
                         unsupported = true
                     } catch {}
                 }
@@ -285,6 +354,16 @@ extension FlitzClient {
                     throw FlitzProtocolError(duplicate ? .duplicateMessage : .authenticationFailed, "no session decrypts it")
                 }
                 (session, plaintext) = decrypted
+            }
+            // Only listed devices (section 4.4); a session under a changed, untrusted key is shown with a warning
+            // as before (its lists start over once the key is trusted).
+            let sessionKey = session.remoteCertificate.accountIdentityKey.rawRepresentation
+            let trustedKey = try ClientStore.trustedAccountKey(for: sender, account: account, db) ?? sessionKey
+            if ConstantTime.equals(trustedKey, sessionKey) {
+                let listed = try Self.senderListed(
+                    sender, deviceID: envelope.senderDeviceID, deviceIdentityKey: session.remoteCertificate.deviceIdentityKey.rawRepresentation,
+                    accountKey: sessionKey, db)
+                if listed == false || (listed == nil && !listChecked) { throw SenderNotListed() }
             }
             let content = try MessageContent(decoding: plaintext)
             var resetFor: Data?
@@ -315,9 +394,27 @@ extension FlitzClient {
             }
             let text: String
             switch content.body {
-            case .text(let body): text = body
+            case .text(let body):
+                guard sender != account.handle else {
+                    events.append(.warning("ignored a message from another device of your account that was not a sent transcript"))
+                    return (events, false, nil)
+                }
+                text = body
+            case .sentTranscript(let destination, let body):
+                guard sender == account.handle else {
+                    events.append(.warning("ignored a sent transcript from \(sender): only your own devices send those"))
+                    return (events, false, nil)
+                }
+                // A message another device of this account sent: history, as an outgoing message (status from receipts).
+                try db.execute(
+                    sql: """
+                        INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, status, accepted_at_ms, transcript)
+                        VALUES (?, 1, ?, ?, ?, 'sent', ?, 1) ON CONFLICT DO NOTHING
+                        """,
+                    arguments: [content.messageID, destination, body, envelope.envelopeID, envelope.acceptedAtMs])
+                return (events, db.changesCount > 0, nil)
             case .sessionReset: return (events, false, resetFor)
-            case .unsupported, .sentTranscript:  // transcripts: handled by the multi-device client work (issue 4)
+            case .unsupported:
                 try db.execute(
                     sql: "INSERT OR IGNORE INTO unsupported_messages (peer, envelope_id, kind, content, received_at) VALUES (?, ?, 'content', ?, ?)",
                     arguments: [sender, envelope.envelopeID, plaintext, receivedAt])
@@ -341,6 +438,11 @@ extension FlitzClient {
         return AcceptOutcome(events: events, resetFor: resetFor)
     }
 
+    /// Applies a receipt to the message it concerns: one of this device's envelopes (`envelopes`), or this
+    /// device's copy of a sent transcript (the relay tells each of the sender's devices about its own copy).
+    /// The message becomes delivered at the first DELIVERED and seen at the first SEEN from the recipient
+    /// (receipts for copies on this account's own devices change only that envelope); expired when every
+    /// envelope to the recipient expired (`protocol/relay.md`, "Receipts across devices").
     private func apply(_ receipt: WireReceipt) async throws -> ClientEvent? {
         let status: MessageStatus
         switch receipt.kind {
@@ -349,15 +451,34 @@ extension FlitzClient {
         case .expired: status = .expired
         default: return nil
         }
+        let own = try requireAccount().handle
         return try await store.dbQueue.write { db -> ClientEvent? in
-            guard let row = try Row.fetchOne(
-                db, sql: "SELECT message_id, peer, status FROM messages WHERE envelope_id = ? AND outgoing = 1",
-                arguments: [receipt.envelopeID])
-            else { return nil }
+            var messageRow: Row?
+            if let envelope = try Row.fetchOne(
+                db, sql: "SELECT message_seq, recipient_handle, status FROM envelopes WHERE envelope_id = ?", arguments: [receipt.envelopeID])
+            {
+                let current = MessageStatus(rawValue: envelope["status"]) ?? .pending
+                if current.canAdvance(to: status) {
+                    try db.execute(sql: "UPDATE envelopes SET status = ? WHERE envelope_id = ?", arguments: [status.rawValue, receipt.envelopeID])
+                }
+                if envelope["recipient_handle"] as String == own { return nil }
+                if status == .expired {
+                    let live = try Int.fetchOne(
+                        db, sql: "SELECT COUNT(*) FROM envelopes WHERE message_seq = ? AND recipient_handle != ? AND status != 'expired'",
+                        arguments: [envelope["message_seq"] as Int64, own]) ?? 0
+                    if live > 0 { return nil }
+                }
+                messageRow = try Row.fetchOne(
+                    db, sql: "SELECT seq, message_id, peer, status FROM messages WHERE seq = ?", arguments: [envelope["message_seq"] as Int64])
+            } else {
+                messageRow = try Row.fetchOne(
+                    db, sql: "SELECT seq, message_id, peer, status FROM messages WHERE envelope_id = ? AND outgoing = 1 AND transcript = 1",
+                    arguments: [receipt.envelopeID])
+            }
+            guard let row = messageRow else { return nil }
             let current = MessageStatus(rawValue: row["status"]) ?? .pending
             guard current.canAdvance(to: status) else { return nil }
-            try db.execute(
-                sql: "UPDATE messages SET status = ? WHERE envelope_id = ? AND outgoing = 1", arguments: [status.rawValue, receipt.envelopeID])
+            try db.execute(sql: "UPDATE messages SET status = ? WHERE seq = ?", arguments: [status.rawValue, row["seq"] as Int64])
             return .receipt(messageID: row["message_id"], peer: row["peer"], status: status)
         }
     }
@@ -384,15 +505,16 @@ extension FlitzClient {
         // Claim and mark in one transaction, so two processes on one home never show a message twice
         // and none is marked shown without being returned.
         let rows = try store.transaction { db -> [Row] in
-            let rows = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE outgoing = 0 AND displayed = 0 ORDER BY seq")
+            let rows = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0 ORDER BY seq")
             for row in rows { try db.execute(sql: "UPDATE messages SET displayed = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
             return rows
         }
-        let messages = rows.map {
-            ReceivedMessage(
-                messageID: $0["message_id"], from: $0["peer"], text: $0["text"],
-                sentAt: Date(timeIntervalSince1970: Double($0["accepted_at_ms"] as Int64) / 1000),
-                untrustedSender: $0["untrusted_sender"])
+        let messages = rows.map { row in
+            let transcript: Bool = row["transcript"]
+            return ReceivedMessage(
+                messageID: row["message_id"], from: transcript ? account.handle : row["peer"], text: row["text"],
+                sentAt: Date(timeIntervalSince1970: Double(row["accepted_at_ms"] as Int64) / 1000),
+                untrustedSender: row["untrusted_sender"], to: transcript ? row["peer"] : nil)
         }
         if account.readReceipts {
             try await reportSeen(on: connection)
@@ -458,7 +580,7 @@ extension FlitzClient {
             for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
         }
         return try await store.dbQueue.read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages WHERE outgoing = 0 AND displayed = 0") ?? 0
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0") ?? 0
         }
     }
 

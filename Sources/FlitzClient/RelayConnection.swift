@@ -74,7 +74,7 @@ public final class RelayConnection: Sendable {
             self.complete(id, .failure(CancellationError()))
         }
         if case .error(let error) = frame.body {
-            throw ClientError(.refused(error.code), "the relay refused the request: \(error.message)")
+            throw ClientError(.refused(error.code), "the relay refused the request: \(error.message)", relayError: error)
         }
         return frame
     }

@@ -30,14 +30,14 @@ extension FlitzClient {
     /// The safety number with `handle` in both forms, and whether it was verified. Local only.
     /// - Throws: `ClientError(.invalidArgument)` when no message has been exchanged with `handle` yet.
     public func verification(of handle: String) throws -> ContactVerification {
-        let own = try requireAccount().account.publicKey.rawRepresentation
+        let own = try requireAccount().accountIdentityKey.rawRepresentation
         guard let contact = try store.contact(handle) else { throw noContactError(handle) }
         return Self.verification(of: contact, own: own)
     }
 
     /// Every contact (sorted by handle) with its safety number and state.
     public func contacts() throws -> [ContactVerification] {
-        let own = try requireAccount().account.publicKey.rawRepresentation
+        let own = try requireAccount().accountIdentityKey.rawRepresentation
         return try store.dbQueue.read { db in try ClientStore.contacts(db) }.map { Self.verification(of: $0, own: own) }
     }
 
@@ -66,7 +66,7 @@ extension FlitzClient {
     }
 
     private func verify(_ handle: String, matches: (Data, Data) -> Bool) throws -> ContactVerification {
-        let own = try requireAccount().account.publicKey.rawRepresentation
+        let own = try requireAccount().accountIdentityKey.rawRepresentation
         return try store.transaction { db in
             guard let contact = try ClientStore.contact(handle, db) else { throw noContactError(handle) }
             guard contact.untrustedIdentityKey == nil else {

@@ -87,11 +87,11 @@ struct ClientTests {
     @Test func readReceiptsOffNeverReportSeen() async throws {
         let relay = try await InProcessRelay()
         let (alice, bob) = try await relay.aliceAndBob()
-        try bob.setReadReceipts(false)
+        try await bob.setReadReceipts(false)
         let id = try await alice.send(to: "bob", text: "private")
         #expect(try await bob.receiveAll().texts == ["private"])
         #expect(try await alice.status(of: id) == .delivered)
-        try bob.setReadReceipts(true)
+        try await bob.setReadReceipts(true)
         #expect(try await bob.receiveAll().texts.isEmpty)
         #expect(try await alice.status(of: id) == .delivered, "read while off: never reported later")
         await relay.stop()
@@ -177,7 +177,7 @@ struct ClientTests {
         try await bob.withAuthenticatedConnection(account) { connection in
             while let frame = await connection.nextUnsolicited(timeout: .seconds(10)) {
                 if case .deliver(let deliver) = frame.body {
-                    for envelope in deliver.envelopes { _ = try await bob.accept(envelope).events }
+                    for envelope in deliver.envelopes { _ = try await bob.accept(envelope, listChecked: true).events }
                     return
                 }
             }
@@ -226,7 +226,8 @@ struct ClientTests {
         // Encrypted and stored, then the process "dies" before submitting.
         let account = try #require(try alice.store.loadAccount())
         let orphan = try await alice.withAuthenticatedConnection(account) { connection in
-            try await alice.prepare(on: connection, account: account, to: "bob", text: "written before the crash", expiresIn: nil)
+            try await alice.prepare(
+                on: connection, account: account, to: "bob", text: "written before the crash", expiresIn: nil, messageID: Data(repeating: 1, count: 16))
         }
         #expect(try alice.localStatus(of: orphan.messageID) == .pending)
         let next = try await alice.send(to: "bob", text: "after restart")
@@ -332,7 +333,7 @@ struct ClientTests {
         let reopened = try relay.client("alice")
         #expect(try reopened.handle() == "alice")
         let applied = try await reopened.store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) }
-        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh"])
+        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices"])
         let mode = try FileManager.default.attributesOfItem(atPath: relay.directory.appendingPathComponent("alice/flitz.sqlite").path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
         await relay.stop()
@@ -439,7 +440,7 @@ struct ChatTests {
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'untrusted_sender'")
             )
         }
-        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh"])
+        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices"])
         #expect(baseKeys == [baseKey])
         #expect(columns == 1)
     }

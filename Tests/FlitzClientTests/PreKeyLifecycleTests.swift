@@ -274,7 +274,10 @@ extension FlitzClient {
     /// Fetches and verifies `handle`'s bundle on a fresh connection (consumes one-time prekeys).
     func fetchBundleForTest(_ handle: String) async throws -> PreKeyBundle {
         let account = try requireAccount()
-        return try await withAuthenticatedConnection(account) { connection in try await self.fetchBundle(on: connection, handle: handle) }
+        let bundle = try await withAuthenticatedConnection(account) { connection in
+            try await self.fetchBundle(on: connection, handle: handle, deviceID: 1, account: account)
+        }
+        return try #require(bundle)
     }
 
     /// Sends `text` as a regular message of a brand-new session started from `bundle` (as an initiator
