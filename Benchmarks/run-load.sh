@@ -40,12 +40,13 @@ say "ulimit -Hn: $(ulimit -Hn) (soft was $(ulimit -Sn); raising it to the hard l
 ulimit -n "$(ulimit -Hn)"
 
 if [ "$SKIP_BUILD" != 1 ]; then
-    say "building flitz-relay (release)"
-    (cd "$ROOT" && swift build -c release --product flitz-relay) >"$OUT/build-relay.log" 2>&1 || { tail -30 "$OUT/build-relay.log"; exit 1; }
-    say "building flitz-bench (release)"
-    (cd "$HERE" && swift build -c release --product flitz-bench) >"$OUT/build-bench.log" 2>&1 || { tail -30 "$OUT/build-bench.log"; exit 1; }
+    # Both from this package: flitz-relay is the root package's product (a path dependency, so this is the
+    # work tree's relay), and building it here shares one release build of NIO, Hummingbird, protobuf.
+    say "building flitz-relay and flitz-bench (release, in $HERE/.build)"
+    (cd "$HERE" && swift build -c release --product flitz-relay && swift build -c release --product flitz-bench) >"$OUT/build.log" 2>&1 ||
+        { tail -30 "$OUT/build.log"; exit 1; }
 fi
-RELAY="$ROOT/.build/release/flitz-relay"
+RELAY="$HERE/.build/release/flitz-relay"
 BENCH="$HERE/.build/release/flitz-bench"
 [ -x "$RELAY" ] && [ -x "$BENCH" ] || { echo "missing $RELAY or $BENCH" >&2; exit 1; }
 
@@ -61,11 +62,14 @@ trap cleanup EXIT
 start_server() {
     local name=$1
     shift
+    # The child truncates the file only once it runs: remove the previous server's first.
+    rm -f "$OUT/$name.out" "$OUT/$name.err"
     "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
     SERVER_PID=$!
+    SERVER_PORT=""
     for _ in $(seq 1 300); do
-        if grep -q "listening on" "$OUT/$name.out" 2>/dev/null; then
-            SERVER_PORT=$(sed -n 's/.*listening on .*:\([0-9]*\).*/\1/p' "$OUT/$name.out" | head -1)
+        SERVER_PORT=$(sed -n 's/^listening on .*:\([0-9][0-9]*\)$/\1/p' "$OUT/$name.out" 2>/dev/null | head -1)
+        if [ -n "$SERVER_PORT" ]; then
             return 0
         fi
         kill -0 "$SERVER_PID" 2>/dev/null || break
@@ -158,9 +162,12 @@ if has_mode rate; then
 fi
 
 if has_mode connections; then
-    # Once: registering ~20 000 devices takes a while. One relay for both counts.
-    start_relay
-    bench "connections-1" connections --port "$SERVER_PORT" --server-pid "$SERVER_PID" --counts "$CONNECTIONS" --source-addresses "$SOURCES" "${COMMON[@]}"
+    # Once per count (registering ~20 000 devices takes a while), each on a fresh relay: memory freed by
+    # closed connections stays in the relay's heap and would flatter a second count on the same relay.
+    for count in ${CONNECTIONS//,/ }; do
+        start_relay
+        bench "connections-$count" connections --port "$SERVER_PORT" --server-pid "$SERVER_PID" --counts "$count" --source-addresses "$SOURCES" "${COMMON[@]}"
+    done
     cleanup
 fi
 

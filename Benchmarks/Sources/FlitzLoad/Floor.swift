@@ -191,7 +191,6 @@ private func runFloor(_ options: FloorOptions, log: @Sendable (String) -> Void, 
     let start = monotonicNanoseconds() + 50_000_000
     let measureFrom = start + UInt64(options.warmup.nanoseconds)
     let measureUntil = measureFrom + UInt64(options.duration.nanoseconds)
-    var timers: [RepeatedTask] = []
     for (loopIndex, loop) in loops.enumerated() {
         let state = measurements[loopIndex]
         let connections = list.connections(onLoop: loopIndex)
@@ -204,9 +203,7 @@ private func runFloor(_ options: FloorOptions, log: @Sendable (String) -> Void, 
             let schedule = OpenLoopSchedule(
                 pairs: connections, ratePerSecond: rate * Double(connections.count) / Double(options.connections), start: start, until: measureUntil,
                 cap: options.window)
-            timers.append(loop.scheduleRepeatedTask(initialDelay: .nanoseconds(nanosecondsUntil(start)), delay: .microseconds(250)) { _ in
-                state.sending = schedule.tick(now: monotonicNanoseconds())
-            })
+            schedule.run(on: loop, measurements: state)
         } else {
             loop.scheduleTask(in: .nanoseconds(nanosecondsUntil(start))) {
                 state.sending = true
@@ -219,7 +216,6 @@ private func runFloor(_ options: FloorOptions, log: @Sendable (String) -> Void, 
     let cpu = CPUSampler(serverPID: options.serverPID)
     try await Task.sleep(for: .nanoseconds(nanosecondsUntil(measureUntil)))
     let (generatorCPU, serverCPU) = cpu.percent()
-    for timer in timers { timer.cancel() }
     try await Task.sleep(for: .milliseconds(500))
 
     var roundTrip = makeHistogram()

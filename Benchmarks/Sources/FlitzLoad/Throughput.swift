@@ -282,7 +282,6 @@ private func runThroughput(_ options: ThroughputOptions, log: @Sendable (String)
     let start = monotonicNanoseconds() + 50_000_000
     let measureFrom = start + UInt64(options.warmup.nanoseconds)
     let measureUntil = measureFrom + UInt64(options.duration.nanoseconds)
-    var timers: [RepeatedTask] = []
     for (loopIndex, loop) in loops.enumerated() {
         let state = measurements[loopIndex]
         let loopPairs = pairs.pairs(onLoop: loopIndex)
@@ -294,9 +293,7 @@ private func runThroughput(_ options: ThroughputOptions, log: @Sendable (String)
         if let rate = options.rate {
             let perLoop = rate * Double(loopPairs.count) / Double(options.pairs)
             let schedule = OpenLoopSchedule(pairs: loopPairs, ratePerSecond: perLoop, start: start, until: measureUntil, cap: options.window)
-            timers.append(loop.scheduleRepeatedTask(initialDelay: .nanoseconds(nanosecondsUntil(start)), delay: .microseconds(250)) { _ in
-                state.sending = schedule.tick(now: monotonicNanoseconds())
-            })
+            schedule.run(on: loop, measurements: state)
         } else {
             loop.scheduleTask(in: .nanoseconds(nanosecondsUntil(start))) {
                 state.sending = true
@@ -310,7 +307,6 @@ private func runThroughput(_ options: ThroughputOptions, log: @Sendable (String)
     let cpu = CPUSampler(serverPID: options.serverPID)
     try await Task.sleep(for: .nanoseconds(nanosecondsUntil(measureUntil)))
     let (generatorCPU, serverCPU) = cpu.percent()
-    for timer in timers { timer.cancel() }
 
     // Drain what is in flight, so every counted envelope really completed.
     let drainDeadline = ContinuousClock.now + options.drainTimeout
@@ -371,6 +367,27 @@ final class OpenLoopSchedule: @unchecked Sendable {
         self.start = start
         self.until = until
         self.cap = cap
+    }
+
+    /// The time the next envelope is due.
+    var nextDue: UInt64 { start + UInt64(Double(sent) * nanosecondsPerEnvelope) }
+
+    /// Wakes at each due time (at most every 100 µs: several envelopes per wake-up at high rates), sends
+    /// what is due and sets `measurements.sending` until the schedule ends.
+    func run(on loop: any EventLoop, measurements: LoopMeasurements) {
+        loop.scheduleTask(in: .nanoseconds(nanosecondsUntil(nextDue))) {
+            let now = monotonicNanoseconds()
+            measurements.sending = self.tick(now: now)
+            if measurements.sending { self.run(on: loop, measurements: measurements, after: now) }
+        }
+    }
+
+    private func run(on loop: any EventLoop, measurements: LoopMeasurements, after now: UInt64) {
+        loop.scheduleTask(in: .nanoseconds(nanosecondsUntil(max(nextDue, now + 100_000)))) {
+            let now = monotonicNanoseconds()
+            measurements.sending = self.tick(now: now)
+            if measurements.sending { self.run(on: loop, measurements: measurements, after: now) }
+        }
     }
 
     /// Sends whatever is due by `now`; returns whether the schedule is still running.
