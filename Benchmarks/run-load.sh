@@ -185,9 +185,9 @@ fi
     echo "Flitz relay load, $(date -u '+%Y-%m-%d %H:%M UTC'), relay $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "ulimit -Hn $(ulimit -Hn); $RUNS runs per row where run, medians (the runs' values after the slash-separated column)"
     echo
-    printf '%-44s %12s %10s %10s %10s %9s %9s  %s\n' "measurement" "rate/s" "p50 µs" "p99 µs" "p99.9 µs" "gen CPU%" "srv CPU%" "runs (rate/s)"
+    printf '%-52s %12s %10s %10s %10s %9s %9s  %s\n' "measurement" "rate/s" "p50 µs" "p99 µs" "p99.9 µs" "gen CPU%" "srv CPU%" "runs (rate/s)"
     row() {
-        printf '%-44s %12s %10s %10s %10s %9s %9s  %s\n' "$1" "$(median "$2" rate)" "$(median "$2" p50_us)" "$(median "$2" p99_us)" \
+        printf '%-52s %12s %10s %10s %10s %9s %9s  %s\n' "$1" "$(median "$2" rate)" "$(median "$2" p50_us)" "$(median "$2" p99_us)" \
             "$(median "$2" p999_us)" "$(median "$2" gen_cpu)" "$(median "$2" server_cpu)" "$(all "$2" rate)"
     }
     row "floor: echo round trips, closed loop" floor-closed
@@ -208,7 +208,7 @@ fi
                 "$(awk "BEGIN { print $(get rss_held) / 1048576 }")" "$(awk "BEGIN { print $(get rss_after_close) / 1048576 }")" \
                 "$(get bytes_per_connection)" "$(get setup_s)"
         done
-        echo "(aim: ≤ 16 384 bytes per idle connection; registration took $(field connections registration_s | head -1) s)"
+        echo "(aim: ≤ 16 384 bytes per idle connection; registering the devices took $(all connections registration_s) s)"
     fi
     if grep -q '^RESULT label=backlog' "$OUT/results.txt"; then
         echo
