@@ -342,7 +342,9 @@ final class DeviceConnection: ChannelInboundHandler, Flushable, InboundFrameVisi
 
 /// A connection ended before it was authenticated and its queue drained.
 public struct SetupError: Error, CustomStringConvertible {
+    /// What ended the connection (an error code or a transport error).
     public let reason: String
+    /// The reason, for printing.
     public var description: String { "connection setup failed: \(reason)" }
 }
 
@@ -390,12 +392,16 @@ struct FIFO<Element> {
 /// Opens WebSocket connections from one event loop group: HTTP/1.1 upgrade on `path`, TCP_NODELAY, an
 /// optional local (source) address, and NIO's frame aggregator (the relay may fragment large messages).
 public struct WebSocketConnector: Sendable {
+    /// Server address.
     public let host: String
+    /// Server port.
     public let port: Int
+    /// The WebSocket path (the relay serves `/v1/ws`).
     public let path: String
     /// Largest incoming message: the relay's frames are at most 1 MiB (`WireConstants.maxFrameBytes`).
     static let maxMessageBytes = 2 * WireConstants.maxFrameBytes
 
+    /// A connector for `ws://host:port/path`.
     public init(host: String, port: Int, path: String = "/v1/ws") {
         self.host = host
         self.port = port

@@ -5,7 +5,9 @@ import Synchronization
 
 /// Options of the connections mode.
 public struct ConnectionsOptions: Sendable {
+    /// Relay address.
     public var host = "127.0.0.1"
+    /// Relay port.
     public var port = 7878
     /// Idle authenticated connections to hold, one step per count, in order (e.g. [10 000, 19 900]).
     public var counts = [10_000]
@@ -15,14 +17,18 @@ public struct ConnectionsOptions: Sendable {
     public var serverPID: Int32
     /// Wait after the last connection is ready (or closed) before reading VmRSS.
     public var settle: Duration = .seconds(3)
+    /// Connections being set up at once.
     public var concurrency = 128
+    /// Generator event-loop threads.
     public var threads = 1
 
+    /// Defaults for everything but the relay process id.
     public init(serverPID: Int32) { self.serverPID = serverPID }
 }
 
 /// One step of the connections mode.
 public struct ConnectionsStep: Sendable {
+    /// Idle authenticated connections held.
     public var count: Int
     /// Relay VmRSS with no benchmark connection open, right before the step.
     public var rssBefore: Int
@@ -32,16 +38,25 @@ public struct ConnectionsStep: Sendable {
     public var rssAfterClose: Int
     /// (rssHeld − rssBefore) ÷ count.
     public var bytesPerConnection: Double { Double(rssHeld - rssBefore) / Double(count) }
+    /// Time to connect and authenticate all of them.
     public var setupSeconds: Double
+    /// The generator's own VmRSS while holding them, in bytes.
     public var generatorRSS: Int
 }
 
+/// What a connections run measured (memory in bytes).
 public struct ConnectionsResult: Sendable {
+    /// The open-files limits (`ulimit -Sn` before raising it, `ulimit -Hn`).
     public var softLimitBefore: UInt64, hardLimit: UInt64
+    /// Relay VmRSS before anything was registered.
     public var rssAtStart: Int
+    /// Devices registered (max of the counts).
     public var registered: Int
+    /// Time to register them, one short connection each.
     public var registrationSeconds: Double
+    /// Relay VmRSS after registering, with their connections closed.
     public var rssAfterRegistration: Int
+    /// One per count, in order.
     public var steps: [ConnectionsStep]
 }
 

@@ -8,6 +8,7 @@ public struct EnvelopeID: Hashable, Sendable {
     /// Bytes 8–15, big-endian.
     public var lo: UInt64
 
+    /// An id from its two halves.
     public init(hi: UInt64, lo: UInt64) {
         self.hi = hi
         self.lo = lo
@@ -16,6 +17,7 @@ public struct EnvelopeID: Hashable, Sendable {
 
 /// Why `FastWire.parse` gave up on a received message.
 public struct FastWireError: Error, CustomStringConvertible {
+    /// What is wrong with the bytes.
     public let description: String
     init(_ description: String) { self.description = description }
 }

@@ -41,7 +41,9 @@ public func runEchoServer(host: String, port: Int, onListening: @escaping @Senda
 
 /// Options of the floor mode: the throughput mode's load shape against the echo server.
 public struct FloorOptions: Sendable {
+    /// Echo server address.
     public var host = "127.0.0.1"
+    /// Echo server port.
     public var port = 7879
     /// WebSocket connections, each doing round trips.
     public var connections = 100
@@ -51,24 +53,36 @@ public struct FloorOptions: Sendable {
     public var window = 16
     /// Open loop: round trips per second in total; nil = closed loop.
     public var rate: Double?
+    /// Sending before the measured interval.
     public var warmup: Duration = .seconds(2)
+    /// The measured interval.
     public var duration: Duration = .seconds(10)
+    /// Generator event-loop threads.
     public var threads = 1
     /// The echo server's process id, for its CPU use.
     public var serverPID: Int32?
 
+    /// The defaults above (the throughput mode's shape).
     public init() {}
 }
 
 /// What a floor run measured.
 public struct FloorResult: Sendable {
+    /// Round trips completed inside the measured interval.
     public var completed: Int
+    /// The measured interval's length.
     public var seconds: Double
+    /// completed ÷ seconds.
     public var roundTripsPerSecond: Double { Double(completed) / seconds }
+    /// The open-loop rate, nil for closed loop.
     public var offeredRate: Double?
+    /// Bytes per message (a Submit frame of one envelope).
     public var messageBytes: Int
+    /// Send (open loop: its scheduled time) → echo read.
     public var roundTrip: LatencySummary
+    /// Generator CPU over the measured interval, % of one core.
     public var generatorCPU: Double
+    /// The echo server's CPU, % of one core (nil without `serverPID`).
     public var serverCPU: Double?
 }
 

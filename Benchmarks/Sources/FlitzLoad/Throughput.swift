@@ -7,7 +7,9 @@ import Synchronization
 
 /// Options of the throughput mode (README.md, "Relay load").
 public struct ThroughputOptions: Sendable {
+    /// Relay address.
     public var host = "127.0.0.1"
+    /// Relay port.
     public var port = 7878
     /// Sender→recipient pairs; each device has its own connection (2 × pairs connections).
     public var pairs = 100
@@ -20,7 +22,9 @@ public struct ThroughputOptions: Sendable {
     public var rate: Double?
     /// Envelopes per Submit frame (1 to 100).
     public var batch = 1
+    /// Sending before the measured interval.
     public var warmup: Duration = .seconds(2)
+    /// The measured interval.
     public var duration: Duration = .seconds(10)
     /// Event-loop threads of the generator.
     public var threads = 1
@@ -29,6 +33,7 @@ public struct ThroughputOptions: Sendable {
     /// After sending stops, how long to wait for what is in flight.
     public var drainTimeout: Duration = .seconds(30)
 
+    /// The defaults above (issue 4: 100 pairs, 256 bytes).
     public init() {}
 }
 
@@ -37,9 +42,11 @@ public struct ThroughputResult: Sendable {
     /// Envelopes completed end to end during the measured interval (SubmitResult received and the
     /// recipient's Acknowledge answered Ok).
     public var completed: Int
+    /// The measured interval's length.
     public var seconds: Double
     /// completed ÷ seconds.
     public var envelopesPerSecond: Double { Double(completed) / seconds }
+    /// The open-loop rate, nil for closed loop.
     public var offeredRate: Double?
     /// Submit written (open loop: its scheduled time) → the recipient read the Deliver.
     public var delivery: LatencySummary
@@ -47,7 +54,9 @@ public struct ThroughputResult: Sendable {
     public var submit: LatencySummary
     /// Submit written → both SubmitResult and the recipient's acknowledgement done.
     public var endToEnd: LatencySummary
+    /// Generator CPU over the measured interval, % of one core.
     public var generatorCPU: Double
+    /// Relay CPU over the measured interval, % of one core (nil without `serverPID`).
     public var serverCPU: Double?
     /// Refused envelopes and error frames by `ErrorCode` number.
     public var errors: [Int: Int]
@@ -57,7 +66,9 @@ public struct ThroughputResult: Sendable {
 
 /// p50 / p99 / p99.9 / max of one latency histogram, in microseconds.
 public struct LatencySummary: Sendable, CustomStringConvertible {
+    /// Values recorded.
     public var count: UInt64
+    /// Percentiles 50, 99, 99.9 and the largest value, in µs.
     public var p50: Double, p99: Double, p999: Double, max: Double
 
     init(_ histogram: Histogram<UInt64>) {
@@ -68,6 +79,7 @@ public struct LatencySummary: Sendable, CustomStringConvertible {
         max = Double(histogram.max) / 1_000
     }
 
+    /// The summary as one line.
     public var description: String {
         String(format: "p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, max %.0f µs (n=%llu)", p50, p99, p999, max, count)
     }
