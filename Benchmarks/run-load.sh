@@ -187,6 +187,7 @@ fi
     echo
     printf '%-52s %12s %10s %10s %10s %9s %9s  %s\n' "measurement" "rate/s" "p50 µs" "p99 µs" "p99.9 µs" "gen CPU%" "srv CPU%" "runs (rate/s)"
     row() {
+        grep -q "^RESULT label=$2" "$OUT/results.txt" || return 0
         printf '%-52s %12s %10s %10s %10s %9s %9s  %s\n' "$1" "$(median "$2" rate)" "$(median "$2" p50_us)" "$(median "$2" p99_us)" \
             "$(median "$2" p999_us)" "$(median "$2" gen_cpu)" "$(median "$2" server_cpu)" "$(all "$2" rate)"
     }
