@@ -11,6 +11,10 @@ let rootPackage = URL(fileURLWithPath: Context.packageDirectory).deletingLastPat
 let package = Package(
     name: "FlitzBenchmarks",
     platforms: [.macOS(.v15)],
+    products: [
+        // The relay load generator (README.md, "Relay load"); the other executables need no product.
+        .executable(name: "flitz-bench", targets: ["FlitzBench"]),
+    ],
     dependencies: [
         .package(path: ".."),
         // The MallocInterposer trait alone (not the default RuntimeInterposer) keeps the dependency set
@@ -20,6 +24,14 @@ let package = Package(
         // first message, swift-crypto for the raw ML-KEM-1024 baselines.
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        // The relay load generator (flitz-bench): a raw swift-nio WebSocket client, a hummingbird-websocket
+        // echo server for the floor, HdrHistogram for latencies. Versions as in the root package.
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         // Session setups shared by the programs below, so they measure exactly the same thing. It also
@@ -56,6 +68,37 @@ let package = Package(
         ),
         // Not run by the plugin: prints the encoded sizes of a session setup with PQXDH and X3DH only.
         .executableTarget(name: "HandshakeSizes", dependencies: ["BenchmarkSupport"], path: "Sources/HandshakeSizes"),
+        // The relay load generator's engine: a lean WebSocket client speaking FlitzWire frames, the four modes,
+        // the echo server for the floor, /proc readers. FlitzWire comes in through FlitzProtocol (not exported).
+        .target(
+            name: "FlitzLoad",
+            dependencies: [
+                .product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/FlitzLoad"
+        ),
+        .executableTarget(
+            name: "FlitzBench",
+            dependencies: ["FlitzLoad", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/FlitzBench"
+        ),
+        // Runs the generator against a real relay started in-process (buildRelay, temp SQLite file).
+        .testTarget(
+            name: "FlitzLoadTests",
+            dependencies: [
+                "FlitzLoad", .product(name: "FlitzRelay", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage),
+                .product(name: "FlitzProtocol", package: rootPackage), .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/FlitzLoadTests"
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
