@@ -24,6 +24,15 @@ public struct RelayConfiguration: Sendable {
     /// `relay.maxQueuedEnvelopes`: most undelivered envelopes queued for one device; more get `QUEUE_FULL`.
     /// Default 10 000.
     public var maxQueuedEnvelopes: Int
+    /// `limits.*`: token-bucket rate limits (`protocol/relay.md`, "Rate limits"). Default `RateLimits()`;
+    /// `RateLimits.off` for load tests.
+    public var rateLimits = RateLimits()
+    /// `tls.certificate`: PEM certificate chain; with `tls.key`, the relay serves `wss://` only. Default none.
+    public var tlsCertificatePath: String?
+    /// `tls.key`: PEM private key of `tls.certificate`. Default none.
+    public var tlsKeyPath: String?
+    /// `metrics.enabled`: serve Prometheus text at `GET /metrics`. Default true.
+    public var metricsEnabled = true
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(

@@ -25,6 +25,8 @@ struct RelayConnection {
     }
 
     let relay: Relay
+    /// The peer's IP address, the key of the per-address rate limits (`RateLimiter.swift`).
+    var source = "unknown"
 
     func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async throws {
         let registry = relay.registry
@@ -149,6 +151,7 @@ struct RelayConnection {
         continuation: AsyncStream<Event>.Continuation, _ outbound: WebSocketOutboundWriter, _ logger: Logger
     ) async throws {
         do {
+            try relay.admitUnauthenticated(body, source: source)
             switch body {
             case .register(let request):
                 let result = try await relay.register(request, nonce: nonce)
@@ -174,6 +177,7 @@ struct RelayConnection {
     }
 
     private func handleAuthenticated(requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress) async throws(RelayError) -> WireFrame {
+        try relay.admitAuthenticated(body, device: device, source: source)
         switch body {
         case .publishPrekeys(let request):
             return WireFrame(requestID: requestID, body: .prekeyStatus(try await relay.publishPreKeys(request, device: device)))
@@ -214,6 +218,7 @@ struct RelayConnection {
     }
 
     private func send(_ frame: WireFrame, _ outbound: WebSocketOutboundWriter) async throws {
+        relay.metrics.sent(frame)
         try await outbound.write(.binary(ByteBuffer(bytes: FrameCodec.encode(frame))))
     }
 }
