@@ -32,6 +32,9 @@ struct CommonOptions: ParsableArguments {
     @Flag(name: .long, help: "Log diagnostics to stderr.")
     var verbose = false
 
+    @Option(name: .customLong("ca-file"), help: "PEM CA certificates to trust for a wss:// relay besides the system's (default: $FLITZ_CA_FILE).")
+    var caFile: String?
+
     /// The client for the chosen home; only `init` passes `create: true`.
     func client(create: Bool = false) throws -> FlitzClient {
         LoggingBootstrap.once(verbose: verbose)
@@ -41,7 +44,8 @@ struct CommonOptions: ParsableArguments {
         let userHome = environment["HOME"].map { URL(fileURLWithPath: $0) } ?? FileManager.default.homeDirectoryForCurrentUser
         let path = home ?? environment["FLITZ_HOME"] ?? userHome.appendingPathComponent(".flitz").path
         do {
-            return try FlitzClient(home: URL(fileURLWithPath: path), logger: logger, create: create)
+            return try FlitzClient(
+                home: URL(fileURLWithPath: path), logger: logger, create: create, caFile: caFile ?? environment["FLITZ_CA_FILE"])
         } catch let error as ClientError {
             printError("flitz: \(error.message)")
             throw ExitCode(error.exitCode)

@@ -69,6 +69,8 @@ public final class FlitzClient: Sendable {
     let random: any RandomSource
     /// The wall clock, injected so tests can move through rotation and rate-limit periods.
     let now: @Sendable () -> Date
+    /// PEM file of CA certificates trusted for `wss://` besides the system's (`--ca-file`); nil for none.
+    public let caFile: String?
 
     /// Opens the local store in `home`. Only `create: true` (for `init`) makes a new home directory.
     /// - Throws: `ClientError(.notInitialized)` when `home` holds no store and `create` is false;
@@ -76,9 +78,10 @@ public final class FlitzClient: Sendable {
     /// - Parameter now: the wall clock (tests inject one to step through prekey rotation and reset limits).
     public init(
         home: URL, logger: Logger, create: Bool = true, random: any RandomSource = SystemRandom(),
-        now: @escaping @Sendable () -> Date = { Date() }
+        now: @escaping @Sendable () -> Date = { Date() }, caFile: String? = nil
     ) throws {
         self.now = now
+        self.caFile = caFile
         self.home = home
         let storeFile = home.appendingPathComponent(ClientStore.fileName).path
         guard create || FileManager.default.fileExists(atPath: storeFile) else {
@@ -158,7 +161,7 @@ public final class FlitzClient: Sendable {
 
         let result: WireRegisterResult
         do {
-            result = try await RelayConnection.with(url: relayURL, logger: logger) { connection in
+            result = try await RelayConnection.with(url: relayURL, caFile: caFile, logger: logger) { connection in
                 let challenge = try await Self.challenge(connection)
                 let signature = device.privateKey.signature(for: SignedPayload.authentication(nonce: challenge.nonce, handle: handle))
                 let body: WireFrame.OneOf_Body
@@ -273,7 +276,7 @@ public final class FlitzClient: Sendable {
     func withAuthenticatedConnection<T: Sendable>(
         _ account: AccountRecord, _ body: @escaping @Sendable (RelayConnection) async throws -> T
     ) async throws -> T {
-        try await RelayConnection.with(url: account.relayURL, logger: logger) { connection in
+        try await RelayConnection.with(url: account.relayURL, caFile: caFile, logger: logger) { connection in
             try await self.authenticate(connection, account)
             return try await body(connection)
         }

@@ -4,6 +4,7 @@ import HummingbirdWSClient
 import Logging
 import NIOCore
 import NIOFoundationCompat
+import NIOSSL
 import Synchronization
 
 /// One WebSocket connection to the relay, multiplexing requests (matched by request id) and
@@ -111,6 +112,10 @@ public final class RelayConnection: Sendable {
         let text = String(describing: error)
         if text.contains("Connection refused") { return "connection refused (is the relay running on that port?)" }
         if text.contains("cannotUseIPAddressInSNI") { return "wss:// needs a host name, not an IP address" }
+        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate verify failed") {
+            return "the relay's TLS certificate is not trusted (for a self-hosted relay, pass its CA certificate with --ca-file)"
+        }
+        if text.contains("failedToValidateHostname") { return "the relay's TLS certificate is not valid for this host name" }
         if text.contains("Network is unreachable") || text.contains("No route to host") { return "network unreachable" }
         if text.contains("unresolvable") || text.contains("Name or service not known") { return "unknown host name" }
         if text.contains("timeout") || text.contains("timedOut") { return "timed out" }
@@ -149,17 +154,39 @@ public final class RelayConnection: Sendable {
     }
 
 
-    /// Opens a connection to `url` (`ws://HOST:PORT`; the path `/v1/ws` is added when absent), runs
-    /// `body` with it and closes it.
-    /// - Throws: `ClientError(.relayUnreachable)` when the relay cannot be reached; whatever `body` throws.
+    /// The TLS configuration for `wss://`: certificates verified (chain and host name) against the system trust
+    /// store plus, when given, the CA certificates in the PEM file `caFile` (`--ca-file`, for a self-hosted relay).
+    /// - Throws: `ClientError(.invalidArgument)` when `caFile` cannot be read or holds no certificate.
+    static func tlsConfiguration(caFile: String?) throws -> TLSConfiguration {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.certificateVerification = .fullVerification
+        if let caFile {
+            let certificates: [NIOSSLCertificate]
+            do {
+                certificates = try NIOSSLCertificate.fromPEMFile(caFile)
+            } catch {
+                throw ClientError(.invalidArgument, "cannot read the CA certificate file \(caFile) (PEM expected)")
+            }
+            guard !certificates.isEmpty else { throw ClientError(.invalidArgument, "no PEM certificate in \(caFile)") }
+            configuration.additionalTrustRoots = [.certificates(certificates)]
+        }
+        return configuration
+    }
+
+    /// Opens a connection to `url` (`ws://HOST:PORT` or `wss://HOST:PORT`; the path `/v1/ws` is added when
+    /// absent), runs `body` with it and closes it. `wss://` verifies the relay's certificate against the system
+    /// trust store and the CA certificates of `caFile` (PEM), if given.
+    /// - Throws: `ClientError(.relayUnreachable)` when the relay cannot be reached or its certificate is not
+    ///   trusted; `ClientError(.invalidArgument)` when `caFile` cannot be read; whatever `body` throws.
     public static func with<T: Sendable>(
-        url: String, logger: Logger, _ body: @escaping @Sendable (RelayConnection) async throws -> T
+        url: String, caFile: String? = nil, logger: Logger, _ body: @escaping @Sendable (RelayConnection) async throws -> T
     ) async throws -> T {
         let endpoint = url.hasSuffix("/v1/ws") ? url : url.trimmingCharacters(in: CharacterSet(charactersIn: "/")) + "/v1/ws"
+        let tls = url.lowercased().hasPrefix("wss://") ? try tlsConfiguration(caFile: caFile) : nil
         let result = Mutex<Result<T, any Error>?>(nil)
         do {
             try await WebSocketClient.connect(
-                url: endpoint, configuration: .init(maxFrameSize: WireConstants.maxFrameBytes), logger: logger
+                url: endpoint, configuration: .init(maxFrameSize: WireConstants.maxFrameBytes), tlsConfiguration: tls, logger: logger
             ) { inbound, outbound, _ in
                 let connection = RelayConnection(outbound: outbound)
                 await withThrowingTaskGroup(of: Void.self) { group in

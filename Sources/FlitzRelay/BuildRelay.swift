@@ -3,14 +3,17 @@ import FlitzStore
 import FlitzStoreSQLite
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
 
-/// A relay ready to run: the Hummingbird application (HTTP `GET /health` and the WebSocket at
-/// `/v1/ws`) and the expiry sweeper, as services of one `ServiceGroup` (`protocol/relay.md`).
+/// A relay ready to run: the Hummingbird application (HTTP `GET /healthz` (and `/health`), `GET /metrics`,
+/// and the WebSocket at `/v1/ws`, over TLS when configured) and the expiry sweeper, as services of one `ServiceGroup` (`protocol/relay.md`).
 public final class RelayApplication: Sendable {
     /// The request logic and store; call `relay.sweep()` to sweep now.
     public let relay: Relay
@@ -64,13 +67,16 @@ public final class RelayApplication: Sendable {
 }
 
 /// Builds a relay from `configuration` (`protocol/relay.md`): opens (and migrates) the SQLite store at
-/// `configuration.databasePath` unless `store` is given, and wires the WebSocket server and the expiry
+/// `configuration.databasePath` unless `store` is given (the file, its `-wal`, `-shm` and `.lock` files are
+/// made readable by this user only, and a missing directory is created 0700), loads the TLS certificate and
+/// key when configured, and wires the WebSocket server, the health and metrics endpoints and the expiry
 /// sweeper. Nothing listens until `RelayApplication.run` is called.
 /// - Parameters:
 ///   - clock: wall-clock source for every expiry and receipt time (tests inject one).
 ///   - store: a `RelayStore` to use instead of SQLite.
 ///   - onListening: called once with the bound host and port (the CLI prints `listening on HOST:PORT`).
-/// - Throws: `StoreError` when the database cannot be opened or migrated.
+/// - Throws: `StoreError` when the database cannot be opened or migrated; `ConfigurationError` when the
+///   configuration is inconsistent or the TLS files cannot be read.
 public func buildRelay(
     configuration: RelayConfiguration,
     logger: Logger,
@@ -78,28 +84,52 @@ public func buildRelay(
     store: (any RelayStore)? = nil,
     onListening: @escaping @Sendable (_ host: String, _ port: Int) async -> Void = { _, _ in }
 ) async throws -> RelayApplication {
+    try configuration.validate()
+    let tls = try configuration.tlsCertificatePath.map { certificate in
+        try serverTLSConfiguration(certificatePath: certificate, keyPath: configuration.tlsKeyPath ?? "")
+    }
     let random = SystemRandom()
-    let lock = store == nil ? try DatabaseLock(databasePath: configuration.databasePath) : nil
+    let ownStore = store == nil
+    if ownStore { try DatabaseFiles.prepare(configuration.databasePath) }
+    let lock = ownStore ? try DatabaseLock(databasePath: configuration.databasePath) : nil
     let store = try store ?? SQLiteRelayStore(path: configuration.databasePath, makeID: { random.bytes(16) })
-    let relay = Relay(store: store, configuration: configuration, clock: clock, random: random, logger: logger)
+    if ownStore { DatabaseFiles.restrict(configuration.databasePath, logger: logger) }
+    var countQueue: (@Sendable (Int) async throws -> Int)?
+    if ownStore, let counter = try? SQLiteQueueDepth(path: configuration.databasePath) {
+        countQueue = { limit in try await counter.count(limit: limit) }
+    }
+    let metrics = RelayMetrics(queueDepth: countQueue)
+    let relay = Relay(store: store, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics)
     let listening = ListeningPort()
 
     let router = Router()
     router.get("/health") { _, _ in "ok" }
+    router.get("/healthz") { _, _ in "ok" }
+    if configuration.metricsEnabled {
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: await metrics.exposition())))
+        }
+    }
 
     let webSocket = WebSocketServerConfiguration(
         maxFrameSize: RelayConnection.readLimit,
         autoPing: .enabled(timePeriod: configuration.pingInterval),
         closeTimeout: configuration.closeTimeout)
     let host = configuration.host
+    let server = HTTPServerBuilder.http1WebSocketUpgrade(configuration: .init(ws: webSocket)) { request, channel, _ in
+        guard request.path == "/v1/ws" else { return .dontUpgrade }
+        let source = channel.remoteAddress?.ipAddress ?? "unknown"
+        return .upgrade([:]) { inbound, outbound, context in
+            metrics.connectionOpened()
+            defer { metrics.connectionClosed() }
+            try await RelayConnection(relay: relay, channel: channel, source: source).run(inbound: inbound, outbound: outbound, logger: context.logger)
+        }
+    }
     let application = Application(
         router: router,
-        server: .http1WebSocketUpgrade(configuration: .init(ws: webSocket)) { request, channel, _ in
-            guard request.path == "/v1/ws" else { return .dontUpgrade }
-            return .upgrade([:]) { inbound, outbound, context in
-                try await RelayConnection(relay: relay, channel: channel).run(inbound: inbound, outbound: outbound, logger: context.logger)
-            }
-        },
+        server: try tls.map { try .tls(server, tlsConfiguration: $0) } ?? server,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "flitz-relay"),
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? 0
@@ -134,4 +164,23 @@ final class ListeningPort: Sendable {
             if let port { continuation.resume(returning: port) }
         }
     }
+}
+
+/// A TLS server configuration from PEM files (`tls.certificate`, `tls.key`).
+/// - Throws: `ConfigurationError` naming the file that cannot be read or parsed.
+func serverTLSConfiguration(certificatePath: String, keyPath: String) throws(ConfigurationError) -> TLSConfiguration {
+    let chain: [NIOSSLCertificate]
+    do {
+        chain = try NIOSSLCertificate.fromPEMFile(certificatePath)
+    } catch {
+        throw ConfigurationError("cannot read the TLS certificate \(certificatePath): \(error)")
+    }
+    guard !chain.isEmpty else { throw ConfigurationError("no PEM certificate in \(certificatePath)") }
+    let key: NIOSSLPrivateKey
+    do {
+        key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+    } catch {
+        throw ConfigurationError("cannot read the TLS private key \(keyPath): \(error)")
+    }
+    return TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
 }

@@ -24,6 +24,8 @@ struct ConnectionWriter: Sendable {
     /// `relay.writeTimeout`.
     let timeout: Duration
     let registry: ConnectionRegistry
+    /// Counts what each sent frame says (errors by code, envelopes accepted and delivered).
+    let metrics: RelayMetrics
 
     /// Bounds the socket's outbound buffer to `highWaterMark` bytes (writes wait above it, resume below half).
     func limitBuffer(highWaterMark: Int) async {
@@ -34,6 +36,7 @@ struct ConnectionWriter: Sendable {
     /// Sends one frame as a binary message.
     /// - Throws: `Stalled`, or the WebSocket layer's error when the connection is gone.
     func send(_ frame: WireFrame) async throws {
+        metrics.sent(frame)
         let buffer = ByteBuffer(bytes: FrameCodec.encode(frame))
         let outbound = self.outbound
         try await perform { try await outbound.write(.binary(buffer)) }

@@ -16,9 +16,18 @@ public final class Relay: Sendable {
     let random: any RandomSource
     let registry = ConnectionRegistry()
     let logger: Logger
+    /// Token buckets checked before each request (`RateLimiter.swift`).
+    let limiter: RateLimiter
+    /// This relay's metrics, served at `GET /metrics`.
+    public let metrics: RelayMetrics
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
-    public init(store: any RelayStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger) {
+    public init(
+        store: any RelayStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger,
+        metrics: RelayMetrics = RelayMetrics()
+    ) {
+        self.limiter = RateLimiter(configuration.rateLimits)
+        self.metrics = metrics
         self.store = store
         self.configuration = configuration
         self.clock = clock
@@ -35,6 +44,7 @@ public final class Relay: Sendable {
         let now = clock.nowMs()
         let result = try await store.sweep(nowMs: now, receiptExpiresAtMs: now + retentionMs)
         registry.wake(result.notifiedSenders)
+        metrics.expired(result.expiredEnvelopes)
         if result.expiredEnvelopes + result.purgedReceipts + result.purgedRoutes + result.purgedTombstones + result.purgedLinkMessages > 0 {
             logger.debug("sweep", metadata: [
                 "relay.expired": "\(result.expiredEnvelopes)", "relay.purgedReceipts": "\(result.purgedReceipts)",
@@ -87,6 +97,7 @@ public final class Relay: Sendable {
     /// Recover (`relay.md`, "Recover").
     func recover(_ request: WireRecover, nonce: Data) async throws(RelayError) -> WireRegisterResult {
         let failed = RelayError(.recoveryFailed, "unknown handle or wrong recovery code")
+        guard request.recoveryCode.utf8.count <= 64 else { throw failed }  // relay.md, "Limits"
         let device = try validatedDevice(request.device, accountIdentityKey: request.accountIdentityKey)
         try verifyChallenge(request.challengeSignature, handle: request.handle, deviceIdentityKey: device.deviceIdentityKey, nonce: nonce)
         guard Handle.isValid(request.handle) else { throw failed }
@@ -292,9 +303,11 @@ public final class Relay: Sendable {
             let results: [SubmissionOutcome]
             let batch: SubmitBatchOutcome
             do {
+                let started = ContinuousClock.now
                 batch = try await store.submit(
                     sender: sender, envelopes: submissions, atMs: now, queueLimit: configuration.maxQueuedEnvelopes,
                     checkCoverage: !request.selectedDevices)
+                metrics.committed(since: started)
             } catch {
                 throw internalError(error)
             }

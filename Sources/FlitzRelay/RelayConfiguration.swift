@@ -38,6 +38,15 @@ public struct RelayConfiguration: Sendable {
     /// `relay.linkLifetime`: how long a pairing message (`LinkPut`) is kept unless taken. Default 10 minutes
     /// (`protocol/devices.md` 5.2).
     public var linkLifetime: Duration
+    /// `limits.*`: token-bucket rate limits (`protocol/relay.md`, "Rate limits"). Default `RateLimits()`;
+    /// `RateLimits.off` for load tests.
+    public var rateLimits = RateLimits()
+    /// `tls.certificate`: PEM certificate chain; with `tls.key`, the relay serves `wss://` only. Default none.
+    public var tlsCertificatePath: String?
+    /// `tls.key`: PEM private key of `tls.certificate`. Default none.
+    public var tlsKeyPath: String?
+    /// `metrics.enabled`: serve Prometheus text at `GET /metrics`. Default true.
+    public var metricsEnabled = true
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(

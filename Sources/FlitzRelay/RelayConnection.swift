@@ -30,6 +30,8 @@ struct RelayConnection {
     let relay: Relay
     /// The connection's socket: its outbound buffer is bounded, and it is closed under a stalled write.
     let channel: any Channel
+    /// The peer's IP address, the key of the per-address rate limits (`RateLimiter.swift`).
+    var source = "unknown"
 
     func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async throws {
         let registry = relay.registry
@@ -43,7 +45,8 @@ struct RelayConnection {
         let (events, continuation) = AsyncStream.makeStream(of: Event.self)
         let pump = PumpRequest(continuation: { continuation.yield(.pump) })
         let gate = ReadGate(limit: Self.maxPendingMessages)
-        let writer = ConnectionWriter(outbound: outbound, channel: channel, timeout: configuration.writeTimeout, registry: registry)
+        let writer = ConnectionWriter(
+            outbound: outbound, channel: channel, timeout: configuration.writeTimeout, registry: registry, metrics: relay.metrics)
         await writer.limitBuffer(highWaterMark: configuration.outboundBufferBytes)
         var machine = ConnectionStateMachine(nonce: relay.random.bytes(WireConstants.challengeNonceLength), window: configuration.deliveryWindow)
         var windowFull = false
@@ -165,6 +168,7 @@ struct RelayConnection {
             // LinkPut / LinkTake: allowed in any state, they neither need nor consume the challenge.
             let reply: WireFrame
             do {
+                try relay.admitUnauthenticated(body, source: source)
                 reply = try await relay.handleUnauthenticatedDeviceFrame(requestID: requestID, body: body, nonce: Data())
                     ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
             } catch {
@@ -198,6 +202,7 @@ struct RelayConnection {
     ) async throws {
         let answer: WireFrame
         do {
+            try relay.admitUnauthenticated(body, source: source)
             switch body {
             case .register(let request):
                 answer = WireFrame(requestID: requestID, body: .registerResult(try await relay.register(request, nonce: nonce)))
@@ -234,6 +239,7 @@ struct RelayConnection {
     private func handleAuthenticated(
         requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress, nonce: Data
     ) async throws(RelayError) -> WireFrame {
+        try relay.admitAuthenticated(body, device: device, source: source)
         switch body {
         case .publishPrekeys(let request):
             return WireFrame(requestID: requestID, body: .prekeyStatus(try await relay.publishPreKeys(request, device: device)))

@@ -12,12 +12,15 @@ public struct RelayError: Error, Hashable, Sendable, CustomStringConvertible {
     public var envelopeID: Data?
     /// `MISMATCHED_DEVICES`: per handle, the missing and stale device ids (`Error.device_mismatches`).
     public var deviceMismatches: [WireDeviceMismatch] = []
+    /// `RATE_LIMITED` only: milliseconds after which the same request may succeed (`Error.retry_after_ms`).
+    public var retryAfterMs: Int64?
 
     /// Creates an error.
-    public init(_ code: WireErrorCode, _ message: String, envelopeID: Data? = nil) {
+    public init(_ code: WireErrorCode, _ message: String, envelopeID: Data? = nil, retryAfterMs: Int64? = nil) {
         self.code = code
         self.message = message
         self.envelopeID = envelopeID
+        self.retryAfterMs = retryAfterMs
     }
 
     /// Code and message; never secret.
@@ -26,8 +29,9 @@ public struct RelayError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The `Error` frame answering `requestID`.
     func frame(requestID: UInt64) -> WireFrame {
         var frame = WireFrame.error(code, message, requestID: requestID, envelopeID: envelopeID)
-        if !deviceMismatches.isEmpty, case .error(var error) = frame.body {
+        if !deviceMismatches.isEmpty || retryAfterMs != nil, case .error(var error) = frame.body {
             error.deviceMismatches = deviceMismatches
+            if let retryAfterMs { error.retryAfterMs = retryAfterMs }
             frame.body = .error(error)
         }
         return frame

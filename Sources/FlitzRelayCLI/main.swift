@@ -12,51 +12,42 @@ struct FlitzRelayCommand: AsyncParsableCommand {
         subcommands: [Serve.self])
 }
 
-/// `flitz-relay serve`: runs the relay until SIGINT or SIGTERM.
+/// `flitz-relay serve`: runs the relay until SIGINT or SIGTERM. Every configuration key (`README.md`,
+/// "Configuration") is a flag, an environment variable and a key of the `--config` JSON file; flags override
+/// the environment, which overrides the file, which overrides the defaults.
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the relay until SIGINT or SIGTERM.")
+    static let configuration = CommandConfiguration(
+        abstract: "Run the relay until SIGINT or SIGTERM.",
+        discussion: """
+            Configuration: flags override environment variables, which override the --config FILE (JSON, keys \
+            as below, flat or nested; $\(RelayConfiguration.configFileVariable) names it too), which overrides the defaults.
+            Unknown flags, variables (FLITZ_RELAY_*) and file keys are errors. Durations are whole seconds.
 
-    @Option(help: "Address to bind (http.host).")
-    var host = "127.0.0.1"
-
-    @Option(help: "TCP port to bind; 0 picks a free port (http.port).")
-    var port = 7878
-
-    @Option(help: "SQLite database file (storage.sqlite.path).")
-    var database = "./flitz-relay.sqlite"
-
-    @Option(help: "Seconds between expiry sweeps (relay.sweepInterval).")
-    var sweepInterval: Int = 60
-
-    @Option(help: "Retention ceiling and default envelope expiry, in seconds (relay.retention; 30 days).")
-    var retention: Int = 2_592_000
-
-    @Option(help: "WebSocket ping period in seconds (ws.pingInterval).")
-    var pingInterval: Int = 30
-
-    @Option(help: "Seconds to wait for a peer's WebSocket close frame (ws.closeTimeout).")
-    var closeTimeout: Int = 15
-
-    @Option(help: "Seconds a connection may stay unauthenticated before it is closed (relay.authenticationTimeout).")
-    var authenticationTimeout: Int = 30
-
-    @Option(help: "Most undelivered envelopes queued for one device; more are refused (relay.maxQueuedEnvelopes).")
-    var maxQueuedEnvelopes: Int = 10_000
+            \(RelayConfiguration.keys.map { key in
+                "--\(key.flag) VALUE  (\(key.name), $\(key.environmentVariable); default \(key.defaultValue.isEmpty ? "none" : key.defaultValue))\n    \(key.summary)"
+            }.joined(separator: "\n"))
+            """)
 
     @Option(help: "Log level: debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Argument(parsing: .allUnrecognized, help: "Configuration flags (--config FILE, --port 7878, ...; listed below).")
+    var settings: [String] = []
+
     func validate() throws {
-        guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0 to 65535") }
-        guard sweepInterval > 0, retention > 0, pingInterval > 0, closeTimeout > 0, authenticationTimeout > 0, maxQueuedEnvelopes > 0 else {
-            throw ValidationError("--sweep-interval, --retention, --ping-interval, --close-timeout, --authentication-timeout and --max-queued-envelopes must be positive")
-        }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown --log-level \(logLevel)") }
         // The WebSocket library logs frame bytes at trace level: they would put credentials in the log.
         guard level > .trace else { throw ValidationError("--log-level trace is not allowed: it would log frame contents; use debug") }
     }
 
     func run() async throws {
+        let configuration: RelayConfiguration
+        do {
+            configuration = try RelayConfiguration.resolve(arguments: settings, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            try? FileHandle.standardError.write(contentsOf: Data("flitz-relay: \(error)\n".utf8))
+            throw ExitCode.validationFailure
+        }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -64,10 +55,9 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "flitz-relay")
-        let configuration = RelayConfiguration(
-            host: host, port: port, databasePath: database, sweepInterval: .seconds(sweepInterval),
-            retention: .seconds(retention), pingInterval: .seconds(pingInterval), closeTimeout: .seconds(closeTimeout),
-            authenticationTimeout: .seconds(authenticationTimeout), maxQueuedEnvelopes: maxQueuedEnvelopes)
+        if !configuration.rateLimits.enabled { logger.warning("rate limits are off (limits.enabled); use this for load tests only") }
+        let host = configuration.host
+        let port = configuration.port
         do {
             let relay = try await buildRelay(configuration: configuration, logger: logger) { host, port in
                 // Unbuffered, so a parent process reading the pipe sees the line at once.

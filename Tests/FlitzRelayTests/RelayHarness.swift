@@ -28,12 +28,12 @@ struct RelayHarness: Sendable {
 
     static func run(
         authenticationTimeout: Duration = .seconds(30), configure: (inout RelayConfiguration) -> Void = { _ in },
-        _ body: @Sendable (RelayHarness) async throws -> Void
+        databasePath: ((URL) -> String)? = nil, _ body: @Sendable (RelayHarness) async throws -> Void
     ) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-relay-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let path = directory.appendingPathComponent("relay.sqlite").path
+        let path = databasePath?(directory) ?? directory.appendingPathComponent("relay.sqlite").path
         let clock = TestClock()
         var logger = Logger(label: "flitz-relay-test")
         logger.logLevel = .warning

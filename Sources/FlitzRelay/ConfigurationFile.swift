@@ -1,0 +1,269 @@
+import Foundation
+
+/// A configuration value that cannot be used: an unknown key or flag, a malformed value, an unreadable file
+/// (`README.md`, "Configuration"). `description` names the key and where it came from.
+public struct ConfigurationError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What is wrong, in one sentence.
+    public var description: String
+
+    /// An error saying `description`.
+    public init(_ description: String) { self.description = description }
+}
+
+/// One configuration key of the relay (`README.md`, "Configuration"): its scoped name (as in a config file),
+/// its `flitz-relay serve` flag, its environment variable and its documented default.
+public struct ConfigurationKey: Sendable {
+    /// Scoped name, e.g. `http.port`; the key in a config file.
+    public let name: String
+    /// Long flag of `flitz-relay serve` without the dashes, e.g. `port`.
+    public let flag: String
+    /// Default, as text (empty when unset).
+    public let defaultValue: String
+    /// One-line meaning, with its unit.
+    public let summary: String
+    /// Sets the key from `value` (text); the second string names where it came from, for errors.
+    /// Throws `ConfigurationError` only (closures cannot declare typed throws where the table builds them).
+    let apply: @Sendable (inout RelayConfiguration, String, String) throws -> Void
+
+    /// Sets the key from `value`; `source` names where the value came from.
+    /// - Throws: `ConfigurationError` when the value is not of the key's kind.
+    func set(_ configuration: inout RelayConfiguration, _ value: String, from source: String) throws(ConfigurationError) {
+        do {
+            try apply(&configuration, value, source)
+        } catch let error as ConfigurationError {
+            throw error
+        } catch {
+            throw ConfigurationError("\(source): \(error)")
+        }
+    }
+
+    /// `FLITZ_RELAY_` and the name in upper snake case: `relay.sweepInterval` is `FLITZ_RELAY_RELAY_SWEEP_INTERVAL`.
+    public var environmentVariable: String {
+        var out = "FLITZ_RELAY_"
+        for character in name {
+            if character == "." {
+                out.append("_")
+            } else if character.isUppercase {
+                out.append("_")
+                out.append(character)
+            } else {
+                out.append(contentsOf: character.uppercased())
+            }
+        }
+        return out
+    }
+}
+
+extension RelayConfiguration {
+    /// Environment variable naming a config file when `--config` is not given.
+    public static let configFileVariable = "FLITZ_RELAY_CONFIG"
+
+    /// Every key, in documentation order (`README.md`, "Configuration", lists the same table).
+    public static let keys: [ConfigurationKey] = {
+        var keys: [ConfigurationKey] = [
+            key("http.host", "host", "127.0.0.1", "address to bind") { $0.host = try text($1, $2) },
+            key("http.port", "port", "7878", "TCP port to bind; 0 picks a free port") { $0.port = try integer($1, $2, 0...65_535) },
+            key("storage.sqlite.path", "database", "./flitz-relay.sqlite", "SQLite database file (created 0600, its directory 0700)") {
+                $0.databasePath = try text($1, $2)
+            },
+            key("relay.sweepInterval", "sweep-interval", "60", "seconds between expiry sweeps") { $0.sweepInterval = try seconds($1, $2) },
+            key("relay.retention", "retention", "2592000", "retention ceiling and default envelope expiry, seconds (30 days)") {
+                $0.retention = try seconds($1, $2)
+            },
+            key("ws.pingInterval", "ping-interval", "30", "WebSocket ping period, seconds") { $0.pingInterval = try seconds($1, $2) },
+            key("ws.closeTimeout", "close-timeout", "15", "seconds to wait for a peer's WebSocket close frame") { $0.closeTimeout = try seconds($1, $2) },
+            key("relay.authenticationTimeout", "authentication-timeout", "30", "seconds a connection may stay unauthenticated") {
+                $0.authenticationTimeout = try seconds($1, $2)
+            },
+            key("relay.maxQueuedEnvelopes", "max-queued-envelopes", "10000", "most undelivered envelopes queued for one device") {
+                $0.maxQueuedEnvelopes = try integer($1, $2, 1...Int.max)
+            },
+            key("tls.certificate", "tls-cert", "", "PEM certificate chain; with tls.key the relay serves wss:// only") {
+                $0.tlsCertificatePath = try text($1, $2)
+            },
+            key("tls.key", "tls-key", "", "PEM private key of tls.certificate") { $0.tlsKeyPath = try text($1, $2) },
+            key("metrics.enabled", "metrics", "on", "serve Prometheus text at GET /metrics (on or off)") { $0.metricsEnabled = try boolean($1, $2) },
+            key("limits.enabled", "rate-limits", "on", "off switches every rate limit off (load tests)") { $0.rateLimits.enabled = try boolean($1, $2) },
+        ]
+        let defaults = RateLimits()
+        let meanings: [(RateLimiter.Kind, String, String)] = [
+            (.device, "device", "requests of one authenticated device"),
+            (.pair, "pair", "envelopes from one sender handle to one recipient handle"),
+            (.registerAddress, "register-address", "Register requests from one source address"),
+            (.registerHandle, "register-handle", "Register requests for one handle"),
+            (.recoverAddress, "recover-address", "Recover requests from one source address"),
+            (.recoverHandle, "recover-handle", "Recover requests for one handle"),
+            (.linkAddress, "link-address", "RegisterDevice, LinkPut and LinkTake requests from one source address"),
+            (.prekeyDevice, "prekey-device", "prekey bundle fetches by one device"),
+            (.prekeyHandle, "prekey-handle", "prekey bundle fetches of one target handle"),
+        ]
+        for (kind, flag, meaning) in meanings {
+            let limit = defaults[kind]
+            keys.append(key("limits.\(kind).perMinute", "limit-\(flag)-per-minute", format(limit.perMinute), "\(meaning) per minute; 0 = unlimited") {
+                $0.rateLimits[kind].perMinute = try number($1, $2)
+            })
+            keys.append(key("limits.\(kind).burst", "limit-\(flag)-burst", "\(limit.burst)", "bucket size for \(meaning); 0 = unlimited") {
+                $0.rateLimits[kind].burst = try integer($1, $2, 0...Int.max)
+            })
+        }
+        return keys
+    }()
+
+    /// Resolves the configuration from defaults, a config file, the environment and flags, each overriding the
+    /// one before (`README.md`, "Configuration"). The file is `--config FILE` or `$FLITZ_RELAY_CONFIG`: a JSON
+    /// object whose keys are the scoped names, flat (`"http.port": 7878`) or nested (`"http": {"port": 7878}`).
+    /// - Parameters:
+    ///   - arguments: `flitz-relay serve` flags, `--flag VALUE` or `--flag=VALUE`.
+    ///   - environment: process environment; unknown `FLITZ_RELAY_*` variables are errors.
+    /// - Throws: `ConfigurationError` for an unknown flag, variable or file key, a bad value, or a file that
+    ///   cannot be read or is not a JSON object.
+    public static func resolve(arguments: [String], environment: [String: String]) throws(ConfigurationError) -> RelayConfiguration {
+        let byName = Dictionary(uniqueKeysWithValues: keys.map { ($0.name, $0) })
+        let byFlag = Dictionary(uniqueKeysWithValues: keys.map { ($0.flag, $0) })
+        let byVariable = Dictionary(uniqueKeysWithValues: keys.map { ($0.environmentVariable, $0) })
+
+        var flags: [(ConfigurationKey, String)] = []
+        var configFile = environment[configFileVariable]
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            guard argument.hasPrefix("--"), argument.count > 2 else { throw ConfigurationError("unexpected argument '\(argument)'") }
+            var flag = String(argument.dropFirst(2))
+            var value: String?
+            if let equals = flag.firstIndex(of: "=") {
+                value = String(flag[flag.index(after: equals)...])
+                flag = String(flag[..<equals])
+            }
+            if value == nil {
+                guard index + 1 < arguments.count else { throw ConfigurationError("--\(flag) needs a value") }
+                index += 1
+                value = arguments[index]
+            }
+            if flag == "config" {
+                configFile = value
+            } else if let key = byFlag[flag] {
+                flags.append((key, value!))
+            } else {
+                throw ConfigurationError("unknown option --\(flag) (see flitz-relay serve --help and README.md, \"Configuration\")")
+            }
+            index += 1
+        }
+
+        var configuration = RelayConfiguration()
+        if let configFile {
+            for (name, value) in try readFile(configFile) {
+                guard let key = byName[name] else { throw ConfigurationError("\(configFile): unknown key \"\(name)\"") }
+                try key.set(&configuration, value, from: "\"\(name)\" in \(configFile)")
+            }
+        }
+        for (variable, value) in environment.sorted(by: { $0.key < $1.key }) where variable.hasPrefix("FLITZ_RELAY_") && variable != configFileVariable {
+            guard let key = byVariable[variable] else { throw ConfigurationError("unknown environment variable \(variable)") }
+            try key.set(&configuration, value, from: variable)
+        }
+        for (key, value) in flags { try key.set(&configuration, value, from: "--\(key.flag)") }
+        try configuration.validate()
+        return configuration
+    }
+
+    /// Checks what no single key can: TLS needs both files.
+    /// - Throws: `ConfigurationError` naming the keys.
+    public func validate() throws(ConfigurationError) {
+        if (tlsCertificatePath == nil) != (tlsKeyPath == nil) {
+            throw ConfigurationError("tls.certificate (--tls-cert) and tls.key (--tls-key) must be given together")
+        }
+    }
+
+    // MARK: Parsing
+
+    private static func key(
+        _ name: String, _ flag: String, _ defaultValue: String, _ summary: String,
+        _ apply: @escaping @Sendable (inout RelayConfiguration, String, String) throws -> Void
+    ) -> ConfigurationKey {
+        ConfigurationKey(name: name, flag: flag, defaultValue: defaultValue, summary: summary, apply: apply)
+    }
+
+    private static func text(_ value: String, _ source: String) throws(ConfigurationError) -> String {
+        guard !value.isEmpty else { throw ConfigurationError("\(source) must not be empty") }
+        return value
+    }
+
+    private static func integer(_ value: String, _ source: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let number = Int(value.trimmingCharacters(in: .whitespaces)), range.contains(number) else {
+            throw ConfigurationError("\(source) must be an integer from \(range.lowerBound) to \(range.upperBound), not '\(value)'")
+        }
+        return number
+    }
+
+    private static func seconds(_ value: String, _ source: String) throws(ConfigurationError) -> Duration {
+        .seconds(try integer(value, source, 1...Int(Int32.max)))
+    }
+
+    private static func number(_ value: String, _ source: String) throws(ConfigurationError) -> Double {
+        guard let number = Double(value.trimmingCharacters(in: .whitespaces)), number.isFinite, number >= 0 else {
+            throw ConfigurationError("\(source) must be a number of at least 0, not '\(value)'")
+        }
+        return number
+    }
+
+    private static func boolean(_ value: String, _ source: String) throws(ConfigurationError) -> Bool {
+        switch value.lowercased() {
+        case "on", "true", "yes", "1": return true
+        case "off", "false", "no", "0": return false
+        default: throw ConfigurationError("\(source) must be on or off, not '\(value)'")
+        }
+    }
+
+    private static func format(_ number: Double) -> String {
+        number == number.rounded() ? String(Int(number)) : String(number)
+    }
+
+    /// The file's keys with their values as text, nested objects flattened with dots.
+    private static func readFile(_ path: String) throws(ConfigurationError) -> [(String, String)] {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConfigurationError("cannot read the config file \(path)")
+        }
+        let root: JSONValue
+        do {
+            root = try JSONDecoder().decode(JSONValue.self, from: data)
+        } catch {
+            throw ConfigurationError("\(path) is not valid JSON")
+        }
+        guard case .object = root else { throw ConfigurationError("\(path) must hold a JSON object of configuration keys") }
+        var entries: [(String, String)] = []
+        func flatten(_ value: JSONValue, _ prefix: String) {
+            switch value {
+            case .object(let members):
+                for (name, member) in members.sorted(by: { $0.key < $1.key }) { flatten(member, prefix.isEmpty ? name : prefix + "." + name) }
+            case .string(let text): entries.append((prefix, text))
+            case .bool(let flag): entries.append((prefix, flag ? "on" : "off"))
+            case .number(let number): entries.append((prefix, format(number)))
+            }
+        }
+        flatten(root, "")
+        return entries
+    }
+}
+
+/// The JSON a config file may hold: objects of strings, booleans and numbers.
+private enum JSONValue: Decodable {
+    case object([String: JSONValue])
+    case string(String)
+    case bool(Bool)
+    case number(Double)
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let flag = try? container.decode(Bool.self) {
+            self = .bool(flag)
+        } else if let number = try? container.decode(Double.self) {
+            self = .number(number)
+        } else if let text = try? container.decode(String.self) {
+            self = .string(text)
+        } else {
+            self = .object(try container.decode([String: JSONValue].self))
+        }
+    }
+}

@@ -1,0 +1,239 @@
+import FlitzStore
+import FlitzWire
+import Foundation
+import Synchronization
+
+/// One token-bucket limit (`protocol/relay.md`, "Rate limits"): a bucket holds at most `burst` tokens and
+/// refills at `perMinute` tokens a minute; each request takes one token (a Submit takes one per envelope
+/// from its sender→recipient pair bucket). `perMinute` 0 (or `burst` 0) switches this limit off.
+public struct RateLimit: Sendable, Hashable {
+    /// Refill rate in tokens per minute (fractions allowed); 0 disables the limit.
+    public var perMinute: Double
+    /// Bucket size: the most requests accepted at once after a quiet period; 0 disables the limit.
+    public var burst: Int
+
+    /// A limit of `perMinute` tokens a minute with room for `burst`.
+    public init(perMinute: Double, burst: Int) {
+        self.perMinute = perMinute
+        self.burst = burst
+    }
+
+    /// Whether requests are limited at all.
+    public var isEnabled: Bool { perMinute > 0 && burst > 0 }
+}
+
+/// Every rate limit of a relay, keyed as in `protocol/relay.md`, "Rate limits" (`limits.*`). The defaults
+/// let a person on several devices chat and sync freely while a script cannot register handles in bulk,
+/// guess recovery codes quickly or drain a handle's one-time prekeys.
+public struct RateLimits: Sendable, Hashable {
+    /// `limits.enabled`: false switches every limit off (load tests). Default true.
+    public var enabled = true
+    /// `limits.device.*`: every request of one authenticated device. Default 6 000/min, burst 300.
+    public var device = RateLimit(perMinute: 6_000, burst: 300)
+    /// `limits.pair.*`: envelopes from one sender handle to one recipient handle (one token per envelope).
+    /// Default 3 000/min, burst 500 (a message to 16 devices plus 15 own devices is 31 envelopes).
+    public var pair = RateLimit(perMinute: 3_000, burst: 500)
+    /// `limits.registerAddress.*`: Register from one source address. Default 10/min, burst 20.
+    public var registerAddress = RateLimit(perMinute: 10, burst: 20)
+    /// `limits.registerHandle.*`: Register of one handle. Default 5/min, burst 10.
+    public var registerHandle = RateLimit(perMinute: 5, burst: 10)
+    /// `limits.recoverAddress.*`: Recover from one source address. Default 5/min, burst 10.
+    public var recoverAddress = RateLimit(perMinute: 5, burst: 10)
+    /// `limits.recoverHandle.*`: Recover of one handle. Default 3/min, burst 5.
+    public var recoverHandle = RateLimit(perMinute: 3, burst: 5)
+    /// `limits.linkAddress.*`: RegisterDevice, LinkPut and LinkTake from one source address (unauthenticated
+    /// pairing). Default 60/min, burst 60.
+    public var linkAddress = RateLimit(perMinute: 60, burst: 60)
+    /// `limits.prekeyDevice.*`: FetchPreKeyBundle by one device. Default 60/min, burst 100.
+    public var prekeyDevice = RateLimit(perMinute: 60, burst: 100)
+    /// `limits.prekeyHandle.*`: FetchPreKeyBundle of one target handle, by anyone (each fetch takes one-time
+    /// prekeys; this bounds draining). Default 30/min, burst 100.
+    public var prekeyHandle = RateLimit(perMinute: 30, burst: 100)
+
+    /// The documented defaults.
+    public init() {}
+
+    /// Every limit off.
+    public static let off: RateLimits = {
+        var limits = RateLimits()
+        limits.enabled = false
+        return limits
+    }()
+}
+
+/// Token buckets per key for one `RateLimit`, under the owning `RateLimiter`'s lock. Time is the relay clock in
+/// milliseconds, so tests move it by hand. Memory is bounded: past `maxKeys` buckets, full (idle) buckets are
+/// dropped, since a full bucket behaves exactly like a missing one; if most are still busy, every bucket of this
+/// kind is dropped (each key gets a fresh burst: the limit fails open for a moment rather than letting an
+/// attacker with many addresses grow the relay's memory).
+struct TokenBuckets {
+    private struct Bucket {
+        var tokens: Double
+        var updatedMs: Int64
+    }
+
+    let limit: RateLimit
+    private let maxKeys: Int
+    private var buckets: [String: Bucket] = [:]
+
+    init(_ limit: RateLimit, maxKeys: Int) {
+        self.limit = limit
+        self.maxKeys = maxKeys
+    }
+
+    private var tokensPerMs: Double { limit.perMinute / 60_000 }
+
+    /// Tokens of `key` at `nowMs` (a clock that went back refills nothing); `burst` for an unknown key.
+    private func tokens(_ key: String, nowMs: Int64) -> Double {
+        guard let bucket = buckets[key] else { return Double(limit.burst) }
+        return min(Double(limit.burst), bucket.tokens + Double(max(0, nowMs - bucket.updatedMs)) * tokensPerMs)
+    }
+
+    /// Milliseconds until `key` holds `cost` tokens (capped to the burst, so a large batch still passes after a
+    /// quiet period); 0 when it does now or the limit is off.
+    func wait(_ key: String, cost: Int, nowMs: Int64) -> Int64 {
+        guard limit.isEnabled else { return 0 }
+        let needed = Double(min(cost, limit.burst))
+        let available = tokens(key, nowMs: nowMs)
+        guard available < needed else { return 0 }
+        return max(1, Int64(((needed - available) / tokensPerMs).rounded(.up)))
+    }
+
+    /// Takes `cost` tokens (capped to the burst) from `key`; call only after `wait` returned 0.
+    mutating func take(_ key: String, cost: Int, nowMs: Int64) {
+        guard limit.isEnabled else { return }
+        let remaining = tokens(key, nowMs: nowMs) - Double(min(cost, limit.burst))
+        if buckets[key] == nil, buckets.count >= maxKeys { prune(nowMs: nowMs) }
+        buckets[key] = Bucket(tokens: remaining, updatedMs: nowMs)
+    }
+
+    /// Number of buckets held.
+    var count: Int { buckets.count }
+
+    private mutating func prune(nowMs: Int64) {
+        let burst = Double(limit.burst)
+        buckets = buckets.filter { tokens($0.key, nowMs: nowMs) < burst }
+        if buckets.count > maxKeys / 2 { buckets.removeAll(keepingCapacity: true) }
+    }
+}
+
+/// The relay's token buckets (`protocol/relay.md`, "Rate limits"), checked before a request is handled.
+/// A refused request gets `RATE_LIMITED` with `retry_after_ms` and takes no token; the connection stays open.
+final class RateLimiter: Sendable {
+    /// The bucket kinds, one per `RateLimits` entry.
+    enum Kind: Int, CaseIterable {
+        case device, pair, registerAddress, registerHandle, recoverAddress, recoverHandle, linkAddress, prekeyDevice, prekeyHandle
+    }
+
+    let limits: RateLimits
+    private let tables: Mutex<[TokenBuckets]>
+
+    init(_ limits: RateLimits, maxKeys: Int = 100_000) {
+        self.limits = limits
+        tables = Mutex(Kind.allCases.map { kind in
+            TokenBuckets(limits.enabled ? limits[kind] : RateLimit(perMinute: 0, burst: 0), maxKeys: maxKeys)
+        })
+    }
+
+    /// Buckets held for `kind` (tests check the memory bound).
+    func bucketCount(_ kind: Kind) -> Int { tables.withLock { $0[kind.rawValue].count } }
+
+    /// Checks the limits of an unauthenticated request from `source` (the peer's IP address).
+    /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
+    func admitUnauthenticated(_ body: WireFrame.OneOf_Body, source: String, nowMs: Int64) throws(RelayError) {
+        switch body {
+        case .register(let request):
+            try take([(.registerAddress, source, 1), (.registerHandle, request.handle, 1)], nowMs: nowMs)
+        case .recover(let request):
+            try take([(.recoverAddress, source, 1), (.recoverHandle, request.handle, 1)], nowMs: nowMs)
+        case .registerDevice, .linkPut, .linkTake:
+            try take([(.linkAddress, source, 1)], nowMs: nowMs)
+        default:
+            break
+        }
+    }
+
+    /// Checks the limits of a request by the authenticated `device` from `source`: every request takes a token
+    /// of the device's bucket; some take more (`protocol/relay.md`, "Rate limits").
+    /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
+    func admitAuthenticated(_ body: WireFrame.OneOf_Body, device: DeviceAddress, source: String, nowMs: Int64) throws(RelayError) {
+        let key = device.description
+        switch body {
+        case .fetchPrekeyBundle(let request):
+            try take([(.device, key, 1), (.prekeyDevice, key, 1), (.prekeyHandle, request.handle, 1)], nowMs: nowMs)
+        case .linkPut, .linkTake:
+            try take([(.device, key, 1), (.linkAddress, source, 1)], nowMs: nowMs)
+        case .submit(let request):
+            // One token per envelope from each sender→recipient handle pair.
+            var costs: [String: Int] = [:]
+            for envelope in request.envelopes { costs[device.handle + "\u{0}" + envelope.recipientHandle, default: 0] += 1 }
+            try take([(.device, key, 1)] + costs.map { (.pair, $0.key, $0.value) }, nowMs: nowMs)
+        default:
+            try take([(.device, key, 1)], nowMs: nowMs)
+        }
+    }
+
+    /// Takes `cost` tokens from each (kind, key), all or none, under one lock.
+    private func take(_ entries: [(Kind, String, Int)], nowMs: Int64) throws(RelayError) {
+        guard limits.enabled else { return }
+        let refusal = tables.withLock { tables -> (Int64, Kind)? in
+            var longest: (Int64, Kind)?
+            for (kind, key, cost) in entries {
+                let wait = tables[kind.rawValue].wait(key, cost: cost, nowMs: nowMs)
+                if wait > (longest?.0 ?? 0) { longest = (wait, kind) }
+            }
+            if longest != nil { return longest }
+            for (kind, key, cost) in entries { tables[kind.rawValue].take(key, cost: cost, nowMs: nowMs) }
+            return nil
+        }
+        if let (retry, kind) = refusal {
+            throw RelayError(.rateLimited, "rate limit limits.\(kind) reached; retry after \(retry) ms", retryAfterMs: retry)
+        }
+    }
+}
+
+extension RateLimits {
+    /// The limit of one bucket kind.
+    subscript(kind: RateLimiter.Kind) -> RateLimit {
+        get {
+            switch kind {
+            case .device: device
+            case .pair: pair
+            case .registerAddress: registerAddress
+            case .registerHandle: registerHandle
+            case .recoverAddress: recoverAddress
+            case .recoverHandle: recoverHandle
+            case .linkAddress: linkAddress
+            case .prekeyDevice: prekeyDevice
+            case .prekeyHandle: prekeyHandle
+            }
+        }
+        set {
+            switch kind {
+            case .device: device = newValue
+            case .pair: pair = newValue
+            case .registerAddress: registerAddress = newValue
+            case .registerHandle: registerHandle = newValue
+            case .recoverAddress: recoverAddress = newValue
+            case .recoverHandle: recoverHandle = newValue
+            case .linkAddress: linkAddress = newValue
+            case .prekeyDevice: prekeyDevice = newValue
+            case .prekeyHandle: prekeyHandle = newValue
+            }
+        }
+    }
+}
+
+extension Relay {
+    /// Checks the rate limits of an unauthenticated request from `source` (`protocol/relay.md`, "Rate limits").
+    /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
+    func admitUnauthenticated(_ body: WireFrame.OneOf_Body, source: String) throws(RelayError) {
+        try limiter.admitUnauthenticated(body, source: source, nowMs: clock.nowMs())
+    }
+
+    /// Checks the rate limits of a request by the authenticated `device` from `source`.
+    /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
+    func admitAuthenticated(_ body: WireFrame.OneOf_Body, device: DeviceAddress, source: String) throws(RelayError) {
+        try limiter.admitAuthenticated(body, device: device, source: source, nowMs: clock.nowMs())
+    }
+}

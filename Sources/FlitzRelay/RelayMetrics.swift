@@ -1,0 +1,157 @@
+import FlitzWire
+import Foundation
+import Metrics
+import Prometheus
+import Synchronization
+
+/// The relay's operational metrics (`protocol/relay.md`, "Metrics"), recorded through swift-metrics into a
+/// Prometheus registry owned by this relay (not the process-wide bootstrap: tests run several relays in one
+/// process). Served as Prometheus text at `GET /metrics`. Counts only: no handle, key or content is a label.
+public final class RelayMetrics: Sendable {
+    /// This relay's Prometheus registry.
+    public let registry = PrometheusCollectorRegistry()
+    private let factory: PrometheusMetricsFactory
+    /// `flitz_relay_connections`: open WebSocket connections (gauge).
+    private let connections: Metrics.Meter
+    /// `flitz_relay_envelopes_in_total`: envelopes accepted (durable) from senders.
+    private let envelopesIn: Metrics.Counter
+    /// `flitz_relay_envelopes_delivered_total`: envelopes sent to recipient devices in Deliver frames
+    /// (a redelivery after a lost acknowledgement counts again).
+    private let envelopesDelivered: Metrics.Counter
+    /// `flitz_relay_envelopes_expired_total`: undelivered envelopes deleted by the expiry sweep.
+    private let envelopesExpired: Metrics.Counter
+    /// `flitz_relay_commit_seconds`: time of the store write that makes a Submit durable (histogram).
+    private let commitLatency: Metrics.Timer
+    /// `flitz_relay_queued_items`: envelopes and receipts waiting in device queues, counted at most once per
+    /// `queueDepthInterval` and at most `queueDepthLimit` (gauge; -1 before the first count).
+    private let queuedItems: Metrics.Meter
+    private let errors = Mutex<[WireErrorCode: Metrics.Counter]>([:])
+    private let queueDepth: (@Sendable (_ limit: Int) async throws -> Int)?
+    private let lastQueueCount = Mutex<ContinuousClock.Instant?>(nil)
+
+    /// Queue depth is counted at most this often (a scrape in between reports the last count).
+    static let queueDepthInterval: Duration = .seconds(10)
+    /// The queue depth gauge counts at most this many items, so a scrape never scans an unbounded table.
+    static let queueDepthLimit = 1_000_000
+
+    /// Metrics of one relay.
+    /// - Parameter queueDepth: counts queued items up to a limit (the SQLite store's read-only counter); nil
+    ///   leaves `flitz_relay_queued_items` at -1.
+    public init(queueDepth: (@Sendable (_ limit: Int) async throws -> Int)? = nil) {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets["flitz_relay_commit_seconds"] = [
+            .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+            .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+        ]
+        self.factory = factory
+        self.queueDepth = queueDepth
+        connections = Metrics.Meter(label: "flitz_relay_connections", factory: factory)
+        connections.set(0)
+        envelopesIn = Metrics.Counter(label: "flitz_relay_envelopes_in_total", factory: factory)
+        envelopesDelivered = Metrics.Counter(label: "flitz_relay_envelopes_delivered_total", factory: factory)
+        envelopesExpired = Metrics.Counter(label: "flitz_relay_envelopes_expired_total", factory: factory)
+        commitLatency = Metrics.Timer(label: "flitz_relay_commit_seconds", factory: factory)
+        queuedItems = Metrics.Meter(label: "flitz_relay_queued_items", factory: factory)
+        queuedItems.set(-1)
+    }
+
+    /// A WebSocket connection opened.
+    func connectionOpened() { connections.increment() }
+
+    /// A WebSocket connection ended.
+    func connectionClosed() { connections.decrement() }
+
+    /// Counts what a frame sent to a client says: errors by code (also per-envelope errors of a SubmitResult),
+    /// accepted envelopes, delivered envelopes.
+    func sent(_ frame: WireFrame) {
+        switch frame.body {
+        case .error(let error):
+            countError(error.code)
+        case .submitResult(let result):
+            var accepted = 0
+            for outcome in result.outcomes {
+                if outcome.hasError { countError(outcome.error.code) } else { accepted += 1 }
+            }
+            if accepted > 0 { envelopesIn.increment(by: accepted) }
+        case .deliver(let deliver):
+            if !deliver.envelopes.isEmpty { envelopesDelivered.increment(by: deliver.envelopes.count) }
+        default:
+            break
+        }
+    }
+
+    /// `count` undelivered envelopes expired.
+    func expired(_ count: Int) {
+        if count > 0 { envelopesExpired.increment(by: count) }
+    }
+
+    /// Records the duration of a durable store write that started at `start`.
+    func committed(since start: ContinuousClock.Instant) {
+        commitLatency.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - start))
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every metric, after refreshing the queue depth when due.
+    public func exposition() async -> String {
+        await refreshQueueDepth()
+        return registry.emitToString()
+    }
+
+    private func countError(_ code: WireErrorCode) {
+        let counter = errors.withLock { counters in
+            if let counter = counters[code] { return counter }
+            let counter = Metrics.Counter(label: "flitz_relay_errors_total", dimensions: [("code", Self.name(code))], factory: factory)
+            counters[code] = counter
+            return counter
+        }
+        counter.increment()
+    }
+
+    private func refreshQueueDepth() async {
+        guard let queueDepth else { return }
+        let now = ContinuousClock.now
+        let due = lastQueueCount.withLock { last -> Bool in
+            if let last, now - last < Self.queueDepthInterval { return false }
+            last = now
+            return true
+        }
+        guard due else { return }
+        if let count = try? await queueDepth(Self.queueDepthLimit) { queuedItems.set(count) }
+    }
+
+    /// The proto enum name, e.g. `RATE_LIMITED` (label values stay stable across releases).
+    static func name(_ code: WireErrorCode) -> String {
+        switch code {
+        case .unspecified: "ERROR_CODE_UNSPECIFIED"
+        case .malformedFrame: "MALFORMED_FRAME"
+        case .unsupportedVersion: "UNSUPPORTED_VERSION"
+        case .unknownFrame: "UNKNOWN_FRAME"
+        case .frameTooLarge: "FRAME_TOO_LARGE"
+        case .notAuthenticated: "NOT_AUTHENTICATED"
+        case .authenticationFailed: "AUTHENTICATION_FAILED"
+        case .handleTaken: "HANDLE_TAKEN"
+        case .invalidHandle: "INVALID_HANDLE"
+        case .unknownRecipient: "UNKNOWN_RECIPIENT"
+        case .staleDevice: "STALE_DEVICE"
+        case .invalidArgument: "INVALID_ARGUMENT"
+        case .recoveryFailed: "RECOVERY_FAILED"
+        case .alreadyAuthenticated: "ALREADY_AUTHENTICATED"
+        case .invalidSignature: "INVALID_SIGNATURE"
+        case .envelopeIDConflict: "ENVELOPE_ID_CONFLICT"
+        case .noPrekeys: "NO_PREKEYS"
+        case .internal: "INTERNAL"
+        case .queueFull: "QUEUE_FULL"
+        case .prekeyIDReused: "PREKEY_ID_REUSED"
+        case .rateLimited: "RATE_LIMITED"
+        case .unknownEnvelope: "UNKNOWN_ENVELOPE"
+        case .mismatchedDevices: "MISMATCHED_DEVICES"
+        case .deviceListRejected: "DEVICE_LIST_REJECTED"
+        case .tooManyDevices: "TOO_MANY_DEVICES"
+        case .UNRECOGNIZED(let value): "UNRECOGNIZED_\(value)"
+        }
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
