@@ -242,6 +242,10 @@ final class DeviceConnection: ChannelInboundHandler, Flushable, InboundFrameVisi
                 } else {
                     startAuthentication(context: context)
                 }
+            case .challenge(let challenge) where phase == .registering:
+                // The relay sends a fresh Challenge before the RegisterResult: the registration consumed the
+                // first nonce, and Authenticate signs this one (protocol/relay.md, "Challenges").
+                nonce = challenge.nonce
             case .registerResult(let result) where phase == .registering:
                 _ = requests.popFirst()
                 deviceID = result.deviceID
