@@ -78,6 +78,18 @@ extension RelayConfiguration {
             key("relay.maxQueuedEnvelopes", "max-queued-envelopes", "10000", "most undelivered envelopes queued for one device") {
                 $0.maxQueuedEnvelopes = try integer($1, $2, 1...Int.max)
             },
+            key("relay.deliveryWindow", "delivery-window", "1000", "most queue items sent to a connection and not yet acknowledged") {
+                $0.deliveryWindow = try integer($1, $2, 1...Int.max)
+            },
+            key("relay.outboundBufferBytes", "outbound-buffer-bytes", "65536", "bytes buffered for a slow reader before writes wait") {
+                $0.outboundBufferBytes = try integer($1, $2, 1...Int.max)
+            },
+            key("relay.writeTimeout", "write-timeout", "30", "seconds a write may wait for a peer that does not read (then closed)") {
+                $0.writeTimeout = try seconds($1, $2)
+            },
+            key("relay.linkLifetime", "link-lifetime", "600", "seconds a pairing message (LinkPut) is kept unless taken") {
+                $0.linkLifetime = try seconds($1, $2)
+            },
             key("tls.certificate", "tls-cert", "", "PEM certificate chain; with tls.key the relay serves wss:// only") {
                 $0.tlsCertificatePath = try text($1, $2)
             },
