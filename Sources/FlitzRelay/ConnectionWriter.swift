@@ -61,10 +61,16 @@ struct ConnectionWriter: Sendable {
         self.registry = registry
     }
 
-    /// Bounds the socket's outbound buffer to `highWaterMark` bytes (writes wait above it, resume below half).
+    /// Bounds the socket's outbound buffer to `highWaterMark` bytes (writes wait above it, resume below half),
+    /// and takes the first credit in the same event loop hop, so the first frame goes out without another.
     func limitBuffer(highWaterMark: Int) async {
         let high = max(2, highWaterMark)
-        try? await channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high)).get()
+        let channel = self.channel
+        let headroom = try? await channel.eventLoop.flatSubmit {
+            channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
+                .map { Self.headroomOnLoop(channel) }
+        }.get()
+        credit.bytes.store(headroom ?? -1, ordering: .relaxed)
     }
 
     /// Sends one frame as a binary message.
@@ -104,17 +110,20 @@ struct ConnectionWriter: Sendable {
     /// every earlier write has reached the buffer; -1 when the channel is not writable (or is gone).
     private func headroom() async -> Int {
         let channel = self.channel
-        let headroom = try? await channel.eventLoop.submit { () -> Int in
-            guard channel.isWritable else { return -1 }
-            // Writable means at most the mark is buffered. A channel without synchronous options gets no
-            // headroom: one frame, then look again.
-            guard let options = channel.syncOptions,
-                let mark = try? options.getOption(ChannelOptions.writeBufferWaterMark),
-                let buffered = try? options.getOption(ChannelOptions.bufferedWritableBytes)
-            else { return 0 }
-            return max(0, mark.high - buffered)
-        }.get()
+        let headroom = try? await channel.eventLoop.submit { Self.headroomOnLoop(channel) }.get()
         return headroom ?? -1
+    }
+
+    /// `headroom()`, on the channel's event loop.
+    private static func headroomOnLoop(_ channel: any Channel) -> Int {
+        guard channel.isWritable else { return -1 }
+        // Writable means at most the mark is buffered. A channel without synchronous options gets no
+        // headroom: one frame, then look again.
+        guard let options = channel.syncOptions,
+            let mark = try? options.getOption(ChannelOptions.writeBufferWaterMark),
+            let buffered = try? options.getOption(ChannelOptions.bufferedWritableBytes)
+        else { return 0 }
+        return max(0, mark.high - buffered)
     }
 
     /// Writes `bytes` bytes (at most, header included) through `write`.
