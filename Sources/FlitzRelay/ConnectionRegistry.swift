@@ -82,7 +82,7 @@ final class ConnectionMonitor: Sendable {
         /// Connections closed because a write stayed blocked for `relay.writeTimeout`.
         var slowReaderDisconnects = 0
         /// Largest number of bytes the relay held in a connection's outbound buffer when it closed it as a
-        /// slow reader (bounded by `relay.outboundBufferBytes` plus one frame).
+        /// slow reader (bounded as `protocol/relay.md`, "Slow readers", states: the water mark plus one frame and control frames).
         var maxBufferedBytesAtStall = 0
         /// Connections whose current write is waiting for the peer to read (socket buffer full).
         var writesWaiting = 0
