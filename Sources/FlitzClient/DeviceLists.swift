@@ -66,6 +66,7 @@ extension ClientStore {
         switch decision {
         case .accepted(let removed):
             try deleteSessions(handle, deviceIDs: removed, db)
+            if let accepted = tracker.accepted { try deleteUnlistedSessions(handle, list: accepted, db) }
             try save(tracker, for: handle, db)
         case .pending:
             try save(tracker, for: handle, db)
@@ -81,12 +82,36 @@ extension ClientStore {
         }
     }
 
+    /// Deletes every session with `handle` whose (device id, remote device identity key) `list` does not hold,
+    /// for example one started under version 1's rule with a device the list now gives another key or drops
+    /// (devices.md 4.4, "Only listed devices"). Run whenever a list is accepted, the first one included.
+    static func deleteUnlistedSessions(_ handle: String, list: SignedDeviceList, _ db: Database) throws {
+        for stored in try sessions(with: handle, db) where !isListed(stored.session, deviceID: stored.deviceID, in: list) {
+            try db.execute(
+                sql: "DELETE FROM sessions WHERE handle = ? AND device_id = ? AND base_key = ?",
+                arguments: [handle, Int64(stored.deviceID), stored.session.baseKey.rawRepresentation])
+        }
+    }
+
+    /// Whether `list` holds `deviceID` with the session's remote device identity key.
+    static func isListed(_ session: Session, deviceID: UInt32, in list: SignedDeviceList) -> Bool {
+        list.contains(deviceID: deviceID, identityKey: session.remoteCertificate.deviceIdentityKey.rawRepresentation)
+    }
+
+    /// Whether sending on `session` to `handle`'s `deviceID` is allowed: `handle`'s accepted list holds the
+    /// device with the session's key, or no list is accepted yet (version 1's rule).
+    static func mayEncrypt(_ session: Session, to handle: String, deviceID: UInt32, account: AccountRecord, _ db: Database) throws -> Bool {
+        guard let list = try acceptedDeviceList(handle, account: account, db) else { return true }
+        return isListed(session, deviceID: deviceID, in: list)
+    }
+
     /// The user accepted `handle`'s pending list (`flitz trust`). Returns whether one was pending.
     static func acceptPendingDeviceList(_ handle: String, account: AccountRecord, _ db: Database) throws -> Bool {
         guard let key = try trustedAccountKey(for: handle, account: account, db), var tracker = try tracker(handle, db),
             ConstantTime.equals(tracker.accountIdentityKey, key), tracker.hasPendingChange
         else { return false }
         try deleteSessions(handle, deviceIDs: tracker.acceptPending(), db)
+        if let accepted = tracker.accepted { try deleteUnlistedSessions(handle, list: accepted, db) }
         try save(tracker, for: handle, db)
         return true
     }

@@ -36,7 +36,8 @@ extension FlitzClient {
         let accepted = try await store.dbQueue.read { db in try ClientStore.acceptedDeviceList(account.handle, account: account, db) }
         guard accepted == nil else { return }
         let list = try signedList(
-            after: nil, devices: [.init(deviceID: account.deviceID, deviceIdentityKey: account.device.publicKey.rawRepresentation)], identity)
+            after: nil, devices: [.init(deviceID: account.deviceID, deviceIdentityKey: account.device.publicKey.rawRepresentation)], identity,
+            signer: account)
         do {
             try await publish(list, removing: [], on: connection)
         } catch let error as ClientError where error.kind == .refused(.deviceListRejected) {
@@ -47,13 +48,51 @@ extension FlitzClient {
         try store.transaction { db in _ = try ClientStore.consider(list.wire, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, db) }
     }
 
-    private func signedList(after previous: SignedDeviceList?, devices: [DeviceListPayload.Entry], _ identity: AccountIdentity) throws -> SignedDeviceList {
+    private func signedList(
+        after previous: SignedDeviceList?, devices: [DeviceListPayload.Entry], _ identity: AccountIdentity, signer account: AccountRecord
+    ) throws -> SignedDeviceList {
+        // The signer (the primary) is never left out of its own list: that would remove it.
+        guard devices.contains(where: {
+            $0.deviceID == account.deviceID && ConstantTime.equals($0.deviceIdentityKey, account.device.publicKey.rawRepresentation)
+        }) else {
+            throw ClientError(.protocolFailure, "refusing to sign a device list without this (the signing) device")
+        }
         do {
             return try SignedDeviceList.next(
                 after: previous, devices: devices, issuedAtMs: UInt64(max(1, now().timeIntervalSince1970 * 1000)), account: identity)
         } catch {
             throw ClientError(.invalidArgument, "cannot sign the device list: \(error)")
         }
+    }
+
+    /// The entries of the list that adds a linked device (`protocol/devices.md` section 5.3, P's step 8): the
+    /// accepted list (or this device alone) with `linked`. The id in the new device's done message comes
+    /// through the relay, so it is not trusted: it must not be this device's id, nor a listed id under another
+    /// key, and a new id must be above every listed id (the relay assigns ids in increasing order); the relay
+    /// must hold `linked` (id and key) as a current device (`relayDevices`, from `FetchDeviceList`); and the
+    /// result must still hold `own`, the signer.
+    /// - Throws: `ClientError(.protocolFailure)` when any check fails (linking stops; nothing is signed).
+    static func entriesAddingLinkedDevice(
+        accepted: SignedDeviceList?, own: DeviceListPayload.Entry, linked: DeviceListPayload.Entry, relayDevices: [WireDeviceInfo]
+    ) throws -> [DeviceListPayload.Entry] {
+        func refuse(_ why: String) -> ClientError {
+            ClientError(.protocolFailure, "the new device's id \(linked.deviceID) \(why) (a faulty or hostile relay); linking stopped")
+        }
+        let current = accepted?.entries ?? [own]
+        guard linked.deviceID != own.deviceID else { throw refuse("is this device's own id") }
+        if let listed = current.first(where: { $0.deviceID == linked.deviceID }) {
+            // A repeated link of the same device (its list was published before) is fine; another key is not.
+            guard ConstantTime.equals(listed.deviceIdentityKey, linked.deviceIdentityKey) else { throw refuse("is listed with another key") }
+        } else if let highest = (current.map(\.deviceID) + [own.deviceID]).max(), linked.deviceID <= highest {
+            throw refuse("is not above every listed id (\(highest))")
+        }
+        guard relayDevices.contains(where: { $0.deviceID == linked.deviceID && ConstantTime.equals($0.deviceIdentityKey, linked.deviceIdentityKey) })
+        else { throw refuse("is not a current device with that key at the relay") }
+        let entries = current.filter { $0.deviceID != linked.deviceID } + [linked]
+        guard entries.contains(where: { $0.deviceID == own.deviceID && ConstantTime.equals($0.deviceIdentityKey, own.deviceIdentityKey) }) else {
+            throw ClientError(.protocolFailure, "this device is not in its own account's device list; linking stopped")
+        }
+        return entries
     }
 
     private func publish(_ list: SignedDeviceList, removing: [UInt32], on connection: RelayConnection) async throws {
@@ -109,7 +148,7 @@ extension FlitzClient {
             guard let accepted, accepted.entries.contains(where: { $0.deviceID == deviceID }) else {
                 throw ClientError(.invalidArgument, "\(account.handle) has no device \(deviceID); `flitz devices` lists them")
             }
-            let list = try self.signedList(after: accepted, devices: accepted.entries.filter { $0.deviceID != deviceID }, identity)
+            let list = try self.signedList(after: accepted, devices: accepted.entries.filter { $0.deviceID != deviceID }, identity, signer: account)
             try await self.publish(list, removing: [deviceID], on: connection)
             try self.considerDeviceList(list.wire, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, forSending: false)
         }
@@ -172,13 +211,15 @@ extension FlitzClient {
             } catch let error as FlitzProtocolError {
                 throw ClientError(.protocolFailure, "the new device's done message does not verify (\(error)); linking stopped")
             }
-            try await self.refreshDeviceList(account.handle, on: connection, account: account, forSending: false) { self.logger.warning("\($0)") }
+            let served = try await self.refreshDeviceList(account.handle, on: connection, account: account, forSending: false) {
+                self.logger.warning("\($0)")
+            }
             let accepted = try await self.store.dbQueue.read { db in try ClientStore.acceptedDeviceList(account.handle, account: account, db) }
-            let current = accepted?.entries.filter { $0.deviceID != done.deviceID }
-                ?? [.init(deviceID: account.deviceID, deviceIdentityKey: account.device.publicKey.rawRepresentation)]
-            let list = try self.signedList(
-                after: accepted, devices: current + [.init(deviceID: done.deviceID, deviceIdentityKey: done.deviceIdentityKey.rawRepresentation)],
-                identity)
+            let entries = try Self.entriesAddingLinkedDevice(
+                accepted: accepted, own: .init(deviceID: account.deviceID, deviceIdentityKey: account.device.publicKey.rawRepresentation),
+                linked: .init(deviceID: done.deviceID, deviceIdentityKey: done.deviceIdentityKey.rawRepresentation),
+                relayDevices: served.devices)
+            let list = try self.signedList(after: accepted, devices: entries, identity, signer: account)
             try await self.publish(list, removing: [], on: connection)
             try self.considerDeviceList(list.wire, handle: account.handle, servedAccountKey: list.accountIdentityKey, account: account, forSending: false)
             return (done.deviceID, fingerprint)

@@ -245,8 +245,11 @@ extension FlitzClient {
             for (target, body, newOnes) in [(handle, content, fresh), (account.handle, transcript, ownFresh)] {
                 for deviceID in try Self.targetDevices(of: target, account: account, fresh: Array(newOnes.keys), db) {
                     // Re-read inside the transaction: another process may have advanced the session meanwhile.
-                    guard var session = try ClientStore.sessions(with: target, db).first(where: { $0.deviceID == deviceID && $0.active })?.session
-                        ?? newOnes[deviceID]
+                    // Only a session with the listed device identity key (section 4.4, "Only listed devices").
+                    let stored = try ClientStore.sessions(with: target, db).first(where: { $0.deviceID == deviceID && $0.active })?.session
+                    guard var session = try [stored, newOnes[deviceID]].compactMap({ $0 }).first(where: {
+                        try ClientStore.mayEncrypt($0, to: target, deviceID: deviceID, account: account, db)
+                    })
                     else { continue }  // a listed device the relay did not serve: skipped (section 4.4)
                     let trusted = target == account.handle ? account.accountIdentityKey.rawRepresentation : contact.trustedIdentityKey
                     guard ConstantTime.equals(trusted, session.remoteCertificate.accountIdentityKey.rawRepresentation) else {
@@ -307,10 +310,12 @@ extension FlitzClient {
     func newSessions(with handle: String, on connection: RelayConnection, account: AccountRecord) async throws -> [UInt32: Session] {
         let own = handle == account.handle
         let missing: [UInt32]? = try await store.dbQueue.read { db in
-            let active = Set(try ClientStore.sessions(with: handle, db).filter(\.active).map(\.deviceID))
+            let sessions = try ClientStore.sessions(with: handle, db).filter(\.active)
             guard let list = try ClientStore.acceptedDeviceList(handle, account: account, db) else {
-                return own || !active.isEmpty ? [] : nil  // nil: nothing known, fetch every device
+                return own || !sessions.isEmpty ? [] : nil  // nil: nothing known, fetch every device
             }
+            // A session under another key than the listed one does not count (it is never encrypted on).
+            let active = Set(sessions.filter { ClientStore.isListed($0.session, deviceID: $0.deviceID, in: list) }.map(\.deviceID))
             return list.entries.map(\.deviceID).filter { !active.contains($0) && !(own && $0 == account.deviceID) }
         }
         if missing?.isEmpty == true { return [:] }

@@ -141,6 +141,10 @@ extension FlitzClient {
             return false
         }
         var session = try Session.initiate(identity: account.device, bundle: bundle, random: random)
+        // Only to the key the accepted list holds for that device (section 4.4, "Only listed devices").
+        let initiated = session
+        guard try await store.dbQueue.read({ db in try ClientStore.mayEncrypt(initiated, to: handle, deviceID: deviceID, account: account, db) })
+        else { return false }
         let content = MessageContent(
             messageID: random.bytes(WireConstants.idLength), sentAtMilliseconds: Int64(at * 1000), body: .sessionReset(envelopeID: failedEnvelopeID))
         let ciphertext = try session.encrypt(content.encoded(), random: random)
@@ -189,6 +193,8 @@ extension FlitzClient {
                     ConstantTime.equals(contact.trustedIdentityKey, active.session.remoteCertificate.accountIdentityKey.rawRepresentation)
                 else { return nil }
             }
+            // And only to the key the accepted list holds for that device (section 4.4, "Only listed devices").
+            guard try ClientStore.mayEncrypt(active.session, to: handle, deviceID: deviceID, account: account, db) else { return nil }
             var session = active.session
             let peer: String = row["peer"], text: String = row["text"]
             let body: MessageContent.Body = handle == account.handle ? .sentTranscript(destinationHandle: peer, text: text) : .text(text)
@@ -341,10 +347,7 @@ extension FlitzClient {
                         break
                     } catch let error as FlitzProtocolError where error.code == .duplicateMessage {
                         duplicate = true
-                    } catch is SenderNotListed {
-                // Acknowledged undecrypted: it can never be accepted from an unlisted device.
-                events.append(.warning("ignored a message from a device of \(envelope.senderHandle) that is not in their signed device list"))
-            } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
+                    } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
                         unsupported = true
                     } catch {}
                 }

@@ -517,9 +517,10 @@ public final class Relay: Sendable {
         else { throw RelayError(.invalidSignature, "the challenge signature does not verify") }
     }
 
-    /// Answers a repeated `Register` or `Recover` by the device that already holds the handle: same account
-    /// identity key and a current device with the same device identity key (both proven by the request's
-    /// signatures). Issues a new recovery code; nil when the keys are not the current ones.
+    /// Answers a repeated `Register` or `Recover` by the device that call created, while it is still the
+    /// handle's only device: same account identity key and the same device identity key (both proven by the
+    /// request's signatures). Issues a new recovery code; nil otherwise, in particular for a linked device,
+    /// which must never learn the recovery code (it would let it take the handle over).
     private func reissue(_ handle: String, _ accountIdentityKey: Data, _ deviceIdentityKey: Data) async throws(RelayError) -> WireRegisterResult? {
         let code = RecoveryCode.generate(random)
         do {

@@ -63,9 +63,11 @@ public protocol RelayStore: Sendable {
     func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int) async throws -> [SubmissionOutcome]
 
     /// A repeated `Register` or `Recover` whose answer was lost (`relay.md`, "Register"): when `handle`'s
-    /// account identity key is `accountIdentityKey` and it has a current device with `deviceIdentityKey`
-    /// (32-byte Ed25519 keys), stores `recoveryCodeHash` (32 bytes) as the new recovery code hash and
-    /// returns that device's id; otherwise returns nil and changes nothing.
+    /// account identity key is `accountIdentityKey` and the device with `deviceIdentityKey` (32-byte Ed25519
+    /// keys) is the one that `register` or `recover` created, still the handle's only device and no stored
+    /// device list names another device, stores `recoveryCodeHash` (32 bytes) as the new recovery code hash
+    /// and returns that device's id; otherwise returns nil and changes nothing. A linked device
+    /// (`registerDevice`) never qualifies: it must not obtain the recovery code.
     func reissueRegistration(
         handle: String, accountIdentityKey: Data, deviceIdentityKey: Data, recoveryCodeHash: Data
     ) async throws -> UInt32?

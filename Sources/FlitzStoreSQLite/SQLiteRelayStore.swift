@@ -225,6 +225,11 @@ public final class SQLiteRelayStore: RelayStore {
                 END;
                 """)
         }
+        migrator.registerMigration("v4-origin-device") { db in
+            // The device that Register or Recover created (the only one whose lost answer may be re-sent, relay.md
+            // "Register"). NULL for accounts from before v4: their retry window has long passed, so none is re-sent.
+            try db.execute(sql: "ALTER TABLE accounts ADD COLUMN origin_device_id INTEGER")
+        }
         return migrator
     }()
 
@@ -250,7 +255,10 @@ public final class SQLiteRelayStore: RelayStore {
                     throw StoreError(.handleTaken, "deleted account")
                 }
                 try db.execute(
-                    sql: "INSERT INTO accounts (handle, account_identity_key, recovery_code_hash, next_device_id, created_at) VALUES (?, ?, ?, 2, ?)",
+                    sql: """
+                        INSERT INTO accounts (handle, account_identity_key, recovery_code_hash, next_device_id, origin_device_id, created_at)
+                        VALUES (?, ?, ?, 2, 1, ?)
+                        """,
                     arguments: [handle, accountIdentityKey, recoveryCodeHash, atMs])
                 try Self.insertDevice(db, address: DeviceAddress(handle: handle, deviceID: 1), device: device, atMs: atMs)
                 return 1
@@ -295,6 +303,9 @@ public final class SQLiteRelayStore: RelayStore {
                     sql: """
                         SELECT d.device_id FROM devices d JOIN accounts a ON a.handle = d.handle
                         WHERE d.handle = ? AND a.account_identity_key = ? AND d.device_identity_key = ?
+                            AND d.device_id = a.origin_device_id
+                            AND (SELECT COUNT(*) FROM devices o WHERE o.handle = d.handle) = 1
+                            AND NOT EXISTS (SELECT 1 FROM device_list_entries e WHERE e.handle = d.handle AND e.device_id != d.device_id)
                         """,
                     arguments: [handle, accountIdentityKey, deviceIdentityKey])
                 else { return nil }
@@ -341,8 +352,11 @@ public final class SQLiteRelayStore: RelayStore {
                 try Self.deleteDeviceList(db, handle)
                 try db.execute(sql: "DELETE FROM removed_device_keys WHERE handle = ?", arguments: [handle])
                 try db.execute(
-                    sql: "UPDATE accounts SET account_identity_key = ?, recovery_code_hash = ?, next_device_id = ? WHERE handle = ?",
-                    arguments: [accountIdentityKey, newRecoveryCodeHash, newDeviceID + 1, handle])
+                    sql: """
+                        UPDATE accounts SET account_identity_key = ?, recovery_code_hash = ?, next_device_id = ?, origin_device_id = ?
+                        WHERE handle = ?
+                        """,
+                    arguments: [accountIdentityKey, newRecoveryCodeHash, newDeviceID + 1, newDeviceID, handle])
                 let address = DeviceAddress(handle: handle, deviceID: UInt32(newDeviceID))
                 try Self.insertDevice(db, address: address, device: device, atMs: atMs)
                 return RecoveryResult(deviceID: address.deviceID, removedDeviceIDs: removed.map { UInt32($0) }, notifiedSenders: notified)
@@ -501,6 +515,7 @@ public final class SQLiteRelayStore: RelayStore {
         var outcomes: [SubmissionOutcome] = []
         outcomes.reserveCapacity(envelopes.count)
         var queued: [DeviceAddress: Int] = [:]
+        var currentByHandle: [String: Set<UInt32>] = [:]
         for (index, envelope) in envelopes.enumerated() {
             if let route = try existing[index] ?? Row.fetchOne(
                 db, sql: "SELECT * FROM envelope_routes WHERE envelope_id = ?", arguments: [envelope.envelopeID])
@@ -514,7 +529,16 @@ public final class SQLiteRelayStore: RelayStore {
                 outcomes.append(.rejected(.unknownRecipient))
                 continue
             }
-            guard try Self.deviceExists(db, envelope.recipient) else {
+            // Current, not merely stored: a device the account's list dropped is stale (relay.md "Submit"),
+            // also under selected_devices where no coverage check ran.
+            let currentIDs: Set<UInt32>
+            if let known = currentByHandle[envelope.recipient.handle] {
+                currentIDs = known
+            } else {
+                currentIDs = try Self.currentDeviceIDs(db, envelope.recipient.handle) ?? []
+                currentByHandle[envelope.recipient.handle] = currentIDs
+            }
+            guard currentIDs.contains(envelope.recipient.deviceID) else {
                 outcomes.append(.rejected(.staleDevice))
                 continue
             }

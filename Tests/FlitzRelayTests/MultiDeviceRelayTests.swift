@@ -354,11 +354,14 @@ extension WireFrame {
                     throw Failure("refused")
                 }
                 #expect(accepted.outcomes.map(\.error.code) == [.unspecified, .unspecified, .unspecified, .unknownRecipient])
-                // selected_devices: per-envelope outcomes, no coverage check.
+                // selected_devices: per-envelope outcomes, no coverage check; bob's registered but unlisted
+                // device 3 is not current either (security review, issue 4).
                 guard case .submitResult(let selected) = try await connection.submit(
-                    [outgoing(8, to: "bob", device: 2), outgoing(9, to: "bob", device: 9)], selectedDevices: true).body
+                    [outgoing(8, to: "bob", device: 2), outgoing(9, to: "bob", device: 9), outgoing(10, to: "bob", device: 3)],
+                    selectedDevices: true).body
                 else { throw Failure("refused") }
-                #expect(selected.outcomes.map(\.error.code) == [.unspecified, .staleDevice])
+                #expect(selected.outcomes.map(\.error.code) == [.unspecified, .staleDevice, .staleDevice])
+                #expect(try await relay.app.relay.store.pendingItems(for: bob.address(2), afterSequence: 0, nowMs: 0, limit: 10).isEmpty)
             }
             // Bob removes device 2; the earlier group, resubmitted as it was, is not checked again.
             try await relay.connect { (connection: TestConnection) async throws -> Void in
@@ -656,6 +659,62 @@ extension WireFrame {
                 #expect(result.deviceID == 2)
             }
             #expect(try await relay.app.relay.store.deviceList(handle: "alice") == nil)
+        }
+    }
+
+    /// A lost Register/Recover answer is re-sent (with a fresh recovery code) only to the device that call
+    /// created while it is the only device; a linked device presenting the account key and its own valid
+    /// certificate gets nothing and the recovery code stays as it was (security review, issue 4).
+    @Test func onlyTheRegisteringDeviceGetsARetriedAnswerNotALinkedDevice() async throws {
+        try await RelayHarness.run { relay in
+            let alice = TestAccount("alice")
+            @Sendable func registerAs(_ index: Int, nonce: Data) -> WireFrame.OneOf_Body {
+                var register = WireRegister()
+                register.handle = "alice"
+                register.accountIdentityKey = alice.account.publicKey.rawRepresentation
+                register.device = alice.deviceKeys(index)
+                register.challengeSignature = alice.devices[index].signature(for: SignedPayload.authentication(nonce: nonce, handle: "alice"))
+                return .register(register)
+            }
+            @Sendable func recoverAs(_ index: Int, code: String, accountKey: Ed25519PrivateKey, nonce: Data) -> WireFrame.OneOf_Body {
+                var recover = WireRecover()
+                recover.handle = "alice"
+                recover.recoveryCode = code
+                recover.accountIdentityKey = accountKey.publicKey.rawRepresentation
+                recover.device = alice.deviceKeys(index, certifiedBy: accountKey)
+                recover.challengeSignature = alice.devices[index].signature(for: SignedPayload.authentication(nonce: nonce, handle: "alice"))
+                return .recover(recover)
+            }
+            let code = try await relay.connect { connection -> String in
+                try await connection.register(alice)
+                // The registering device's retry, alone on the handle: answered with a fresh code.
+                guard case .registerResult(let retried) = try await connection.request(registerAs(0, nonce: connection.nonce)).body else {
+                    throw Failure("retry")
+                }
+                #expect(retried.deviceID == 1)
+                #expect(!retried.recoveryCode.isEmpty)
+                try await connection.registerDevice(alice, alice.addDevice())
+                return retried.recoveryCode
+            }
+            let stored = try #require(try await relay.app.relay.store.account(handle: "alice")).recoveryCodeHash
+            try await relay.connect { (connection: TestConnection) async throws -> Void in
+                // The linked device 2 presents Register and Recover "retries" with the account key.
+                #expect(try await connection.request(registerAs(1, nonce: connection.nonce)).errorCode == .handleTaken)
+                #expect(try await connection.request(recoverAs(1, code: "garbage", accountKey: alice.account, nonce: connection.nonce)).errorCode
+                    == .recoveryFailed)
+                // Nor may the first device have it once another device exists.
+                #expect(try await connection.request(registerAs(0, nonce: connection.nonce)).errorCode == .handleTaken)
+            }
+            #expect(try await relay.app.relay.store.account(handle: "alice")?.recoveryCodeHash == stored)
+            // The code the user holds still recovers the handle.
+            try await relay.connect { (connection: TestConnection) async throws -> Void in
+                let newAccount = Ed25519PrivateKey()
+                let index = alice.addDevice()
+                guard case .registerResult(let result) = try await connection.request(
+                    recoverAs(index, code: code, accountKey: newAccount, nonce: connection.nonce)).body
+                else { throw Failure("recover") }
+                #expect(result.deviceID == 3)
+            }
         }
     }
 
