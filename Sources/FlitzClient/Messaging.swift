@@ -77,6 +77,14 @@ extension FlitzClient {
                 prepared.value = message
                 Failpoint.hit("send.afterCommit")
             }
+            // A Submit over the relay's frame limit would close the connection; refuse it before submitting.
+            if let limit = Self.oversizeLimit(message.envelopes, textBytes: text.utf8.count) {
+                try discard(message)
+                prepared.value = nil
+                throw ClientError(
+                    .invalidArgument,
+                    "this message is too long to send to \(message.envelopes.count) devices at once: at most \(limit) bytes")
+            }
             var mismatches: [WireDeviceMismatch]
             do {
                 let outcomes = try await submitStored(message.envelopes, on: connection, keepRetryable: false, selectedDevices: false)
@@ -152,6 +160,16 @@ extension FlitzClient {
         }
         var warnings: [String] = []
         for group in groups {
+            // A group that cannot fit in one frame would close every connection it is resent on: give it up.
+            guard Self.submitFrameBytes(group.envelopes, selectedDevices: group.selected) <= WireConstants.maxFrameBytes else {
+                try await store.dbQueue.write { db in
+                    try db.execute(sql: "UPDATE envelopes SET ciphertext = NULL WHERE message_seq = ? AND status = 'pending'", arguments: [group.seq])
+                }
+                warnings.append(
+                    "an unsent message to \(group.peer) is too long to send to \(group.envelopes.count) devices at once and was given up; "
+                        + "send it again, shorter")
+                continue
+            }
             do {
                 let outcomes = try await submitStored(group.envelopes, on: connection, keepRetryable: true, selectedDevices: group.selected)
                 if let failed = outcomes.first(where: { $0.hasError && !Self.isRetryable($0.error.code) }) {
@@ -165,6 +183,27 @@ extension FlitzClient {
             }
         }
         return warnings
+    }
+
+    /// Size in bytes of the `Frame` carrying a `Submit` of `envelopes`, with the longest request id (10 bytes):
+    /// an upper bound of what `submitStored` sends. The relay closes a connection whose frame exceeds
+    /// `WireConstants.maxFrameBytes` (`protocol/relay.md`, "Limits").
+    static func submitFrameBytes(_ envelopes: [WireOutgoingEnvelope], selectedDevices: Bool) -> Int {
+        var submit = WireSubmit()
+        submit.envelopes = envelopes
+        submit.selectedDevices = selectedDevices
+        return FrameCodec.encode(WireFrame(requestID: .max, body: .submit(submit))).count
+    }
+
+    /// nil when a `Submit` of `envelopes` fits in one frame; otherwise the longest text in UTF-8 bytes that
+    /// would fit for as many devices (each ciphertext holds the text once, padded by at most 64 bytes; 8 more
+    /// per envelope for length prefixes that may grow), given the envelopes of a `textBytes`-byte text.
+    static func oversizeLimit(_ envelopes: [WireOutgoingEnvelope], textBytes: Int) -> Int? {
+        let size = submitFrameBytes(envelopes, selectedDevices: false)
+        guard size > WireConstants.maxFrameBytes, !envelopes.isEmpty else { return nil }
+        let count = envelopes.count
+        let overhead = size - count * textBytes + count * (64 + 8)
+        return min(maxTextBytes, max(0, (WireConstants.maxFrameBytes - overhead) / count))
     }
 
     /// Refusals that may pass by themselves: a full recipient queue, a relay failure.

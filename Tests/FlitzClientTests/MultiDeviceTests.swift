@@ -386,3 +386,46 @@ struct MultiDeviceTests {
         await relay.stop()
     }
 }
+
+/// A message whose Submit to every device would exceed the relay's frame limit (`protocol/crypto.md`, "Limits").
+@Suite struct OversizeSubmitTests {
+    /// alice with 2 devices, bob with 16: a 63 000-byte message is 17 envelopes, over 1 MiB in one Submit. It is
+    /// refused before submitting and nothing stays stored; the limit named fits; a stored oversize group (as a
+    /// crash could leave) is given up with a warning instead of closing every later connection.
+    @Test func aSubmitOverTheFrameLimitIsRefusedAndNeverWedges() async throws {
+        let relay = try await InProcessRelay()
+        let (alice1, alice2, bob1, _) = try await relay.twoDevicesEach()
+        for index in 3...16 { _ = try await relay.link("bob\(index)", to: bob1) }
+        let long = String(repeating: "x", count: FlitzClient.maxTextBytes)
+        var limit = 0
+        do {
+            _ = try await alice1.send(to: "bob", text: long)
+            Issue.record("an oversize Submit was sent")
+        } catch let error as ClientError {
+            #expect(error.kind == .invalidArgument && error.exitCode == 1, "\(error)")
+            #expect(error.message.contains("too long to send to 17 devices at once: at most "), "\(error)")
+            let words = error.message.split(separator: " ")
+            limit = words.count >= 2 ? Int(words[words.count - 2]) ?? 0 : 0
+        }
+        #expect(limit > 50_000 && limit < FlitzClient.maxTextBytes, "\(limit)")
+        let stored = try await alice1.store.dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages") }
+        #expect(stored == 0)
+        // The limit named is sendable to the same 17 devices.
+        let fitting = String(repeating: "y", count: limit)
+        _ = try await alice1.send(to: "bob", text: fitting)
+        #expect(try await bob1.receiveAll().texts == [fitting])
+        #expect(try await alice2.receiveAll().messages.count == 1)
+        // An oversize group stored as pending (a process killed between storing and submitting).
+        let account = try alice1.requireAccount()
+        _ = try await alice1.withAuthenticatedConnection(account) { connection in
+            try await alice1.prepare(on: connection, account: account, to: "bob", text: long, expiresIn: nil, messageID: Data(repeating: 7, count: 16))
+        }
+        _ = try await alice1.send(to: "bob", text: "after")
+        #expect(try await bob1.receiveAll().texts == ["after"])
+        let unsent = try await alice1.store.dbQueue.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM envelopes WHERE status = 'pending' AND ciphertext IS NOT NULL")
+        }
+        #expect(unsent == 0)
+        await relay.stop()
+    }
+}
