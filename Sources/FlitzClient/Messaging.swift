@@ -454,17 +454,32 @@ extension FlitzClient {
     /// key `safetyNumbers(with:)` showed. With `expectedSafetyNumber`, only if that key still has that number
     /// (another change may have arrived since it was displayed). Drops the sessions with the old key.
     /// Returns the safety number of the newly trusted key.
-    /// - Throws: `ClientError(.invalidArgument)` when nothing changed, or the number does not match.
+    /// - Throws: `ClientError(.invalidArgument)` when nothing changed, or the number does not match the new key;
+    ///   `.safetyNumberMismatch` when a pending device list is to be accepted and the number is not the trusted
+    ///   key's (nothing accepted).
     public func trust(_ handle: String, expectedSafetyNumber: String? = nil) async throws -> String {
         let account = try requireAccount()
         guard let contact = try store.contact(handle) else {
             throw ClientError(.invalidArgument, "no contact \(handle) yet: their key is trusted when you first exchange a message")
         }
         guard let pending = contact.untrustedIdentityKey else {
-            // Same key, a newer device list adding a device: accept it (`protocol/devices.md` section 4.4).
-            if try store.transaction({ db in try ClientStore.acceptPendingDeviceList(handle, account: account, db) }) {
-                return SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, contact.trustedIdentityKey)
+            // Same key, a newer device list adding a device: accept it (`protocol/devices.md` section 4.4), with
+            // `expectedSafetyNumber` only if it is the trusted key's number (compared in constant time).
+            let number = SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, contact.trustedIdentityKey)
+            let accepted = try store.transaction { db -> Bool in
+                guard try ClientStore.hasPendingDeviceList(handle, account: account, db) else { return false }
+                if let expectedSafetyNumber {
+                    let given = Data(expectedSafetyNumber.filter(\.isNumber).utf8)
+                    guard ConstantTime.equals(given, Data(number.filter(\.isNumber).utf8)) else {
+                        throw ClientError(
+                            .safetyNumberMismatch,
+                            "that is not the safety number of \(handle)'s identity key; \(handle)'s new device is NOT trusted. "
+                                + "Run `flitz verify \(handle)` and compare again")
+                    }
+                }
+                return try ClientStore.acceptPendingDeviceList(handle, account: account, db)
             }
+            if accepted { return number }
             throw ClientError(.invalidArgument, "neither the identity key nor the devices of \(handle) have changed; nothing to trust")
         }
         let number = SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, pending)

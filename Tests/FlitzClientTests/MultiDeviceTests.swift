@@ -429,3 +429,41 @@ struct MultiDeviceTests {
         await relay.stop()
     }
 }
+
+/// `trust --safety-number` and `verify --safety-number` while a contact's device list adding a device is pending
+/// (`protocol/devices.md` section 4.4; README exit codes: 1 a wrong number, 4 not trusted yet).
+@Suite struct PendingDeviceListTrustTests {
+    @Test func aWrongNumberAcceptsNothingAndVerifyNamesThePendingList() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob1) = try await relay.aliceAndBob()
+        _ = try await alice.send(to: "bob", text: "hello")
+        _ = try await relay.link("bob2", to: bob1)
+        await #expect(throws: ClientError.self) { _ = try await alice.send(to: "bob", text: "not yet") }
+        let number = try alice.verification(of: "bob").safetyNumber
+        let wrong = String(number.reversed())
+        #expect(wrong.filter(\.isNumber) != number.filter(\.isNumber))
+        do {
+            _ = try await alice.trust("bob", expectedSafetyNumber: wrong)
+            Issue.record("a wrong safety number accepted the device list")
+        } catch let error as ClientError {
+            #expect(error.kind == .safetyNumberMismatch && error.exitCode == 1, "\(error)")
+        }
+        do {
+            _ = try await alice.send(to: "bob", text: "still not")
+            Issue.record("sent to a device not accepted")
+        } catch let error as ClientError {
+            #expect(error.kind == .identityChanged && error.exitCode == 4, "\(error)")
+        }
+        do {
+            _ = try alice.verify("bob", safetyNumber: number)
+            Issue.record("verified while a device list is pending")
+        } catch let error as ClientError {
+            #expect(error.kind == .identityChanged && error.exitCode == 4 && error.message.contains("new device"), "\(error)")
+        }
+        #expect(try await alice.trust("bob", expectedSafetyNumber: number) == number)
+        _ = try await alice.send(to: "bob", text: "welcome")
+        #expect(try alice.verify("bob", safetyNumber: number).state == .verified)
+        #expect(try await bob1.receiveAll().texts == ["hello", "welcome"])
+        await relay.stop()
+    }
+}
