@@ -17,13 +17,14 @@ final class InProcessRelay: Sendable {
     let url: String
     private let task: Task<Void, any Error>
 
-    init(maxQueuedEnvelopes: Int = 10_000) async throws {
+    init(maxQueuedEnvelopes: Int = 10_000, authenticationTimeout: Duration = .seconds(30)) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-client-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var logger = Logger(label: "relay")
         logger.logLevel = .critical
-        let configuration = RelayConfiguration(
+        var configuration = RelayConfiguration(
             port: 0, databasePath: directory.appendingPathComponent("relay.sqlite").path, maxQueuedEnvelopes: maxQueuedEnvelopes)
+        configuration.authenticationTimeout = authenticationTimeout
         let application = try await buildRelay(configuration: configuration, logger: logger)
         self.application = application
         task = Task { try await application.run(handleSignals: false) }

@@ -467,3 +467,52 @@ struct MultiDeviceTests {
         await relay.stop()
     }
 }
+
+/// `flitz init --link` waits up to `--timeout` even when the user confirms after the relay's
+/// `relay.authenticationTimeout` closed the new device's unauthenticated connection (`protocol/devices.md` 5.3).
+@Suite struct SlowLinkConfirmationTests {
+    @Test func theNewDeviceReconnectsWhileTheUserConfirms() async throws {
+        let relay = try await InProcessRelay(authenticationTimeout: .seconds(1))
+        let alice = try relay.client("alice")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        let device = try relay.client("alice2")
+        let (codes, continuation) = AsyncStream<String>.makeStream()
+        let url = relay.url
+        let closedBeforeConfirming = Mutex(false)
+        async let linked = alice.linkDevice(
+            timeout: .seconds(60), pollInterval: .milliseconds(20),
+            onCode: { code in
+                continuation.yield(code)
+                continuation.finish()
+            },
+            confirm: { _ in
+                // The offer is stored, so the new device's connection is open since before this one: once the
+                // relay closes this unauthenticated connection, its authentication timeout has passed too.
+                let closed = try? await RelayConnection.with(url: url, logger: Logger(label: "probe")) { connection -> Bool in
+                    _ = try await FlitzClient.challenge(connection)
+                    while await connection.nextUnsolicited(timeout: .seconds(30)) != nil {}
+                    do {
+                        _ = try await connection.request(.linkTake(WireLinkTake()))
+                        return false
+                    } catch let error as ClientError {
+                        return error.kind == .relayUnreachable && error.message.contains("closed")
+                    }
+                }
+                closedBeforeConfirming.withLock { $0 = closed ?? false }
+                return true
+            })
+        var iterator = codes.makeAsyncIterator()
+        let code = try #require(await iterator.next())
+        let (handle, deviceID) = try await device.initializeByLinking(
+            code: code, relayURL: relay.url, timeout: .seconds(60), pollInterval: .milliseconds(20), onFingerprint: { _ in })
+        let (primarySaw, _) = try await linked
+        #expect(closedBeforeConfirming.withLock { $0 })
+        #expect(handle == "alice" && deviceID == primarySaw)
+        // The linked device works: a contact's message reaches it.
+        let bob = try relay.client("bob")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        _ = try await bob.send(to: "alice", text: "hi both")
+        #expect(try await device.receiveAll().texts == ["hi both"])
+        await relay.stop()
+    }
+}
