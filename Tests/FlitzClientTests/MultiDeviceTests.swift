@@ -278,7 +278,7 @@ struct MultiDeviceTests {
 
     @Test func sendingToADeletedAccountFailsClearly() async throws {
         let relay = try await InProcessRelay()
-        let (alice1, _, bob1, bob2) = try await relay.twoDevicesEach()
+        let (alice1, alice2, bob1, bob2) = try await relay.twoDevicesEach()
         _ = try await alice1.send(to: "bob", text: "before")
         try await bob1.deleteAccount()
         for attempt in ["with sessions", "again"] {
@@ -290,6 +290,12 @@ struct MultiDeviceTests {
                 #expect(error.message.contains("no such handle bob (deleted or never registered)"), "\(error)")
             }
         }
+        // The refused sends were refused whole (relay.md, "Submit"): alice's other device never shows them as sent.
+        #expect(try await alice2.receiveAll().texts == ["before"])
+        let shownSent = try await alice1.store.dbQueue.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages WHERE text IN ('with sessions', 'again') AND status != 'pending'")
+        }
+        #expect(shownSent == 0)
         let stranger = try relay.client("carol")
         _ = try await stranger.initialize(relayURL: relay.url, handle: "carol")
         await #expect(throws: ClientError.self) { _ = try await stranger.send(to: "bob", text: "hi") }
