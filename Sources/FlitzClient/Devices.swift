@@ -3,6 +3,7 @@ import FlitzProtocol
 import FlitzWire
 import Foundation
 import GRDB
+import Synchronization
 
 /// One device of this account, as `flitz devices` shows it.
 public struct DeviceSummary: Sendable {
@@ -257,19 +258,38 @@ extension FlitzClient {
         let deviceKey = Ed25519PrivateKey(random: random)
         onFingerprint(DeviceFingerprint.of(identityKey: deviceKey.publicKey))
         let random = self.random
+        // Waiting for the grant happens on unauthenticated connections, which the relay closes after
+        // `relay.authenticationTimeout` (30 s by default): once the offer is stored, a closed connection is
+        // replaced by a new one (same keys, same link secret) until `timeout` (`protocol/devices.md` section 5.3).
+        let offered = Mutex(false)
+        var sealedGrant: Data?
+        while sealedGrant == nil {
+            do {
+                sealedGrant = try await RelayConnection.with(url: relayURL, logger: logger) { connection -> Data in
+                    if !offered.withLock({ $0 }) {
+                        try await Self.linkPut(connection, keys, slot: 1, LinkOffer(deviceIdentityKey: deviceKey.publicKey).sealed(with: keys))
+                        offered.withLock { $0 = true }
+                    }
+                    return try await Self.linkTake(connection, keys, slot: 2, deadline: deadline, pollInterval: pollInterval)
+                }
+            } catch let error as ClientError {
+                let wasOffered = offered.withLock { $0 }
+                guard error.kind == .relayUnreachable, wasOffered, ContinuousClock.now.advanced(by: pollInterval) < deadline else { throw error }
+                logger.debug("connection closed while waiting for the grant; reconnecting", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: pollInterval)
+            }
+        }
+        let grant: LinkGrant
+        let device: DeviceIdentity
+        do {
+            grant = try LinkGrant(opening: sealedGrant ?? Data(), with: keys, expectedDeviceIdentityKey: deviceKey.publicKey)
+            device = try DeviceIdentity(privateKey: deviceKey, certificate: grant.certificate)
+        } catch {
+            throw ClientError(.protocolFailure, "the primary device's grant does not verify (\(error)): a wrong code or tampering; linking stopped")
+        }
+        // Registration on a new connection: its challenge is fresh and its authentication timeout just started.
         let (handle, deviceID) = try await RelayConnection.with(url: relayURL, logger: logger) { connection -> (String, UInt32) in
             let challenge = try await Self.challenge(connection)
-            try await Self.linkPut(connection, keys, slot: 1, LinkOffer(deviceIdentityKey: deviceKey.publicKey).sealed(with: keys))
-            let grant: LinkGrant
-            let device: DeviceIdentity
-            do {
-                grant = try LinkGrant(
-                    opening: try await Self.linkTake(connection, keys, slot: 2, deadline: deadline, pollInterval: pollInterval), with: keys,
-                    expectedDeviceIdentityKey: deviceKey.publicKey)
-                device = try DeviceIdentity(privateKey: deviceKey, certificate: grant.certificate)
-            } catch let error as FlitzProtocolError {
-                throw ClientError(.protocolFailure, "the primary device's grant does not verify (\(error)): a wrong code or tampering; linking stopped")
-            }
             let preKeys = RegistrationPreKeys(
                 signedPreKey: SignedPreKeyPair(id: 1, device: device, random: random),
                 oneTimePreKeys: (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) },

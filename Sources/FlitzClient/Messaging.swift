@@ -77,6 +77,14 @@ extension FlitzClient {
                 prepared.value = message
                 Failpoint.hit("send.afterCommit")
             }
+            // A Submit over the relay's frame limit would close the connection; refuse it before submitting.
+            if let limit = Self.oversizeLimit(message.envelopes, textBytes: text.utf8.count) {
+                try discard(message)
+                prepared.value = nil
+                throw ClientError(
+                    .invalidArgument,
+                    "this message is too long to send to \(message.envelopes.count) devices at once: at most \(limit) bytes")
+            }
             var mismatches: [WireDeviceMismatch]
             do {
                 let outcomes = try await submitStored(message.envelopes, on: connection, keepRetryable: false, selectedDevices: false)
@@ -152,6 +160,16 @@ extension FlitzClient {
         }
         var warnings: [String] = []
         for group in groups {
+            // A group that cannot fit in one frame would close every connection it is resent on: give it up.
+            guard Self.submitFrameBytes(group.envelopes, selectedDevices: group.selected) <= WireConstants.maxFrameBytes else {
+                try await store.dbQueue.write { db in
+                    try db.execute(sql: "UPDATE envelopes SET ciphertext = NULL WHERE message_seq = ? AND status = 'pending'", arguments: [group.seq])
+                }
+                warnings.append(
+                    "an unsent message to \(group.peer) is too long to send to \(group.envelopes.count) devices at once and was given up; "
+                        + "send it again, shorter")
+                continue
+            }
             do {
                 let outcomes = try await submitStored(group.envelopes, on: connection, keepRetryable: true, selectedDevices: group.selected)
                 if let failed = outcomes.first(where: { $0.hasError && !Self.isRetryable($0.error.code) }) {
@@ -165,6 +183,27 @@ extension FlitzClient {
             }
         }
         return warnings
+    }
+
+    /// Size in bytes of the `Frame` carrying a `Submit` of `envelopes`, with the longest request id (10 bytes):
+    /// an upper bound of what `submitStored` sends. The relay closes a connection whose frame exceeds
+    /// `WireConstants.maxFrameBytes` (`protocol/relay.md`, "Limits").
+    static func submitFrameBytes(_ envelopes: [WireOutgoingEnvelope], selectedDevices: Bool) -> Int {
+        var submit = WireSubmit()
+        submit.envelopes = envelopes
+        submit.selectedDevices = selectedDevices
+        return FrameCodec.encode(WireFrame(requestID: .max, body: .submit(submit))).count
+    }
+
+    /// nil when a `Submit` of `envelopes` fits in one frame; otherwise the longest text in UTF-8 bytes that
+    /// would fit for as many devices (each ciphertext holds the text once, padded by at most 64 bytes; 8 more
+    /// per envelope for length prefixes that may grow), given the envelopes of a `textBytes`-byte text.
+    static func oversizeLimit(_ envelopes: [WireOutgoingEnvelope], textBytes: Int) -> Int? {
+        let size = submitFrameBytes(envelopes, selectedDevices: false)
+        guard size > WireConstants.maxFrameBytes, !envelopes.isEmpty else { return nil }
+        let count = envelopes.count
+        let overhead = size - count * textBytes + count * (64 + 8)
+        return min(maxTextBytes, max(0, (WireConstants.maxFrameBytes - overhead) / count))
     }
 
     /// Refusals that may pass by themselves: a full recipient queue, a relay failure.
@@ -420,17 +459,32 @@ extension FlitzClient {
     /// key `safetyNumbers(with:)` showed. With `expectedSafetyNumber`, only if that key still has that number
     /// (another change may have arrived since it was displayed). Drops the sessions with the old key.
     /// Returns the safety number of the newly trusted key.
-    /// - Throws: `ClientError(.invalidArgument)` when nothing changed, or the number does not match.
+    /// - Throws: `ClientError(.invalidArgument)` when nothing changed, or the number does not match the new key;
+    ///   `.safetyNumberMismatch` when a pending device list is to be accepted and the number is not the trusted
+    ///   key's (nothing accepted).
     public func trust(_ handle: String, expectedSafetyNumber: String? = nil) async throws -> String {
         let account = try requireAccount()
         guard let contact = try store.contact(handle) else {
             throw ClientError(.invalidArgument, "no contact \(handle) yet: their key is trusted when you first exchange a message")
         }
         guard let pending = contact.untrustedIdentityKey else {
-            // Same key, a newer device list adding a device: accept it (`protocol/devices.md` section 4.4).
-            if try store.transaction({ db in try ClientStore.acceptPendingDeviceList(handle, account: account, db) }) {
-                return SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, contact.trustedIdentityKey)
+            // Same key, a newer device list adding a device: accept it (`protocol/devices.md` section 4.4), with
+            // `expectedSafetyNumber` only if it is the trusted key's number (compared in constant time).
+            let number = SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, contact.trustedIdentityKey)
+            let accepted = try store.transaction { db -> Bool in
+                guard try ClientStore.hasPendingDeviceList(handle, account: account, db) else { return false }
+                if let expectedSafetyNumber {
+                    let given = Data(expectedSafetyNumber.filter(\.isNumber).utf8)
+                    guard ConstantTime.equals(given, Data(number.filter(\.isNumber).utf8)) else {
+                        throw ClientError(
+                            .safetyNumberMismatch,
+                            "that is not the safety number of \(handle)'s identity key; \(handle)'s new device is NOT trusted. "
+                                + "Run `flitz verify \(handle)` and compare again")
+                    }
+                }
+                return try ClientStore.acceptPendingDeviceList(handle, account: account, db)
             }
+            if accepted { return number }
             throw ClientError(.invalidArgument, "neither the identity key nor the devices of \(handle) have changed; nothing to trust")
         }
         let number = SafetyNumber.compute(account.accountIdentityKey.rawRepresentation, pending)

@@ -43,8 +43,8 @@ extension FlitzClient {
 
     /// Marks `handle` verified if `safetyNumber` (30 digits as shown; spaces ignored) is the safety number
     /// of the trusted key. Compared in constant time, inside the transaction that records it.
-    /// - Throws: `ClientError(.safetyNumberMismatch)` (nothing changes); `.identityChanged` when a new key is
-    ///   pending (run `trust` first); `.invalidArgument` for an unknown contact.
+    /// - Throws: `ClientError(.safetyNumberMismatch)` (nothing changes); `.identityChanged` when a new key or
+    ///   a device list adding a device is pending (run `trust` first); `.invalidArgument` for an unknown contact.
     @discardableResult
     public func verify(_ handle: String, safetyNumber: String) throws -> ContactVerification {
         try verify(handle) { own, key in
@@ -66,7 +66,8 @@ extension FlitzClient {
     }
 
     private func verify(_ handle: String, matches: (Data, Data) -> Bool) throws -> ContactVerification {
-        let own = try requireAccount().accountIdentityKey.rawRepresentation
+        let account = try requireAccount()
+        let own = account.accountIdentityKey.rawRepresentation
         return try store.transaction { db in
             guard let contact = try ClientStore.contact(handle, db) else { throw noContactError(handle) }
             guard contact.untrustedIdentityKey == nil else {
@@ -74,6 +75,13 @@ extension FlitzClient {
                     .identityChanged,
                     "the identity key of \(handle) has changed and is not trusted yet; compare `flitz verify \(handle)` with them, "
                         + "run `flitz trust \(handle)`, then verify again")
+            }
+            // A device list change waiting for `trust` (exit 4, README's exit-code table; devices.md 4.4).
+            guard try !ClientStore.hasPendingDeviceList(handle, account: account, db) else {
+                throw ClientError(
+                    .identityChanged,
+                    "\(handle) has a new device in their signed device list that is not trusted yet; check with \(handle) that they "
+                        + "linked it, run `flitz trust \(handle) --safety-number \"NUMBER\"`, then verify again")
             }
             guard matches(own, contact.trustedIdentityKey) else {
                 throw ClientError(

@@ -55,7 +55,8 @@ public protocol RelayStore: Sendable {
     /// Returns one outcome per submission, in order. An envelope id already stored by the same sender
     /// device for the same recipient device is accepted again with its original times and not queued
     /// twice; the same id in any other combination is refused with `envelopeIDConflict`. Unknown
-    /// recipient handles are refused with `unknownRecipient`, devices that are not current with
+    /// recipient handles are refused with `unknownRecipient` (in a non-zero group: every new envelope of the
+    /// group, so the sender's own copies are not stored either), devices that are not current with
     /// `staleDevice`. The route of each envelope is kept until `routeExpiresAtMs`.
     /// A recipient device that already has `queueLimit` undelivered envelopes queued gets no more
     /// (`queueFull`), so one sender cannot fill the relay's storage.

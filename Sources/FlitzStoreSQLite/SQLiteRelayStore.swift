@@ -512,6 +512,14 @@ public final class SQLiteRelayStore: RelayStore {
                 groupIDs[groupKeys[index]] = (route["group_id"] as Data?) ?? envelope.envelopeID
             }
         }
+        // A non-zero group with a new envelope to a handle that does not exist (or was deleted) is refused whole:
+        // its copies for the sender's other devices must not show a message its recipient never got.
+        var refusedGroups = Set<Int64>()
+        for (index, envelope) in envelopes.enumerated() where envelope.group != 0 && existing[index] == nil {
+            if try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE handle = ?", arguments: [envelope.recipient.handle]) != true {
+                refusedGroups.insert(groupKeys[index])
+            }
+        }
         var outcomes: [SubmissionOutcome] = []
         outcomes.reserveCapacity(envelopes.count)
         var queued: [DeviceAddress: Int] = [:]
@@ -523,6 +531,10 @@ public final class SQLiteRelayStore: RelayStore {
                 outcomes.append(isSameRoute(route, envelope)
                     ? .accepted(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyQueued: false)
                     : .rejected(.envelopeIDConflict))
+                continue
+            }
+            if refusedGroups.contains(groupKeys[index]) {
+                outcomes.append(.rejected(.unknownRecipient))
                 continue
             }
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE handle = ?", arguments: [envelope.recipient.handle]) == true else {

@@ -17,13 +17,17 @@ final class InProcessRelay: Sendable {
     let url: String
     private let task: Task<Void, any Error>
 
-    init(maxQueuedEnvelopes: Int = 10_000) async throws {
+    /// - Parameter linkRateLimit: the per-address limit on RegisterDevice/LinkPut/LinkTake; tests that link many
+    ///   devices from one address in a few seconds raise it (the limits themselves are tested in RateLimitTests).
+    init(maxQueuedEnvelopes: Int = 10_000, authenticationTimeout: Duration = .seconds(30), linkRateLimit: RateLimit? = nil) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-client-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var logger = Logger(label: "relay")
         logger.logLevel = .critical
-        let configuration = RelayConfiguration(
+        var configuration = RelayConfiguration(
             port: 0, databasePath: directory.appendingPathComponent("relay.sqlite").path, maxQueuedEnvelopes: maxQueuedEnvelopes)
+        configuration.authenticationTimeout = authenticationTimeout
+        if let linkRateLimit { configuration.rateLimits.linkAddress = linkRateLimit }
         let application = try await buildRelay(configuration: configuration, logger: logger)
         self.application = application
         task = Task { try await application.run(handleSignals: false) }

@@ -1,5 +1,6 @@
 import FlitzCrypto
 import FlitzProtocol
+import FlitzRelay
 import FlitzWire
 import Foundation
 import GRDB
@@ -278,7 +279,7 @@ struct MultiDeviceTests {
 
     @Test func sendingToADeletedAccountFailsClearly() async throws {
         let relay = try await InProcessRelay()
-        let (alice1, _, bob1, bob2) = try await relay.twoDevicesEach()
+        let (alice1, alice2, bob1, bob2) = try await relay.twoDevicesEach()
         _ = try await alice1.send(to: "bob", text: "before")
         try await bob1.deleteAccount()
         for attempt in ["with sessions", "again"] {
@@ -290,6 +291,12 @@ struct MultiDeviceTests {
                 #expect(error.message.contains("no such handle bob (deleted or never registered)"), "\(error)")
             }
         }
+        // The refused sends were refused whole (relay.md, "Submit"): alice's other device never shows them as sent.
+        #expect(try await alice2.receiveAll().texts == ["before"])
+        let shownSent = try await alice1.store.dbQueue.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages WHERE text IN ('with sessions', 'again') AND status != 'pending'")
+        }
+        #expect(shownSent == 0)
         let stranger = try relay.client("carol")
         _ = try await stranger.initialize(relayURL: relay.url, handle: "carol")
         await #expect(throws: ClientError.self) { _ = try await stranger.send(to: "bob", text: "hi") }
@@ -383,6 +390,137 @@ struct MultiDeviceTests {
         // A removal only: accepted at once.
         #expect(try alice.considerDeviceList(try list(3, [1]), handle: "bob", servedAccountKey: key, account: account, forSending: true)
             == .accepted(removedDeviceIDs: [2]))
+        await relay.stop()
+    }
+}
+
+/// A message whose Submit to every device would exceed the relay's frame limit (`protocol/crypto.md`, "Limits").
+@Suite struct OversizeSubmitTests {
+    /// alice with 2 devices, bob with 16: a 63 000-byte message is 17 envelopes, over 1 MiB in one Submit. It is
+    /// refused before submitting and nothing stays stored; the limit named fits; a stored oversize group (as a
+    /// crash could leave) is given up with a warning instead of closing every later connection.
+    @Test func aSubmitOverTheFrameLimitIsRefusedAndNeverWedges() async throws {
+        // Linking 15 devices polls LinkTake often from one address.
+        let relay = try await InProcessRelay(linkRateLimit: RateLimit(perMinute: 6_000, burst: 6_000))
+        let (alice1, alice2, bob1, _) = try await relay.twoDevicesEach()
+        for index in 3...16 { _ = try await relay.link("bob\(index)", to: bob1) }
+        let long = String(repeating: "x", count: FlitzClient.maxTextBytes)
+        var limit = 0
+        do {
+            _ = try await alice1.send(to: "bob", text: long)
+            Issue.record("an oversize Submit was sent")
+        } catch let error as ClientError {
+            #expect(error.kind == .invalidArgument && error.exitCode == 1, "\(error)")
+            #expect(error.message.contains("too long to send to 17 devices at once: at most "), "\(error)")
+            let words = error.message.split(separator: " ")
+            limit = words.count >= 2 ? Int(words[words.count - 2]) ?? 0 : 0
+        }
+        #expect(limit > 50_000 && limit < FlitzClient.maxTextBytes, "\(limit)")
+        let stored = try await alice1.store.dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages") }
+        #expect(stored == 0)
+        // The limit named is sendable to the same 17 devices.
+        let fitting = String(repeating: "y", count: limit)
+        _ = try await alice1.send(to: "bob", text: fitting)
+        #expect(try await bob1.receiveAll().texts == [fitting])
+        #expect(try await alice2.receiveAll().messages.count == 1)
+        // An oversize group stored as pending (a process killed between storing and submitting).
+        let account = try alice1.requireAccount()
+        _ = try await alice1.withAuthenticatedConnection(account) { connection in
+            try await alice1.prepare(on: connection, account: account, to: "bob", text: long, expiresIn: nil, messageID: Data(repeating: 7, count: 16))
+        }
+        _ = try await alice1.send(to: "bob", text: "after")
+        #expect(try await bob1.receiveAll().texts == ["after"])
+        let unsent = try await alice1.store.dbQueue.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM envelopes WHERE status = 'pending' AND ciphertext IS NOT NULL")
+        }
+        #expect(unsent == 0)
+        await relay.stop()
+    }
+}
+
+/// `trust --safety-number` and `verify --safety-number` while a contact's device list adding a device is pending
+/// (`protocol/devices.md` section 4.4; README exit codes: 1 a wrong number, 4 not trusted yet).
+@Suite struct PendingDeviceListTrustTests {
+    @Test func aWrongNumberAcceptsNothingAndVerifyNamesThePendingList() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob1) = try await relay.aliceAndBob()
+        _ = try await alice.send(to: "bob", text: "hello")
+        _ = try await relay.link("bob2", to: bob1)
+        await #expect(throws: ClientError.self) { _ = try await alice.send(to: "bob", text: "not yet") }
+        let number = try alice.verification(of: "bob").safetyNumber
+        let wrong = String(number.reversed())
+        #expect(wrong.filter(\.isNumber) != number.filter(\.isNumber))
+        do {
+            _ = try await alice.trust("bob", expectedSafetyNumber: wrong)
+            Issue.record("a wrong safety number accepted the device list")
+        } catch let error as ClientError {
+            #expect(error.kind == .safetyNumberMismatch && error.exitCode == 1, "\(error)")
+        }
+        do {
+            _ = try await alice.send(to: "bob", text: "still not")
+            Issue.record("sent to a device not accepted")
+        } catch let error as ClientError {
+            #expect(error.kind == .identityChanged && error.exitCode == 4, "\(error)")
+        }
+        do {
+            _ = try alice.verify("bob", safetyNumber: number)
+            Issue.record("verified while a device list is pending")
+        } catch let error as ClientError {
+            #expect(error.kind == .identityChanged && error.exitCode == 4 && error.message.contains("new device"), "\(error)")
+        }
+        #expect(try await alice.trust("bob", expectedSafetyNumber: number) == number)
+        _ = try await alice.send(to: "bob", text: "welcome")
+        #expect(try alice.verify("bob", safetyNumber: number).state == .verified)
+        #expect(try await bob1.receiveAll().texts == ["hello", "welcome"])
+        await relay.stop()
+    }
+}
+
+/// `flitz init --link` waits up to `--timeout` even when the user confirms after the relay's
+/// `relay.authenticationTimeout` closed the new device's unauthenticated connection (`protocol/devices.md` 5.3).
+@Suite struct SlowLinkConfirmationTests {
+    @Test func theNewDeviceReconnectsWhileTheUserConfirms() async throws {
+        let relay = try await InProcessRelay(authenticationTimeout: .seconds(1), linkRateLimit: RateLimit(perMinute: 6_000, burst: 6_000))
+        let alice = try relay.client("alice")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        let device = try relay.client("alice2")
+        let (codes, continuation) = AsyncStream<String>.makeStream()
+        let url = relay.url
+        let closedBeforeConfirming = Mutex(false)
+        async let linked = alice.linkDevice(
+            timeout: .seconds(60), pollInterval: .milliseconds(20),
+            onCode: { code in
+                continuation.yield(code)
+                continuation.finish()
+            },
+            confirm: { _ in
+                // The offer is stored, so the new device's connection is open since before this one: once the
+                // relay closes this unauthenticated connection, its authentication timeout has passed too.
+                let closed = try? await RelayConnection.with(url: url, logger: Logger(label: "probe")) { connection -> Bool in
+                    _ = try await FlitzClient.challenge(connection)
+                    while await connection.nextUnsolicited(timeout: .seconds(30)) != nil {}
+                    do {
+                        _ = try await connection.request(.linkTake(WireLinkTake()))
+                        return false
+                    } catch let error as ClientError {
+                        return error.kind == .relayUnreachable && error.message.contains("closed")
+                    }
+                }
+                closedBeforeConfirming.withLock { $0 = closed ?? false }
+                return true
+            })
+        var iterator = codes.makeAsyncIterator()
+        let code = try #require(await iterator.next())
+        let (handle, deviceID) = try await device.initializeByLinking(
+            code: code, relayURL: relay.url, timeout: .seconds(60), pollInterval: .milliseconds(20), onFingerprint: { _ in })
+        let (primarySaw, _) = try await linked
+        #expect(closedBeforeConfirming.withLock { $0 })
+        #expect(handle == "alice" && deviceID == primarySaw)
+        // The linked device works: a contact's message reaches it.
+        let bob = try relay.client("bob")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        _ = try await bob.send(to: "alice", text: "hi both")
+        #expect(try await device.receiveAll().texts == ["hi both"])
         await relay.stop()
     }
 }

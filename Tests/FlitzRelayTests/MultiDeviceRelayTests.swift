@@ -345,15 +345,21 @@ extension WireFrame {
                 #expect(single.errorCode == .mismatchedDevices)
                 // Nothing was stored.
                 #expect(try await relay.app.relay.store.pendingItems(for: bob.address(0), afterSequence: 0, nowMs: 0, limit: 10).isEmpty)
-                // The full group, with an unknown handle in the same submit keeping its own outcome.
+                // The full group with an unknown handle in it is refused whole (relay.md, "Submit"): alice's own
+                // copy must not show a message bob's devices never got. Without it, the group is accepted.
                 let full = [
                     grouped(4, to: "bob", device: 1, group: 1), grouped(5, to: "bob", device: 2, group: 1),
-                    grouped(6, to: "alice", device: 2, group: 1), grouped(7, to: "nobody", device: 1, group: 1),
+                    grouped(6, to: "alice", device: 2, group: 1),
                 ]
+                guard case .submitResult(let withUnknown) = try await connection.submit(
+                    full + [grouped(7, to: "nobody", device: 1, group: 1)], selectedDevices: false).body
+                else { throw Failure("refused") }
+                #expect(withUnknown.outcomes.map(\.error.code) == [.unknownRecipient, .unknownRecipient, .unknownRecipient, .unknownRecipient])
+                #expect(try await relay.app.relay.store.pendingItems(for: bob.address(0), afterSequence: 0, nowMs: 0, limit: 10).isEmpty)
                 guard case .submitResult(let accepted) = try await connection.submit(full, selectedDevices: false).body else {
                     throw Failure("refused")
                 }
-                #expect(accepted.outcomes.map(\.error.code) == [.unspecified, .unspecified, .unspecified, .unknownRecipient])
+                #expect(accepted.outcomes.map(\.error.code) == [.unspecified, .unspecified, .unspecified])
                 // selected_devices: per-envelope outcomes, no coverage check; bob's registered but unlisted
                 // device 3 is not current either (security review, issue 4).
                 guard case .submitResult(let selected) = try await connection.submit(
