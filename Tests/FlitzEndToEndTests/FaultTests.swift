@@ -238,12 +238,15 @@ final class KillableRelay: Sendable {
 
     /// Kills the relay with SIGKILL now and restarts it in the background on the same database and port.
     func killAndRestartSoon() {
-        let (process, previous) = current.withLock { state in
-            defer { state.process = nil }
-            return (state.process, state.restarting)
-        }
+        let previous = current.withLock { $0.restarting }
         let task = Task { [database, log, port] in
             _ = try await previous?.value
+            // Taken only after an earlier restart finished: two kills scheduled close together must kill the
+            // relay that restart started, not start a second relay beside it (which would find the database locked).
+            let process = current.withLock { state in
+                defer { state.process = nil }
+                return state.process
+            }
             if let process {
                 kill(process.relay.process.processIdentifier, SIGKILL)
                 process.relay.process.waitUntilExit()
