@@ -29,6 +29,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        // Push providers (protocol/push.md): HTTP/1.1 and HTTP/2 requests to Web Push, APNs and FCM, and the
+        // ES256 / RS256 tokens VAPID, APNs and FCM's OAuth grant require.
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
     ],
     targets: [
         .systemLibrary(
@@ -67,6 +71,8 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "JWTKit", package: "jwt-kit"),
             ]
         ),
         .target(
@@ -114,6 +120,10 @@ let package = Package(
             dependencies: [
                 "FlitzRelay", "FlitzWire", "FlitzCrypto", "FlitzStoreSQLite",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                // Local stand-ins for push services: Web Push and FCM over HTTP/1.1, APNs over HTTP/2 with TLS.
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdHTTP2", package: "hummingbird"),
+                .product(name: "JWTKit", package: "jwt-kit"),
             ]
         ),
         .testTarget(
@@ -121,6 +131,7 @@ let package = Package(
             dependencies: [
                 "FlitzClient", "FlitzProtocol", "FlitzRelay", "FlitzStore", "FlitzWire", "FlitzCrypto",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Hummingbird", package: "hummingbird"),  // a local Web Push receiver
             ]
         ),
         // Drives the built `flitz-relay` and `flitz` executables as separate processes.
@@ -132,6 +143,7 @@ let package = Package(
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),  // a local Web Push receiver
             ]
         ),
     ],

@@ -146,6 +146,7 @@ public final class RelayMetrics: Sendable {
         case .mismatchedDevices: "MISMATCHED_DEVICES"
         case .deviceListRejected: "DEVICE_LIST_REJECTED"
         case .tooManyDevices: "TOO_MANY_DEVICES"
+        case .pushProviderUnavailable: "PUSH_PROVIDER_UNAVAILABLE"
         case .UNRECOGNIZED(let value): "UNRECOGNIZED_\(value)"
         }
     }

@@ -103,6 +103,9 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
 
   /// the handle already has the most devices an account may have (devices.md, MAX_DEVICES)
   case tooManyDevices // = 24
+
+  /// this relay has no credentials for the push provider named (push.md 3)
+  case pushProviderUnavailable // = 25
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -136,6 +139,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 22: self = .mismatchedDevices
     case 23: self = .deviceListRejected
     case 24: self = .tooManyDevices
+    case 25: self = .pushProviderUnavailable
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -167,6 +171,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .mismatchedDevices: return 22
     case .deviceListRejected: return 23
     case .tooManyDevices: return 24
+    case .pushProviderUnavailable: return 25
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -198,6 +203,107 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .mismatchedDevices,
     .deviceListRejected,
     .tooManyDevices,
+    .pushProviderUnavailable,
+  ]
+
+}
+
+/// The urgency class of an envelope (push.md 2). Visible to the relay, which learns nothing else from it.
+public nonisolated enum WireUrgency: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// treated as URGENCY_URGENT (envelopes from clients before push)
+  case unspecified // = 0
+
+  /// a message a person should see: coalesced wake-up
+  case urgent // = 1
+
+  /// a call offer: wake-up at once, high priority, never coalesced
+  case ring // = 2
+
+  /// typing, receipts, presence, sync copies, session resets: never a wake-up
+  case silent // = 3
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .urgent
+    case 2: self = .ring
+    case 3: self = .silent
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .urgent: return 1
+    case .ring: return 2
+    case .silent: return 3
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [WireUrgency] = [
+    .unspecified,
+    .urgent,
+    .ring,
+    .silent,
+  ]
+
+}
+
+/// Push services (push.md 3).
+public nonisolated enum WirePushProvider: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// RFC 8030 Web Push / UnifiedPush, payload encrypted per RFC 8291, VAPID (RFC 8292)
+  case webPush // = 1
+
+  /// Apple Push Notification service, HTTP/2, token authentication
+  case apns // = 2
+
+  /// Firebase Cloud Messaging HTTP v1
+  case fcm // = 3
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .webPush
+    case 2: self = .apns
+    case 3: self = .fcm
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .webPush: return 1
+    case .apns: return 2
+    case .fcm: return 3
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [WirePushProvider] = [
+    .unspecified,
+    .webPush,
+    .apns,
+    .fcm,
   ]
 
 }
@@ -370,6 +476,14 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .linkMessage(newValue)}
   }
 
+  public var pushEndpointStatus: WirePushEndpointStatus {
+    get {
+      if case .pushEndpointStatus(let v)? = _storage._body {return v}
+      return WirePushEndpointStatus()
+    }
+    set {_uniqueStorage()._body = .pushEndpointStatus(newValue)}
+  }
+
   /// client -> relay
   public var register: WireRegister {
     get {
@@ -494,6 +608,33 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .updateAccountSettings(newValue)}
   }
 
+  /// answered with PushEndpointStatus
+  public var registerPushEndpoint: WireRegisterPushEndpoint {
+    get {
+      if case .registerPushEndpoint(let v)? = _storage._body {return v}
+      return WireRegisterPushEndpoint()
+    }
+    set {_uniqueStorage()._body = .registerPushEndpoint(newValue)}
+  }
+
+  /// answered with PushEndpointStatus
+  public var removePushEndpoint: WireRemovePushEndpoint {
+    get {
+      if case .removePushEndpoint(let v)? = _storage._body {return v}
+      return WireRemovePushEndpoint()
+    }
+    set {_uniqueStorage()._body = .removePushEndpoint(newValue)}
+  }
+
+  /// answered with PushEndpointStatus
+  public var fetchPushEndpoint: WireFetchPushEndpoint {
+    get {
+      if case .fetchPushEndpoint(let v)? = _storage._body {return v}
+      return WireFetchPushEndpoint()
+    }
+    set {_uniqueStorage()._body = .fetchPushEndpoint(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -510,6 +651,7 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case ok(WireOk)
     case deviceListResult(WireDeviceListResult)
     case linkMessage(WireLinkMessage)
+    case pushEndpointStatus(WirePushEndpointStatus)
     /// client -> relay
     case register(WireRegister)
     case recover(WireRecover)
@@ -529,6 +671,12 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     /// allowed before and after authentication
     case linkTake(WireLinkTake)
     case updateAccountSettings(WireUpdateAccountSettings)
+    /// answered with PushEndpointStatus
+    case registerPushEndpoint(WireRegisterPushEndpoint)
+    /// answered with PushEndpointStatus
+    case removePushEndpoint(WireRemovePushEndpoint)
+    /// answered with PushEndpointStatus
+    case fetchPushEndpoint(WireFetchPushEndpoint)
 
   }
 
@@ -1208,6 +1356,89 @@ public nonisolated struct WireOutgoingEnvelope: Sendable {
   /// (relay.md, "Submit" and "Receipts across devices"); 0 makes a group of one envelope.
   public var group: UInt32 = 0
 
+  /// Whether an offline recipient device gets a push wake-up (push.md 2). Chosen by the sender.
+  public var urgency: WireUrgency = .unspecified
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Sets this device's push endpoint, replacing any earlier one (push.md 4). Only the authenticated device's
+/// own endpoint can be set, read or removed; the relay never shows an endpoint to anyone else.
+public nonisolated struct WireRegisterPushEndpoint: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var provider: WirePushProvider = .unspecified
+
+  /// WEB_PUSH: absolute https URL (http only when the host is a loopback address), at most 2048 bytes.
+  /// APNS: the device token as lowercase hex, 64 to 200 characters. FCM: the registration token, 1 to 4096 bytes.
+  public var endpoint: String = String()
+
+  /// WEB_PUSH only: 65-byte uncompressed P-256 public key (RFC 8291 "ua_public")
+  public var p256Dh: Data = Data()
+
+  /// WEB_PUSH only: 16-byte authentication secret (RFC 8291)
+  public var authSecret: Data = Data()
+
+  /// APNS only: background pushes (content-available) instead of alerts with mutable-content
+  public var apnsBackground: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireRemovePushEndpoint: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireFetchPushEndpoint: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// This device's push endpoint as the relay holds it (push.md 4).
+public nonisolated struct WirePushEndpointStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// false: no endpoint (never set, removed, or dropped as dead)
+  public var registered: Bool = false
+
+  /// the registered (or last dropped) endpoint's provider
+  public var provider: WirePushProvider = .unspecified
+
+  /// when it was set; 0 when none
+  public var registeredAtMs: Int64 = 0
+
+  /// last wake-up the push service accepted; 0 = none yet
+  public var lastWakeAtMs: Int64 = 0
+
+  /// wake-ups the push service accepted for this endpoint
+  public var wakesSent: UInt64 = 0
+
+  /// Why the last attempt failed or why the endpoint was dropped, e.g. "push service answered 410 Gone:
+  /// endpoint dropped". Empty when the last attempt succeeded. Never contains a key or payload.
+  public var lastFailure: String = String()
+
+  /// when the relay dropped the endpoint as dead; 0 otherwise
+  public var droppedAtMs: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1382,7 +1613,15 @@ public nonisolated struct WireReportSeen: Sendable {
 fileprivate nonisolated let _protobuf_package = "flitz.wire.v1"
 
 nonisolated extension WireErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0\u{1}PREKEY_ID_REUSED\0\u{1}RATE_LIMITED\0\u{1}UNKNOWN_ENVELOPE\0\u{1}MISMATCHED_DEVICES\0\u{1}DEVICE_LIST_REJECTED\0\u{1}TOO_MANY_DEVICES\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0\u{1}PREKEY_ID_REUSED\0\u{1}RATE_LIMITED\0\u{1}UNKNOWN_ENVELOPE\0\u{1}MISMATCHED_DEVICES\0\u{1}DEVICE_LIST_REJECTED\0\u{1}TOO_MANY_DEVICES\0\u{1}PUSH_PROVIDER_UNAVAILABLE\0")
+}
+
+nonisolated extension WireUrgency: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0URGENCY_UNSPECIFIED\0\u{1}URGENCY_URGENT\0\u{1}URGENCY_RING\0\u{1}URGENCY_SILENT\0")
+}
+
+nonisolated extension WirePushProvider: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PUSH_PROVIDER_UNSPECIFIED\0\u{1}PUSH_PROVIDER_WEB_PUSH\0\u{1}PUSH_PROVIDER_APNS\0\u{1}PUSH_PROVIDER_FCM\0")
 }
 
 nonisolated extension WireReceiptKind: SwiftProtobuf._ProtoNameProviding {
@@ -1391,7 +1630,7 @@ nonisolated extension WireReceiptKind: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Frame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{2}\u{9}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{3}push_endpoint_status\0\u{2}\u{8}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0\u{3}register_push_endpoint\0\u{3}remove_push_endpoint\0\u{3}fetch_push_endpoint\0")
 
   fileprivate class _StorageClass {
     var _version: UInt32 = 0
@@ -1584,6 +1823,19 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
           if let v = v {
             if hadOneofValue {try decoder.handleConflictingOneOf()}
             _storage._body = .linkMessage(v)
+          }
+        }()
+        case 22: try {
+          var v: WirePushEndpointStatus?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .pushEndpointStatus(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .pushEndpointStatus(v)
           }
         }()
         case 30: try {
@@ -1781,6 +2033,45 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
             _storage._body = .updateAccountSettings(v)
           }
         }()
+        case 45: try {
+          var v: WireRegisterPushEndpoint?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .registerPushEndpoint(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .registerPushEndpoint(v)
+          }
+        }()
+        case 46: try {
+          var v: WireRemovePushEndpoint?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .removePushEndpoint(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .removePushEndpoint(v)
+          }
+        }()
+        case 47: try {
+          var v: WireFetchPushEndpoint?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .fetchPushEndpoint(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .fetchPushEndpoint(v)
+          }
+        }()
         default: break
         }
       }
@@ -1848,6 +2139,10 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
         guard case .linkMessage(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
       }()
+      case .pushEndpointStatus?: try {
+        guard case .pushEndpointStatus(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
       case .register?: try {
         guard case .register(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
@@ -1907,6 +2202,18 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .updateAccountSettings?: try {
         guard case .updateAccountSettings(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 44)
+      }()
+      case .registerPushEndpoint?: try {
+        guard case .registerPushEndpoint(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 45)
+      }()
+      case .removePushEndpoint?: try {
+        guard case .removePushEndpoint(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 46)
+      }()
+      case .fetchPushEndpoint?: try {
+        guard case .fetchPushEndpoint(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 47)
       }()
       case nil: break
       }
@@ -3118,7 +3425,7 @@ nonisolated extension WireUpdateAccountSettings: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OutgoingEnvelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}recipient_handle\0\u{3}recipient_device_id\0\u{3}ttl_seconds\0\u{1}ciphertext\0\u{1}group\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}recipient_handle\0\u{3}recipient_device_id\0\u{3}ttl_seconds\0\u{1}ciphertext\0\u{1}group\0\u{1}urgency\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3132,6 +3439,7 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.ttlSeconds) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.ciphertext) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
+      case 7: try { try decoder.decodeSingularEnumField(value: &self.urgency) }()
       default: break
       }
     }
@@ -3156,6 +3464,9 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
     if self.group != 0 {
       try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 6)
     }
+    if self.urgency != .unspecified {
+      try visitor.visitSingularEnumField(value: self.urgency, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3166,6 +3477,155 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.ttlSeconds != rhs.ttlSeconds {return false}
     if lhs.ciphertext != rhs.ciphertext {return false}
     if lhs.group != rhs.group {return false}
+    if lhs.urgency != rhs.urgency {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireRegisterPushEndpoint: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RegisterPushEndpoint"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}provider\0\u{1}endpoint\0\u{1}p256dh\0\u{3}auth_secret\0\u{3}apns_background\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.provider) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.p256Dh) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.authSecret) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.apnsBackground) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.provider != .unspecified {
+      try visitor.visitSingularEnumField(value: self.provider, fieldNumber: 1)
+    }
+    if !self.endpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 2)
+    }
+    if !self.p256Dh.isEmpty {
+      try visitor.visitSingularBytesField(value: self.p256Dh, fieldNumber: 3)
+    }
+    if !self.authSecret.isEmpty {
+      try visitor.visitSingularBytesField(value: self.authSecret, fieldNumber: 4)
+    }
+    if self.apnsBackground != false {
+      try visitor.visitSingularBoolField(value: self.apnsBackground, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireRegisterPushEndpoint, rhs: WireRegisterPushEndpoint) -> Bool {
+    if lhs.provider != rhs.provider {return false}
+    if lhs.endpoint != rhs.endpoint {return false}
+    if lhs.p256Dh != rhs.p256Dh {return false}
+    if lhs.authSecret != rhs.authSecret {return false}
+    if lhs.apnsBackground != rhs.apnsBackground {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireRemovePushEndpoint: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemovePushEndpoint"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireRemovePushEndpoint, rhs: WireRemovePushEndpoint) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireFetchPushEndpoint: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FetchPushEndpoint"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireFetchPushEndpoint, rhs: WireFetchPushEndpoint) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WirePushEndpointStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PushEndpointStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}registered\0\u{1}provider\0\u{3}registered_at_ms\0\u{3}last_wake_at_ms\0\u{3}wakes_sent\0\u{3}last_failure\0\u{3}dropped_at_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.registered) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.provider) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.registeredAtMs) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.lastWakeAtMs) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.wakesSent) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.lastFailure) }()
+      case 7: try { try decoder.decodeSingularInt64Field(value: &self.droppedAtMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.registered != false {
+      try visitor.visitSingularBoolField(value: self.registered, fieldNumber: 1)
+    }
+    if self.provider != .unspecified {
+      try visitor.visitSingularEnumField(value: self.provider, fieldNumber: 2)
+    }
+    if self.registeredAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.registeredAtMs, fieldNumber: 3)
+    }
+    if self.lastWakeAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.lastWakeAtMs, fieldNumber: 4)
+    }
+    if self.wakesSent != 0 {
+      try visitor.visitSingularUInt64Field(value: self.wakesSent, fieldNumber: 5)
+    }
+    if !self.lastFailure.isEmpty {
+      try visitor.visitSingularStringField(value: self.lastFailure, fieldNumber: 6)
+    }
+    if self.droppedAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.droppedAtMs, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WirePushEndpointStatus, rhs: WirePushEndpointStatus) -> Bool {
+    if lhs.registered != rhs.registered {return false}
+    if lhs.provider != rhs.provider {return false}
+    if lhs.registeredAtMs != rhs.registeredAtMs {return false}
+    if lhs.lastWakeAtMs != rhs.lastWakeAtMs {return false}
+    if lhs.wakesSent != rhs.wakesSent {return false}
+    if lhs.lastFailure != rhs.lastFailure {return false}
+    if lhs.droppedAtMs != rhs.droppedAtMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
