@@ -6,7 +6,6 @@ import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
 import HummingbirdWebSocket
-import JWTKit
 import Logging
 import NIOCore
 import NIOSSL
@@ -167,12 +166,14 @@ func loadVAPIDKey(_ configuration: PushConfiguration, store: any RelayStore, clo
                 throw ConfigurationError("cannot read the VAPID key file \(given) (push.vapidKey)")
             }
         }
-        guard (try? ES256PrivateKey(pem: pem)) != nil else {
-            throw ConfigurationError("push.vapidKey (--vapid-key) is not a P-256 private key in PEM")
+        do {
+            _ = try VAPIDKey(pem: pem)
+        } catch {
+            throw ConfigurationError("push.vapidKey (--vapid-key): \(error.message)")
         }
         return pem
     }
-    let candidate = Data(ES256PrivateKey().pemRepresentation.utf8)
+    let candidate = Data(VAPIDKey.generate().pemRepresentation.utf8)
     let stored = try await store.relaySecret(named: vapidKeySecretName, orStore: candidate, atMs: clock.nowMs())
     return String(decoding: stored, as: UTF8.self)
 }

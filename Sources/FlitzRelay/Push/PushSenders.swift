@@ -13,10 +13,17 @@ func makePushSenders(
     configuration: PushConfiguration, httpClient: HTTPClient, vapidKeyPEM: String, logger: Logger
 ) throws -> [PushProviderKind: any PushSender] {
     var senders: [PushProviderKind: any PushSender] = [:]
-    // TODO(integrator): Web Push, once push-webpush is merged: senders[.webPush] = WebPushSender(...).
-    // TODO(integrator): APNs and FCM, once push-apnsfcm is merged:
+    let vapidKey: VAPIDKey
+    do {
+        vapidKey = try VAPIDKey(pem: vapidKeyPEM)
+    } catch {
+        throw ConfigurationError("push.vapidKey: \(error.message)")
+    }
+    senders[.webPush] = WebPushSender(client: httpClient, vapidKey: vapidKey, subject: configuration.vapidSubject, timeout: configuration.timeout)
+    // TODO(integrator): APNs and FCM, once push-apnsfcm is merged (`PushDispatcher.availableProviders` already offers
+    // them to RegisterPushEndpoint when configured):
     //   if configuration.apnsEnabled { senders[.apns] = try APNsSender(...) }
     //   if configuration.fcmEnabled { senders[.fcm] = try FCMSender(...) }
-    _ = (configuration, httpClient, vapidKeyPEM, logger)
+    _ = logger
     return senders
 }
