@@ -1,6 +1,7 @@
 import FlitzCrypto
 @testable import FlitzRelay
 import FlitzStore
+import FlitzStoreSQLite
 import FlitzWire
 import Foundation
 import HTTPTypes
@@ -37,6 +38,13 @@ import Testing
                 #expect(request.headers["urgency"] == "normal")
                 #expect(request.headers["topic"] == "flitz-wake")
                 #expect(request.headers["content-encoding"] == "aes128gcm")
+                // TTL: whole seconds until the envelope expires (ttl 0: the harness's retention, one day).
+                #expect(request.headers["ttl"] == "86400")
+                // Signed with the VAPID key the relay made on first start and kept in its database.
+                let stored = try await harness.app.relay.store.relaySecret(named: vapidKeySecretName, orStore: Data(), atMs: 0)
+                let vapid = try VAPIDKey(pem: String(decoding: stored, as: UTF8.self))
+                #expect(request.headers["authorization"]?.hasPrefix("vapid t=") == true)
+                #expect(request.headers["authorization"]?.hasSuffix(", k=\(vapid.publicKeyBase64URL)") == true)
 
                 // Bob connects and drains: the window closes; nothing is pushed while he is connected.
                 try await harness.connect { bob in
@@ -311,6 +319,36 @@ import Testing
                 #expect(world.monitor.sent == 1)
             }
         }
+    }
+
+    // MARK: The VAPID key (push.md 9)
+
+    @Test func vapidKeyIsMadeOnceKeptInTheStoreOrGiven() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-vapid-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("relay.sqlite").path
+        let clock = TestClock()
+        let first = try await loadVAPIDKey(PushConfiguration(), store: try SQLiteRelayStore(path: path, makeID: { SystemRandom().bytes(16) }), clock: clock)
+        // A restart (a new store on the same file) keeps the key.
+        let again = try await loadVAPIDKey(PushConfiguration(), store: try SQLiteRelayStore(path: path, makeID: { SystemRandom().bytes(16) }), clock: clock)
+        #expect(first == again)
+        #expect(first.hasPrefix("-----BEGIN PRIVATE KEY-----"))
+        _ = try VAPIDKey(pem: first)
+        // --vapid-key: PEM text or a file, used as given; anything else refused without echoing it.
+        let given = VAPIDKey.generate().pemRepresentation
+        var configuration = PushConfiguration()
+        configuration.vapidKey = given
+        let store = try SQLiteRelayStore(path: path, makeID: { SystemRandom().bytes(16) })
+        #expect(try await loadVAPIDKey(configuration, store: store, clock: clock) == given)
+        let file = directory.appendingPathComponent("vapid.pem")
+        try Data(given.utf8).write(to: file)
+        configuration.vapidKey = file.path
+        #expect(try await loadVAPIDKey(configuration, store: store, clock: clock) == given)
+        configuration.vapidKey = "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----"
+        await #expect(throws: ConfigurationError.self) { try await loadVAPIDKey(configuration, store: store, clock: clock) }
+        configuration.vapidKey = directory.appendingPathComponent("missing.pem").path
+        await #expect(throws: ConfigurationError.self) { try await loadVAPIDKey(configuration, store: store, clock: clock) }
     }
 
     // MARK: Endpoints belong to a device
