@@ -163,7 +163,7 @@ import Testing
                 request.provider = .webPush
                 request.endpoint = endpoint
                 request.p256Dh = p256dh ?? keys.publicKey
-                request.authSecret = auth ?? keys.authSecret.withUnsafeBytes { Data($0) }
+                request.authSecret = auth ?? keys.authSecret.unsafeData
                 return .registerPushEndpoint(request)
             }
             try await harness.connect { connection in
@@ -353,6 +353,32 @@ import Testing
 
     // MARK: Endpoints belong to a device
 
+    @Test func endpointGoesWithTheRemovedDevice() async throws {
+        try await RelayHarness.run { harness in
+            let carol = TestAccount("carol")
+            try await MultiDeviceRelayTests.setUp(harness, carol, extra: 1)
+            let keys = WebPush.SubscriberKeys.generate()
+            for index in [0, 1] {
+                try await harness.connect { (connection: TestConnection) async throws -> Void in
+                    try await connection.authenticate(carol, index)
+                    var request = WireRegisterPushEndpoint()
+                    request.provider = .webPush
+                    request.endpoint = "https://push.example.org/carol-\(index)"
+                    request.p256Dh = keys.publicKey
+                    request.authSecret = keys.authSecret.unsafeData
+                    guard case .pushEndpointStatus(let status) = try await connection.request(.registerPushEndpoint(request)).body, status.registered
+                    else { throw Failure("registration failed") }
+                }
+            }
+            try await harness.connect { (primary: TestConnection) async throws -> Void in
+                try await primary.authenticate(carol, 0)
+                #expect(try await primary.request(carol.publish(carol.list(version: 2, [0]), removing: [carol.ids[1]!])).isOk)
+            }
+            #expect(try await harness.app.relay.store.pushEndpoint(device: carol.address(1)) == nil)
+            #expect(try await harness.app.relay.store.pushEndpoint(device: carol.address(0))?.endpoint == "https://push.example.org/carol-0")
+        }
+    }
+
     @Test func endpointGoesWithTheDeletedAccount() async throws {
         try await PushReceiver.run { receiver in
             try await RelayHarness.run { harness in
@@ -396,7 +422,7 @@ struct PushWorld: Sendable {
             request.provider = .webPush
             request.endpoint = receiver.url(path: "bob-1")
             request.p256Dh = keys.publicKey
-            request.authSecret = keys.authSecret.withUnsafeBytes { Data($0) }
+            request.authSecret = keys.authSecret.unsafeData
             let reply = try await connection.request(.registerPushEndpoint(request))
             guard case .pushEndpointStatus(let status) = reply.body, status.registered else {
                 Issue.record("registration failed: \(reply)")
