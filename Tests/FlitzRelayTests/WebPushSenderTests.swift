@@ -300,6 +300,11 @@ struct WebPushSenderTests {
             #expect(elsewhere.claims?.aud == other.origin)
             #expect(elsewhere.claims?.exp == Int64(later.timeIntervalSince1970) + 12 * 3600)
 
+            // A clock that went back a day never reuses a token whose exp would then be over 12 h ahead.
+            let earlier = testNow.addingTimeInterval(-86_400)
+            let rewound = try await sender.vapidToken(origin: service.origin, now: earlier)
+            #expect(rewound != first.token)
+
             // Less than an hour before the first token expires: a new one, 12 h from then.
             #expect(await sender.send(wake, to: target, now: later) == .accepted)
             let third = try await service.next()
