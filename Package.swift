@@ -105,7 +105,11 @@ let package = Package(
         // Verifies vectors/*.json against this build; used by the tests and `flitz vectors verify`.
         .target(
             name: "FlitzVectors",
-            dependencies: ["FlitzCrypto", "FlitzWire", "FlitzProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            dependencies: [
+                "FlitzCrypto", "FlitzWire", "FlitzProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                // P-256, HMAC and AES-GCM for the independent RFC 8291 reference of the push topic.
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         .executableTarget(
             name: "FlitzVectorGen",

@@ -16,6 +16,7 @@ enum Generator {
         ("frames", FrameVectors.make),
         ("fingerprint", FingerprintVectors.make),
         ("devices", DeviceVectors.make),
+        ("push", PushVectors.make),
     ]
 
     /// The repository's `vectors/` directory, found by walking up from this source file to `Package.swift`.

@@ -173,6 +173,19 @@ let corruptions: [Corruption] = [
             test["keyA"] = .string(key.uppercased())
         }, reason: "lowercase hex"),
     Corruption(
+        name: "push wake-up body byte", topic: "push", groupType: "encrypt", matching: { $0["wakeClass"] == .string("ring") },
+        change: { $0["body"] = flipLastHexDigit($0["body"]) }, reason: "body"),
+    Corruption(
+        name: "push RFC 8291 intermediate", topic: "push", groupType: "encrypt", matching: { $0.flags.contains("RFC8291AppendixA") },
+        change: { $0["prk"] = flipLastHexDigit($0["prk"]) }, reason: "prk"),
+    Corruption(
+        name: "push tampered body made valid", topic: "push", groupType: "decrypt", matching: { $0.flags.contains("Tampered") },
+        change: { test in
+            test["result"] = .string("valid")
+            test["error"] = nil
+            test["plaintext"] = .hex(Data(#"{"v":1,"wake":"urgent"}"#.utf8))
+        }, reason: "expected valid"),
+    Corruption(
         name: "undefined flag", topic: "hkdf", groupType: "kdfChain", matching: { _ in true },
         change: { $0["flags"] = .array([.string("NoSuchFlag")]) }, reason: "not defined in notes"),
 ]

@@ -209,9 +209,13 @@ public final class WebPushSender: PushSender {
 
     /// The cached token for `origin`, or a new one valid for `tokenLifetime` from `now` when there is none or it
     /// expires within `tokenRenewalMargin`.
+    /// - Throws: what JWTKit throws when it cannot sign (not expected with a valid P-256 key).
     func vapidToken(origin: String, now: Date) async throws -> String {
-        if let cached = tokens.withLock({ $0[origin] }), cached.expiresAt.timeIntervalSince(now) > Self.tokenRenewalMargin {
-            return cached.token
+        // Reused while more than the margin remains, and never when `now` went back so far that `exp` would be
+        // more than a lifetime ahead (a push service refuses an `exp` over 24 hours away).
+        if let cached = tokens.withLock({ $0[origin] }) {
+            let remaining = cached.expiresAt.timeIntervalSince(now)
+            if remaining > Self.tokenRenewalMargin, remaining <= Self.tokenLifetime { return cached.token }
         }
         // Adding the same key again is idempotent; doing it here (once per origin per 11 hours) avoids an
         // actor hop in `init` and any window in which a first `sign` could run before it.
@@ -229,7 +233,7 @@ public final class WebPushSender: PushSender {
 
 /// The VAPID token's claims (RFC 8292 section 2): `aud` the push service's origin, `exp` seconds since the
 /// Unix epoch, `sub` a contact URI.
-struct VAPIDClaims: JWTPayload, Equatable {
+private struct VAPIDClaims: JWTPayload, Equatable {
     var aud: String
     var exp: Int64
     var sub: String
@@ -239,7 +243,7 @@ struct VAPIDClaims: JWTPayload, Equatable {
 }
 
 /// Unpadded base64url (RFC 4648 section 5), as RFC 8292 writes keys.
-enum Base64URL {
+private enum Base64URL {
     static func encode(_ data: Data) -> String {
         data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
