@@ -21,9 +21,19 @@ func makePushSenders(
     }
     senders[.webPush] = WebPushSender(client: httpClient, vapidKey: vapidKey, subject: configuration.vapidSubject, timeout: configuration.timeout)
     // TODO(integrator): APNs and FCM, once push-apnsfcm is merged (`PushDispatcher.availableProviders` already offers
-    // them to RegisterPushEndpoint when configured):
-    //   if configuration.apnsEnabled { senders[.apns] = try APNsSender(...) }
-    //   if configuration.fcmEnabled { senders[.fcm] = try FCMSender(...) }
+    // them to RegisterPushEndpoint when configured; until then such a wake-up fails as "no apns sender is configured"):
+    //   if configuration.apnsEnabled, let file = configuration.apnsKeyFile, let keyID = configuration.apnsKeyID,
+    //       let teamID = configuration.apnsTeamID, let topic = configuration.apnsTopic {
+    //       let pem = try readPushFile(file, key: "push.apns.keyFile")
+    //       let apns = try APNsConfiguration(keyPEM: pem, keyID: keyID, teamID: teamID, topic: topic, baseURL: configuration.apnsURL)
+    //       senders[.apns] = APNsSender(configuration: apns, httpClient: httpClient, timeout: configuration.timeout)
+    //   }
+    //   if let file = configuration.fcmServiceAccount {
+    //       let fcm = try FCMConfiguration(serviceAccountJSON: Data(readPushFile(file, key: "push.fcm.serviceAccount").utf8), baseURL: configuration.fcmURL)
+    //       senders[.fcm] = FCMSender(configuration: fcm, httpClient: httpClient, timeout: configuration.timeout)
+    //   }
+    // (readPushFile: String(contentsOfFile:) mapping failure to ConfigurationError("cannot read \(key) file \(path)").)
+    // Better still, make the two configurations in buildRelay so a bad key stops the relay before it listens.
     _ = logger
     return senders
 }
