@@ -321,6 +321,31 @@ import Testing
         }
     }
 
+    @Test func deviceThatConnectsBeforeTheNextAttemptIsNotWoken() async throws {
+        try await PushReceiver.run { receiver in
+            receiver.script([503])
+            try await RelayHarness.run { harness in
+                // The backoff wait holds the wake-up until bob is connected.
+                let gate = Gate()
+                defer { gate.open() }  // never leave the dispatcher waiting, so the relay can shut down on a failure
+                harness.app.relay.push.sleeper = { _ in await gate.arriveAndWait() }
+                let world = try await PushWorld.make(harness, receiver: receiver)
+                try await world.send([1], urgency: .ring)
+                try await poll { gate.arrived == 1 }
+                try await harness.connect { bob in
+                    let delivered = try await bob.authenticate(world.bob, deviceID: world.bobDeviceID)
+                    #expect(delivered.flatMap(\.envelopes).count == 1)
+                    gate.open()
+                    try await world.idle()
+                    #expect(receiver.count == 1)
+                    #expect(world.monitor.skipped == 1 && world.monitor.sent == 0 && world.monitor.failed == 0)
+                }
+                let exposition = await harness.app.relay.metrics.exposition()
+                #expect(exposition.contains(#"flitz_relay_push_skipped_total{provider="webpush"} 1"#))
+            }
+        }
+    }
+
     // MARK: The VAPID key (push.md 9)
 
     @Test func vapidKeyIsMadeOnceKeptInTheStoreOrGiven() async throws {
@@ -499,6 +524,34 @@ func poll(_ seconds: Double = 10, _ condition: @Sendable () -> Bool) async throw
     while !condition() {
         guard ContinuousClock.now < deadline else { throw TestTimeout() }
         try await Task.sleep(for: .milliseconds(2))
+    }
+}
+
+/// Holds callers of `arriveAndWait` until `open`; counts them.
+final class Gate: Sendable {
+    private let state = Mutex<(opened: Bool, arrived: Int, waiters: [CheckedContinuation<Void, Never>])>((false, 0, []))
+
+    var arrived: Int { state.withLock { $0.arrived } }
+
+    func arriveAndWait() async {
+        await withCheckedContinuation { continuation in
+            let go = state.withLock { state -> Bool in
+                state.arrived += 1
+                if state.opened { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if go { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { state in
+            state.opened = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 }
 
