@@ -195,6 +195,17 @@ struct APNsSenderTests {
         }
     }
 
+    @Test func concurrentSendsShareOneProviderToken() async throws {
+        try await withSender { sender, standIn in
+            let outcomes = await withTaskGroup(of: PushAttemptOutcome.self, returning: [PushAttemptOutcome].self) { group in
+                for _ in 0..<8 { group.addTask { await sender.send(Self.wake, to: Self.endpoint(), now: pushTestNow) } }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(outcomes == Array(repeating: .accepted, count: 8))
+            #expect(Set(standIn.log.requests.map { $0.header("authorization") }).count == 1)
+        }
+    }
+
     @Test func unregistered410IsADeadEndpoint() async throws {
         try await withSender { sender, standIn in
             standIn.log.script(ScriptedAnswer(status: 410, body: #"{"reason":"Unregistered","timestamp":1799999000000}"#))
@@ -287,13 +298,13 @@ struct APNsSenderTests {
             keyPEM: Self.signingKey.pemRepresentation, keyID: APNsStandIn.keyID, teamID: APNsStandIn.teamID,
             topic: APNsStandIn.topic, baseURL: "https://127.0.0.1:1")
         try await StandIn.withHTTPClient { client in
-            let outcome = await APNsSender(configuration: configuration, httpClient: client)
+            let outcome = await APNsSender(configuration: configuration, httpClient: client, timeout: .seconds(1))
                 .send(Self.wake, to: Self.endpoint(), now: pushTestNow)
             guard case .retry(nil, let reason) = outcome else {
                 Issue.record("expected a retry, got \(outcome)")
                 return
             }
-            #expect(reason.hasPrefix("APNs request failed"))
+            #expect(reason.hasPrefix("APNs request"))
             #expect(!reason.contains(Self.deviceToken))
         }
     }

@@ -8,6 +8,7 @@ import JWTKit
 import Logging
 import NIOCore
 import NIOSSL
+import ServiceLifecycle
 import Synchronization
 import Testing
 
@@ -89,17 +90,19 @@ enum StandIn {
             configuration: .init(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { portContinuation.yield($0.localAddress!.port!) },
             logger: logger)
+        let services = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+            group.addTask { try await services.run() }
             var portIterator = ports.makeAsyncIterator()
             guard let port = await portIterator.next() else { throw TestTimeout() }
             do {
                 try await body(port)
             } catch {
-                group.cancelAll()
+                await services.triggerGracefulShutdown()
                 throw error
             }
-            group.cancelAll()
+            await services.triggerGracefulShutdown()
+            try await group.waitForAll()
         }
     }
 
