@@ -239,13 +239,17 @@ struct FCMSenderTests {
                 ScriptedAnswer(
                     status: 429, headers: [("Retry-After", "30")],
                     body: #"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"errorCode":"QUOTA_EXCEEDED"}]}}"#),
-                ScriptedAnswer(status: 503, body: #"{"error":{"code":503,"status":"UNAVAILABLE"}}"#))
+                ScriptedAnswer(status: 503, body: #"{"error":{"code":503,"status":"UNAVAILABLE"}}"#),
+                ScriptedAnswer(status: 503, headers: [("Retry-After", "Fri, 15 Jan 2027 08:00:45 GMT")]))
             #expect(
                 await sender.send(Self.wake, to: Self.endpoint, now: pushTestNow)
                     == .retry(after: .seconds(30), reason: "FCM answered 429 RESOURCE_EXHAUSTED QUOTA_EXCEEDED"))
             #expect(
                 await sender.send(Self.wake, to: Self.endpoint, now: pushTestNow)
                     == .retry(after: nil, reason: "FCM answered 503 UNAVAILABLE"))
+            // An HTTP-date Retry-After (RFC 9110 10.2.3) is a wait from the caller's now: 45 s here.
+            #expect(await sender.send(Self.wake, to: Self.endpoint, now: pushTestNow) == .retry(after: .seconds(45), reason: "FCM answered 503"))
+            #expect(await sender.send(Self.wake, to: Self.endpoint, now: pushTestNow) == .accepted)
         }
     }
 
