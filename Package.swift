@@ -130,7 +130,10 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdHTTP2", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                // Test keys for the APNs and FCM stand-ins: P-256 (Crypto) and RSA 2048 (CryptoExtras, the module
+                // jwt-kit itself uses; `_CryptoExtras` only re-exports it).
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
             ]
         ),
         .testTarget(

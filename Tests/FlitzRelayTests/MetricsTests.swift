@@ -10,7 +10,8 @@ import Testing
 
 /// A plain HTTP/1.1 GET over a loopback socket (no HTTP client library in the test target), on a thread of its
 /// own: a blocking read on the cooperative pool could starve the relay's handlers running in the same process.
-/// - Returns: the status code and the body; throws `TestTimeout` when the relay does not answer in 5 s.
+/// - Returns: the status code and the body; throws `TestTimeout` when the relay does not answer in 60 s (a
+///   failure guard only: a loaded CI machine running many suites at once can take seconds).
 func httpGet(port: Int, path: String) async throws -> (status: Int, body: String) {
     try await withCheckedThrowingContinuation { continuation in
         Thread { continuation.resume(with: Result { try blockingHTTPGet(port: port, path: path) }) }.start()
@@ -21,7 +22,7 @@ private func blockingHTTPGet(port: Int, path: String) throws -> (status: Int, bo
     let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard descriptor >= 0 else { throw TestTimeout() }
     defer { close(descriptor) }
-    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    var timeout = timeval(tv_sec: 60, tv_usec: 0)
     setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
@@ -107,8 +108,8 @@ func sample(_ exposition: String, _ name: String) -> Double? {
             #expect(sample(afterSend, "flitz_relay_envelopes_in_total") == 2)
             #expect(sample(afterSend, #"flitz_relay_errors_total{code="UNKNOWN_RECIPIENT"}"#) == 1)
             #expect(sample(afterSend, "flitz_relay_commit_seconds_count") == 1)
-            // Counted at most every 10 s: still the first scrape's count.
-            #expect(sample(afterSend, "flitz_relay_queued_items") == 0)
+            // flitz_relay_queued_items is recounted at most every 10 s of wall time, so its value here depends on
+            // how long the steps above took; queueDepthCountsQueuedItems checks the count itself.
 
             // Envelope 2 expires undelivered (ttl 1 s).
             relay.clock.advance(seconds: 2)
