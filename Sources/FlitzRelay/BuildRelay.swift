@@ -70,8 +70,8 @@ public final class RelayApplication: Sendable {
 /// Builds a relay from `configuration` (`protocol/relay.md`): opens (and migrates) the SQLite store at
 /// `configuration.databasePath` unless `store` is given (the file, its `-wal`, `-shm` and `.lock` files are
 /// made readable by this user only, and a missing directory is created 0700), loads the TLS certificate and
-/// key when configured, loads the push CA file and the VAPID key (made and stored on first start unless
-/// `push.vapidKey` is set), and wires the WebSocket server, the health and metrics endpoints, the expiry
+/// key when configured, loads the push CA file, the VAPID key (made and stored on first start unless
+/// `push.vapidKey` is set) and the APNs and FCM credentials when configured, and wires the WebSocket server, the health and metrics endpoints, the expiry
 /// sweeper and the push dispatcher. Nothing listens until `RelayApplication.run` is called.
 /// - Parameters:
 ///   - clock: wall-clock source for every expiry and receipt time (tests inject one).
@@ -102,10 +102,10 @@ public func buildRelay(
     }
     let metrics = RelayMetrics(queueDepth: countQueue)
     let pushTrustRoots = try configuration.push.caFile.map(loadPushTrustRoots) ?? []
-    let vapidKeyPEM = try await loadVAPIDKey(configuration.push, store: store, clock: clock)
+    let credentials = try PushCredentials(configuration.push, vapidKeyPEM: try await loadVAPIDKey(configuration.push, store: store, clock: clock))
     let relay = Relay(
         store: store, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics, pushTrustRoots: pushTrustRoots,
-        vapidKeyPEM: vapidKeyPEM)
+        vapidKeyPEM: credentials.vapidKeyPEM, apns: credentials.apns, fcm: credentials.fcm)
     let listening = ListeningPort()
 
     let router = Router()

@@ -27,10 +27,14 @@ public final class Relay: Sendable {
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
     /// - Parameters:
     ///   - pushTrustRoots: `push.caFile`'s CA certificates, trusted for push services beside the system's.
-    ///   - vapidKeyPEM: the relay's VAPID P-256 private key, PEM (`push.vapidKey`, or the one kept in the store).
+    ///   - vapidKeyPEM: the relay's VAPID P-256 private key, PEM (`push.vapidKey`, or the one kept in the store);
+    ///     empty: no wake-up is sent.
+    ///   - apns: APNs credentials (`push.apns.*`); nil: APNs is unavailable.
+    ///   - fcm: FCM credentials (`push.fcm.*`); nil: FCM is unavailable.
     public init(
         store: any RelayStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger,
-        metrics: RelayMetrics = RelayMetrics(), pushTrustRoots: [NIOSSLCertificate] = [], vapidKeyPEM: String = ""
+        metrics: RelayMetrics = RelayMetrics(), pushTrustRoots: [NIOSSLCertificate] = [], vapidKeyPEM: String = "", apns: APNsConfiguration? = nil,
+        fcm: FCMConfiguration? = nil
     ) {
         self.limiter = RateLimiter(configuration.rateLimits)
         self.metrics = metrics
@@ -43,7 +47,7 @@ public final class Relay: Sendable {
         self.registry = registry
         push = PushDispatcher(
             store: store, configuration: configuration.push, clock: clock, metrics: metrics, logger: logger, extraTrustRoots: pushTrustRoots,
-            vapidKeyPEM: vapidKeyPEM, isConnected: { registry.isConnected($0) })
+            credentials: PushCredentials(vapidKeyPEM: vapidKeyPEM, apns: apns, fcm: fcm), isConnected: { registry.isConnected($0) })
     }
 
     /// Runs one expiry sweep now (`relay.md`, "Expiry"): deletes expired envelopes, queues `EXPIRED`

@@ -48,18 +48,19 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private let continuation: AsyncStream<Job>.Continuation
     private let sleeperState = Mutex<PushSleeper>({ duration in try await Task.sleep(for: duration) })
     private let extraTrustRoots: [NIOSSLCertificate]
-    private let vapidKeyPEM: String
+    private let credentials: PushCredentials
     /// What the dispatcher did, for tests and metrics.
     let monitor = PushMonitor()
 
     /// A dispatcher over `store`.
     /// - Parameters:
     ///   - extraTrustRoots: `push.caFile`'s certificates, trusted beside the system's.
-    ///   - vapidKeyPEM: the relay's VAPID P-256 private key, PEM.
+    ///   - credentials: the VAPID key and the APNs and FCM settings read at start; without a VAPID key the
+    ///     dispatcher sends nothing (a `Relay` made directly, without `buildRelay`).
     ///   - isConnected: whether a device has an authenticated connection now (`ConnectionRegistry`).
     init(
         store: any RelayStore, configuration: PushConfiguration, clock: any RelayClock, metrics: RelayMetrics, logger: Logger,
-        extraTrustRoots: [NIOSSLCertificate] = [], vapidKeyPEM: String = "", isConnected: @escaping @Sendable (DeviceAddress) -> Bool
+        extraTrustRoots: [NIOSSLCertificate] = [], credentials: PushCredentials, isConnected: @escaping @Sendable (DeviceAddress) -> Bool
     ) {
         self.store = store
         self.configuration = configuration
@@ -67,7 +68,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         self.metrics = metrics
         self.logger = logger
         self.extraTrustRoots = extraTrustRoots
-        self.vapidKeyPEM = vapidKeyPEM
+        self.credentials = credentials
         self.isConnected = isConnected
         (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
     }
@@ -82,12 +83,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     }
 
     /// The providers a device may register for (`push.md` 3): Web Push always, APNs and FCM when configured.
-    var availableProviders: Set<PushProviderKind> {
-        var providers: Set<PushProviderKind> = [.webPush]
-        if configuration.apnsEnabled { providers.insert(.apns) }
-        if configuration.fcmEnabled { providers.insert(.fcm) }
-        return providers
-    }
+    var availableProviders: Set<PushProviderKind> { credentials.providers }
 
     /// Hands the wake candidates of one durable Submit to the background; returns at once.
     func submitted(_ candidates: [PushCandidate]) {
@@ -133,7 +129,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         let senders: [PushProviderKind: any PushSender]
         do {
-            senders = try makePushSenders(configuration: configuration, httpClient: client, vapidKeyPEM: vapidKeyPEM, logger: logger)
+            senders = credentials.vapidKeyPEM.isEmpty ? [:] : try makePushSenders(configuration: configuration, credentials: credentials, httpClient: client)
         } catch {
             try? await client.shutdown()
             throw error
