@@ -502,7 +502,7 @@ struct PushWorld: Sendable {
 }
 
 /// Runs `body`, failing with `TestTimeout` after `seconds` (a guard against a hang, not a wait).
-func within(_ seconds: Double = 20, _ body: @escaping @Sendable () async throws -> Void) async throws {
+func within(_ seconds: Double = 60, _ body: @escaping @Sendable () async throws -> Void) async throws {
     try await withThrowingTaskGroup(of: Bool.self) { group in
         group.addTask {
             try await body()
@@ -519,7 +519,7 @@ func within(_ seconds: Double = 20, _ body: @escaping @Sendable () async throws 
 }
 
 /// Checks `condition` every 2 ms until it holds; `TestTimeout` after `seconds`.
-func poll(_ seconds: Double = 10, _ condition: @Sendable () -> Bool) async throws {
+func poll(_ seconds: Double = 60, _ condition: @Sendable () -> Bool) async throws {
     let deadline = ContinuousClock.now + .seconds(seconds)
     while !condition() {
         guard ContinuousClock.now < deadline else { throw TestTimeout() }
@@ -583,9 +583,9 @@ final class PushReceiver: Sendable {
         "http://127.0.0.1:\(state.withLock { $0.port ?? 0 })/push/\(path)"
     }
 
-    /// Waits until `count` requests arrived; `TestTimeout` after 20 s.
+    /// Waits until `count` requests arrived; `TestTimeout` after 60 s.
     func waitFor(count: Int) async throws {
-        try await poll(20) { self.count >= count }
+        try await poll(60) { self.count >= count }
     }
 
     private func received(_ request: Request) -> (status: Int, retryAfter: String?) {
