@@ -73,6 +73,9 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
     }
 
+    /// Most jobs handled at once (each a store decision and, for a wake-up, its attempts and backoff waits).
+    static let maxConcurrentJobs = 256
+
     /// "PushDispatcher", for lifecycle logs.
     var description: String { "PushDispatcher" }
 
@@ -134,12 +137,17 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
             try? await client.shutdown()
             throw error
         }
+        let slots = PushSlots(Self.maxConcurrentJobs)
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 for await job in self.jobs {
+                    // At most maxConcurrentJobs at once; later jobs wait in the stream (a flood of Submits to
+                    // offline devices does not become a flood of tasks and store writes).
+                    guard await slots.acquire() else { break }
                     group.addTask {
                         await self.handle(job, senders: senders)
                         self.monitor.record { $0.pending -= 1 }
+                        slots.release()
                     }
                 }
             }
@@ -295,6 +303,39 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private static func timeAmount(_ duration: Duration) -> TimeAmount {
         let (seconds, attoseconds) = duration.components
         return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+/// A counting semaphore for the dispatcher's concurrent jobs; `acquire` returns false when the task is cancelled.
+final class PushSlots: Sendable {
+    private let state: Mutex<(free: Int, waiters: [CheckedContinuation<Bool, Never>])>
+
+    init(_ count: Int) { state = Mutex((count, [])) }
+
+    /// Takes a slot, waiting for one to be released; false (no slot taken) when cancelled meanwhile.
+    func acquire() async -> Bool {
+        if Task.isCancelled { return false }
+        return await withCheckedContinuation { continuation in
+            let taken = state.withLock { state -> Bool in
+                if state.free > 0 {
+                    state.free -= 1
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
+            }
+            if taken { continuation.resume(returning: true) }
+        }
+    }
+
+    /// Returns a slot, handing it to a waiter if any.
+    func release() {
+        let waiter = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+            if !state.waiters.isEmpty { return state.waiters.removeFirst() }
+            state.free += 1
+            return nil
+        }
+        waiter?.resume(returning: true)
     }
 }
 
