@@ -155,6 +155,7 @@ extension FlitzClient {
         envelope.recipientHandle = handle
         envelope.recipientDeviceID = deviceID
         envelope.ciphertext = ciphertext
+        envelope.urgency = .silent  // a session reset is a signal, never a wake-up (`protocol/push.md` 2)
         var submit = WireSubmit()
         submit.envelopes = [envelope]
         submit.selectedDevices = true  // one device on purpose (`protocol/flitz_wire.proto`, Submit)
@@ -223,6 +224,7 @@ extension FlitzClient {
             envelope.recipientDeviceID = deviceID
             envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
             envelope.ciphertext = ciphertext
+            envelope.urgency = Self.urgency(recipient: handle, account: account)
             return envelope
         }
         guard let prepared else { return }
@@ -649,12 +651,18 @@ extension FlitzClient {
 
     /// Connects, drains, then runs `foreground` while a reader processes deliveries; reconnects with
     /// backoff when the connection drops, until `foreground` returns.
-    private func runConnected(
+    /// `onMessages`, when given, receives the new messages of each processing step as one batch (the queue
+    /// drained on connecting, then each `Deliver`) instead of `onEvent(.message)` per message.
+    func runConnected(
         onEvent: @escaping @Sendable (ClientEvent) -> Void,
+        onMessages: (@Sendable ([ReceivedMessage]) -> Void)? = nil,
         foreground: @escaping @Sendable (RelayConnection, AccountRecord) async throws -> Void
     ) async throws {
         let account = try requireAccount()
         let emit: @Sendable ([ClientEvent]) -> Void = { $0.forEach(onEvent) }
+        let show: @Sendable ([ReceivedMessage]) -> Void = { batch in
+            if let onMessages { onMessages(batch) } else { batch.forEach { onEvent(.message($0)) } }
+        }
         let reported = Mutex(false)
         while true {
             do {
@@ -663,13 +671,13 @@ extension FlitzClient {
                     reported.withLock { $0 = false }
                     for warning in try await self.resendPending(on: connection) { onEvent(.warning(warning)) }
                     emit(try await self.drain(connection))
-                    try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
+                    show(try await self.showNewMessages(on: connection))
                     try await withThrowingTaskGroup(of: Bool.self) { group in
                         group.addTask {
                             while let frame = await connection.nextUnsolicited(timeout: .seconds(86_400)) {
                                 guard case .deliver(let deliver) = frame.body else { continue }
                                 emit(try await self.process(deliver, on: connection))
-                                try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
+                                show(try await self.showNewMessages(on: connection))
                             }
                             return false  // connection closed
                         }
