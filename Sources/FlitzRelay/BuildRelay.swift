@@ -6,6 +6,7 @@ import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
 import HummingbirdWebSocket
+import JWTKit
 import Logging
 import NIOCore
 import NIOSSL
@@ -13,11 +14,12 @@ import ServiceLifecycle
 import Synchronization
 
 /// A relay ready to run: the Hummingbird application (HTTP `GET /healthz` (and `/health`), `GET /metrics`,
-/// and the WebSocket at `/v1/ws`, over TLS when configured) and the expiry sweeper, as services of one `ServiceGroup` (`protocol/relay.md`).
+/// and the WebSocket at `/v1/ws`, over TLS when configured), the expiry sweeper and the push dispatcher, as
+/// services of one `ServiceGroup` (`protocol/relay.md`, `protocol/push.md`).
 public final class RelayApplication: Sendable {
     /// The request logic and store; call `relay.sweep()` to sweep now.
     public let relay: Relay
-    /// The services, in start order: the HTTP/WebSocket server, then the expiry sweeper.
+    /// The services, in start order: the HTTP/WebSocket server, the expiry sweeper, the push dispatcher.
     public let services: [any Service]
     private let logger: Logger
     private let listening: ListeningPort
@@ -69,8 +71,9 @@ public final class RelayApplication: Sendable {
 /// Builds a relay from `configuration` (`protocol/relay.md`): opens (and migrates) the SQLite store at
 /// `configuration.databasePath` unless `store` is given (the file, its `-wal`, `-shm` and `.lock` files are
 /// made readable by this user only, and a missing directory is created 0700), loads the TLS certificate and
-/// key when configured, and wires the WebSocket server, the health and metrics endpoints and the expiry
-/// sweeper. Nothing listens until `RelayApplication.run` is called.
+/// key when configured, loads the push CA file and the VAPID key (made and stored on first start unless
+/// `push.vapidKey` is set), and wires the WebSocket server, the health and metrics endpoints, the expiry
+/// sweeper and the push dispatcher. Nothing listens until `RelayApplication.run` is called.
 /// - Parameters:
 ///   - clock: wall-clock source for every expiry and receipt time (tests inject one).
 ///   - store: a `RelayStore` to use instead of SQLite.
@@ -99,7 +102,11 @@ public func buildRelay(
         countQueue = { limit in try await counter.count(limit: limit) }
     }
     let metrics = RelayMetrics(queueDepth: countQueue)
-    let relay = Relay(store: store, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics)
+    let pushTrustRoots = try configuration.push.caFile.map(loadPushTrustRoots) ?? []
+    let vapidKeyPEM = try await loadVAPIDKey(configuration.push, store: store, clock: clock)
+    let relay = Relay(
+        store: store, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics, pushTrustRoots: pushTrustRoots,
+        vapidKeyPEM: vapidKeyPEM)
     let listening = ListeningPort()
 
     let router = Router()
@@ -138,7 +145,49 @@ public func buildRelay(
         },
         logger: logger)
     return RelayApplication(
-        relay: relay, services: [application, ExpirySweeper(relay: relay)], logger: logger, listening: listening, databaseLock: lock)
+        relay: relay, services: [application, ExpirySweeper(relay: relay), relay.push], logger: logger, listening: listening, databaseLock: lock)
+}
+
+/// The name of the relay's generated VAPID key in the store's relay secrets.
+let vapidKeySecretName = "push.vapidKey"
+
+/// The relay's VAPID key as PEM (`protocol/push.md` 3.1 and 9): `push.vapidKey` (PEM text, or the path of a PEM
+/// file), else the one kept in the store, made now (a fresh P-256 key) on the first start.
+/// - Throws: `ConfigurationError` when `push.vapidKey` is not a readable P-256 PEM key; `StoreError` when the
+///   store fails.
+func loadVAPIDKey(_ configuration: PushConfiguration, store: any RelayStore, clock: any RelayClock) async throws -> String {
+    if let given = configuration.vapidKey {
+        let pem: String
+        if given.contains("-----BEGIN") {
+            pem = given
+        } else {
+            do {
+                pem = try String(contentsOfFile: given, encoding: .utf8)
+            } catch {
+                throw ConfigurationError("cannot read the VAPID key file \(given) (push.vapidKey)")
+            }
+        }
+        guard (try? ES256PrivateKey(pem: pem)) != nil else {
+            throw ConfigurationError("push.vapidKey (--vapid-key) is not a P-256 private key in PEM")
+        }
+        return pem
+    }
+    let candidate = Data(ES256PrivateKey().pemRepresentation.utf8)
+    let stored = try await store.relaySecret(named: vapidKeySecretName, orStore: candidate, atMs: clock.nowMs())
+    return String(decoding: stored, as: UTF8.self)
+}
+
+/// The CA certificates of `push.caFile`, trusted for push services beside the system's.
+/// - Throws: `ConfigurationError` when the file cannot be read or holds no PEM certificate.
+func loadPushTrustRoots(_ path: String) throws(ConfigurationError) -> [NIOSSLCertificate] {
+    let certificates: [NIOSSLCertificate]
+    do {
+        certificates = try NIOSSLCertificate.fromPEMFile(path)
+    } catch {
+        throw ConfigurationError("cannot read the push CA file \(path) (push.caFile): \(error)")
+    }
+    guard !certificates.isEmpty else { throw ConfigurationError("no PEM certificate in \(path) (push.caFile)") }
+    return certificates
 }
 
 /// A port that becomes known once; waiters resume then.

@@ -96,6 +96,33 @@ extension RelayConfiguration {
             key("tls.key", "tls-key", "", "PEM private key of tls.certificate") { $0.tlsKeyPath = try text($1, $2) },
             key("metrics.enabled", "metrics", "on", "serve Prometheus text at GET /metrics (on or off)") { $0.metricsEnabled = try boolean($1, $2) },
             key("limits.enabled", "rate-limits", "on", "off switches every rate limit off (load tests)") { $0.rateLimits.enabled = try boolean($1, $2) },
+            // Push wake-ups (protocol/push.md 9).
+            key("push.coalesceWindow", "push-coalesce-window", "60", "seconds without a further urgent wake-up of a device after one, unless it connects") {
+                $0.push.coalesceWindow = try seconds($1, $2)
+            },
+            key("push.vapidKey", "vapid-key", "", "VAPID P-256 private key, PEM text or a PEM file; none: made on first start and kept in the database") {
+                $0.push.vapidKey = try text($1, $2)
+            },
+            key("push.vapidSubject", "vapid-subject", "mailto:flitz-relay@localhost", "VAPID sub claim (mailto: or https: URI)") {
+                $0.push.vapidSubject = try text($1, $2)
+            },
+            key("push.apns.keyFile", "apns-key-file", "", "APNs .p8 PEM key file; with the three other push.apns keys APNs is on") {
+                $0.push.apnsKeyFile = try text($1, $2)
+            },
+            key("push.apns.keyId", "apns-key-id", "", "APNs key id (JWT kid)") { $0.push.apnsKeyID = try text($1, $2) },
+            key("push.apns.teamId", "apns-team-id", "", "Apple team id (JWT iss)") { $0.push.apnsTeamID = try text($1, $2) },
+            key("push.apns.topic", "apns-topic", "", "the app's bundle id (apns-topic)") { $0.push.apnsTopic = try text($1, $2) },
+            key("push.apns.url", "apns-url", "https://api.push.apple.com", "APNs base URL") { $0.push.apnsURL = try url($1, $2) },
+            key("push.fcm.serviceAccount", "fcm-service-account", "", "FCM service account JSON file; set: FCM is on") {
+                $0.push.fcmServiceAccount = try text($1, $2)
+            },
+            key("push.fcm.url", "fcm-url", "https://fcm.googleapis.com", "FCM base URL") { $0.push.fcmURL = try url($1, $2) },
+            key("push.caFile", "push-ca-file", "", "extra PEM CA certificates trusted for push services (tests)") { $0.push.caFile = try text($1, $2) },
+            key("push.retryBase", "push-retry-base", "1", "seconds before the second attempt of a wake-up; doubles per attempt, at most 60") {
+                $0.push.retryBase = try seconds($1, $2)
+            },
+            key("push.maxAttempts", "push-max-attempts", "4", "attempts per wake-up in all") { $0.push.maxAttempts = try integer($1, $2, 1...100) },
+            key("push.timeout", "push-timeout", "10", "seconds one push attempt may take before it is retried") { $0.push.timeout = try seconds($1, $2) },
         ]
         let defaults = RateLimits()
         let meanings: [(RateLimiter.Kind, String, String)] = [
@@ -177,11 +204,16 @@ extension RelayConfiguration {
         return configuration
     }
 
-    /// Checks what no single key can: TLS needs both files.
+    /// Checks what no single key can: TLS needs both files; APNs needs all four of its keys or none.
     /// - Throws: `ConfigurationError` naming the keys.
     public func validate() throws(ConfigurationError) {
         if (tlsCertificatePath == nil) != (tlsKeyPath == nil) {
             throw ConfigurationError("tls.certificate (--tls-cert) and tls.key (--tls-key) must be given together")
+        }
+        let apns = [push.apnsKeyFile, push.apnsKeyID, push.apnsTeamID, push.apnsTopic]
+        if apns.contains(where: { $0 != nil }), apns.contains(where: { $0 == nil }) {
+            throw ConfigurationError(
+                "push.apns.keyFile (--apns-key-file), push.apns.keyId (--apns-key-id), push.apns.teamId (--apns-team-id) and push.apns.topic (--apns-topic) must be given together")
         }
     }
 
@@ -208,6 +240,13 @@ extension RelayConfiguration {
 
     private static func seconds(_ value: String, _ source: String) throws(ConfigurationError) -> Duration {
         .seconds(try integer(value, source, 1...Int(Int32.max)))
+    }
+
+    private static func url(_ value: String, _ source: String) throws(ConfigurationError) -> String {
+        guard let components = URLComponents(string: value), let scheme = components.scheme?.lowercased(), scheme == "https" || scheme == "http",
+            components.host?.isEmpty == false
+        else { throw ConfigurationError("\(source) must be an http or https URL, not '\(value)'") }
+        return value.hasSuffix("/") ? String(value.dropLast()) : value
     }
 
     private static func number(_ value: String, _ source: String) throws(ConfigurationError) -> Double {

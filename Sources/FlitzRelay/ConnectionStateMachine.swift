@@ -158,7 +158,7 @@ struct ConnectionStateMachine {
             case .linkPut, .linkTake:
                 return .handleAnonymous(requestID: frame.requestID, body: body)
             case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList,
-                .deleteAccount, .updateAccountSettings:
+                .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint:
                 return .reply(.error(.notAuthenticated, "authenticate first", requestID: frame.requestID))
             default:
                 return .reply(Self.relayOnly(frame.requestID))
@@ -170,7 +170,7 @@ struct ConnectionStateMachine {
             case .linkPut, .linkTake:
                 return .handleAnonymous(requestID: frame.requestID, body: body)
             case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList,
-                .deleteAccount, .updateAccountSettings:
+                .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint:
                 return .handleAuthenticated(requestID: frame.requestID, body: body, device: device)
             default:
                 return .reply(Self.relayOnly(frame.requestID))

@@ -3,6 +3,7 @@ import FlitzStore
 import FlitzWire
 import Foundation
 import Logging
+import NIOSSL
 
 /// The relay's request logic over a `RelayStore` (`protocol/relay.md`, "Requests"). It sees only
 /// what the wire protocol exposes: handles, device ids, public keys, envelope ids, sizes and times,
@@ -14,17 +15,22 @@ public final class Relay: Sendable {
     public let configuration: RelayConfiguration
     let clock: any RelayClock
     let random: any RandomSource
-    let registry = ConnectionRegistry()
+    let registry: ConnectionRegistry
     let logger: Logger
     /// Token buckets checked before each request (`RateLimiter.swift`).
     let limiter: RateLimiter
     /// This relay's metrics, served at `GET /metrics`.
     public let metrics: RelayMetrics
+    /// Sends push wake-ups in the background (`protocol/push.md` 5); one of the relay's services.
+    let push: PushDispatcher
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
+    /// - Parameters:
+    ///   - pushTrustRoots: `push.caFile`'s CA certificates, trusted for push services beside the system's.
+    ///   - vapidKeyPEM: the relay's VAPID P-256 private key, PEM (`push.vapidKey`, or the one kept in the store).
     public init(
         store: any RelayStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger,
-        metrics: RelayMetrics = RelayMetrics()
+        metrics: RelayMetrics = RelayMetrics(), pushTrustRoots: [NIOSSLCertificate] = [], vapidKeyPEM: String = ""
     ) {
         self.limiter = RateLimiter(configuration.rateLimits)
         self.metrics = metrics
@@ -33,6 +39,11 @@ public final class Relay: Sendable {
         self.clock = clock
         self.random = random
         self.logger = logger
+        let registry = ConnectionRegistry()
+        self.registry = registry
+        push = PushDispatcher(
+            store: store, configuration: configuration.push, clock: clock, metrics: metrics, logger: logger, extraTrustRoots: pushTrustRoots,
+            vapidKeyPEM: vapidKeyPEM, isConnected: { registry.isConnected($0) })
     }
 
     /// Runs one expiry sweep now (`relay.md`, "Expiry"): deletes expired envelopes, queues `EXPIRED`
@@ -299,6 +310,7 @@ public final class Relay: Sendable {
             positions.append(index)
         }
         var wake = Set<DeviceAddress>()
+        var wakeUps: [PushCandidate] = []
         if !submissions.isEmpty {
             let results: [SubmissionOutcome]
             let batch: SubmitBatchOutcome
@@ -331,7 +343,14 @@ public final class Relay: Sendable {
                 case .accepted(let acceptedAt, let expiresAt, let newlyQueued):
                     outcomes[position].acceptedAtMs = acceptedAt
                     outcomes[position].expiresAtMs = expiresAt
-                    if newlyQueued { wake.insert(submission.recipient) }
+                    if newlyQueued {
+                        wake.insert(submission.recipient)
+                        // push.md 5: urgent (or unspecified) and ring envelopes to a device without a connection.
+                        if let wakeClass = Self.wakeClass(request.envelopes[position].urgency), !registry.isConnected(submission.recipient) {
+                            wakeUps.append(PushCandidate(
+                                device: submission.recipient, wakeClass: wakeClass, envelopeID: submission.envelopeID, expiresAtMs: expiresAt))
+                        }
+                    }
                 case .rejected(let code):
                     let error = switch code {
                     case .unknownRecipient: RelayError(.unknownRecipient, "no such handle")
@@ -345,9 +364,21 @@ public final class Relay: Sendable {
             }
         }
         registry.wake(wake)
+        // After the commit and never awaited: push never delays or fails a Submit (push.md 7).
+        push.submitted(wakeUps)
         var reply = WireSubmitResult()
         reply.outcomes = outcomes
         return reply
+    }
+
+    /// The wake-up an envelope of `urgency` asks for (`push.md` 2): none for `silent`; unspecified counts as urgent.
+    static func wakeClass(_ urgency: WireUrgency) -> WakeClass? {
+        switch urgency {
+        case .urgent, .unspecified: .urgent
+        case .ring: .ring
+        case .silent: nil
+        case .UNRECOGNIZED: .urgent
+        }
     }
 
     /// Acknowledge (`relay.md`, "Acknowledge").

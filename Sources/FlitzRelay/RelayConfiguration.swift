@@ -47,6 +47,8 @@ public struct RelayConfiguration: Sendable {
     public var tlsKeyPath: String?
     /// `metrics.enabled`: serve Prometheus text at `GET /metrics`. Default true.
     public var metricsEnabled = true
+    /// `push.*`: push wake-ups (`protocol/push.md` 9). Default `PushConfiguration()`.
+    public var push = PushConfiguration()
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(

@@ -218,6 +218,8 @@ struct RelayConnection {
                         case .close(let reason): continuation.yield(.close(reason: reason))
                         }
                     }
+                    // An authenticated connection closes the device's push coalescing window (push.md 5 step 3).
+                    relay.push.deviceConnected(device)
                     logger.debug("authenticated", metadata: ["relay.handle": "\(device.handle)", "relay.device": "\(device.deviceID)"])
                     try await writer.send(WireFrame(requestID: requestID, body: .authenticateResult(result)))
                     pump.request()
@@ -253,6 +255,10 @@ struct RelayConnection {
         case .reportSeen(let request):
             try await relay.reportSeen(request, device: device)
             return WireFrame(requestID: requestID, body: .ok(WireOk()))
+        case .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint:
+            // Push endpoints (Relay+Push.swift).
+            let reply = try await relay.handlePushFrame(requestID: requestID, body: body, device: device)
+            return reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
         default:
             // Device lists, account deletion and settings, pairing (Relay+Devices.swift).
             let reply = try await relay.handleAuthenticatedDeviceFrame(requestID: requestID, body: body, device: device, nonce: nonce)

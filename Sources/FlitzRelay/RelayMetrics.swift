@@ -26,6 +26,8 @@ public final class RelayMetrics: Sendable {
     /// `queueDepthInterval` and at most `queueDepthLimit` (gauge; -1 before the first count).
     private let queuedItems: Metrics.Meter
     private let errors = Mutex<[WireErrorCode: Metrics.Counter]>([:])
+    /// `flitz_relay_push_*_total{provider}` (`protocol/push.md` 10), one counter per event and provider.
+    private let pushCounters: [PushMetric: [PushProviderKind: Metrics.Counter]]
     private let queueDepth: (@Sendable (_ limit: Int) async throws -> Int)?
     private let lastQueueCount = Mutex<ContinuousClock.Instant?>(nil)
 
@@ -53,6 +55,33 @@ public final class RelayMetrics: Sendable {
         commitLatency = Metrics.Timer(label: "flitz_relay_commit_seconds", factory: factory)
         queuedItems = Metrics.Meter(label: "flitz_relay_queued_items", factory: factory)
         queuedItems.set(-1)
+        var push: [PushMetric: [PushProviderKind: Metrics.Counter]] = [:]
+        for metric in PushMetric.allCases {
+            for provider in PushProviderKind.allCases {
+                push[metric, default: [:]][provider] = Metrics.Counter(
+                    label: metric.rawValue, dimensions: [("provider", provider.rawValue)], factory: factory)
+            }
+        }
+        pushCounters = push
+    }
+
+    /// Push events counted per provider (`protocol/push.md` 10); raw values are the metric names.
+    enum PushMetric: String, CaseIterable {
+        /// Wake-ups a push service accepted.
+        case sent = "flitz_relay_push_sent_total"
+        /// `urgent` envelopes that caused no wake-up because the window was open.
+        case coalesced = "flitz_relay_push_coalesced_total"
+        /// Wake-ups not sent because the device connected or the envelope was gone first.
+        case skipped = "flitz_relay_push_skipped_total"
+        /// Wake-ups given up after their last attempt, or refused without retry.
+        case failed = "flitz_relay_push_failed_total"
+        /// Endpoints dropped as dead.
+        case dropped = "flitz_relay_push_endpoints_dropped_total"
+    }
+
+    /// Counts `count` push events of `metric` for `provider`.
+    func push(_ metric: PushMetric, _ provider: PushProviderKind, count: Int = 1) {
+        if count > 0 { pushCounters[metric]?[provider]?.increment(by: count) }
     }
 
     /// A WebSocket connection opened.

@@ -6,8 +6,8 @@ import Foundation
 /// Times are milliseconds since the Unix epoch (`Int64`), as on the wire. Every mutating method is one
 /// durable transaction: when it returns, its effect survives a crash; when it throws, nothing changed.
 /// Methods throw `StoreError` for refusals the caller must report and `StoreError.Code.backend` for
-/// failures of the underlying database.
-public protocol RelayStore: Sendable {
+/// failures of the underlying database. Push endpoints and relay secrets are in `PushEndpointStore`.
+public protocol RelayStore: PushEndpointStore {
     /// Creates `handle` with its first device and returns the device id (1 for a new handle).
     /// - Throws: `StoreError.handleTaken` when the handle exists.
     func register(
@@ -760,4 +760,114 @@ extension RelayStore {
     public func submit(sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64) async throws -> [SubmissionOutcome] {
         try await submit(sender: sender, envelopes: envelopes, atMs: atMs, queueLimit: .max)
     }
+}
+
+// MARK: Push endpoints (`protocol/push.md` 4, 5 and 7)
+
+/// A device's push endpoint as stored (`protocol/push.md` 4). Never shown to another user and never logged.
+public struct StoredPushEndpoint: Hashable, Sendable {
+    /// The push service: `webpush`, `apns` or `fcm` (the metric label, `PushProviderKind.rawValue`).
+    public var provider: String
+    /// Web Push: the endpoint URL; APNs: the device token (lowercase hex); FCM: the registration token. Nil once
+    /// the relay dropped the endpoint as dead (`push.md` 7: only provider, time and reason are kept).
+    public var endpoint: String?
+    /// Web Push only: the 65-byte uncompressed P-256 public key (`p256dh`); empty otherwise and once dropped.
+    public var p256dh: Data
+    /// Web Push only: the 16-byte authentication secret; empty otherwise and once dropped.
+    public var authSecret: Data
+    /// APNs only: background pushes instead of alerts.
+    public var apnsBackground: Bool
+    /// When the device registered it, milliseconds since the Unix epoch.
+    public var registeredAtMs: Int64
+    /// Last wake-up the push service accepted, milliseconds since the Unix epoch; 0 = none.
+    public var lastWakeAtMs: Int64
+    /// Wake-ups the push service accepted for this endpoint.
+    public var wakesSent: UInt64
+    /// Why the last attempt failed or why the endpoint was dropped; empty after a success. Never a key or payload.
+    public var lastFailure: String
+    /// When the relay dropped the endpoint as dead, milliseconds since the Unix epoch; 0 = live.
+    public var droppedAtMs: Int64
+    /// End of the device's `urgent` coalescing window (`push.md` 5), milliseconds since the Unix epoch; the
+    /// window is open while this is after now, closed at 0.
+    public var urgentWindowUntilMs: Int64
+
+    /// Whether the relay may wake through it (set and not dropped).
+    public var isLive: Bool { endpoint != nil && droppedAtMs == 0 }
+
+    /// Creates a record.
+    public init(
+        provider: String, endpoint: String?, p256dh: Data = Data(), authSecret: Data = Data(), apnsBackground: Bool = false,
+        registeredAtMs: Int64, lastWakeAtMs: Int64 = 0, wakesSent: UInt64 = 0, lastFailure: String = "", droppedAtMs: Int64 = 0,
+        urgentWindowUntilMs: Int64 = 0
+    ) {
+        self.provider = provider
+        self.endpoint = endpoint
+        self.p256dh = p256dh
+        self.authSecret = authSecret
+        self.apnsBackground = apnsBackground
+        self.registeredAtMs = registeredAtMs
+        self.lastWakeAtMs = lastWakeAtMs
+        self.wakesSent = wakesSent
+        self.lastFailure = lastFailure
+        self.droppedAtMs = droppedAtMs
+        self.urgentWindowUntilMs = urgentWindowUntilMs
+    }
+}
+
+/// The outcome of `RelayStore.decideUrgentWake` (`protocol/push.md` 5 step 2).
+public enum UrgentWakeDecision: Hashable, Sendable {
+    /// The window was closed and is now open until the given time: wake through this endpoint.
+    case wake(StoredPushEndpoint)
+    /// The window is open: no wake-up; counted as coalesced for this provider (`webpush`, `apns`, `fcm`).
+    case coalesced(provider: String)
+    /// The device has no live endpoint.
+    case noEndpoint
+}
+
+/// Push endpoints and the relay's own push secrets (`protocol/push.md`). Every implementation of `RelayStore`
+/// conforms; the relay calls these from its push dispatcher, never in the path of a `Submit` reply.
+public protocol PushEndpointStore: Sendable {
+    /// Sets the push endpoint of `device` (`push.md` 4), replacing any earlier one, also a dropped one. The same live
+    /// endpoint again keeps its counters and window and changes only `registeredAtMs` (and the keys); another
+    /// endpoint starts with zero counters, no failure and a closed window. `endpoint.endpoint` must not be nil.
+    /// Returns the stored record.
+    /// - Throws: `.unknownDevice` when `device` is not a current device.
+    func setPushEndpoint(device: DeviceAddress, _ endpoint: StoredPushEndpoint) async throws -> StoredPushEndpoint
+
+    /// Deletes the endpoint of `device` (live or dropped); nothing happens when there is none.
+    func removePushEndpoint(device: DeviceAddress) async throws
+
+    /// The endpoint of `device` (live or dropped), or nil.
+    func pushEndpoint(device: DeviceAddress) async throws -> StoredPushEndpoint?
+
+    /// The coalescing decision for one `urgent` envelope (`push.md` 5 step 2), atomically: when `device` has a live
+    /// endpoint whose window ends at or before `nowMs`, opens it until `windowUntilMs` and returns `.wake`; when the
+    /// window is open, `.coalesced`; else `.noEndpoint`. Two callers racing (also on two relay nodes sharing the
+    /// database) never both get `.wake` for one window.
+    func decideUrgentWake(device: DeviceAddress, nowMs: Int64, windowUntilMs: Int64) async throws -> UrgentWakeDecision
+
+    /// Closes the window of `device` (`push.md` 5 step 3, and 7 after a failed `urgent` wake-up). With
+    /// `onlyIfUntilMs`, only when the window still ends then (a failure must not close a window opened later).
+    func closeUrgentWindow(device: DeviceAddress, onlyIfUntilMs: Int64?) async throws
+
+    /// A push service accepted a wake-up to `endpoint` of `device` at `atMs`: counts it and clears the last
+    /// failure. Nothing happens when the device's endpoint changed meanwhile.
+    func recordPushAccepted(device: DeviceAddress, endpoint: String, atMs: Int64) async throws
+
+    /// A wake-up to `endpoint` of `device` failed for good: stores `reason` (no key, endpoint or payload) as the last
+    /// failure. Nothing happens when the device's endpoint changed meanwhile.
+    func recordPushFailed(device: DeviceAddress, endpoint: String, reason: String) async throws
+
+    /// Drops `endpoint` of `device` as dead (`push.md` 7): forgets the endpoint and keys, keeps the provider, sets
+    /// `droppedAtMs` and the reason, closes the window. Returns false (and changes nothing) when the device's
+    /// endpoint is no longer `endpoint` (re-registered or removed meanwhile).
+    func dropPushEndpoint(device: DeviceAddress, endpoint: String, reason: String, atMs: Int64) async throws -> Bool
+
+    /// Whether envelope `envelopeID` (16 bytes) is still queued for `device` and expires after `nowMs`
+    /// (`push.md` 5: the check just before sending).
+    func isEnvelopeQueued(envelopeID: Data, device: DeviceAddress, nowMs: Int64) async throws -> Bool
+
+    /// The relay secret `name` (e.g. `push.vapidKey`, a PEM private key): the stored one, else `candidate`, stored
+    /// now. Atomic: relays racing on one database all get the first stored value.
+    func relaySecret(named name: String, orStore candidate: Data, atMs: Int64) async throws -> Data
 }

@@ -230,6 +230,36 @@ public final class SQLiteRelayStore: RelayStore {
             // "Register"). NULL for accounts from before v4: their retry window has long passed, so none is re-sent.
             try db.execute(sql: "ALTER TABLE accounts ADD COLUMN origin_device_id INTEGER")
         }
+        migrator.registerMigration("v5-push") { db in
+            // Push endpoints (push.md 4), one per device, deleted with it (cascade, like its prekeys: device removal,
+            // recovery and account deletion all delete device rows). A dropped endpoint keeps only provider, time and
+            // reason (endpoint NULL, keys empty). urgent_window_until is the coalescing window's end (push.md 5).
+            // relay_secrets holds the relay's generated VAPID key (PEM).
+            try db.execute(sql: """
+                CREATE TABLE push_endpoints (
+                    handle TEXT NOT NULL,
+                    device_id INTEGER NOT NULL,
+                    provider TEXT NOT NULL,
+                    endpoint TEXT,
+                    p256dh BLOB,
+                    auth_secret BLOB,
+                    apns_background INTEGER NOT NULL,
+                    registered_at INTEGER NOT NULL,
+                    last_wake_at INTEGER NOT NULL DEFAULT 0,
+                    wakes_sent INTEGER NOT NULL DEFAULT 0,
+                    last_failure TEXT NOT NULL DEFAULT '',
+                    dropped_at INTEGER NOT NULL DEFAULT 0,
+                    urgent_window_until INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (handle, device_id),
+                    FOREIGN KEY (handle, device_id) REFERENCES devices(handle, device_id) ON DELETE CASCADE
+                );
+                CREATE TABLE relay_secrets (
+                    name TEXT PRIMARY KEY NOT NULL,
+                    value BLOB NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                """)
+        }
         return migrator
     }()
 
@@ -1015,6 +1045,169 @@ public final class SQLiteRelayStore: RelayStore {
         let all = Set(try Int64.fetchAll(db, sql: "SELECT device_id FROM devices WHERE handle = ?", arguments: [handle]).map { UInt32($0) })
         guard try deviceList(db, handle) != nil else { return all }
         return all.intersection(try listedDeviceIDs(db, handle))
+    }
+
+    // MARK: Push endpoints (documented on `PushEndpointStore`)
+
+    /// Implements `PushEndpointStore.setPushEndpoint` in one SQLite transaction.
+    public func setPushEndpoint(device: DeviceAddress, _ endpoint: StoredPushEndpoint) async throws -> StoredPushEndpoint {
+        guard let address = endpoint.endpoint else { throw StoreError(.corrupt, "a push endpoint to set needs an endpoint") }
+        return try await run {
+            try await self.pool.write { db in
+                guard try Self.deviceExists(db, device) else { throw StoreError(.unknownDevice) }
+                let arguments: StatementArguments = [device.handle, Int64(device.deviceID)]
+                if let current = try Self.pushEndpoint(db, device), current.isLive, current.provider == endpoint.provider,
+                    current.endpoint == address
+                {
+                    // The same endpoint again: only the registration time (and the keys) change (push.md 4).
+                    try db.execute(
+                        sql: "UPDATE push_endpoints SET registered_at = ?, p256dh = ?, auth_secret = ?, apns_background = ? WHERE handle = ? AND device_id = ?",
+                        arguments: [endpoint.registeredAtMs, endpoint.p256dh, endpoint.authSecret, endpoint.apnsBackground] + arguments)
+                } else {
+                    try db.execute(
+                        sql: """
+                            INSERT OR REPLACE INTO push_endpoints (handle, device_id, provider, endpoint, p256dh, auth_secret, apns_background, registered_at)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                            """,
+                        arguments: arguments + [
+                            endpoint.provider, address, endpoint.p256dh, endpoint.authSecret, endpoint.apnsBackground, endpoint.registeredAtMs,
+                        ])
+                }
+                guard let stored = try Self.pushEndpoint(db, device) else { throw StoreError(.corrupt, "push endpoint vanished") }
+                return stored
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.removePushEndpoint`.
+    public func removePushEndpoint(device: DeviceAddress) async throws {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(sql: "DELETE FROM push_endpoints WHERE handle = ? AND device_id = ?", arguments: [device.handle, Int64(device.deviceID)])
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.pushEndpoint`.
+    public func pushEndpoint(device: DeviceAddress) async throws -> StoredPushEndpoint? {
+        try await run { try await self.pool.read { db in try Self.pushEndpoint(db, device) } }
+    }
+
+    /// Implements `PushEndpointStore.decideUrgentWake`: one conditional `UPDATE` opens the window, so the decision
+    /// holds under concurrent writers (SQLite serialises them; the statement re-checks the window itself).
+    public func decideUrgentWake(device: DeviceAddress, nowMs: Int64, windowUntilMs: Int64) async throws -> UrgentWakeDecision {
+        try await run {
+            try await self.pool.write { db in
+                let arguments: StatementArguments = [device.handle, Int64(device.deviceID)]
+                try db.execute(
+                    sql: """
+                        UPDATE push_endpoints SET urgent_window_until = ?
+                        WHERE handle = ? AND device_id = ? AND endpoint IS NOT NULL AND dropped_at = 0 AND urgent_window_until <= ?
+                        """,
+                    arguments: [windowUntilMs] + arguments + [nowMs])
+                let opened = db.changesCount == 1
+                guard let current = try Self.pushEndpoint(db, device), current.isLive else { return .noEndpoint }
+                return opened ? .wake(current) : .coalesced(provider: current.provider)
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.closeUrgentWindow`.
+    public func closeUrgentWindow(device: DeviceAddress, onlyIfUntilMs: Int64?) async throws {
+        try await run {
+            try await self.pool.write { db in
+                let arguments: StatementArguments = [device.handle, Int64(device.deviceID)]
+                if let until = onlyIfUntilMs {
+                    try db.execute(
+                        sql: "UPDATE push_endpoints SET urgent_window_until = 0 WHERE handle = ? AND device_id = ? AND urgent_window_until = ?",
+                        arguments: arguments + [until])
+                } else {
+                    try db.execute(
+                        sql: "UPDATE push_endpoints SET urgent_window_until = 0 WHERE handle = ? AND device_id = ? AND urgent_window_until != 0",
+                        arguments: arguments)
+                }
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.recordPushAccepted`.
+    public func recordPushAccepted(device: DeviceAddress, endpoint: String, atMs: Int64) async throws {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(
+                    sql: """
+                        UPDATE push_endpoints SET last_wake_at = ?, wakes_sent = wakes_sent + 1, last_failure = ''
+                        WHERE handle = ? AND device_id = ? AND endpoint = ?
+                        """,
+                    arguments: [atMs, device.handle, Int64(device.deviceID), endpoint])
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.recordPushFailed`.
+    public func recordPushFailed(device: DeviceAddress, endpoint: String, reason: String) async throws {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(
+                    sql: "UPDATE push_endpoints SET last_failure = ? WHERE handle = ? AND device_id = ? AND endpoint = ?",
+                    arguments: [reason, device.handle, Int64(device.deviceID), endpoint])
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.dropPushEndpoint`.
+    public func dropPushEndpoint(device: DeviceAddress, endpoint: String, reason: String, atMs: Int64) async throws -> Bool {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(
+                    sql: """
+                        UPDATE push_endpoints SET endpoint = NULL, p256dh = NULL, auth_secret = NULL, dropped_at = ?, last_failure = ?,
+                            urgent_window_until = 0
+                        WHERE handle = ? AND device_id = ? AND endpoint = ?
+                        """,
+                    arguments: [atMs, reason, device.handle, Int64(device.deviceID), endpoint])
+                return db.changesCount == 1
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.isEnvelopeQueued`.
+    public func isEnvelopeQueued(envelopeID: Data, device: DeviceAddress, nowMs: Int64) async throws -> Bool {
+        try await run {
+            try await self.pool.read { db in
+                try Bool.fetchOne(
+                    db,
+                    sql: "SELECT 1 FROM queue WHERE envelope_id = ? AND kind = ? AND handle = ? AND device_id = ? AND expires_at > ?",
+                    arguments: [envelopeID, Self.kindEnvelope, device.handle, Int64(device.deviceID), nowMs]) == true
+            }
+        }
+    }
+
+    /// Implements `PushEndpointStore.relaySecret` with `INSERT OR IGNORE` then a read, in one transaction.
+    public func relaySecret(named name: String, orStore candidate: Data, atMs: Int64) async throws -> Data {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(
+                    sql: "INSERT OR IGNORE INTO relay_secrets (name, value, created_at) VALUES (?, ?, ?)", arguments: [name, candidate, atMs])
+                guard let value = try Data.fetchOne(db, sql: "SELECT value FROM relay_secrets WHERE name = ?", arguments: [name]) else {
+                    throw StoreError(.corrupt, "relay secret \(name) vanished")
+                }
+                return value
+            }
+        }
+    }
+
+    private static func pushEndpoint(_ db: Database, _ device: DeviceAddress) throws -> StoredPushEndpoint? {
+        try Row.fetchOne(
+            db, sql: "SELECT * FROM push_endpoints WHERE handle = ? AND device_id = ?", arguments: [device.handle, Int64(device.deviceID)]
+        ).map { row in
+            StoredPushEndpoint(
+                provider: row["provider"], endpoint: row["endpoint"], p256dh: (row["p256dh"] as Data?) ?? Data(),
+                authSecret: (row["auth_secret"] as Data?) ?? Data(),
+                apnsBackground: row["apns_background"], registeredAtMs: row["registered_at"], lastWakeAtMs: row["last_wake_at"],
+                wakesSent: UInt64(max(0, row["wakes_sent"] as Int64)), lastFailure: row["last_failure"], droppedAtMs: row["dropped_at"],
+                urgentWindowUntilMs: row["urgent_window_until"])
+        }
     }
 
     // MARK: Helpers

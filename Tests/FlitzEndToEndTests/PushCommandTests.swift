@@ -36,7 +36,8 @@ final class WebPushReceiver: Sendable {
     func stop() { task.cancel() }
 }
 
-/// Whether this build's relay handles the push frames (false until branch push-gateway is merged).
+/// Whether this build's relay registers Web Push endpoints and sends wake-ups: false while push-gateway's
+/// `makePushSenders` builds no Web Push sender (its TODO(integrator)). Set to true then.
 enum RelayPushSupport {
     static let available = false
 }
@@ -136,6 +137,17 @@ struct PushCommandTests {
         #expect(try bob.flitz("push", "register", "--apns-token", "xyz").status == 64)
         #expect(try bob.flitz("push", "register", "--fcm-token", "t", "--background").status == 64)
 
+        // The relay's view: nothing registered; no APNs credentials (exit 3, said plainly); remove is idempotent.
+        let status = try bob.flitz("push", "status")
+        #expect(status.status == 0 && status.lines == ["registered: no"], "\(status)")
+        let json = try bob.flitz("push", "status", "--json")
+        #expect(
+            json.lines == [#"{"droppedAt":null,"lastFailure":null,"lastWakeAt":null,"provider":null,"registered":false,"registeredAt":null,"wakesSent":0}"#],
+            "\(json)")
+        let apns = try bob.flitz("push", "register", "--apns-token", String(repeating: "ab", count: 32))
+        #expect(apns.status == 3 && apns.stderr.contains("this relay has no APNs credentials"), "\(apns)")
+        #expect(try bob.flitz("push", "remove").lines == ["removed"])
+
         // With the relay gone the registration cannot be confirmed (exit 2), but its keys are kept: a body
         // that is not for them still does not decrypt, with a clear message.
         relay.stop()
@@ -149,7 +161,7 @@ struct PushCommandTests {
 
     /// Needs the relay's push gateway (branch push-gateway): register, a real wake-up through a local Web Push
     /// receiver, `push decrypt` of its body, status, remove.
-    @Test(.enabled(if: RelayPushSupport.available, "needs the relay's push gateway (branch push-gateway)"))
+    @Test(.enabled(if: RelayPushSupport.available, "needs the relay's Web Push sender wired into makePushSenders (push-gateway TODO)"))
     func registerWakeDecryptStatusRemove() async throws {
         let scratch = try Scratch()
         let receiver = try await WebPushReceiver()

@@ -73,6 +73,50 @@ import Testing
         #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--config", array], environment: [:]) }
     }
 
+    @Test func pushKeysComeFromFlagsEnvironmentAndFile() throws {
+        let file = try configFile(#"""
+            {"push": {"coalesceWindow": 30, "vapidSubject": "mailto:ops@example.org", "apns": {"url": "https://apns.test:4443/"},
+             "fcm": {"serviceAccount": "/etc/fcm.json"}, "maxAttempts": 2}}
+            """#)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let environment = ["FLITZ_RELAY_PUSH_COALESCE_WINDOW": "45", "FLITZ_RELAY_PUSH_CA_FILE": "/etc/ca.pem", "FLITZ_RELAY_PUSH_MAX_ATTEMPTS": "3"]
+        let configuration = try RelayConfiguration.resolve(
+            arguments: ["--config", file, "--push-coalesce-window", "90", "--push-retry-base=2", "--push-timeout", "5", "--vapid-key", "/etc/vapid.pem",
+                "--apns-key-file", "/k.p8", "--apns-key-id", "KID", "--apns-team-id", "TEAM", "--apns-topic", "org.example.app"],
+            environment: environment)
+        let push = configuration.push
+        #expect(push.coalesceWindow == .seconds(90))  // flag over environment over file
+        #expect(push.maxAttempts == 3)  // environment over file
+        #expect(push.vapidSubject == "mailto:ops@example.org")  // file
+        #expect(push.apnsURL == "https://apns.test:4443")  // file, trailing slash dropped
+        #expect(push.fcmServiceAccount == "/etc/fcm.json" && push.fcmEnabled)
+        #expect(push.caFile == "/etc/ca.pem")
+        #expect(push.retryBase == .seconds(2) && push.timeout == .seconds(5) && push.vapidKey == "/etc/vapid.pem")
+        #expect(push.apnsEnabled && push.apnsTopic == "org.example.app")
+        let defaults = try RelayConfiguration.resolve(arguments: [], environment: [:]).push
+        #expect(defaults == PushConfiguration())
+        #expect(defaults.coalesceWindow == .seconds(60) && defaults.retryBase == .seconds(1) && defaults.maxAttempts == 4)
+        #expect(defaults.timeout == .seconds(10) && defaults.vapidSubject == "mailto:flitz-relay@localhost")
+        #expect(defaults.apnsURL == "https://api.push.apple.com" && defaults.fcmURL == "https://fcm.googleapis.com")
+        #expect(!defaults.apnsEnabled && !defaults.fcmEnabled && defaults.vapidKey == nil && defaults.caFile == nil)
+        // APNs needs its four keys together; URLs must be http(s).
+        #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--apns-key-id", "KID"], environment: [:]) }
+        #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--fcm-url", "ftp://x"], environment: [:]) }
+        #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--push-max-attempts", "0"], environment: [:]) }
+    }
+
+    @Test func pushBackoffDoublesHonoursRetryAfterAndIsCapped() {
+        var push = PushConfiguration()
+        #expect(push.backoff(afterAttempt: 1, retryAfter: nil) == .seconds(1))
+        #expect(push.backoff(afterAttempt: 2, retryAfter: nil) == .seconds(2))
+        #expect(push.backoff(afterAttempt: 3, retryAfter: .seconds(3)) == .seconds(4))
+        #expect(push.backoff(afterAttempt: 2, retryAfter: .seconds(30)) == .seconds(30))
+        #expect(push.backoff(afterAttempt: 1, retryAfter: .seconds(3_600)) == .seconds(60))
+        push.retryBase = .seconds(10)
+        #expect(push.backoff(afterAttempt: 4, retryAfter: nil) == .seconds(60))
+        #expect(push.backoff(afterAttempt: 40, retryAfter: nil) == .seconds(60))
+    }
+
     @Test func everyKeyIsDocumentedInTheReadme() throws {
         let readme = try String(
             contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../README.md").standardized,

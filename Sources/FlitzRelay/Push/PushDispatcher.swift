@@ -1,0 +1,368 @@
+import AsyncHTTPClient
+import FlitzStore
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import ServiceLifecycle
+import Synchronization
+
+/// Waits out one backoff between push attempts (`protocol/push.md` 7); throws `CancellationError` when cancelled.
+/// The relay sleeps for the given duration; tests inject one that records the waits and returns at once.
+public typealias PushSleeper = @Sendable (Duration) async throws -> Void
+
+/// One wake-up candidate from a `Submit`: an `urgent` or `ring` envelope made durable for a device that had no
+/// authenticated connection (`protocol/push.md` 5).
+struct PushCandidate: Sendable, Equatable {
+    /// The recipient device.
+    var device: DeviceAddress
+    /// `urgent` (also for `URGENCY_UNSPECIFIED`) or `ring`.
+    var wakeClass: WakeClass
+    /// The 16-byte envelope id checked again just before sending.
+    var envelopeID: Data
+    /// The envelope's expiry, milliseconds since the Unix epoch.
+    var expiresAtMs: Int64
+}
+
+/// Sends wake-ups in the background (`protocol/push.md` 5 and 7): a swift-service-lifecycle `Service` started and
+/// shut down with the relay. `Relay.submit` hands it candidates after the Submit's envelopes are durable and never
+/// waits for it; an authentication closes the device's coalescing window through it. It owns the relay's one
+/// AsyncHTTPClient `HTTPClient` (system trust roots plus `push.caFile`), made when it starts and shut down when it
+/// stops, and the `PushSender`s built over it. Never logs an endpoint, a key or a payload.
+final class PushDispatcher: Service, Sendable, CustomStringConvertible {
+    private enum Job: Sendable {
+        /// Wake candidates of one device from one Submit: `count` envelopes of one class; the one checked before
+        /// sending is the latest to expire.
+        case wake(PushCandidate, count: Int)
+        /// The device authenticated: close its window.
+        case connected(DeviceAddress)
+    }
+
+    private let store: any RelayStore
+    private let configuration: PushConfiguration
+    private let clock: any RelayClock
+    private let metrics: RelayMetrics
+    private let logger: Logger
+    private let isConnected: @Sendable (DeviceAddress) -> Bool
+    private let jobs: AsyncStream<Job>
+    private let continuation: AsyncStream<Job>.Continuation
+    private let sleeperState = Mutex<PushSleeper>({ duration in try await Task.sleep(for: duration) })
+    private let extraTrustRoots: [NIOSSLCertificate]
+    private let vapidKeyPEM: String
+    /// What the dispatcher did, for tests and metrics.
+    let monitor = PushMonitor()
+
+    /// A dispatcher over `store`.
+    /// - Parameters:
+    ///   - extraTrustRoots: `push.caFile`'s certificates, trusted beside the system's.
+    ///   - vapidKeyPEM: the relay's VAPID P-256 private key, PEM.
+    ///   - isConnected: whether a device has an authenticated connection now (`ConnectionRegistry`).
+    init(
+        store: any RelayStore, configuration: PushConfiguration, clock: any RelayClock, metrics: RelayMetrics, logger: Logger,
+        extraTrustRoots: [NIOSSLCertificate] = [], vapidKeyPEM: String = "", isConnected: @escaping @Sendable (DeviceAddress) -> Bool
+    ) {
+        self.store = store
+        self.configuration = configuration
+        self.clock = clock
+        self.metrics = metrics
+        self.logger = logger
+        self.extraTrustRoots = extraTrustRoots
+        self.vapidKeyPEM = vapidKeyPEM
+        self.isConnected = isConnected
+        (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
+    }
+
+    /// "PushDispatcher", for lifecycle logs.
+    var description: String { "PushDispatcher" }
+
+    /// The wait between attempts; tests replace it to record backoffs without waiting.
+    var sleeper: PushSleeper {
+        get { sleeperState.withLock { $0 } }
+        set { sleeperState.withLock { $0 = newValue } }
+    }
+
+    /// The providers a device may register for (`push.md` 3): Web Push always, APNs and FCM when configured.
+    var availableProviders: Set<PushProviderKind> {
+        var providers: Set<PushProviderKind> = [.webPush]
+        if configuration.apnsEnabled { providers.insert(.apns) }
+        if configuration.fcmEnabled { providers.insert(.fcm) }
+        return providers
+    }
+
+    /// Hands the wake candidates of one durable Submit to the background; returns at once.
+    func submitted(_ candidates: [PushCandidate]) {
+        guard !candidates.isEmpty else { return }
+        // One job per device and class: a ring wakes once, a burst of urgent envelopes decides the window once.
+        var groups: [DeviceAddress: [WakeClass: (PushCandidate, Int)]] = [:]
+        for candidate in candidates {
+            let existing = groups[candidate.device]?[candidate.wakeClass]
+            let latest = existing.map { $0.0.expiresAtMs >= candidate.expiresAtMs ? $0.0 : candidate } ?? candidate
+            groups[candidate.device, default: [:]][candidate.wakeClass] = (latest, (existing?.1 ?? 0) + 1)
+        }
+        for (_, classes) in groups {
+            for wakeClass in [WakeClass.ring, .urgent] {
+                guard let (candidate, count) = classes[wakeClass] else { continue }
+                enqueue(.wake(candidate, count: count))
+            }
+        }
+    }
+
+    /// `device` authenticated: its window closes (`push.md` 5 step 3), in the background.
+    func deviceConnected(_ device: DeviceAddress) {
+        enqueue(.connected(device))
+    }
+
+    private func enqueue(_ job: Job) {
+        monitor.record { $0.pending += 1 }
+        guard case .enqueued = continuation.yield(job) else {
+            // The dispatcher has stopped (relay shutting down): nothing will handle it.
+            monitor.record { $0.pending -= 1 }
+            return
+        }
+    }
+
+    /// Makes the HTTP client and senders, then handles jobs until graceful shutdown; shuts the client down.
+    func run() async throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if !extraTrustRoots.isEmpty { tls.additionalTrustRoots = [.certificates(extraTrustRoots)] }
+        var clientConfiguration = HTTPClient.Configuration(tlsConfiguration: tls)
+        let timeout = Self.timeAmount(configuration.timeout)
+        clientConfiguration.timeout = .init(connect: timeout, read: timeout)
+        // Push services never redirect; following one could send a wake-up somewhere the device never named.
+        clientConfiguration.redirectConfiguration = .disallow
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+        let senders: [PushProviderKind: any PushSender]
+        do {
+            senders = try makePushSenders(configuration: configuration, httpClient: client, vapidKeyPEM: vapidKeyPEM, logger: logger)
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                for await job in self.jobs {
+                    group.addTask {
+                        await self.handle(job, senders: senders)
+                        self.monitor.record { $0.pending -= 1 }
+                    }
+                }
+            }
+        }
+        continuation.finish()
+        try await client.shutdown()
+    }
+
+    // MARK: Jobs
+
+    private func handle(_ job: Job, senders: [PushProviderKind: any PushSender]) async {
+        do {
+            switch job {
+            case .connected(let device):
+                try await store.closeUrgentWindow(device: device, onlyIfUntilMs: nil)
+            case .wake(let candidate, let count):
+                try await wake(candidate, count: count, senders: senders)
+            }
+        } catch is CancellationError {
+            return
+        } catch {
+            // Never the endpoint: the store's errors carry no arguments.
+            logger.error("push dispatch failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// `push.md` 5: decide, then send with retries (`push.md` 7).
+    private func wake(_ candidate: PushCandidate, count: Int, senders: [PushProviderKind: any PushSender]) async throws {
+        let device = candidate.device
+        guard !isConnected(device) else { return }
+        let nowMs = clock.nowMs()
+        let stored: StoredPushEndpoint
+        var windowUntilMs: Int64?
+        switch candidate.wakeClass {
+        case .ring:
+            // A ring neither opens nor checks the window.
+            guard let found = try await store.pushEndpoint(device: device), found.isLive else { return }
+            stored = found
+        case .urgent:
+            let until = nowMs + configuration.coalesceWindow.wholeMilliseconds
+            switch try await store.decideUrgentWake(device: device, nowMs: nowMs, windowUntilMs: until) {
+            case .noEndpoint:
+                return
+            case .coalesced(let provider):
+                if let kind = PushProviderKind(rawValue: provider) { tally(.coalesced, kind, count) }
+                return
+            case .wake(let found):
+                stored = found
+                windowUntilMs = until
+                if let kind = PushProviderKind(rawValue: found.provider) { tally(.coalesced, kind, count - 1) }
+            }
+        }
+        guard let provider = PushProviderKind(rawValue: stored.provider), let address = stored.endpoint else { return }
+        let endpoint = PushEndpoint(
+            provider: provider, endpoint: address, p256dh: stored.p256dh, authSecret: stored.authSecret, apnsBackground: stored.apnsBackground)
+        let wakeUp = WakeUp(wakeClass: candidate.wakeClass, expiresAt: Date(timeIntervalSince1970: Double(candidate.expiresAtMs) / 1_000))
+        let outcome = try await deliver(wakeUp, to: endpoint, candidate: candidate, sender: senders[provider])
+        switch outcome {
+        case .sent:
+            tally(.sent, provider)
+            try await store.recordPushAccepted(device: device, endpoint: address, atMs: clock.nowMs())
+        case .skipped:
+            tally(.skipped, provider)
+            // The device connected (its authentication closed the window) or the envelope is gone: the next
+            // envelope may wake again.
+            if let windowUntilMs { try await store.closeUrgentWindow(device: device, onlyIfUntilMs: windowUntilMs) }
+        case .dead(let reason):
+            if try await store.dropPushEndpoint(device: device, endpoint: address, reason: reason + ": endpoint dropped", atMs: clock.nowMs()) {
+                tally(.dropped, provider)
+            }
+            logger.notice("push endpoint dropped as dead", metadata: ["push.provider": "\(provider.rawValue)", "push.reason": "\(reason)"])
+        case .failed(let reason):
+            tally(.failed, provider)
+            try await store.recordPushFailed(device: device, endpoint: address, reason: reason)
+            if let windowUntilMs { try await store.closeUrgentWindow(device: device, onlyIfUntilMs: windowUntilMs) }
+            logger.notice("push wake-up failed", metadata: ["push.provider": "\(provider.rawValue)", "push.reason": "\(reason)"])
+        }
+    }
+
+    private enum Delivery {
+        case sent
+        case skipped
+        case dead(String)
+        case failed(String)
+    }
+
+    /// Up to `push.maxAttempts` attempts, each after checking again that the wake-up is still wanted.
+    private func deliver(_ wake: WakeUp, to endpoint: PushEndpoint, candidate: PushCandidate, sender: (any PushSender)?) async throws -> Delivery {
+        guard let sender else { return .failed("no \(endpoint.provider.rawValue) sender is configured on this relay") }
+        let attempts = max(1, configuration.maxAttempts)
+        var lastReason = ""
+        for attempt in 1...attempts {
+            // Just before sending (push.md 5): connected meanwhile, acknowledged, purged or expired → skip.
+            if isConnected(candidate.device) { return .skipped }
+            guard try await store.isEnvelopeQueued(envelopeID: candidate.envelopeID, device: candidate.device, nowMs: clock.nowMs()) else {
+                return .skipped
+            }
+            switch await attemptOnce(sender, wake, endpoint) {
+            case .accepted:
+                return .sent
+            case .endpointDead(let reason):
+                return .dead(reason)
+            case .failed(let reason):
+                return .failed(reason)
+            case .retry(let after, let reason):
+                lastReason = reason
+                guard attempt < attempts else { break }
+                let wait = configuration.backoff(afterAttempt: attempt, retryAfter: after)
+                monitor.record { $0.retries += 1 }
+                try await sleeper(wait)
+            }
+        }
+        return .failed("gave up after \(attempts) attempts: \(lastReason)")
+    }
+
+    /// One attempt, given up as retryable after `push.timeout` (a sender's own HTTP timeout normally answers first).
+    private func attemptOnce(_ sender: any PushSender, _ wake: WakeUp, _ endpoint: PushEndpoint) async -> PushAttemptOutcome {
+        let timeout = configuration.timeout
+        let now = clock.now()
+        return await withTaskGroup(of: PushAttemptOutcome?.self) { group in
+            group.addTask { await sender.send(wake, to: endpoint, now: now) }
+            group.addTask {
+                // Real time: this guards against a sender that never answers, not a rule tests need to move.
+                try? await Task.sleep(for: timeout + .milliseconds(500))
+                return Task.isCancelled ? nil : .retry(after: nil, reason: "no answer within push.timeout")
+            }
+            var outcome: PushAttemptOutcome = .retry(after: nil, reason: "cancelled")
+            for await result in group {
+                if let result {
+                    outcome = result
+                    break
+                }
+            }
+            group.cancelAll()
+            return outcome
+        }
+    }
+
+    private func tally(_ metric: RelayMetrics.PushMetric, _ provider: PushProviderKind, _ amount: Int = 1) {
+        guard amount > 0 else { return }
+        metrics.push(metric, provider, count: amount)
+        monitor.record { snapshot in
+            switch metric {
+            case .sent: snapshot.sent += amount
+            case .coalesced: snapshot.coalesced += amount
+            case .skipped: snapshot.skipped += amount
+            case .failed: snapshot.failed += amount
+            case .dropped: snapshot.dropped += amount
+            }
+        }
+    }
+
+    private static func timeAmount(_ duration: Duration) -> TimeAmount {
+        let (seconds, attoseconds) = duration.components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+/// Counts of the dispatcher's work, observable while the relay runs: tests await a condition (all jobs handled,
+/// a wake-up sent) instead of sleeping.
+final class PushMonitor: Sendable {
+    /// The counts at one instant.
+    struct Snapshot: Sendable, Equatable {
+        /// Jobs handed over and not yet handled completely (0: the dispatcher is idle).
+        var pending = 0
+        /// Wake-ups accepted by a push service.
+        var sent = 0
+        /// `urgent` envelopes coalesced into an earlier wake-up.
+        var coalesced = 0
+        /// Wake-ups skipped: the device connected or the envelope was gone first.
+        var skipped = 0
+        /// Wake-ups given up or refused.
+        var failed = 0
+        /// Endpoints dropped as dead.
+        var dropped = 0
+        /// Waits between attempts.
+        var retries = 0
+    }
+
+    private struct Waiter {
+        let predicate: @Sendable (Snapshot) -> Bool
+        let continuation: CheckedContinuation<Void, Never>
+    }
+
+    private let state = Mutex<(snapshot: Snapshot, waiters: [UInt64: Waiter], nextID: UInt64)>((Snapshot(), [:], 0))
+
+    /// The current counts.
+    var snapshot: Snapshot { state.withLock { $0.snapshot } }
+
+    /// Applies `change` and resumes the waiters whose condition now holds.
+    func record(_ change: (inout Snapshot) -> Void) {
+        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            change(&state.snapshot)
+            let snapshot = state.snapshot
+            let satisfied = state.waiters.filter { $0.value.predicate(snapshot) }
+            for id in satisfied.keys { state.waiters[id] = nil }
+            return satisfied.values.map(\.continuation)
+        }
+        for continuation in ready { continuation.resume() }
+    }
+
+    /// Returns once `predicate` holds (at once if it already does), or when the calling task is cancelled.
+    func wait(until predicate: @escaping @Sendable (Snapshot) -> Bool) async {
+        let id = state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let holds = state.withLock { state -> Bool in
+                    if predicate(state.snapshot) || Task.isCancelled { return true }
+                    state.waiters[id] = Waiter(predicate: predicate, continuation: continuation)
+                    return false
+                }
+                if holds { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.continuation.resume()
+        }
+    }
+}
