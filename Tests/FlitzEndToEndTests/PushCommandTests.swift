@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import Logging
 import NIOCore
 import Testing
 
@@ -24,9 +25,11 @@ final class WebPushReceiver: Sendable {
             continuation.yield(Data(buffer.readableBytesView))
             return Response(status: .created)
         }
+        var logger = Logger(label: "webpush-receiver")
+        logger.logLevel = .critical  // stopping by cancellation is not an error worth printing
         let application = Application(
             router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in portContinuation.yield(channel.localAddress?.port ?? 0) })
+            onServerRunning: { channel in portContinuation.yield(channel.localAddress?.port ?? 0) }, logger: logger)
         task = Task { try await application.runService(gracefulShutdownSignals: []) }
         var iterator = ports.makeAsyncIterator()
         self.port = await iterator.next() ?? 0
