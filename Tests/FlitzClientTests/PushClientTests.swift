@@ -284,6 +284,27 @@ struct PushClientTests {
         await relay.stop()
     }
 
+    @Test func aRelayRefusalOfAFieldIsExplained() async throws {
+        let relay = try await InProcessRelay()
+        let (_, bob) = try await relay.aliceAndBob()
+        let account = try #require(try bob.store.loadAccount())
+        // What the client never sends (it makes valid keys), sent raw: the relay names the field, the client says so.
+        var register = WireRegisterPushEndpoint()
+        register.provider = .webPush
+        register.endpoint = "http://127.0.0.1:9/push/bob"
+        register.p256Dh = Data(repeating: 4, count: 65)
+        register.authSecret = Data(count: 16)
+        let request = register
+        let refused = await #expect(throws: ClientError.self) {
+            try await bob.withAuthenticatedConnection(account) { connection in _ = try await connection.request(.registerPushEndpoint(request)) }
+        }
+        let explained = FlitzClient.pushRefusal(try #require(refused), service: .webPush)
+        #expect(explained.kind == .refused(.invalidArgument))
+        #expect(explained.message.hasPrefix("the relay refused the push registration: ") && explained.message.contains("p256dh"), "\(explained)")
+        #expect(explained.exitCode == 3)
+        await relay.stop()
+    }
+
     /// Needs a relay that registers Web Push endpoints (push-gateway with its Web Push sender wired in).
     @Test(.enabled(if: RelaySupport.push, "needs the relay's Web Push sender wired into makePushSenders (push-gateway TODO)"))
     func registerStatusAndRemoveAgainstTheRelay() async throws {
