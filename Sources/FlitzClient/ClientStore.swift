@@ -266,7 +266,9 @@ final class ClientStore: Sendable {
             //   scalar (32 bytes) and auth secret (16 bytes), NULL for APNs and FCM;
             // - notification_mutes: muted conversations (by peer handle) until `until` (seconds since the Unix
             //   epoch; NULL: until unmuted);
-            // - notification_keywords: keyword alerts, unique regardless of case.
+            // - notification_keywords: keyword alerts, unique regardless of case;
+            // - messages.notified: shown as a notification (`listen --notify`), which is not a read: the message
+            //   stays unshown (`displayed = 0`) and unreported as seen until `receive` shows it.
             // None of this is ever sent to the relay except the endpoint, the public key and the auth secret.
             try db.execute(sql: """
                 CREATE TABLE push_registrations (
@@ -286,6 +288,7 @@ final class ClientStore: Sendable {
                     word TEXT PRIMARY KEY COLLATE NOCASE,
                     added_at REAL NOT NULL
                 );
+                ALTER TABLE messages ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;
                 """)
         }
         return migrator

@@ -215,7 +215,8 @@ extension FlitzClient {
     /// Like `listen`, but reports notifications instead of messages: each batch of messages (the queue drained
     /// on connecting, then each delivery) goes through `NotificationRules` under the current settings;
     /// `onNotifications` is called with each non-empty result. Receipts are not reported; warnings go to
-    /// `onWarning`. Messages are stored, acknowledged and reported seen as with `listen`.
+    /// `onWarning`. Messages are stored and acknowledged (their senders see "delivered") but neither marked shown
+    /// nor reported seen: a notification is not a read, so `receive` shows them later and reports them seen then.
     /// - Throws: `ClientError` for errors other than a lost connection; `CancellationError`.
     public func listenForNotifications(
         onNotifications: @escaping @Sendable ([MessageNotification]) -> Void, onWarning: @escaping @Sendable (String) -> Void

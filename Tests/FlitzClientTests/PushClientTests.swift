@@ -138,8 +138,8 @@ struct PushClientTests {
         #expect(try bob.addKeyword("DINNER") == "Dinner", "one keyword regardless of case")
 
         // Muted alice: only her keyword message notifies, marked; carol's single message shows as itself.
-        _ = try await alice.send(to: "bob", text: "are you there?")
-        _ = try await alice.send(to: "bob", text: "dinner at 8?")
+        let muted = try await alice.send(to: "bob", text: "are you there?")
+        let alert = try await alice.send(to: "bob", text: "dinner at 8?")
         _ = try await carol.send(to: "bob", text: "hi bob")
         let first = try await bob.firstNotifications()
         #expect(first.map(\.title) == ["alice (keyword: Dinner)", "carol"])
@@ -147,6 +147,11 @@ struct PushClientTests {
         #expect(first[0].keyword == "Dinner")
         // The muted message was still received and stored (the relay knows nothing of the mute).
         #expect(try bob.count("SELECT COUNT(*) FROM messages WHERE outgoing = 0 AND peer = 'alice'") == 2)
+        // A notification is not a read: delivered, not seen, and `receive` still shows every message once.
+        #expect(try await alice.status(of: muted) == .delivered)
+        #expect(try await alice.status(of: alert) == .delivered)
+        #expect(try await bob.receiveAll().texts == ["are you there?", "dinner at 8?", "hi bob"])
+        #expect(try await alice.status(of: alert) == .seen)
 
         // Two hours later the mute has expired: three messages of one batch become one summary.
         clock.advance(days: 2.0 / 24)

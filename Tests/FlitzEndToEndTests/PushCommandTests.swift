@@ -93,6 +93,8 @@ struct PushCommandTests {
         listen.process.terminate()
         let first = listen.wait()
         #expect(first.lines == ["title: carol (keyword: dinner)", "body: Dinner at 8?", "title: alice", "body: hello"], "\(first)")
+        // Notified is not read: `receive` still shows every message, the muted one too.
+        #expect(try bob.flitz("receive").lines == ["carol: muted chatter", "carol: Dinner at 8?", "alice: hello"])
 
         // Several messages of one batch (bob offline, so the reconnect drain) become one summary.
         #expect(try alice.flitz("send", "bob", "one").status == 0)
