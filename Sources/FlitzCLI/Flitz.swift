@@ -20,7 +20,7 @@ struct Flitz: AsyncParsableCommand {
             """,
         subcommands: [
             Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Verify.self, Trust.self, Contacts.self,
-            Settings.self, SafetyNumberCommand.self, Devices.self, Account.self, VectorsCommand.self,
+            Settings.self, SafetyNumberCommand.self, Devices.self, Account.self, Push.self, Notifications.self, VectorsCommand.self,
         ]
     )
 }
@@ -45,7 +45,8 @@ struct CommonOptions: ParsableArguments {
         let path = home ?? environment["FLITZ_HOME"] ?? userHome.appendingPathComponent(".flitz").path
         do {
             return try FlitzClient(
-                home: URL(fileURLWithPath: path), logger: logger, create: create, caFile: caFile ?? environment["FLITZ_CA_FILE"])
+                home: URL(fileURLWithPath: path), logger: logger, create: create, now: FlitzClient.systemClock(environment: environment),
+                caFile: caFile ?? environment["FLITZ_CA_FILE"])
         } catch let error as ClientError {
             printError("flitz: \(error.message)")
             throw ExitCode(error.exitCode)
@@ -240,14 +241,45 @@ struct Sync: AsyncParsableCommand {
 }
 
 struct Listen: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stay connected; print messages and receipts as they arrive (Ctrl-C to stop).")
+    static let configuration = CommandConfiguration(
+        abstract: "Stay connected; print messages and receipts as they arrive (Ctrl-C to stop).",
+        discussion: """
+            With --notify, prints notifications as a desktop notifier would receive them instead: a `title: ...` \
+            and a `body: ...` line each, after applying this device's mutes and keyword alerts and grouping \
+            the messages that arrive together into one summary (`flitz notifications`; README, "Notification settings").
+            """)
     @OptionGroup var options: CommonOptions
     @Flag(help: "One JSON object per line.") var json = false
+    @Flag(help: "Print notifications (title and body) instead of messages and receipts.") var notify = false
 
     func run() async throws {
         let client = try options.client()
         let json = json
+        if notify {
+            try await FlitzCLI.run {
+                try await client.listenForNotifications(
+                    onNotifications: { $0.forEach { printNotification($0, json: json) } }, onWarning: { printError("flitz: \($0)") })
+            }
+            return
+        }
         try await FlitzCLI.run { try await client.listen { printEvent($0, json: json) } }
+    }
+}
+
+/// A notification: `title: ...` and `body: ...` lines (text made terminal-safe), or one JSON object with
+/// `title`, `body`, `from` (senders), `count`, `ids` and, for a keyword alert, `keyword`.
+func printNotification(_ notification: MessageNotification, json: Bool) {
+    if json {
+        var object: [String: Any] = [
+            "title": notification.title, "body": notification.body, "from": notification.senders, "count": notification.messageIDs.count,
+            "ids": notification.messageIDs.map(\.hexString),
+        ]
+        if let keyword = notification.keyword { object["keyword"] = keyword }
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        printLine(String(decoding: data, as: UTF8.self))
+    } else {
+        printLine("title: \(terminalSafe(notification.title))")
+        printLine("body: \(terminalSafe(notification.body))")
     }
 }
 

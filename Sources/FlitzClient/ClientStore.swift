@@ -258,6 +258,39 @@ final class ClientStore: Sendable {
                 try db.execute(sql: "UPDATE account SET account_identity_key = ?", arguments: [key])
             }
         }
+        migrator.registerMigration("v6-push") { db in
+            // Push wake-ups and notification settings (`protocol/push.md` 4 and 8):
+            // - push_registrations: this device's endpoint as last sent to the relay: 'current' (the relay
+            //   confirmed it) and at most one 'pending' (sent, not confirmed: the answer may have been lost), both
+            //   kept so a wake-up encrypted to either still opens; Web Push keys are the RFC 8291 P-256 private
+            //   scalar (32 bytes) and auth secret (16 bytes), NULL for APNs and FCM;
+            // - notification_mutes: muted conversations (by peer handle) until `until` (seconds since the Unix
+            //   epoch; NULL: until unmuted);
+            // - notification_keywords: keyword alerts, unique regardless of case;
+            // - messages.notified: shown as a notification (`listen --notify`), which is not a read: the message
+            //   stays unshown (`displayed = 0`) and unreported as seen until `receive` shows it.
+            // None of this is ever sent to the relay except the endpoint, the public key and the auth secret.
+            try db.execute(sql: """
+                CREATE TABLE push_registrations (
+                    state TEXT PRIMARY KEY CHECK (state IN ('current', 'pending')),
+                    provider TEXT NOT NULL,  -- 'webpush', 'apns' or 'fcm'
+                    endpoint TEXT NOT NULL,
+                    webpush_private_key BLOB,
+                    webpush_auth_secret BLOB,
+                    apns_background INTEGER NOT NULL DEFAULT 0,
+                    registered_at REAL NOT NULL
+                );
+                CREATE TABLE notification_mutes (
+                    handle TEXT PRIMARY KEY,
+                    until REAL
+                );
+                CREATE TABLE notification_keywords (
+                    word TEXT PRIMARY KEY COLLATE NOCASE,
+                    added_at REAL NOT NULL
+                );
+                ALTER TABLE messages ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;
+                """)
+        }
         return migrator
     }
 

@@ -4,6 +4,7 @@ import FlitzWire
 import Foundation
 import GRDB
 import Logging
+import Synchronization
 
 /// A message received from a contact.
 public struct ReceivedMessage: Sendable {
@@ -71,6 +72,8 @@ public final class FlitzClient: Sendable {
     let now: @Sendable () -> Date
     /// PEM file of CA certificates trusted for `wss://` besides the system's (`--ca-file`); nil for none.
     public let caFile: String?
+    /// Sees every frame an authenticated connection of this client writes (tests); nil in normal use.
+    let frameTap = Mutex<(@Sendable (WireFrame) -> Void)?>(nil)
 
     /// Opens the local store in `home`. Only `create: true` (for `init`) makes a new home directory.
     /// - Throws: `ClientError(.notInitialized)` when `home` holds no store and `create` is false;
@@ -94,6 +97,18 @@ public final class FlitzClient: Sendable {
         }
         self.logger = logger
         self.random = random
+    }
+
+    /// The wall clock the CLI gives the client: the system time plus, in debug builds only,
+    /// `FLITZ_TEST_CLOCK_OFFSET` seconds (a decimal number, may be negative) from `environment`, so end-to-end
+    /// tests can move through mute ends and rotation periods (DESIGN.md, "Time"). Release builds ignore it.
+    public static func systemClock(environment: [String: String] = ProcessInfo.processInfo.environment) -> @Sendable () -> Date {
+        #if DEBUG
+        let offset = environment["FLITZ_TEST_CLOCK_OFFSET"].flatMap(Double.init) ?? 0
+        #else
+        let offset = 0.0
+        #endif
+        return { Date().addingTimeInterval(offset) }
     }
 
     func requireAccount() throws -> AccountRecord {
@@ -276,7 +291,7 @@ public final class FlitzClient: Sendable {
     func withAuthenticatedConnection<T: Sendable>(
         _ account: AccountRecord, _ body: @escaping @Sendable (RelayConnection) async throws -> T
     ) async throws -> T {
-        try await RelayConnection.with(url: account.relayURL, caFile: caFile, logger: logger) { connection in
+        try await RelayConnection.with(url: account.relayURL, caFile: caFile, logger: logger, tap: frameTap.withLock { $0 }) { connection in
             try await self.authenticate(connection, account)
             return try await body(connection)
         }
@@ -308,6 +323,9 @@ public final class FlitzClient: Sendable {
 
     /// This device's handle.
     public func handle() throws -> String { try requireAccount().handle }
+
+    /// The client's clock (the injected one; in the CLI, `systemClock`), for times relative to now such as a mute's end.
+    public func currentTime() -> Date { now() }
 }
 
 extension SignedPreKeyPair {

@@ -133,6 +133,7 @@ extension FlitzClient {
     /// Resubmission is idempotent at the relay. Returns a warning for each message the relay now refuses for
     /// good (those are given up, for example when the recipient's devices changed meanwhile).
     func resendPending(on connection: RelayConnection) async throws -> [String] {
+        let account = try requireAccount()
         let groups = try await store.dbQueue.read { db in
             try Row.fetchAll(
                 db,
@@ -148,6 +149,8 @@ extension FlitzClient {
                 envelope.recipientDeviceID = UInt32(row["recipient_device_id"] as Int64)
                 envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
                 envelope.ciphertext = row["ciphertext"]
+                // Stored envelopes hold message text: to a contact, or a sent transcript to an own device.
+                envelope.urgency = Self.urgency(recipient: envelope.recipientHandle, account: account)
                 let selected: Bool = row["selected_devices"]
                 envelope.group = selected ? 0 : 1
                 let seq: Int64 = row["message_seq"]
@@ -204,6 +207,12 @@ extension FlitzClient {
         let count = envelopes.count
         let overhead = size - count * textBytes + count * (64 + 8)
         return min(maxTextBytes, max(0, (WireConstants.maxFrameBytes - overhead) / count))
+    }
+
+    /// The urgency class of an envelope carrying message text (`protocol/push.md` 2): `URGENCY_URGENT` to a
+    /// contact (a person should see it), `URGENCY_SILENT` for the sent transcript to this account's own devices.
+    static func urgency(recipient: String, account: AccountRecord) -> WireUrgency {
+        recipient == account.handle ? .silent : .urgent
     }
 
     /// Refusals that may pass by themselves: a full recipient queue, a relay failure.
@@ -303,6 +312,7 @@ extension FlitzClient {
                     outgoing.ttlSeconds = expiresIn ?? 0
                     outgoing.ciphertext = ciphertext
                     outgoing.group = 1
+                    outgoing.urgency = Self.urgency(recipient: target, account: account)
                     envelopes.append(outgoing)
                     rows.append((target, deviceID, outgoing.envelopeID, ciphertext))
                 }

@@ -155,6 +155,7 @@ extension FlitzClient {
         envelope.recipientHandle = handle
         envelope.recipientDeviceID = deviceID
         envelope.ciphertext = ciphertext
+        envelope.urgency = .silent  // a session reset is a signal, never a wake-up (`protocol/push.md` 2)
         var submit = WireSubmit()
         submit.envelopes = [envelope]
         submit.selectedDevices = true  // one device on purpose (`protocol/flitz_wire.proto`, Submit)
@@ -223,6 +224,7 @@ extension FlitzClient {
             envelope.recipientDeviceID = deviceID
             envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
             envelope.ciphertext = ciphertext
+            envelope.urgency = Self.urgency(recipient: handle, account: account)
             return envelope
         }
         guard let prepared else { return }
@@ -512,13 +514,7 @@ extension FlitzClient {
             for row in rows { try db.execute(sql: "UPDATE messages SET displayed = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
             return rows
         }
-        let messages = rows.map { row in
-            let transcript: Bool = row["transcript"]
-            return ReceivedMessage(
-                messageID: row["message_id"], from: transcript ? account.handle : row["peer"], text: row["text"],
-                sentAt: Date(timeIntervalSince1970: Double(row["accepted_at_ms"] as Int64) / 1000),
-                untrustedSender: row["untrusted_sender"], to: transcript ? row["peer"] : nil)
-        }
+        let messages = rows.map { Self.receivedMessage($0, account: account) }
         if account.readReceipts {
             try await reportSeen(on: connection)
         } else {
@@ -528,6 +524,29 @@ extension FlitzClient {
             }
         }
         return messages
+    }
+
+    /// A stored message row as shown.
+    static func receivedMessage(_ row: Row, account: AccountRecord) -> ReceivedMessage {
+        let transcript: Bool = row["transcript"]
+        return ReceivedMessage(
+            messageID: row["message_id"], from: transcript ? account.handle : row["peer"], text: row["text"],
+            sentAt: Date(timeIntervalSince1970: Double(row["accepted_at_ms"] as Int64) / 1000),
+            untrustedSender: row["untrusted_sender"], to: transcript ? row["peer"] : nil)
+    }
+
+    /// Incoming messages neither shown nor notified yet, oldest first; marks them notified in the same
+    /// transaction (so two processes never notify one twice). Nothing is reported seen and they stay unshown: a
+    /// notification is not a read, so `receive` later shows them and reports them seen then.
+    func claimForNotification() throws -> [ReceivedMessage] {
+        let account = try requireAccount()
+        let rows = try store.transaction { db -> [Row] in
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT * FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0 AND notified = 0 ORDER BY seq")
+            for row in rows { try db.execute(sql: "UPDATE messages SET notified = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
+            return rows
+        }
+        return rows.map { Self.receivedMessage($0, account: account) }
     }
 
     /// Sends seen reports for shown messages not yet reported.
@@ -649,12 +668,23 @@ extension FlitzClient {
 
     /// Connects, drains, then runs `foreground` while a reader processes deliveries; reconnects with
     /// backoff when the connection drops, until `foreground` returns.
-    private func runConnected(
+    /// `onMessages`, when given, receives the new messages of each processing step as one batch (the queue
+    /// drained on connecting, then each `Deliver`), claimed for notification only (`claimForNotification`: not
+    /// marked shown, not reported seen), instead of `onEvent(.message)` per shown message.
+    func runConnected(
         onEvent: @escaping @Sendable (ClientEvent) -> Void,
+        onMessages: (@Sendable ([ReceivedMessage]) -> Void)? = nil,
         foreground: @escaping @Sendable (RelayConnection, AccountRecord) async throws -> Void
     ) async throws {
         let account = try requireAccount()
         let emit: @Sendable ([ClientEvent]) -> Void = { $0.forEach(onEvent) }
+        let show: @Sendable (RelayConnection) async throws -> Void = { connection in
+            if let onMessages {
+                onMessages(try self.claimForNotification())
+            } else {
+                try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
+            }
+        }
         let reported = Mutex(false)
         while true {
             do {
@@ -663,13 +693,13 @@ extension FlitzClient {
                     reported.withLock { $0 = false }
                     for warning in try await self.resendPending(on: connection) { onEvent(.warning(warning)) }
                     emit(try await self.drain(connection))
-                    try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
+                    try await show(connection)
                     try await withThrowingTaskGroup(of: Bool.self) { group in
                         group.addTask {
                             while let frame = await connection.nextUnsolicited(timeout: .seconds(86_400)) {
                                 guard case .deliver(let deliver) = frame.body else { continue }
                                 emit(try await self.process(deliver, on: connection))
-                                try await self.showNewMessages(on: connection).forEach { onEvent(.message($0)) }
+                                try await show(connection)
                             }
                             return false  // connection closed
                         }

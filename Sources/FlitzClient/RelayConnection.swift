@@ -27,6 +27,9 @@ public final class RelayConnection: Sendable {
     private let state = Mutex(State())
     private let unsolicited = WaitQueue<WireFrame>()
     private let clockOffset = Mutex<Int64>(0)
+    /// Sees every frame this connection writes, decoded back from the bytes written (tests read envelopes'
+    /// urgency classes from it); nil in normal use.
+    private let tap: (@Sendable (WireFrame) -> Void)?
 
     /// The relay's clock minus this device's, in milliseconds, as seen at authentication (0 before).
     public var relayClockOffsetMilliseconds: Int64 {
@@ -34,8 +37,9 @@ public final class RelayConnection: Sendable {
         set { clockOffset.withLock { $0 = newValue } }
     }
 
-    init(outbound: WebSocketOutboundWriter) {
+    init(outbound: WebSocketOutboundWriter, tap: (@Sendable (WireFrame) -> Void)? = nil) {
         self.outbound = outbound
+        self.tap = tap
     }
 
     /// Sends a request and waits for the frame with the same request id.
@@ -55,7 +59,9 @@ public final class RelayConnection: Sendable {
         }
         defer { timer.cancel() }
         do {
-            try await outbound.write(.binary(ByteBuffer(data: FrameCodec.encode(WireFrame(requestID: id, body: body)))))
+            let bytes = FrameCodec.encode(WireFrame(requestID: id, body: body))
+            if let tap, let written = try? FrameCodec.decode(bytes) { tap(written) }
+            try await outbound.write(.binary(ByteBuffer(data: bytes)))
         } catch {
             complete(id, .failure(ClientError(.relayUnreachable, "connection to the relay lost")))
         }
@@ -175,11 +181,11 @@ public final class RelayConnection: Sendable {
 
     /// Opens a connection to `url` (`ws://HOST:PORT` or `wss://HOST:PORT`; the path `/v1/ws` is added when
     /// absent), runs `body` with it and closes it. `wss://` verifies the relay's certificate against the system
-    /// trust store and the CA certificates of `caFile` (PEM), if given.
+    /// trust store and the CA certificates of `caFile` (PEM), if given. `tap`, when given, sees every frame written.
     /// - Throws: `ClientError(.relayUnreachable)` when the relay cannot be reached or its certificate is not
     ///   trusted; `ClientError(.invalidArgument)` when `caFile` cannot be read; whatever `body` throws.
     public static func with<T: Sendable>(
-        url: String, caFile: String? = nil, logger: Logger, _ body: @escaping @Sendable (RelayConnection) async throws -> T
+        url: String, caFile: String? = nil, logger: Logger, tap: (@Sendable (WireFrame) -> Void)? = nil, _ body: @escaping @Sendable (RelayConnection) async throws -> T
     ) async throws -> T {
         let endpoint = url.hasSuffix("/v1/ws") ? url : url.trimmingCharacters(in: CharacterSet(charactersIn: "/")) + "/v1/ws"
         let tls = url.lowercased().hasPrefix("wss://") ? try tlsConfiguration(caFile: caFile) : nil
@@ -188,7 +194,7 @@ public final class RelayConnection: Sendable {
             try await WebSocketClient.connect(
                 url: endpoint, configuration: .init(maxFrameSize: WireConstants.maxFrameBytes), tlsConfiguration: tls, logger: logger
             ) { inbound, outbound, _ in
-                let connection = RelayConnection(outbound: outbound)
+                let connection = RelayConnection(outbound: outbound, tap: tap)
                 await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         defer { connection.closed() }
