@@ -89,7 +89,7 @@ struct Push: AsyncParsableCommand {
 
         func run() async throws {
             let client = try options.client()
-            try await FlitzCLI.run { try await client.removePush() }
+            _ = try await FlitzCLI.run { try await client.removePush() }
             printLine("removed")
         }
     }

@@ -311,7 +311,7 @@ struct PushClientTests {
     }
 
     /// Needs a relay that registers Web Push endpoints (push-gateway with its Web Push sender wired in).
-    @Test(.enabled(if: RelaySupport.push, "needs the relay's Web Push sender wired into makePushSenders (push-gateway TODO)"))
+    @Test
     func registerStatusAndRemoveAgainstTheRelay() async throws {
         let relay = try await InProcessRelay()
         let (_, bob) = try await relay.aliceAndBob()
@@ -336,8 +336,3 @@ struct PushClientTests {
     }
 }
 
-/// Whether this build's relay registers Web Push endpoints: false while push-gateway's `makePushSenders` builds
-/// no Web Push sender (its TODO(integrator)), so the relay answers PUSH_PROVIDER_UNAVAILABLE. Set to true then.
-enum RelaySupport {
-    static let push = false
-}

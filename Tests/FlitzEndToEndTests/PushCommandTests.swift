@@ -39,11 +39,6 @@ final class WebPushReceiver: Sendable {
     func stop() { task.cancel() }
 }
 
-/// Whether this build's relay registers Web Push endpoints and sends wake-ups: false while push-gateway's
-/// `makePushSenders` builds no Web Push sender (its TODO(integrator)). Set to true then.
-enum RelayPushSupport {
-    static let available = false
-}
 
 /// `flitz notifications ...`, `flitz listen --notify` and `flitz push ...` as a user runs them.
 @Suite(.serialized)
@@ -166,7 +161,7 @@ struct PushCommandTests {
 
     /// Needs the relay's push gateway (branch push-gateway): register, a real wake-up through a local Web Push
     /// receiver, `push decrypt` of its body, status, remove.
-    @Test(.enabled(if: RelayPushSupport.available, "needs the relay's Web Push sender wired into makePushSenders (push-gateway TODO)"))
+    @Test
     func registerWakeDecryptStatusRemove() async throws {
         let scratch = try Scratch()
         let receiver = try await WebPushReceiver()
