@@ -77,6 +77,10 @@ public enum PushTarget: Sendable, Equatable {
             guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
                 return "the endpoint is not an absolute URL"
             }
+            guard url.user == nil, url.password == nil else { return "the endpoint must not carry a user name or password" }
+            if let components = URLComponents(string: text), let port = components.port, !(1...65_535).contains(port) {
+                return "the endpoint's port \(port) is not between 1 and 65535"
+            }
             if scheme == "https" { return nil }
             guard scheme == "http" else { return "the endpoint must be an https URL (http only on a loopback address)" }
             return Self.isLoopback(host) ? nil : "the endpoint must be https; plain http is allowed only for 127.0.0.0/8, ::1 and localhost"

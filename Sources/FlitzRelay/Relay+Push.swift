@@ -104,11 +104,13 @@ extension Relay {
     static let maxWebPushEndpointBytes = 2_048
 
     /// `push.md` 3.1: an absolute `https` URL with a host, or `http` when the host is a loopback address
-    /// (`127.0.0.0/8`, `::1`, `localhost`); at most 2 048 bytes; no user info.
+    /// (`127.0.0.0/8`, `::1`, `localhost`); at most 2 048 bytes; no user info; a port, when given, 1 to 65 535.
     static func isValidWebPushEndpoint(_ text: String) -> Bool {
         guard (1...maxWebPushEndpointBytes).contains(text.utf8.count), let components = URLComponents(string: text),
             let scheme = components.scheme?.lowercased(), var host = components.host, !host.isEmpty,
-            components.user == nil, components.password == nil
+            components.user == nil, components.password == nil,
+            // A port outside 1...65 535 would trap the HTTP client at the first wake-up (a relay crash).
+            components.port.map({ (1...65_535).contains($0) }) ?? true
         else { return false }
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         switch scheme {

@@ -252,6 +252,8 @@ struct PushClientTests {
             .webPush(endpoint: "https://push.example/" + String(repeating: "a", count: 2048)),
             .apns(token: "abc", background: false), .apns(token: String(repeating: "g", count: 64), background: false),
             .fcm(token: ""), .fcm(token: "has space"),
+            .webPush(endpoint: "http://127.0.0.1:99999/x"), .webPush(endpoint: "https://[::1]:70000/x"), .webPush(endpoint: "http://127.0.0.1:0/x"),
+            .webPush(endpoint: "http://user:pw@127.0.0.1:8080/x"),
         ] {
             #expect(target.problem() != nil, "\(target)")
         }

@@ -180,6 +180,7 @@ import Testing
                 none.endpoint = "https://push.example.org/a"
                 #expect(try await refusal(.registerPushEndpoint(none)).0 == .invalidArgument)
                 for bad in ["not a url", "ftp://push.example.org/a", "https://", "/relative", "http://push.example.org/a", "http://128.0.0.1/a",
+                    "https://push.example.org:99999/a", "https://push.example.org:0/a", "https://user:pw@push.example.org/a",
                     "https://push.example.org/" + String(repeating: "a", count: 2_048)]
                 {
                     let (code, message) = try await refusal(webPush(bad))

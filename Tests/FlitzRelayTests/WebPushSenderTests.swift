@@ -446,6 +446,10 @@ struct WebPushSenderTests {
             == .failed(reason: "endpoint is not an absolute http(s) URL"))
         #expect(await sender.send(wake, to: endpoint("/relative", keys), now: testNow)
             == .failed(reason: "endpoint is not an absolute http(s) URL"))
+        // A port the HTTP client cannot represent traps it (a relay crash, found by a newcomer): refused before it.
+        for url in ["http://127.0.0.1:99999/x", "https://[::1]:70000/x", "https://push.example.org:65536/x", "http://127.0.0.1:0/x"] {
+            #expect(await sender.send(wake, to: endpoint(url, keys), now: testNow) == .failed(reason: "endpoint is not an absolute http(s) URL"), "\(url)")
+        }
         var badKey = endpoint("http://127.0.0.1:9/x", keys)
         badKey.p256dh = Data(repeating: 4, count: 65)
         guard case .failed = await sender.send(wake, to: badKey, now: testNow) else {

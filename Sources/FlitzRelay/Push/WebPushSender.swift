@@ -195,11 +195,13 @@ public final class WebPushSender: PushSender {
     }
 
     /// The RFC 6454 origin the token's `aud` names: lowercase scheme and host, and the port only when it is not
-    /// the scheme's default. Nil for a URL that is not absolute `http` or `https` with a host.
+    /// the scheme's default. Nil for a URL that is not absolute `http` or `https` with a host, or whose port is
+    /// outside 1 to 65 535 (the HTTP client traps on such a port, so it must never reach it).
     static func origin(of endpoint: String) -> String? {
         guard let components = URLComponents(string: endpoint),
               let scheme = components.scheme?.lowercased(), scheme == "https" || scheme == "http",
-              var host = components.host?.lowercased(), !host.isEmpty
+              var host = components.host?.lowercased(), !host.isEmpty,
+              components.port.map({ (1...65_535).contains($0) }) ?? true
         else { return nil }
         if host.contains(":"), !host.hasPrefix("[") { host = "[\(host)]" }  // an IPv6 literal
         let defaultPort = scheme == "https" ? 443 : 80
