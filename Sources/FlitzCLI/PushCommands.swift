@@ -89,8 +89,9 @@ struct Push: AsyncParsableCommand {
 
         func run() async throws {
             let client = try options.client()
+            let hadOne = try await FlitzCLI.run { try client.localPushRegistration() != nil }
             _ = try await FlitzCLI.run { try await client.removePush() }
-            printLine("removed")
+            printLine(hadOne ? "removed" : "removed (this device had no push registration)")
         }
     }
 
@@ -204,7 +205,19 @@ struct Notifications: AsyncParsableCommand {
     struct Keywords: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Keyword alerts: a message containing the word (any case, as a whole word) always notifies, even when muted.",
-            subcommands: [Add.self, Remove.self])
+            subcommands: [List.self, Add.self, Remove.self], defaultSubcommand: List.self)
+
+        struct List: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List the keyword alerts, one per line.")
+            @OptionGroup var options: CommonOptions
+
+            func run() async throws {
+                let client = try options.client()
+                let settings = try await FlitzCLI.run { try client.notificationSettings() }
+                if settings.keywords.isEmpty { printError("flitz: no keyword alerts") }
+                for keyword in settings.keywords { printLine(keyword) }
+            }
+        }
 
         struct Add: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Add a keyword alert.")

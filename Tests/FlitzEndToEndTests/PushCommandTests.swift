@@ -60,6 +60,7 @@ struct PushCommandTests {
         #expect(muted.lines.first?.hasPrefix("muted alice until ") == true, "\(muted)")
         #expect(try bob.flitz("notifications", "mute", "carol").lines == ["muted carol until unmuted"])
         #expect(try bob.flitz("notifications", "keywords", "add", "dinner").lines == ["keyword: dinner"])
+        #expect(try bob.flitz("notifications", "keywords").lines == ["dinner"])
         let shown = try bob.flitz("notifications", "show")
         #expect(shown.lines.count == 3, "\(shown)")
         #expect(shown.lines[0].hasPrefix("muted: alice until "))
@@ -146,7 +147,7 @@ struct PushCommandTests {
             "\(json)")
         let apns = try bob.flitz("push", "register", "--apns-token", String(repeating: "ab", count: 32))
         #expect(apns.status == 3 && apns.stderr.contains("this relay has no APNs credentials"), "\(apns)")
-        #expect(try bob.flitz("push", "remove").lines == ["removed"])
+        #expect(try bob.flitz("push", "remove").lines == ["removed (this device had no push registration)"])
 
         // With the relay gone the registration cannot be confirmed (exit 2), but its keys are kept: a body
         // that is not for them still does not decrypt, with a clear message.
