@@ -19,7 +19,7 @@ struct Push: AsyncParsableCommand {
                 credentials for that service, or a field it does not accept).
                 """)
         @OptionGroup var options: CommonOptions
-        @Option(help: "Web Push / UnifiedPush endpoint URL (https; http only on a loopback address).") var endpoint: String?
+        @Option(help: "Web Push / UnifiedPush endpoint URL (https on a public host; loopback or http only if the relay allows private endpoints).") var endpoint: String?
         @Option(name: .customLong("apns-token"), help: "APNs device token, 64 to 200 hexadecimal characters.") var apnsToken: String?
         @Flag(help: "With --apns-token: background pushes (content-available) instead of alerts.") var background = false
         @Option(name: .customLong("fcm-token"), help: "FCM registration token.") var fcmToken: String?

@@ -42,7 +42,8 @@ public enum PushService: String, Sendable, Equatable, CaseIterable {
 
 /// What to register with the relay (`protocol/push.md` 3 and 4).
 public enum PushTarget: Sendable, Equatable {
-    /// A Web Push / UnifiedPush endpoint URL: `https`, or `http` on a loopback host; at most 2 048 bytes.
+    /// A Web Push / UnifiedPush endpoint URL: `https`, or `http` on a loopback host; at most 2 048 bytes. A relay
+    /// refuses loopback and private hosts (and any `http`) unless its `push.allowPrivateEndpoints` is on (push.md 3.1).
     case webPush(endpoint: String)
     /// An APNs device token, 64 to 200 hexadecimal characters (sent lowercase); `background`: silent
     /// `content-available` pushes instead of alerts for a notification service extension.
@@ -69,7 +70,9 @@ public enum PushTarget: Sendable, Equatable {
     }
 
     /// Checks the form `protocol/push.md` 3 requires, as the relay will (push.md 4), so a typo fails before
-    /// any key is made. Returns nil when acceptable, else a message naming what is wrong.
+    /// any key is made. Returns nil when acceptable, else a message naming what is wrong. Loopback and private
+    /// hosts pass: whether they are allowed is the relay's setting (`push.allowPrivateEndpoints`), and its
+    /// refusal is passed on.
     public func problem() -> String? {
         switch self {
         case .webPush(let text):
@@ -82,8 +85,12 @@ public enum PushTarget: Sendable, Equatable {
                 return "the endpoint's port \(port) is not between 1 and 65535"
             }
             if scheme == "https" { return nil }
-            guard scheme == "http" else { return "the endpoint must be an https URL (http only on a loopback address)" }
-            return Self.isLoopback(host) ? nil : "the endpoint must be https; plain http is allowed only for 127.0.0.0/8, ::1 and localhost"
+            // A relay accepts loopback http only with push.allowPrivateEndpoints on; it decides and says so.
+            guard scheme == "http" else { return "the endpoint must be an https URL" }
+            return Self.isLoopback(host)
+                ? nil
+                : "the endpoint must be https; plain http is possible only for a loopback address (127.0.0.0/8, ::1, localhost) "
+                    + "and only at a relay started with --push-allow-private-endpoints on"
         case .apns(let token, _):
             guard (64...200).contains(token.count), token.allSatisfy(\.isHexDigit), token.allSatisfy(\.isASCII) else {
                 return "an APNs device token is 64 to 200 hexadecimal characters"

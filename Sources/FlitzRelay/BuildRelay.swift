@@ -163,7 +163,8 @@ func loadVAPIDKey(_ configuration: PushConfiguration, store: any RelayStore, clo
             do {
                 pem = try String(contentsOfFile: given, encoding: .utf8)
             } catch {
-                throw ConfigurationError("cannot read the VAPID key file \(given) (push.vapidKey)")
+                // Never echo the value: it may be key material that merely lacks its PEM header.
+                throw ConfigurationError("push.vapidKey (--vapid-key) is neither PEM text nor a readable file")
             }
         }
         do {

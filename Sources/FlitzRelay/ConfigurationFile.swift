@@ -118,6 +118,9 @@ extension RelayConfiguration {
             },
             key("push.fcm.url", "fcm-url", "https://fcm.googleapis.com", "FCM base URL") { $0.push.fcmURL = try url($1, $2) },
             key("push.caFile", "push-ca-file", "", "extra PEM CA certificates trusted for push services (tests)") { $0.push.caFile = try text($1, $2) },
+            key("push.allowPrivateEndpoints", "push-allow-private-endpoints", "off", "on: devices may register Web Push URLs on loopback or private addresses (http on loopback); for local tests only") {
+                $0.push.allowPrivateEndpoints = try boolean($1, $2)
+            },
             key("push.retryBase", "push-retry-base", "1", "seconds before the second attempt of a wake-up; doubles per attempt, at most 60") {
                 $0.push.retryBase = try seconds($1, $2)
             },

@@ -22,7 +22,7 @@ extension Relay {
 
     /// RegisterPushEndpoint: the checks of `push.md` 4 in order, then the provider's availability, then stores.
     func registerPushEndpoint(_ request: WireRegisterPushEndpoint, device: DeviceAddress) async throws(RelayError) -> WirePushEndpointStatus {
-        let endpoint = try Self.validatedPushEndpoint(request)
+        let endpoint = try Self.validatedPushEndpoint(request, allowPrivateEndpoints: configuration.push.allowPrivateEndpoints)
         guard push.availableProviders.contains(endpoint.provider) else {
             throw RelayError(.pushProviderUnavailable, "this relay has no credentials for \(endpoint.provider.rawValue) (push.md 3)")
         }
@@ -59,7 +59,9 @@ extension Relay {
 
     /// The checks of `push.md` 4, in order, each `INVALID_ARGUMENT` naming the field: provider set; endpoint of the
     /// provider's form (section 3); Web Push keys valid, other providers' keys empty. APNs tokens are stored lowercase.
-    static func validatedPushEndpoint(_ request: WireRegisterPushEndpoint) throws(RelayError) -> PushEndpoint {
+    /// Unless `allowPrivateEndpoints` (`push.allowPrivateEndpoints`), a Web Push URL must also be `https` to a host
+    /// that is neither `localhost` nor a non-public IP literal (`PushDestinationPolicy.registrationProblem`).
+    static func validatedPushEndpoint(_ request: WireRegisterPushEndpoint, allowPrivateEndpoints: Bool) throws(RelayError) -> PushEndpoint {
         let provider: PushProviderKind
         switch request.provider {
         case .webPush: provider = .webPush
@@ -72,7 +74,15 @@ extension Relay {
         case .webPush:
             guard isValidWebPushEndpoint(endpoint) else {
                 throw RelayError(
-                    .invalidArgument, "endpoint must be an absolute https URL (http only on a loopback host) of at most \(maxWebPushEndpointBytes) bytes")
+                    .invalidArgument,
+                    allowPrivateEndpoints
+                        ? "endpoint must be an absolute https URL (http only on a loopback host) of at most \(maxWebPushEndpointBytes) bytes"
+                        : "endpoint must be an absolute https URL of at most \(maxWebPushEndpointBytes) bytes")
+            }
+            if !allowPrivateEndpoints, let problem = PushDestinationPolicy.registrationProblem(endpoint) {
+                throw RelayError(
+                    .invalidArgument,
+                    "endpoint must be an https URL on a public host: \(problem) (this relay does not allow private push endpoints, push.allowPrivateEndpoints)")
             }
         case .apns:
             endpoint = endpoint.lowercased()

@@ -56,6 +56,9 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "flitz-relay")
         if !configuration.rateLimits.enabled { logger.warning("rate limits are off (limits.enabled); use this for load tests only") }
+        if configuration.push.allowPrivateEndpoints {
+            logger.warning("push.allowPrivateEndpoints is on: devices may make this relay send Web Push requests to loopback and private addresses; use this for local tests only")
+        }
         let host = configuration.host
         let port = configuration.port
         do {

@@ -19,7 +19,11 @@ final class InProcessRelay: Sendable {
 
     /// - Parameter linkRateLimit: the per-address limit on RegisterDevice/LinkPut/LinkTake; tests that link many
     ///   devices from one address in a few seconds raise it (the limits themselves are tested in RateLimitTests).
-    init(maxQueuedEnvelopes: Int = 10_000, authenticationTimeout: Duration = .seconds(30), linkRateLimit: RateLimit? = nil) async throws {
+    ///   `allowPrivatePushEndpoints`: `push.allowPrivateEndpoints`, for tests that register loopback Web Push URLs.
+    init(
+        maxQueuedEnvelopes: Int = 10_000, authenticationTimeout: Duration = .seconds(30), linkRateLimit: RateLimit? = nil,
+        allowPrivatePushEndpoints: Bool = false
+    ) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-client-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var logger = Logger(label: "relay")
@@ -28,6 +32,7 @@ final class InProcessRelay: Sendable {
             port: 0, databasePath: directory.appendingPathComponent("relay.sqlite").path, maxQueuedEnvelopes: maxQueuedEnvelopes)
         configuration.authenticationTimeout = authenticationTimeout
         if let linkRateLimit { configuration.rateLimits.linkAddress = linkRateLimit }
+        configuration.push.allowPrivateEndpoints = allowPrivatePushEndpoints
         let application = try await buildRelay(configuration: configuration, logger: logger)
         self.application = application
         task = Task { try await application.run(handleSignals: false) }

@@ -214,7 +214,7 @@ struct PushClientTests {
     // MARK: push registration (push.md 4)
 
     @Test func decryptOpensAWakeUpForThisDeviceOnly() async throws {
-        let relay = try await InProcessRelay()
+        let relay = try await InProcessRelay(allowPrivatePushEndpoints: true)
         let (alice, bob) = try await relay.aliceAndBob()
         #expect(throws: ClientError.self) { try bob.decryptPush(Data([1, 2, 3])) }
         // Registering while the relay is unreachable keeps the new keys as pending: a wake-up encrypted to
@@ -271,6 +271,21 @@ struct PushClientTests {
         await relay.stop()
     }
 
+    @Test func aRelayThatRefusesPrivateEndpointsSaysSo() async throws {
+        // The client accepts loopback http (push.md 3.1); a relay without push.allowPrivateEndpoints refuses it,
+        // and private addresses over https, with a message the client passes on; nothing is kept locally.
+        let relay = try await InProcessRelay()
+        let (_, bob) = try await relay.aliceAndBob()
+        for endpoint in ["http://127.0.0.1:9/push/bob", "https://10.0.0.1/x", "https://localhost/x"] {
+            #expect(PushTarget.webPush(endpoint: endpoint).problem() == nil)
+            let error = await #expect(throws: ClientError.self) { try await bob.registerPush(.webPush(endpoint: endpoint)) }
+            #expect(error?.kind == .refused(.invalidArgument), "\(endpoint): \(String(describing: error))")
+            #expect(error?.message.contains("push.allowPrivateEndpoints") == true, "\(error?.message ?? "")")
+            #expect(try bob.localPushRegistration() == nil)
+        }
+        await relay.stop()
+    }
+
     @Test func statusRemoveAndRefusalsAgainstTheRelay() async throws {
         let relay = try await InProcessRelay()
         let (_, bob) = try await relay.aliceAndBob()
@@ -292,7 +307,7 @@ struct PushClientTests {
     }
 
     @Test func aRelayRefusalOfAFieldIsExplained() async throws {
-        let relay = try await InProcessRelay()
+        let relay = try await InProcessRelay(allowPrivatePushEndpoints: true)
         let (_, bob) = try await relay.aliceAndBob()
         let account = try #require(try bob.store.loadAccount())
         // What the client never sends (it makes valid keys), sent raw: the relay names the field, the client says so.
@@ -315,7 +330,7 @@ struct PushClientTests {
     /// Needs a relay that registers Web Push endpoints (push-gateway with its Web Push sender wired in).
     @Test
     func registerStatusAndRemoveAgainstTheRelay() async throws {
-        let relay = try await InProcessRelay()
+        let relay = try await InProcessRelay(allowPrivatePushEndpoints: true)
         let (_, bob) = try await relay.aliceAndBob()
         let registered = try await bob.registerPush(.webPush(endpoint: "http://127.0.0.1:9/push/bob"))
         #expect(registered.registered && registered.service == .webPush && registered.registeredAt != nil)

@@ -45,7 +45,7 @@ final class WebPushReceiver: Sendable {
 struct PushCommandTests {
     @Test func notificationSettingsAndListenNotify() throws {
         let scratch = try Scratch()
-        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"), arguments: ["--push-allow-private-endpoints", "on"])
         defer { relay.stop() }
         let alice = User(name: "alice", home: scratch.path("alice"), scratch: scratch)
         let bob = User(name: "bob", home: scratch.path("bob"), scratch: scratch)
@@ -118,7 +118,7 @@ struct PushCommandTests {
 
     @Test func pushDecryptAndRegisterErrors() throws {
         let scratch = try Scratch()
-        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"), arguments: ["--push-allow-private-endpoints", "on"])
         let bob = User(name: "bob", home: scratch.path("bob"), scratch: scratch)
         #expect(try bob.flitz("init", "--relay", relay.url, "--handle", "bob").status == 0)
         let garbage = scratch.path("garbage.bin")
@@ -167,7 +167,7 @@ struct PushCommandTests {
         let scratch = try Scratch()
         let receiver = try await WebPushReceiver()
         defer { receiver.stop() }
-        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"), arguments: ["--push-allow-private-endpoints", "on"])
         defer { relay.stop() }
         let alice = User(name: "alice", home: scratch.path("alice"), scratch: scratch)
         let bob = User(name: "bob", home: scratch.path("bob"), scratch: scratch)

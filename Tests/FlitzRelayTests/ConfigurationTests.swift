@@ -99,6 +99,15 @@ import Testing
         #expect(defaults.timeout == .seconds(10) && defaults.vapidSubject == "mailto:flitz-relay@localhost")
         #expect(defaults.apnsURL == "https://api.push.apple.com" && defaults.fcmURL == "https://fcm.googleapis.com")
         #expect(!defaults.apnsEnabled && !defaults.fcmEnabled && defaults.vapidKey == nil && defaults.caFile == nil)
+        // push.allowPrivateEndpoints: off unless set, by flag, environment or file.
+        #expect(!defaults.allowPrivateEndpoints)
+        #expect(try RelayConfiguration.resolve(arguments: ["--push-allow-private-endpoints", "on"], environment: [:]).push.allowPrivateEndpoints)
+        #expect(try RelayConfiguration.resolve(arguments: [], environment: ["FLITZ_RELAY_PUSH_ALLOW_PRIVATE_ENDPOINTS": "true"]).push.allowPrivateEndpoints)
+        let allowFile = try configFile(#"{"push": {"allowPrivateEndpoints": true}}"#)
+        defer { try? FileManager.default.removeItem(atPath: allowFile) }
+        #expect(try RelayConfiguration.resolve(arguments: ["--config", allowFile], environment: [:]).push.allowPrivateEndpoints)
+        #expect(try !RelayConfiguration.resolve(arguments: ["--config", allowFile, "--push-allow-private-endpoints=off"], environment: [:]).push.allowPrivateEndpoints)
+        #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--push-allow-private-endpoints", "maybe"], environment: [:]) }
         // APNs needs its four keys together; URLs must be http(s).
         #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--apns-key-id", "KID"], environment: [:]) }
         #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--fcm-url", "ftp://x"], environment: [:]) }

@@ -17,7 +17,7 @@ import Testing
 
     @Test func burstOfTwentyWakesOnceWithNothingInItAndNothingAfterADrain() async throws {
         try await PushReceiver.run { receiver in
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 // Bob is offline; alice sends a burst of 20 urgent messages.
                 let ids = (1...20).map { UInt8($0) }
@@ -73,7 +73,7 @@ import Testing
 
     @Test func silentWakesNothingAndRingWakesAtOnceInsideTheWindow() async throws {
         try await PushReceiver.run { receiver in
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 try await world.send([1, 2, 3], urgency: .silent)
                 try await world.idle()
@@ -100,7 +100,10 @@ import Testing
 
     @Test func backlogOfTwoHundredFromTwentySendersWakesOnce() async throws {
         try await PushReceiver.run { receiver in
-            try await RelayHarness.run(configure: { $0.rateLimits.enabled = false }) { harness in
+            try await RelayHarness.run(configure: {
+                allowPrivatePush(&$0)
+                $0.rateLimits.enabled = false
+            }) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for sender in 0..<20 {
@@ -135,7 +138,7 @@ import Testing
 
     @Test func windowReopensOnceItPasses() async throws {
         try await PushReceiver.run { receiver in
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 try await world.send([1], urgency: .urgent)
                 try await receiver.waitFor(count: 1)
@@ -154,8 +157,52 @@ import Testing
 
     // MARK: Registration (push.md 4)
 
-    @Test func registrationChecksFieldsInOrderAndProviders() async throws {
+    @Test func privateEndpointsAreRefusedUnlessAllowed() async throws {
+        // Default configuration: push.allowPrivateEndpoints is off.
         try await RelayHarness.run { harness in
+            let bob = TestIdentity("bob")
+            let keys = WebPush.SubscriberKeys.generate()
+            try await harness.connect { connection in
+                let (id, _) = try await connection.register(bob)
+                try await connection.authenticate(bob, deviceID: id)
+                func register(_ endpoint: String) async throws -> WireFrame {
+                    var request = WireRegisterPushEndpoint()
+                    request.provider = .webPush
+                    request.endpoint = endpoint
+                    request.p256Dh = keys.publicKey
+                    request.authSecret = keys.authSecret.unsafeData
+                    return try await connection.request(.registerPushEndpoint(request))
+                }
+                for bad in [
+                    "https://10.0.0.1/x", "https://[fd00::1]/", "https://169.254.169.254/", "https://127.0.0.1:9/", "https://localhost/",
+                    "http://127.0.0.1:\(harness.port)/", "http://localhost/p", "http://[::1]:8080/p", "https://192.168.1.1/x", "https://172.16.0.1/x",
+                    "https://100.64.0.1/x", "https://0.0.0.0/x", "https://[::ffff:127.0.0.1]/x", "https://[fe80::1]/x", "https://224.0.0.1/x",
+                    "https://2130706433/x", "https://127.1/x", "https://0x7f.0.0.1/x", "https://push.localhost/x", "https://LOCALHOST./x",
+                ] {
+                    let reply = try await register(bad)
+                    guard case .error(let error) = reply.body else {
+                        Issue.record("\(bad) was accepted: \(reply)")
+                        continue
+                    }
+                    #expect(error.code == .invalidArgument, "\(bad)")
+                    #expect(error.message.contains("endpoint") && error.message.contains("push.allowPrivateEndpoints"), "\(bad): \(error.message)")
+                }
+                let empty = try await connection.request(.fetchPushEndpoint(WireFetchPushEndpoint()))
+                #expect(empty.body == .pushEndpointStatus(WirePushEndpointStatus()))
+                for good in ["https://push.example.org/x", "https://8.8.8.8/x", "https://[2606:4700::1111]/x"] {
+                    let reply = try await register(good)
+                    guard case .pushEndpointStatus(let status) = reply.body else {
+                        Issue.record("expected a status for \(good), got \(reply)")
+                        continue
+                    }
+                    #expect(status.registered && status.provider == .webPush)
+                }
+            }
+        }
+    }
+
+    @Test func registrationChecksFieldsInOrderAndProviders() async throws {
+        try await RelayHarness.run(configure: allowPrivatePush) { harness in
             let bob = TestIdentity("bob")
             let keys = WebPush.SubscriberKeys.generate()
             @Sendable func webPush(_ endpoint: String, p256dh: Data? = nil, auth: Data? = nil) -> WireFrame.OneOf_Body {
@@ -237,7 +284,7 @@ import Testing
     @Test func goneEndpointIsDroppedAndShownDropped() async throws {
         try await PushReceiver.run { receiver in
             receiver.script([410])
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 try await world.send([1], urgency: .urgent)
                 try await world.idle()
@@ -262,7 +309,7 @@ import Testing
     @Test func tooManyRequestsIsRetriedWithBackoffThenAccepted() async throws {
         try await PushReceiver.run { receiver in
             receiver.script([503, 429, 201], retryAfter: [1: "5"])
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let waits = Mutex<[Duration]>([])
                 harness.app.relay.push.sleeper = { duration in waits.withLock { $0.append(duration) } }
                 let world = try await PushWorld.make(harness, receiver: receiver)
@@ -282,7 +329,7 @@ import Testing
     @Test func everyAttemptFailingGivesUpAndReopensTheWindow() async throws {
         try await PushReceiver.run { receiver in
             receiver.script([500, 500, 500, 500])
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let waits = Mutex<[Duration]>([])
                 harness.app.relay.push.sleeper = { duration in waits.withLock { $0.append(duration) } }
                 let world = try await PushWorld.make(harness, receiver: receiver)
@@ -305,7 +352,7 @@ import Testing
     @Test func envelopeThatExpiresBeforeTheNextAttemptWakesNobody() async throws {
         try await PushReceiver.run { receiver in
             receiver.script([503])
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 // The backoff wait moves the relay's clock past the envelope's expiry (ttl 30 s) instead of waiting.
                 harness.app.relay.push.sleeper = { _ in harness.clock.advance(seconds: 31) }
                 let world = try await PushWorld.make(harness, receiver: receiver)
@@ -325,7 +372,7 @@ import Testing
     @Test func deviceThatConnectsBeforeTheNextAttemptIsNotWoken() async throws {
         try await PushReceiver.run { receiver in
             receiver.script([503])
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 // The backoff wait holds the wake-up until bob is connected.
                 let gate = Gate()
                 defer { gate.open() }  // never leave the dispatcher waiting, so the relay can shut down on a failure
@@ -375,12 +422,18 @@ import Testing
         await #expect(throws: ConfigurationError.self) { try await loadVAPIDKey(configuration, store: store, clock: clock) }
         configuration.vapidKey = directory.appendingPathComponent("missing.pem").path
         await #expect(throws: ConfigurationError.self) { try await loadVAPIDKey(configuration, store: store, clock: clock) }
+        // A value that is neither PEM nor a file (say a key pasted without its header) is never echoed.
+        let secretLooking = "MHcCAQEEIBSECRETSECRETSECRETSECRETSECRETSECRETSECRoAoGCCqGSM49"
+        configuration.vapidKey = secretLooking
+        let error = await #expect(throws: ConfigurationError.self) { try await loadVAPIDKey(configuration, store: store, clock: clock) }
+        #expect(error?.description == "push.vapidKey (--vapid-key) is neither PEM text nor a readable file")
+        #expect(error.map { !$0.description.contains("SECRET") } == true)
     }
 
     // MARK: Endpoints belong to a device
 
     @Test func endpointGoesWithTheRemovedDevice() async throws {
-        try await RelayHarness.run { harness in
+        try await RelayHarness.run(configure: allowPrivatePush) { harness in
             let carol = TestAccount("carol")
             try await MultiDeviceRelayTests.setUp(harness, carol, extra: 1)
             let keys = WebPush.SubscriberKeys.generate()
@@ -407,7 +460,7 @@ import Testing
 
     @Test func endpointGoesWithTheDeletedAccount() async throws {
         try await PushReceiver.run { receiver in
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 let bobDevice = DeviceAddress(handle: "bob", deviceID: world.bobDeviceID)
                 #expect(try await harness.app.relay.store.pushEndpoint(device: bobDevice)?.isLive == true)
@@ -632,4 +685,10 @@ final class PushReceiver: Sendable {
             group.cancelAll()
         }
     }
+}
+
+/// The push tests' receivers listen on 127.0.0.1 over plain http, which only a relay with
+/// `push.allowPrivateEndpoints` accepts (`push.md` 3.1).
+func allowPrivatePush(_ configuration: inout RelayConfiguration) {
+    configuration.push.allowPrivateEndpoints = true
 }

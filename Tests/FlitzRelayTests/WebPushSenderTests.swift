@@ -201,7 +201,7 @@ private func withSender(
 ) async throws {
     let client = HTTPClient(eventLoopGroupProvider: .singleton)
     let service = try await StandInPushService.start()
-    let sender = WebPushSender(client: client, vapidKey: vapidKey, subject: subject, timeout: timeout)
+    let sender = WebPushSender(client: client, vapidKey: vapidKey, subject: subject, timeout: timeout, allowPrivateEndpoints: true)
     do {
         try await body(sender, service)
     } catch {
@@ -319,7 +319,7 @@ struct WebPushSenderTests {
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
         let service = try await StandInPushService.start()
         // A token for the right origin from a sender holding `other`, presented with `key`'s public key.
-        let forger = WebPushSender(client: client, vapidKey: other, subject: subject)
+        let forger = WebPushSender(client: client, vapidKey: other, subject: subject, allowPrivateEndpoints: true)
         let token = try await forger.vapidToken(origin: service.origin, now: testNow)
         let wrongAud = try await forger.vapidToken(origin: "https://push.example.com", now: testNow)
         let keys = WebPush.SubscriberKeys.generate()
@@ -421,7 +421,7 @@ struct WebPushSenderTests {
 
         // async-http-client keeps trying to connect until the deadline, so the short timeout bounds this attempt.
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
-        let sender = WebPushSender(client: client, vapidKey: .generate(), subject: subject, timeout: .milliseconds(500))
+        let sender = WebPushSender(client: client, vapidKey: .generate(), subject: subject, timeout: .milliseconds(500), allowPrivateEndpoints: true)
         let outcome = await sender.send(
             WakeUp(wakeClass: .ring, expiresAt: testNow.addingTimeInterval(60)),
             to: endpoint("http://127.0.0.1:\(port)/push/ok", WebPush.SubscriberKeys.generate()), now: testNow)
@@ -436,7 +436,7 @@ struct WebPushSenderTests {
     @Test("an endpoint of another provider, a bad URL or bad keys fail without a request")
     func badEndpoints() async throws {
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
-        let sender = WebPushSender(client: client, vapidKey: .generate(), subject: subject)
+        let sender = WebPushSender(client: client, vapidKey: .generate(), subject: subject, allowPrivateEndpoints: true)
         let keys = WebPush.SubscriberKeys.generate()
         let wake = WakeUp(wakeClass: .urgent, expiresAt: testNow.addingTimeInterval(60))
         var apns = endpoint("http://127.0.0.1:9/x", keys)
@@ -457,6 +457,66 @@ struct WebPushSenderTests {
             return
         }
         try await client.shutdown()
+    }
+
+    @Test("by default a host that resolves to a private address gets no request; allowed, the same URL does")
+    func privateDestinationRefusedAtSendTime() async throws {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let service = try await StandInPushService.start()
+        let keys = WebPush.SubscriberKeys.generate()
+        let wake = WakeUp(wakeClass: .urgent, expiresAt: testNow.addingTimeInterval(60))
+        // `localhost` is a name (from /etc/hosts), not a literal: only resolution can find it is 127.0.0.1.
+        let safe = WebPushSender(client: client, vapidKey: .generate(), subject: subject)
+        let refused = await safe.send(wake, to: endpoint("http://localhost:\(service.port)/push/refused", keys), now: testNow)
+        #expect(refused == .failed(reason: "push endpoint resolves to a private address"))
+        let literal = await safe.send(wake, to: endpoint("https://127.0.0.1:\(service.port)/push/refused", keys), now: testNow)
+        #expect(literal == .failed(reason: "push endpoint resolves to a private address"))
+        // The control: with private endpoints allowed the same host is reached; it is the first request the
+        // service saw, so the refused ones never arrived (each send returns only after its answer).
+        let allowed = WebPushSender(client: client, vapidKey: .generate(), subject: subject, allowPrivateEndpoints: true)
+        _ = await allowed.send(wake, to: endpoint("http://localhost:\(service.port)/push/control", keys), now: testNow)
+        #expect(try await service.next().path == "/push/control")
+        await service.stop()
+        try await client.shutdown()
+    }
+
+    @Test("the resolver finds localhost's 127.0.0.1 and the check refuses it; an unresolvable name is retried")
+    func resolverCheck() async throws {
+        let addresses = try await PushDestinationPolicy.resolve("localhost")
+        #expect(addresses.contains(PushDestinationPolicy.IPAddress(bytes: [127, 0, 0, 1])), "\(addresses)")
+        #expect(!addresses.contains(where: PushDestinationPolicy.isPublic))
+        #expect(await PushDestinationPolicy.sendTimeRefusal("https://localhost/x") == .failed(reason: "push endpoint resolves to a private address"))
+        #expect(await PushDestinationPolicy.sendTimeRefusal("https://[fe80::1%25eth0]/x") != nil)
+        // .invalid never resolves (RFC 6761): no request, retried later.
+        guard case .retry? = await PushDestinationPolicy.sendTimeRefusal("https://push.flitz.invalid/x") else {
+            Issue.record("an unresolvable name must be retried")
+            return
+        }
+    }
+
+    @Test("address ranges: public unicast only")
+    func addressRanges() {
+        func isPublic(_ text: String) -> Bool? { PushDestinationPolicy.IPAddress(literal: text).map(PushDestinationPolicy.isPublic) }
+        for text in [
+            "0.0.0.0", "0.1.2.3", "10.0.0.1", "10.255.255.255", "100.64.0.1", "100.127.255.255", "127.0.0.1", "127.255.0.9", "169.254.169.254",
+            "172.16.0.1", "172.31.255.255", "192.0.0.8", "192.0.2.1", "192.88.99.1", "192.168.0.1", "198.18.0.1", "198.19.255.255",
+            "198.51.100.7", "203.0.113.9", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255", "127.1", "2130706433", "0x7f.0.0.1",
+            "::", "::1", "fc00::1", "fd00::1", "fe80::1", "febf::1", "fec0::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254", "64:ff9b::a00:1", "::127.0.0.1", "100::1", "2001::1", "2001:db8::1", "2002:a00:1::1", "3fff::1",
+        ] {
+            #expect(isPublic(text) == false, "\(text)")
+        }
+        for text in ["8.8.8.8", "1.1.1.1", "100.63.255.255", "100.128.0.1", "172.15.255.255", "172.32.0.1", "192.169.0.1", "223.255.255.254",
+            "2606:4700::1111", "2a00:1450::1", "::ffff:8.8.8.8", "64:ff9b::808:808", "2001:4860::8888"]
+        {
+            #expect(isPublic(text) == true, "\(text)")
+        }
+        #expect(PushDestinationPolicy.IPAddress(literal: "push.example.org") == nil)
+        #expect(PushDestinationPolicy.registrationProblem("https://push.example.org/x") == nil)
+        #expect(PushDestinationPolicy.registrationProblem("https://8.8.8.8/x") == nil)
+        for url in ["http://push.example.org/x", "https://localhost/x", "https://a.b.localhost./x", "https://[::1]/x", "https://10.1.2.3:8443/x"] {
+            #expect(PushDestinationPolicy.registrationProblem(url) != nil, "\(url)")
+        }
     }
 
     @Test("origin: scheme, host and only a non-default port")

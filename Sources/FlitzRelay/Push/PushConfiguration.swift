@@ -26,6 +26,11 @@ public struct PushConfiguration: Sendable, Equatable {
     public var fcmURL = "https://fcm.googleapis.com"
     /// `push.caFile`: extra PEM CA certificates trusted for push services, beside the system's (tests). Default none.
     public var caFile: String?
+    /// `push.allowPrivateEndpoints`: whether devices may register Web Push URLs on loopback, private, link-local
+    /// or otherwise non-public addresses (and `http` on loopback), for trying Web Push with a local receiver
+    /// (`push.md` 3.1 and 4, `PushDestinationPolicy`). Default false: only `https` to public addresses, checked at
+    /// registration and against every resolved address before each request.
+    public var allowPrivateEndpoints = false
     /// `push.retryBase`: attempt n + 1 waits `max(Retry-After, retryBase × 2^(n-1))`, at most 60 s (`push.md` 7).
     /// Default 1 second.
     public var retryBase: Duration = .seconds(1)

@@ -72,7 +72,8 @@ func makePushSenders(
     } catch {
         throw ConfigurationError("push.vapidKey: \(error.message)")
     }
-    senders[.webPush] = WebPushSender(client: httpClient, vapidKey: vapidKey, subject: configuration.vapidSubject, timeout: configuration.timeout)
+    senders[.webPush] = WebPushSender(client: httpClient, vapidKey: vapidKey, subject: configuration.vapidSubject, timeout: configuration.timeout,
+        allowPrivateEndpoints: configuration.allowPrivateEndpoints)
     if let apns = credentials.apns {
         senders[.apns] = APNsSender(configuration: apns, httpClient: httpClient, timeout: configuration.timeout)
     }

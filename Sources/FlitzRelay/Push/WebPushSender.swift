@@ -74,6 +74,7 @@ public final class WebPushSender: PushSender {
     private let vapidKey: VAPIDKey
     private let subject: String
     private let timeout: Duration
+    private let allowPrivateEndpoints: Bool
     private let signingKey: ES256PrivateKey
     private let keys = JWTKeyCollection()
     /// Per origin: the token and when it expires. Expired entries are pruned when a new one is added.
@@ -86,8 +87,15 @@ public final class WebPushSender: PushSender {
     ///   - subject: the JWT `sub` claim (`push.vapidSubject`), a `mailto:` or `https:` URI;
     ///     default `mailto:flitz-relay@localhost`.
     ///   - timeout: the whole request's deadline (`push.timeout`, default 10 s); passing it gives `.retry`.
-    public init(client: HTTPClient, vapidKey: VAPIDKey, subject: String = "mailto:flitz-relay@localhost", timeout: Duration = .seconds(10)) {
+    ///   - allowPrivateEndpoints: `push.allowPrivateEndpoints`; default false: before each request the endpoint must
+    ///     be `https` and every address its host resolves to public, else `.failed` and nothing is sent
+    ///     (`PushDestinationPolicy.sendTimeRefusal`). True sends to any host (local test receivers).
+    public init(
+        client: HTTPClient, vapidKey: VAPIDKey, subject: String = "mailto:flitz-relay@localhost", timeout: Duration = .seconds(10),
+        allowPrivateEndpoints: Bool = false
+    ) {
         self.client = client
+        self.allowPrivateEndpoints = allowPrivateEndpoints
         self.vapidKey = vapidKey
         self.subject = subject
         self.timeout = timeout
@@ -98,12 +106,16 @@ public final class WebPushSender: PushSender {
     /// Sends one attempt (`push.md` 3.1) and classifies the answer: 200 / 201 / 202 `.accepted`; 404 / 410
     /// `.endpointDead`; 429 / 5xx `.retry` (with `Retry-After` in seconds or as an HTTP-date, relative to `now`);
     /// a connection failure or timeout `.retry`; anything else, an endpoint that is not a Web Push URL, or keys
-    /// that do not encrypt, `.failed`. `now` sets the token's `exp` and the `TTL`; the system clock is never read.
+    /// that do not encrypt, `.failed`. Unless private endpoints are allowed, an `http` endpoint or one whose host
+    /// resolves to any non-public address is `.failed` ("push endpoint resolves to a private address") and a host
+    /// that does not resolve `.retry`, before anything is sent. `now` sets the token's `exp` and the `TTL`; the system clock is never read.
     public func send(_ wake: WakeUp, to endpoint: PushEndpoint, now: Date) async -> PushAttemptOutcome {
         guard endpoint.provider == .webPush else { return .failed(reason: "not a Web Push endpoint") }
         guard let origin = Self.origin(of: endpoint.endpoint) else {
             return .failed(reason: "endpoint is not an absolute http(s) URL")
         }
+        // Client input: never a request to the relay's own host or a private network unless the operator allows it.
+        if !allowPrivateEndpoints, let refusal = await PushDestinationPolicy.sendTimeRefusal(endpoint.endpoint) { return refusal }
         let body: Data
         do {
             body = try WebPush.encrypt(
