@@ -171,4 +171,20 @@ import Testing
             if remainingMs >= 0 { #expect(wake.expiresAt.timeIntervalSince1970 * 1_000 <= Double(nowMs + remainingMs)) }
         }
     }
+
+    @Test func ringLimiterMemoryStaysBoundedUnderManyDevices() {
+        let limiter = PushRingLimiter(burst: 3, interval: .seconds(10), maxDevices: 100)
+        // 300 devices rung once each at one instant: buckets still in use are all dropped at the bound (the
+        // limit fails open for them) rather than growing past it.
+        for index in 0..<300 { #expect(limiter.take(DeviceAddress(handle: "h\(index)", deviceID: 1), nowMs: 0)) }
+        #expect(limiter.count <= 100)
+        // A device's spent bucket is kept while under the bound: its fourth ring at one instant is refused.
+        let victim = DeviceAddress(handle: "victim", deviceID: 1)
+        for _ in 0..<3 { #expect(limiter.take(victim, nowMs: 0)) }
+        #expect(!limiter.take(victim, nowMs: 0))
+        #expect(!limiter.take(victim, nowMs: 9_999))
+        #expect(limiter.take(victim, nowMs: 10_000))
+        // A clock that went back refills nothing.
+        #expect(!limiter.take(victim, nowMs: 5_000))
+    }
 }
