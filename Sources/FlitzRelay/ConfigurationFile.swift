@@ -100,6 +100,12 @@ extension RelayConfiguration {
             key("push.coalesceWindow", "push-coalesce-window", "60", "seconds without a further urgent wake-up of a device after one, unless it connects") {
                 $0.push.coalesceWindow = try seconds($1, $2)
             },
+            key("push.ringBurst", "push-ring-burst", "3", "most ring wake-ups of one device at once; one more per push.ringInterval") {
+                $0.push.ringBurst = try integer($1, $2, 1...1_000)
+            },
+            key("push.ringInterval", "push-ring-interval", "10", "seconds per further ring wake-up of a device, up to push.ringBurst") {
+                $0.push.ringInterval = try seconds($1, $2)
+            },
             key("push.vapidKey", "vapid-key", "", "VAPID P-256 private key, PEM text or a PEM file; none: made on first start and kept in the database") {
                 $0.push.vapidKey = try text($1, $2)
             },

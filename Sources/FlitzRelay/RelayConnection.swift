@@ -218,8 +218,9 @@ struct RelayConnection {
                         case .close(let reason): continuation.yield(.close(reason: reason))
                         }
                     }
-                    // An authenticated connection closes the device's push coalescing window (push.md 5 step 3).
-                    relay.push.deviceConnected(device)
+                    // An authenticated connection closes the device's push coalescing window (push.md 5 step 3),
+                    // durably before the answer, so no later wake-up decision can see the stale window.
+                    await relay.push.deviceConnected(device)
                     logger.debug("authenticated", metadata: ["relay.handle": "\(device.handle)", "relay.device": "\(device.deviceID)"])
                     try await writer.send(WireFrame(requestID: requestID, body: .authenticateResult(result)))
                     pump.request()

@@ -28,6 +28,8 @@ public final class RelayMetrics: Sendable {
     private let errors = Mutex<[WireErrorCode: Metrics.Counter]>([:])
     /// `flitz_relay_push_*_total{provider}` (`protocol/push.md` 10), one counter per event and provider.
     private let pushCounters: [PushMetric: [PushProviderKind: Metrics.Counter]]
+    /// `flitz_relay_push_dropped_jobs_total`: wake-up jobs refused because the push dispatcher's queue was full.
+    private let pushDroppedJobs: Metrics.Counter
     private let queueDepth: (@Sendable (_ limit: Int) async throws -> Int)?
     private let lastQueueCount = Mutex<ContinuousClock.Instant?>(nil)
 
@@ -63,13 +65,14 @@ public final class RelayMetrics: Sendable {
             }
         }
         pushCounters = push
+        pushDroppedJobs = Metrics.Counter(label: "flitz_relay_push_dropped_jobs_total", factory: factory)
     }
 
     /// Push events counted per provider (`protocol/push.md` 10); raw values are the metric names.
     enum PushMetric: String, CaseIterable {
         /// Wake-ups a push service accepted.
         case sent = "flitz_relay_push_sent_total"
-        /// `urgent` envelopes that caused no wake-up because the window was open.
+        /// `urgent` envelopes that caused no wake-up because the window was open, and `ring` envelopes over the ring limit.
         case coalesced = "flitz_relay_push_coalesced_total"
         /// Wake-ups not sent because the device connected or the envelope was gone first.
         case skipped = "flitz_relay_push_skipped_total"
@@ -83,6 +86,9 @@ public final class RelayMetrics: Sendable {
     func push(_ metric: PushMetric, _ provider: PushProviderKind, count: Int = 1) {
         if count > 0 { pushCounters[metric]?[provider]?.increment(by: count) }
     }
+
+    /// A wake-up job was refused: the push dispatcher's queue was full (`protocol/push.md` 10).
+    func pushJobDropped() { pushDroppedJobs.increment() }
 
     /// A WebSocket connection opened.
     func connectionOpened() { connections.increment() }

@@ -846,8 +846,8 @@ public protocol PushEndpointStore: Sendable {
     /// database) never both get `.wake` for one window.
     func decideUrgentWake(device: DeviceAddress, nowMs: Int64, windowUntilMs: Int64) async throws -> UrgentWakeDecision
 
-    /// Closes the window of `device` (`push.md` 5 step 3, and 7 after a failed `urgent` wake-up). With
-    /// `onlyIfUntilMs`, only when the window still ends then (a failure must not close a window opened later).
+    /// Closes the window of `device` (`push.md` 5 step 3, and after a skipped `urgent` wake-up). With
+    /// `onlyIfUntilMs`, only when the window still ends then (a skip must not close a window opened later).
     func closeUrgentWindow(device: DeviceAddress, onlyIfUntilMs: Int64?) async throws
 
     /// A push service accepted a wake-up to `endpoint` of `device` at `atMs`: counts it and clears the last

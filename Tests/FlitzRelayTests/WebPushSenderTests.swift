@@ -569,3 +569,37 @@ struct VAPIDKeyTests {
         #expect(throws: VAPIDKeyError("not a P-256 private key in PEM (PKCS #8 or SEC 1)")) { try VAPIDKey(pem: pem) }
     }
 }
+
+extension WebPushSenderTests {
+    @Test("the VAPID token cache keeps at most 1 024 origins: expired ones go first, then the oldest")
+    func tokenCacheIsBounded() async throws {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        do {
+            try await checkTokenCacheBound(WebPushSender(client: client, vapidKey: .generate(), subject: subject))
+        } catch {
+            try await client.shutdown()
+            throw error
+        }
+        try await client.shutdown()
+    }
+
+    private func checkTokenCacheBound(_ sender: WebPushSender) async throws {
+        let limit = WebPushSender.maxCachedTokens
+        #expect(limit == 1_024)
+        let origins = (0..<(limit + 100)).map { "https://push\($0).example.org" }
+        var first: [String: String] = [:]
+        for origin in origins { first[origin] = try await sender.vapidToken(origin: origin, now: testNow) }
+        // The 100 oldest were evicted; the newest 1 024 are cached and reused as they are.
+        #expect(sender.cachedOrigins == Set(origins.suffix(limit)))
+        let newest = try #require(origins.last)
+        #expect(try await sender.vapidToken(origin: newest, now: testNow) == first[newest])
+        // An evicted origin signs anew (and evicts the now-oldest one).
+        _ = try await sender.vapidToken(origin: origins[0], now: testNow)
+        #expect(sender.cachedOrigins.count == limit)
+        #expect(sender.cachedOrigins.contains(origins[0]) && !sender.cachedOrigins.contains(origins[100]))
+        // 12 hours later every token has expired: one new origin leaves only itself.
+        let later = testNow.addingTimeInterval(WebPushSender.tokenLifetime)
+        _ = try await sender.vapidToken(origin: "https://late.example.org", now: later)
+        #expect(sender.cachedOrigins == ["https://late.example.org"])
+    }
+}

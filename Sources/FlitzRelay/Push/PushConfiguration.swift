@@ -5,6 +5,12 @@ public struct PushConfiguration: Sendable, Equatable {
     /// `push.coalesceWindow`: after an `urgent` wake-up, none for that device until it connects or this passes
     /// (`push.md` 5). Default 60 seconds.
     public var coalesceWindow: Duration = .seconds(60)
+    /// `push.ringBurst`: most `ring` wake-ups of one device at once; rings skip the window, so this bounds what one
+    /// sender can make a device's phone ring (`push.md` 5 step 1). Default 3.
+    public var ringBurst = 3
+    /// `push.ringInterval`: one more `ring` wake-up of a device is allowed per this time, up to `ringBurst`
+    /// (`push.md` 5 step 1). Default 10 seconds.
+    public var ringInterval: Duration = .seconds(10)
     /// `push.vapidKey`: the relay's VAPID key (RFC 8292), a P-256 private key as PEM text or the path of a PEM
     /// file. Default none: the relay makes one on first start and keeps it in its database.
     public var vapidKey: String?
@@ -38,6 +44,13 @@ public struct PushConfiguration: Sendable, Equatable {
     public var maxAttempts = 4
     /// `push.timeout`: one attempt without an answer for this long counts as failed and is retried. Default 10 seconds.
     public var timeout: Duration = .seconds(10)
+
+    /// Most wake-up jobs the dispatcher handles at once (each a store decision and its attempts); not a
+    /// configuration key: tests lower it to hold the dispatcher busy. Default 256.
+    var maxConcurrentJobs = 256
+    /// Most wake-up jobs waiting for a free slot; one more is refused and counted in
+    /// `flitz_relay_push_dropped_jobs_total` (`push.md` 10). Not a configuration key; tests lower it. Default 10 000.
+    var queueLimit = 10_000
 
     /// The longest wait between attempts (`push.md` 7).
     public static let maxRetryWait: Duration = .seconds(60)

@@ -34,8 +34,6 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         /// Wake candidates of one device from one Submit: `count` envelopes of one class; the one checked before
         /// sending is the latest to expire.
         case wake(PushCandidate, count: Int)
-        /// The device authenticated: close its window.
-        case connected(DeviceAddress)
     }
 
     private let store: any RelayStore
@@ -49,6 +47,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private let sleeperState = Mutex<PushSleeper>({ duration in try await Task.sleep(for: duration) })
     private let extraTrustRoots: [NIOSSLCertificate]
     private let credentials: PushCredentials
+    private let rings: PushRingLimiter
     /// What the dispatcher did, for tests and metrics.
     let monitor = PushMonitor()
 
@@ -70,11 +69,11 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         self.extraTrustRoots = extraTrustRoots
         self.credentials = credentials
         self.isConnected = isConnected
-        (jobs, continuation) = AsyncStream.makeStream(of: Job.self)
+        rings = PushRingLimiter(burst: configuration.ringBurst, interval: configuration.ringInterval)
+        // Bounded: a flood of Submits to offline devices cannot grow the queue without limit; a job over the bound
+        // is refused and counted (push.md 10, flitz_relay_push_dropped_jobs_total).
+        (jobs, continuation) = AsyncStream.makeStream(of: Job.self, bufferingPolicy: .bufferingOldest(max(1, configuration.queueLimit)))
     }
-
-    /// Most jobs handled at once (each a store decision and, for a wake-up, its attempts and backoff waits).
-    static let maxConcurrentJobs = 256
 
     /// "PushDispatcher", for lifecycle logs.
     var description: String { "PushDispatcher" }
@@ -106,17 +105,37 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         }
     }
 
-    /// `device` authenticated: its window closes (`push.md` 5 step 3), in the background.
-    func deviceConnected(_ device: DeviceAddress) {
-        enqueue(.connected(device))
+    /// `device` authenticated: closes its window (`push.md` 5 step 3) before the relay answers the Authenticate.
+    /// Awaited, not queued: a background job could run after a quick disconnect and a new `urgent` envelope, whose
+    /// wake-up the stale window would then swallow. One conditional `UPDATE` that touches only a row with a window.
+    /// A store failure is logged (no endpoint in it) and leaves the window to lapse by itself; the authentication
+    /// still succeeds.
+    func deviceConnected(_ device: DeviceAddress) async {
+        do {
+            try await store.closeUrgentWindow(device: device, onlyIfUntilMs: nil)
+        } catch {
+            logger.error("push window close failed", metadata: ["error": "\(error)"])
+        }
     }
 
     private func enqueue(_ job: Job) {
         monitor.record { $0.pending += 1 }
-        guard case .enqueued = continuation.yield(job) else {
+        switch continuation.yield(job) {
+        case .enqueued:
+            return
+        case .dropped:
+            // push.queueLimit jobs already wait: this one is refused (its envelopes stay queued; only the wake-up
+            // is lost, and the device's next envelope may wake it).
+            metrics.pushJobDropped()
+            monitor.record {
+                $0.pending -= 1
+                $0.droppedJobs += 1
+            }
+        case .terminated:
             // The dispatcher has stopped (relay shutting down): nothing will handle it.
             monitor.record { $0.pending -= 1 }
-            return
+        @unknown default:
+            monitor.record { $0.pending -= 1 }
         }
     }
 
@@ -137,13 +156,18 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
             try? await client.shutdown()
             throw error
         }
-        let slots = PushSlots(Self.maxConcurrentJobs)
+        let slots = PushSlots(max(1, configuration.maxConcurrentJobs))
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
-                for await job in self.jobs {
-                    // At most maxConcurrentJobs at once; later jobs wait in the stream (a flood of Submits to
-                    // offline devices does not become a flood of tasks and store writes).
-                    guard await slots.acquire() else { break }
+                var iterator = self.jobs.makeAsyncIterator()
+                // At most push.maxConcurrentJobs at once; later jobs wait in the stream, which holds at most
+                // push.queueLimit (a flood of Submits to offline devices does not become a flood of tasks and store
+                // writes). A slot is taken before a job leaves the stream, so the stream's bound is the queue's.
+                while await slots.acquire() {
+                    guard let job = await iterator.next() else {
+                        slots.release()
+                        break
+                    }
                     group.addTask {
                         await self.handle(job, senders: senders)
                         self.monitor.record { $0.pending -= 1 }
@@ -161,8 +185,6 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private func handle(_ job: Job, senders: [PushProviderKind: any PushSender]) async {
         do {
             switch job {
-            case .connected(let device):
-                try await store.closeUrgentWindow(device: device, onlyIfUntilMs: nil)
             case .wake(let candidate, let count):
                 try await wake(candidate, count: count, senders: senders)
             }
@@ -183,8 +205,13 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         var windowUntilMs: Int64?
         switch candidate.wakeClass {
         case .ring:
-            // A ring neither opens nor checks the window.
+            // A ring neither opens nor checks the window, but a device takes at most push.ringBurst rings at once,
+            // refilled one per push.ringInterval; the rest count as coalesced (push.md 5 step 1).
             guard let found = try await store.pushEndpoint(device: device), found.isLive else { return }
+            guard rings.take(device, nowMs: nowMs) else {
+                if let kind = PushProviderKind(rawValue: found.provider) { tally(.coalesced, kind, count) }
+                return
+            }
             stored = found
         case .urgent:
             let until = nowMs + configuration.coalesceWindow.wholeMilliseconds
@@ -203,8 +230,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         guard let provider = PushProviderKind(rawValue: stored.provider), let address = stored.endpoint else { return }
         let endpoint = PushEndpoint(
             provider: provider, endpoint: address, p256dh: stored.p256dh, authSecret: stored.authSecret, apnsBackground: stored.apnsBackground)
-        let wakeUp = WakeUp(wakeClass: candidate.wakeClass, expiresAt: Date(timeIntervalSince1970: Double(candidate.expiresAtMs) / 1_000))
-        let outcome = try await deliver(wakeUp, to: endpoint, candidate: candidate, sender: senders[provider])
+        let outcome = try await deliver(to: endpoint, candidate: candidate, sender: senders[provider])
         switch outcome {
         case .sent:
             tally(.sent, provider)
@@ -222,7 +248,8 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         case .failed(let reason):
             tally(.failed, provider)
             try await store.recordPushFailed(device: device, endpoint: address, reason: reason)
-            if let windowUntilMs { try await store.closeUrgentWindow(device: device, onlyIfUntilMs: windowUntilMs) }
+            // The window stays open (push.md 7): closing it would send every further urgent envelope to a failing
+            // endpoint at once, so one sender could make the relay hammer a push service.
             logger.notice("push wake-up failed", metadata: ["push.provider": "\(provider.rawValue)", "push.reason": "\(reason)"])
         }
     }
@@ -235,7 +262,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     }
 
     /// Up to `push.maxAttempts` attempts, each after checking again that the wake-up is still wanted.
-    private func deliver(_ wake: WakeUp, to endpoint: PushEndpoint, candidate: PushCandidate, sender: (any PushSender)?) async throws -> Delivery {
+    private func deliver(to endpoint: PushEndpoint, candidate: PushCandidate, sender: (any PushSender)?) async throws -> Delivery {
         guard let sender else { return .failed("no \(endpoint.provider.rawValue) sender is configured on this relay") }
         let attempts = max(1, configuration.maxAttempts)
         var lastReason = ""
@@ -245,7 +272,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
             guard try await store.isEnvelopeQueued(envelopeID: candidate.envelopeID, device: candidate.device, nowMs: clock.nowMs()) else {
                 return .skipped
             }
-            switch await attemptOnce(sender, wake, endpoint) {
+            switch await attemptOnce(sender, candidate, endpoint) {
             case .accepted:
                 return .sent
             case .endpointDead(let reason):
@@ -264,9 +291,9 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     }
 
     /// One attempt, given up as retryable after `push.timeout` (a sender's own HTTP timeout normally answers first).
-    private func attemptOnce(_ sender: any PushSender, _ wake: WakeUp, _ endpoint: PushEndpoint) async -> PushAttemptOutcome {
+    private func attemptOnce(_ sender: any PushSender, _ candidate: PushCandidate, _ endpoint: PushEndpoint) async -> PushAttemptOutcome {
         let timeout = configuration.timeout
-        let now = clock.now()
+        let (wake, now) = Self.wakeUp(candidate.wakeClass, expiresAtMs: candidate.expiresAtMs, nowMs: clock.nowMs())
         return await withTaskGroup(of: PushAttemptOutcome?.self) { group in
             group.addTask { await sender.send(wake, to: endpoint, now: now) }
             group.addTask {
@@ -284,6 +311,28 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
             group.cancelAll()
             return outcome
         }
+    }
+
+    /// The time-to-live buckets (`push.md` 5, "Time to live"), longest first, seconds: 28 days (FCM's maximum),
+    /// 7 days, 1 day, 1 hour, 60 seconds, 0.
+    static let timeToLiveBuckets: [Int64] = [2_419_200, 604_800, 86_400, 3_600, 60, 0]
+
+    /// The largest bucket not above `remainingMs` (milliseconds until the envelope expires), in seconds; 0 when
+    /// under a minute or already past.
+    static func timeToLive(remainingMs: Int64) -> Int64 {
+        let seconds = max(0, remainingMs) / 1_000
+        return timeToLiveBuckets.first { $0 <= seconds } ?? 0
+    }
+
+    /// The wake-up one attempt sends and the `now` it hands the sender (`push.md` 5, "Time to live"): `now` is the
+    /// relay clock rounded down to whole seconds and `expiresAt` is `now` plus the bucketed time to live, both
+    /// whole seconds, so every provider's `TTL`, `apns-expiration` minus now and FCM `ttl` show exactly the bucket
+    /// (not the sender's chosen expiry) and never reach past the envelope's expiry.
+    static func wakeUp(_ wakeClass: WakeClass, expiresAtMs: Int64, nowMs: Int64) -> (WakeUp, now: Date) {
+        let nowSeconds = nowMs >= 0 ? nowMs / 1_000 : (nowMs - 999) / 1_000
+        let ttl = timeToLive(remainingMs: expiresAtMs - nowMs)
+        let wake = WakeUp(wakeClass: wakeClass, expiresAt: Date(timeIntervalSince1970: Double(nowSeconds + ttl)))
+        return (wake, Date(timeIntervalSince1970: Double(nowSeconds)))
     }
 
     private func tally(_ metric: RelayMetrics.PushMetric, _ provider: PushProviderKind, _ amount: Int = 1) {
@@ -348,7 +397,7 @@ final class PushMonitor: Sendable {
         var pending = 0
         /// Wake-ups accepted by a push service.
         var sent = 0
-        /// `urgent` envelopes coalesced into an earlier wake-up.
+        /// `urgent` envelopes coalesced into an earlier wake-up, and `ring` envelopes over the ring limit.
         var coalesced = 0
         /// Wake-ups skipped: the device connected or the envelope was gone first.
         var skipped = 0
@@ -358,6 +407,8 @@ final class PushMonitor: Sendable {
         var dropped = 0
         /// Waits between attempts.
         var retries = 0
+        /// Jobs refused because `push.queueLimit` jobs were already waiting.
+        var droppedJobs = 0
     }
 
     private struct Waiter {

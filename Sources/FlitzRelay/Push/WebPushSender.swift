@@ -77,8 +77,13 @@ public final class WebPushSender: PushSender {
     private let allowPrivateEndpoints: Bool
     private let signingKey: ES256PrivateKey
     private let keys = JWTKeyCollection()
-    /// Per origin: the token and when it expires. Expired entries are pruned when a new one is added.
-    private let tokens = Mutex<[String: (token: String, expiresAt: Date)]>([:])
+    /// Per origin: the token, when it expires, and when it was made (a counter, for evicting the oldest). Expired
+    /// entries are pruned when a new one is added; at most `maxCachedTokens` are kept.
+    private let tokens = Mutex<(byOrigin: [String: (token: String, expiresAt: Date, made: UInt64)], made: UInt64)>(([:], 0))
+    /// Most origins whose VAPID token is cached: every registered endpoint names its origin, so without a bound
+    /// a device could grow the cache by registering endpoints at many hosts. Past it, expired tokens go first,
+    /// then the oldest; an evicted origin's next wake-up signs a new token.
+    public static let maxCachedTokens = 1_024
 
     /// A sender over `client`, which the caller (the relay) creates, configures (TLS, CA file) and shuts down.
     /// - Parameters:
@@ -227,7 +232,7 @@ public final class WebPushSender: PushSender {
     func vapidToken(origin: String, now: Date) async throws -> String {
         // Reused while more than the margin remains, and never when `now` went back so far that `exp` would be
         // more than a lifetime ahead (a push service refuses an `exp` over 24 hours away).
-        if let cached = tokens.withLock({ $0[origin] }) {
+        if let cached = tokens.withLock({ $0.byOrigin[origin] }) {
             let remaining = cached.expiresAt.timeIntervalSince(now)
             if remaining > Self.tokenRenewalMargin, remaining <= Self.tokenLifetime { return cached.token }
         }
@@ -238,11 +243,21 @@ public final class WebPushSender: PushSender {
         let claims = VAPIDClaims(aud: origin, exp: Int64(expiresAt.timeIntervalSince1970), sub: subject)
         let token = try await keys.sign(claims, header: ["typ": "JWT", "alg": "ES256"])
         tokens.withLock { tokens in
-            tokens = tokens.filter { $0.value.expiresAt > now }
-            tokens[origin] = (token, expiresAt)
+            tokens.byOrigin = tokens.byOrigin.filter { $0.value.expiresAt > now }
+            // Full of live tokens: drop the oldest (one scan of at most 1 024 entries per new origin).
+            while tokens.byOrigin[origin] == nil, tokens.byOrigin.count >= Self.maxCachedTokens,
+                let oldest = tokens.byOrigin.min(by: { $0.value.made < $1.value.made })?.key
+            {
+                tokens.byOrigin[oldest] = nil
+            }
+            tokens.made += 1
+            tokens.byOrigin[origin] = (token, expiresAt, tokens.made)
         }
         return token
     }
+
+    /// The origins whose token is cached now (tests check the bound).
+    var cachedOrigins: Set<String> { tokens.withLock { Set($0.byOrigin.keys) } }
 }
 
 /// The VAPID token's claims (RFC 8292 section 2): `aud` the push service's origin, `exp` seconds since the
