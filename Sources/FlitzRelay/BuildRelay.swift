@@ -18,7 +18,10 @@ import Synchronization
 public final class RelayApplication: Sendable {
     /// The request logic and store; call `relay.sweep()` to sweep now.
     public let relay: Relay
-    /// The services, in start order: the HTTP/WebSocket server, the expiry sweeper, the push dispatcher.
+    /// The services, in start order: the push dispatcher, the expiry sweeper, the HTTP/WebSocket server. A
+    /// graceful shutdown stops them in reverse: the server first, so that no connection is accepted while the
+    /// others stop (a connection accepted then could hold the shutdown open), then the sweeper, then the
+    /// dispatcher.
     public let services: [any Service]
     private let logger: Logger
     private let listening: ListeningPort
@@ -26,7 +29,13 @@ public final class RelayApplication: Sendable {
     // Held until the application is released; nil when the caller supplied its own store.
     private let databaseLock: DatabaseLock?
 
-    init(relay: Relay, services: [any Service], logger: Logger, listening: ListeningPort, databaseLock: DatabaseLock?) {
+    private let maximumGracefulShutdown: Duration
+
+    init(
+        relay: Relay, services: [any Service], logger: Logger, listening: ListeningPort, databaseLock: DatabaseLock?,
+        maximumGracefulShutdown: Duration
+    ) {
+        self.maximumGracefulShutdown = maximumGracefulShutdown
         self.databaseLock = databaseLock
         self.relay = relay
         self.services = services
@@ -39,9 +48,12 @@ public final class RelayApplication: Sendable {
     /// tests that run several relays in one process. Call at most once.
     /// - Throws: when the server cannot bind or a service fails.
     public func run(handleSignals: Bool = true) async throws {
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger))
+        var configuration = ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger)
+        // A graceful shutdown that has not finished after twice ws.closeTimeout (a peer that never completes its
+        // close handshake, say) is escalated to cancellation instead of waiting forever (relay.md, "Configuration").
+        configuration.maximumGracefulShutdownDuration = maximumGracefulShutdown
+        let group = ServiceGroup(configuration: configuration)
         let shutdownRequested = self.group.withLock { state in
             state.group = group
             return state.shutdownRequested
@@ -144,7 +156,8 @@ public func buildRelay(
         },
         logger: logger)
     return RelayApplication(
-        relay: relay, services: [application, ExpirySweeper(relay: relay), relay.push], logger: logger, listening: listening, databaseLock: lock)
+        relay: relay, services: [relay.push, ExpirySweeper(relay: relay), application], logger: logger, listening: listening, databaseLock: lock,
+        maximumGracefulShutdown: configuration.closeTimeout * 2)
 }
 
 /// The name of the relay's generated VAPID key in the store's relay secrets.

@@ -16,7 +16,10 @@ import Testing
             receiver.script([201, 503])
             // One job at a time: a ring held in its backoff keeps the dispatcher busy, so a window close queued
             // behind it (the old background job) would still be pending when AuthenticateResult arrives.
-            try await RelayHarness.run(configure: { $0.push.maxConcurrentJobs = 1 }) { harness in
+            try await RelayHarness.run(configure: {
+                allowPrivatePush(&$0)
+                $0.push.maxConcurrentJobs = 1
+            }) { harness in
                 let gate = Gate()
                 defer { gate.open() }
                 harness.app.relay.push.sleeper = { _ in await gate.arriveAndWait() }
@@ -51,7 +54,7 @@ import Testing
 
     @Test func ringsAreLimitedPerDeviceAndRefillOnTheRelayClock() async throws {
         try await PushReceiver.run { receiver in
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 // Ten rings in ten Submits at one instant: the burst of 3 goes out, 7 are coalesced.
                 try await world.send(Array(1...10), urgency: .ring)
@@ -94,7 +97,7 @@ import Testing
     @Test func refusedWakeUpKeepsTheWindowSoAFailingEndpointIsHitOncePerWindow() async throws {
         try await PushReceiver.run { receiver in
             receiver.script(Array(repeating: 400, count: 10))
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 try await world.send([1, 2, 3, 4, 5], urgency: .urgent)
                 try await world.idle()
@@ -114,6 +117,7 @@ import Testing
             // One job at a time and two waiting: the first ring is held in its backoff, the next two wait, the
             // last three are refused.
             try await RelayHarness.run(configure: {
+                allowPrivatePush(&$0)
                 $0.push.maxConcurrentJobs = 1
                 $0.push.queueLimit = 2
             }) { harness in
@@ -141,7 +145,7 @@ import Testing
 
     @Test func timeToLiveIsRoundedDownToABucket() async throws {
         try await PushReceiver.run { receiver in
-            try await RelayHarness.run { harness in
+            try await RelayHarness.run(configure: allowPrivatePush) { harness in
                 let world = try await PushWorld.make(harness, receiver: receiver)
                 // Rings (no window); three, within the ring limit. The sender's exact expiry never shows.
                 for (ttl, expected) in [(59, "0"), (3_599, "60"), (86_399, "3600")] {
