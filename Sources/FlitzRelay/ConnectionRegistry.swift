@@ -18,7 +18,7 @@ final class ConnectionRegistry: Sendable {
 
     private let state = Mutex<(nextID: UInt64, entries: [DeviceAddress: Entry])>((1, [:]))
     /// What happened to connections, for tests and metrics.
-    let monitor = ConnectionMonitor()
+    let monitor = ConnectionMonitor(ConnectionCounts())
     private let timer = Mutex<StallTimer>({ duration in try await Task.sleep(for: duration) })
 
     /// Waits out a write timeout (`relay.writeTimeout`); throws `CancellationError` when cancelled.
@@ -74,65 +74,20 @@ final class ConnectionRegistry: Sendable {
     }
 }
 
-/// Counts of connection events (`protocol/relay.md`, "Slow readers"), observable while the relay runs:
-/// tests await a condition on them instead of sleeping; metrics can read them.
-final class ConnectionMonitor: Sendable {
-    /// The counts at one instant.
-    struct Snapshot: Sendable {
-        /// Connections closed because a write stayed blocked for `relay.writeTimeout`.
-        var slowReaderDisconnects = 0
-        /// Largest number of bytes the relay held in a connection's outbound buffer when it closed it as a
-        /// slow reader (bounded as `protocol/relay.md`, "Slow readers", states: the water mark plus one frame and control frames).
-        var maxBufferedBytesAtStall = 0
-        /// Connections whose current write is waiting for the peer to read (socket buffer full).
-        var writesWaiting = 0
-        /// Largest number of items sent and not acknowledged on one connection (bounded by `relay.deliveryWindow`).
-        var maxInFlight = 0
-        /// Connections whose window is full right now (waiting for acknowledgements).
-        var windowsFull = 0
-    }
-
-    private struct Waiter {
-        let predicate: @Sendable (Snapshot) -> Bool
-        let continuation: CheckedContinuation<Void, Never>
-    }
-
-    private let state = Mutex<(snapshot: Snapshot, waiters: [UInt64: Waiter], nextID: UInt64)>((Snapshot(), [:], 0))
-
-    /// The current counts.
-    var snapshot: Snapshot { state.withLock { $0.snapshot } }
-
-    /// Applies `change` and resumes the waiters whose condition now holds.
-    func record(_ change: (inout Snapshot) -> Void) {
-        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            change(&state.snapshot)
-            let snapshot = state.snapshot
-            let satisfied = state.waiters.filter { $0.value.predicate(snapshot) }
-            for id in satisfied.keys { state.waiters[id] = nil }
-            return satisfied.values.map(\.continuation)
-        }
-        for continuation in ready { continuation.resume() }
-    }
-
-    /// Returns once `predicate` holds for the counts (at once if it already does), or when the calling
-    /// task is cancelled.
-    func wait(until predicate: @escaping @Sendable (Snapshot) -> Bool) async {
-        let id = state.withLock { state in
-            defer { state.nextID += 1 }
-            return state.nextID
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let holds = state.withLock { state -> Bool in
-                    if predicate(state.snapshot) || Task.isCancelled { return true }
-                    state.waiters[id] = Waiter(predicate: predicate, continuation: continuation)
-                    return false
-                }
-                if holds { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
-            waiter?.continuation.resume()
-        }
-    }
+/// Counts of connection events (`protocol/relay.md`, "Slow readers") at one instant, kept by `ConnectionMonitor`.
+struct ConnectionCounts: Sendable {
+    /// Connections closed because a write stayed blocked for `relay.writeTimeout`.
+    var slowReaderDisconnects = 0
+    /// Largest number of bytes the relay held in a connection's outbound buffer when it closed it as a
+    /// slow reader (bounded as `protocol/relay.md`, "Slow readers", states: the water mark plus one frame and control frames).
+    var maxBufferedBytesAtStall = 0
+    /// Connections whose current write is waiting for the peer to read (socket buffer full).
+    var writesWaiting = 0
+    /// Largest number of items sent and not acknowledged on one connection (bounded by `relay.deliveryWindow`).
+    var maxInFlight = 0
+    /// Connections whose window is full right now (waiting for acknowledgements).
+    var windowsFull = 0
 }
+
+/// `CountMonitor` of `ConnectionCounts`.
+typealias ConnectionMonitor = CountMonitor<ConnectionCounts>

@@ -79,7 +79,7 @@ import Testing
                 try await world.send([1, 2, 3], urgency: .silent)
                 try await world.idle()
                 #expect(receiver.count == 0)
-                #expect(world.monitor == PushMonitor.Snapshot())
+                #expect(world.monitor == PushCounts())
                 try await world.send([4], urgency: .urgent)
                 try await receiver.waitFor(count: 1)
                 // Inside the urgent window: another urgent is coalesced, a ring goes out at once.
@@ -494,7 +494,7 @@ struct PushWorld: Sendable {
     let bobKeys = WebPush.SubscriberKeys.generate()
     var bobDeviceID: UInt32 = 1
 
-    var monitor: PushMonitor.Snapshot { harness.app.relay.push.monitor.snapshot }
+    var monitor: PushCounts { harness.app.relay.push.monitor.snapshot }
 
     /// Registers alice and bob, registers bob's endpoint at `receiver`, and waits until bob is offline.
     static func make(_ harness: RelayHarness, receiver: PushReceiver) async throws -> PushWorld {

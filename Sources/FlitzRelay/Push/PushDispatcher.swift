@@ -49,7 +49,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private let credentials: PushCredentials
     private let rings: PushRingLimiter
     /// What the dispatcher did, for tests and metrics.
-    let monitor = PushMonitor()
+    let monitor = PushMonitor(PushCounts())
 
     /// A dispatcher over `store`.
     /// - Parameters:
@@ -388,69 +388,26 @@ final class PushSlots: Sendable {
     }
 }
 
-/// Counts of the dispatcher's work, observable while the relay runs: tests await a condition (all jobs handled,
-/// a wake-up sent) instead of sleeping.
-final class PushMonitor: Sendable {
-    /// The counts at one instant.
-    struct Snapshot: Sendable, Equatable {
-        /// Jobs handed over and not yet handled completely (0: the dispatcher is idle).
-        var pending = 0
-        /// Wake-ups accepted by a push service.
-        var sent = 0
-        /// `urgent` envelopes coalesced into an earlier wake-up, and `ring` envelopes over the ring limit.
-        var coalesced = 0
-        /// Wake-ups skipped: the device connected or the envelope was gone first.
-        var skipped = 0
-        /// Wake-ups given up or refused.
-        var failed = 0
-        /// Endpoints dropped as dead.
-        var dropped = 0
-        /// Waits between attempts.
-        var retries = 0
-        /// Jobs refused because `push.queueLimit` jobs were already waiting.
-        var droppedJobs = 0
-    }
-
-    private struct Waiter {
-        let predicate: @Sendable (Snapshot) -> Bool
-        let continuation: CheckedContinuation<Void, Never>
-    }
-
-    private let state = Mutex<(snapshot: Snapshot, waiters: [UInt64: Waiter], nextID: UInt64)>((Snapshot(), [:], 0))
-
-    /// The current counts.
-    var snapshot: Snapshot { state.withLock { $0.snapshot } }
-
-    /// Applies `change` and resumes the waiters whose condition now holds.
-    func record(_ change: (inout Snapshot) -> Void) {
-        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            change(&state.snapshot)
-            let snapshot = state.snapshot
-            let satisfied = state.waiters.filter { $0.value.predicate(snapshot) }
-            for id in satisfied.keys { state.waiters[id] = nil }
-            return satisfied.values.map(\.continuation)
-        }
-        for continuation in ready { continuation.resume() }
-    }
-
-    /// Returns once `predicate` holds (at once if it already does), or when the calling task is cancelled.
-    func wait(until predicate: @escaping @Sendable (Snapshot) -> Bool) async {
-        let id = state.withLock { state in
-            defer { state.nextID += 1 }
-            return state.nextID
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let holds = state.withLock { state -> Bool in
-                    if predicate(state.snapshot) || Task.isCancelled { return true }
-                    state.waiters[id] = Waiter(predicate: predicate, continuation: continuation)
-                    return false
-                }
-                if holds { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
-            waiter?.continuation.resume()
-        }
-    }
+/// Counts of the dispatcher's work at one instant, kept by `PushMonitor`: tests await a condition (all jobs
+/// handled, a wake-up sent) instead of sleeping.
+struct PushCounts: Sendable, Equatable {
+    /// Jobs handed over and not yet handled completely (0: the dispatcher is idle).
+    var pending = 0
+    /// Wake-ups accepted by a push service.
+    var sent = 0
+    /// `urgent` envelopes coalesced into an earlier wake-up, and `ring` envelopes over the ring limit.
+    var coalesced = 0
+    /// Wake-ups skipped: the device connected or the envelope was gone first.
+    var skipped = 0
+    /// Wake-ups given up or refused.
+    var failed = 0
+    /// Endpoints dropped as dead.
+    var dropped = 0
+    /// Waits between attempts.
+    var retries = 0
+    /// Jobs refused because `push.queueLimit` jobs were already waiting.
+    var droppedJobs = 0
 }
+
+/// `CountMonitor` of `PushCounts`.
+typealias PushMonitor = CountMonitor<PushCounts>
