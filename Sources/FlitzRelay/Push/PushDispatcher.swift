@@ -112,6 +112,10 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     /// still succeeds.
     func deviceConnected(_ device: DeviceAddress) async {
         do {
+            // A read first (concurrent with the writer): most devices have no open window, and an authentication
+            // should not queue behind every Submit for a write that changes nothing. A window opened after this
+            // read is caught by the re-check before sending (the device is connected), which closes it.
+            guard let endpoint = try await store.pushEndpoint(device: device), endpoint.urgentWindowUntilMs != 0 else { return }
             try await store.closeUrgentWindow(device: device, onlyIfUntilMs: nil)
         } catch {
             logger.error("push window close failed", metadata: ["error": "\(error)"])
@@ -144,7 +148,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         var tls = TLSConfiguration.makeClientConfiguration()
         if !extraTrustRoots.isEmpty { tls.additionalTrustRoots = [.certificates(extraTrustRoots)] }
         var clientConfiguration = HTTPClient.Configuration(tlsConfiguration: tls)
-        let timeout = Self.timeAmount(configuration.timeout)
+        let timeout = ProviderHTTP.timeAmount(configuration.timeout)
         clientConfiguration.timeout = .init(connect: timeout, read: timeout)
         // Push services never redirect; following one could send a wake-up somewhere the device never named.
         clientConfiguration.redirectConfiguration = .disallow
@@ -213,6 +217,8 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
                 return
             }
             stored = found
+            // Further rings of the same Submit ride on this wake-up.
+            tally(.coalesced, PushProviderKind(rawValue: found.provider) ?? .webPush, count - 1)
         case .urgent:
             let until = nowMs + configuration.coalesceWindow.wholeMilliseconds
             switch try await store.decideUrgentWake(device: device, nowMs: nowMs, windowUntilMs: until) {
@@ -348,20 +354,17 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
             }
         }
     }
-
-    private static func timeAmount(_ duration: Duration) -> TimeAmount {
-        let (seconds, attoseconds) = duration.components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
 }
 
-/// A counting semaphore for the dispatcher's concurrent jobs; `acquire` returns false when the task is cancelled.
+/// A counting semaphore for the dispatcher's concurrent jobs. `acquire` returns false when the task is already
+/// cancelled; a waiting `acquire` is not woken by cancellation (slots are released as jobs finish, which they do
+/// after at most `push.maxAttempts` attempts).
 final class PushSlots: Sendable {
     private let state: Mutex<(free: Int, waiters: [CheckedContinuation<Bool, Never>])>
 
     init(_ count: Int) { state = Mutex((count, [])) }
 
-    /// Takes a slot, waiting for one to be released; false (no slot taken) when cancelled meanwhile.
+    /// Takes a slot, waiting for one to be released; false (no slot taken) when the task is already cancelled.
     func acquire() async -> Bool {
         if Task.isCancelled { return false }
         return await withCheckedContinuation { continuation in
