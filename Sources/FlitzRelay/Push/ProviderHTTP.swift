@@ -41,19 +41,11 @@ enum ProviderHTTP {
         return octets[0] == "127"
     }
 
-    /// The `Retry-After` of `response` (RFC 9110 10.2.3) as a wait from `now`: delta-seconds or an HTTP-date;
-    /// nil when absent or unreadable. A date in the past is a wait of zero.
+    /// The `Retry-After` of `response` (RFC 9110 10.2.3) as a wait from `now`: delta-seconds or an HTTP-date in
+    /// any of the three forms a recipient must accept; nil when absent or unreadable. One parser for every
+    /// provider: `WebPushSender.parseRetryAfter`.
     static func retryAfter(_ response: HTTPClientResponse, now: Date) -> Duration? {
-        guard let value = response.headers.first(name: "retry-after")?.trimmingCharacters(in: .whitespaces),
-            !value.isEmpty
-        else { return nil }
-        if let seconds = Int64(value), seconds >= 0 { return .seconds(seconds) }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
-        guard let date = formatter.date(from: value) else { return nil }
-        return .seconds(max(0, Int64(date.timeIntervalSince(now).rounded(.up))))
+        response.headers.first(name: "retry-after").flatMap { WebPushSender.parseRetryAfter($0, now: now) }
     }
 
     /// A short description of a failed request (connection refused, TLS, timeout) naming only the error's
