@@ -46,7 +46,8 @@ let package = Package(
         ),
         .target(
             name: "FlitzWire",
-            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            // FlitzCrypto: the token hashes and report signature payload both sides compute (conversations.md).
+            dependencies: ["FlitzCrypto", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
         .target(
             name: "FlitzProtocol",

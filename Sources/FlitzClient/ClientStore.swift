@@ -291,6 +291,9 @@ final class ClientStore: Sendable {
                 ALTER TABLE messages ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;
                 """)
         }
+        // Conversations (protocol/conversations.md): Conversations.swift and Signals.swift own these.
+        migrator.registerMigration("v7-conversations", migrate: Self.migrateConversations)
+        migrator.registerMigration("v8-safety", migrate: Self.migrateSafety)
         return migrator
     }
 

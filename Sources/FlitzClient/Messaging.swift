@@ -280,9 +280,10 @@ extension FlitzClient {
         let fresh = try await newSessions(with: handle, on: connection, account: account)
         let ownFresh = try await newSessions(with: account.handle, on: connection, account: account)
         let sentAt = Int64(Date().timeIntervalSince1970 * 1000)
-        let content = MessageContent(messageID: messageID, sentAtMilliseconds: sentAt, body: .text(text))
+        let content = MessageContent(messageID: messageID, sentAtMilliseconds: sentAt, body: .text(TextMessage(text)))
         let transcript = MessageContent(
-            messageID: messageID, sentAtMilliseconds: sentAt, body: .sentTranscript(destinationHandle: handle, text: text))
+            messageID: messageID, sentAtMilliseconds: sentAt,
+            body: .sentTranscript(SentTranscript(destinationHandle: handle, body: .text(TextMessage(text)))))
         let random = self.random
         return try store.transaction(failpoint: "send.afterEncrypt") { db -> PreparedMessage in
             // Re-check trust inside the transaction: another process may have seen a key change meanwhile.

@@ -198,7 +198,8 @@ extension FlitzClient {
             guard try ClientStore.mayEncrypt(active.session, to: handle, deviceID: deviceID, account: account, db) else { return nil }
             var session = active.session
             let peer: String = row["peer"], text: String = row["text"]
-            let body: MessageContent.Body = handle == account.handle ? .sentTranscript(destinationHandle: peer, text: text) : .text(text)
+            let body: MessageContent.Body = handle == account.handle
+                ? .sentTranscript(SentTranscript(destinationHandle: peer, body: .text(TextMessage(text)))) : .text(TextMessage(text))
             let content = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: body)
             let ciphertext = try session.encrypt(content.encoded(), random: random)
             try ClientStore.save(session, handle: handle, deviceID: deviceID, makeActive: true, db)
@@ -404,10 +405,15 @@ extension FlitzClient {
                     events.append(.warning("ignored a message from another device of your account that was not a sent transcript"))
                     return (events, false, nil)
                 }
-                text = body
-            case .sentTranscript(let destination, let body):
+                text = body.body
+            case .sentTranscript(let transcript):
                 guard sender == account.handle else {
                     events.append(.warning("ignored a sent transcript from \(sender): only your own devices send those"))
+                    return (events, false, nil)
+                }
+                guard case .text(let body) = transcript.body else {
+                    // A reaction, edit, delete or timer another device of this account sent (Conversations.swift).
+                    events += try Self.applyConversationContent(content, sender: sender, envelope: envelope, account: account, db)
                     return (events, false, nil)
                 }
                 // A message another device of this account sent: history, as an outgoing message (status from receipts).
@@ -416,8 +422,16 @@ extension FlitzClient {
                         INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, status, accepted_at_ms, transcript)
                         VALUES (?, 1, ?, ?, ?, 'sent', ?, 1) ON CONFLICT DO NOTHING
                         """,
-                    arguments: [content.messageID, destination, body, envelope.envelopeID, envelope.acceptedAtMs])
+                    arguments: [content.messageID, transcript.destinationHandle, body.body, envelope.envelopeID, envelope.acceptedAtMs])
                 return (events, db.changesCount > 0, nil)
+            case .reaction, .edit, .deleteForEveryone, .disappearingTimer, .seen:
+                // Conversation mutations, sealed seen receipts and read syncs (Conversations.swift).
+                events += try Self.applyConversationContent(content, sender: sender, envelope: envelope, account: account, db)
+                return (events, false, nil)
+            case .typing, .presence:
+                // Online-only signals (Signals.swift).
+                events += try Self.applySignal(content, sender: sender, envelope: envelope, account: account, db)
+                return (events, false, nil)
             case .sessionReset: return (events, false, resetFor)
             case .unsupported:
                 try db.execute(

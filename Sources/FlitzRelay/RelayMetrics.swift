@@ -182,6 +182,7 @@ public final class RelayMetrics: Sendable {
         case .deviceListRejected: "DEVICE_LIST_REJECTED"
         case .tooManyDevices: "TOO_MANY_DEVICES"
         case .pushProviderUnavailable: "PUSH_PROVIDER_UNAVAILABLE"
+        case .unknownToken: "UNKNOWN_TOKEN"
         case .UNRECOGNIZED(let value): "UNRECOGNIZED_\(value)"
         }
     }

@@ -194,7 +194,7 @@ enum FrameVectors {
             invalid("empty input decodes as version 0", Data(), .unsupportedVersion, requestID: 0, flags: ["WrongVersion"]),
             invalid("no body", Data([0x08, 0x01, 0x10, 0x05]), .unknownFrame, requestID: 5, flags: ["UnknownBody"]),
             invalid(
-                "a body kind this version does not know (field 50)", Data([0x08, 0x01, 0x10, 0x05, 0x92, 0x03, 0x00]), .unknownFrame, requestID: 5,
+                "a body kind this version does not know (field 63)", Data([0x08, 0x01, 0x10, 0x05, 0xfa, 0x03, 0x00]), .unknownFrame, requestID: 5,
                 flags: ["UnknownBody"]),
         ]
         let unknownExtra = okFrame + Data([0xf8, 0x06, 0x01])  // field 111, varint 1

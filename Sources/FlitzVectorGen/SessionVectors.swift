@@ -22,7 +22,7 @@ enum SessionVectors {
         let texts = [(true, "Hi Bob! Coffee on Friday?"), (false, "Yes, 10 am at the usual place."), (true, "See you there.")]
         for (index, (fromAlice, text)) in texts.enumerated() {
             let random = fromAlice ? alice.random : bob.random
-            let content = MessageContent(messageID: random.bytes(16), sentAtMilliseconds: sentAt + Int64(index) * 60_000, body: .text(text))
+            let content = MessageContent(messageID: random.bytes(16), sentAtMilliseconds: sentAt + Int64(index) * 60_000, body: .text(TextMessage(text)))
             _ = random.take()
             let plaintext = content.encoded()
             let senderBefore = fromAlice ? aliceSession : bobSession!

@@ -9,7 +9,7 @@ struct SentTranscriptTests {
     let id = Data(0..<16)
 
     @Test func roundTripsPaddedWithTheMessagesIDAndTime() throws {
-        let content = MessageContent(messageID: id, sentAtMilliseconds: 1_767_225_600_000, body: .sentTranscript(destinationHandle: "bob", text: "hi bob"))
+        let content = MessageContent(messageID: id, sentAtMilliseconds: 1_767_225_600_000, body: .sentTranscript(SentTranscript(destinationHandle: "bob", body: .text("hi bob"))))
         let encoded = content.encoded()
         #expect(encoded.count % 64 == 0)
         #expect(try MessageContent(decoding: encoded) == content)
@@ -46,9 +46,9 @@ struct SentTranscriptTests {
     }
 
     @Test func aTranscriptOfANewerBodyKindIsKeptAsUnsupported() throws {
-        // Field 3 inside SentTranscript: a body kind a later version adds.
+        // Field 15 inside SentTranscript: a body kind a later version adds.
         var bytes = try transcriptBytes { $0.destinationHandle = "bob" }
-        let inner = Data([0x0a, 0x03]) + Data("bob".utf8) + Data([0x1a, 0x00])
+        let inner = Data([0x0a, 0x03]) + Data("bob".utf8) + Data([0x7a, 0x00])
         bytes = Data([0x0a, 0x10]) + id + Data([0x32, UInt8(inner.count)]) + inner
         let content = try MessageContent(decoding: bytes)
         #expect(content.body == .unsupported(encodedContent: bytes))

@@ -173,7 +173,7 @@ import Testing
     @Test(arguments: [0, 1, 20, 35, 36, 37, 50, 63, 64, 65, 100, 127, 128, 500, 1000])
     func roundTripAndPadding(_ length: Int) throws {
         let content = MessageContent(
-            messageID: Self.messageID, sentAtMilliseconds: 1_767_225_600_000, body: .text(String(repeating: "é", count: length / 2) + (length % 2 == 1 ? "x" : "")))
+            messageID: Self.messageID, sentAtMilliseconds: 1_767_225_600_000, body: .text(TextMessage(String(repeating: "é", count: length / 2) + (length % 2 == 1 ? "x" : ""))))
         let encoded = content.encoded()
         #expect(encoded.count % 64 == 0)
         #expect(encoded.count >= 64)
@@ -214,8 +214,8 @@ import Testing
 extension MessageContent {
     var bodyText: String {
         switch body {
-        case .text(let text): text
-        case .sessionReset, .sentTranscript, .unsupported: ""
+        case .text(let text): text.body
+        default: ""
         }
     }
 }

@@ -116,7 +116,7 @@ public nonisolated struct ProtoPreKeyMessage: Sendable {
   fileprivate var _oneTimePrekeyID: UInt32? = nil
 }
 
-/// Plaintext of a ratchet message (crypto.md "Content"). Later versions add body kinds.
+/// Plaintext of a ratchet message (crypto.md "Content"; conversations.md for kinds 7 to 13).
 public nonisolated struct ProtoContent: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -155,6 +155,66 @@ public nonisolated struct ProtoContent: Sendable {
     set {body = .sentTranscript(newValue)}
   }
 
+  public var reaction: ProtoReaction {
+    get {
+      if case .reaction(let v)? = body {return v}
+      return ProtoReaction()
+    }
+    set {body = .reaction(newValue)}
+  }
+
+  public var edit: ProtoEdit {
+    get {
+      if case .edit(let v)? = body {return v}
+      return ProtoEdit()
+    }
+    set {body = .edit(newValue)}
+  }
+
+  public var deleteForEveryone: ProtoDeleteForEveryone {
+    get {
+      if case .deleteForEveryone(let v)? = body {return v}
+      return ProtoDeleteForEveryone()
+    }
+    set {body = .deleteForEveryone(newValue)}
+  }
+
+  public var seen: ProtoSeen {
+    get {
+      if case .seen(let v)? = body {return v}
+      return ProtoSeen()
+    }
+    set {body = .seen(newValue)}
+  }
+
+  public var typing: ProtoTyping {
+    get {
+      if case .typing(let v)? = body {return v}
+      return ProtoTyping()
+    }
+    set {body = .typing(newValue)}
+  }
+
+  public var presence: ProtoPresence {
+    get {
+      if case .presence(let v)? = body {return v}
+      return ProtoPresence()
+    }
+    set {body = .presence(newValue)}
+  }
+
+  public var disappearingTimer: ProtoDisappearingTimer {
+    get {
+      if case .disappearingTimer(let v)? = body {return v}
+      return ProtoDisappearingTimer()
+    }
+    set {body = .disappearingTimer(newValue)}
+  }
+
+  /// Scheduled send (conversations.md 8): this message travels in a single-use session; the receiver does not
+  /// keep that session after decrypting it. Only in a prekey message.
+  public var singleUseSession: Bool = false
+
   /// zero bytes so that the encoded Content is a multiple of 64 bytes
   public var padding: Data = Data()
 
@@ -165,8 +225,35 @@ public nonisolated struct ProtoContent: Sendable {
     case sessionReset(ProtoSessionReset)
     /// 5 is left unused: tests and fuzz regressions use it as "a body kind from a newer version".
     case sentTranscript(ProtoSentTranscript)
+    case reaction(ProtoReaction)
+    case edit(ProtoEdit)
+    case deleteForEveryone(ProtoDeleteForEveryone)
+    case seen(ProtoSeen)
+    case typing(ProtoTyping)
+    case presence(ProtoPresence)
+    case disappearingTimer(ProtoDisappearingTimer)
 
   }
+
+  public init() {}
+}
+
+/// Names one message: its author, its id and the hash of what its author first sent (conversations.md 3).
+public nonisolated struct ProtoMessageRef: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// a handle (relay.md "Limits")
+  public var authorHandle: String = String()
+
+  /// 16 bytes
+  public var messageID: Data = Data()
+
+  /// 32 bytes: SHA-256("FlitzMessageHash-v1" ‖ 0x00 ‖ u8(len author) ‖ author ‖ message_id ‖ UTF-8 original text)
+  public var contentHash: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -177,6 +264,194 @@ public nonisolated struct ProtoText: Sendable {
   // methods supported on all messages.
 
   public var body: String = String()
+
+  /// set on a reply (conversations.md 4)
+  public var quote: ProtoQuote {
+    get {_quote ?? ProtoQuote()}
+    set {_quote = newValue}
+  }
+  /// Returns true if `quote` has been explicitly set.
+  public var hasQuote: Bool {self._quote != nil}
+  /// Clears the value of `quote`. Subsequent reads from it will return its default value.
+  public mutating func clearQuote() {self._quote = nil}
+
+  /// 0 for an original; the forwarded message's count + 1 (conversations.md 7)
+  public var forwardCount: UInt32 = 0
+
+  /// the sender asks that it not be forwarded (an honest-client rule)
+  public var noForward: Bool = false
+
+  /// disappearing override (conversations.md 8); absent: the conversation's timer; 0: never
+  public var expireAfterSeconds: UInt32 {
+    get {_expireAfterSeconds ?? 0}
+    set {_expireAfterSeconds = newValue}
+  }
+  /// Returns true if `expireAfterSeconds` has been explicitly set.
+  public var hasExpireAfterSeconds: Bool {self._expireAfterSeconds != nil}
+  /// Clears the value of `expireAfterSeconds`. Subsequent reads from it will return its default value.
+  public mutating func clearExpireAfterSeconds() {self._expireAfterSeconds = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _quote: ProtoQuote? = nil
+  fileprivate var _expireAfterSeconds: UInt32? = nil
+}
+
+public nonisolated struct ProtoQuote: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var target: ProtoMessageRef {
+    get {_target ?? ProtoMessageRef()}
+    set {_target = newValue}
+  }
+  /// Returns true if `target` has been explicitly set.
+  public var hasTarget: Bool {self._target != nil}
+  /// Clears the value of `target`. Subsequent reads from it will return its default value.
+  public mutating func clearTarget() {self._target = nil}
+
+  /// at most 100 Unicode scalars of the target's text as the replier saw it
+  public var preview: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _target: ProtoMessageRef? = nil
+}
+
+/// Adds or replaces (emoji non-empty) or removes (emoji empty) the sender's one reaction to a message.
+public nonisolated struct ProtoReaction: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var target: ProtoMessageRef {
+    get {_target ?? ProtoMessageRef()}
+    set {_target = newValue}
+  }
+  /// Returns true if `target` has been explicitly set.
+  public var hasTarget: Bool {self._target != nil}
+  /// Clears the value of `target`. Subsequent reads from it will return its default value.
+  public mutating func clearTarget() {self._target = nil}
+
+  /// empty, or 1 to 32 bytes of UTF-8 with a non-ASCII scalar and no whitespace or control character
+  public var emoji: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _target: ProtoMessageRef? = nil
+}
+
+/// A new text for a message the sender wrote (conversations.md 4: author only, within 24 hours, versions 2 to 10).
+public nonisolated struct ProtoEdit: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var target: ProtoMessageRef {
+    get {_target ?? ProtoMessageRef()}
+    set {_target = newValue}
+  }
+  /// Returns true if `target` has been explicitly set.
+  public var hasTarget: Bool {self._target != nil}
+  /// Clears the value of `target`. Subsequent reads from it will return its default value.
+  public mutating func clearTarget() {self._target = nil}
+
+  public var body: String = String()
+
+  /// the original is version 1
+  public var version: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _target: ProtoMessageRef? = nil
+}
+
+/// Deletes a message the sender wrote, for everyone (author only, within 24 hours); leaves a tombstone.
+public nonisolated struct ProtoDeleteForEveryone: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var target: ProtoMessageRef {
+    get {_target ?? ProtoMessageRef()}
+    set {_target = newValue}
+  }
+  /// Returns true if `target` has been explicitly set.
+  public var hasTarget: Bool {self._target != nil}
+  /// Clears the value of `target`. Subsequent reads from it will return its default value.
+  public mutating func clearTarget() {self._target = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _target: ProtoMessageRef? = nil
+}
+
+/// Seen: a sealed seen receipt to the messages' author, or a read sync to the own account's other devices
+/// (conversations.md 5).
+public nonisolated struct ProtoSeen: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 1 to 100
+  public var targets: [ProtoMessageRef] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Typing indicator, online-only (conversations.md 6).
+public nonisolated struct ProtoTyping: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// true: started (or still typing); false: stopped
+  public var typing: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Presence heartbeat, online-only, to contacts the sender chose (conversations.md 6).
+public nonisolated struct ProtoPresence: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// true: online now; false: going offline
+  public var online: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The conversation's disappearing-messages timer (conversations.md 8). Converges: the highest version wins,
+/// ties go to the greater (sent_at_ms, message_id).
+public nonisolated struct ProtoDisappearingTimer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 0: off; else 30 to 31536000
+  public var seconds: UInt32 = 0
+
+  /// ≥ 1: one more than the highest version the sender had seen
+  public var version: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -200,8 +475,8 @@ public nonisolated struct ProtoSessionReset: Sendable {
 }
 
 /// A copy of a message this account sent, for the sender's own other devices so that they show it in
-/// their history (crypto.md, "Content"; devices.md). The enclosing Content's message_id and sent_at_ms are
-/// those of the sent message. Only accepted from a device of the receiver's own account.
+/// their history (crypto.md, "Content"; devices.md; conversations.md 2). The enclosing Content's message_id and
+/// sent_at_ms are those of the sent message. Only accepted from a device of the receiver's own account.
 public nonisolated struct ProtoSentTranscript: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -221,11 +496,50 @@ public nonisolated struct ProtoSentTranscript: Sendable {
     set {body = .text(newValue)}
   }
 
+  public var reaction: ProtoReaction {
+    get {
+      if case .reaction(let v)? = body {return v}
+      return ProtoReaction()
+    }
+    set {body = .reaction(newValue)}
+  }
+
+  public var edit: ProtoEdit {
+    get {
+      if case .edit(let v)? = body {return v}
+      return ProtoEdit()
+    }
+    set {body = .edit(newValue)}
+  }
+
+  public var deleteForEveryone: ProtoDeleteForEveryone {
+    get {
+      if case .deleteForEveryone(let v)? = body {return v}
+      return ProtoDeleteForEveryone()
+    }
+    set {body = .deleteForEveryone(newValue)}
+  }
+
+  public var disappearingTimer: ProtoDisappearingTimer {
+    get {
+      if case .disappearingTimer(let v)? = body {return v}
+      return ProtoDisappearingTimer()
+    }
+    set {body = .disappearingTimer(newValue)}
+  }
+
+  /// with text: the message's 32-byte unsend token, so any own device can unsend it
+  public var unsendToken: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// the sent message's body; later versions add kinds
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case text(ProtoText)
+    case reaction(ProtoReaction)
+    case edit(ProtoEdit)
+    case deleteForEveryone(ProtoDeleteForEveryone)
+    case disappearingTimer(ProtoDisappearingTimer)
 
   }
 
@@ -552,7 +866,7 @@ nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Content"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{3}session_reset\0\u{4}\u{2}sent_transcript\0\u{2}\u{9}padding\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{3}session_reset\0\u{4}\u{2}sent_transcript\0\u{1}reaction\0\u{1}edit\0\u{3}delete_for_everyone\0\u{1}seen\0\u{1}typing\0\u{1}presence\0\u{3}disappearing_timer\0\u{3}single_use_session\0\u{1}padding\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -601,6 +915,98 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .sentTranscript(v)
         }
       }()
+      case 7: try {
+        var v: ProtoReaction?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .reaction(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .reaction(v)
+        }
+      }()
+      case 8: try {
+        var v: ProtoEdit?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .edit(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .edit(v)
+        }
+      }()
+      case 9: try {
+        var v: ProtoDeleteForEveryone?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .deleteForEveryone(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .deleteForEveryone(v)
+        }
+      }()
+      case 10: try {
+        var v: ProtoSeen?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .seen(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .seen(v)
+        }
+      }()
+      case 11: try {
+        var v: ProtoTyping?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .typing(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .typing(v)
+        }
+      }()
+      case 12: try {
+        var v: ProtoPresence?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .presence(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .presence(v)
+        }
+      }()
+      case 13: try {
+        var v: ProtoDisappearingTimer?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .disappearingTimer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .disappearingTimer(v)
+        }
+      }()
+      case 14: try { try decoder.decodeSingularBoolField(value: &self.singleUseSession) }()
       case 15: try { try decoder.decodeSingularBytesField(value: &self.padding) }()
       default: break
       }
@@ -631,7 +1037,38 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
       guard case .sentTranscript(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     }()
+    case .reaction?: try {
+      guard case .reaction(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case .edit?: try {
+      guard case .edit(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    }()
+    case .deleteForEveryone?: try {
+      guard case .deleteForEveryone(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case .seen?: try {
+      guard case .seen(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
+    case .typing?: try {
+      guard case .typing(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .presence?: try {
+      guard case .presence(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    }()
+    case .disappearingTimer?: try {
+      guard case .disappearingTimer(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
     case nil: break
+    }
+    if self.singleUseSession != false {
+      try visitor.visitSingularBoolField(value: self.singleUseSession, fieldNumber: 14)
     }
     if !self.padding.isEmpty {
       try visitor.visitSingularBytesField(value: self.padding, fieldNumber: 15)
@@ -643,7 +1080,48 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs.messageID != rhs.messageID {return false}
     if lhs.sentAtMs != rhs.sentAtMs {return false}
     if lhs.body != rhs.body {return false}
+    if lhs.singleUseSession != rhs.singleUseSession {return false}
     if lhs.padding != rhs.padding {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoMessageRef: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MessageRef"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}author_handle\0\u{3}message_id\0\u{3}content_hash\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.authorHandle) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.messageID) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.contentHash) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.authorHandle.isEmpty {
+      try visitor.visitSingularStringField(value: self.authorHandle, fieldNumber: 1)
+    }
+    if !self.messageID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.messageID, fieldNumber: 2)
+    }
+    if !self.contentHash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.contentHash, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoMessageRef, rhs: ProtoMessageRef) -> Bool {
+    if lhs.authorHandle != rhs.authorHandle {return false}
+    if lhs.messageID != rhs.messageID {return false}
+    if lhs.contentHash != rhs.contentHash {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -651,7 +1129,7 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension ProtoText: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Text"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}body\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}body\0\u{1}quote\0\u{3}forward_count\0\u{3}no_forward\0\u{3}expire_after_seconds\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -660,20 +1138,325 @@ nonisolated extension ProtoText: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.body) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._quote) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.forwardCount) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.noForward) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self._expireAfterSeconds) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.body.isEmpty {
       try visitor.visitSingularStringField(value: self.body, fieldNumber: 1)
     }
+    try { if let v = self._quote {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.forwardCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.forwardCount, fieldNumber: 3)
+    }
+    if self.noForward != false {
+      try visitor.visitSingularBoolField(value: self.noForward, fieldNumber: 4)
+    }
+    try { if let v = self._expireAfterSeconds {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 5)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: ProtoText, rhs: ProtoText) -> Bool {
     if lhs.body != rhs.body {return false}
+    if lhs._quote != rhs._quote {return false}
+    if lhs.forwardCount != rhs.forwardCount {return false}
+    if lhs.noForward != rhs.noForward {return false}
+    if lhs._expireAfterSeconds != rhs._expireAfterSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoQuote: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Quote"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}target\0\u{1}preview\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._target) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.preview) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._target {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.preview.isEmpty {
+      try visitor.visitSingularStringField(value: self.preview, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoQuote, rhs: ProtoQuote) -> Bool {
+    if lhs._target != rhs._target {return false}
+    if lhs.preview != rhs.preview {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoReaction: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Reaction"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}target\0\u{1}emoji\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._target) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.emoji) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._target {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.emoji.isEmpty {
+      try visitor.visitSingularStringField(value: self.emoji, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoReaction, rhs: ProtoReaction) -> Bool {
+    if lhs._target != rhs._target {return false}
+    if lhs.emoji != rhs.emoji {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoEdit: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Edit"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}target\0\u{1}body\0\u{1}version\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._target) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.body) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.version) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._target {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.body.isEmpty {
+      try visitor.visitSingularStringField(value: self.body, fieldNumber: 2)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularUInt32Field(value: self.version, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoEdit, rhs: ProtoEdit) -> Bool {
+    if lhs._target != rhs._target {return false}
+    if lhs.body != rhs.body {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoDeleteForEveryone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeleteForEveryone"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}target\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._target) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._target {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoDeleteForEveryone, rhs: ProtoDeleteForEveryone) -> Bool {
+    if lhs._target != rhs._target {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoSeen: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Seen"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}targets\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.targets) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.targets.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.targets, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoSeen, rhs: ProtoSeen) -> Bool {
+    if lhs.targets != rhs.targets {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoTyping: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Typing"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}typing\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.typing) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.typing != false {
+      try visitor.visitSingularBoolField(value: self.typing, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoTyping, rhs: ProtoTyping) -> Bool {
+    if lhs.typing != rhs.typing {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoPresence: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Presence"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}online\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.online) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.online != false {
+      try visitor.visitSingularBoolField(value: self.online, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoPresence, rhs: ProtoPresence) -> Bool {
+    if lhs.online != rhs.online {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoDisappearingTimer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DisappearingTimer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}seconds\0\u{1}version\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.seconds) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.seconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.seconds, fieldNumber: 1)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoDisappearingTimer, rhs: ProtoDisappearingTimer) -> Bool {
+    if lhs.seconds != rhs.seconds {return false}
+    if lhs.version != rhs.version {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -711,7 +1494,7 @@ nonisolated extension ProtoSessionReset: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension ProtoSentTranscript: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SentTranscript"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}destination_handle\0\u{1}text\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}destination_handle\0\u{1}text\0\u{1}reaction\0\u{1}edit\0\u{3}delete_for_everyone\0\u{3}disappearing_timer\0\u{3}unsend_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -733,6 +1516,59 @@ nonisolated extension ProtoSentTranscript: SwiftProtobuf.Message, SwiftProtobuf.
           self.body = .text(v)
         }
       }()
+      case 3: try {
+        var v: ProtoReaction?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .reaction(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .reaction(v)
+        }
+      }()
+      case 4: try {
+        var v: ProtoEdit?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .edit(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .edit(v)
+        }
+      }()
+      case 5: try {
+        var v: ProtoDeleteForEveryone?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .deleteForEveryone(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .deleteForEveryone(v)
+        }
+      }()
+      case 6: try {
+        var v: ProtoDisappearingTimer?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .disappearingTimer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .disappearingTimer(v)
+        }
+      }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.unsendToken) }()
       default: break
       }
     }
@@ -746,15 +1582,39 @@ nonisolated extension ProtoSentTranscript: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.destinationHandle.isEmpty {
       try visitor.visitSingularStringField(value: self.destinationHandle, fieldNumber: 1)
     }
-    try { if case .text(let v)? = self.body {
+    switch self.body {
+    case .text?: try {
+      guard case .text(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
+    }()
+    case .reaction?: try {
+      guard case .reaction(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .edit?: try {
+      guard case .edit(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .deleteForEveryone?: try {
+      guard case .deleteForEveryone(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .disappearingTimer?: try {
+      guard case .disappearingTimer(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case nil: break
+    }
+    if !self.unsendToken.isEmpty {
+      try visitor.visitSingularBytesField(value: self.unsendToken, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: ProtoSentTranscript, rhs: ProtoSentTranscript) -> Bool {
     if lhs.destinationHandle != rhs.destinationHandle {return false}
     if lhs.body != rhs.body {return false}
+    if lhs.unsendToken != rhs.unsendToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -32,7 +32,7 @@ enum ContentTopic {
             if k > 0 { proto.padding = Data(count: k) }
             try check(try proto.serializedData(), encoded, "encoded (independent padding)")
             try require(encoded.count % ProtocolConstants.contentPaddingBlock == 0, "encoded length \(encoded.count) is not a multiple of 64")
-            let content = MessageContent(messageID: id, sentAtMilliseconds: Int64(sentAt), body: .text(text))
+            let content = MessageContent(messageID: id, sentAtMilliseconds: Int64(sentAt), body: .text(TextMessage(text)))
             try check(content.encoded(), encoded, "MessageContent.encoded()")
             try check(try MessageContent(decoding: encoded), content, "MessageContent(decoding:)")
             return .valid
@@ -43,11 +43,11 @@ enum ContentTopic {
                 try check(content.messageID, try test.hex("messageId"), "messageId")
                 try check(Int(content.sentAtMilliseconds), try test.int("sentAtMs"), "sentAtMs")
                 switch (test.has("body") ? try test.string("body") : "text", content.body) {
-                case ("text", .text(let text)): try check(text, try utf8Text(test), "text")
+                case ("text", .text(let text)): try check(text.body, try utf8Text(test), "text")
                 case ("sessionReset", .sessionReset(let envelopeID)): try check(envelopeID, try test.hex("envelopeId"), "envelopeId")
-                case ("sentTranscript", .sentTranscript(let destination, let text)):
-                    try check(destination, try test.string("destinationHandle"), "destinationHandle")
-                    try check(text, try utf8Text(test), "text")
+                case ("sentTranscript", .sentTranscript(let transcript)):
+                    try check(transcript.destinationHandle, try test.string("destinationHandle"), "destinationHandle")
+                    try check(transcript.body.textMessage?.body ?? "", try utf8Text(test), "text")
                     try check(content.encoded(), encoded, "MessageContent.encoded() of the decoded transcript")
                 case ("unsupported", .unsupported): break
                 case (let expected, let body): throw VectorCheckFailure("body is \(body), expected \(expected)")

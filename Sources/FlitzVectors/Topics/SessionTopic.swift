@@ -54,7 +54,7 @@ enum SessionTopic {
         let contentJSON = try test.object("content")
         let content = MessageContent(
             messageID: try contentJSON.hex("messageId"), sentAtMilliseconds: Int64(try contentJSON.int("sentAtMs")),
-            body: .text(try contentJSON.string("text")))
+            body: .text(TextMessage(try contentJSON.string("text"))))
         try check(content.encoded(), plaintext, "plaintext = encoded content")
         try check(try MessageContent(decoding: plaintext), content, "decoded content")
 

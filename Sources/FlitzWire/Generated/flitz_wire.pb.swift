@@ -106,6 +106,9 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
 
   /// this relay has no credentials for the push provider named (push.md 3)
   case pushProviderUnavailable // = 25
+
+  /// no envelope of this account carries that unsend or cancel token's hash (any more)
+  case unknownToken // = 26
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -140,6 +143,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 23: self = .deviceListRejected
     case 24: self = .tooManyDevices
     case 25: self = .pushProviderUnavailable
+    case 26: self = .unknownToken
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -172,6 +176,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .deviceListRejected: return 23
     case .tooManyDevices: return 24
     case .pushProviderUnavailable: return 25
+    case .unknownToken: return 26
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -204,6 +209,7 @@ public nonisolated enum WireErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .deviceListRejected,
     .tooManyDevices,
     .pushProviderUnavailable,
+    .unknownToken,
   ]
 
 }
@@ -356,6 +362,54 @@ public nonisolated enum WireReceiptKind: SwiftProtobuf.Enum, Swift.CaseIterable 
 
 }
 
+public nonisolated enum WireUnsendState: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// it was still queued (or scheduled): deleted, never delivered, no receipt follows
+  case purged // = 1
+
+  /// the recipient device had acknowledged it
+  case alreadyDelivered // = 2
+
+  /// it had expired (or the recipient device was removed) before the unsend
+  case alreadyExpired // = 3
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .purged
+    case 2: self = .alreadyDelivered
+    case 3: self = .alreadyExpired
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .purged: return 1
+    case .alreadyDelivered: return 2
+    case .alreadyExpired: return 3
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [WireUnsendState] = [
+    .unspecified,
+    .purged,
+    .alreadyDelivered,
+    .alreadyExpired,
+  ]
+
+}
+
 /// The only frame container. `version` must be 1; a relay answers any other value with
 /// Error{code: UNSUPPORTED_VERSION} and keeps the connection open.
 public nonisolated struct WireFrame: @unchecked Sendable {
@@ -482,6 +536,38 @@ public nonisolated struct WireFrame: @unchecked Sendable {
       return WirePushEndpointStatus()
     }
     set {_uniqueStorage()._body = .pushEndpointStatus(newValue)}
+  }
+
+  public var unsendResult: WireUnsendResult {
+    get {
+      if case .unsendResult(let v)? = _storage._body {return v}
+      return WireUnsendResult()
+    }
+    set {_uniqueStorage()._body = .unsendResult(newValue)}
+  }
+
+  public var cancelScheduledResult: WireCancelScheduledResult {
+    get {
+      if case .cancelScheduledResult(let v)? = _storage._body {return v}
+      return WireCancelScheduledResult()
+    }
+    set {_uniqueStorage()._body = .cancelScheduledResult(newValue)}
+  }
+
+  public var blockList: WireBlockList {
+    get {
+      if case .blockList(let v)? = _storage._body {return v}
+      return WireBlockList()
+    }
+    set {_uniqueStorage()._body = .blockList(newValue)}
+  }
+
+  public var reportResult: WireReportResult {
+    get {
+      if case .reportResult(let v)? = _storage._body {return v}
+      return WireReportResult()
+    }
+    set {_uniqueStorage()._body = .reportResult(newValue)}
   }
 
   /// client -> relay
@@ -635,6 +721,51 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .fetchPushEndpoint(newValue)}
   }
 
+  /// answered with UnsendResult
+  public var unsend: WireUnsend {
+    get {
+      if case .unsend(let v)? = _storage._body {return v}
+      return WireUnsend()
+    }
+    set {_uniqueStorage()._body = .unsend(newValue)}
+  }
+
+  /// answered with CancelScheduledResult
+  public var cancelScheduled: WireCancelScheduled {
+    get {
+      if case .cancelScheduled(let v)? = _storage._body {return v}
+      return WireCancelScheduled()
+    }
+    set {_uniqueStorage()._body = .cancelScheduled(newValue)}
+  }
+
+  /// answered with BlockList
+  public var updateBlockList: WireUpdateBlockList {
+    get {
+      if case .updateBlockList(let v)? = _storage._body {return v}
+      return WireUpdateBlockList()
+    }
+    set {_uniqueStorage()._body = .updateBlockList(newValue)}
+  }
+
+  /// answered with BlockList
+  public var fetchBlockList: WireFetchBlockList {
+    get {
+      if case .fetchBlockList(let v)? = _storage._body {return v}
+      return WireFetchBlockList()
+    }
+    set {_uniqueStorage()._body = .fetchBlockList(newValue)}
+  }
+
+  /// answered with ReportResult
+  public var submitReport: WireSubmitReport {
+    get {
+      if case .submitReport(let v)? = _storage._body {return v}
+      return WireSubmitReport()
+    }
+    set {_uniqueStorage()._body = .submitReport(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -652,6 +783,10 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case deviceListResult(WireDeviceListResult)
     case linkMessage(WireLinkMessage)
     case pushEndpointStatus(WirePushEndpointStatus)
+    case unsendResult(WireUnsendResult)
+    case cancelScheduledResult(WireCancelScheduledResult)
+    case blockList(WireBlockList)
+    case reportResult(WireReportResult)
     /// client -> relay
     case register(WireRegister)
     case recover(WireRecover)
@@ -677,6 +812,16 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case removePushEndpoint(WireRemovePushEndpoint)
     /// answered with PushEndpointStatus
     case fetchPushEndpoint(WireFetchPushEndpoint)
+    /// answered with UnsendResult
+    case unsend(WireUnsend)
+    /// answered with CancelScheduledResult
+    case cancelScheduled(WireCancelScheduled)
+    /// answered with BlockList
+    case updateBlockList(WireUpdateBlockList)
+    /// answered with BlockList
+    case fetchBlockList(WireFetchBlockList)
+    /// answered with ReportResult
+    case submitReport(WireSubmitReport)
 
   }
 
@@ -1359,6 +1504,22 @@ public nonisolated struct WireOutgoingEnvelope: Sendable {
   /// Whether an offline recipient device gets a push wake-up (push.md 2). Chosen by the sender.
   public var urgency: WireUrgency = .unspecified
 
+  /// Empty, or the 32-byte SHA-256 hash of the message's unsend token (conversations.md 5); every envelope of one
+  /// message carries the same hash. `Unsend` with the token purges those still undelivered.
+  public var unsendTokenHash: Data = Data()
+
+  /// Typing and presence (conversations.md 6): handed only to recipient devices connected now, never stored,
+  /// never pushed, never receipted. Needs Submit.selected_devices; not with not_before_ms.
+  public var onlineOnly: Bool = false
+
+  /// Scheduled send (conversations.md 8): 0, or the time (ms since the Unix epoch) before which the relay must not
+  /// release the envelope, at most 30 days after the Submit. Needs cancel_token_hash.
+  public var notBeforeMs: Int64 = 0
+
+  /// With not_before_ms: the 32-byte SHA-256 hash of the cancel token (conversations.md 8); `CancelScheduled`
+  /// with the token removes every still-scheduled envelope of this account that carries it.
+  public var cancelTokenHash: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1485,6 +1646,10 @@ public nonisolated struct WireSubmitOutcome: Sendable {
   /// Clears the value of `error`. Subsequent reads from it will return its default value.
   public mutating func clearError() {self._error = nil}
 
+  /// A scheduled envelope (not_before_ms in the future): held, not queued; released at not_before_ms, when it gets
+  /// its queue position and a new acceptance time. expires_at_ms then counts ttl_seconds from the release.
+  public var scheduled: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1523,6 +1688,9 @@ public nonisolated struct WireEnvelope: Sendable {
   public var expiresAtMs: Int64 = 0
 
   public var ciphertext: Data = Data()
+
+  /// An online-only envelope (typing, presence): it was never stored, so it must not be acknowledged.
+  public var onlineOnly: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1608,12 +1776,206 @@ public nonisolated struct WireReportSeen: Sendable {
   public init() {}
 }
 
+/// Purges the still-undelivered envelopes of one message this account sent (conversations.md 5). The relay
+/// matches SHA-256("FlitzUnsendToken-v1" ‖ 0x00 ‖ unsend_token) against the envelopes' unsend_token_hash,
+/// among envelopes sent by this handle only. Answered with UnsendResult, or UNKNOWN_TOKEN when none is known.
+public nonisolated struct WireUnsend: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 32 bytes
+  public var unsendToken: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireUnsendOutcome: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var envelopeID: Data = Data()
+
+  public var recipientHandle: String = String()
+
+  public var recipientDeviceID: UInt32 = 0
+
+  public var state: WireUnsendState = .unspecified
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One outcome per envelope that carried the token's hash, including the sender's own other devices' copies.
+public nonisolated struct WireUnsendResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var outcomes: [WireUnsendOutcome] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Cancels a scheduled message before its release (conversations.md 8): removes every still-scheduled envelope of
+/// this handle whose cancel_token_hash is SHA-256("FlitzCancelToken-v1" ‖ 0x00 ‖ cancel_token). Answered with
+/// CancelScheduledResult, or UNKNOWN_TOKEN when none is still scheduled (never, already released or cancelled).
+public nonisolated struct WireCancelScheduled: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 32 bytes
+  public var cancelToken: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireCancelScheduledResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// envelopes removed (at least 1)
+  public var cancelled: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Adds and removes handles on this account's block list (conversations.md 9). The relay then drops, silently to
+/// the sender, every envelope from a blocked handle to any device of this account. Handles need not exist.
+/// Answered with BlockList; INVALID_ARGUMENT for an invalid handle, more than 100 of each, the own handle, or a list
+/// that would exceed 10 000 handles.
+public nonisolated struct WireUpdateBlockList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var block: [String] = []
+
+  public var unblock: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireFetchBlockList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// This account's block list, ascending.
+public nonisolated struct WireBlockList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var handles: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// An abuse report (conversations.md 10): the only frame that ever carries plaintext, sent only when the
+/// recipient chooses to report. The relay verifies the signature under the authenticated device's identity key,
+/// stores the report for the operator (`flitz-relay reports`) and answers ReportResult.
+public nonisolated struct WireSubmitReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// an encoded AbuseReport, 1 to 262144 bytes
+  public var report: Data = Data()
+
+  /// 64-byte Ed25519 signature by the device identity key over "FlitzAbuseReport-v1" ‖ 0x00 ‖ report
+  public var signature: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireAbuseReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var reportedHandle: String = String()
+
+  /// the reporter's words, at most 1000 bytes of UTF-8; may be empty
+  public var reason: String = String()
+
+  /// 1 to 41, oldest first; exactly one has reported = true
+  public var messages: [WireReportedMessage] = []
+
+  /// reporter's clock
+  public var createdAtMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireReportedMessage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 16 bytes
+  public var messageID: Data = Data()
+
+  public var authorHandle: String = String()
+
+  /// the relay's acceptance time of the message's envelope
+  public var acceptedAtMs: Int64 = 0
+
+  /// the decrypted text as the reporter's device shows it (at most 65536 bytes)
+  public var text: String = String()
+
+  /// the message the report is about (the others are context)
+  public var reported: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireReportResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 16 bytes, relay-assigned
+  public var reportID: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "flitz.wire.v1"
 
 nonisolated extension WireErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0\u{1}PREKEY_ID_REUSED\0\u{1}RATE_LIMITED\0\u{1}UNKNOWN_ENVELOPE\0\u{1}MISMATCHED_DEVICES\0\u{1}DEVICE_LIST_REJECTED\0\u{1}TOO_MANY_DEVICES\0\u{1}PUSH_PROVIDER_UNAVAILABLE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}MALFORMED_FRAME\0\u{1}UNSUPPORTED_VERSION\0\u{1}UNKNOWN_FRAME\0\u{1}FRAME_TOO_LARGE\0\u{1}NOT_AUTHENTICATED\0\u{1}AUTHENTICATION_FAILED\0\u{1}HANDLE_TAKEN\0\u{1}INVALID_HANDLE\0\u{1}UNKNOWN_RECIPIENT\0\u{1}STALE_DEVICE\0\u{1}INVALID_ARGUMENT\0\u{1}RECOVERY_FAILED\0\u{1}ALREADY_AUTHENTICATED\0\u{1}INVALID_SIGNATURE\0\u{1}ENVELOPE_ID_CONFLICT\0\u{1}NO_PREKEYS\0\u{1}INTERNAL\0\u{1}QUEUE_FULL\0\u{1}PREKEY_ID_REUSED\0\u{1}RATE_LIMITED\0\u{1}UNKNOWN_ENVELOPE\0\u{1}MISMATCHED_DEVICES\0\u{1}DEVICE_LIST_REJECTED\0\u{1}TOO_MANY_DEVICES\0\u{1}PUSH_PROVIDER_UNAVAILABLE\0\u{1}UNKNOWN_TOKEN\0")
 }
 
 nonisolated extension WireUrgency: SwiftProtobuf._ProtoNameProviding {
@@ -1628,9 +1990,13 @@ nonisolated extension WireReceiptKind: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0RECEIPT_KIND_UNSPECIFIED\0\u{1}DELIVERED\0\u{1}SEEN\0\u{1}EXPIRED\0")
 }
 
+nonisolated extension WireUnsendState: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSEND_STATE_UNSPECIFIED\0\u{1}PURGED\0\u{1}ALREADY_DELIVERED\0\u{1}ALREADY_EXPIRED\0")
+}
+
 nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Frame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{3}push_endpoint_status\0\u{2}\u{8}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0\u{3}register_push_endpoint\0\u{3}remove_push_endpoint\0\u{3}fetch_push_endpoint\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{3}push_endpoint_status\0\u{3}unsend_result\0\u{3}cancel_scheduled_result\0\u{3}block_list\0\u{3}report_result\0\u{2}\u{4}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0\u{3}register_push_endpoint\0\u{3}remove_push_endpoint\0\u{3}fetch_push_endpoint\0\u{1}unsend\0\u{3}cancel_scheduled\0\u{3}update_block_list\0\u{3}fetch_block_list\0\u{3}submit_report\0")
 
   fileprivate class _StorageClass {
     var _version: UInt32 = 0
@@ -1836,6 +2202,58 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
           if let v = v {
             if hadOneofValue {try decoder.handleConflictingOneOf()}
             _storage._body = .pushEndpointStatus(v)
+          }
+        }()
+        case 23: try {
+          var v: WireUnsendResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .unsendResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .unsendResult(v)
+          }
+        }()
+        case 24: try {
+          var v: WireCancelScheduledResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .cancelScheduledResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .cancelScheduledResult(v)
+          }
+        }()
+        case 25: try {
+          var v: WireBlockList?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .blockList(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .blockList(v)
+          }
+        }()
+        case 26: try {
+          var v: WireReportResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .reportResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .reportResult(v)
           }
         }()
         case 30: try {
@@ -2072,6 +2490,71 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
             _storage._body = .fetchPushEndpoint(v)
           }
         }()
+        case 48: try {
+          var v: WireUnsend?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .unsend(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .unsend(v)
+          }
+        }()
+        case 49: try {
+          var v: WireCancelScheduled?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .cancelScheduled(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .cancelScheduled(v)
+          }
+        }()
+        case 50: try {
+          var v: WireUpdateBlockList?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .updateBlockList(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .updateBlockList(v)
+          }
+        }()
+        case 51: try {
+          var v: WireFetchBlockList?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .fetchBlockList(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .fetchBlockList(v)
+          }
+        }()
+        case 52: try {
+          var v: WireSubmitReport?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .submitReport(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .submitReport(v)
+          }
+        }()
         default: break
         }
       }
@@ -2142,6 +2625,22 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .pushEndpointStatus?: try {
         guard case .pushEndpointStatus(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
+      case .unsendResult?: try {
+        guard case .unsendResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case .cancelScheduledResult?: try {
+        guard case .cancelScheduledResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      }()
+      case .blockList?: try {
+        guard case .blockList(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      }()
+      case .reportResult?: try {
+        guard case .reportResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
       }()
       case .register?: try {
         guard case .register(let v)? = _storage._body else { preconditionFailure() }
@@ -2214,6 +2713,26 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .fetchPushEndpoint?: try {
         guard case .fetchPushEndpoint(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 47)
+      }()
+      case .unsend?: try {
+        guard case .unsend(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 48)
+      }()
+      case .cancelScheduled?: try {
+        guard case .cancelScheduled(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 49)
+      }()
+      case .updateBlockList?: try {
+        guard case .updateBlockList(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
+      }()
+      case .fetchBlockList?: try {
+        guard case .fetchBlockList(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 51)
+      }()
+      case .submitReport?: try {
+        guard case .submitReport(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 52)
       }()
       case nil: break
       }
@@ -3425,7 +3944,7 @@ nonisolated extension WireUpdateAccountSettings: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OutgoingEnvelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}recipient_handle\0\u{3}recipient_device_id\0\u{3}ttl_seconds\0\u{1}ciphertext\0\u{1}group\0\u{1}urgency\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}recipient_handle\0\u{3}recipient_device_id\0\u{3}ttl_seconds\0\u{1}ciphertext\0\u{1}group\0\u{1}urgency\0\u{3}unsend_token_hash\0\u{3}online_only\0\u{3}not_before_ms\0\u{3}cancel_token_hash\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3440,6 +3959,10 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
       case 5: try { try decoder.decodeSingularBytesField(value: &self.ciphertext) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
       case 7: try { try decoder.decodeSingularEnumField(value: &self.urgency) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.unsendTokenHash) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.onlineOnly) }()
+      case 10: try { try decoder.decodeSingularInt64Field(value: &self.notBeforeMs) }()
+      case 11: try { try decoder.decodeSingularBytesField(value: &self.cancelTokenHash) }()
       default: break
       }
     }
@@ -3467,6 +3990,18 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
     if self.urgency != .unspecified {
       try visitor.visitSingularEnumField(value: self.urgency, fieldNumber: 7)
     }
+    if !self.unsendTokenHash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.unsendTokenHash, fieldNumber: 8)
+    }
+    if self.onlineOnly != false {
+      try visitor.visitSingularBoolField(value: self.onlineOnly, fieldNumber: 9)
+    }
+    if self.notBeforeMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.notBeforeMs, fieldNumber: 10)
+    }
+    if !self.cancelTokenHash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.cancelTokenHash, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3478,6 +4013,10 @@ nonisolated extension WireOutgoingEnvelope: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.ciphertext != rhs.ciphertext {return false}
     if lhs.group != rhs.group {return false}
     if lhs.urgency != rhs.urgency {return false}
+    if lhs.unsendTokenHash != rhs.unsendTokenHash {return false}
+    if lhs.onlineOnly != rhs.onlineOnly {return false}
+    if lhs.notBeforeMs != rhs.notBeforeMs {return false}
+    if lhs.cancelTokenHash != rhs.cancelTokenHash {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3668,7 +4207,7 @@ nonisolated extension WireSubmit: SwiftProtobuf.Message, SwiftProtobuf._MessageI
 
 nonisolated extension WireSubmitOutcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitOutcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}accepted_at_ms\0\u{3}expires_at_ms\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}accepted_at_ms\0\u{3}expires_at_ms\0\u{1}error\0\u{1}scheduled\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3680,6 +4219,7 @@ nonisolated extension WireSubmitOutcome: SwiftProtobuf.Message, SwiftProtobuf._M
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.acceptedAtMs) }()
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.expiresAtMs) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.scheduled) }()
       default: break
       }
     }
@@ -3702,6 +4242,9 @@ nonisolated extension WireSubmitOutcome: SwiftProtobuf.Message, SwiftProtobuf._M
     try { if let v = self._error {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     } }()
+    if self.scheduled != false {
+      try visitor.visitSingularBoolField(value: self.scheduled, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3710,6 +4253,7 @@ nonisolated extension WireSubmitOutcome: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.acceptedAtMs != rhs.acceptedAtMs {return false}
     if lhs.expiresAtMs != rhs.expiresAtMs {return false}
     if lhs._error != rhs._error {return false}
+    if lhs.scheduled != rhs.scheduled {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3747,7 +4291,7 @@ nonisolated extension WireSubmitResult: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}sender_handle\0\u{3}sender_device_id\0\u{3}recipient_device_id\0\u{3}accepted_at_ms\0\u{3}expires_at_ms\0\u{1}ciphertext\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}sender_handle\0\u{3}sender_device_id\0\u{3}recipient_device_id\0\u{3}accepted_at_ms\0\u{3}expires_at_ms\0\u{1}ciphertext\0\u{3}online_only\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3762,6 +4306,7 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.acceptedAtMs) }()
       case 6: try { try decoder.decodeSingularInt64Field(value: &self.expiresAtMs) }()
       case 7: try { try decoder.decodeSingularBytesField(value: &self.ciphertext) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.onlineOnly) }()
       default: break
       }
     }
@@ -3789,6 +4334,9 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if !self.ciphertext.isEmpty {
       try visitor.visitSingularBytesField(value: self.ciphertext, fieldNumber: 7)
     }
+    if self.onlineOnly != false {
+      try visitor.visitSingularBoolField(value: self.onlineOnly, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3800,6 +4348,7 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs.acceptedAtMs != rhs.acceptedAtMs {return false}
     if lhs.expiresAtMs != rhs.expiresAtMs {return false}
     if lhs.ciphertext != rhs.ciphertext {return false}
+    if lhs.onlineOnly != rhs.onlineOnly {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3974,6 +4523,415 @@ nonisolated extension WireReportSeen: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
   public static func ==(lhs: WireReportSeen, rhs: WireReportSeen) -> Bool {
     if lhs.envelopeIds != rhs.envelopeIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireUnsend: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Unsend"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}unsend_token\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.unsendToken) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.unsendToken.isEmpty {
+      try visitor.visitSingularBytesField(value: self.unsendToken, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireUnsend, rhs: WireUnsend) -> Bool {
+    if lhs.unsendToken != rhs.unsendToken {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireUnsendOutcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UnsendOutcome"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}envelope_id\0\u{3}recipient_handle\0\u{3}recipient_device_id\0\u{1}state\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.envelopeID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.recipientHandle) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.recipientDeviceID) }()
+      case 4: try { try decoder.decodeSingularEnumField(value: &self.state) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.envelopeID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.envelopeID, fieldNumber: 1)
+    }
+    if !self.recipientHandle.isEmpty {
+      try visitor.visitSingularStringField(value: self.recipientHandle, fieldNumber: 2)
+    }
+    if self.recipientDeviceID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.recipientDeviceID, fieldNumber: 3)
+    }
+    if self.state != .unspecified {
+      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireUnsendOutcome, rhs: WireUnsendOutcome) -> Bool {
+    if lhs.envelopeID != rhs.envelopeID {return false}
+    if lhs.recipientHandle != rhs.recipientHandle {return false}
+    if lhs.recipientDeviceID != rhs.recipientDeviceID {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireUnsendResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UnsendResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}outcomes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.outcomes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.outcomes.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.outcomes, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireUnsendResult, rhs: WireUnsendResult) -> Bool {
+    if lhs.outcomes != rhs.outcomes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireCancelScheduled: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CancelScheduled"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cancel_token\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.cancelToken) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.cancelToken.isEmpty {
+      try visitor.visitSingularBytesField(value: self.cancelToken, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireCancelScheduled, rhs: WireCancelScheduled) -> Bool {
+    if lhs.cancelToken != rhs.cancelToken {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireCancelScheduledResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CancelScheduledResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cancelled\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.cancelled) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.cancelled != 0 {
+      try visitor.visitSingularUInt32Field(value: self.cancelled, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireCancelScheduledResult, rhs: WireCancelScheduledResult) -> Bool {
+    if lhs.cancelled != rhs.cancelled {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireUpdateBlockList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UpdateBlockList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}unblock\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.block) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.unblock) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.block.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.block, fieldNumber: 1)
+    }
+    if !self.unblock.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.unblock, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireUpdateBlockList, rhs: WireUpdateBlockList) -> Bool {
+    if lhs.block != rhs.block {return false}
+    if lhs.unblock != rhs.unblock {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireFetchBlockList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FetchBlockList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireFetchBlockList, rhs: WireFetchBlockList) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireBlockList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BlockList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handles\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.handles) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.handles.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.handles, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireBlockList, rhs: WireBlockList) -> Bool {
+    if lhs.handles != rhs.handles {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireSubmitReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubmitReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}report\0\u{1}signature\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.report) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.report.isEmpty {
+      try visitor.visitSingularBytesField(value: self.report, fieldNumber: 1)
+    }
+    if !self.signature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.signature, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireSubmitReport, rhs: WireSubmitReport) -> Bool {
+    if lhs.report != rhs.report {return false}
+    if lhs.signature != rhs.signature {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireAbuseReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AbuseReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}reported_handle\0\u{1}reason\0\u{1}messages\0\u{3}created_at_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.reportedHandle) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.messages) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.createdAtMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.reportedHandle.isEmpty {
+      try visitor.visitSingularStringField(value: self.reportedHandle, fieldNumber: 1)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 2)
+    }
+    if !self.messages.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.messages, fieldNumber: 3)
+    }
+    if self.createdAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.createdAtMs, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireAbuseReport, rhs: WireAbuseReport) -> Bool {
+    if lhs.reportedHandle != rhs.reportedHandle {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.messages != rhs.messages {return false}
+    if lhs.createdAtMs != rhs.createdAtMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireReportedMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReportedMessage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}author_handle\0\u{3}accepted_at_ms\0\u{1}text\0\u{1}reported\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.messageID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.authorHandle) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.acceptedAtMs) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.text) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.reported) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.messageID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.messageID, fieldNumber: 1)
+    }
+    if !self.authorHandle.isEmpty {
+      try visitor.visitSingularStringField(value: self.authorHandle, fieldNumber: 2)
+    }
+    if self.acceptedAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.acceptedAtMs, fieldNumber: 3)
+    }
+    if !self.text.isEmpty {
+      try visitor.visitSingularStringField(value: self.text, fieldNumber: 4)
+    }
+    if self.reported != false {
+      try visitor.visitSingularBoolField(value: self.reported, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireReportedMessage, rhs: WireReportedMessage) -> Bool {
+    if lhs.messageID != rhs.messageID {return false}
+    if lhs.authorHandle != rhs.authorHandle {return false}
+    if lhs.acceptedAtMs != rhs.acceptedAtMs {return false}
+    if lhs.text != rhs.text {return false}
+    if lhs.reported != rhs.reported {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireReportResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReportResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}report_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.reportID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.reportID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.reportID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireReportResult, rhs: WireReportResult) -> Bool {
+    if lhs.reportID != rhs.reportID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
