@@ -21,6 +21,8 @@ struct Flitz: AsyncParsableCommand {
         subcommands: [
             Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Verify.self, Trust.self, Contacts.self,
             Settings.self, SafetyNumberCommand.self, Devices.self, Account.self, Push.self, Notifications.self, VectorsCommand.self,
+            Reply.self, React.self, Unreact.self, EditCommand.self, Delete.self, Unsend.self, Forward.self, Disappearing.self, History.self,
+            Conversations.self,
         ]
     )
 }
@@ -132,16 +134,25 @@ struct Send: AsyncParsableCommand {
     @Option(name: .customLong("expires-in"), help: "Seconds after which the relay deletes it undelivered (default: relay retention).")
     var expiresIn: UInt32?
     @Option(help: "Seconds to keep retrying an unreachable relay.") var timeout: Double = 30
+    @Flag(name: .customLong("no-forward"), help: "Ask the recipient not to forward it.") var noForward = false
+    @Option(help: "Disappear after this long (30s to 365d, or off), instead of the conversation's timer.") var disappear: String?
 
     func validate() throws {
         guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
         if let expiresIn, expiresIn < 1 { throw ValidationError("--expires-in must be at least 1 second") }
+        if let disappear {
+            let seconds = try parseTimerDuration(disappear)
+            guard seconds == 0 || (30...31_536_000).contains(seconds) else { throw ValidationError("--disappear takes off or 30s to 365d") }
+        }
     }
 
     func run() async throws {
         let client = try options.client()
+        let disappearAfter = try disappear.map(parseTimerDuration)
         let id = try await FlitzCLI.run {
-            try await client.send(to: handle, text: text, expiresIn: expiresIn, timeout: .milliseconds(Int64(timeout * 1000)))
+            try await client.send(
+                to: handle, text: text, expiresIn: expiresIn, noForward: noForward, disappearAfter: disappearAfter,
+                timeout: .milliseconds(Int64(timeout * 1000)))
         }
         printLine(id.hexString)
     }
@@ -151,7 +162,9 @@ struct Receive: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Fetch queued messages, wait for more, print them, acknowledge them.")
     @OptionGroup var options: CommonOptions
     @Option(help: "Seconds to wait for further messages after the queue is drained.") var wait: Double = 0
-    @Flag(help: "One JSON object per line: id, from, text, sentAt; and to, for a message another of your devices sent.") var json = false
+    @Flag(
+        help: "One JSON object per line: id, from, text, sentAt; to, for a message another of your devices sent; replyTo, forwarded, noForward, edited, deleted, disappearAfterSeconds when set."
+    ) var json = false
 
     func run() async throws {
         let client = try options.client()
@@ -167,10 +180,11 @@ struct Receive: AsyncParsableCommand {
 
 func printMessage(_ message: ReceivedMessage, json: Bool) {
     if json {
-        var object: [String: Any] = [
-            "id": message.messageID.hexString, "from": message.from, "text": message.text,
-            "sentAt": rfc3339(message.sentAt),
-        ]
+        var object = detailsObject(message.details)
+        object["id"] = message.messageID.hexString
+        object["from"] = message.from
+        object["text"] = message.text
+        object["sentAt"] = rfc3339(message.sentAt)
         if message.untrustedSender { object["untrustedSender"] = true }
         if let to = message.to { object["to"] = to }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
@@ -178,11 +192,14 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
     } else {
         // A sender whose identity key changed and is not trusted yet is flagged on every display.
         let from = message.untrustedSender ? "\(message.from) [new identity key, not verified]" : message.from
+        let (quote, marks) = detailsLines(message.details)
+        if let quote { printLine(quote) }
+        let text = message.details.deleted ? "message deleted" : terminalSafe(message.text)
         if let to = message.to {
             // Sent from another device of this account (a sent transcript).
-            printLine("you → \(to): \(terminalSafe(message.text))")
+            printLine("you → \(to): \(text)\(marks)")
         } else {
-            printLine("\(from): \(terminalSafe(message.text))")
+            printLine("\(from): \(text)\(marks)")
         }
     }
 }
@@ -436,7 +453,7 @@ struct SafetyNumberCommand: AsyncParsableCommand {
 }
 
 struct Settings: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Change settings.", subcommands: [ReadReceipts.self])
+    static let configuration = CommandConfiguration(abstract: "Change settings.", subcommands: [ReadReceipts.self, SeenReceipts.self])
 
     struct ReadReceipts: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -448,8 +465,8 @@ struct Settings: AsyncParsableCommand {
             let client = try options.client()
             switch value {
             case nil: printLine(try await FlitzCLI.run { try client.readReceipts() } ? "on" : "off")
-            case "on": try await FlitzCLI.run { try await client.setReadReceipts(true) }
-            case "off": try await FlitzCLI.run { try await client.setReadReceipts(false) }
+            case "on": try await FlitzCLI.run { try await client.setSeenReceipts(.relay) }
+            case "off": try await FlitzCLI.run { try await client.setSeenReceipts(.off) }
             default: throw ValidationError("read-receipts takes on or off")
             }
         }

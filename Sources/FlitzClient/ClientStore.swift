@@ -100,6 +100,8 @@ final class ClientStore: Sendable {
         let path = home.appendingPathComponent(Self.fileName).path
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
+        // Deleted and disappeared messages must not linger in free pages (`protocol/conversations.md` 4, 8).
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA secure_delete = ON") }
         dbQueue = try DatabaseQueue(path: path, configuration: configuration)
         try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
         try Self.migrator.migrate(dbQueue)

@@ -22,6 +22,8 @@ public struct ReceivedMessage: Sendable {
     /// Set for a message another device of this account sent (a sent transcript): its recipient. `from` is
     /// then this account's own handle.
     public let to: String?
+    /// Reply, forwarding, edit and disappearing details (`protocol/conversations.md`; Conversations.swift).
+    public internal(set) var details = MessageDetails()
 
     init(messageID: Data, from: String, text: String, sentAt: Date, untrustedSender: Bool, to: String? = nil) {
         self.messageID = messageID
@@ -291,7 +293,9 @@ public final class FlitzClient: Sendable {
     func withAuthenticatedConnection<T: Sendable>(
         _ account: AccountRecord, _ body: @escaping @Sendable (RelayConnection) async throws -> T
     ) async throws -> T {
-        try await RelayConnection.with(url: account.relayURL, caFile: caFile, logger: logger, tap: frameTap.withLock { $0 }) { connection in
+        // Disappearing messages go on every run that reaches the relay (`protocol/conversations.md` section 8).
+        try sweepExpired()
+        return try await RelayConnection.with(url: account.relayURL, caFile: caFile, logger: logger, tap: frameTap.withLock { $0 }) { connection in
             try await self.authenticate(connection, account)
             return try await body(connection)
         }

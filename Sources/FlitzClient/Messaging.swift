@@ -26,11 +26,33 @@ extension FlitzClient {
 
     /// Encrypts `text` for `handle` and submits it; returns the 16-byte message id once the relay has
     /// acknowledged the envelope as durably stored. Retries unreachable relays until `timeout`.
-    /// - Parameter expiresIn: seconds until the relay deletes it undelivered (nil: the relay's retention).
+    /// - Parameters:
+    ///   - expiresIn: seconds until the relay deletes it undelivered (nil: the relay's retention, or the
+    ///     disappearing timer when one applies).
+    ///   - noForward: ask recipients not to forward it (`protocol/conversations.md` section 7).
+    ///   - disappearAfter: per-message disappearing override in seconds (0: never; nil: the conversation's timer;
+    ///     section 8).
     /// - Throws: `ClientError`: `.relayUnreachable` (timed out), `.refused`, `.identityChanged`, `.invalidArgument`.
-    public func send(to handle: String, text: String, expiresIn: UInt32? = nil, timeout: Duration = .seconds(30)) async throws -> Data {
+    public func send(
+        to handle: String, text: String, expiresIn: UInt32? = nil, noForward: Bool = false, disappearAfter: UInt32? = nil,
+        timeout: Duration = .seconds(30)
+    ) async throws -> Data {
         let account = try requireAccount()
         try checkOutgoing(text, to: handle, account: account)
+        let message = TextMessage(text, noForward: noForward, expireAfterSeconds: disappearAfter)
+        return try await withSendRetries(timeout: timeout) { connection, prepared in
+            try await self.send(on: connection, account: account, to: handle, message: message, expiresIn: expiresIn, prepared: prepared)
+        }
+    }
+
+    /// Runs `body` on an authenticated connection (after resubmitting what a crashed `flitz` left unsent),
+    /// reconnecting while the relay is unreachable until `timeout`; one `PreparedBox` across the attempts, so a
+    /// retry resubmits the same envelopes.
+    /// - Throws: `ClientError(.relayUnreachable)` after `timeout`; whatever `body` throws otherwise.
+    func withSendRetries<T: Sendable>(
+        timeout: Duration, _ body: @escaping @Sendable (RelayConnection, PreparedBox) async throws -> T
+    ) async throws -> T {
+        let account = try requireAccount()
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
         let prepared = PreparedBox()
@@ -41,7 +63,7 @@ extension FlitzClient {
                     try await self.withAuthenticatedConnection(account) { connection in
                         // Earlier messages a crashed `flitz` left unsent go first, keeping per-recipient order.
                         for warning in try await self.resendPending(on: connection) { self.logger.warning("\(warning)") }
-                        return try await self.send(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, prepared: prepared)
+                        return try await body(connection, prepared)
                     }
                 }
             } catch let error as ClientError where error.kind == .relayUnreachable {
@@ -56,15 +78,40 @@ extension FlitzClient {
     /// How many times a send re-fetches device lists and re-encrypts after `MISMATCHED_DEVICES` before giving up.
     static let maxDeviceRetries = 3
 
-    /// Sends one message on an authenticated connection (used by `send` and `chat`): encrypted once per device
-    /// of `handle`'s accepted list and once per other device of this account, in one `Submit` and one group.
-    /// When the relay answers `MISMATCHED_DEVICES`, refreshes the lists named, re-encrypts under the same
-    /// message id and tries again, at most `maxDeviceRetries` times (`protocol/devices.md` section 4.4).
+    /// Sends one text on an authenticated connection (used by `send` and `chat`).
     func send(
         on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?,
         prepared: PreparedBox = PreparedBox()
     ) async throws -> Data {
-        try checkOutgoing(text, to: handle, account: account)
+        try await send(on: connection, account: account, to: handle, message: TextMessage(text), expiresIn: expiresIn, prepared: prepared)
+    }
+
+    /// Sends one text (a plain one, a reply or a forward) on an authenticated connection: with a fresh unsend
+    /// token and the conversation's disappearing timer stamped in (`protocol/conversations.md` sections 5, 8).
+    func send(
+        on connection: RelayConnection, account: AccountRecord, to handle: String, message: TextMessage, expiresIn: UInt32?,
+        prepared: PreparedBox = PreparedBox()
+    ) async throws -> Data {
+        try checkOutgoing(message.body, to: handle, account: account)
+        let token = random.bytes(ConversationLimits.tokenLength)
+        let timer = try await store.dbQueue.read { db in try Self.disappearingSeconds(handle, db) }
+        return try await submitContent(on: connection, account: account, to: handle, prepared: prepared, textBytes: message.body.utf8.count) {
+            messageID, sentAt in
+            Self.textOutgoing(message, to: handle, messageID: messageID, sentAt: sentAt, unsendToken: token, timer: timer, expiresIn: expiresIn)
+        }
+    }
+
+    /// Sends one piece of content on an authenticated connection: encrypted once per device
+    /// of `handle`'s accepted list and once per other device of this account, in one `Submit` and one group.
+    /// When the relay answers `MISMATCHED_DEVICES`, refreshes the lists named, re-encrypts under the same
+    /// message id and tries again, at most `maxDeviceRetries` times (`protocol/devices.md` section 4.4).
+    /// `build` makes the content from the message id and the sender's time; `textBytes` sizes the refusal of an
+    /// oversize text. Content with nothing to send (a read sync on an account with one device) returns its id
+    /// unsent.
+    func submitContent(
+        on connection: RelayConnection, account: AccountRecord, to handle: String, prepared: PreparedBox = PreparedBox(), textBytes: Int,
+        build: @escaping @Sendable (Data, Int64) throws -> OutgoingContent
+    ) async throws -> Data {
         let messageID = prepared.value?.messageID ?? random.bytes(WireConstants.idLength)
         for _ in 0...Self.maxDeviceRetries {
             let message: PreparedMessage
@@ -73,12 +120,16 @@ extension FlitzClient {
                 if try localStatus(of: existing.messageID) != .pending { return existing.messageID }
                 message = existing
             } else {
-                message = try await prepare(on: connection, account: account, to: handle, text: text, expiresIn: expiresIn, messageID: messageID)
+                let sentAt = Int64(now().timeIntervalSince1970 * 1000)
+                guard
+                    let made = try await prepare(on: connection, account: account, to: handle, outgoing: try build(messageID, sentAt))
+                else { return messageID }
+                message = made
                 prepared.value = message
                 Failpoint.hit("send.afterCommit")
             }
             // A Submit over the relay's frame limit would close the connection; refuse it before submitting.
-            if let limit = Self.oversizeLimit(message.envelopes, textBytes: text.utf8.count) {
+            if let limit = Self.oversizeLimit(message.envelopes, textBytes: textBytes) {
                 try discard(message)
                 prepared.value = nil
                 throw ClientError(
@@ -139,7 +190,7 @@ extension FlitzClient {
                 db,
                 sql: """
                     SELECT e.envelope_id, e.message_seq, e.recipient_handle, e.recipient_device_id, e.ciphertext, e.selected_devices,
-                        m.expires_in, m.peer FROM envelopes e JOIN messages m ON m.seq = e.message_seq
+                        m.expires_in, m.peer, m.urgent, m.unsend_token_hash FROM envelopes e JOIN messages m ON m.seq = e.message_seq
                     WHERE e.status = 'pending' AND e.ciphertext IS NOT NULL ORDER BY e.message_seq, e.rowid
                     """
             ).reduce(into: [(seq: Int64, peer: String, selected: Bool, envelopes: [WireOutgoingEnvelope])]()) { groups, row in
@@ -149,8 +200,9 @@ extension FlitzClient {
                 envelope.recipientDeviceID = UInt32(row["recipient_device_id"] as Int64)
                 envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
                 envelope.ciphertext = row["ciphertext"]
-                // Stored envelopes hold message text: to a contact, or a sent transcript to an own device.
-                envelope.urgency = Self.urgency(recipient: envelope.recipientHandle, account: account)
+                // Exactly the relay-visible options of the first submission (`protocol/conversations.md` 1, 5).
+                envelope.urgency = Self.urgency(recipient: envelope.recipientHandle, account: account, urgent: row["urgent"])
+                envelope.unsendTokenHash = row["unsend_token_hash"] ?? Data()
                 let selected: Bool = row["selected_devices"]
                 envelope.group = selected ? 0 : 1
                 let seq: Int64 = row["message_seq"]
@@ -209,10 +261,11 @@ extension FlitzClient {
         return min(maxTextBytes, max(0, (WireConstants.maxFrameBytes - overhead) / count))
     }
 
-    /// The urgency class of an envelope carrying message text (`protocol/push.md` 2): `URGENCY_URGENT` to a
-    /// contact (a person should see it), `URGENCY_SILENT` for the sent transcript to this account's own devices.
-    static func urgency(recipient: String, account: AccountRecord) -> WireUrgency {
-        recipient == account.handle ? .silent : .urgent
+    /// The urgency class of an envelope (`protocol/push.md` 2, `protocol/conversations.md` 1): `URGENCY_URGENT` to
+    /// a contact for content a person should see (`urgent`: texts, replies, forwards), `URGENCY_SILENT` for the
+    /// rest (reactions, edits, deletes, timers, seen) and for everything to this account's own devices.
+    static func urgency(recipient: String, account: AccountRecord, urgent: Bool = true) -> WireUrgency {
+        recipient == account.handle || !urgent ? .silent : .urgent
     }
 
     /// Refusals that may pass by themselves: a full recipient queue, a relay failure.
@@ -253,7 +306,7 @@ extension FlitzClient {
     }
 
     /// Refuses what the relay would refuse or what makes no sense, before anything is encrypted.
-    private func checkOutgoing(_ text: String, to handle: String, account: AccountRecord) throws {
+    func checkOutgoing(_ text: String, to handle: String, account: AccountRecord) throws {
         guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
         guard handle != account.handle else { throw ClientError(.invalidArgument, "you cannot send a message to yourself") }
         guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw ClientError(.invalidArgument, "the message is empty") }
@@ -262,36 +315,44 @@ extension FlitzClient {
         }
     }
 
-    /// Encrypts the message once per device of `handle`'s accepted list and, as a sent transcript, once per
-    /// other device of this account, starting sessions where needed; stores the sessions, the message (status
-    /// pending) and its envelopes in one transaction before anything is submitted.
+    /// Encrypts `outgoing.peerContent` once per device of `handle`'s accepted list and `outgoing.ownContent` (a sent
+    /// transcript or a read sync) once per other device of this account, starting sessions where needed; stores
+    /// the sessions, the message (status pending, with what a resend needs) and its envelopes in one transaction
+    /// before anything is submitted. nil when there is no envelope to send (own content only, no other device).
     /// - Throws: `ClientError` (`.identityChanged` for a changed key or a pending device list, `.refused`,
     ///   `.protocolFailure` for a refused list or bundle).
     func prepare(
-        on connection: RelayConnection, account: AccountRecord, to handle: String, text: String, expiresIn: UInt32?, messageID: Data
-    ) async throws -> PreparedMessage {
-        if let contact = try store.contact(handle), contact.untrustedIdentityKey != nil {
-            throw identityChangedError(handle)
-        }
-        if try await store.dbQueue.read({ db in try ClientStore.hasPendingDeviceList(handle, account: account, db) }) {
-            throw pendingListError(handle)
+        on connection: RelayConnection, account: AccountRecord, to handle: String, outgoing: OutgoingContent
+    ) async throws -> PreparedMessage? {
+        let toPeer = outgoing.peerContent != nil
+        if toPeer {
+            if let contact = try store.contact(handle), contact.untrustedIdentityKey != nil {
+                throw identityChangedError(handle)
+            }
+            if try await store.dbQueue.read({ db in try ClientStore.hasPendingDeviceList(handle, account: account, db) }) {
+                throw pendingListError(handle)
+            }
         }
         // New sessions need the network (bundles); everything after happens in one transaction.
-        let fresh = try await newSessions(with: handle, on: connection, account: account)
-        let ownFresh = try await newSessions(with: account.handle, on: connection, account: account)
-        let sentAt = Int64(Date().timeIntervalSince1970 * 1000)
-        let content = MessageContent(messageID: messageID, sentAtMilliseconds: sentAt, body: .text(TextMessage(text)))
-        let transcript = MessageContent(
-            messageID: messageID, sentAtMilliseconds: sentAt,
-            body: .sentTranscript(SentTranscript(destinationHandle: handle, body: .text(TextMessage(text)))))
+        let fresh = toPeer ? try await newSessions(with: handle, on: connection, account: account) : [:]
+        let ownFresh = outgoing.ownContent != nil ? try await newSessions(with: account.handle, on: connection, account: account) : [:]
         let random = self.random
-        return try store.transaction(failpoint: "send.afterEncrypt") { db -> PreparedMessage in
+        let messageID = outgoing.messageID
+        let tokenHash = outgoing.unsendToken.map(ConversationTokens.unsendTokenHash)
+        return try store.transaction(failpoint: "send.afterEncrypt") { db -> PreparedMessage? in
             // Re-check trust inside the transaction: another process may have seen a key change meanwhile.
-            guard let contact = try ClientStore.contact(handle, db), contact.untrustedIdentityKey == nil else { throw identityChangedError(handle) }
-            guard try !ClientStore.hasPendingDeviceList(handle, account: account, db) else { throw pendingListError(handle) }
+            var trustedPeerKey = Data()
+            if toPeer {
+                guard let contact = try ClientStore.contact(handle, db), contact.untrustedIdentityKey == nil else { throw identityChangedError(handle) }
+                guard try !ClientStore.hasPendingDeviceList(handle, account: account, db) else { throw pendingListError(handle) }
+                trustedPeerKey = contact.trustedIdentityKey
+            }
             var envelopes: [WireOutgoingEnvelope] = []
             var rows: [(handle: String, deviceID: UInt32, envelopeID: Data, ciphertext: Data)] = []
-            for (target, body, newOnes) in [(handle, content, fresh), (account.handle, transcript, ownFresh)] {
+            var targets: [(String, MessageContent, [UInt32: Session])] = []
+            if let content = outgoing.peerContent { targets.append((handle, content, fresh)) }
+            if let content = outgoing.ownContent { targets.append((account.handle, content, ownFresh)) }
+            for (target, body, newOnes) in targets {
                 for deviceID in try Self.targetDevices(of: target, account: account, fresh: Array(newOnes.keys), db) {
                     // Re-read inside the transaction: another process may have advanced the session meanwhile.
                     // Only a session with the listed device identity key (section 4.4, "Only listed devices").
@@ -300,34 +361,38 @@ extension FlitzClient {
                         try ClientStore.mayEncrypt($0, to: target, deviceID: deviceID, account: account, db)
                     })
                     else { continue }  // a listed device the relay did not serve: skipped (section 4.4)
-                    let trusted = target == account.handle ? account.accountIdentityKey.rawRepresentation : contact.trustedIdentityKey
+                    let trusted = target == account.handle ? account.accountIdentityKey.rawRepresentation : trustedPeerKey
                     guard ConstantTime.equals(trusted, session.remoteCertificate.accountIdentityKey.rawRepresentation) else {
                         throw identityChangedError(target)
                     }
                     let ciphertext = try session.encrypt(body.encoded(), random: random)
                     try ClientStore.save(session, handle: target, deviceID: deviceID, makeActive: true, db)
-                    var outgoing = WireOutgoingEnvelope()
-                    outgoing.envelopeID = random.bytes(WireConstants.idLength)
-                    outgoing.recipientHandle = target
-                    outgoing.recipientDeviceID = deviceID
-                    outgoing.ttlSeconds = expiresIn ?? 0
-                    outgoing.ciphertext = ciphertext
-                    outgoing.group = 1
-                    outgoing.urgency = Self.urgency(recipient: target, account: account)
-                    envelopes.append(outgoing)
-                    rows.append((target, deviceID, outgoing.envelopeID, ciphertext))
+                    var envelope = WireOutgoingEnvelope()
+                    envelope.envelopeID = random.bytes(WireConstants.idLength)
+                    envelope.recipientHandle = target
+                    envelope.recipientDeviceID = deviceID
+                    envelope.ttlSeconds = outgoing.ttlSeconds ?? 0
+                    envelope.ciphertext = ciphertext
+                    envelope.group = 1
+                    envelope.urgency = Self.urgency(recipient: target, account: account, urgent: outgoing.urgent)
+                    if let tokenHash { envelope.unsendTokenHash = tokenHash }
+                    envelopes.append(envelope)
+                    rows.append((target, deviceID, envelope.envelopeID, ciphertext))
                 }
             }
-            guard let first = rows.first, first.handle == handle else {
-                throw ClientError(.refused(.noPrekeys), "\(handle) has no device this device can send to")
+            guard let first = rows.first else {
+                if toPeer { throw ClientError(.refused(.noPrekeys), "\(handle) has no device this device can send to") }
+                return nil
             }
+            if toPeer, first.handle != handle { throw ClientError(.refused(.noPrekeys), "\(handle) has no device this device can send to") }
             try db.execute(
                 sql: """
                     INSERT INTO messages (message_id, outgoing, peer, text, envelope_id, expires_in, status, recipient_device_id, displayed, group_id)
                     VALUES (?, 1, ?, ?, ?, ?, 'pending', ?, 1, 1)
                     """,
-                arguments: [messageID, handle, text, first.envelopeID, Int64(expiresIn ?? 0), Int64(first.deviceID)])
+                arguments: [messageID, handle, outgoing.text, first.envelopeID, Int64(outgoing.ttlSeconds ?? 0), Int64(first.deviceID)])
             let seq = db.lastInsertedRowID
+            for case .warning(let text) in try Self.storeOutgoing(outgoing, seq: seq, account: account, db) { logger.warning("\(text)") }
             for row in rows {
                 try db.execute(
                     sql: """

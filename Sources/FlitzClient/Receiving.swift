@@ -180,7 +180,8 @@ extension FlitzClient {
                 let row = try Row.fetchOne(
                     db,
                     sql: """
-                        SELECT m.seq, m.message_id, m.peer, m.text, m.expires_in FROM envelopes e JOIN messages m ON m.seq = e.message_seq
+                        SELECT m.seq, m.message_id, m.peer, m.text, m.expires_in, m.urgent, m.unsend_token_hash, m.content, m.transcript_content
+                        FROM envelopes e JOIN messages m ON m.seq = e.message_seq
                         WHERE e.envelope_id = ? AND e.recipient_handle = ? AND e.recipient_device_id = ?
                         """,
                     arguments: [envelopeID, handle, Int64(deviceID)]),
@@ -197,11 +198,18 @@ extension FlitzClient {
             // And only to the key the accepted list holds for that device (section 4.4, "Only listed devices").
             guard try ClientStore.mayEncrypt(active.session, to: handle, deviceID: deviceID, account: account, db) else { return nil }
             var session = active.session
-            let peer: String = row["peer"], text: String = row["text"]
-            let body: MessageContent.Body = handle == account.handle
-                ? .sentTranscript(SentTranscript(destinationHandle: peer, body: .text(TextMessage(text)))) : .text(TextMessage(text))
-            let content = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: body)
-            let ciphertext = try session.encrypt(content.encoded(), random: random)
+            // The content as first sent (any kind, `Conversations.swift`); a message from before v7 is rebuilt from its text.
+            let stored: Data? = handle == account.handle ? row["transcript_content"] : row["content"]
+            let encoded: Data
+            if let stored {
+                encoded = stored
+            } else {
+                let peer: String = row["peer"], text: String = row["text"]
+                let body: MessageContent.Body = handle == account.handle
+                    ? .sentTranscript(SentTranscript(destinationHandle: peer, body: .text(TextMessage(text)))) : .text(TextMessage(text))
+                encoded = MessageContent(messageID: row["message_id"], sentAtMilliseconds: sentAt, body: body).encoded()
+            }
+            let ciphertext = try session.encrypt(encoded, random: random)
             try ClientStore.save(session, handle: handle, deviceID: deviceID, makeActive: true, db)
             try db.execute(
                 sql: """
@@ -225,7 +233,8 @@ extension FlitzClient {
             envelope.recipientDeviceID = deviceID
             envelope.ttlSeconds = UInt32(row["expires_in"] as Int64)
             envelope.ciphertext = ciphertext
-            envelope.urgency = Self.urgency(recipient: handle, account: account)
+            envelope.urgency = Self.urgency(recipient: handle, account: account, urgent: row["urgent"])
+            envelope.unsendTokenHash = row["unsend_token_hash"] ?? Data()
             return envelope
         }
         guard let prepared else { return }
@@ -399,6 +408,7 @@ extension FlitzClient {
                 try db.execute(sql: "DELETE FROM kem_prekeys WHERE id = ? AND last_resort = 0", arguments: [Int64(usedOneTimeKEMPreKey)])
             }
             let text: String
+            let textBody: TextMessage
             switch content.body {
             case .text(let body):
                 guard sender != account.handle else {
@@ -406,6 +416,7 @@ extension FlitzClient {
                     return (events, false, nil)
                 }
                 text = body.body
+                textBody = body
             case .sentTranscript(let transcript):
                 guard sender == account.handle else {
                     events.append(.warning("ignored a sent transcript from \(sender): only your own devices send those"))
@@ -423,7 +434,11 @@ extension FlitzClient {
                         VALUES (?, 1, ?, ?, ?, 'sent', ?, 1) ON CONFLICT DO NOTHING
                         """,
                     arguments: [content.messageID, transcript.destinationHandle, body.body, envelope.envelopeID, envelope.acceptedAtMs])
-                return (events, db.changesCount > 0, nil)
+                guard db.changesCount > 0 else { return (events, false, nil) }
+                events += try Self.storedText(
+                    body, content: content, conversation: transcript.destinationHandle, outgoing: true, unsendToken: transcript.unsendToken,
+                    account: account, db)
+                return (events, true, nil)
             case .reaction, .edit, .deleteForEveryone, .disappearingTimer, .seen:
                 // Conversation mutations, sealed seen receipts and read syncs (Conversations.swift).
                 events += try Self.applyConversationContent(content, sender: sender, envelope: envelope, account: account, db)
@@ -451,7 +466,10 @@ extension FlitzClient {
                     VALUES (?, 0, ?, ?, ?, 'delivered', ?, ?) ON CONFLICT DO NOTHING
                     """,
                 arguments: [content.messageID, sender, text, envelope.envelopeID, envelope.acceptedAtMs, untrusted])
-            return (events, db.changesCount > 0, nil)
+            guard db.changesCount > 0 else { return (events, false, nil) }
+            // Reply, forwarding and disappearing fields; mutations that arrived first (Conversations.swift).
+            events += try Self.storedText(textBody, content: content, conversation: sender, outgoing: false, unsendToken: nil, account: account, db)
+            return (events, true, nil)
         }
         if !inserted && resetFor == nil { logger.debug("dropped a duplicate message or a control message") }
         return AcceptOutcome(events: events, resetFor: resetFor)
@@ -498,6 +516,8 @@ extension FlitzClient {
             let current = MessageStatus(rawValue: row["status"]) ?? .pending
             guard current.canAdvance(to: status) else { return nil }
             try db.execute(sql: "UPDATE messages SET status = ? WHERE seq = ?", arguments: [status.rawValue, row["seq"] as Int64])
+            // A reaction, edit, delete, timer or seen is no message of its own: its receipts are not news.
+            if try String.fetchOne(db, sql: "SELECT kind FROM messages WHERE seq = ?", arguments: [row["seq"] as Int64]) != "text" { return nil }
             return .receipt(messageID: row["message_id"], peer: row["peer"], status: status)
         }
     }
@@ -524,19 +544,14 @@ extension FlitzClient {
         // Claim and mark in one transaction, so two processes on one home never show a message twice
         // and none is marked shown without being returned.
         let rows = try store.transaction { db -> [Row] in
-            let rows = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0 ORDER BY seq")
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT * FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0 AND kind = 'text' AND deleted < 2 ORDER BY seq")
             for row in rows { try db.execute(sql: "UPDATE messages SET displayed = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
             return rows
         }
-        let messages = rows.map { Self.receivedMessage($0, account: account) }
-        if account.readReceipts {
-            try await reportSeen(on: connection)
-        } else {
-            // Read while receipts were off: never report these, even if receipts are turned on later.
-            try await store.dbQueue.write { db in
-                try db.execute(sql: "UPDATE messages SET seen_reported = 1 WHERE outgoing = 0 AND displayed = 1 AND seen_reported = 0")
-            }
-        }
+        let messages = try receivedMessages(rows, account: account)
+        // Read sync, then seen receipts as the account's setting says (relay, sealed, off; Conversations.swift).
+        try await reportShown(rows, on: connection, account: account)
         return messages
     }
 
@@ -556,7 +571,11 @@ extension FlitzClient {
         let account = try requireAccount()
         let rows = try store.transaction { db -> [Row] in
             let rows = try Row.fetchAll(
-                db, sql: "SELECT * FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0 AND notified = 0 ORDER BY seq")
+                db,
+                sql: """
+                    SELECT * FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0 AND notified = 0 AND kind = 'text' AND deleted < 2
+                    ORDER BY seq
+                    """)
             for row in rows { try db.execute(sql: "UPDATE messages SET notified = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
             return rows
         }
@@ -566,7 +585,7 @@ extension FlitzClient {
     /// Sends seen reports for shown messages not yet reported.
     func reportSeen(on connection: RelayConnection) async throws {
         let envelopeIDs = try await store.dbQueue.read { db in
-            try Data.fetchAll(db, sql: "SELECT envelope_id FROM messages WHERE outgoing = 0 AND displayed = 1 AND seen_reported = 0")
+            try Data.fetchAll(db, sql: "SELECT envelope_id FROM messages WHERE outgoing = 0 AND displayed = 1 AND seen_reported = 0 AND kind = 'text'")
         }
         for chunk in stride(from: 0, to: envelopeIDs.count, by: WireConstants.maxIDsPerFrame) {
             let ids = Array(envelopeIDs[chunk..<min(chunk + WireConstants.maxIDsPerFrame, envelopeIDs.count)])
@@ -616,7 +635,8 @@ extension FlitzClient {
             for case .warning(let text) in try await self.drain(connection) { onWarning(text) }
         }
         return try await store.dbQueue.read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0") ?? 0
+            try Int.fetchOne(
+                db, sql: "SELECT COUNT(*) FROM messages WHERE (outgoing = 0 OR transcript = 1) AND displayed = 0 AND kind = 'text' AND deleted < 2") ?? 0
         }
     }
 

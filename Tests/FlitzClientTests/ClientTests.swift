@@ -22,7 +22,7 @@ final class InProcessRelay: Sendable {
     ///   `allowPrivatePushEndpoints`: `push.allowPrivateEndpoints`, for tests that register loopback Web Push URLs.
     init(
         maxQueuedEnvelopes: Int = 10_000, authenticationTimeout: Duration = .seconds(30), linkRateLimit: RateLimit? = nil,
-        allowPrivatePushEndpoints: Bool = false
+        allowPrivatePushEndpoints: Bool = false, clock: any RelayClock = SystemRelayClock()
     ) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-client-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -33,7 +33,7 @@ final class InProcessRelay: Sendable {
         configuration.authenticationTimeout = authenticationTimeout
         if let linkRateLimit { configuration.rateLimits.linkAddress = linkRateLimit }
         configuration.push.allowPrivateEndpoints = allowPrivatePushEndpoints
-        let application = try await buildRelay(configuration: configuration, logger: logger)
+        let application = try await buildRelay(configuration: configuration, logger: logger, clock: clock)
         self.application = application
         task = Task { try await application.run(handleSignals: false) }
         url = "ws://127.0.0.1:\(await application.port())"

@@ -13,8 +13,8 @@ import Testing
 extension InProcessRelay {
     /// Links a new home `name` to `primary`'s account, both sides in this process, and checks that both showed
     /// the same fingerprint (`protocol/devices.md` section 5.3).
-    func link(_ name: String, to primary: FlitzClient) async throws -> FlitzClient {
-        let device = try client(name)
+    func link(_ name: String, to primary: FlitzClient, now: @escaping @Sendable () -> Date = { Date() }) async throws -> FlitzClient {
+        let device = try client(name, now: now)
         let (codes, continuation) = AsyncStream<String>.makeStream()
         let shown = Mutex<(primary: String?, device: String?)>((nil, nil))
         async let linked = primary.linkDevice(
