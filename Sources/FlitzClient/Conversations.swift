@@ -487,6 +487,8 @@ extension FlitzClient {
 
     /// A read sync from another device of this account: the messages count as read here and their disappearing
     /// timers start at the earliest show (section 5); never changes the status of a message this account sent.
+    /// It does not count as reported: that device may have withheld its receipt (a request there), and the relay
+    /// counts one seen however many devices report it.
     private static func applyReadSync(
         _ targets: [MessageRef], content: MessageContent, sender: String, acceptedAt: Int64, receivedAt: Int64, account: AccountRecord,
         keepPending: Bool, _ db: Database
@@ -498,7 +500,7 @@ extension FlitzClient {
                 try checkHash(reference, target)
                 try db.execute(
                     sql: """
-                        UPDATE messages SET read_elsewhere = 1, seen_reported = 1,
+                        UPDATE messages SET read_elsewhere = 1,
                             first_shown_ms = MIN(COALESCE(first_shown_ms, ?), ?) WHERE seq = ?
                         """,
                     arguments: [content.sentAtMilliseconds, content.sentAtMilliseconds, target.seq])

@@ -232,6 +232,8 @@ struct ClientTests {
     @Test func aMessageLeftUnsentByACrashIsSentFirstNextTime() async throws {
         let relay = try await InProcessRelay()
         let (alice, bob) = try await relay.aliceAndBob()
+        // bob has written to alice, so he reports her messages seen (no message request).
+        _ = try await bob.send(to: "alice", text: "hello alice")
         // Encrypted and stored, then the process "dies" before submitting.
         let account = try #require(try alice.store.loadAccount())
         let orphan = try await alice.withAuthenticatedConnection(account) { connection in

@@ -40,6 +40,13 @@ extension InProcessRelay {
         return device
     }
 
+    /// `sender` writes to `handle` and every device in `devices` takes it in, so `handle`'s messages to `sender`
+    /// are no message request (`protocol/conversations.md` section 9) and their receipts are not withheld.
+    func introduce(_ sender: FlitzClient, to handle: String, devices: [FlitzClient]) async throws {
+        _ = try await sender.send(to: handle, text: "hello \(handle)")
+        for device in devices { _ = try await device.receiveAll() }
+    }
+
     /// alice and bob with two devices each: (alice1, alice2, bob1, bob2), the first of each the primary.
     func twoDevicesEach() async throws -> (FlitzClient, FlitzClient, FlitzClient, FlitzClient) {
         let (alice1, bob1) = try await aliceAndBob()
@@ -182,6 +189,7 @@ struct MultiDeviceTests {
     @Test func receiptsAcrossDevices() async throws {
         let relay = try await InProcessRelay()
         let (alice1, alice2, bob1, bob2) = try await relay.twoDevicesEach()
+        try await relay.introduce(bob1, to: "alice", devices: [alice1, alice2, bob2])
         let id = try await alice1.send(to: "bob", text: "one")
         #expect(try await alice1.status(of: id) == .sent)
         #expect(try await bob2.sync(onWarning: { _ in }) == 1)  // acknowledged, not shown
@@ -238,6 +246,7 @@ struct MultiDeviceTests {
     @Test func theClientRefreshesAndRetriesAfterDeviceChanges() async throws {
         let relay = try await InProcessRelay()
         let (alice1, alice2, bob1, bob2) = try await relay.twoDevicesEach()
+        try await relay.introduce(bob1, to: "alice", devices: [alice1, alice2, bob2])
         _ = try await alice1.send(to: "bob", text: "to both")
         #expect(try await bob2.receiveAll().texts == ["to both"])
 
