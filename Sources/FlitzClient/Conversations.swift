@@ -466,8 +466,13 @@ extension FlitzClient {
             arguments: [deleted, target.seq])
         try db.execute(sql: "DELETE FROM message_versions WHERE message_seq = ?", arguments: [target.seq])
         try db.execute(sql: "DELETE FROM reactions WHERE message_seq = ?", arguments: [target.seq])
+        // Replies keep no copy of it either: their stored contents (which carry the preview) go too, so a resend
+        // after a session reset rebuilds such a reply from its text alone.
         try db.execute(
-            sql: "UPDATE messages SET quote_preview = NULL WHERE peer = ? AND quote_author = ? AND quote_id = ?",
+            sql: """
+                UPDATE messages SET quote_preview = NULL, content = NULL, transcript_content = NULL
+                WHERE peer = ? AND quote_author = ? AND quote_id = ?
+                """,
             arguments: [target.peer, target.author, target.messageID])
     }
 
