@@ -420,6 +420,35 @@ struct ConversationTests {
         await relay.stop()
     }
 
+    @Test func unsendPurgesQueuedCopiesAndDeletesDeliveredOnes() async throws {
+        let clock = SteppedClock()
+        let relay = try await InProcessRelay(clock: clock)
+        let (alice, bob) = try await relay.acquainted(clock: clock)
+        // bob is offline: his copy is still queued, so the relay purges it and bob never sees it.
+        let oops = try await alice.send(to: "bob", text: "oops, wrong person")
+        let purged = try await alice.unsend(oops)
+        #expect(purged.outcomes.map { "\($0.handle) \($0.state.rawValue)" } == ["bob purged"])
+        #expect(!purged.deletedForEveryone)
+        #expect(try await bob.receiveAll().messages.isEmpty)
+        #expect(try alice.message(oops, with: "bob")?.details.deleted == true)
+        // Delivered already: said so, and a delete for everyone follows.
+        let delivered = try await alice.send(to: "bob", text: "too late to take back")
+        _ = try await bob.receiveAll()
+        let answer = try await alice.unsend(delivered)
+        #expect(answer.outcomes.map(\.state) == [.alreadyDelivered] && answer.deletedForEveryone)
+        _ = try await bob.receiveAll()
+        #expect(try bob.message(delivered, with: "alice")?.details.deleted == true)
+        // After 24 hours no delete follows (it would be refused); the outcome is still told.
+        let old = try await alice.send(to: "bob", text: "from yesterday")
+        _ = try await bob.receiveAll()
+        clock.advance(seconds: 86_400 + 60)
+        let late = try await alice.unsend(old)
+        #expect(late.outcomes.map(\.state) == [.alreadyDelivered] && !late.deletedForEveryone)
+        // Only the sender's messages have a token.
+        await #expect(throws: ClientError.self) { _ = try await bob.unsend(old) }
+        await relay.stop()
+    }
+
     @Test func timersConvergeByVersionThenTime() async throws {
         let clock = SteppedClock()
         let relay = try await InProcessRelay(clock: clock)
