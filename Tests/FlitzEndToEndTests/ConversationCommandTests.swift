@@ -153,6 +153,30 @@ struct ConversationCommandTests {
         #expect(tooLateDelete.status != 0 && tooLateDelete.stderr.contains("too late"), "\(tooLateDelete)")
     }
 
+    /// Sealed seen receipts: the author's message becomes `seen` through an ordinary encrypted envelope (that no
+    /// `ReportSeen` goes out is checked frame by frame in ConversationTests); `settings read-receipts` still reads
+    /// and sets relay/off.
+    @Test func sealedSeenReceiptsThroughTheCLI() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        defer { relay.stop() }
+        let alice = User(name: "alice", home: scratch.path("alice"), scratch: scratch)
+        let bob = User(name: "bob", home: scratch.path("bob"), scratch: scratch)
+        #expect(try alice.flitz("init", "--relay", relay.url, "--handle", "alice").status == 0)
+        #expect(try bob.flitz("init", "--relay", relay.url, "--handle", "bob").status == 0)
+        #expect(try bob.flitz("send", "alice", "hi alice").status == 0)  // no message request
+        _ = try alice.receiveJSON()
+        #expect(try bob.flitz("settings", "seen-receipts", "sealed").status == 0)
+        #expect(try bob.flitz("settings", "seen-receipts").lines == ["sealed"])
+        #expect(try bob.flitz("settings", "read-receipts").lines == ["off"])
+        let id = try #require(try alice.flitz("send", "bob", "read me quietly").lines.first)
+        #expect(try bob.receiveJSON().map { $0["text"] as? String } == ["read me quietly"])
+        #expect(try alice.flitz("status", id).lines == ["seen"])
+        #expect(try bob.flitz("settings", "seen-receipts", "bogus").status == 64)
+        #expect(try bob.flitz("settings", "read-receipts", "on").status == 0)
+        #expect(try bob.flitz("settings", "seen-receipts").lines == ["relay"])
+    }
+
     /// Unsend purges what bob's device has not fetched yet, and says so per device; a delivered copy is answered
     /// as such and followed by a delete for everyone.
     @Test func unsendPurgesAnUndeliveredEnvelope() throws {
