@@ -214,6 +214,8 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
                 ])
                 #expect(!edge[0].hasError && edge[0].scheduled)
             }
+            // The store's limit is the spec's (conversations.md 12).
+            #expect(ConversationStoreLimits.maxScheduledPerAccount == ConversationTokens.maxScheduledPerAccount)
             // Every new frame needs an authenticated connection.
             try await relay.connect { (connection: TestConnection) async throws -> Void in
                 let frames: [WireFrame.OneOf_Body] = [
