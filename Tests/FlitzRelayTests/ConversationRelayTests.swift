@@ -516,6 +516,9 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
             #expect(stored.first?.reporter == DeviceAddress(handle: "bob", deviceID: 1) && stored.first?.report == good)
             let listing = try ReportListing.text(stored)
             #expect(listing.contains("the bad one") && listing.contains("reported") && listing.contains("bob/1") && listing.contains("spam"))
+            let json = try JSONSerialization.jsonObject(with: Data(try ReportListing.json(stored).utf8)) as? [[String: Any]]
+            #expect(json?.count == 11 && json?.first?["reporterHandle"] as? String == "bob" && json?.first?["reportedHandle"] as? String == "alice")
+            #expect(try ReportListing.json([]) == "[]\n" && ReportListing.text([]) == "no reports\n")
             let metrics = await relay.app.relay.metrics.exposition()
             #expect(metrics.contains("flitz_relay_reports_total 11"))
         }
