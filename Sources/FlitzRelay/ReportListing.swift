@@ -70,6 +70,7 @@ public enum ReportListing {
     /// The listing as a JSON array (lowerCamelCase keys, bytes as lowercase hex).
     /// - Throws: when a stored report no longer decodes.
     public static func json(_ reports: [StoredReport]) throws -> String {
+        guard !reports.isEmpty else { return "[]\n" }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return String(decoding: try encoder.encode(reports.map(entry)), as: UTF8.self) + "\n"

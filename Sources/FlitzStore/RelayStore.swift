@@ -144,7 +144,8 @@ public protocol RelayStore: PushEndpointStore, ConversationStore {
 
     /// Deletes the account `handle` (`devices.md` section 8) in one transaction, if `accountIdentityKey` is
     /// still its key: envelopes queued to its devices become expired with `expired` receipts to senders on
-    /// other handles; devices, prekeys, queues, device list, settings and the recovery code hash are deleted; a
+    /// other handles; devices, prekeys, queues, device list, settings, block list, the envelopes it scheduled and
+    /// the recovery code hash are deleted; a
     /// tombstone keeps the handle taken until `tombstoneUntilMs`.
     /// - Throws: `.unknownRecipient` for an unknown handle; `.accountKeyChanged`.
     func deleteAccount(handle: String, accountIdentityKey: Data, atMs: Int64, tombstoneUntilMs: Int64, receiptExpiresAtMs: Int64) async throws

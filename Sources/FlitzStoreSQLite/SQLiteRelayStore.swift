@@ -1012,6 +1012,15 @@ public final class SQLiteRelayStore: RelayStore {
                 // Devices (and with them prekeys), the list, settings and the recovery code hash go with the account row.
                 try db.execute(sql: "DELETE FROM accounts WHERE handle = ?", arguments: [handle])
                 try db.execute(sql: "DELETE FROM queue WHERE handle = ?", arguments: [handle])
+                // conversations.md: the account's block list and the envelopes it scheduled go with it.
+                try db.execute(sql: "DELETE FROM block_lists WHERE handle = ?", arguments: [handle])
+                try db.execute(
+                    sql: """
+                        UPDATE envelope_routes SET state = \(Self.stateCancelled)
+                        WHERE envelope_id IN (SELECT envelope_id FROM scheduled_envelopes WHERE sender_handle = ?)
+                        """,
+                    arguments: [handle])
+                try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE sender_handle = ?", arguments: [handle])
                 try db.execute(
                     sql: "INSERT OR REPLACE INTO account_tombstones (handle, deleted_at, purge_at) VALUES (?, ?, ?)",
                     arguments: [handle, atMs, tombstoneUntilMs])

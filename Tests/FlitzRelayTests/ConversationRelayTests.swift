@@ -214,6 +214,8 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
                 ])
                 #expect(!edge[0].hasError && edge[0].scheduled)
             }
+            // The store's limit is the spec's (conversations.md 12).
+            #expect(ConversationStoreLimits.maxScheduledPerAccount == ConversationTokens.maxScheduledPerAccount)
             // Every new frame needs an authenticated connection.
             try await relay.connect { (connection: TestConnection) async throws -> Void in
                 let frames: [WireFrame.OneOf_Body] = [
@@ -397,6 +399,30 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
         }
     }
 
+    @Test func anEarlierScheduledEnvelopeWakesTheReleaser() async throws {
+        let sleeper = ManualSleeper()
+        try await RelayHarness.run(prepare: { app, _ in app.relay.scheduler.sleeper = sleeper.function }) { relay in
+            let alice = TestIdentity("alice"), bob = TestIdentity("bob")
+            try await registerAll(relay, [alice, bob])
+            let start = relay.clock.nowMs()
+            try await relay.connect { connection in
+                try await connection.authenticate(alice)
+                _ = try await connection.submitSelected([scheduled(1, to: "bob", at: start + 3_600_000, cancelToken: Data(repeating: 1, count: 32))])
+                #expect(try await sleeper.next().duration == .milliseconds(3_600_000))
+                // The earlier one cancels that wait: the releaser now waits for it, and releases only it.
+                _ = try await connection.submitSelected([scheduled(2, to: "bob", at: start + 60_000, cancelToken: Data(repeating: 2, count: 32))])
+                let wait = try await sleeper.next()
+                #expect(wait.duration == .milliseconds(60_000))
+                relay.clock.advance(seconds: 60)
+                wait.resume()
+                #expect(try await sleeper.next().duration == .milliseconds(3_540_000))
+                #expect(relay.app.relay.scheduler.monitor.snapshot.released == 1)
+            }
+            let delivered = try await relay.connect { connection in try await connection.authenticate(bob) }
+            #expect(delivered.flatMap(\.envelopes).map(\.envelopeID) == [envelopeID(2)])
+        }
+    }
+
     @Test func scheduledEnvelopeIsReleasedAfterARestart() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-restart-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -514,6 +540,9 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
             #expect(stored.first?.reporter == DeviceAddress(handle: "bob", deviceID: 1) && stored.first?.report == good)
             let listing = try ReportListing.text(stored)
             #expect(listing.contains("the bad one") && listing.contains("reported") && listing.contains("bob/1") && listing.contains("spam"))
+            let json = try JSONSerialization.jsonObject(with: Data(try ReportListing.json(stored).utf8)) as? [[String: Any]]
+            #expect(json?.count == 11 && json?.first?["reporterHandle"] as? String == "bob" && json?.first?["reportedHandle"] as? String == "alice")
+            #expect(try ReportListing.json([]) == "[]\n" && ReportListing.text([]) == "no reports\n")
             let metrics = await relay.app.relay.metrics.exposition()
             #expect(metrics.contains("flitz_relay_reports_total 11"))
         }

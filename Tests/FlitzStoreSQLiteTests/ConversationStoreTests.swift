@@ -97,6 +97,19 @@ import Testing
         #expect(try await store.blockers(of: "alice", among: ["bob", "erin"]) == ["bob"])
         #expect(try await store.blockers(of: "carol", among: ["bob"]).isEmpty)
     }
+
+    @Test func deletingAnAccountDeletesItsBlockListAndScheduledEnvelopes() async throws {
+        let (store, _) = try base.makeStore()
+        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
+        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+        _ = try await store.updateBlockList(handle: "alice", block: ["carol"], unblock: [], maxBlocked: 10)
+        _ = try await store.submit(sender: alice, envelopes: [Self.scheduled(1, to: bob, notBefore: 50_000)], atMs: 2_000)
+        _ = try await store.deleteAccount(
+            handle: "alice", accountIdentityKey: SQLiteRelayStoreTests.bytes(9, 32), atMs: 3_000, tombstoneUntilMs: 9_000, receiptExpiresAtMs: 9_000)
+        #expect(try await store.blockList(handle: "alice").isEmpty)
+        #expect(try await store.nextScheduledRelease() == nil)
+        #expect(try await store.releaseScheduled(nowMs: 60_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000).released.isEmpty)
+    }
 }
 
 struct Failure: Error, CustomStringConvertible {
