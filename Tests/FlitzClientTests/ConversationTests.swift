@@ -108,7 +108,6 @@ struct ConversationTests {
         let (alice, bob) = try await relay.acquainted(clock: clock)
         let id = try await alice.send(to: "bob", text: "react to me")
         _ = try await bob.receiveAll()
-        let account = try alice.requireAccount()
         let reference = try bob.reference(id)
         let bobAccount = try bob.requireAccount()
         // Encrypted and stored, then the process "dies" before submitting.
@@ -123,7 +122,6 @@ struct ConversationTests {
         let inbox = try await alice.receiveAll()
         #expect(inbox.texts == ["after restart"], "\(inbox.warnings)")
         #expect(try alice.message(id, with: "bob")?.details.reactions.map(\.emoji) == ["🎉"])
-        _ = account
         await relay.stop()
     }
 
@@ -345,8 +343,7 @@ struct ConversationTests {
     @Test func aMutationForAMessageNotYetArrivedIsKeptSevenDays() async throws {
         let clock = SteppedClock()
         let relay = try await InProcessRelay(clock: clock)
-        let (alice, bob) = try await relay.acquainted(clock: clock)
-        _ = bob
+        let (alice, _) = try await relay.acquainted(clock: clock)
         let account = try alice.requireAccount()
         let lateID = Data(repeating: 9, count: 16)
         let reference = MessageRef(authorHandle: "bob", messageID: lateID, originalText: "late")
