@@ -60,7 +60,7 @@ struct React: AsyncParsableCommand {
     func run() async throws {
         let client = try options.client()
         let target = try parseMessageID(id)
-        try await FlitzCLI.run { try await client.react(to: target, emoji: emoji) }
+        _ = try await FlitzCLI.run { try await client.react(to: target, emoji: emoji) }
     }
 }
 
@@ -72,7 +72,7 @@ struct Unreact: AsyncParsableCommand {
     func run() async throws {
         let client = try options.client()
         let target = try parseMessageID(id)
-        try await FlitzCLI.run { try await client.react(to: target, emoji: "") }
+        _ = try await FlitzCLI.run { try await client.react(to: target, emoji: "") }
     }
 }
 
