@@ -316,7 +316,7 @@ struct WebPushSenderTests {
     @Test("the stand-in service refuses a token signed by another key than k, and a wrong aud")
     func standInRefusesForgeries() async throws {
         let key = VAPIDKey.generate(), other = VAPIDKey.generate()
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        try await StandIn.withHTTPClient { client in
         let service = try await StandInPushService.start()
         // A token for the right origin from a sender holding `other`, presented with `key`'s public key.
         let forger = WebPushSender(client: client, vapidKey: other, subject: subject, allowPrivateEndpoints: true)
@@ -339,10 +339,10 @@ struct WebPushSenderTests {
             problems.append(try await service.next().problems)
         }
         await service.stop()
-        try await client.shutdown()
         #expect(statuses == [401, 401])
         #expect(problems[0].count == 1 && problems[0][0].hasPrefix("vapid: signature does not verify"))
         #expect(problems[1] == ["vapid: aud https://push.example.com is not \(service.origin)"])
+        }
     }
 
     @Test("answers are classified as push.md 3.1 says", arguments: [
@@ -435,7 +435,7 @@ struct WebPushSenderTests {
 
     @Test("an endpoint of another provider, a bad URL or bad keys fail without a request")
     func badEndpoints() async throws {
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        try await StandIn.withHTTPClient { client in
         let sender = WebPushSender(client: client, vapidKey: .generate(), subject: subject, allowPrivateEndpoints: true)
         let keys = WebPush.SubscriberKeys.generate()
         let wake = WakeUp(wakeClass: .urgent, expiresAt: testNow.addingTimeInterval(60))
@@ -456,12 +456,12 @@ struct WebPushSenderTests {
             Issue.record("a key not on P-256 must fail")
             return
         }
-        try await client.shutdown()
+        }
     }
 
     @Test("by default a host that resolves to a private address gets no request; allowed, the same URL does")
     func privateDestinationRefusedAtSendTime() async throws {
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        try await StandIn.withHTTPClient { client in
         let service = try await StandInPushService.start()
         let keys = WebPush.SubscriberKeys.generate()
         let wake = WakeUp(wakeClass: .urgent, expiresAt: testNow.addingTimeInterval(60))
@@ -477,7 +477,7 @@ struct WebPushSenderTests {
         _ = await allowed.send(wake, to: endpoint("http://localhost:\(service.port)/push/control", keys), now: testNow)
         #expect(try await service.next().path == "/push/control")
         await service.stop()
-        try await client.shutdown()
+        }
     }
 
     @Test("the resolver finds localhost's 127.0.0.1 and the check refuses it; an unresolvable name is retried")
