@@ -323,6 +323,10 @@ public struct MessageContent: Hashable, Sendable {
             case nil:
                 // A transcript of a body kind a newer version added: kept whole, like an unknown body.
                 guard !transcript.unknownFields.data.isEmpty else { throw FlitzProtocolError(.malformedMessage, "sent transcript has no body") }
+                // A later kind is not a text, so it cannot travel in a single-use session (section 2).
+                guard !content.singleUseSession else {
+                    throw FlitzProtocolError(.malformedMessage, "only a text (or its transcript) travels in a single-use session")
+                }
                 body = .unsupported(encodedContent: Data(bytes))
                 messageID = content.messageID
                 sentAtMilliseconds = content.sentAtMs

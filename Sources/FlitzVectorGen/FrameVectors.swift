@@ -170,6 +170,106 @@ enum FrameVectors {
         seen.envelopeIds = [envelopeIDs[2], envelopeIDs[1]]
         add("ReportSeen for two envelopes", "reportSeen", requestID: 14, .reportSeen(seen))
 
+        // Conversations (conversations.md 11): their values come from a label of their own, so the frames above keep their bytes.
+        let conversation = SeededRandom(label: "\(label)/conversations")
+        let unsendToken = conversation.bytes(32), cancelToken = conversation.bytes(32)
+        let messageIDs = (0..<3).map { _ in conversation.bytes(16) }
+        let reportID = conversation.bytes(16)
+        var unsendable = outgoing
+        unsendable.envelopeID = messageIDs[0]
+        unsendable.urgency = .urgent
+        unsendable.unsendTokenHash = ConversationTokens.unsendTokenHash(unsendToken)
+        var scheduled = outgoing
+        scheduled.envelopeID = messageIDs[1]
+        scheduled.group = 1
+        scheduled.unsendTokenHash = unsendable.unsendTokenHash
+        scheduled.notBeforeMs = time + 86_400_000
+        scheduled.cancelTokenHash = ConversationTokens.cancelTokenHash(cancelToken)
+        var conversationSubmit = WireSubmit()
+        conversationSubmit.envelopes = [unsendable, scheduled]
+        add(
+            "Submit an envelope with its unsend token's hash and a scheduled one (not_before_ms, cancel_token_hash)", "submit",
+            flags: ["Conversations"], requestID: 15, .submit(conversationSubmit))
+        var typing = outgoing
+        typing.envelopeID = messageIDs[2]
+        typing.ttlSeconds = 0
+        typing.urgency = .silent
+        typing.onlineOnly = true
+        var onlineSubmit = WireSubmit()
+        onlineSubmit.selectedDevices = true
+        onlineSubmit.envelopes = [typing]
+        add("Submit an online-only envelope (typing) to selected devices", "submit", flags: ["Conversations"], requestID: 16, .submit(onlineSubmit))
+        var held = WireSubmitOutcome()
+        held.envelopeID = messageIDs[1]
+        held.acceptedAtMs = time
+        held.expiresAtMs = time + 86_400_000 + 3_600_000
+        held.scheduled = true
+        var heldResult = WireSubmitResult()
+        heldResult.outcomes = [held]
+        add("a scheduled envelope held by the relay", "submitResult", flags: ["Conversations"], requestID: 15, .submitResult(heldResult))
+        var onlineEnvelope = envelope
+        onlineEnvelope.envelopeID = messageIDs[2]
+        onlineEnvelope.expiresAtMs = time
+        onlineEnvelope.onlineOnly = true
+        var onlineDeliver = WireDeliver()
+        onlineDeliver.envelopes = [onlineEnvelope]
+        add("an online-only envelope handed to a connected device (never acknowledged)", "deliver", flags: ["Unsolicited", "Conversations"], requestID: 0, .deliver(onlineDeliver))
+        var unsend = WireUnsend()
+        unsend.unsendToken = unsendToken
+        add("Unsend with the message's token", "unsend", flags: ["Conversations"], requestID: 17, .unsend(unsend))
+        func unsendOutcome(_ id: Data, _ handle: String, _ device: UInt32, _ state: WireUnsendState) -> WireUnsendOutcome {
+            var outcome = WireUnsendOutcome()
+            outcome.envelopeID = id
+            outcome.recipientHandle = handle
+            outcome.recipientDeviceID = device
+            outcome.state = state
+            return outcome
+        }
+        var unsendResult = WireUnsendResult()
+        unsendResult.outcomes = [
+            unsendOutcome(messageIDs[0], "bob", 1, .purged), unsendOutcome(envelopeIDs[0], "bob", 2, .alreadyDelivered),
+            unsendOutcome(envelopeIDs[1], "alice", 2, .alreadyExpired),
+        ]
+        add("the answer to Unsend: one outcome per envelope", "unsendResult", flags: ["Conversations"], requestID: 17, .unsendResult(unsendResult))
+        add(
+            "Unsend of a token no envelope carries (any more)", "error", flags: ["Conversations"], requestID: 18,
+            .error(WireFrame.error(.unknownToken, "unknown token").error))
+        var cancel = WireCancelScheduled()
+        cancel.cancelToken = cancelToken
+        add("CancelScheduled with the cancel token", "cancelScheduled", flags: ["Conversations"], requestID: 19, .cancelScheduled(cancel))
+        var cancelled = WireCancelScheduledResult()
+        cancelled.cancelled = 2
+        add("the answer to CancelScheduled", "cancelScheduledResult", flags: ["Conversations"], requestID: 19, .cancelScheduledResult(cancelled))
+        var update = WireUpdateBlockList()
+        update.block = ["mallory", "spam.bot"]
+        update.unblock = ["eve"]
+        add("UpdateBlockList blocking two handles and unblocking one", "updateBlockList", flags: ["Conversations"], requestID: 20, .updateBlockList(update))
+        add("FetchBlockList", "fetchBlockList", flags: ["Conversations", "EmptyBody"], requestID: 21, .fetchBlockList(WireFetchBlockList()))
+        var blockList = WireBlockList()
+        blockList.handles = ["mallory", "spam.bot"]
+        add("the block list, ascending", "blockList", flags: ["Conversations"], requestID: 20, .blockList(blockList))
+        var reported = WireReportedMessage()
+        reported.messageID = messageIDs[0]
+        reported.authorHandle = "mallory"
+        reported.acceptedAtMs = time
+        reported.text = "spam 🥫"
+        reported.reported = true
+        var abuse = WireAbuseReport()
+        abuse.reportedHandle = "mallory"
+        abuse.reason = "spam"
+        abuse.messages = [reported]
+        abuse.createdAtMs = time + 60_000
+        let reportBytes = try abuse.serializedData()
+        var submitReport = WireSubmitReport()
+        submitReport.report = reportBytes
+        submitReport.signature = alice.device.privateKey.signature(for: ConversationTokens.reportSignaturePayload(reportBytes))
+        add(
+            "SubmitReport: an encoded AbuseReport signed by alice's device identity key (conversations.json has its fields)", "submitReport",
+            flags: ["Conversations"], requestID: 22, .submitReport(submitReport))
+        var reportResult = WireReportResult()
+        reportResult.reportID = reportID
+        add("the answer to SubmitReport", "reportResult", flags: ["Conversations"], requestID: 22, .reportResult(reportResult))
+
         let encodeTests = try frames.map { comment, kind, flags, frame in
             VectorTest(
                 comment, flags: flags,
@@ -231,7 +331,9 @@ enum FrameVectors {
                 + "protobuf JSON mapping (lowerCamelCase names, enum value names, 64-bit integers as decimal strings, default values "
                 + "omitted) except that bytes fields are lowercase hex instead of base64; frame is its canonical encoding. Keys come "
                 + "from the party alice (randomLabel \"\(label)/alice\"); nonce (32), three envelope ids (16), a receipt id (16) and "
-                + "a ciphertext (48) are successive draws of SeededRandom(label: \"\(label)\"). The decode group gives bytes that do "
+                + "a ciphertext (48) are successive draws of SeededRandom(label: \"\(label)\"); the frames flagged Conversations draw "
+                + "an unsend token (32), a cancel token (32), three envelope ids (16) and a report id (16) from SeededRandom(label: "
+                + "\"\(label)/conversations\"). The decode group gives bytes that do "
                 + "not decode and the wire ErrorCode a relay answers with; errorRequestId is the request id that Error frame echoes.",
             specification: "protocol/flitz_wire.proto; protocol/relay.md \"Transport and framing\", \"Errors\", \"Signed payloads\"",
             notes: [
@@ -245,8 +347,9 @@ enum FrameVectors {
                 "UnknownBody": "No body, or a body field this version does not know.",
                 "UnknownField": "An unknown field beside a known body is skipped (protobuf rules).",
                 "WrongHandle": "The signed payload names another handle.",
+                "Conversations": "A frame or field of conversations.md section 11 (unsend, scheduled and online-only envelopes, block list, reports).",
             ],
-            seeds: [label, "\(label)/alice"],
+            seeds: [label, "\(label)/alice", "\(label)/conversations"],
             groups: [
                 VectorGroup(type: "encode", fields: ["alice": alice.json()], tests: encodeTests),
                 VectorGroup(type: "decode", tests: decodeTests),

@@ -17,6 +17,7 @@ enum Generator {
         ("fingerprint", FingerprintVectors.make),
         ("devices", DeviceVectors.make),
         ("push", PushVectors.make),
+        ("conversations", ConversationVectors.make),
     ]
 
     /// The repository's `vectors/` directory, found by walking up from this source file to `Package.swift`.

@@ -57,8 +57,32 @@ enum CommittedVectors {
             kinds == [
                 "challenge", "error", "registerResult", "authenticateResult", "prekeyBundle", "submitResult", "deliver", "queueDrained",
                 "prekeyStatus", "ok", "register", "recover", "authenticate", "publishPrekeys", "fetchPrekeyBundle", "submit", "acknowledge",
-                "reportSeen",
+                "reportSeen", "unsend", "unsendResult", "cancelScheduled", "cancelScheduledResult", "updateBlockList", "fetchBlockList",
+                "blockList", "submitReport", "reportResult",
             ])
+    }
+
+    /// conversations.json refuses something for every rule of conversations.md section 2 and encodes every content kind.
+    @Test func conversationVectorsCoverEveryRuleAndKind() throws {
+        let file = try CommittedVectors.file("conversations")
+        let decode = try #require(file.testGroups.first { $0["type"] == .string("decode") }).tests
+        let refusedFlags = Set(decode.filter { $0["result"] == .string("invalid") }.flatMap(\.flags))
+        for flag in [
+            "MessageRef", "BadHandle", "BadLength", "MissingField", "Quote", "TooLong", "BadEmoji", "Edit", "BadVersion", "BadCount", "BadTimer",
+            "UnsendToken", "SingleUseSession", "SentTranscript",
+        ] {
+            #expect(refusedFlags.contains(flag), "no refused conversations vector flagged \(flag)")
+        }
+        let encode = try #require(file.testGroups.first { $0["type"] == .string("encode") }).tests
+        let kinds = Set(encode.compactMap { test -> String? in if case .string(let kind)? = test["body"] { kind } else { nil } })
+        #expect(kinds == ["text", "reaction", "edit", "deleteForEveryone", "seen", "typing", "presence", "disappearingTimer", "sentTranscript"])
+        let encodeFlags = Set(encode.flatMap(\.flags))
+        for flag in ["Quote", "Forward", "NoForward", "ExpireAfter", "ReactionRemove", "SingleUseSession", "UnsendToken"] {
+            #expect(encodeFlags.contains(flag), "no encoded conversations vector flagged \(flag)")
+        }
+        for type in ["messageRef", "tokenHash", "reportSignature"] {
+            #expect(file.testGroups.contains { $0["type"] == .string(type) }, "no \(type) group")
+        }
     }
 
     /// The list of bytes fields converted to hex must be exactly the `bytes` fields of the .proto.
@@ -185,6 +209,32 @@ let corruptions: [Corruption] = [
             test["error"] = nil
             test["plaintext"] = .hex(Data(#"{"v":1,"wake":"urgent"}"#.utf8))
         }, reason: "expected valid"),
+    Corruption(
+        name: "conversations encoded byte", topic: "conversations", groupType: "encode", matching: { $0["body"] == .string("reaction") },
+        change: { $0["encoded"] = flipLastHexDigit($0["encoded"]) }, reason: "encoded"),
+    Corruption(
+        name: "conversations decoded field", topic: "conversations", groupType: "decode", matching: { $0["body"] == .string("edit") },
+        change: { test in
+            guard case .object(var fields)? = test["fields"] else { return }
+            fields["sentAtMs"] = .string("1")
+            test["fields"] = .object(fields)
+        }, reason: "fields"),
+    Corruption(
+        name: "conversations refused emoji made valid", topic: "conversations", groupType: "decode", matching: { $0.flags.contains("BadEmoji") },
+        change: { test in
+            test["result"] = .string("valid")
+            test["error"] = nil
+            test["body"] = .string("reaction")
+        }, reason: "expected valid"),
+    Corruption(
+        name: "conversations content hash", topic: "conversations", groupType: "messageRef", matching: { $0.flags.contains("NonASCII") },
+        change: { $0["contentHash"] = flipLastHexDigit($0["contentHash"]) }, reason: "contentHash"),
+    Corruption(
+        name: "conversations unsend token hash", topic: "conversations", groupType: "tokenHash", matching: { $0["kind"] == .string("unsend") },
+        change: { $0["hash"] = flipLastHexDigit($0["hash"]) }, reason: "hash"),
+    Corruption(
+        name: "conversations report signature", topic: "conversations", groupType: "reportSignature", matching: { $0["result"] == .string("valid") },
+        change: { $0["signature"] = flipLastHexDigit($0["signature"]) }, reason: "signature"),
     Corruption(
         name: "undefined flag", topic: "hkdf", groupType: "kdfChain", matching: { _ in true },
         change: { $0["flags"] = .array([.string("NoSuchFlag")]) }, reason: "not defined in notes"),

@@ -74,18 +74,42 @@ public enum WireJSON {
 
     /// The fields of `frame` as JSON.
     /// - Throws: when SwiftProtobuf cannot map it (not for frames this build made).
-    public static func fields(of frame: WireFrame) throws -> JSONValue {
-        convert(try JSONValue.decode(try frame.jsonUTF8Data()), bytes: { Data(base64Encoded: $0).map { .hex($0) } })
-    }
+    public static func fields(of frame: WireFrame) throws -> JSONValue { try fields(ofMessage: frame) }
 
     /// The frame that `fields` describes.
     /// - Throws: `VectorCheckFailure` or a SwiftProtobuf decoding error for fields that do not map.
-    public static func frame(from fields: JSONValue) throws -> WireFrame {
-        let converted = convert(fields, bytes: { hex in Data(hexString: hex).map { .string($0.base64EncodedString()) } })
-        return try WireFrame(jsonUTF8Data: try converted.encoded())
+    public static func frame(from fields: JSONValue) throws -> WireFrame { try message(WireFrame.self, from: fields) }
+
+    /// Any message of `flitz_wire.proto` (an `AbuseReport`, say) as JSON, bytes as hex.
+    /// - Throws: when SwiftProtobuf cannot map it.
+    public static func fields(ofMessage message: some SwiftProtobuf.Message) throws -> JSONValue {
+        try ProtoJSON.fields(of: message, bytesFields: bytesFieldNames)
     }
 
-    private static func convert(_ value: JSONValue, bytes: (String) -> JSONValue?) -> JSONValue {
+    /// The `flitz_wire.proto` message that `fields` describes.
+    /// - Throws: `VectorCheckFailure` or a SwiftProtobuf decoding error for fields that do not map.
+    public static func message<M: SwiftProtobuf.Message>(_ type: M.Type, from fields: JSONValue) throws -> M {
+        try ProtoJSON.message(type, from: fields, bytesFields: bytesFieldNames)
+    }
+}
+
+/// The protobuf JSON mapping with `bytes` fields as lowercase hex instead of base64 (`vectors/README.md`,
+/// "frames" and "conversations"): the fields named in `bytesFields` are converted, wherever they occur.
+public enum ProtoJSON {
+    /// `message` as JSON (lowerCamelCase names, enum names, 64-bit integers as decimal strings, defaults omitted).
+    /// - Throws: when SwiftProtobuf cannot map it.
+    public static func fields(of message: some SwiftProtobuf.Message, bytesFields: Set<String>) throws -> JSONValue {
+        convert(try JSONValue.decode(try message.jsonUTF8Data()), bytesFields, bytes: { Data(base64Encoded: $0).map { .hex($0) } })
+    }
+
+    /// The message that `fields` describes.
+    /// - Throws: `VectorCheckFailure` or a SwiftProtobuf decoding error for fields that do not map.
+    public static func message<M: SwiftProtobuf.Message>(_ type: M.Type, from fields: JSONValue, bytesFields: Set<String>) throws -> M {
+        let converted = convert(fields, bytesFields, bytes: { hex in Data(hexString: hex).map { .string($0.base64EncodedString()) } })
+        return try M(jsonUTF8Data: try converted.encoded())
+    }
+
+    private static func convert(_ value: JSONValue, _ bytesFieldNames: Set<String>, bytes: (String) -> JSONValue?) -> JSONValue {
         switch value {
         case .object(let members):
             var out: [String: JSONValue] = [:]
@@ -93,12 +117,12 @@ public enum WireJSON {
                 if bytesFieldNames.contains(key) {
                     out[key] = convertBytes(member, bytes)
                 } else {
-                    out[key] = convert(member, bytes: bytes)
+                    out[key] = convert(member, bytesFieldNames, bytes: bytes)
                 }
             }
             return .object(out)
         case .array(let items):
-            return .array(items.map { convert($0, bytes: bytes) })
+            return .array(items.map { convert($0, bytesFieldNames, bytes: bytes) })
         default:
             return value
         }

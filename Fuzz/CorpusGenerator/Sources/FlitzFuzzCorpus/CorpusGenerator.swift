@@ -43,6 +43,8 @@ struct Seeds {
     let x3dh = VectorJSON(loadVectorFile("x3dh.json"))
     let pqxdh = VectorJSON(loadVectorFile("pqxdh.json"))
     let content = VectorJSON(loadVectorFile("content.json"))
+    let conversations = VectorJSON(loadVectorFile("conversations.json"))
+    let frameVectors = VectorJSON(loadVectorFile("frames.json"))
     let fixtures = Fixtures.shared
 
     init() throws {}
@@ -78,7 +80,9 @@ struct Seeds {
     func contents() -> [(String, Data)] {
         let id = Data(repeating: 0x11, count: 16)
         return tests(session, "exchange").map { ("session-\($0["tcId"].uint32)", $0["plaintext"].bytes) }
-            + (tests(content, "encode") + tests(content, "decode")).map { ("content-\($0["tcId"].uint32)", $0["encoded"].bytes) } + [
+            + (tests(content, "encode") + tests(content, "decode")).map { ("content-\($0["tcId"].uint32)", $0["encoded"].bytes) }
+            // Every conversation kind (conversations.md section 2) and each input its decoding rules refuse.
+            + (tests(conversations, "encode") + tests(conversations, "decode")).map { ("conversations-\($0["tcId"].uint32)", $0["encoded"].bytes) } + [
             ("empty-text", MessageContent(messageID: id, sentAtMilliseconds: 0, body: .text("")).encoded()),
             ("unicode-text", MessageContent(messageID: id, sentAtMilliseconds: -1, body: .text("Grüße 👋🏽\u{1b}[31m\n")).encoded()),
         ]
@@ -191,6 +195,10 @@ struct Seeds {
         frames.append(("refused-no-body", serialized(empty)))
         // Field 99, length-delimited: a body kind from a newer version.
         frames.append(("refused-unknown-kind", serialized(empty) + Data([0x9A, 0x06, 0x00])))
+        // The frames of conversations.md section 11 (unsend, scheduled and online-only envelopes, block list, reports).
+        frames += tests(frameVectors, "encode").filter { $0.has("flags") && $0["flags"].array.contains { $0.string == "Conversations" } }.map {
+            ("conversations-\($0["tcId"].uint32)", $0["frame"].bytes)
+        }
         return frames
     }
 
