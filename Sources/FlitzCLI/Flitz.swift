@@ -21,6 +21,8 @@ struct Flitz: AsyncParsableCommand {
         subcommands: [
             Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Verify.self, Trust.self, Contacts.self,
             Settings.self, SafetyNumberCommand.self, Devices.self, Account.self, Push.self, Notifications.self, VectorsCommand.self,
+            Presence.self, Scheduled.self, Block.self, Unblock.self, Blocked.self, Requests.self, AcceptRequest.self, DeclineRequest.self,
+            Report.self,
         ]
     )
 }
@@ -132,14 +134,24 @@ struct Send: AsyncParsableCommand {
     @Option(name: .customLong("expires-in"), help: "Seconds after which the relay deletes it undelivered (default: relay retention).")
     var expiresIn: UInt32?
     @Option(help: "Seconds to keep retrying an unreachable relay.") var timeout: Double = 30
+    @Option(help: "Schedule it: ISO 8601 time (e.g. 2026-12-24T18:00:00Z) within 30 days; `flitz scheduled` lists pending ones.")
+    var at: String?
 
     func validate() throws {
         guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
         if let expiresIn, expiresIn < 1 { throw ValidationError("--expires-in must be at least 1 second") }
+        if let at, parseISO8601(at) == nil { throw ValidationError("--at takes an ISO 8601 time with a time zone, e.g. 2026-12-24T18:00:00Z") }
     }
 
     func run() async throws {
         let client = try options.client()
+        if let at, let time = parseISO8601(at) {
+            let scheduled = try await FlitzCLI.run { try await client.schedule(to: handle, text: text, at: time) }
+            printLine(scheduled.messageID.hexString)
+            printError("flitz: scheduled for \(rfc3339(scheduled.releaseAt))")
+            if !scheduled.held { printError("flitz: this relay does not hold scheduled messages; it delivered the message at once") }
+            return
+        }
         let id = try await FlitzCLI.run {
             try await client.send(to: handle, text: text, expiresIn: expiresIn, timeout: .milliseconds(Int64(timeout * 1000)))
         }
@@ -172,6 +184,7 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
             "sentAt": rfc3339(message.sentAt),
         ]
         if message.untrustedSender { object["untrustedSender"] = true }
+        if message.isRequest { object["request"] = true }
         if let to = message.to { object["to"] = to }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
         printLine(String(decoding: data, as: UTF8.self))
@@ -182,7 +195,7 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
             // Sent from another device of this account (a sent transcript).
             printLine("you → \(to): \(terminalSafe(message.text))")
         } else {
-            printLine("\(from): \(terminalSafe(message.text))")
+            printLine((message.isRequest ? "[request] " : "") + "\(from): \(terminalSafe(message.text))")
         }
     }
 }
@@ -226,6 +239,8 @@ func printEvent(_ event: ClientEvent, json: Bool) {
         }
     case .warning(let text):
         printError("flitz: \(text)")
+    case .typing(let from, let active):
+        printTyping(from, active: active, json: json)
     }
 }
 
@@ -262,7 +277,14 @@ struct Listen: AsyncParsableCommand {
             }
             return
         }
-        try await FlitzCLI.run { try await client.listen { printEvent($0, json: json) } }
+        let display = TypingDisplay(json: json, now: { client.currentTime() })
+        let ticker = Task { await display.tick() }
+        defer { ticker.cancel() }
+        try await FlitzCLI.run {
+            try await client.listen { event in
+                if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: json) }
+            }
+        }
     }
 }
 
@@ -291,17 +313,20 @@ struct Chat: AsyncParsableCommand {
     func run() async throws {
         let client = try options.client()
         let lines = LineQueue()
-        // readLine blocks, so it runs on its own thread rather than in the cooperative pool.
-        let reader = Thread {
-            while let line = readLine() { lines.push(line) }
-            lines.finish()
-        }
-        reader.start()
+        // Reading blocks, so it runs on its own thread rather than in the cooperative pool; on a terminal it sees
+        // keystrokes and sends typing (ChatInput).
+        let typing: TypingInput? = ChatInput.isTerminal ? TypingInput() : nil
+        ChatInput.start(lines: lines, typing: typing)
+        let display = TypingDisplay(json: false, now: { client.currentTime() })
+        let ticker = Task { await display.tick() }
+        defer { ticker.cancel() }
         printError("chatting with \(handle); type a message and press Enter, Ctrl-D to quit")
         try await FlitzCLI.run {
             try await client.chat(
-                with: handle, lines: lines, onSent: { printError("sent \($0.hexString)") },
-                onEvent: { printEvent($0, json: false) })
+                with: handle, lines: lines, typing: typing, onSent: { printError("sent \($0.hexString)") },
+                onEvent: { event in
+                    if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: false) }
+                })
         }
     }
 }

@@ -22,6 +22,9 @@ public struct ReceivedMessage: Sendable {
     /// Set for a message another device of this account sent (a sent transcript): its recipient. `from` is
     /// then this account's own handle.
     public let to: String?
+    /// The conversation is a message request (`protocol/conversations.md` section 9): a stranger's first messages,
+    /// shown marked, with no seen receipt sent.
+    public internal(set) var isRequest = false
 
     init(messageID: Data, from: String, text: String, sentAt: Date, untrustedSender: Bool, to: String? = nil) {
         self.messageID = messageID
@@ -41,6 +44,8 @@ public enum ClientEvent: Sendable {
     case receipt(messageID: Data, peer: String, status: MessageStatus)
     /// A non-fatal problem worth telling the user (identity change, undecryptable message).
     case warning(String)
+    /// A contact started (`active`) or stopped typing (`protocol/conversations.md` section 6).
+    case typing(from: String, active: Bool)
 }
 
 /// The Flitz client: one account with one device, its local store in a home directory, and the relay
