@@ -316,11 +316,11 @@ struct Chat: AsyncParsableCommand {
         // Reading blocks, so it runs on its own thread rather than in the cooperative pool; on a terminal it sees
         // keystrokes and sends typing (ChatInput).
         let typing: TypingInput? = ChatInput.isTerminal ? TypingInput() : nil
-        ChatInput.start(lines: lines, typing: typing)
+        let handle = handle
+        ChatInput.start(lines: lines, typing: typing) { printError("chatting with \(handle); type a message and press Enter, Ctrl-D to quit") }
         let display = TypingDisplay(json: false, now: { client.currentTime() })
         let ticker = Task { await display.tick() }
         defer { ticker.cancel() }
-        printError("chatting with \(handle); type a message and press Enter, Ctrl-D to quit")
         try await FlitzCLI.run {
             try await client.chat(
                 with: handle, lines: lines, typing: typing, onSent: { printError("sent \($0.hexString)") },

@@ -66,12 +66,15 @@ enum ChatInput {
     /// Whether stdin is a terminal (typing can be detected).
     static var isTerminal: Bool { isatty(STDIN_FILENO) == 1 }
 
-    /// Starts the reader thread, pushing lines to `lines` and keystrokes to `typing` (terminal only).
-    static func start(lines: LineQueue, typing: TypingInput?) {
+    /// Starts the reader thread, pushing lines to `lines` and keystrokes to `typing` (terminal only); calls `ready`
+    /// once input is read as it will be (after the terminal mode changed: what is typed earlier is cooked by the
+    /// terminal, and an early Ctrl-D would be lost).
+    static func start(lines: LineQueue, typing: TypingInput?, ready: @escaping @Sendable () -> Void) {
         let reader = Thread {
             if let typing, isTerminal {
-                readTerminal(lines: lines, typing: typing)
+                readTerminal(lines: lines, typing: typing, ready: ready)
             } else {
+                ready()
                 while let line = readLine() { lines.push(line) }
             }
             typing?.finish()
@@ -80,9 +83,10 @@ enum ChatInput {
         reader.start()
     }
 
-    private static func readTerminal(lines: LineQueue, typing: TypingInput) {
+    private static func readTerminal(lines: LineQueue, typing: TypingInput, ready: @Sendable () -> Void) {
         var original = termios()
         guard tcgetattr(STDIN_FILENO, &original) == 0 else {
+            ready()
             while let line = readLine() { lines.push(line) }
             return
         }
@@ -97,6 +101,7 @@ enum ChatInput {
         tcsetattr(STDIN_FILENO, TCSANOW, &raw)
         TerminalRestore.save(original)
         defer { TerminalRestore.restore() }
+        ready()
         var buffer: [UInt8] = []
         var byte: UInt8 = 0
         while read(STDIN_FILENO, &byte, 1) == 1 {
