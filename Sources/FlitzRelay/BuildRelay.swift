@@ -156,7 +156,7 @@ public func buildRelay(
         },
         logger: logger)
     return RelayApplication(
-        relay: relay, services: [relay.push, ExpirySweeper(relay: relay), application], logger: logger, listening: listening, databaseLock: lock,
+        relay: relay, services: [relay.push, ExpirySweeper(relay: relay), ScheduledReleaser(relay: relay), application], logger: logger, listening: listening, databaseLock: lock,
         maximumGracefulShutdown: configuration.closeTimeout * 2)
 }
 

@@ -1,4 +1,5 @@
 import FlitzStore
+import FlitzWire
 import Synchronization
 
 /// What the relay tells a live connection from outside its own frames.
@@ -7,6 +8,8 @@ enum ConnectionSignal: Sendable {
     case wake
     /// The device authenticated on a newer connection, or was removed by recovery: close this one.
     case close(reason: String)
+    /// Send this online-only envelope now in a `Deliver` of its own (`conversations.md` 6).
+    case onlineOnly(WireEnvelope)
 }
 
 /// Live authenticated connections, at most one per device (`protocol/relay.md`, "Connections").
@@ -66,6 +69,13 @@ final class ConnectionRegistry: Sendable {
     func close<S: Sequence<DeviceAddress>>(_ devices: S, reason: String) {
         let signals = state.withLock { state in devices.compactMap { state.entries.removeValue(forKey: $0)?.signal } }
         for signal in signals { signal(.close(reason: reason)) }
+    }
+
+    /// Hands `envelope` to the live connection of `device`; false when it has none (nothing is kept).
+    func handOnlineOnly(_ envelope: WireEnvelope, to device: DeviceAddress) -> Bool {
+        guard let signal = state.withLock({ $0.entries[device]?.signal }) else { return false }
+        signal(.onlineOnly(envelope))
+        return true
     }
 
     /// Whether `device` has a live connection.

@@ -158,7 +158,8 @@ struct ConnectionStateMachine {
             case .linkPut, .linkTake:
                 return .handleAnonymous(requestID: frame.requestID, body: body)
             case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList,
-                .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint:
+                .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint, .unsend,
+                .cancelScheduled, .updateBlockList, .fetchBlockList, .submitReport:
                 return .reply(.error(.notAuthenticated, "authenticate first", requestID: frame.requestID))
             default:
                 return .reply(Self.relayOnly(frame.requestID))
@@ -170,7 +171,8 @@ struct ConnectionStateMachine {
             case .linkPut, .linkTake:
                 return .handleAnonymous(requestID: frame.requestID, body: body)
             case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList,
-                .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint:
+                .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint, .unsend,
+                .cancelScheduled, .updateBlockList, .fetchBlockList, .submitReport:
                 return .handleAuthenticated(requestID: frame.requestID, body: body, device: device)
             default:
                 return .reply(Self.relayOnly(frame.requestID))

@@ -23,6 +23,10 @@ public final class Relay: Sendable {
     public let metrics: RelayMetrics
     /// Sends push wake-ups in the background (`protocol/push.md` 5); one of the relay's services.
     let push: PushDispatcher
+    /// The scheduled-envelope releaser's timer and wake-up (`ScheduledReleaser`, `conversations.md` 8).
+    let scheduler = ScheduleTimer()
+    /// Abuse reports per account (`conversations.md` 10: 10 per hour).
+    let reportLimiter = ReportLimiter()
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
     /// - Parameters:
@@ -290,6 +294,8 @@ public final class Relay: Sendable {
         var outcomes = [WireSubmitOutcome](repeating: WireSubmitOutcome(), count: request.envelopes.count)
         var submissions: [EnvelopeSubmission] = []
         var positions: [Int] = []
+        var onlineOnly: [WireOutgoingEnvelope] = []
+        let blockedBy = try await blockers(of: sender.handle, in: request.envelopes)
         for (index, envelope) in request.envelopes.enumerated() {
             outcomes[index].envelopeID = envelope.envelopeID
             let refusal: RelayError? =
@@ -300,21 +306,43 @@ public final class Relay: Sendable {
                 } else if !Handle.isValid(envelope.recipientHandle) {
                     RelayError(.unknownRecipient, "no such handle")
                 } else {
-                    nil
+                    Self.conversationRefusal(envelope, selectedDevices: request.selectedDevices, nowMs: now)
                 }
             if let refusal {
                 outcomes[index].error = Self.wireError(refusal, envelopeID: envelope.envelopeID)
                 continue
             }
             let ttlMs = envelope.ttlSeconds == 0 ? retention : min(Int64(envelope.ttlSeconds) * 1_000, retention)
+            // conversations.md 9: envelopes to an account that blocked the sender are dropped, silently.
+            if blockedBy.contains(envelope.recipientHandle) {
+                // The answer an unblocked recipient would give (scheduled ones included), so the block stays unseen.
+                outcomes[index].acceptedAtMs = now
+                outcomes[index].expiresAtMs = envelope.onlineOnly ? now : max(now, envelope.notBeforeMs) + ttlMs
+                outcomes[index].scheduled = envelope.notBeforeMs > now
+                metrics.blocked(onlineOnly: envelope.onlineOnly)
+                continue
+            }
+            if envelope.onlineOnly {
+                // conversations.md 6: never stored; handed to the device if connected now; the same answer either way.
+                outcomes[index].acceptedAtMs = now
+                outcomes[index].expiresAtMs = now
+                onlineOnly.append(envelope)
+                continue
+            }
+            let scheduled = envelope.notBeforeMs > now
+            let start = scheduled ? envelope.notBeforeMs : now
             submissions.append(EnvelopeSubmission(
                 envelopeID: envelope.envelopeID,
                 recipient: DeviceAddress(handle: envelope.recipientHandle, deviceID: envelope.recipientDeviceID),
-                ciphertext: envelope.ciphertext, expiresAtMs: now + ttlMs, routeExpiresAtMs: now + retention, group: envelope.group))
+                ciphertext: envelope.ciphertext, expiresAtMs: start + ttlMs, routeExpiresAtMs: start + retention, group: envelope.group,
+                unsendTokenHash: envelope.unsendTokenHash, notBeforeMs: scheduled ? envelope.notBeforeMs : 0,
+                cancelTokenHash: scheduled ? envelope.cancelTokenHash : Data(), ttlMs: ttlMs, urgency: envelope.urgency.rawValue))
             positions.append(index)
         }
+        handOnlineOnly(onlineOnly, sender: sender, nowMs: now)
         var wake = Set<DeviceAddress>()
         var wakeUps: [PushCandidate] = []
+        var anyScheduled = false
         if !submissions.isEmpty {
             let results: [SubmissionOutcome]
             let batch: SubmitBatchOutcome
@@ -355,6 +383,11 @@ public final class Relay: Sendable {
                                 device: submission.recipient, wakeClass: wakeClass, envelopeID: submission.envelopeID, expiresAtMs: expiresAt))
                         }
                     }
+                case .scheduled(let acceptedAt, let expiresAt, let newlyScheduled):
+                    outcomes[position].acceptedAtMs = acceptedAt
+                    outcomes[position].expiresAtMs = expiresAt
+                    outcomes[position].scheduled = true
+                    if newlyScheduled { anyScheduled = true }
                 case .rejected(let code):
                     let error = switch code {
                     case .unknownRecipient: RelayError(.unknownRecipient, "no such handle")
@@ -370,6 +403,8 @@ public final class Relay: Sendable {
         registry.wake(wake)
         // After the commit and never awaited: push never delays or fails a Submit (push.md 7).
         push.submitted(wakeUps)
+        // A new scheduled envelope may be due before the releaser's current target.
+        if anyScheduled { scheduler.poke() }
         var reply = WireSubmitResult()
         reply.outcomes = outcomes
         return reply

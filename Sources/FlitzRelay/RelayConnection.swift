@@ -25,6 +25,8 @@ struct RelayConnection {
         case close(reason: String)
         case pump
         case authenticationDeadline
+        /// An online-only envelope to hand over now, outside the queue (`conversations.md` 6).
+        case onlineOnly(WireEnvelope)
     }
 
     let relay: Relay
@@ -93,6 +95,11 @@ struct RelayConnection {
                             try await writer.closeQuietly(.policyViolation, reason: "not authenticated in time")
                             break loop
                         }
+                    case .onlineOnly(let envelope):
+                        // Never stored, so not in the machine's in-flight accounting: it is not acknowledged.
+                        var deliver = WireDeliver()
+                        deliver.envelopes = [envelope]
+                        try await writer.send(WireFrame(requestID: 0, body: .deliver(deliver)))
                     case .pump:
                         if pump.taken() { _ = machine.wokenUp() }
                         try await deliverPage(machine: &machine, writer: writer, pump: pump)
@@ -216,6 +223,7 @@ struct RelayConnection {
                         switch signal {
                         case .wake: pump.wake()
                         case .close(let reason): continuation.yield(.close(reason: reason))
+                        case .onlineOnly(let envelope): continuation.yield(.onlineOnly(envelope))
                         }
                     }
                     // An authenticated connection closes the device's push coalescing window (push.md 5 step 3),
@@ -256,6 +264,10 @@ struct RelayConnection {
         case .reportSeen(let request):
             try await relay.reportSeen(request, device: device)
             return WireFrame(requestID: requestID, body: .ok(WireOk()))
+        case .unsend, .cancelScheduled, .updateBlockList, .fetchBlockList, .submitReport:
+            // Conversations (Relay+Conversations.swift).
+            let reply = try await relay.handleConversationFrame(requestID: requestID, body: body, device: device)
+            return reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
         case .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint:
             // Push endpoints (Relay+Push.swift).
             let reply = try await relay.handlePushFrame(requestID: requestID, body: body, device: device)

@@ -90,6 +90,37 @@ public final class RelayMetrics: Sendable {
     /// A wake-up job was refused: the push dispatcher's queue was full (`protocol/push.md` 10).
     func pushJobDropped() { pushDroppedJobs.increment() }
 
+    // MARK: Conversations (`protocol/conversations.md` 11); counts only, never a handle or token.
+
+    /// Counts `count` events of the counter `label` with the given labels (the registry keeps one counter per set).
+    private func count(_ label: String, _ dimensions: [(String, String)] = [], by count: Int = 1) {
+        guard count > 0 else { return }
+        Metrics.Counter(label: label, dimensions: dimensions, factory: factory).increment(by: count)
+    }
+
+    /// `flitz_relay_online_only_total{outcome}`: an online-only envelope was `handed` to a connected device or found
+    /// `no_connection` (blocked ones count through `blocked`).
+    func onlineOnly(handed: Bool) { count("flitz_relay_online_only_total", [("outcome", handed ? "handed" : "no_connection")]) }
+
+    /// `flitz_relay_blocked_total`: an envelope dropped because its recipient blocked its sender; an online-only one also
+    /// counts as `flitz_relay_online_only_total{outcome="blocked"}`.
+    func blocked(onlineOnly: Bool) {
+        count("flitz_relay_blocked_total")
+        if onlineOnly { count("flitz_relay_online_only_total", [("outcome", "blocked")]) }
+    }
+
+    /// `flitz_relay_unsend_total{state}`: envelopes an unsend found, by `purged`, `already_delivered`, `already_expired`.
+    func unsent(_ state: String, count number: Int) { count("flitz_relay_unsend_total", [("state", state)], by: number) }
+
+    /// `flitz_relay_scheduled_released_total`: scheduled envelopes released into a queue.
+    func scheduledReleased(_ number: Int) { count("flitz_relay_scheduled_released_total", by: number) }
+
+    /// `flitz_relay_scheduled_cancelled_total`: scheduled envelopes removed by CancelScheduled.
+    func scheduledCancelled(_ number: Int) { count("flitz_relay_scheduled_cancelled_total", by: number) }
+
+    /// `flitz_relay_reports_total`: abuse reports stored.
+    func reportStored() { count("flitz_relay_reports_total") }
+
     /// A WebSocket connection opened.
     func connectionOpened() { connections.increment() }
 
@@ -109,7 +140,9 @@ public final class RelayMetrics: Sendable {
             }
             if accepted > 0 { envelopesIn.increment(by: accepted) }
         case .deliver(let deliver):
-            if !deliver.envelopes.isEmpty { envelopesDelivered.increment(by: deliver.envelopes.count) }
+            // Online-only envelopes were never queued; they count in flitz_relay_online_only_total.
+            let queued = deliver.envelopes.count { !$0.onlineOnly }
+            if queued > 0 { envelopesDelivered.increment(by: queued) }
         default:
             break
         }

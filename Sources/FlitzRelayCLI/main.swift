@@ -9,7 +9,7 @@ struct FlitzRelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "flitz-relay",
         abstract: "The Flitz blind relay.",
-        subcommands: [Serve.self])
+        subcommands: [Serve.self, Reports.self])
 }
 
 /// `flitz-relay serve`: runs the relay until SIGINT or SIGTERM. Every configuration key (`README.md`,
@@ -74,5 +74,28 @@ struct Serve: AsyncParsableCommand {
             try? FileHandle.standardError.write(contentsOf: Data("flitz-relay: \(reason)\n".utf8))
             throw ExitCode.failure
         }
+    }
+}
+
+/// `flitz-relay reports`: lists the abuse reports stored in the relay's database for the operator
+/// (`protocol/conversations.md` 10): reporter, time, reported handle, reason, and each message with its author, time
+/// and text, the reported one marked.
+struct Reports: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the abuse reports users sent (plaintext they chose to share).")
+
+    @Option(name: .customLong("database"), help: "The relay's SQLite database (storage.sqlite.path).")
+    var database: String = RelayConfiguration().databasePath
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        guard FileManager.default.fileExists(atPath: database) else {
+            try? FileHandle.standardError.write(contentsOf: Data("flitz-relay: no database at \(database)\n".utf8))
+            throw ExitCode.failure
+        }
+        let reports = try await ReportListing.load(databasePath: database)
+        let output = json ? try ReportListing.json(reports) : try ReportListing.text(reports)
+        try FileHandle.standardOutput.write(contentsOf: Data(output.utf8))
     }
 }

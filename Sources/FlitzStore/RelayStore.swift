@@ -7,7 +7,7 @@ import Foundation
 /// durable transaction: when it returns, its effect survives a crash; when it throws, nothing changed.
 /// Methods throw `StoreError` for refusals the caller must report and `StoreError.Code.backend` for
 /// failures of the underlying database. Push endpoints and relay secrets are in `PushEndpointStore`.
-public protocol RelayStore: PushEndpointStore {
+public protocol RelayStore: PushEndpointStore, ConversationStore {
     /// Creates `handle` with its first device and returns the device id (1 for a new handle).
     /// - Throws: `StoreError.handleTaken` when the handle exists.
     func register(
@@ -432,15 +432,34 @@ public struct EnvelopeSubmission: Hashable, Sendable {
     /// `OutgoingEnvelope.group`: envelopes of one submit with the same non-zero group carry one message
     /// (receipts across devices, `relay.md`); 0 makes a group of one.
     public var group: UInt32
+    /// Empty, or the 32-byte unsend token hash kept with the route (`conversations.md` 5).
+    public var unsendTokenHash: Data
+    /// 0, or the release time of a scheduled envelope (`conversations.md` 8): when after the submit's `atMs`, the
+    /// envelope is held (not queued) until then; `expiresAtMs` and `routeExpiresAtMs` then count from it.
+    public var notBeforeMs: Int64
+    /// With `notBeforeMs`: the 32-byte cancel token hash.
+    public var cancelTokenHash: Data
+    /// With `notBeforeMs`: the lifetime after release, milliseconds (already capped by retention).
+    public var ttlMs: Int64
+    /// `OutgoingEnvelope.urgency`'s wire number, kept for a scheduled envelope's wake-up at release.
+    public var urgency: Int
 
     /// Creates a submission.
-    public init(envelopeID: Data, recipient: DeviceAddress, ciphertext: Data, expiresAtMs: Int64, routeExpiresAtMs: Int64, group: UInt32 = 0) {
+    public init(
+        envelopeID: Data, recipient: DeviceAddress, ciphertext: Data, expiresAtMs: Int64, routeExpiresAtMs: Int64, group: UInt32 = 0,
+        unsendTokenHash: Data = Data(), notBeforeMs: Int64 = 0, cancelTokenHash: Data = Data(), ttlMs: Int64 = 0, urgency: Int = 0
+    ) {
         self.envelopeID = envelopeID
         self.recipient = recipient
         self.ciphertext = ciphertext
         self.expiresAtMs = expiresAtMs
         self.routeExpiresAtMs = routeExpiresAtMs
         self.group = group
+        self.unsendTokenHash = unsendTokenHash
+        self.notBeforeMs = notBeforeMs
+        self.cancelTokenHash = cancelTokenHash
+        self.ttlMs = ttlMs
+        self.urgency = urgency
     }
 }
 
@@ -448,6 +467,9 @@ public struct EnvelopeSubmission: Hashable, Sendable {
 public enum SubmissionOutcome: Hashable, Sendable {
     /// Durable. `newlyQueued` is false for an idempotent resubmission.
     case accepted(acceptedAtMs: Int64, expiresAtMs: Int64, newlyQueued: Bool)
+    /// Durable and held until its release (`conversations.md` 8): `acceptedAtMs` is the submit's time, `expiresAtMs`
+    /// the expiry it will have if released on time. `newlyScheduled` is false for an idempotent resubmission.
+    case scheduled(acceptedAtMs: Int64, expiresAtMs: Int64, newlyScheduled: Bool)
     /// Refused; nothing was stored for it.
     case rejected(StoreError.Code)
 }
@@ -623,6 +645,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let unknownEnvelope = Code(rawValue: 16)
         /// The device identity key was removed from the account by a device list and may not register again.
         public static let deviceRemoved = Code(rawValue: 17)
+        /// A block list would exceed its most handles.
+        public static let blockListFull = Code(rawValue: 18)
     }
 
     /// What went wrong.
@@ -658,6 +682,7 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         case .linkSlotUsed: "pairing slot already written"
         case .unknownEnvelope: "unknown envelope"
         case .deviceRemoved: "device removed"
+        case .blockListFull: "block list full"
         default: "store error \(code.rawValue)"
         }
         return detail.isEmpty ? "StoreError: \(name)" : "StoreError: \(name) (\(detail))"

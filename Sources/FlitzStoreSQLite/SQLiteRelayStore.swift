@@ -260,6 +260,41 @@ public final class SQLiteRelayStore: RelayStore {
                 );
                 """)
         }
+        migrator.registerMigration("v6-conversations") { db in
+            // conversations.md 5, 8, 9, 10. A route keeps its unsend token hash for its retention (NULL: none). Route
+            // states gain 3 scheduled (ciphertext in scheduled_envelopes, not in the queue), 4 purged by an unsend and
+            // 5 cancelled. A scheduled envelope's row goes at release, cancel or unsend.
+            try db.execute(sql: """
+                ALTER TABLE envelope_routes ADD COLUMN unsend_token_hash BLOB;
+                CREATE INDEX envelope_routes_by_unsend ON envelope_routes(sender_handle, unsend_token_hash)
+                    WHERE unsend_token_hash IS NOT NULL;
+                CREATE TABLE scheduled_envelopes (
+                    envelope_id BLOB PRIMARY KEY NOT NULL,
+                    sender_handle TEXT NOT NULL,
+                    not_before INTEGER NOT NULL,
+                    ttl_ms INTEGER NOT NULL,
+                    urgency INTEGER NOT NULL,
+                    cancel_token_hash BLOB NOT NULL,
+                    ciphertext BLOB NOT NULL
+                );
+                CREATE INDEX scheduled_by_release ON scheduled_envelopes(not_before);
+                CREATE INDEX scheduled_by_cancel ON scheduled_envelopes(sender_handle, cancel_token_hash);
+                CREATE TABLE block_lists (
+                    handle TEXT NOT NULL,
+                    blocked_handle TEXT NOT NULL,
+                    PRIMARY KEY (handle, blocked_handle)
+                );
+                CREATE INDEX block_lists_by_blocked ON block_lists(blocked_handle);
+                CREATE TABLE reports (
+                    report_id BLOB PRIMARY KEY NOT NULL,
+                    reporter_handle TEXT NOT NULL,
+                    reporter_device_id INTEGER NOT NULL,
+                    received_at INTEGER NOT NULL,
+                    report BLOB NOT NULL,
+                    signature BLOB NOT NULL
+                );
+                """)
+        }
         return migrator
     }()
 
@@ -268,6 +303,9 @@ public final class SQLiteRelayStore: RelayStore {
     private static let stateQueued = 0
     private static let stateDelivered = 1
     private static let stateExpired = 2
+    private static let stateScheduled = 3
+    private static let statePurged = 4
+    private static let stateCancelled = 5
 
     // MARK: RelayStore (documented on the protocol)
 
@@ -553,14 +591,19 @@ public final class SQLiteRelayStore: RelayStore {
         var outcomes: [SubmissionOutcome] = []
         outcomes.reserveCapacity(envelopes.count)
         var queued: [DeviceAddress: Int] = [:]
+        var scheduledCount: Int?
         var currentByHandle: [String: Set<UInt32>] = [:]
         for (index, envelope) in envelopes.enumerated() {
             if let route = try existing[index] ?? Row.fetchOne(
                 db, sql: "SELECT * FROM envelope_routes WHERE envelope_id = ?", arguments: [envelope.envelopeID])
             {
-                outcomes.append(isSameRoute(route, envelope)
-                    ? .accepted(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyQueued: false)
-                    : .rejected(.envelopeIDConflict))
+                if !isSameRoute(route, envelope) {
+                    outcomes.append(.rejected(.envelopeIDConflict))
+                } else if (route["state"] as Int) == Self.stateScheduled {
+                    outcomes.append(.scheduled(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyScheduled: false))
+                } else {
+                    outcomes.append(.accepted(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyQueued: false))
+                }
                 continue
             }
             if refusedGroups.contains(groupKeys[index]) {
@@ -584,14 +627,25 @@ public final class SQLiteRelayStore: RelayStore {
                 outcomes.append(.rejected(.staleDevice))
                 continue
             }
-            let depth = try queued[envelope.recipient] ?? Int.fetchOne(
+            let scheduled = envelope.notBeforeMs > atMs
+            if scheduled {
+                let count = try scheduledCount ?? Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM scheduled_envelopes WHERE sender_handle = ?", arguments: [sender.handle]) ?? 0
+                guard count < ConversationStoreLimits.maxScheduledPerAccount else {
+                    outcomes.append(.rejected(.queueFull))
+                    continue
+                }
+                scheduledCount = count + 1
+            }
+            // Scheduled envelopes are not queued: they count against the account's scheduled limit only.
+            let depth = try scheduled ? 0 : (queued[envelope.recipient] ?? Int.fetchOne(
                 db, sql: "SELECT envelopes FROM queue_depths WHERE handle = ? AND device_id = ?",
-                arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID)]) ?? 0
+                arguments: [envelope.recipient.handle, Int64(envelope.recipient.deviceID)]) ?? 0)
             guard depth < queueLimit else {
                 outcomes.append(.rejected(.queueFull))
                 continue
             }
-            queued[envelope.recipient] = depth + 1
+            if !scheduled { queued[envelope.recipient] = depth + 1 }
             let groupID: Data
             if let known = groupIDs[groupKeys[index]] {
                 groupID = known
@@ -602,12 +656,27 @@ public final class SQLiteRelayStore: RelayStore {
             try db.execute(
                 sql: """
                     INSERT INTO envelope_routes (envelope_id, sender_handle, sender_device_id, recipient_handle, recipient_device_id,
-                        accepted_at, expires_at, route_expires_at, state, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        accepted_at, expires_at, route_expires_at, state, group_id, unsend_token_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     envelope.envelopeID, sender.handle, Int64(sender.deviceID), envelope.recipient.handle,
-                    Int64(envelope.recipient.deviceID), atMs, envelope.expiresAtMs, envelope.routeExpiresAtMs, Self.stateQueued, groupID,
+                    Int64(envelope.recipient.deviceID), atMs, envelope.expiresAtMs, envelope.routeExpiresAtMs,
+                    scheduled ? Self.stateScheduled : Self.stateQueued, groupID,
+                    envelope.unsendTokenHash.isEmpty ? nil : envelope.unsendTokenHash,
                 ])
+            if scheduled {
+                try db.execute(
+                    sql: """
+                        INSERT INTO scheduled_envelopes (envelope_id, sender_handle, not_before, ttl_ms, urgency, cancel_token_hash, ciphertext)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        envelope.envelopeID, sender.handle, envelope.notBeforeMs, envelope.ttlMs, envelope.urgency, envelope.cancelTokenHash,
+                        envelope.ciphertext,
+                    ])
+                outcomes.append(.scheduled(acceptedAtMs: atMs, expiresAtMs: envelope.expiresAtMs, newlyScheduled: true))
+                continue
+            }
             try db.execute(
                 sql: "INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
                 arguments: [
@@ -1207,6 +1276,188 @@ public final class SQLiteRelayStore: RelayStore {
                 apnsBackground: row["apns_background"], registeredAtMs: row["registered_at"], lastWakeAtMs: row["last_wake_at"],
                 wakesSent: UInt64(max(0, row["wakes_sent"] as Int64)), lastFailure: row["last_failure"], droppedAtMs: row["dropped_at"],
                 urgentWindowUntilMs: row["urgent_window_until"])
+        }
+    }
+
+    // MARK: Conversations (documented on `ConversationStore`)
+
+    /// Implements `ConversationStore.unsend` in one SQLite transaction.
+    public func unsend(senderHandle: String, unsendTokenHash: Data) async throws -> [UnsendRecord] {
+        try await run {
+            try await self.pool.write { db in
+                let routes = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT envelope_id, recipient_handle, recipient_device_id, state FROM envelope_routes
+                        WHERE sender_handle = ? AND unsend_token_hash = ? ORDER BY recipient_handle, recipient_device_id, envelope_id
+                        """,
+                    arguments: [senderHandle, unsendTokenHash])
+                return try routes.map { route in
+                    let envelopeID: Data = route["envelope_id"]
+                    let recipient = DeviceAddress(handle: route["recipient_handle"], deviceID: UInt32(route["recipient_device_id"] as Int64))
+                    let state: UnsendEnvelopeState
+                    switch route["state"] as Int {
+                    case Self.stateQueued, Self.stateScheduled:
+                        try db.execute(sql: "DELETE FROM queue WHERE envelope_id = ? AND kind = ?", arguments: [envelopeID, Self.kindEnvelope])
+                        try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
+                        try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.statePurged, envelopeID])
+                        state = .purged
+                    case Self.statePurged, Self.stateCancelled: state = .purged
+                    case Self.stateDelivered: state = .alreadyDelivered
+                    default: state = .alreadyExpired
+                    }
+                    return UnsendRecord(envelopeID: envelopeID, recipient: recipient, state: state)
+                }
+            }
+        }
+    }
+
+    /// Implements `ConversationStore.cancelScheduled` in one SQLite transaction.
+    public func cancelScheduled(senderHandle: String, cancelTokenHash: Data) async throws -> Int {
+        try await run {
+            try await self.pool.write { db in
+                let ids = try Data.fetchAll(
+                    db, sql: "SELECT envelope_id FROM scheduled_envelopes WHERE sender_handle = ? AND cancel_token_hash = ?",
+                    arguments: [senderHandle, cancelTokenHash])
+                for id in ids {
+                    try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [id])
+                    try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateCancelled, id])
+                }
+                return ids.count
+            }
+        }
+    }
+
+    /// Implements `ConversationStore.nextScheduledRelease`.
+    public func nextScheduledRelease() async throws -> Int64? {
+        try await run {
+            try await self.pool.read { db in try Int64.fetchOne(db, sql: "SELECT MIN(not_before) FROM scheduled_envelopes") }
+        }
+    }
+
+    /// Implements `ConversationStore.releaseScheduled` in one SQLite transaction.
+    public func releaseScheduled(nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64) async throws -> ScheduledRelease {
+        try await run {
+            try await self.pool.write { db in
+                let rows = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT s.envelope_id, s.ttl_ms, s.urgency, s.ciphertext, r.sender_handle, r.sender_device_id,
+                            r.recipient_handle, r.recipient_device_id
+                        FROM scheduled_envelopes s JOIN envelope_routes r ON r.envelope_id = s.envelope_id
+                        WHERE s.not_before <= ? ORDER BY s.not_before, r.rowid
+                        """,
+                    arguments: [nowMs])
+                var released: [ReleasedEnvelope] = []
+                var expired = 0
+                var notified = Set<DeviceAddress>()
+                var current: [String: Set<UInt32>] = [:]
+                for row in rows {
+                    let envelopeID: Data = row["envelope_id"]
+                    let recipient = DeviceAddress(handle: row["recipient_handle"], deviceID: UInt32(row["recipient_device_id"] as Int64))
+                    let sender = DeviceAddress(handle: row["sender_handle"], deviceID: UInt32(row["sender_device_id"] as Int64))
+                    try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
+                    let devices: Set<UInt32>
+                    if let known = current[recipient.handle] {
+                        devices = known
+                    } else {
+                        devices = try Self.currentDeviceIDs(db, recipient.handle) ?? []
+                        current[recipient.handle] = devices
+                    }
+                    guard devices.contains(recipient.deviceID) else {
+                        try db.execute(
+                            sql: "UPDATE envelope_routes SET state = ?, accepted_at = ?, expires_at = ?, route_expires_at = ? WHERE envelope_id = ?",
+                            arguments: [Self.stateExpired, nowMs, nowMs, nowMs + retentionMs, envelopeID])
+                        expired += 1
+                        if try self.queueReceipt(
+                            db, to: sender, envelopeID: envelopeID, kind: .expired, recipient: recipient, atMs: nowMs, expiresAtMs: receiptExpiresAtMs)
+                        {
+                            notified.insert(sender)
+                        }
+                        continue
+                    }
+                    let ttl: Int64 = row["ttl_ms"]
+                    let expiresAt = nowMs + min(ttl > 0 ? ttl : retentionMs, retentionMs)
+                    try db.execute(
+                        sql: "UPDATE envelope_routes SET state = ?, accepted_at = ?, expires_at = ?, route_expires_at = ? WHERE envelope_id = ?",
+                        arguments: [Self.stateQueued, nowMs, expiresAt, nowMs + retentionMs, envelopeID])
+                    try db.execute(
+                        sql: "INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        arguments: [recipient.handle, Int64(recipient.deviceID), Self.kindEnvelope, envelopeID, row["ciphertext"] as Data, expiresAt])
+                    released.append(ReleasedEnvelope(envelopeID: envelopeID, recipient: recipient, expiresAtMs: expiresAt, urgency: row["urgency"]))
+                }
+                return ScheduledRelease(released: released, expired: expired, notifiedSenders: notified)
+            }
+        }
+    }
+
+    /// Implements `ConversationStore.blockList`.
+    public func blockList(handle: String) async throws -> [String] {
+        try await run {
+            try await self.pool.read { db in
+                try String.fetchAll(db, sql: "SELECT blocked_handle FROM block_lists WHERE handle = ? ORDER BY blocked_handle", arguments: [handle])
+            }
+        }
+    }
+
+    /// Implements `ConversationStore.updateBlockList` in one SQLite transaction.
+    public func updateBlockList(handle: String, block: [String], unblock: [String], maxBlocked: Int) async throws -> [String] {
+        try await run {
+            try await self.pool.write { db in
+                for blocked in unblock {
+                    try db.execute(sql: "DELETE FROM block_lists WHERE handle = ? AND blocked_handle = ?", arguments: [handle, blocked])
+                }
+                for blocked in block {
+                    try db.execute(sql: "INSERT OR IGNORE INTO block_lists (handle, blocked_handle) VALUES (?, ?)", arguments: [handle, blocked])
+                }
+                let list = try String.fetchAll(
+                    db, sql: "SELECT blocked_handle FROM block_lists WHERE handle = ? ORDER BY blocked_handle", arguments: [handle])
+                // Throwing rolls the transaction back: nothing changes.
+                guard list.count <= maxBlocked else { throw StoreError(.blockListFull, "at most \(maxBlocked) handles") }
+                return list
+            }
+        }
+    }
+
+    /// Implements `ConversationStore.blockers`.
+    public func blockers(of senderHandle: String, among recipientHandles: Set<String>) async throws -> Set<String> {
+        guard !recipientHandles.isEmpty else { return [] }
+        return try await run {
+            try await self.pool.read { db in
+                Set(try String.fetchAll(db, sql: "SELECT handle FROM block_lists WHERE blocked_handle = ?", arguments: [senderHandle]))
+                    .intersection(recipientHandles)
+            }
+        }
+    }
+
+    /// Implements `ConversationStore.storeReport`.
+    public func storeReport(_ report: StoredReport) async throws {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO reports (report_id, reporter_handle, reporter_device_id, received_at, report, signature)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        report.reportID, report.reporter.handle, Int64(report.reporter.deviceID), report.receivedAtMs, report.report,
+                        report.signature,
+                    ])
+            }
+        }
+    }
+
+    /// Implements `ConversationStore.reports`.
+    public func reports() async throws -> [StoredReport] {
+        try await run {
+            try await self.pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM reports ORDER BY received_at, rowid").map { row in
+                    StoredReport(
+                        reportID: row["report_id"],
+                        reporter: DeviceAddress(handle: row["reporter_handle"], deviceID: UInt32(row["reporter_device_id"] as Int64)),
+                        receivedAtMs: row["received_at"], report: row["report"], signature: row["signature"])
+                }
+            }
         }
     }
 

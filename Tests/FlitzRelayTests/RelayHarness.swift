@@ -28,7 +28,8 @@ struct RelayHarness: Sendable {
 
     static func run(
         authenticationTimeout: Duration = .seconds(30), configure: (inout RelayConfiguration) -> Void = { _ in },
-        databasePath: ((URL) -> String)? = nil, _ body: @Sendable (RelayHarness) async throws -> Void
+        databasePath: ((URL) -> String)? = nil, prepare: (RelayApplication, TestClock) -> Void = { _, _ in },
+        _ body: @Sendable (RelayHarness) async throws -> Void
     ) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-relay-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -42,6 +43,8 @@ struct RelayHarness: Sendable {
             authenticationTimeout: authenticationTimeout)
         configure(&configuration)
         let app = try await buildRelay(configuration: configuration, logger: logger, clock: clock)
+        // Before any service runs: tests replace sleepers and move the clock here.
+        prepare(app, clock)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.run(handleSignals: false) }
             let port = await app.port()

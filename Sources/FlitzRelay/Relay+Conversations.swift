@@ -1,0 +1,260 @@
+import FlitzCrypto
+import FlitzStore
+import FlitzWire
+import Foundation
+import Synchronization
+
+/// The relay's side of `protocol/conversations.md`: the new `Submit` fields (online-only, unsend token hash,
+/// scheduled), Unsend, CancelScheduled, the block list and abuse reports (section 11). The relay never logs a token,
+/// a block list or a report's contents.
+extension Relay {
+    /// The `INVALID_ARGUMENT` refusal of one envelope's conversation fields (`conversations.md` 11), or nil.
+    static func conversationRefusal(_ envelope: WireOutgoingEnvelope, selectedDevices: Bool, nowMs: Int64) -> RelayError? {
+        let length = ConversationTokens.length
+        if !envelope.unsendTokenHash.isEmpty, envelope.unsendTokenHash.count != length {
+            return RelayError(.invalidArgument, "unsend_token_hash must be empty or \(length) bytes")
+        }
+        if !envelope.cancelTokenHash.isEmpty, envelope.cancelTokenHash.count != length {
+            return RelayError(.invalidArgument, "cancel_token_hash must be empty or \(length) bytes")
+        }
+        if envelope.onlineOnly {
+            if envelope.notBeforeMs != 0 { return RelayError(.invalidArgument, "an online_only envelope cannot be scheduled (not_before_ms)") }
+            if !selectedDevices { return RelayError(.invalidArgument, "online_only envelopes need Submit.selected_devices") }
+        }
+        if envelope.notBeforeMs != 0 {
+            if envelope.notBeforeMs > nowMs + ConversationTokens.scheduleHorizonMilliseconds {
+                return RelayError(.invalidArgument, "not_before_ms may be at most 30 days ahead")
+            }
+            if envelope.cancelTokenHash.count != length {
+                return RelayError(.invalidArgument, "a scheduled envelope needs a \(length)-byte cancel_token_hash")
+            }
+        }
+        return nil
+    }
+
+    /// The recipient handles of `envelopes` (other than the sender's own) whose block list holds `senderHandle`.
+    func blockers(of senderHandle: String, in envelopes: [WireOutgoingEnvelope]) async throws(RelayError) -> Set<String> {
+        let handles = Set(envelopes.map(\.recipientHandle).filter { $0 != senderHandle && Handle.isValid($0) })
+        do {
+            return try await store.blockers(of: senderHandle, among: handles)
+        } catch {
+            throw internalError(error)
+        }
+    }
+
+    /// Hands each online-only envelope to its recipient device's live connection, if any (`conversations.md` 6):
+    /// a `Deliver` of that one envelope with `online_only` set, outside the queue, the delivery window and the
+    /// acknowledgements; nothing is stored, pushed or receipted.
+    func handOnlineOnly(_ envelopes: [WireOutgoingEnvelope], sender: DeviceAddress, nowMs: Int64) {
+        for outgoing in envelopes {
+            var envelope = WireEnvelope()
+            envelope.envelopeID = outgoing.envelopeID
+            envelope.senderHandle = sender.handle
+            envelope.senderDeviceID = sender.deviceID
+            envelope.recipientDeviceID = outgoing.recipientDeviceID
+            envelope.acceptedAtMs = nowMs
+            envelope.expiresAtMs = nowMs
+            envelope.ciphertext = outgoing.ciphertext
+            envelope.onlineOnly = true
+            let recipient = DeviceAddress(handle: outgoing.recipientHandle, deviceID: outgoing.recipientDeviceID)
+            metrics.onlineOnly(handed: registry.handOnlineOnly(envelope, to: recipient))
+        }
+    }
+
+    /// Unsend, CancelScheduled, UpdateBlockList, FetchBlockList and SubmitReport; nil for any other frame.
+    func handleConversationFrame(requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress) async throws(RelayError) -> WireFrame? {
+        switch body {
+        case .unsend(let request):
+            return WireFrame(requestID: requestID, body: .unsendResult(try await unsend(request, device: device)))
+        case .cancelScheduled(let request):
+            return WireFrame(requestID: requestID, body: .cancelScheduledResult(try await cancelScheduled(request, device: device)))
+        case .updateBlockList(let request):
+            return WireFrame(requestID: requestID, body: .blockList(try await updateBlockList(request, device: device)))
+        case .fetchBlockList:
+            return WireFrame(requestID: requestID, body: .blockList(try await fetchBlockList(device: device)))
+        case .submitReport(let request):
+            return WireFrame(requestID: requestID, body: .reportResult(try await submitReport(request, device: device)))
+        default:
+            return nil
+        }
+    }
+
+    /// Unsend (`conversations.md` 5).
+    func unsend(_ request: WireUnsend, device: DeviceAddress) async throws(RelayError) -> WireUnsendResult {
+        guard request.unsendToken.count == ConversationTokens.length else {
+            throw RelayError(.invalidArgument, "an unsend token is \(ConversationTokens.length) bytes")
+        }
+        let records: [UnsendRecord]
+        do {
+            records = try await store.unsend(senderHandle: device.handle, unsendTokenHash: ConversationTokens.unsendTokenHash(request.unsendToken))
+        } catch {
+            throw internalError(error)
+        }
+        guard !records.isEmpty else { throw RelayError(.unknownToken, "no envelope of this account carries that unsend token") }
+        var result = WireUnsendResult()
+        result.outcomes = records.map { record in
+            var outcome = WireUnsendOutcome()
+            outcome.envelopeID = record.envelopeID
+            outcome.recipientHandle = record.recipient.handle
+            outcome.recipientDeviceID = record.recipient.deviceID
+            outcome.state = switch record.state {
+            case .purged: .purged
+            case .alreadyDelivered: .alreadyDelivered
+            case .alreadyExpired: .alreadyExpired
+            }
+            return outcome
+        }
+        for (state, name) in [(UnsendEnvelopeState.purged, "purged"), (.alreadyDelivered, "already_delivered"), (.alreadyExpired, "already_expired")] {
+            metrics.unsent(name, count: records.count { $0.state == state })
+        }
+        return result
+    }
+
+    /// CancelScheduled (`conversations.md` 8).
+    func cancelScheduled(_ request: WireCancelScheduled, device: DeviceAddress) async throws(RelayError) -> WireCancelScheduledResult {
+        guard request.cancelToken.count == ConversationTokens.length else {
+            throw RelayError(.invalidArgument, "a cancel token is \(ConversationTokens.length) bytes")
+        }
+        let cancelled: Int
+        do {
+            cancelled = try await store.cancelScheduled(
+                senderHandle: device.handle, cancelTokenHash: ConversationTokens.cancelTokenHash(request.cancelToken))
+        } catch {
+            throw internalError(error)
+        }
+        guard cancelled > 0 else { throw RelayError(.unknownToken, "no scheduled envelope of this account carries that cancel token") }
+        metrics.scheduledCancelled(cancelled)
+        var result = WireCancelScheduledResult()
+        result.cancelled = UInt32(clamping: cancelled)
+        return result
+    }
+
+    /// UpdateBlockList (`conversations.md` 9): valid handles, at most 100 of each, never the own handle, at most
+    /// 10 000 on the list.
+    func updateBlockList(_ request: WireUpdateBlockList, device: DeviceAddress) async throws(RelayError) -> WireBlockList {
+        let most = ConversationTokens.maxBlockChangesPerFrame
+        guard request.block.count <= most, request.unblock.count <= most else {
+            throw RelayError(.invalidArgument, "at most \(most) handles to block and \(most) to unblock per frame")
+        }
+        guard (request.block + request.unblock).allSatisfy(Handle.isValid) else {
+            throw RelayError(.invalidArgument, "handles are 3-32 characters of a-z 0-9 _ .")
+        }
+        guard !request.block.contains(device.handle) else { throw RelayError(.invalidArgument, "an account cannot block itself") }
+        var list = WireBlockList()
+        do {
+            list.handles = try await store.updateBlockList(
+                handle: device.handle, block: request.block, unblock: request.unblock, maxBlocked: ConversationTokens.maxBlocked)
+        } catch let error as StoreError where error.code == .blockListFull {
+            throw RelayError(.invalidArgument, "a block list holds at most \(ConversationTokens.maxBlocked) handles")
+        } catch {
+            throw internalError(error)
+        }
+        return list
+    }
+
+    /// FetchBlockList (`conversations.md` 9).
+    func fetchBlockList(device: DeviceAddress) async throws(RelayError) -> WireBlockList {
+        var list = WireBlockList()
+        do {
+            list.handles = try await store.blockList(handle: device.handle)
+        } catch {
+            throw internalError(error)
+        }
+        return list
+    }
+
+    /// SubmitReport (`conversations.md` 10): decodes and checks the report, verifies the signature under the
+    /// authenticated device's identity key, applies 10 per hour per account, stores it. Its contents are never logged.
+    func submitReport(_ request: WireSubmitReport, device: DeviceAddress) async throws(RelayError) -> WireReportResult {
+        guard (1...ConversationTokens.maxReportBytes).contains(request.report.count) else {
+            throw RelayError(.invalidArgument, "a report is 1 to \(ConversationTokens.maxReportBytes) bytes")
+        }
+        guard let report = try? WireAbuseReport(serializedBytes: request.report) else {
+            throw RelayError(.invalidArgument, "the report does not decode as an AbuseReport")
+        }
+        guard (1...ConversationTokens.maxReportedMessages).contains(report.messages.count) else {
+            throw RelayError(.invalidArgument, "a report carries 1 to \(ConversationTokens.maxReportedMessages) messages")
+        }
+        guard report.messages.count(where: \.reported) == 1 else {
+            throw RelayError(.invalidArgument, "exactly one message of a report is the reported one")
+        }
+        guard report.reason.utf8.count <= ConversationTokens.maxReportReasonBytes else {
+            throw RelayError(.invalidArgument, "a report's reason is at most \(ConversationTokens.maxReportReasonBytes) bytes")
+        }
+        guard Handle.isValid(report.reportedHandle),
+            report.messages.allSatisfy({ $0.messageID.count == WireConstants.idLength && Handle.isValid($0.authorHandle) })
+        else { throw RelayError(.invalidArgument, "a report names a valid handle and 16-byte message ids with valid authors") }
+        guard request.signature.count == WireConstants.signatureLength else {
+            throw RelayError(.invalidArgument, "the report signature is \(WireConstants.signatureLength) bytes")
+        }
+        let record: DeviceRecord
+        do {
+            guard let found = try await store.device(device) else { throw RelayError(.authenticationFailed, "this device was removed") }
+            record = found
+        } catch {
+            throw internalError(error)
+        }
+        guard let key = try? Ed25519PublicKey(rawRepresentation: record.deviceIdentityKey),
+            key.isValidSignature(request.signature, for: ConversationTokens.reportSignaturePayload(request.report))
+        else { throw RelayError(.invalidSignature, "the report signature does not verify under this device's identity key") }
+        let now = clock.nowMs()
+        try reportLimiter.take(device.handle, nowMs: now)
+        let stored = StoredReport(reportID: random.bytes(WireConstants.idLength), reporter: device, receivedAtMs: now, report: request.report, signature: request.signature)
+        do {
+            try await store.storeReport(stored)
+        } catch {
+            throw internalError(error)
+        }
+        metrics.reportStored()
+        logger.debug("abuse report stored", metadata: ["relay.report": "\(stored.reportID.map { String(format: "%02x", $0) }.joined())"])
+        var result = WireReportResult()
+        result.reportID = stored.reportID
+        return result
+    }
+
+    /// Releases every scheduled envelope due now (`conversations.md` 8): wakes the recipients' connections and
+    /// hands wake-ups to the push dispatcher as a fresh Submit does, and wakes senders of expired ones. Returns the
+    /// number released. The `ScheduledReleaser` calls it; it is safe to call at any time.
+    /// - Throws: `StoreError` when the store fails.
+    @discardableResult
+    public func releaseScheduled() async throws -> Int {
+        let now = clock.nowMs()
+        let result = try await store.releaseScheduled(nowMs: now, retentionMs: retentionMs, receiptExpiresAtMs: now + retentionMs)
+        var wakeUps: [PushCandidate] = []
+        for envelope in result.released {
+            guard let wakeClass = Self.wakeClass(WireUrgency(rawValue: envelope.urgency) ?? .unspecified), !registry.isConnected(envelope.recipient)
+            else { continue }
+            wakeUps.append(PushCandidate(device: envelope.recipient, wakeClass: wakeClass, envelopeID: envelope.envelopeID, expiresAtMs: envelope.expiresAtMs))
+        }
+        registry.wake(Set(result.released.map(\.recipient)).union(result.notifiedSenders))
+        push.submitted(wakeUps)
+        metrics.scheduledReleased(result.released.count)
+        scheduler.record(released: result.released.count, expired: result.expired)
+        return result.released.count
+    }
+}
+
+/// At most `limit` abuse reports per account per `window` (`conversations.md` 10: 10 per hour), on the relay's clock.
+final class ReportLimiter: Sendable {
+    private let times = Mutex<[String: [Int64]]>([:])
+    let limit: Int
+    let windowMs: Int64
+
+    init(limit: Int = 10, windowMs: Int64 = 3_600_000) {
+        self.limit = limit
+        self.windowMs = windowMs
+    }
+
+    /// Counts one report of `handle` at `nowMs`.
+    /// - Throws: `RATE_LIMITED` with the wait until the oldest report in the window leaves it.
+    func take(_ handle: String, nowMs: Int64) throws(RelayError) {
+        let retry: Int64? = times.withLock { times in
+            var recent = (times[handle] ?? []).filter { $0 > nowMs - windowMs }
+            defer { times[handle] = recent.isEmpty ? nil : recent }
+            if recent.count >= limit { return (recent.first ?? nowMs) + windowMs - nowMs }
+            recent.append(nowMs)
+            return nil
+        }
+        if let retry { throw RelayError(.rateLimited, "at most \(limit) reports per hour", retryAfterMs: max(1, retry)) }
+    }
+}

@@ -1,0 +1,105 @@
+import FlitzStore
+import FlitzStoreSQLite
+import Foundation
+import Testing
+
+/// `ConversationStore` on a real temp-file SQLite database (`protocol/conversations.md` 5, 8, 9, 10).
+@Suite final class ConversationStoreTests {
+    private let base = SQLiteRelayStoreTests()
+
+    static func scheduled(_ id: UInt8, to recipient: DeviceAddress, notBefore: Int64, cancel: UInt8 = 0xCC, unsend: Data = Data()) -> EnvelopeSubmission {
+        EnvelopeSubmission(
+            envelopeID: SQLiteRelayStoreTests.bytes(id, 16), recipient: recipient, ciphertext: SQLiteRelayStoreTests.bytes(0xAB, 40),
+            expiresAtMs: notBefore + 60_000, routeExpiresAtMs: notBefore + 1_000_000, unsendTokenHash: unsend, notBeforeMs: notBefore,
+            cancelTokenHash: SQLiteRelayStoreTests.bytes(cancel, 32), ttlMs: 60_000, urgency: 1)
+    }
+
+    @Test func scheduledEnvelopesAreHeldLimitedReleasedAndIdempotent() async throws {
+        let (store, _) = try base.makeStore()
+        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
+        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+        let first = Self.scheduled(1, to: bob, notBefore: 50_000)
+        #expect(try await store.submit(sender: alice, envelopes: [first], atMs: 2_000)
+            == [.scheduled(acceptedAtMs: 2_000, expiresAtMs: 110_000, newlyScheduled: true)])
+        #expect(try await store.submit(sender: alice, envelopes: [first], atMs: 3_000)
+            == [.scheduled(acceptedAtMs: 2_000, expiresAtMs: 110_000, newlyScheduled: false)])
+        #expect(try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 2_000, limit: 10).isEmpty)
+        #expect(try await store.nextScheduledRelease() == 50_000)
+        // Not yet due: nothing moves.
+        #expect(try await store.releaseScheduled(nowMs: 49_999, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000).released.isEmpty)
+        let release = try await store.releaseScheduled(nowMs: 50_500, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000)
+        #expect(release.released == [ReleasedEnvelope(envelopeID: first.envelopeID, recipient: bob, expiresAtMs: 110_500, urgency: 1)])
+        let items = try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 50_500, limit: 10)
+        guard case .envelope(let envelope)? = items.first?.content else { throw Failure("nothing queued") }
+        #expect(envelope.acceptedAtMs == 50_500 && envelope.expiresAtMs == 110_500)
+        #expect(try await store.nextScheduledRelease() == nil)
+        // After release, a resubmission answers with the release times and queues nothing more.
+        #expect(try await store.submit(sender: alice, envelopes: [first], atMs: 60_000)
+            == [.accepted(acceptedAtMs: 50_500, expiresAtMs: 110_500, newlyQueued: false)])
+        // MAX_SCHEDULED per account.
+        let many = (0..<ConversationStoreLimits.maxScheduledPerAccount).map { index in
+            var envelope = Self.scheduled(0, to: bob, notBefore: 900_000)
+            var id = Data(repeating: 0xEE, count: 16)
+            id[14] = UInt8(truncatingIfNeeded: index >> 8)
+            id[15] = UInt8(truncatingIfNeeded: index)
+            envelope.envelopeID = id
+            return envelope
+        }
+        let outcomes = try await store.submit(sender: alice, envelopes: many + [Self.scheduled(9, to: bob, notBefore: 900_000)], atMs: 70_000)
+        #expect(outcomes.prefix(many.count).allSatisfy { if case .scheduled = $0 { true } else { false } })
+        #expect(outcomes.last == .rejected(.queueFull))
+        #expect(try await store.cancelScheduled(senderHandle: "alice", cancelTokenHash: SQLiteRelayStoreTests.bytes(0xCC, 32)) == 1_000)
+        #expect(try await store.cancelScheduled(senderHandle: "alice", cancelTokenHash: SQLiteRelayStoreTests.bytes(0xCC, 32)) == 0)
+    }
+
+    @Test func unsendPurgesQueuedAndScheduledAndReportsTheRest() async throws {
+        let (store, _) = try base.makeStore()
+        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
+        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+        let carol = try await SQLiteRelayStoreTests.register(store, "carol")
+        let dave = try await SQLiteRelayStoreTests.register(store, "dave")
+        let hash = SQLiteRelayStoreTests.bytes(0x77, 32)
+        func with(_ envelope: EnvelopeSubmission) -> EnvelopeSubmission {
+            var envelope = envelope
+            envelope.unsendTokenHash = hash
+            return envelope
+        }
+        _ = try await store.submit(
+            sender: alice,
+            envelopes: [
+                with(SQLiteRelayStoreTests.envelope(1, to: bob)), with(SQLiteRelayStoreTests.envelope(2, to: carol, expiresAtMs: 5_000)),
+                Self.scheduled(3, to: dave, notBefore: 90_000, unsend: hash),
+            ],
+            atMs: 1_000)
+        _ = try await store.acknowledge(device: bob, envelopeIDs: [SQLiteRelayStoreTests.bytes(1, 16)], receiptIDs: [], atMs: 2_000, receiptExpiresAtMs: 9_000)
+        _ = try await store.sweep(nowMs: 6_000, receiptExpiresAtMs: 9_000)
+        let expected: [Data: UnsendEnvelopeState] = [
+            SQLiteRelayStoreTests.bytes(1, 16): .alreadyDelivered, SQLiteRelayStoreTests.bytes(2, 16): .alreadyExpired,
+            SQLiteRelayStoreTests.bytes(3, 16): .purged,
+        ]
+        for _ in 0..<2 {
+            let records = try await store.unsend(senderHandle: "alice", unsendTokenHash: hash)
+            #expect(Dictionary(uniqueKeysWithValues: records.map { ($0.envelopeID, $0.state) }) == expected)
+        }
+        #expect(try await store.nextScheduledRelease() == nil)
+        #expect(try await store.unsend(senderHandle: "bob", unsendTokenHash: hash).isEmpty)
+    }
+
+    @Test func blockListsAreBoundedAndAnswerWhoBlocked() async throws {
+        let (store, _) = try base.makeStore()
+        #expect(try await store.updateBlockList(handle: "bob", block: ["alice", "carol"], unblock: [], maxBlocked: 2) == ["alice", "carol"])
+        let error = await #expect(throws: StoreError.self) {
+            try await store.updateBlockList(handle: "bob", block: ["dave"], unblock: [], maxBlocked: 2)
+        }
+        #expect(error?.code == .blockListFull)
+        #expect(try await store.blockList(handle: "bob") == ["alice", "carol"])
+        #expect(try await store.updateBlockList(handle: "bob", block: ["dave"], unblock: ["carol"], maxBlocked: 2) == ["alice", "dave"])
+        #expect(try await store.blockers(of: "alice", among: ["bob", "erin"]) == ["bob"])
+        #expect(try await store.blockers(of: "carol", among: ["bob"]).isEmpty)
+    }
+}
+
+struct Failure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
