@@ -18,7 +18,8 @@ extension FlitzClient {
         // The relay's clock decides expiry (this device's clock may be off).
         let now = Int64(Date().timeIntervalSince1970 * 1000) + connection.relayClockOffsetMilliseconds
         for envelope in deliver.envelopes {
-            if envelope.expiresAtMs <= now {
+            // An online-only envelope is handed over live with expires_at_ms = its acceptance time (conversations.md 6).
+            if envelope.expiresAtMs <= now && !envelope.onlineOnly {
                 // Not acknowledged: the relay's sweeper then reports it to the sender as expired, which it is.
                 logger.debug("discarding an expired envelope")
                 continue
