@@ -23,6 +23,8 @@ struct Flitz: AsyncParsableCommand {
             Settings.self, SafetyNumberCommand.self, Devices.self, Account.self, Push.self, Notifications.self, VectorsCommand.self,
             Reply.self, React.self, Unreact.self, EditCommand.self, Delete.self, Unsend.self, Forward.self, Disappearing.self, History.self,
             Conversations.self,
+            Presence.self, Scheduled.self, Block.self, Unblock.self, Blocked.self, Requests.self, AcceptRequest.self, DeclineRequest.self,
+            Report.self,
         ]
     )
 }
@@ -136,6 +138,8 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Seconds to keep retrying an unreachable relay.") var timeout: Double = 30
     @Flag(name: .customLong("no-forward"), help: "Ask the recipient not to forward it.") var noForward = false
     @Option(help: "Disappear after this long (30s to 365d, or off), instead of the conversation's timer.") var disappear: String?
+    @Option(help: "Schedule it: ISO 8601 time (e.g. 2026-12-24T18:00:00Z) within 30 days; `flitz scheduled` lists pending ones.")
+    var at: String?
 
     func validate() throws {
         guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
@@ -144,10 +148,21 @@ struct Send: AsyncParsableCommand {
             let seconds = try parseTimerDuration(disappear)
             guard seconds == 0 || (30...31_536_000).contains(seconds) else { throw ValidationError("--disappear takes off or 30s to 365d") }
         }
+        if let at, parseISO8601(at) == nil { throw ValidationError("--at takes an ISO 8601 time with a time zone, e.g. 2026-12-24T18:00:00Z") }
+        if at != nil, noForward || disappear != nil {
+            throw ValidationError("--at cannot be combined with --no-forward or --disappear yet")
+        }
     }
 
     func run() async throws {
         let client = try options.client()
+        if let at, let time = parseISO8601(at) {
+            let scheduled = try await FlitzCLI.run { try await client.schedule(to: handle, text: text, at: time) }
+            printLine(scheduled.messageID.hexString)
+            printError("flitz: scheduled for \(rfc3339(scheduled.releaseAt))")
+            if !scheduled.held { printError("flitz: this relay does not hold scheduled messages; it delivered the message at once") }
+            return
+        }
         let disappearAfter = try disappear.map(parseTimerDuration)
         let id = try await FlitzCLI.run {
             try await client.send(
@@ -186,6 +201,7 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
         object["text"] = message.text
         object["sentAt"] = rfc3339(message.sentAt)
         if message.untrustedSender { object["untrustedSender"] = true }
+        if message.isRequest { object["request"] = true }
         if let to = message.to { object["to"] = to }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
         printLine(String(decoding: data, as: UTF8.self))
@@ -199,7 +215,7 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
             // Sent from another device of this account (a sent transcript).
             printLine("you → \(to): \(text)\(marks)")
         } else {
-            printLine("\(from): \(text)\(marks)")
+            printLine((message.isRequest ? "[request] " : "") + "\(from): \(text)\(marks)")
         }
     }
 }
@@ -243,6 +259,8 @@ func printEvent(_ event: ClientEvent, json: Bool) {
         }
     case .warning(let text):
         printError("flitz: \(text)")
+    case .typing(let from, let active):
+        printTyping(from, active: active, json: json)
     }
 }
 
@@ -279,7 +297,14 @@ struct Listen: AsyncParsableCommand {
             }
             return
         }
-        try await FlitzCLI.run { try await client.listen { printEvent($0, json: json) } }
+        let display = TypingDisplay(json: json, now: { client.currentTime() })
+        let ticker = Task { await display.tick() }
+        defer { ticker.cancel() }
+        try await FlitzCLI.run {
+            try await client.listen { event in
+                if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: json) }
+            }
+        }
     }
 }
 
@@ -308,17 +333,20 @@ struct Chat: AsyncParsableCommand {
     func run() async throws {
         let client = try options.client()
         let lines = LineQueue()
-        // readLine blocks, so it runs on its own thread rather than in the cooperative pool.
-        let reader = Thread {
-            while let line = readLine() { lines.push(line) }
-            lines.finish()
-        }
-        reader.start()
-        printError("chatting with \(handle); type a message and press Enter, Ctrl-D to quit")
+        // Reading blocks, so it runs on its own thread rather than in the cooperative pool; on a terminal it sees
+        // keystrokes and sends typing (ChatInput).
+        let typing: TypingInput? = ChatInput.isTerminal ? TypingInput() : nil
+        let handle = handle
+        ChatInput.start(lines: lines, typing: typing) { printError("chatting with \(handle); type a message and press Enter, Ctrl-D to quit") }
+        let display = TypingDisplay(json: false, now: { client.currentTime() })
+        let ticker = Task { await display.tick() }
+        defer { ticker.cancel() }
         try await FlitzCLI.run {
             try await client.chat(
-                with: handle, lines: lines, onSent: { printError("sent \($0.hexString)") },
-                onEvent: { printEvent($0, json: false) })
+                with: handle, lines: lines, typing: typing, onSent: { printError("sent \($0.hexString)") },
+                onEvent: { event in
+                    if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: false) }
+                })
         }
     }
 }

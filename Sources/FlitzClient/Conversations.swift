@@ -580,10 +580,9 @@ extension FlitzClient {
                 references.append(target.reference)
                 let request = try requests[target.peer] ?? ClientStore.isMessageRequest(target.peer, db)
                 requests[target.peer] = request
-                if request {
-                    // Never a receipt of either kind for a message request (section 9).
-                    try db.execute(sql: "UPDATE messages SET seen_reported = 1 WHERE seq = ?", arguments: [target.seq])
-                } else if !(row["seen_reported"] as Bool) {
+                // No receipt of either kind for a message request (section 9); left unreported, so once the user
+                // accepts (or writes), the relay-tracked seen receipts of what they read go out at the next report.
+                if !request, !(row["seen_reported"] as Bool) {
                     byPeer[target.peer, default: []].append(target.reference)
                 }
             }

@@ -24,6 +24,9 @@ public struct ReceivedMessage: Sendable {
     public let to: String?
     /// Reply, forwarding, edit and disappearing details (`protocol/conversations.md`; Conversations.swift).
     public internal(set) var details = MessageDetails()
+    /// The conversation is a message request (`protocol/conversations.md` section 9): a stranger's first messages,
+    /// shown marked, with no seen receipt sent.
+    public internal(set) var isRequest = false
 
     init(messageID: Data, from: String, text: String, sentAt: Date, untrustedSender: Bool, to: String? = nil) {
         self.messageID = messageID
@@ -43,6 +46,8 @@ public enum ClientEvent: Sendable {
     case receipt(messageID: Data, peer: String, status: MessageStatus)
     /// A non-fatal problem worth telling the user (identity change, undecryptable message).
     case warning(String)
+    /// A contact started (`active`) or stopped typing (`protocol/conversations.md` section 6).
+    case typing(from: String, active: Bool)
 }
 
 /// The Flitz client: one account with one device, its local store in a home directory, and the relay

@@ -367,6 +367,7 @@ extension FlitzClient {
                     }
                     let ciphertext = try session.encrypt(body.encoded(), random: random)
                     try ClientStore.save(session, handle: target, deviceID: deviceID, makeActive: true, db)
+                    try ClientStore.storedEnvelopeEncrypted(on: session, handle: target, deviceID: deviceID, db)  // MAX_EPHEMERAL_RUN
                     var envelope = WireOutgoingEnvelope()
                     envelope.envelopeID = random.bytes(WireConstants.idLength)
                     envelope.recipientHandle = target
@@ -422,13 +423,19 @@ extension FlitzClient {
     /// the bundle's list to the tracker first, and uses only bundle devices the accepted list holds with the
     /// same device identity key (section 4.4, "Only listed devices"; version 1's rule before any list).
     /// Returns the new sessions by device id, not yet stored.
-    func newSessions(with handle: String, on connection: RelayConnection, account: AccountRecord) async throws -> [UInt32: Session] {
+    /// With `everyDevice` (single-use sessions of scheduled messages, `protocol/conversations.md` section 8),
+    /// a fresh session for every listed device whether or not one exists; nothing is stored either way.
+    func newSessions(
+        with handle: String, on connection: RelayConnection, account: AccountRecord, everyDevice: Bool = false
+    ) async throws -> [UInt32: Session] {
         let own = handle == account.handle
         let missing: [UInt32]? = try await store.dbQueue.read { db in
             let sessions = try ClientStore.sessions(with: handle, db).filter(\.active)
             guard let list = try ClientStore.acceptedDeviceList(handle, account: account, db) else {
+                if everyDevice { return own ? [] : nil }
                 return own || !sessions.isEmpty ? [] : nil  // nil: nothing known, fetch every device
             }
+            if everyDevice { return list.entries.map(\.deviceID).filter { !(own && $0 == account.deviceID) } }
             // A session under another key than the listed one does not count (it is never encrypted on).
             let active = Set(sessions.filter { ClientStore.isListed($0.session, deviceID: $0.deviceID, in: list) }.map(\.deviceID))
             return list.entries.map(\.deviceID).filter { !active.contains($0) && !(own && $0 == account.deviceID) }
@@ -522,7 +529,7 @@ extension FlitzClient {
         if changed { throw identityChangedError(handle) }
     }
 
-    private func identityChangedError(_ handle: String) -> ClientError {
+    func identityChangedError(_ handle: String) -> ClientError {
         ClientError(
             .identityChanged,
             "the identity key of \(handle) has changed (for example, they reinstalled or recovered their account). "

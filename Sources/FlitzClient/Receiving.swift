@@ -18,7 +18,8 @@ extension FlitzClient {
         // The relay's clock decides expiry (this device's clock may be off).
         let now = Int64(Date().timeIntervalSince1970 * 1000) + connection.relayClockOffsetMilliseconds
         for envelope in deliver.envelopes {
-            if envelope.expiresAtMs <= now {
+            // An online-only envelope is handed over live with expires_at_ms = its acceptance time (conversations.md 6).
+            if envelope.expiresAtMs <= now && !envelope.onlineOnly {
                 // Not acknowledged: the relay's sweeper then reports it to the sender as expired, which it is.
                 logger.debug("discarding an expired envelope")
                 continue
@@ -64,7 +65,8 @@ extension FlitzClient {
                     resets.append((envelope.senderHandle, envelope.senderDeviceID, envelope.envelopeID))
                 }
             }
-            ack.envelopeIds.append(envelope.envelopeID)
+            // Online-only envelopes are never acknowledged: the relay stored nothing (conversations.md 6).
+            if !envelope.onlineOnly { ack.envelopeIds.append(envelope.envelopeID) }
         }
         for receipt in deliver.receipts {
             if let event = try await apply(receipt) { events.append(event) }
@@ -396,7 +398,13 @@ extension FlitzClient {
                     events.append(.warning("ignored a session reset from \(sender): it does not come from their trusted identity key"))
                 }
             }
-            try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: makeActive, db)
+            // A scheduled message's single-use session is never stored (conversations.md 8); its base key and
+            // one-time prekeys are answered and deleted as for any first message.
+            var singleUse = false
+            if case .preKey = incoming { singleUse = content.singleUseSession }
+            if !singleUse {
+                try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: makeActive, db)
+            }
             try db.execute(
                 sql: "INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) VALUES (?, ?)",
                 arguments: [session.baseKey.rawRepresentation, Date().timeIntervalSince1970])
@@ -445,7 +453,7 @@ extension FlitzClient {
                 return (events, false, nil)
             case .typing, .presence:
                 // Online-only signals (Signals.swift).
-                events += try Self.applySignal(content, sender: sender, envelope: envelope, account: account, db)
+                events += try Self.applySignal(content, sender: sender, envelope: envelope, account: account, receivedAt: receivedAt, db)
                 return (events, false, nil)
             case .sessionReset: return (events, false, resetFor)
             case .unsupported:
@@ -549,7 +557,7 @@ extension FlitzClient {
             for row in rows { try db.execute(sql: "UPDATE messages SET displayed = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
             return rows
         }
-        let messages = try receivedMessages(rows, account: account)
+        let messages = try markingRequests(try receivedMessages(rows, account: account))
         // Read sync, then seen receipts as the account's setting says (relay, sealed, off; Conversations.swift).
         try await reportShown(rows, on: connection, account: account)
         return messages
@@ -577,7 +585,11 @@ extension FlitzClient {
                     ORDER BY seq
                     """)
             for row in rows { try db.execute(sql: "UPDATE messages SET notified = 1 WHERE seq = ?", arguments: [row["seq"] as Int64]) }
-            return rows
+            // Message requests are not notified (conversations.md 9); `receive` and `requests` show them.
+            return try rows.filter { row in
+                if row["transcript"] as Bool { return true }
+                return try !ClientStore.isMessageRequest(row["peer"], db)
+            }
         }
         return rows.map { Self.receivedMessage($0, account: account) }
     }
@@ -585,7 +597,9 @@ extension FlitzClient {
     /// Sends seen reports for shown messages not yet reported.
     func reportSeen(on connection: RelayConnection) async throws {
         let envelopeIDs = try await store.dbQueue.read { db in
-            try Data.fetchAll(db, sql: "SELECT envelope_id FROM messages WHERE outgoing = 0 AND displayed = 1 AND seen_reported = 0 AND kind = 'text'")
+            // Message requests get no seen receipt until accepted (conversations.md 9).
+            try Row.fetchAll(db, sql: "SELECT envelope_id, peer FROM messages WHERE outgoing = 0 AND displayed = 1 AND seen_reported = 0 AND kind = 'text'")
+                .filter { try !ClientStore.isMessageRequest($0["peer"], db) }.map { $0["envelope_id"] as Data }
         }
         for chunk in stride(from: 0, to: envelopeIDs.count, by: WireConstants.maxIDsPerFrame) {
             let ids = Array(envelopeIDs[chunk..<min(chunk + WireConstants.maxIDsPerFrame, envelopeIDs.count)])
@@ -669,32 +683,37 @@ extension FlitzClient {
     /// after a dropped connection.
     /// - Throws: `ClientError` for errors other than a lost connection; `CancellationError`.
     public func listen(onEvent: @escaping @Sendable (ClientEvent) -> Void) async throws {
-        try await runConnected(onEvent: onEvent) { _, _ in try await Task.sleep(for: .seconds(86_400 * 365)) }
+        try await runConnected(onEvent: onEvent) { connection, account in
+            try await self.withSignals(on: connection, account: account, peer: nil, typing: nil) { try await Task.sleep(for: .seconds(86_400 * 365)) }
+        }
     }
 
     /// Interactive chat with `handle`: sends each line pushed to `lines`, reports events, and returns when
     /// `lines` is finished and everything pushed has been sent. Lines typed while the relay is unreachable
     /// are sent after reconnecting, each exactly once (a resend reuses the same envelope).
     /// - Throws: `ClientError` (`.invalidArgument` for an invalid handle or your own).
+    /// With `typing`, keystrokes become throttled typing signals to `handle`; presence heartbeats go out while connected.
     public func chat(
-        with handle: String, lines: LineQueue, onSent: @escaping @Sendable (Data) -> Void,
+        with handle: String, lines: LineQueue, typing: TypingInput? = nil, onSent: @escaping @Sendable (Data) -> Void,
         onEvent: @escaping @Sendable (ClientEvent) -> Void
     ) async throws {
         let account = try requireAccount()
         guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
         guard handle != account.handle else { throw ClientError(.invalidArgument, "you cannot chat with yourself") }
         try await runConnected(onEvent: onEvent) { connection, account in
-            while let line = await lines.next() {
-                do {
-                    onSent(try await self.send(on: connection, account: account, to: handle, text: line.text, expiresIn: nil, prepared: line.prepared))
-                } catch let error as ClientError where error.kind == .relayUnreachable {
-                    lines.pushFront(line)
-                    throw error
-                } catch is CancellationError {
-                    lines.pushFront(line)
-                    throw CancellationError()
-                } catch let error as ClientError {
-                    onEvent(.warning(error.message))
+            try await self.withSignals(on: connection, account: account, peer: handle, typing: typing) {
+                while let line = await lines.next() {
+                    do {
+                        onSent(try await self.send(on: connection, account: account, to: handle, text: line.text, expiresIn: nil, prepared: line.prepared))
+                    } catch let error as ClientError where error.kind == .relayUnreachable {
+                        lines.pushFront(line)
+                        throw error
+                    } catch is CancellationError {
+                        lines.pushFront(line)
+                        throw CancellationError()
+                    } catch let error as ClientError {
+                        onEvent(.warning(error.message))
+                    }
                 }
             }
         }
