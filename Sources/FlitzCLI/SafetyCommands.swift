@@ -304,7 +304,8 @@ struct Requests: AsyncParsableCommand {
 }
 
 struct AcceptRequest: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "accept", abstract: "Accept a message request.")
+    static let configuration = CommandConfiguration(
+        commandName: "accept", abstract: "Accept a message request (or a handle before it writes): receipts, typing and presence then flow.")
     @OptionGroup var options: CommonOptions
     @Argument(help: "Handle of the request.") var handle: String
 

@@ -501,12 +501,17 @@ extension FlitzClient {
 
     /// Accepts `handle`'s message request: its conversation is an ordinary one from now on (seen receipts, typing
     /// and presence flow; earlier shown messages are reported seen by the next `receive`).
-    /// - Throws: `ClientError(.invalidArgument)` when `handle` has no request.
+    /// Also before `handle` wrote at all: their first message is then no request.
+    /// - Throws: `ClientError(.invalidArgument)` for an invalid or the own handle, or a conversation that is no
+    ///   request (already accepted, or this account wrote to `handle`).
     public func acceptRequest(_ handle: String) throws {
-        _ = try requireAccount()
+        let account = try requireAccount()
+        guard Handle.isValid(handle), handle != account.handle else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
         try store.transaction { db in
-            guard try ClientStore.isMessageRequest(handle, db) else {
-                throw ClientError(.invalidArgument, "\(handle) has no message request (see `flitz requests`)")
+            let accepted = try Bool.fetchOne(db, sql: "SELECT 1 FROM accepted_requests WHERE handle = ?", arguments: [handle]) ?? false
+            let wrote = try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE peer = ? AND outgoing = 1 LIMIT 1", arguments: [handle]) ?? false
+            guard !accepted, !wrote else {
+                throw ClientError(.invalidArgument, "\(handle) is not a message request: you already accepted it or wrote to them")
             }
             try db.execute(
                 sql: "INSERT OR REPLACE INTO accepted_requests (handle, accepted_at) VALUES (?, ?)", arguments: [handle, now().timeIntervalSince1970])

@@ -79,8 +79,8 @@ struct LinkingTests {
 
         // A message from bob reaches both; one from the laptop shows on the phone as sent by "you".
         #expect(try bob.flitz("send", "alice", "hi both").status == 0)
-        #expect(try alice.flitz("receive").lines == ["bob: hi both"])
-        #expect(try laptop.flitz("receive").lines == ["bob: hi both"])
+        #expect(try alice.flitz("receive").lines == ["[request] bob: hi both"])
+        #expect(try laptop.flitz("receive").lines == ["[request] bob: hi both"])
         #expect(try laptop.flitz("send", "bob", "from the laptop").status == 0)
         #expect(try bob.flitz("receive").lines == ["alice: from the laptop"])
         #expect(try alice.flitz("receive").lines == ["you → bob: from the laptop"])

@@ -53,6 +53,10 @@ struct PushCommandTests {
         for user in [alice, bob, carol] {
             #expect(try user.flitz("init", "--relay", relay.url, "--handle", user.name).status == 0)
         }
+        // Accepted before they write, so their messages are no message requests (which are never notified).
+        #expect(try bob.flitz("accept", "alice").lines == ["accepted alice"])
+        #expect(try bob.flitz("accept", "carol").lines == ["accepted carol"])
+        #expect(try bob.flitz("accept", "carol").status == 1, "already accepted")
 
         // Settings: shown, checked (64 for a malformed command line, 1 for what the client refuses).
         let muted = try bob.flitz("notifications", "mute", "alice", "--for", "8h")

@@ -28,7 +28,7 @@ struct RelayOperationsCommandTests {
         #expect(sent.status == 0, "\(sent)")
         let received = try runProcess(
             Binaries.flitz, ["receive", "--home", bob.home.path], environment: ["FLITZ_CA_FILE": ca], in: scratch)
-        #expect(received.lines == ["alice: over tls"], "\(received)")
+        #expect(received.lines == ["[request] alice: over tls"], "\(received)")
     }
 
     @Test func unknownConfigKeysStopTheRelayWithTheirName() throws {

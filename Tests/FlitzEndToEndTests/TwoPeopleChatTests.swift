@@ -92,7 +92,7 @@ struct TwoPeopleChatTests {
         #expect(trusted.stdout.contains(newNumber), "trust accepts the key whose number was shown")
         let afterTrust = try alice.flitz("send", "bob", "after trust 7f3a")
         #expect(afterTrust.status == 0, "\(afterTrust)")
-        #expect(try bob2.flitz("receive").lines == ["alice: after trust 7f3a"])
+        #expect(try bob2.flitz("receive").lines == ["[request] alice: after trust 7f3a"])
         // Both sides now compute the same safety number.
         #expect(try alice.flitz("safety-number", "bob").lines == [newNumber])
         #expect(try bob2.flitz("safety-number", "alice").lines == [newNumber])

@@ -14,7 +14,7 @@ struct VerifyCommandTests {
         let recoveryCode = try #require(bobInit.lines.first { $0.hasPrefix("recovery code: ") }).dropFirst("recovery code: ".count)
         #expect(try alice.flitz("verify", "bob").status == 1, "no contact before a message was exchanged")
         #expect(try alice.flitz("send", "bob", "hi").status == 0)
-        #expect(try bob.flitz("receive").lines == ["alice: hi"])
+        #expect(try bob.flitz("receive").lines == ["[request] alice: hi"])
 
         // Shown: digits, scannable form, state; both people see the same.
         let shown = try alice.flitz("verify", "bob")
