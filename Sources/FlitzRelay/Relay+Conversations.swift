@@ -32,7 +32,8 @@ extension Relay {
         return nil
     }
 
-    /// The recipient handles of `envelopes` (other than the sender's own) whose block list holds `senderHandle`.
+    /// The recipient handles of `envelopes` (other than the sender's own) whose block list holds `senderHandle`. Used
+    /// for online-only envelopes only: stored envelopes are checked in the store's transaction (`conversations.md` 9).
     func blockers(of senderHandle: String, in envelopes: [WireOutgoingEnvelope]) async throws(RelayError) -> Set<String> {
         let handles = Set(envelopes.map(\.recipientHandle).filter { $0 != senderHandle && Handle.isValid($0) })
         do {
@@ -86,7 +87,8 @@ extension Relay {
         }
         let records: [UnsendRecord]
         do {
-            records = try await store.unsend(senderHandle: device.handle, unsendTokenHash: ConversationTokens.unsendTokenHash(request.unsendToken))
+            records = try await store.unsend(
+                senderHandle: device.handle, unsendTokenHash: ConversationTokens.unsendTokenHash(request.unsendToken), nowMs: clock.nowMs())
         } catch {
             throw internalError(error)
         }

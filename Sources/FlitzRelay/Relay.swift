@@ -295,7 +295,7 @@ public final class Relay: Sendable {
         var submissions: [EnvelopeSubmission] = []
         var positions: [Int] = []
         var onlineOnly: [WireOutgoingEnvelope] = []
-        let blockedBy = try await blockers(of: sender.handle, in: request.envelopes)
+        let blockedBy = try await blockers(of: sender.handle, in: request.envelopes.filter(\.onlineOnly))
         for (index, envelope) in request.envelopes.enumerated() {
             outcomes[index].envelopeID = envelope.envelopeID
             let refusal: RelayError? =
@@ -313,22 +313,20 @@ public final class Relay: Sendable {
                 continue
             }
             let ttlMs = envelope.ttlSeconds == 0 ? retention : min(Int64(envelope.ttlSeconds) * 1_000, retention)
-            // conversations.md 9: envelopes to an account that blocked the sender are dropped, silently.
-            if blockedBy.contains(envelope.recipientHandle) {
-                // The answer an unblocked recipient would give (scheduled ones included), so the block stays unseen.
-                outcomes[index].acceptedAtMs = now
-                outcomes[index].expiresAtMs = envelope.onlineOnly ? now : max(now, envelope.notBeforeMs) + ttlMs
-                outcomes[index].scheduled = envelope.notBeforeMs > now
-                metrics.blocked(onlineOnly: envelope.onlineOnly)
-                continue
-            }
             if envelope.onlineOnly {
                 // conversations.md 6: never stored; handed to the device if connected now; the same answer either way.
+                // conversations.md 9: one to an account that blocks the sender is dropped behind that same answer.
                 outcomes[index].acceptedAtMs = now
                 outcomes[index].expiresAtMs = now
-                onlineOnly.append(envelope)
+                if blockedBy.contains(envelope.recipientHandle) {
+                    metrics.blocked(onlineOnly: true)
+                } else {
+                    onlineOnly.append(envelope)
+                }
                 continue
             }
+            // Stored envelopes to an account that blocks the sender go through the store like any other (every
+            // check, coverage, idempotency, unsend and cancel); the store keeps a dropped route without ciphertext.
             let scheduled = envelope.notBeforeMs > now
             let start = scheduled ? envelope.notBeforeMs : now
             submissions.append(EnvelopeSubmission(

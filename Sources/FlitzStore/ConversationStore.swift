@@ -7,8 +7,10 @@ public protocol ConversationStore: Sendable {
     /// Unsend (`conversations.md` 5), in one transaction: every envelope sent by `senderHandle` whose route carries
     /// `unsendTokenHash` (32 bytes) while the route is kept. Still-queued and still-scheduled ones are deleted (their
     /// ciphertext with them, no receipt) and reported `.purged`, also on a repeated unsend; delivered ones
-    /// `.alreadyDelivered`, expired ones (or whose device was removed) `.alreadyExpired`. Empty when none is known.
-    func unsend(senderHandle: String, unsendTokenHash: Data) async throws -> [UnsendRecord]
+    /// `.alreadyDelivered`, expired ones (or whose device was removed) `.alreadyExpired`. One dropped because its
+    /// recipient blocks the sender (`conversations.md` 9) answers as a queued one would: `.purged` until its expiry,
+    /// `.alreadyExpired` at or after it (`nowMs`, milliseconds since the Unix epoch). Empty when none is known.
+    func unsend(senderHandle: String, unsendTokenHash: Data, nowMs: Int64) async throws -> [UnsendRecord]
 
     /// CancelScheduled (`conversations.md` 8): deletes every still-scheduled envelope of `senderHandle` whose cancel
     /// token hash is `cancelTokenHash` (32 bytes); returns how many (0: none left).

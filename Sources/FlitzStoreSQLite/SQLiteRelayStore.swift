@@ -306,6 +306,11 @@ public final class SQLiteRelayStore: RelayStore {
     private static let stateScheduled = 3
     private static let statePurged = 4
     private static let stateCancelled = 5
+    /// To an account that blocks the sender (conversations.md 9): stored like any other route (checks, coverage,
+    /// idempotency, unsend and cancel hashes) but without ciphertext; never delivered, pushed or receipted. A scheduled
+    /// one keeps an empty `scheduled_envelopes` row until its release time, so that CancelScheduled and the scheduled
+    /// limit count it.
+    private static let stateDropped = 6
 
     // MARK: RelayStore (documented on the protocol)
 
@@ -599,7 +604,10 @@ public final class SQLiteRelayStore: RelayStore {
             {
                 if !isSameRoute(route, envelope) {
                     outcomes.append(.rejected(.envelopeIDConflict))
-                } else if (route["state"] as Int) == Self.stateScheduled {
+                } else if try (route["state"] as Int) == Self.stateScheduled
+                    || ((route["state"] as Int) == Self.stateDropped
+                        && Bool.fetchOne(db, sql: "SELECT 1 FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelope.envelopeID]) == true)
+                {
                     outcomes.append(.scheduled(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyScheduled: false))
                 } else {
                     outcomes.append(.accepted(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyQueued: false))
@@ -645,7 +653,11 @@ public final class SQLiteRelayStore: RelayStore {
                 outcomes.append(.rejected(.queueFull))
                 continue
             }
-            if !scheduled { queued[envelope.recipient] = depth + 1 }
+            // conversations.md 9: to an account that blocks the sender, a route in the dropped state and no ciphertext.
+            let dropped = try envelope.recipient.handle != sender.handle && Bool.fetchOne(
+                db, sql: "SELECT 1 FROM block_lists WHERE handle = ? AND blocked_handle = ?",
+                arguments: [envelope.recipient.handle, sender.handle]) == true
+            if !scheduled && !dropped { queued[envelope.recipient] = depth + 1 }
             let groupID: Data
             if let known = groupIDs[groupKeys[index]] {
                 groupID = known
@@ -661,20 +673,25 @@ public final class SQLiteRelayStore: RelayStore {
                 arguments: [
                     envelope.envelopeID, sender.handle, Int64(sender.deviceID), envelope.recipient.handle,
                     Int64(envelope.recipient.deviceID), atMs, envelope.expiresAtMs, envelope.routeExpiresAtMs,
-                    scheduled ? Self.stateScheduled : Self.stateQueued, groupID,
+                    dropped ? Self.stateDropped : scheduled ? Self.stateScheduled : Self.stateQueued, groupID,
                     envelope.unsendTokenHash.isEmpty ? nil : envelope.unsendTokenHash,
                 ])
             if scheduled {
                 try db.execute(
                     sql: """
                         INSERT INTO scheduled_envelopes (envelope_id, sender_handle, not_before, ttl_ms, urgency, cancel_token_hash, ciphertext)
-                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        VALUES (?, ?, ?, ?, ?, ?, CASE WHEN ? THEN zeroblob(0) ELSE ? END)
                         """,
                     arguments: [
                         envelope.envelopeID, sender.handle, envelope.notBeforeMs, envelope.ttlMs, envelope.urgency, envelope.cancelTokenHash,
-                        envelope.ciphertext,
+                        dropped, dropped ? nil : envelope.ciphertext,
                     ])
                 outcomes.append(.scheduled(acceptedAtMs: atMs, expiresAtMs: envelope.expiresAtMs, newlyScheduled: true))
+                continue
+            }
+            if dropped {
+                // Nothing queued, so nothing wakes, pushes or receipts.
+                outcomes.append(.accepted(acceptedAtMs: atMs, expiresAtMs: envelope.expiresAtMs, newlyQueued: false))
                 continue
             }
             try db.execute(
@@ -1291,13 +1308,13 @@ public final class SQLiteRelayStore: RelayStore {
     // MARK: Conversations (documented on `ConversationStore`)
 
     /// Implements `ConversationStore.unsend` in one SQLite transaction.
-    public func unsend(senderHandle: String, unsendTokenHash: Data) async throws -> [UnsendRecord] {
+    public func unsend(senderHandle: String, unsendTokenHash: Data, nowMs: Int64) async throws -> [UnsendRecord] {
         try await run {
             try await self.pool.write { db in
                 let routes = try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT envelope_id, recipient_handle, recipient_device_id, state FROM envelope_routes
+                        SELECT envelope_id, recipient_handle, recipient_device_id, state, expires_at FROM envelope_routes
                         WHERE sender_handle = ? AND unsend_token_hash = ? ORDER BY recipient_handle, recipient_device_id, envelope_id
                         """,
                     arguments: [senderHandle, unsendTokenHash])
@@ -1312,6 +1329,15 @@ public final class SQLiteRelayStore: RelayStore {
                         try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.statePurged, envelopeID])
                         state = .purged
                     case Self.statePurged, Self.stateCancelled: state = .purged
+                    case Self.stateDropped:
+                        // As a queued (or scheduled) one would answer: purged until its expiry, expired after it.
+                        if (route["expires_at"] as Int64) <= nowMs {
+                            state = .alreadyExpired
+                        } else {
+                            try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
+                            try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.statePurged, envelopeID])
+                            state = .purged
+                        }
                     case Self.stateDelivered: state = .alreadyDelivered
                     default: state = .alreadyExpired
                     }
@@ -1352,7 +1378,7 @@ public final class SQLiteRelayStore: RelayStore {
                     db,
                     sql: """
                         SELECT s.envelope_id, s.ttl_ms, s.urgency, s.ciphertext, r.sender_handle, r.sender_device_id,
-                            r.recipient_handle, r.recipient_device_id
+                            r.recipient_handle, r.recipient_device_id, r.state
                         FROM scheduled_envelopes s JOIN envelope_routes r ON r.envelope_id = s.envelope_id
                         WHERE s.not_before <= ? ORDER BY s.not_before, r.rowid
                         """,
@@ -1366,6 +1392,8 @@ public final class SQLiteRelayStore: RelayStore {
                     let recipient = DeviceAddress(handle: row["recipient_handle"], deviceID: UInt32(row["recipient_device_id"] as Int64))
                     let sender = DeviceAddress(handle: row["sender_handle"], deviceID: UInt32(row["sender_device_id"] as Int64))
                     try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
+                    // A dropped one (its recipient blocks the sender) only leaves the scheduled count.
+                    if (row["state"] as Int) == Self.stateDropped { continue }
                     let devices: Set<UInt32>
                     if let known = current[recipient.handle] {
                         devices = known

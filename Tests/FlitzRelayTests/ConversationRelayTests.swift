@@ -327,7 +327,7 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
             let bytes = databaseBytes(relay.databasePath)
             #expect(bytes.range(of: stored) == nil && bytes.range(of: typing) == nil)
             let metrics = await relay.app.relay.metrics.exposition()
-            #expect(metrics.contains("flitz_relay_blocked_total 2"), "\(metrics)")
+            #expect(metrics.contains("flitz_relay_blocked_total 1"), "\(metrics)")
             #expect(metrics.contains(#"flitz_relay_online_only_total{outcome="blocked"} 1"#))
         }
     }

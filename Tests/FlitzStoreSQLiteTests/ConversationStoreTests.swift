@@ -78,11 +78,11 @@ import Testing
             SQLiteRelayStoreTests.bytes(3, 16): .purged,
         ]
         for _ in 0..<2 {
-            let records = try await store.unsend(senderHandle: "alice", unsendTokenHash: hash)
+            let records = try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 6_000)
             #expect(Dictionary(uniqueKeysWithValues: records.map { ($0.envelopeID, $0.state) }) == expected)
         }
         #expect(try await store.nextScheduledRelease() == nil)
-        #expect(try await store.unsend(senderHandle: "bob", unsendTokenHash: hash).isEmpty)
+        #expect(try await store.unsend(senderHandle: "bob", unsendTokenHash: hash, nowMs: 6_000).isEmpty)
     }
 
     @Test func blockListsAreBoundedAndAnswerWhoBlocked() async throws {
