@@ -22,14 +22,15 @@ public protocol ConversationStore: Sendable {
     /// Releases every scheduled envelope whose `not_before` is at or before `nowMs`, in one transaction: each gets
     /// its queue position now, `accepted_at` = `nowMs` and `expires_at` = `nowMs` + min(its ttl, `retentionMs`); one
     /// whose recipient device is no longer current becomes expired with an `expired` receipt (expiring at
-    /// `receiptExpiresAtMs`) to its sender device.
+    /// `receiptExpiresAtMs`) to its sender device; one whose recipient now blocks its sender is dropped, no receipt.
     func releaseScheduled(nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64) async throws -> ScheduledRelease
 
     /// The block list of `handle` (`conversations.md` 9), ascending.
     func blockList(handle: String) async throws -> [String]
 
     /// Adds `block` and removes `unblock` (handles, already validated) on the block list of `handle`, in one
-    /// transaction; returns the new list, ascending.
+    /// transaction; returns the new list, ascending. In the same transaction, the still-queued and still-scheduled
+    /// envelopes a newly blocked handle sent to `handle` are dropped (ciphertext deleted, route dropped, no receipt).
     /// - Throws: `.blockListFull` when the list would exceed `maxBlocked` handles (nothing changes).
     func updateBlockList(handle: String, block: [String], unblock: [String], maxBlocked: Int) async throws -> [String]
 

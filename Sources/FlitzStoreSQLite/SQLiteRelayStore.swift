@@ -1394,6 +1394,13 @@ public final class SQLiteRelayStore: RelayStore {
                     try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
                     // A dropped one (its recipient blocks the sender) only leaves the scheduled count.
                     if (row["state"] as Int) == Self.stateDropped { continue }
+                    // A block set since the submit drops it now, silently (conversations.md 9): no receipt.
+                    if try Bool.fetchOne(
+                        db, sql: "SELECT 1 FROM block_lists WHERE handle = ? AND blocked_handle = ?", arguments: [recipient.handle, sender.handle]) == true
+                    {
+                        try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateDropped, envelopeID])
+                        continue
+                    }
                     let devices: Set<UInt32>
                     if let known = current[recipient.handle] {
                         devices = known
@@ -1446,6 +1453,18 @@ public final class SQLiteRelayStore: RelayStore {
                 }
                 for blocked in block {
                     try db.execute(sql: "INSERT OR IGNORE INTO block_lists (handle, blocked_handle) VALUES (?, ?)", arguments: [handle, blocked])
+                    // conversations.md 9: what the newly blocked handle queued or scheduled for this account is
+                    // dropped now, as if it had been blocked at submit: ciphertext gone, no receipt.
+                    let routes = "SELECT envelope_id FROM envelope_routes WHERE sender_handle = ? AND recipient_handle = ? AND state = ?"
+                    try db.execute(
+                        sql: "UPDATE scheduled_envelopes SET ciphertext = zeroblob(0) WHERE envelope_id IN (\(routes))",
+                        arguments: [blocked, handle, Self.stateScheduled])
+                    try db.execute(
+                        sql: "DELETE FROM queue WHERE kind = ? AND envelope_id IN (\(routes))",
+                        arguments: [Self.kindEnvelope, blocked, handle, Self.stateQueued])
+                    try db.execute(
+                        sql: "UPDATE envelope_routes SET state = ? WHERE sender_handle = ? AND recipient_handle = ? AND state IN (?, ?)",
+                        arguments: [Self.stateDropped, blocked, handle, Self.stateQueued, Self.stateScheduled])
                 }
                 let list = try String.fetchAll(
                     db, sql: "SELECT blocked_handle FROM block_lists WHERE handle = ? ORDER BY blocked_handle", arguments: [handle])

@@ -103,4 +103,47 @@ import Testing
             }
         }
     }
+
+    @Test func blockingDropsWhatTheBlockedHandleQueuedOrScheduled() async throws {
+        let sleeper = ManualSleeper()
+        try await RelayHarness.run(prepare: { app, _ in app.relay.scheduler.sleeper = sleeper.function }) { relay in
+            let alice = TestIdentity("alice"), bob = TestIdentity("bob"), carol = TestIdentity("carol")
+            try await registerAll(relay, [alice, bob, carol])
+            let start = relay.clock.nowMs()
+            let marker = Data("blocked-later-\(UUID().uuidString)".utf8)
+            let queuedEnvelope = outgoing(1, to: "bob", ciphertext: marker)
+            var held = scheduled(2, to: "bob", at: start + 60_000, cancelToken: Data(repeating: 7, count: 32))
+            held.ciphertext = marker
+            let heldEnvelope = held
+            try await relay.connect { connection in
+                try await connection.authenticate(alice)
+                let outcomes = try await connection.submitSelected([queuedEnvelope, heldEnvelope])
+                #expect(outcomes.allSatisfy { !$0.hasError }, "\(outcomes)")
+            }
+            // Carol's envelope is not affected by bob blocking alice.
+            try await relay.connect { connection in
+                try await connection.authenticate(carol)
+                #expect(try await connection.submitSelected([outgoing(3, to: "bob")]).allSatisfy { !$0.hasError })
+            }
+            try await relay.connect { connection in
+                try await connection.authenticate(bob)
+                #expect(try await connection.updateBlockList(block: ["alice"]).errorCode == nil)
+            }
+            let wait = try await sleeper.next()
+            #expect(wait.duration == .milliseconds(60_000))
+            let checks = relay.app.relay.scheduler.monitor.snapshot.checks
+            relay.clock.advance(seconds: 60)
+            wait.resume()
+            // The releaser found it due, released (dropped) it, and read the store again.
+            await relay.app.relay.scheduler.monitor.wait { $0.checks >= checks + 2 }
+            #expect(relay.app.relay.scheduler.monitor.snapshot.released == 0)
+            #expect(try await relay.app.relay.store.nextScheduledRelease() == nil)
+            let bobItems = try await relay.connect { connection in try await connection.authenticate(bob) }
+            #expect(bobItems.flatMap(\.envelopes).map(\.envelopeID) == [envelopeID(3)])
+            let aliceItems = try await relay.connect { connection in try await connection.authenticate(alice) }
+            #expect(aliceItems.flatMap(\.receipts).isEmpty, "\(aliceItems)")
+            try await relay.app.relay.store.checkpointIfSQLite()
+            #expect(databaseBytes(relay.databasePath).range(of: marker) == nil)
+        }
+    }
 }
