@@ -214,25 +214,35 @@ extension Relay {
         return result
     }
 
-    /// Releases every scheduled envelope due now (`conversations.md` 8): wakes the recipients' connections and
-    /// hands wake-ups to the push dispatcher as a fresh Submit does, and wakes senders of expired ones. Returns the
-    /// number released. The `ScheduledReleaser` calls it; it is safe to call at any time.
+    /// Rows released per store transaction, so that a mass release never holds the writer long.
+    static let releaseBatchSize = 200
+
+    /// Releases every scheduled envelope due now (`conversations.md` 8), in transactions of `releaseBatchSize` rows,
+    /// applying `relay.maxQueuedEnvelopes` per device (over it: expired, `EXPIRED` receipt): wakes the recipients'
+    /// connections and hands wake-ups to the push dispatcher as a fresh Submit does, and wakes senders of expired
+    /// ones. Returns the number released. The `ScheduledReleaser` calls it; it is safe to call at any time.
     /// - Throws: `StoreError` when the store fails.
     @discardableResult
     public func releaseScheduled() async throws -> Int {
-        let now = clock.nowMs()
-        let result = try await store.releaseScheduled(nowMs: now, retentionMs: retentionMs, receiptExpiresAtMs: now + retentionMs)
-        var wakeUps: [PushCandidate] = []
-        for envelope in result.released {
-            guard let wakeClass = Self.wakeClass(WireUrgency(rawValue: envelope.urgency) ?? .unspecified), !registry.isConnected(envelope.recipient)
-            else { continue }
-            wakeUps.append(PushCandidate(device: envelope.recipient, wakeClass: wakeClass, envelopeID: envelope.envelopeID, expiresAtMs: envelope.expiresAtMs))
+        var total = 0
+        while true {
+            let now = clock.nowMs()
+            let result = try await store.releaseScheduled(
+                nowMs: now, retentionMs: retentionMs, receiptExpiresAtMs: now + retentionMs, queueLimit: configuration.maxQueuedEnvelopes,
+                batchSize: Self.releaseBatchSize)
+            var wakeUps: [PushCandidate] = []
+            for envelope in result.released {
+                guard let wakeClass = Self.wakeClass(WireUrgency(rawValue: envelope.urgency) ?? .unspecified), !registry.isConnected(envelope.recipient)
+                else { continue }
+                wakeUps.append(PushCandidate(device: envelope.recipient, wakeClass: wakeClass, envelopeID: envelope.envelopeID, expiresAtMs: envelope.expiresAtMs))
+            }
+            registry.wake(Set(result.released.map(\.recipient)).union(result.notifiedSenders))
+            push.submitted(wakeUps)
+            metrics.scheduledReleased(result.released.count)
+            scheduler.record(released: result.released.count, expired: result.expired)
+            total += result.released.count
+            if !result.more { return total }
         }
-        registry.wake(Set(result.released.map(\.recipient)).union(result.notifiedSenders))
-        push.submitted(wakeUps)
-        metrics.scheduledReleased(result.released.count)
-        scheduler.record(released: result.released.count, expired: result.expired)
-        return result.released.count
     }
 }
 

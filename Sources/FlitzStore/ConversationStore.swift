@@ -19,11 +19,15 @@ public protocol ConversationStore: Sendable {
     /// The earliest `not_before` of a still-scheduled envelope, or nil when none is held.
     func nextScheduledRelease() async throws -> Int64?
 
-    /// Releases every scheduled envelope whose `not_before` is at or before `nowMs`, in one transaction: each gets
-    /// its queue position now, `accepted_at` = `nowMs` and `expires_at` = `nowMs` + min(its ttl, `retentionMs`); one
-    /// whose recipient device is no longer current becomes expired with an `expired` receipt (expiring at
+    /// Releases up to `batchSize` (at least 1) scheduled envelopes whose `not_before` is at or before `nowMs`, oldest
+    /// `not_before` first, in one transaction (the caller repeats while `more`): each gets its queue position now,
+    /// `accepted_at` = `nowMs` and `expires_at` = `nowMs` + min(its ttl, `retentionMs`); one whose recipient device is
+    /// no longer current, or whose queue already holds `queueLimit` envelopes, becomes expired with an `expired` receipt
+    /// (expiring at
     /// `receiptExpiresAtMs`) to its sender device; one whose recipient now blocks its sender is dropped, no receipt.
-    func releaseScheduled(nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64) async throws -> ScheduledRelease
+    /// A scheduled row whose route is gone (swept) is deleted, so that every row `nextScheduledRelease` reports as due
+    /// leaves the schedule.
+    func releaseScheduled(nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64, queueLimit: Int, batchSize: Int) async throws -> ScheduledRelease
 
     /// The block list of `handle` (`conversations.md` 9), ascending.
     func blockList(handle: String) async throws -> [String]
@@ -91,6 +95,13 @@ public struct ReleasedEnvelope: Hashable, Sendable {
     }
 }
 
+extension ConversationStore {
+    /// `releaseScheduled` without a queue limit, everything due in one transaction (tests and tools).
+    public func releaseScheduled(nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64) async throws -> ScheduledRelease {
+        try await releaseScheduled(nowMs: nowMs, retentionMs: retentionMs, receiptExpiresAtMs: receiptExpiresAtMs, queueLimit: .max, batchSize: .max)
+    }
+}
+
 /// What `releaseScheduled` did.
 public struct ScheduledRelease: Hashable, Sendable {
     /// Envelopes now queued, in release order.
@@ -100,11 +111,15 @@ public struct ScheduledRelease: Hashable, Sendable {
     /// Sender devices that got an `expired` receipt.
     public var notifiedSenders: Set<DeviceAddress>
 
+    /// Whether the batch was full: more may be due (call again).
+    public var more: Bool
+
     /// Creates a result.
-    public init(released: [ReleasedEnvelope], expired: Int, notifiedSenders: Set<DeviceAddress>) {
+    public init(released: [ReleasedEnvelope], expired: Int, notifiedSenders: Set<DeviceAddress>, more: Bool = false) {
         self.released = released
         self.expired = expired
         self.notifiedSenders = notifiedSenders
+        self.more = more
     }
 }
 

@@ -1370,34 +1370,42 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
-    /// Implements `ConversationStore.releaseScheduled` in one SQLite transaction.
-    public func releaseScheduled(nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64) async throws -> ScheduledRelease {
+    /// Implements `ConversationStore.releaseScheduled` in one SQLite transaction of at most `batchSize` rows.
+    public func releaseScheduled(
+        nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64, queueLimit: Int, batchSize: Int
+    ) async throws -> ScheduledRelease {
         try await run {
             try await self.pool.write { db in
+                // No ciphertext here: it is copied row by row with INSERT … SELECT, never all in memory. A LEFT JOIN
+                // so that an orphan row (its route swept) is deleted too: what nextScheduledRelease sees always goes.
                 let rows = try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT s.envelope_id, s.ttl_ms, s.urgency, s.ciphertext, r.sender_handle, r.sender_device_id,
+                        SELECT s.envelope_id, s.ttl_ms, s.urgency, r.sender_handle, r.sender_device_id,
                             r.recipient_handle, r.recipient_device_id, r.state
-                        FROM scheduled_envelopes s JOIN envelope_routes r ON r.envelope_id = s.envelope_id
-                        WHERE s.not_before <= ? ORDER BY s.not_before, r.rowid
+                        FROM scheduled_envelopes s LEFT JOIN envelope_routes r ON r.envelope_id = s.envelope_id
+                        WHERE s.not_before <= ? ORDER BY s.not_before, s.rowid LIMIT ?
                         """,
-                    arguments: [nowMs])
+                    arguments: [nowMs, max(1, batchSize)])
                 var released: [ReleasedEnvelope] = []
                 var expired = 0
                 var notified = Set<DeviceAddress>()
                 var current: [String: Set<UInt32>] = [:]
                 for row in rows {
                     let envelopeID: Data = row["envelope_id"]
+                    let deleteScheduled = { try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID]) }
+                    // An orphan, or a route no longer scheduled (dropped for a block): it only leaves the schedule.
+                    guard let state = row["state"] as Int?, state == Self.stateScheduled else {
+                        try deleteScheduled()
+                        continue
+                    }
                     let recipient = DeviceAddress(handle: row["recipient_handle"], deviceID: UInt32(row["recipient_device_id"] as Int64))
                     let sender = DeviceAddress(handle: row["sender_handle"], deviceID: UInt32(row["sender_device_id"] as Int64))
-                    try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
-                    // A dropped one (its recipient blocks the sender) only leaves the scheduled count.
-                    if (row["state"] as Int) == Self.stateDropped { continue }
                     // A block set since the submit drops it now, silently (conversations.md 9): no receipt.
                     if try Bool.fetchOne(
                         db, sql: "SELECT 1 FROM block_lists WHERE handle = ? AND blocked_handle = ?", arguments: [recipient.handle, sender.handle]) == true
                     {
+                        try deleteScheduled()
                         try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateDropped, envelopeID])
                         continue
                     }
@@ -1408,7 +1416,12 @@ public final class SQLiteRelayStore: RelayStore {
                         devices = try Self.currentDeviceIDs(db, recipient.handle) ?? []
                         current[recipient.handle] = devices
                     }
-                    guard devices.contains(recipient.deviceID) else {
+                    // Gone, or its queue over the per-device limit (relay.maxQueuedEnvelopes): expired, as at submit.
+                    let depth = try Int.fetchOne(
+                        db, sql: "SELECT envelopes FROM queue_depths WHERE handle = ? AND device_id = ?",
+                        arguments: [recipient.handle, Int64(recipient.deviceID)]) ?? 0
+                    guard devices.contains(recipient.deviceID), depth < queueLimit else {
+                        try deleteScheduled()
                         try db.execute(
                             sql: "UPDATE envelope_routes SET state = ?, accepted_at = ?, expires_at = ?, route_expires_at = ? WHERE envelope_id = ?",
                             arguments: [Self.stateExpired, nowMs, nowMs, nowMs + retentionMs, envelopeID])
@@ -1426,11 +1439,15 @@ public final class SQLiteRelayStore: RelayStore {
                         sql: "UPDATE envelope_routes SET state = ?, accepted_at = ?, expires_at = ?, route_expires_at = ? WHERE envelope_id = ?",
                         arguments: [Self.stateQueued, nowMs, expiresAt, nowMs + retentionMs, envelopeID])
                     try db.execute(
-                        sql: "INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        arguments: [recipient.handle, Int64(recipient.deviceID), Self.kindEnvelope, envelopeID, row["ciphertext"] as Data, expiresAt])
+                        sql: """
+                            INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at)
+                            SELECT ?, ?, ?, envelope_id, ciphertext, ? FROM scheduled_envelopes WHERE envelope_id = ?
+                            """,
+                        arguments: [recipient.handle, Int64(recipient.deviceID), Self.kindEnvelope, expiresAt, envelopeID])
+                    try deleteScheduled()
                     released.append(ReleasedEnvelope(envelopeID: envelopeID, recipient: recipient, expiresAtMs: expiresAt, urgency: row["urgency"]))
                 }
-                return ScheduledRelease(released: released, expired: expired, notifiedSenders: notified)
+                return ScheduledRelease(released: released, expired: expired, notifiedSenders: notified, more: rows.count >= max(1, batchSize))
             }
         }
     }

@@ -116,3 +116,27 @@ struct Failure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
+
+extension ConversationStoreTests {
+    @Test func releaseGoesInBatchesAndDeletesOrphans() async throws {
+        let (store, _) = try base.makeStore()
+        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
+        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+        let envelopes = (0..<5).map { index in
+            var envelope = Self.scheduled(UInt8(index + 1), to: bob, notBefore: 10_000 + Int64(index))
+            // The last one's route is kept only until 20 000: swept before its release (an orphan row).
+            if index == 4 { envelope.routeExpiresAtMs = 20_000 }
+            return envelope
+        }
+        _ = try await store.submit(sender: alice, envelopes: envelopes, atMs: 1_000)
+        _ = try await store.sweep(nowMs: 20_000, receiptExpiresAtMs: 90_000)
+        let first = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
+        #expect(first.released.map(\.envelopeID) == [SQLiteRelayStoreTests.bytes(1, 16), SQLiteRelayStoreTests.bytes(2, 16)] && first.more)
+        let second = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
+        #expect(second.released.count == 2 && second.more)
+        // The orphan leaves the schedule: nextScheduledRelease and releaseScheduled agree, so the releaser cannot spin.
+        let third = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
+        #expect(third.released.isEmpty && third.expired == 0 && !third.more)
+        #expect(try await store.nextScheduledRelease() == nil)
+    }
+}
