@@ -58,7 +58,7 @@ extension Relay {
             envelope.ciphertext = outgoing.ciphertext
             envelope.onlineOnly = true
             let recipient = DeviceAddress(handle: outgoing.recipientHandle, deviceID: outgoing.recipientDeviceID)
-            metrics.onlineOnly(handed: registry.handOnlineOnly(envelope, to: recipient))
+            _ = registry.handOnlineOnly(envelope, to: recipient)
         }
     }
 
@@ -238,7 +238,7 @@ extension Relay {
             }
             registry.wake(Set(result.released.map(\.recipient)).union(result.notifiedSenders))
             push.submitted(wakeUps)
-            metrics.scheduledReleased(result.released.count)
+            metrics.scheduledReleased(result.released.count + result.dropped)
             scheduler.record(released: result.released.count, expired: result.expired)
             total += result.released.count
             if !result.more { return total }

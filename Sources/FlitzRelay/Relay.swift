@@ -318,11 +318,8 @@ public final class Relay: Sendable {
                 // conversations.md 9: one to an account that blocks the sender is dropped behind that same answer.
                 outcomes[index].acceptedAtMs = now
                 outcomes[index].expiresAtMs = now
-                if blockedBy.contains(envelope.recipientHandle) {
-                    metrics.blocked(onlineOnly: true)
-                } else {
-                    onlineOnly.append(envelope)
-                }
+                metrics.onlineOnly(1)
+                if !blockedBy.contains(envelope.recipientHandle) { onlineOnly.append(envelope) }
                 continue
             }
             // Stored envelopes to an account that blocks the sender go through the store like any other (every

@@ -113,13 +113,16 @@ public struct ScheduledRelease: Hashable, Sendable {
 
     /// Whether the batch was full: more may be due (call again).
     public var more: Bool
+    /// Envelopes dropped at release because the recipient blocks the sender (`conversations.md` 9), or already dropped.
+    public var dropped: Int
 
     /// Creates a result.
-    public init(released: [ReleasedEnvelope], expired: Int, notifiedSenders: Set<DeviceAddress>, more: Bool = false) {
+    public init(released: [ReleasedEnvelope], expired: Int, notifiedSenders: Set<DeviceAddress>, more: Bool = false, dropped: Int = 0) {
         self.released = released
         self.expired = expired
         self.notifiedSenders = notifiedSenders
         self.more = more
+        self.dropped = dropped
     }
 }
 

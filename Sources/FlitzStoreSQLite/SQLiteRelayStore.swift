@@ -1389,6 +1389,7 @@ public final class SQLiteRelayStore: RelayStore {
                     arguments: [nowMs, max(1, batchSize)])
                 var released: [ReleasedEnvelope] = []
                 var expired = 0
+                var dropped = 0
                 var notified = Set<DeviceAddress>()
                 var current: [String: Set<UInt32>] = [:]
                 for row in rows {
@@ -1396,6 +1397,7 @@ public final class SQLiteRelayStore: RelayStore {
                     let deleteScheduled = { try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID]) }
                     // An orphan, or a route no longer scheduled (dropped for a block): it only leaves the schedule.
                     guard let state = row["state"] as Int?, state == Self.stateScheduled else {
+                        if (row["state"] as Int?) == Self.stateDropped { dropped += 1 }
                         try deleteScheduled()
                         continue
                     }
@@ -1407,6 +1409,7 @@ public final class SQLiteRelayStore: RelayStore {
                     {
                         try deleteScheduled()
                         try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateDropped, envelopeID])
+                        dropped += 1
                         continue
                     }
                     let devices: Set<UInt32>
@@ -1447,7 +1450,7 @@ public final class SQLiteRelayStore: RelayStore {
                     try deleteScheduled()
                     released.append(ReleasedEnvelope(envelopeID: envelopeID, recipient: recipient, expiresAtMs: expiresAt, urgency: row["urgency"]))
                 }
-                return ScheduledRelease(released: released, expired: expired, notifiedSenders: notified, more: rows.count >= max(1, batchSize))
+                return ScheduledRelease(released: released, expired: expired, notifiedSenders: notified, more: rows.count >= max(1, batchSize), dropped: dropped)
             }
         }
     }
