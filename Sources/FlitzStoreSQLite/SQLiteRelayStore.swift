@@ -404,15 +404,18 @@ public final class SQLiteRelayStore: RelayStore {
                 let removed = try Int64.fetchAll(
                     db, sql: "SELECT device_id FROM devices WHERE handle = ? ORDER BY device_id", arguments: [handle])
                 var notified = Set<DeviceAddress>()
-                // Undelivered envelopes addressed to the removed devices: expired, sender told.
+                // conversations.md 8: what the removed devices scheduled can no longer be cancelled: deleted.
+                try Self.cancelScheduled(db, sentBy: "r.sender_handle = ?", [handle])
+                // Undelivered (queued or scheduled) envelopes addressed to the removed devices: expired, sender told.
                 let routes = try Row.fetchAll(
-                    db, sql: "SELECT * FROM envelope_routes WHERE recipient_handle = ? AND state = ?",
-                    arguments: [handle, Self.stateQueued])
+                    db, sql: "SELECT * FROM envelope_routes WHERE recipient_handle = ? AND state IN (?, ?)",
+                    arguments: [handle, Self.stateQueued, Self.stateScheduled])
                 for route in routes {
                     let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
                     let recipient = DeviceAddress(handle: handle, deviceID: UInt32(route["recipient_device_id"] as Int64))
                     let envelopeID: Data = route["envelope_id"]
                     try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateExpired, envelopeID])
+                    try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
                     if sender.handle != handle,
                         try self.queueReceipt(db, to: sender, envelopeID: envelopeID, kind: .expired, recipient: recipient, atMs: atMs, expiresAtMs: receiptExpiresAtMs)
                     {
@@ -1098,8 +1101,14 @@ public final class SQLiteRelayStore: RelayStore {
         var routes: [Row] = []
         for id in deviceIDs {
             let arguments: StatementArguments = [handle, Int64(id)]
+            // conversations.md 8: what the device scheduled can no longer be cancelled (its tokens were on it).
+            try Self.cancelScheduled(db, sentBy: "r.sender_handle = ? AND r.sender_device_id = ?", arguments)
             routes += try Row.fetchAll(
-                db, sql: "SELECT * FROM envelope_routes WHERE recipient_handle = ? AND recipient_device_id = ? AND state = \(Self.stateQueued)",
+                db,
+                sql: """
+                    SELECT * FROM envelope_routes WHERE recipient_handle = ? AND recipient_device_id = ?
+                    AND state IN (\(Self.stateQueued), \(Self.stateScheduled))
+                    """,
                 arguments: arguments)
             try db.execute(sql: "DELETE FROM queue WHERE handle = ? AND device_id = ?", arguments: arguments)
             try db.execute(sql: "DELETE FROM devices WHERE handle = ? AND device_id = ?", arguments: arguments)
@@ -1110,6 +1119,7 @@ public final class SQLiteRelayStore: RelayStore {
             let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
             let recipient = DeviceAddress(handle: handle, deviceID: UInt32(route["recipient_device_id"] as Int64))
             try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateExpired, envelopeID])
+            try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
             guard notifyOwnHandle || sender.handle != handle else { continue }
             if try queueReceipt(db, to: sender, envelopeID: envelopeID, kind: .expired, recipient: recipient, atMs: atMs, expiresAtMs: receiptExpiresAtMs) {
                 notified.insert(sender)
@@ -1538,6 +1548,18 @@ public final class SQLiteRelayStore: RelayStore {
     }
 
     // MARK: Helpers
+
+    /// Deletes the scheduled envelopes whose route matches `condition` (over `envelope_routes r`), marking their routes
+    /// cancelled, no receipt: their sender device is gone with its cancel tokens (`conversations.md` 8).
+    private static func cancelScheduled(_ db: Database, sentBy condition: String, _ arguments: StatementArguments) throws {
+        let ids = try Data.fetchAll(
+            db, sql: "SELECT s.envelope_id FROM scheduled_envelopes s JOIN envelope_routes r ON r.envelope_id = s.envelope_id WHERE \(condition)",
+            arguments: arguments)
+        for id in ids {
+            try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [id])
+            try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [stateCancelled, id])
+        }
+    }
 
     /// Queues a receipt for `sender` when it is still a current device; returns whether it did.
     private func queueReceipt(

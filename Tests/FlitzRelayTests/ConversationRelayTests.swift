@@ -451,7 +451,7 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
         }
     }
 
-    @Test func scheduledEnvelopeToARemovedDeviceExpires() async throws {
+    @Test func scheduledEnvelopesOfARemovedDeviceExpireOrAreDeleted() async throws {
         let sleeper = ManualSleeper()
         try await RelayHarness.run(prepare: { app, _ in app.relay.scheduler.sleeper = sleeper.function }) { relay in
             let alice = TestIdentity("alice")
@@ -466,17 +466,69 @@ func registerAll(_ relay: RelayHarness, _ identities: [TestIdentity]) async thro
                 ])
                 #expect(outcomes.first?.scheduled == true)
             }
-            // Bob's list drops device 1 before the release.
+            // Bob's device 1 schedules one for alice (it holds the cancel token).
+            try await relay.connect { connection in
+                try await connection.authenticate(bob, 1)
+                let outcomes = try await connection.submitSelected([
+                    scheduled(2, to: "alice", at: start + 10_000, cancelToken: Data(repeating: 2, count: 32))
+                ])
+                #expect(outcomes.first?.scheduled == true, "\(outcomes)")
+            }
+            // Bob's list drops device 1 before the release: what it was sent expires now (EXPIRED to alice), what it
+            // scheduled is deleted (nobody can cancel it any more).
             try await relay.connect { connection in
                 try await connection.authenticate(bob, 0)
                 #expect(try await connection.request(bob.publish(bob.list(version: 2, [0]), removing: [bob.ids[1]!])).isOk)
             }
+            #expect(try await relay.app.relay.store.nextScheduledRelease() == nil)
             let wait = try await sleeper.next()
             relay.clock.advance(seconds: 10)
             wait.resume()
-            await relay.app.relay.scheduler.monitor.wait { $0.expired >= 1 }
-            let receipts = try await relay.connect { connection in try await connection.authenticate(alice) }.flatMap(\.receipts)
+            let delivered = try await relay.connect { connection in try await connection.authenticate(alice) }
+            #expect(delivered.flatMap(\.envelopes).isEmpty, "\(delivered)")
+            let receipts = delivered.flatMap(\.receipts)
             #expect(receipts.map(\.kind) == [.expired] && receipts.first?.envelopeID == envelopeID(1))
+        }
+    }
+
+    @Test func recoveryDeletesWhatTheOldDevicesScheduledAndExpiresWhatWasScheduledForThem() async throws {
+        try await RelayHarness.run { relay in
+            let alice = TestAccount("alice"), bob = TestIdentity("bob")
+            try await registerAll(relay, [bob])
+            let code = try await relay.connect { connection -> String in
+                guard case .registerResult(let result) = try await connection.request(alice.register(nonce: connection.nonce)).body else {
+                    throw Failure("register")
+                }
+                alice.ids[0] = result.deviceID
+                return result.recoveryCode
+            }
+            let start = relay.clock.nowMs()
+            try await relay.connect { connection in
+                try await connection.authenticate(alice, 0)
+                let outcomes = try await connection.submitSelected([scheduled(1, to: "bob", at: start + 60_000, cancelToken: Data(repeating: 1, count: 32))])
+                #expect(outcomes.first?.scheduled == true)
+            }
+            try await relay.connect { connection in
+                try await connection.authenticate(bob)
+                let outcomes = try await connection.submitSelected([
+                    scheduled(2, to: "alice", device: alice.ids[0]!, at: start + 60_000, cancelToken: Data(repeating: 2, count: 32))
+                ])
+                #expect(outcomes.first?.scheduled == true)
+            }
+            let recovered = TestIdentity("alice")
+            try await relay.connect { (connection: TestConnection) async throws -> Void in
+                var recover = WireRecover()
+                recover.handle = "alice"
+                recover.recoveryCode = code
+                recover.accountIdentityKey = recovered.account.publicKey.rawRepresentation
+                recover.device = recovered.deviceKeys()
+                recover.challengeSignature = recovered.device.signature(for: SignedPayload.authentication(nonce: connection.nonce, handle: "alice"))
+                guard case .registerResult = try await connection.request(.recover(recover)).body else { throw Failure("recover") }
+            }
+            // Both gone from the schedule at once: alice's old device's (no one can cancel it) and the one to it.
+            #expect(try await relay.app.relay.store.nextScheduledRelease() == nil)
+            let receipts = try await relay.connect { connection in try await connection.authenticate(bob) }.flatMap(\.receipts)
+            #expect(receipts.map(\.kind) == [.expired] && receipts.first?.envelopeID == envelopeID(2), "\(receipts)")
         }
     }
 
