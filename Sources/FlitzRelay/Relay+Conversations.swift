@@ -2,7 +2,6 @@ import FlitzCrypto
 import FlitzStore
 import FlitzWire
 import Foundation
-import Synchronization
 
 /// The relay's side of `protocol/conversations.md`: the new `Submit` fields (online-only, unsend token hash,
 /// scheduled), Unsend, CancelScheduled, the block list and abuse reports (section 11). The relay never logs a token,
@@ -200,13 +199,15 @@ extension Relay {
             key.isValidSignature(request.signature, for: ConversationTokens.reportSignaturePayload(request.report))
         else { throw RelayError(.invalidSignature, "the report signature does not verify under this device's identity key") }
         let now = clock.nowMs()
-        try reportLimiter.take(device.handle, nowMs: now)
         let stored = StoredReport(reportID: random.bytes(WireConstants.idLength), reporter: device, receivedAtMs: now, report: request.report, signature: request.signature)
+        let retry: Int64?
         do {
-            try await store.storeReport(stored)
+            // Counted from the stored reports, in the storing transaction: the limit survives restarts.
+            retry = try await store.storeReport(stored, limit: Self.reportLimit, windowMs: Self.reportWindowMs)
         } catch {
             throw internalError(error)
         }
+        if let retry { throw RelayError(.rateLimited, "at most \(Self.reportLimit) reports per hour", retryAfterMs: retry) }
         metrics.reportStored()
         logger.debug("abuse report stored", metadata: ["relay.report": "\(stored.reportID.map { String(format: "%02x", $0) }.joined())"])
         var result = WireReportResult()
@@ -246,27 +247,9 @@ extension Relay {
     }
 }
 
-/// At most `limit` abuse reports per account per `window` (`conversations.md` 10: 10 per hour), on the relay's clock.
-final class ReportLimiter: Sendable {
-    private let times = Mutex<[String: [Int64]]>([:])
-    let limit: Int
-    let windowMs: Int64
-
-    init(limit: Int = 10, windowMs: Int64 = 3_600_000) {
-        self.limit = limit
-        self.windowMs = windowMs
-    }
-
-    /// Counts one report of `handle` at `nowMs`.
-    /// - Throws: `RATE_LIMITED` with the wait until the oldest report in the window leaves it.
-    func take(_ handle: String, nowMs: Int64) throws(RelayError) {
-        let retry: Int64? = times.withLock { times in
-            var recent = (times[handle] ?? []).filter { $0 > nowMs - windowMs }
-            defer { times[handle] = recent.isEmpty ? nil : recent }
-            if recent.count >= limit { return (recent.first ?? nowMs) + windowMs - nowMs }
-            recent.append(nowMs)
-            return nil
-        }
-        if let retry { throw RelayError(.rateLimited, "at most \(limit) reports per hour", retryAfterMs: max(1, retry)) }
-    }
+extension Relay {
+    /// Most abuse reports per account per `reportWindowMs` (`conversations.md` 10).
+    static let reportLimit = 10
+    /// The report limit's window: an hour, milliseconds on the relay's clock.
+    static let reportWindowMs: Int64 = 3_600_000
 }

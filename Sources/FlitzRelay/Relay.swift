@@ -25,8 +25,6 @@ public final class Relay: Sendable {
     let push: PushDispatcher
     /// The scheduled-envelope releaser's timer and wake-up (`ScheduledReleaser`, `conversations.md` 8).
     let scheduler = ScheduleTimer()
-    /// Abuse reports per account (`conversations.md` 10: 10 per hour).
-    let reportLimiter = ReportLimiter()
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
     /// - Parameters:
@@ -389,6 +387,8 @@ public final class Relay: Sendable {
                     case .staleDevice: RelayError(.staleDevice, "not a current device of this handle")
                     case .envelopeIDConflict: RelayError(.envelopeIDConflict, "envelope id already used by a different submission")
                     case .queueFull: RelayError(.queueFull, "the recipient device has too many undelivered envelopes; try again later")
+                    case .unsendTokenFull:
+                        RelayError(.invalidArgument, "an unsend token hash may be carried by at most \(ConversationStoreLimits.maxEnvelopesPerUnsendToken) envelopes")
                     default: RelayError(.internal, "the relay failed")
                     }
                     outcomes[position].error = Self.wireError(error, envelopeID: submission.envelopeID)

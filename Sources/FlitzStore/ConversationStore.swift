@@ -41,8 +41,11 @@ public protocol ConversationStore: Sendable {
     /// Those of `recipientHandles` whose block list holds `senderHandle`.
     func blockers(of senderHandle: String, among recipientHandles: Set<String>) async throws -> Set<String>
 
-    /// Stores an abuse report (`conversations.md` 10).
-    func storeReport(_ report: StoredReport) async throws
+    /// Stores an abuse report (`conversations.md` 10) unless its reporter's handle already has `limit` reports
+    /// received after `report.receivedAtMs - windowMs`, in one transaction (counted from the stored reports, so the
+    /// limit survives restarts). Returns nil when stored, else the milliseconds until the oldest of those leaves the
+    /// window (at least 1).
+    func storeReport(_ report: StoredReport, limit: Int, windowMs: Int64) async throws -> Int64?
 
     /// Every stored abuse report, oldest first.
     func reports() async throws -> [StoredReport]
@@ -154,4 +157,7 @@ public struct StoredReport: Hashable, Sendable {
 public enum ConversationStoreLimits {
     /// Most scheduled envelopes one account may have waiting (`MAX_SCHEDULED`); beyond it `submit` answers `queueFull`.
     public static let maxScheduledPerAccount = 1_000
+    /// Most envelopes of one account one unsend token hash may be carried by (routes kept), so that an `UnsendResult`
+    /// always fits a frame; beyond it `submit` answers `.unsendTokenFull` (`conversations.md` 5).
+    public static let maxEnvelopesPerUnsendToken = 1_000
 }

@@ -600,6 +600,7 @@ public final class SQLiteRelayStore: RelayStore {
         outcomes.reserveCapacity(envelopes.count)
         var queued: [DeviceAddress: Int] = [:]
         var scheduledCount: Int?
+        var unsendCounts: [Data: Int] = [:]
         var currentByHandle: [String: Set<UInt32>] = [:]
         for (index, envelope) in envelopes.enumerated() {
             if let route = try existing[index] ?? Row.fetchOne(
@@ -655,6 +656,18 @@ public final class SQLiteRelayStore: RelayStore {
             guard depth < queueLimit else {
                 outcomes.append(.rejected(.queueFull))
                 continue
+            }
+            // conversations.md 5: one unsend token hash matches at most MAX envelopes, so an UnsendResult fits a frame.
+            if !envelope.unsendTokenHash.isEmpty {
+                let key = envelope.unsendTokenHash
+                let count = try unsendCounts[key] ?? Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM envelope_routes WHERE sender_handle = ? AND unsend_token_hash = ?",
+                    arguments: [sender.handle, key]) ?? 0
+                guard count < ConversationStoreLimits.maxEnvelopesPerUnsendToken else {
+                    outcomes.append(.rejected(.unsendTokenFull))
+                    continue
+                }
+                unsendCounts[key] = count + 1
             }
             // conversations.md 9: to an account that blocks the sender, a route in the dropped state and no ciphertext.
             let dropped = try envelope.recipient.handle != sender.handle && Bool.fetchOne(
@@ -837,8 +850,12 @@ public final class SQLiteRelayStore: RelayStore {
                 for envelopeID in envelopeIDs {
                     guard let route = try Row.fetchOne(
                         db,
-                        sql: "SELECT * FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ? AND seen_reported = 0",
-                        arguments: [envelopeID, device.handle, Int64(device.deviceID)])
+                        // Never for an envelope the device cannot have received (scheduled, purged, cancelled, dropped).
+                        sql: """
+                            SELECT * FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ?
+                            AND seen_reported = 0 AND state IN (?, ?, ?)
+                            """,
+                        arguments: [envelopeID, device.handle, Int64(device.deviceID), Self.stateQueued, Self.stateDelivered, Self.stateExpired])
                     else { continue }
                     try db.execute(sql: "UPDATE envelope_routes SET seen_reported = 1 WHERE envelope_id = ?", arguments: [envelopeID])
                     try notified.formUnion(self.queueGroupReceipt(db, route: route, kind: .seen, reader: device, atMs: atMs, expiresAtMs: receiptExpiresAtMs))
@@ -1510,16 +1527,23 @@ public final class SQLiteRelayStore: RelayStore {
         guard !recipientHandles.isEmpty else { return [] }
         return try await run {
             try await self.pool.read { db in
-                Set(try String.fetchAll(db, sql: "SELECT handle FROM block_lists WHERE blocked_handle = ?", arguments: [senderHandle]))
-                    .intersection(recipientHandles)
+                let handles = Array(recipientHandles)
+                let marks = Array(repeating: "?", count: handles.count).joined(separator: ", ")
+                return Set(try String.fetchAll(
+                    db, sql: "SELECT handle FROM block_lists WHERE blocked_handle = ? AND handle IN (\(marks))",
+                    arguments: StatementArguments([senderHandle] + handles)))
             }
         }
     }
 
-    /// Implements `ConversationStore.storeReport`.
-    public func storeReport(_ report: StoredReport) async throws {
+    /// Implements `ConversationStore.storeReport` in one SQLite transaction.
+    public func storeReport(_ report: StoredReport, limit: Int, windowMs: Int64) async throws -> Int64? {
         try await run {
             try await self.pool.write { db in
+                let recent = try Int64.fetchAll(
+                    db, sql: "SELECT received_at FROM reports WHERE reporter_handle = ? AND received_at > ? ORDER BY received_at",
+                    arguments: [report.reporter.handle, report.receivedAtMs - windowMs])
+                if recent.count >= limit { return max(1, (recent.first ?? report.receivedAtMs) + windowMs - report.receivedAtMs) }
                 try db.execute(
                     sql: """
                         INSERT INTO reports (report_id, reporter_handle, reporter_device_id, received_at, report, signature)
@@ -1529,6 +1553,7 @@ public final class SQLiteRelayStore: RelayStore {
                         report.reportID, report.reporter.handle, Int64(report.reporter.deviceID), report.receivedAtMs, report.report,
                         report.signature,
                     ])
+                return nil
             }
         }
     }
