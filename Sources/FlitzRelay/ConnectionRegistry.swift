@@ -97,6 +97,10 @@ struct ConnectionCounts: Sendable {
     var maxInFlight = 0
     /// Connections whose window is full right now (waiting for acknowledgements).
     var windowsFull = 0
+    /// Online-only envelopes a connection took from the registry: written or dropped (`conversations.md` 6).
+    var onlineOnlyHandled = 0
+    /// Of those, dropped: over `RelayConnection.maxPendingOnlineOnly`, or the writer over its high-water mark.
+    var onlineOnlyDropped = 0
 }
 
 /// `CountMonitor` of `ConnectionCounts`.

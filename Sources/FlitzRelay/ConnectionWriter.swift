@@ -85,6 +85,21 @@ struct ConnectionWriter: Sendable {
         try await perform(bytes: buffer.readableBytes + Self.maxHeaderBytes) { try await outbound.write(.binary(buffer)) }
     }
 
+    /// Sends `frame` only if it fits below the high-water mark now, never waiting (online-only envelopes,
+    /// `conversations.md` 6: best-effort, they must never make a connection a slow reader). Returns whether it was sent.
+    /// - Throws: the WebSocket layer's error when the connection is gone.
+    func sendIfRoom(_ frame: WireFrame) async throws -> Bool {
+        let buffer = ByteBuffer(bytes: FrameCodec.encode(frame))
+        let bytes = buffer.readableBytes + Self.maxHeaderBytes
+        var available = credit.bytes.load(ordering: .relaxed)
+        if available < bytes { available = await headroom() }
+        guard available >= bytes else { return false }
+        metrics.sent(frame)
+        credit.bytes.store(available - bytes, ordering: .relaxed)
+        try await outbound.write(.binary(buffer))
+        return true
+    }
+
     /// Sends a WebSocket close frame (subject to the same timeout).
     func close(_ code: WebSocketErrorCode, reason: String?) async throws {
         let outbound = self.outbound

@@ -2,7 +2,6 @@ import FlitzCrypto
 import FlitzStore
 import FlitzWire
 import Foundation
-import Synchronization
 
 /// The relay's side of `protocol/conversations.md`: the new `Submit` fields (online-only, unsend token hash,
 /// scheduled), Unsend, CancelScheduled, the block list and abuse reports (section 11). The relay never logs a token,
@@ -32,7 +31,8 @@ extension Relay {
         return nil
     }
 
-    /// The recipient handles of `envelopes` (other than the sender's own) whose block list holds `senderHandle`.
+    /// The recipient handles of `envelopes` (other than the sender's own) whose block list holds `senderHandle`. Used
+    /// for online-only envelopes only: stored envelopes are checked in the store's transaction (`conversations.md` 9).
     func blockers(of senderHandle: String, in envelopes: [WireOutgoingEnvelope]) async throws(RelayError) -> Set<String> {
         let handles = Set(envelopes.map(\.recipientHandle).filter { $0 != senderHandle && Handle.isValid($0) })
         do {
@@ -57,7 +57,7 @@ extension Relay {
             envelope.ciphertext = outgoing.ciphertext
             envelope.onlineOnly = true
             let recipient = DeviceAddress(handle: outgoing.recipientHandle, deviceID: outgoing.recipientDeviceID)
-            metrics.onlineOnly(handed: registry.handOnlineOnly(envelope, to: recipient))
+            _ = registry.handOnlineOnly(envelope, to: recipient)
         }
     }
 
@@ -86,7 +86,8 @@ extension Relay {
         }
         let records: [UnsendRecord]
         do {
-            records = try await store.unsend(senderHandle: device.handle, unsendTokenHash: ConversationTokens.unsendTokenHash(request.unsendToken))
+            records = try await store.unsend(
+                senderHandle: device.handle, unsendTokenHash: ConversationTokens.unsendTokenHash(request.unsendToken), nowMs: clock.nowMs())
         } catch {
             throw internalError(error)
         }
@@ -198,13 +199,15 @@ extension Relay {
             key.isValidSignature(request.signature, for: ConversationTokens.reportSignaturePayload(request.report))
         else { throw RelayError(.invalidSignature, "the report signature does not verify under this device's identity key") }
         let now = clock.nowMs()
-        try reportLimiter.take(device.handle, nowMs: now)
         let stored = StoredReport(reportID: random.bytes(WireConstants.idLength), reporter: device, receivedAtMs: now, report: request.report, signature: request.signature)
+        let retry: Int64?
         do {
-            try await store.storeReport(stored)
+            // Counted from the stored reports, in the storing transaction: the limit survives restarts.
+            retry = try await store.storeReport(stored, limit: Self.reportLimit, windowMs: Self.reportWindowMs)
         } catch {
             throw internalError(error)
         }
+        if let retry { throw RelayError(.rateLimited, "at most \(Self.reportLimit) reports per hour", retryAfterMs: retry) }
         metrics.reportStored()
         logger.debug("abuse report stored", metadata: ["relay.report": "\(stored.reportID.map { String(format: "%02x", $0) }.joined())"])
         var result = WireReportResult()
@@ -212,49 +215,41 @@ extension Relay {
         return result
     }
 
-    /// Releases every scheduled envelope due now (`conversations.md` 8): wakes the recipients' connections and
-    /// hands wake-ups to the push dispatcher as a fresh Submit does, and wakes senders of expired ones. Returns the
-    /// number released. The `ScheduledReleaser` calls it; it is safe to call at any time.
+    /// Rows released per store transaction, so that a mass release never holds the writer long.
+    static let releaseBatchSize = 200
+
+    /// Releases every scheduled envelope due now (`conversations.md` 8), in transactions of `releaseBatchSize` rows,
+    /// applying `relay.maxQueuedEnvelopes` per device (over it: expired, `EXPIRED` receipt): wakes the recipients'
+    /// connections and hands wake-ups to the push dispatcher as a fresh Submit does, and wakes senders of expired
+    /// ones. Returns the number released. The `ScheduledReleaser` calls it; it is safe to call at any time.
     /// - Throws: `StoreError` when the store fails.
     @discardableResult
     public func releaseScheduled() async throws -> Int {
-        let now = clock.nowMs()
-        let result = try await store.releaseScheduled(nowMs: now, retentionMs: retentionMs, receiptExpiresAtMs: now + retentionMs)
-        var wakeUps: [PushCandidate] = []
-        for envelope in result.released {
-            guard let wakeClass = Self.wakeClass(WireUrgency(rawValue: envelope.urgency) ?? .unspecified), !registry.isConnected(envelope.recipient)
-            else { continue }
-            wakeUps.append(PushCandidate(device: envelope.recipient, wakeClass: wakeClass, envelopeID: envelope.envelopeID, expiresAtMs: envelope.expiresAtMs))
+        var total = 0
+        while true {
+            let now = clock.nowMs()
+            let result = try await store.releaseScheduled(
+                nowMs: now, retentionMs: retentionMs, receiptExpiresAtMs: now + retentionMs, queueLimit: configuration.maxQueuedEnvelopes,
+                batchSize: Self.releaseBatchSize)
+            var wakeUps: [PushCandidate] = []
+            for envelope in result.released {
+                guard let wakeClass = Self.wakeClass(WireUrgency(rawValue: envelope.urgency) ?? .unspecified), !registry.isConnected(envelope.recipient)
+                else { continue }
+                wakeUps.append(PushCandidate(device: envelope.recipient, wakeClass: wakeClass, envelopeID: envelope.envelopeID, expiresAtMs: envelope.expiresAtMs))
+            }
+            registry.wake(Set(result.released.map(\.recipient)).union(result.notifiedSenders))
+            push.submitted(wakeUps)
+            metrics.scheduledReleased(result.released.count + result.dropped)
+            scheduler.record(released: result.released.count, expired: result.expired)
+            total += result.released.count
+            if !result.more { return total }
         }
-        registry.wake(Set(result.released.map(\.recipient)).union(result.notifiedSenders))
-        push.submitted(wakeUps)
-        metrics.scheduledReleased(result.released.count)
-        scheduler.record(released: result.released.count, expired: result.expired)
-        return result.released.count
     }
 }
 
-/// At most `limit` abuse reports per account per `window` (`conversations.md` 10: 10 per hour), on the relay's clock.
-final class ReportLimiter: Sendable {
-    private let times = Mutex<[String: [Int64]]>([:])
-    let limit: Int
-    let windowMs: Int64
-
-    init(limit: Int = 10, windowMs: Int64 = 3_600_000) {
-        self.limit = limit
-        self.windowMs = windowMs
-    }
-
-    /// Counts one report of `handle` at `nowMs`.
-    /// - Throws: `RATE_LIMITED` with the wait until the oldest report in the window leaves it.
-    func take(_ handle: String, nowMs: Int64) throws(RelayError) {
-        let retry: Int64? = times.withLock { times in
-            var recent = (times[handle] ?? []).filter { $0 > nowMs - windowMs }
-            defer { times[handle] = recent.isEmpty ? nil : recent }
-            if recent.count >= limit { return (recent.first ?? nowMs) + windowMs - nowMs }
-            recent.append(nowMs)
-            return nil
-        }
-        if let retry { throw RelayError(.rateLimited, "at most \(limit) reports per hour", retryAfterMs: max(1, retry)) }
-    }
+extension Relay {
+    /// Most abuse reports per account per `reportWindowMs` (`conversations.md` 10).
+    static let reportLimit = 10
+    /// The report limit's window: an hour, milliseconds on the relay's clock.
+    static let reportWindowMs: Int64 = 3_600_000
 }

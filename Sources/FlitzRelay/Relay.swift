@@ -25,8 +25,6 @@ public final class Relay: Sendable {
     let push: PushDispatcher
     /// The scheduled-envelope releaser's timer and wake-up (`ScheduledReleaser`, `conversations.md` 8).
     let scheduler = ScheduleTimer()
-    /// Abuse reports per account (`conversations.md` 10: 10 per hour).
-    let reportLimiter = ReportLimiter()
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
     /// - Parameters:
@@ -295,7 +293,7 @@ public final class Relay: Sendable {
         var submissions: [EnvelopeSubmission] = []
         var positions: [Int] = []
         var onlineOnly: [WireOutgoingEnvelope] = []
-        let blockedBy = try await blockers(of: sender.handle, in: request.envelopes)
+        let blockedBy = try await blockers(of: sender.handle, in: request.envelopes.filter(\.onlineOnly))
         for (index, envelope) in request.envelopes.enumerated() {
             outcomes[index].envelopeID = envelope.envelopeID
             let refusal: RelayError? =
@@ -313,22 +311,17 @@ public final class Relay: Sendable {
                 continue
             }
             let ttlMs = envelope.ttlSeconds == 0 ? retention : min(Int64(envelope.ttlSeconds) * 1_000, retention)
-            // conversations.md 9: envelopes to an account that blocked the sender are dropped, silently.
-            if blockedBy.contains(envelope.recipientHandle) {
-                // The answer an unblocked recipient would give (scheduled ones included), so the block stays unseen.
-                outcomes[index].acceptedAtMs = now
-                outcomes[index].expiresAtMs = envelope.onlineOnly ? now : max(now, envelope.notBeforeMs) + ttlMs
-                outcomes[index].scheduled = envelope.notBeforeMs > now
-                metrics.blocked(onlineOnly: envelope.onlineOnly)
-                continue
-            }
             if envelope.onlineOnly {
                 // conversations.md 6: never stored; handed to the device if connected now; the same answer either way.
+                // conversations.md 9: one to an account that blocks the sender is dropped behind that same answer.
                 outcomes[index].acceptedAtMs = now
                 outcomes[index].expiresAtMs = now
-                onlineOnly.append(envelope)
+                metrics.onlineOnly(1)
+                if !blockedBy.contains(envelope.recipientHandle) { onlineOnly.append(envelope) }
                 continue
             }
+            // Stored envelopes to an account that blocks the sender go through the store like any other (every
+            // check, coverage, idempotency, unsend and cancel); the store keeps a dropped route without ciphertext.
             let scheduled = envelope.notBeforeMs > now
             let start = scheduled ? envelope.notBeforeMs : now
             submissions.append(EnvelopeSubmission(
@@ -394,6 +387,8 @@ public final class Relay: Sendable {
                     case .staleDevice: RelayError(.staleDevice, "not a current device of this handle")
                     case .envelopeIDConflict: RelayError(.envelopeIDConflict, "envelope id already used by a different submission")
                     case .queueFull: RelayError(.queueFull, "the recipient device has too many undelivered envelopes; try again later")
+                    case .unsendTokenFull:
+                        RelayError(.invalidArgument, "an unsend token hash may be carried by at most \(ConversationStoreLimits.maxEnvelopesPerUnsendToken) envelopes")
                     default: RelayError(.internal, "the relay failed")
                     }
                     outcomes[position].error = Self.wireError(error, envelopeID: submission.envelopeID)

@@ -18,6 +18,11 @@ struct RelayConnection {
     static let readLimit = 2 * WireConstants.maxFrameBytes
     /// Most received messages waiting to be handled; the reader stops reading (TCP backpressure) beyond it.
     static let maxPendingMessages = 16
+    /// Most online-only envelopes one connection holds waiting to be written (`conversations.md` 6); more are dropped
+    /// (they are best-effort), so a flood of them cannot grow the relay's memory.
+    static let maxPendingOnlineOnly = 32
+    /// Online-only envelopes waiting in this connection's event stream.
+    let onlineOnlyPending = OnlineOnlyBudget(limit: RelayConnection.maxPendingOnlineOnly)
 
     private enum Event: Sendable {
         case message(WebSocketMessage)
@@ -96,10 +101,17 @@ struct RelayConnection {
                             break loop
                         }
                     case .onlineOnly(let envelope):
-                        // Never stored, so not in the machine's in-flight accounting: it is not acknowledged.
+                        // Never stored, so not in the machine's in-flight accounting: it is not acknowledged. Written
+                        // only below the high-water mark, never waiting: best-effort, it can never make this
+                        // connection a slow reader to disconnect (dropped instead).
+                        onlineOnlyPending.release()
                         var deliver = WireDeliver()
                         deliver.envelopes = [envelope]
-                        try await writer.send(WireFrame(requestID: 0, body: .deliver(deliver)))
+                        let sent = try await writer.sendIfRoom(WireFrame(requestID: 0, body: .deliver(deliver)))
+                        registry.monitor.record {
+                            $0.onlineOnlyHandled += 1
+                            if !sent { $0.onlineOnlyDropped += 1 }
+                        }
                     case .pump:
                         if pump.taken() { _ = machine.wokenUp() }
                         try await deliverPage(machine: &machine, writer: writer, pump: pump)
@@ -223,7 +235,15 @@ struct RelayConnection {
                         switch signal {
                         case .wake: pump.wake()
                         case .close(let reason): continuation.yield(.close(reason: reason))
-                        case .onlineOnly(let envelope): continuation.yield(.onlineOnly(envelope))
+                        case .onlineOnly(let envelope):
+                            if onlineOnlyPending.take() {
+                                continuation.yield(.onlineOnly(envelope))
+                            } else {
+                                relay.registry.monitor.record {
+                                    $0.onlineOnlyHandled += 1
+                                    $0.onlineOnlyDropped += 1
+                                }
+                            }
                         }
                     }
                     // An authenticated connection closes the device's push coalescing window (push.md 5 step 3),
@@ -394,4 +414,22 @@ final class ReadGate: Sendable {
         }
         waiter?.resume(returning: false)
     }
+}
+
+/// A count of online-only envelopes a connection holds, at most `limit` (`RelayConnection.maxPendingOnlineOnly`).
+final class OnlineOnlyBudget: Sendable {
+    private let pending = Atomic<Int>(0)
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Takes one place; false (nothing taken) when `limit` are pending.
+    func take() -> Bool {
+        if pending.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue <= limit { return true }
+        pending.wrappingSubtract(1, ordering: .acquiringAndReleasing)
+        return false
+    }
+
+    /// Frees one place (the envelope was written or dropped).
+    func release() { pending.wrappingSubtract(1, ordering: .acquiringAndReleasing) }
 }

@@ -98,21 +98,16 @@ public final class RelayMetrics: Sendable {
         Metrics.Counter(label: label, dimensions: dimensions, factory: factory).increment(by: count)
     }
 
-    /// `flitz_relay_online_only_total{outcome}`: an online-only envelope was `handed` to a connected device or found
-    /// `no_connection` (blocked ones count through `blocked`).
-    func onlineOnly(handed: Bool) { count("flitz_relay_online_only_total", [("outcome", handed ? "handed" : "no_connection")]) }
-
-    /// `flitz_relay_blocked_total`: an envelope dropped because its recipient blocked its sender; an online-only one also
-    /// counts as `flitz_relay_online_only_total{outcome="blocked"}`.
-    func blocked(onlineOnly: Bool) {
-        count("flitz_relay_blocked_total")
-        if onlineOnly { count("flitz_relay_online_only_total", [("outcome", "blocked")]) }
-    }
+    /// `flitz_relay_online_only_total`: online-only envelopes accepted, one counter without labels. Deliberately not
+    /// split by handed / no connection / blocked: /metrics is public, and a split would let a sender probe one
+    /// recipient's presence or block list (`conversations.md` 11).
+    func onlineOnly(_ number: Int) { count("flitz_relay_online_only_total", by: number) }
 
     /// `flitz_relay_unsend_total{state}`: envelopes an unsend found, by `purged`, `already_delivered`, `already_expired`.
     func unsent(_ state: String, count number: Int) { count("flitz_relay_unsend_total", [("state", state)], by: number) }
 
-    /// `flitz_relay_scheduled_released_total`: scheduled envelopes released into a queue.
+    /// `flitz_relay_scheduled_released_total`: scheduled envelopes whose release time came and that were released into
+    /// a queue or dropped for a block (counted together, so that the metric does not show a block).
     func scheduledReleased(_ number: Int) { count("flitz_relay_scheduled_released_total", by: number) }
 
     /// `flitz_relay_scheduled_cancelled_total`: scheduled envelopes removed by CancelScheduled.

@@ -49,7 +49,9 @@ public enum ReportListing {
             })
     }
 
-    /// Human-readable listing: one block per report, times in ISO 8601 UTC.
+    /// Human-readable listing: one block per report, times in ISO 8601 UTC. Reporter-chosen text (reason, message
+    /// text) goes through `escaped`, and each message's text is on its own indented line, so a report can neither
+    /// forge entries nor send terminal escapes or bidi overrides to the operator's terminal.
     /// - Throws: when a stored report no longer decodes (it was checked when it was stored).
     public static func text(_ reports: [StoredReport]) throws -> String {
         guard !reports.isEmpty else { return "no reports\n" }
@@ -59,9 +61,10 @@ public enum ReportListing {
             out += "report \(entry.reportID)\n"
             out += "  reporter  \(entry.reporterHandle)/\(entry.reporterDeviceID)  at \(time(entry.receivedAtMs))\n"
             out += "  reported  \(entry.reportedHandle)\n"
-            out += "  reason    \(entry.reason.isEmpty ? "(none)" : entry.reason)\n"
+            out += "  reason    \(entry.reason.isEmpty ? "(none)" : escaped(entry.reason))\n"
             for message in entry.messages {
-                out += "  \(message.reported ? "reported" : "        ") \(time(message.acceptedAtMs)) \(message.author): \(message.text)\n"
+                out += "  \(message.reported ? "reported" : "message ") \(time(message.acceptedAtMs)) \(escaped(message.author))\n"
+                out += "      | \(escaped(message.text))\n"
             }
         }
         return out
@@ -74,6 +77,26 @@ public enum ReportListing {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return String(decoding: try encoder.encode(reports.map(entry)), as: UTF8.self) + "\n"
+    }
+
+    /// `text` with every C0 and C1 control, DEL, U+2028/U+2029 and bidi control (U+061C, U+200E, U+200F,
+    /// U+202A-U+202E, U+2066-U+2069) written as `\u{…}` (hex), and a backslash as `\\`, so the result is one line
+    /// that cannot move the cursor, recolour the terminal or reorder what follows.
+    static func escaped(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            let value = scalar.value
+            let control = value < 0x20 || (0x7F...0x9F).contains(value) || value == 0x2028 || value == 0x2029 || value == 0x061C
+                || value == 0x200E || value == 0x200F || (0x202A...0x202E).contains(value) || (0x2066...0x2069).contains(value)
+            if control {
+                out += "\\u{\(String(value, radix: 16))}"
+            } else if scalar == "\\" {
+                out += "\\\\"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     private static func hex(_ data: Data) -> String { data.map { String(format: "%02x", $0) }.joined() }

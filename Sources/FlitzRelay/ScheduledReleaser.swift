@@ -41,7 +41,8 @@ final class ScheduleTimer: Sendable {
 
 /// Releases scheduled envelopes at their `not_before_ms` (`protocol/conversations.md` 8), never earlier and within a
 /// second after: it reads the earliest release time from the store (at start too, so a restart loses nothing), waits
-/// on the relay's clock until then or until a Submit stores an earlier one, and calls `Relay.releaseScheduled()`.
+/// on the relay's clock until then (at most 60 s at a time) or until a Submit stores an earlier one, and calls
+/// `Relay.releaseScheduled()`.
 public struct ScheduledReleaser: Service, CustomStringConvertible {
     let relay: Relay
 
@@ -49,6 +50,9 @@ public struct ScheduledReleaser: Service, CustomStringConvertible {
     public init(relay: Relay) {
         self.relay = relay
     }
+
+    /// The longest single wait, milliseconds: the releaser reads the clock and the store again at least this often.
+    static let maxWaitMs: Int64 = 60_000
 
     /// "ScheduledReleaser", for lifecycle logs.
     public var description: String { "ScheduledReleaser" }
@@ -70,7 +74,8 @@ public struct ScheduledReleaser: Service, CustomStringConvertible {
                         try await relay.releaseScheduled()
                         continue
                     }
-                    wait = next.map { .milliseconds($0 - now) }
+                    // At most a minute: a wall-clock step forward cannot hold a release back longer than that.
+                    wait = next.map { .milliseconds(min($0 - now, Self.maxWaitMs)) }
                 } catch {
                     logger.error("scheduled release failed", metadata: ["error": "\(error)"])
                     wait = .seconds(1)

@@ -648,6 +648,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let deviceRemoved = Code(rawValue: 17)
         /// A block list would exceed its most handles.
         public static let blockListFull = Code(rawValue: 18)
+        /// An unsend token hash already carried by `ConversationStoreLimits.maxEnvelopesPerUnsendToken` envelopes.
+        public static let unsendTokenFull = Code(rawValue: 19)
     }
 
     /// What went wrong.
@@ -684,6 +686,7 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         case .unknownEnvelope: "unknown envelope"
         case .deviceRemoved: "device removed"
         case .blockListFull: "block list full"
+        case .unsendTokenFull: "unsend token full"
         default: "store error \(code.rawValue)"
         }
         return detail.isEmpty ? "StoreError: \(name)" : "StoreError: \(name) (\(detail))"

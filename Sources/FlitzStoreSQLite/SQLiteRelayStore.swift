@@ -306,6 +306,11 @@ public final class SQLiteRelayStore: RelayStore {
     private static let stateScheduled = 3
     private static let statePurged = 4
     private static let stateCancelled = 5
+    /// To an account that blocks the sender (conversations.md 9): stored like any other route (checks, coverage,
+    /// idempotency, unsend and cancel hashes) but without ciphertext; never delivered, pushed or receipted. A scheduled
+    /// one keeps an empty `scheduled_envelopes` row until its release time, so that CancelScheduled and the scheduled
+    /// limit count it.
+    private static let stateDropped = 6
 
     // MARK: RelayStore (documented on the protocol)
 
@@ -399,15 +404,18 @@ public final class SQLiteRelayStore: RelayStore {
                 let removed = try Int64.fetchAll(
                     db, sql: "SELECT device_id FROM devices WHERE handle = ? ORDER BY device_id", arguments: [handle])
                 var notified = Set<DeviceAddress>()
-                // Undelivered envelopes addressed to the removed devices: expired, sender told.
+                // conversations.md 8: what the removed devices scheduled can no longer be cancelled: deleted.
+                try Self.cancelScheduled(db, sentBy: "r.sender_handle = ?", [handle])
+                // Undelivered (queued or scheduled) envelopes addressed to the removed devices: expired, sender told.
                 let routes = try Row.fetchAll(
-                    db, sql: "SELECT * FROM envelope_routes WHERE recipient_handle = ? AND state = ?",
-                    arguments: [handle, Self.stateQueued])
+                    db, sql: "SELECT * FROM envelope_routes WHERE recipient_handle = ? AND state IN (?, ?)",
+                    arguments: [handle, Self.stateQueued, Self.stateScheduled])
                 for route in routes {
                     let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
                     let recipient = DeviceAddress(handle: handle, deviceID: UInt32(route["recipient_device_id"] as Int64))
                     let envelopeID: Data = route["envelope_id"]
                     try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateExpired, envelopeID])
+                    try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
                     if sender.handle != handle,
                         try self.queueReceipt(db, to: sender, envelopeID: envelopeID, kind: .expired, recipient: recipient, atMs: atMs, expiresAtMs: receiptExpiresAtMs)
                     {
@@ -592,6 +600,7 @@ public final class SQLiteRelayStore: RelayStore {
         outcomes.reserveCapacity(envelopes.count)
         var queued: [DeviceAddress: Int] = [:]
         var scheduledCount: Int?
+        var unsendCounts: [Data: Int] = [:]
         var currentByHandle: [String: Set<UInt32>] = [:]
         for (index, envelope) in envelopes.enumerated() {
             if let route = try existing[index] ?? Row.fetchOne(
@@ -599,7 +608,10 @@ public final class SQLiteRelayStore: RelayStore {
             {
                 if !isSameRoute(route, envelope) {
                     outcomes.append(.rejected(.envelopeIDConflict))
-                } else if (route["state"] as Int) == Self.stateScheduled {
+                } else if try (route["state"] as Int) == Self.stateScheduled
+                    || ((route["state"] as Int) == Self.stateDropped
+                        && Bool.fetchOne(db, sql: "SELECT 1 FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelope.envelopeID]) == true)
+                {
                     outcomes.append(.scheduled(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyScheduled: false))
                 } else {
                     outcomes.append(.accepted(acceptedAtMs: route["accepted_at"], expiresAtMs: route["expires_at"], newlyQueued: false))
@@ -645,7 +657,23 @@ public final class SQLiteRelayStore: RelayStore {
                 outcomes.append(.rejected(.queueFull))
                 continue
             }
-            if !scheduled { queued[envelope.recipient] = depth + 1 }
+            // conversations.md 5: one unsend token hash matches at most MAX envelopes, so an UnsendResult fits a frame.
+            if !envelope.unsendTokenHash.isEmpty {
+                let key = envelope.unsendTokenHash
+                let count = try unsendCounts[key] ?? Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM envelope_routes WHERE sender_handle = ? AND unsend_token_hash = ?",
+                    arguments: [sender.handle, key]) ?? 0
+                guard count < ConversationStoreLimits.maxEnvelopesPerUnsendToken else {
+                    outcomes.append(.rejected(.unsendTokenFull))
+                    continue
+                }
+                unsendCounts[key] = count + 1
+            }
+            // conversations.md 9: to an account that blocks the sender, a route in the dropped state and no ciphertext.
+            let dropped = try envelope.recipient.handle != sender.handle && Bool.fetchOne(
+                db, sql: "SELECT 1 FROM block_lists WHERE handle = ? AND blocked_handle = ?",
+                arguments: [envelope.recipient.handle, sender.handle]) == true
+            if !scheduled && !dropped { queued[envelope.recipient] = depth + 1 }
             let groupID: Data
             if let known = groupIDs[groupKeys[index]] {
                 groupID = known
@@ -661,20 +689,25 @@ public final class SQLiteRelayStore: RelayStore {
                 arguments: [
                     envelope.envelopeID, sender.handle, Int64(sender.deviceID), envelope.recipient.handle,
                     Int64(envelope.recipient.deviceID), atMs, envelope.expiresAtMs, envelope.routeExpiresAtMs,
-                    scheduled ? Self.stateScheduled : Self.stateQueued, groupID,
+                    dropped ? Self.stateDropped : scheduled ? Self.stateScheduled : Self.stateQueued, groupID,
                     envelope.unsendTokenHash.isEmpty ? nil : envelope.unsendTokenHash,
                 ])
             if scheduled {
                 try db.execute(
                     sql: """
                         INSERT INTO scheduled_envelopes (envelope_id, sender_handle, not_before, ttl_ms, urgency, cancel_token_hash, ciphertext)
-                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        VALUES (?, ?, ?, ?, ?, ?, CASE WHEN ? THEN zeroblob(0) ELSE ? END)
                         """,
                     arguments: [
                         envelope.envelopeID, sender.handle, envelope.notBeforeMs, envelope.ttlMs, envelope.urgency, envelope.cancelTokenHash,
-                        envelope.ciphertext,
+                        dropped, dropped ? nil : envelope.ciphertext,
                     ])
                 outcomes.append(.scheduled(acceptedAtMs: atMs, expiresAtMs: envelope.expiresAtMs, newlyScheduled: true))
+                continue
+            }
+            if dropped {
+                // Nothing queued, so nothing wakes, pushes or receipts.
+                outcomes.append(.accepted(acceptedAtMs: atMs, expiresAtMs: envelope.expiresAtMs, newlyQueued: false))
                 continue
             }
             try db.execute(
@@ -817,8 +850,12 @@ public final class SQLiteRelayStore: RelayStore {
                 for envelopeID in envelopeIDs {
                     guard let route = try Row.fetchOne(
                         db,
-                        sql: "SELECT * FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ? AND seen_reported = 0",
-                        arguments: [envelopeID, device.handle, Int64(device.deviceID)])
+                        // Never for an envelope the device cannot have received (scheduled, purged, cancelled, dropped).
+                        sql: """
+                            SELECT * FROM envelope_routes WHERE envelope_id = ? AND recipient_handle = ? AND recipient_device_id = ?
+                            AND seen_reported = 0 AND state IN (?, ?, ?)
+                            """,
+                        arguments: [envelopeID, device.handle, Int64(device.deviceID), Self.stateQueued, Self.stateDelivered, Self.stateExpired])
                     else { continue }
                     try db.execute(sql: "UPDATE envelope_routes SET seen_reported = 1 WHERE envelope_id = ?", arguments: [envelopeID])
                     try notified.formUnion(self.queueGroupReceipt(db, route: route, kind: .seen, reader: device, atMs: atMs, expiresAtMs: receiptExpiresAtMs))
@@ -1081,8 +1118,14 @@ public final class SQLiteRelayStore: RelayStore {
         var routes: [Row] = []
         for id in deviceIDs {
             let arguments: StatementArguments = [handle, Int64(id)]
+            // conversations.md 8: what the device scheduled can no longer be cancelled (its tokens were on it).
+            try Self.cancelScheduled(db, sentBy: "r.sender_handle = ? AND r.sender_device_id = ?", arguments)
             routes += try Row.fetchAll(
-                db, sql: "SELECT * FROM envelope_routes WHERE recipient_handle = ? AND recipient_device_id = ? AND state = \(Self.stateQueued)",
+                db,
+                sql: """
+                    SELECT * FROM envelope_routes WHERE recipient_handle = ? AND recipient_device_id = ?
+                    AND state IN (\(Self.stateQueued), \(Self.stateScheduled))
+                    """,
                 arguments: arguments)
             try db.execute(sql: "DELETE FROM queue WHERE handle = ? AND device_id = ?", arguments: arguments)
             try db.execute(sql: "DELETE FROM devices WHERE handle = ? AND device_id = ?", arguments: arguments)
@@ -1093,6 +1136,7 @@ public final class SQLiteRelayStore: RelayStore {
             let sender = DeviceAddress(handle: route["sender_handle"], deviceID: UInt32(route["sender_device_id"] as Int64))
             let recipient = DeviceAddress(handle: handle, deviceID: UInt32(route["recipient_device_id"] as Int64))
             try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateExpired, envelopeID])
+            try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
             guard notifyOwnHandle || sender.handle != handle else { continue }
             if try queueReceipt(db, to: sender, envelopeID: envelopeID, kind: .expired, recipient: recipient, atMs: atMs, expiresAtMs: receiptExpiresAtMs) {
                 notified.insert(sender)
@@ -1291,13 +1335,13 @@ public final class SQLiteRelayStore: RelayStore {
     // MARK: Conversations (documented on `ConversationStore`)
 
     /// Implements `ConversationStore.unsend` in one SQLite transaction.
-    public func unsend(senderHandle: String, unsendTokenHash: Data) async throws -> [UnsendRecord] {
+    public func unsend(senderHandle: String, unsendTokenHash: Data, nowMs: Int64) async throws -> [UnsendRecord] {
         try await run {
             try await self.pool.write { db in
                 let routes = try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT envelope_id, recipient_handle, recipient_device_id, state FROM envelope_routes
+                        SELECT envelope_id, recipient_handle, recipient_device_id, state, expires_at FROM envelope_routes
                         WHERE sender_handle = ? AND unsend_token_hash = ? ORDER BY recipient_handle, recipient_device_id, envelope_id
                         """,
                     arguments: [senderHandle, unsendTokenHash])
@@ -1312,6 +1356,15 @@ public final class SQLiteRelayStore: RelayStore {
                         try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.statePurged, envelopeID])
                         state = .purged
                     case Self.statePurged, Self.stateCancelled: state = .purged
+                    case Self.stateDropped:
+                        // As a queued (or scheduled) one would answer: purged until its expiry, expired after it.
+                        if (route["expires_at"] as Int64) <= nowMs {
+                            state = .alreadyExpired
+                        } else {
+                            try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
+                            try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.statePurged, envelopeID])
+                            state = .purged
+                        }
                     case Self.stateDelivered: state = .alreadyDelivered
                     default: state = .alreadyExpired
                     }
@@ -1344,28 +1397,48 @@ public final class SQLiteRelayStore: RelayStore {
         }
     }
 
-    /// Implements `ConversationStore.releaseScheduled` in one SQLite transaction.
-    public func releaseScheduled(nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64) async throws -> ScheduledRelease {
+    /// Implements `ConversationStore.releaseScheduled` in one SQLite transaction of at most `batchSize` rows.
+    public func releaseScheduled(
+        nowMs: Int64, retentionMs: Int64, receiptExpiresAtMs: Int64, queueLimit: Int, batchSize: Int
+    ) async throws -> ScheduledRelease {
         try await run {
             try await self.pool.write { db in
+                // No ciphertext here: it is copied row by row with INSERT … SELECT, never all in memory. A LEFT JOIN
+                // so that an orphan row (its route swept) is deleted too: what nextScheduledRelease sees always goes.
                 let rows = try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT s.envelope_id, s.ttl_ms, s.urgency, s.ciphertext, r.sender_handle, r.sender_device_id,
-                            r.recipient_handle, r.recipient_device_id
-                        FROM scheduled_envelopes s JOIN envelope_routes r ON r.envelope_id = s.envelope_id
-                        WHERE s.not_before <= ? ORDER BY s.not_before, r.rowid
+                        SELECT s.envelope_id, s.ttl_ms, s.urgency, r.sender_handle, r.sender_device_id,
+                            r.recipient_handle, r.recipient_device_id, r.state
+                        FROM scheduled_envelopes s LEFT JOIN envelope_routes r ON r.envelope_id = s.envelope_id
+                        WHERE s.not_before <= ? ORDER BY s.not_before, s.rowid LIMIT ?
                         """,
-                    arguments: [nowMs])
+                    arguments: [nowMs, max(1, batchSize)])
                 var released: [ReleasedEnvelope] = []
                 var expired = 0
+                var dropped = 0
                 var notified = Set<DeviceAddress>()
                 var current: [String: Set<UInt32>] = [:]
                 for row in rows {
                     let envelopeID: Data = row["envelope_id"]
+                    let deleteScheduled = { try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID]) }
+                    // An orphan, or a route no longer scheduled (dropped for a block): it only leaves the schedule.
+                    guard let state = row["state"] as Int?, state == Self.stateScheduled else {
+                        if (row["state"] as Int?) == Self.stateDropped { dropped += 1 }
+                        try deleteScheduled()
+                        continue
+                    }
                     let recipient = DeviceAddress(handle: row["recipient_handle"], deviceID: UInt32(row["recipient_device_id"] as Int64))
                     let sender = DeviceAddress(handle: row["sender_handle"], deviceID: UInt32(row["sender_device_id"] as Int64))
-                    try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [envelopeID])
+                    // A block set since the submit drops it now, silently (conversations.md 9): no receipt.
+                    if try Bool.fetchOne(
+                        db, sql: "SELECT 1 FROM block_lists WHERE handle = ? AND blocked_handle = ?", arguments: [recipient.handle, sender.handle]) == true
+                    {
+                        try deleteScheduled()
+                        try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [Self.stateDropped, envelopeID])
+                        dropped += 1
+                        continue
+                    }
                     let devices: Set<UInt32>
                     if let known = current[recipient.handle] {
                         devices = known
@@ -1373,7 +1446,12 @@ public final class SQLiteRelayStore: RelayStore {
                         devices = try Self.currentDeviceIDs(db, recipient.handle) ?? []
                         current[recipient.handle] = devices
                     }
-                    guard devices.contains(recipient.deviceID) else {
+                    // Gone, or its queue over the per-device limit (relay.maxQueuedEnvelopes): expired, as at submit.
+                    let depth = try Int.fetchOne(
+                        db, sql: "SELECT envelopes FROM queue_depths WHERE handle = ? AND device_id = ?",
+                        arguments: [recipient.handle, Int64(recipient.deviceID)]) ?? 0
+                    guard devices.contains(recipient.deviceID), depth < queueLimit else {
+                        try deleteScheduled()
                         try db.execute(
                             sql: "UPDATE envelope_routes SET state = ?, accepted_at = ?, expires_at = ?, route_expires_at = ? WHERE envelope_id = ?",
                             arguments: [Self.stateExpired, nowMs, nowMs, nowMs + retentionMs, envelopeID])
@@ -1391,11 +1469,15 @@ public final class SQLiteRelayStore: RelayStore {
                         sql: "UPDATE envelope_routes SET state = ?, accepted_at = ?, expires_at = ?, route_expires_at = ? WHERE envelope_id = ?",
                         arguments: [Self.stateQueued, nowMs, expiresAt, nowMs + retentionMs, envelopeID])
                     try db.execute(
-                        sql: "INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        arguments: [recipient.handle, Int64(recipient.deviceID), Self.kindEnvelope, envelopeID, row["ciphertext"] as Data, expiresAt])
+                        sql: """
+                            INSERT INTO queue (handle, device_id, kind, envelope_id, ciphertext, expires_at)
+                            SELECT ?, ?, ?, envelope_id, ciphertext, ? FROM scheduled_envelopes WHERE envelope_id = ?
+                            """,
+                        arguments: [recipient.handle, Int64(recipient.deviceID), Self.kindEnvelope, expiresAt, envelopeID])
+                    try deleteScheduled()
                     released.append(ReleasedEnvelope(envelopeID: envelopeID, recipient: recipient, expiresAtMs: expiresAt, urgency: row["urgency"]))
                 }
-                return ScheduledRelease(released: released, expired: expired, notifiedSenders: notified)
+                return ScheduledRelease(released: released, expired: expired, notifiedSenders: notified, more: rows.count >= max(1, batchSize), dropped: dropped)
             }
         }
     }
@@ -1418,6 +1500,18 @@ public final class SQLiteRelayStore: RelayStore {
                 }
                 for blocked in block {
                     try db.execute(sql: "INSERT OR IGNORE INTO block_lists (handle, blocked_handle) VALUES (?, ?)", arguments: [handle, blocked])
+                    // conversations.md 9: what the newly blocked handle queued or scheduled for this account is
+                    // dropped now, as if it had been blocked at submit: ciphertext gone, no receipt.
+                    let routes = "SELECT envelope_id FROM envelope_routes WHERE sender_handle = ? AND recipient_handle = ? AND state = ?"
+                    try db.execute(
+                        sql: "UPDATE scheduled_envelopes SET ciphertext = zeroblob(0) WHERE envelope_id IN (\(routes))",
+                        arguments: [blocked, handle, Self.stateScheduled])
+                    try db.execute(
+                        sql: "DELETE FROM queue WHERE kind = ? AND envelope_id IN (\(routes))",
+                        arguments: [Self.kindEnvelope, blocked, handle, Self.stateQueued])
+                    try db.execute(
+                        sql: "UPDATE envelope_routes SET state = ? WHERE sender_handle = ? AND recipient_handle = ? AND state IN (?, ?)",
+                        arguments: [Self.stateDropped, blocked, handle, Self.stateQueued, Self.stateScheduled])
                 }
                 let list = try String.fetchAll(
                     db, sql: "SELECT blocked_handle FROM block_lists WHERE handle = ? ORDER BY blocked_handle", arguments: [handle])
@@ -1433,16 +1527,23 @@ public final class SQLiteRelayStore: RelayStore {
         guard !recipientHandles.isEmpty else { return [] }
         return try await run {
             try await self.pool.read { db in
-                Set(try String.fetchAll(db, sql: "SELECT handle FROM block_lists WHERE blocked_handle = ?", arguments: [senderHandle]))
-                    .intersection(recipientHandles)
+                let handles = Array(recipientHandles)
+                let marks = Array(repeating: "?", count: handles.count).joined(separator: ", ")
+                return Set(try String.fetchAll(
+                    db, sql: "SELECT handle FROM block_lists WHERE blocked_handle = ? AND handle IN (\(marks))",
+                    arguments: StatementArguments([senderHandle] + handles)))
             }
         }
     }
 
-    /// Implements `ConversationStore.storeReport`.
-    public func storeReport(_ report: StoredReport) async throws {
+    /// Implements `ConversationStore.storeReport` in one SQLite transaction.
+    public func storeReport(_ report: StoredReport, limit: Int, windowMs: Int64) async throws -> Int64? {
         try await run {
             try await self.pool.write { db in
+                let recent = try Int64.fetchAll(
+                    db, sql: "SELECT received_at FROM reports WHERE reporter_handle = ? AND received_at > ? ORDER BY received_at",
+                    arguments: [report.reporter.handle, report.receivedAtMs - windowMs])
+                if recent.count >= limit { return max(1, (recent.first ?? report.receivedAtMs) + windowMs - report.receivedAtMs) }
                 try db.execute(
                     sql: """
                         INSERT INTO reports (report_id, reporter_handle, reporter_device_id, received_at, report, signature)
@@ -1452,6 +1553,7 @@ public final class SQLiteRelayStore: RelayStore {
                         report.reportID, report.reporter.handle, Int64(report.reporter.deviceID), report.receivedAtMs, report.report,
                         report.signature,
                     ])
+                return nil
             }
         }
     }
@@ -1471,6 +1573,18 @@ public final class SQLiteRelayStore: RelayStore {
     }
 
     // MARK: Helpers
+
+    /// Deletes the scheduled envelopes whose route matches `condition` (over `envelope_routes r`), marking their routes
+    /// cancelled, no receipt: their sender device is gone with its cancel tokens (`conversations.md` 8).
+    private static func cancelScheduled(_ db: Database, sentBy condition: String, _ arguments: StatementArguments) throws {
+        let ids = try Data.fetchAll(
+            db, sql: "SELECT s.envelope_id FROM scheduled_envelopes s JOIN envelope_routes r ON r.envelope_id = s.envelope_id WHERE \(condition)",
+            arguments: arguments)
+        for id in ids {
+            try db.execute(sql: "DELETE FROM scheduled_envelopes WHERE envelope_id = ?", arguments: [id])
+            try db.execute(sql: "UPDATE envelope_routes SET state = ? WHERE envelope_id = ?", arguments: [stateCancelled, id])
+        }
+    }
 
     /// Queues a receipt for `sender` when it is still a current device; returns whether it did.
     private func queueReceipt(

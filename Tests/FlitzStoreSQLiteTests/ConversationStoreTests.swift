@@ -78,11 +78,11 @@ import Testing
             SQLiteRelayStoreTests.bytes(3, 16): .purged,
         ]
         for _ in 0..<2 {
-            let records = try await store.unsend(senderHandle: "alice", unsendTokenHash: hash)
+            let records = try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 6_000)
             #expect(Dictionary(uniqueKeysWithValues: records.map { ($0.envelopeID, $0.state) }) == expected)
         }
         #expect(try await store.nextScheduledRelease() == nil)
-        #expect(try await store.unsend(senderHandle: "bob", unsendTokenHash: hash).isEmpty)
+        #expect(try await store.unsend(senderHandle: "bob", unsendTokenHash: hash, nowMs: 6_000).isEmpty)
     }
 
     @Test func blockListsAreBoundedAndAnswerWhoBlocked() async throws {
@@ -115,4 +115,78 @@ import Testing
 struct Failure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+extension ConversationStoreTests {
+    @Test func releaseGoesInBatchesAndDeletesOrphans() async throws {
+        let (store, _) = try base.makeStore()
+        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
+        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+        let envelopes = (0..<5).map { index in
+            var envelope = Self.scheduled(UInt8(index + 1), to: bob, notBefore: 10_000 + Int64(index))
+            // The last one's route is kept only until 20 000: swept before its release (an orphan row).
+            if index == 4 { envelope.routeExpiresAtMs = 20_000 }
+            return envelope
+        }
+        _ = try await store.submit(sender: alice, envelopes: envelopes, atMs: 1_000)
+        _ = try await store.sweep(nowMs: 20_000, receiptExpiresAtMs: 90_000)
+        let first = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
+        #expect(first.released.map(\.envelopeID) == [SQLiteRelayStoreTests.bytes(1, 16), SQLiteRelayStoreTests.bytes(2, 16)] && first.more)
+        let second = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
+        #expect(second.released.count == 2 && second.more)
+        // The orphan leaves the schedule: nextScheduledRelease and releaseScheduled agree, so the releaser cannot spin.
+        let third = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
+        #expect(third.released.isEmpty && third.expired == 0 && !third.more)
+        #expect(try await store.nextScheduledRelease() == nil)
+    }
+}
+
+extension ConversationStoreTests {
+    @Test func seenIsNeverReportedForAnEnvelopeThatWasNotSent() async throws {
+        let (store, _) = try base.makeStore()
+        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
+        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+        let hash = SQLiteRelayStoreTests.bytes(0x77, 32)
+        var purged = SQLiteRelayStoreTests.envelope(1, to: bob)
+        purged.unsendTokenHash = hash
+        _ = try await store.submit(sender: alice, envelopes: [purged, SQLiteRelayStoreTests.envelope(2, to: bob)], atMs: 1_000)
+        #expect(try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 2_000).map(\.state) == [.purged])
+        // A SEEN for the purged one is ignored; for the other one it goes to alice.
+        #expect(try await store.reportSeen(device: bob, envelopeIDs: [SQLiteRelayStoreTests.bytes(1, 16)], atMs: 3_000, receiptExpiresAtMs: 90_000).isEmpty)
+        #expect(try await store.reportSeen(device: bob, envelopeIDs: [SQLiteRelayStoreTests.bytes(2, 16)], atMs: 3_000, receiptExpiresAtMs: 90_000) == [alice])
+    }
+
+    @Test func oneUnsendTokenMatchesAtMostAThousandEnvelopes() async throws {
+        let (store, _) = try base.makeStore()
+        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
+        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+        let hash = SQLiteRelayStoreTests.bytes(0x78, 32)
+        let envelopes = (0...ConversationStoreLimits.maxEnvelopesPerUnsendToken).map { index in
+            var envelope = SQLiteRelayStoreTests.envelope(0, to: bob)
+            envelope.envelopeID = Data([0xD0, UInt8(index >> 8), UInt8(index & 0xFF)] + [UInt8](repeating: 0, count: 13))
+            envelope.unsendTokenHash = hash
+            return envelope
+        }
+        let outcomes = try await store.submit(sender: alice, envelopes: envelopes, atMs: 1_000)
+        #expect(outcomes.prefix(1_000).allSatisfy { if case .accepted = $0 { true } else { false } })
+        #expect(outcomes.last == .rejected(.unsendTokenFull))
+        #expect(try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 2_000).count == 1_000)
+    }
+
+    @Test func theReportLimitCountsStoredReportsAndSurvivesARestart() async throws {
+        let (store, path) = try base.makeStore()
+        let bob = DeviceAddress(handle: "bob", deviceID: 1)
+        func report(_ index: Int, at ms: Int64) -> StoredReport {
+            StoredReport(
+                reportID: Data([UInt8(index)] + [UInt8](repeating: 0, count: 15)), reporter: bob, receivedAtMs: ms, report: Data([1]),
+                signature: Data(repeating: 0, count: 64))
+        }
+        for index in 0..<10 { #expect(try await store.storeReport(report(index, at: 1_000 + Int64(index)), limit: 10, windowMs: 3_600_000) == nil) }
+        #expect(try await store.storeReport(report(10, at: 2_000), limit: 10, windowMs: 3_600_000) == 3_599_000)
+        // A new store on the same file (a relay restart) still counts them.
+        let reopened = try SQLiteRelayStore(path: path, makeID: SQLiteRelayStoreTests.randomID)
+        #expect(try await reopened.storeReport(report(11, at: 3_000), limit: 10, windowMs: 3_600_000) == 3_598_000)
+        #expect(try await reopened.storeReport(report(12, at: 3_601_000), limit: 10, windowMs: 3_600_000) == nil)
+        #expect(try await reopened.reports().count == 11)
+    }
 }
