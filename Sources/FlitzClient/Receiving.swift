@@ -61,7 +61,8 @@ extension FlitzClient {
                     events.append(.warning("could not decrypt a message from \(envelope.senderHandle): \(error)"))
                 }
                 // A redelivery of one already stored fails (its key is used) but needs no new session.
-                if !known, Self.resetTriggers.contains(error.code), !resets.contains(where: { $0.handle == envelope.senderHandle && $0.deviceID == envelope.senderDeviceID }) {
+                // Never for an online-only envelope: a reset would tell its sender this device was online (section 6).
+                if !known, !envelope.onlineOnly, Self.resetTriggers.contains(error.code), !resets.contains(where: { $0.handle == envelope.senderHandle && $0.deviceID == envelope.senderDeviceID }) {
                     resets.append((envelope.senderHandle, envelope.senderDeviceID, envelope.envelopeID))
                 }
             }
