@@ -55,7 +55,7 @@ func runProcess(
     let out = scratch.path("out-\(id)"), err = scratch.path("err-\(id)")
     _ = FileManager.default.createFile(atPath: out.path, contents: nil)
     _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = executable
     process.arguments = arguments
     var env = ProcessInfo.processInfo.environment
@@ -90,7 +90,7 @@ struct User {
 
 /// A running `flitz-relay serve` on a free loopback port with its own database and log file.
 final class RelayProcess {
-    let process = Process()
+    let process = ChildProcess()
     let port: Int
     let log: URL
     var url: String { "ws://127.0.0.1:\(port)" }

@@ -4,7 +4,7 @@ import Testing
 /// A `flitz` process left running (for `devices link`, which waits for the other terminal); its stdout is
 /// a pipe read as it writes (blocking reads, no polling), stderr a file.
 final class RunningCommand {
-    let process = Process()
+    let process = ChildProcess()
     let stdout = Pipe()
     let stderr: URL
     private var text = ""

@@ -36,7 +36,7 @@ struct PseudoTerminalError: Error {}
 /// `flitz chat` reading from a pseudo-terminal, stdout discarded, stderr read through a pipe. Construction returns
 /// once chat says it is ready for input (its terminal mode set), so what the test types is read keystroke by keystroke.
 final class ChatProcess {
-    let process = Process()
+    let process = ChildProcess()
     let terminal: PseudoTerminal
     let stderr = Pipe()
     private var text = ""
@@ -108,7 +108,7 @@ struct SignalsCommandTests {
         #expect(listen.line(startingWith: "bob: sync point") != nil)
         // bob's chat: a heartbeat at connect, its line, "offline" at its clean end.
         let input = Pipe()
-        let chat = Process()
+        let chat = ChildProcess()
         chat.executableURL = Binaries.flitz
         chat.arguments = ["chat", "alice", "--home", bob.home.path]
         chat.standardInput = input

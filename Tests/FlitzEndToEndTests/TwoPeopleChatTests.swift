@@ -150,7 +150,7 @@ struct TwoPeopleChatTests {
         // stdout already closed by its reader (`flitz ... | head -1`): a quiet exit 141, never a crash.
         let closedPipe = Pipe()
         try closedPipe.fileHandleForReading.close()
-        let initCarol = Process()
+        let initCarol = ChildProcess()
         initCarol.executableURL = Binaries.flitz
         initCarol.arguments = ["init", "--home", scratch.path("carol").path, "--relay", relay.url, "--handle", "carol"]
         initCarol.standardOutput = closedPipe.fileHandleForWriting
