@@ -489,9 +489,13 @@ struct MultiDeviceTests {
 /// `relay.authenticationTimeout` closed the new device's unauthenticated connection (`protocol/devices.md` 5.3).
 @Suite struct SlowLinkConfirmationTests {
     @Test func theNewDeviceReconnectsWhileTheUserConfirms() async throws {
-        let relay = try await InProcessRelay(authenticationTimeout: .seconds(1), linkRateLimit: RateLimit(perMinute: 6_000, burst: 6_000))
+        // 3 s, not less: every connection of this relay (registrations too) must authenticate within it, and a
+        // loaded 2-core machine running the whole suite starved 1 s ones into "connection to the relay closed".
+        let relay = try await InProcessRelay(authenticationTimeout: .seconds(3), linkRateLimit: RateLimit(perMinute: 6_000, burst: 6_000))
         let alice = try relay.client("alice")
         _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        let bob = try relay.client("bob")
+        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
         let device = try relay.client("alice2")
         let (codes, continuation) = AsyncStream<String>.makeStream()
         let url = relay.url
@@ -526,8 +530,6 @@ struct MultiDeviceTests {
         #expect(closedBeforeConfirming.withLock { $0 })
         #expect(handle == "alice" && deviceID == primarySaw)
         // The linked device works: a contact's message reaches it.
-        let bob = try relay.client("bob")
-        _ = try await bob.initialize(relayURL: relay.url, handle: "bob")
         _ = try await bob.send(to: "alice", text: "hi both")
         #expect(try await device.receiveAll().texts == ["hi both"])
         await relay.stop()
