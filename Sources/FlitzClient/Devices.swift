@@ -287,19 +287,21 @@ extension FlitzClient {
         } catch {
             throw ClientError(.protocolFailure, "the primary device's grant does not verify (\(error)): a wrong code or tampering; linking stopped")
         }
+        // The prekeys (21 ML-KEM key pairs among them) are made and stored before connecting: on a slow or busy
+        // machine making them took longer than the relay's authentication timeout of the registering connection.
+        let preKeys = RegistrationPreKeys(
+            signedPreKey: SignedPreKeyPair(id: 1, device: device, random: random),
+            oneTimePreKeys: (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) },
+            lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: device, random: random),
+            oneTimeKEMPreKeys: (2...UInt32(Self.kemPreKeyBatchSize + 1)).map { KEMPreKeyPair(id: $0, kind: .oneTime, device: device, random: random) })
+        try store.saveNewAccount(
+            AccountRecord(
+                handle: grant.handle, relayURL: relayURL, deviceID: 0, accountIdentity: nil, accountIdentityKey: grant.accountIdentityKey,
+                device: device, readReceipts: true),
+            preKeys: preKeys, now: now())
         // Registration on a new connection: its challenge is fresh and its authentication timeout just started.
         let (handle, deviceID) = try await RelayConnection.with(url: relayURL, logger: logger) { connection -> (String, UInt32) in
             let challenge = try await Self.challenge(connection)
-            let preKeys = RegistrationPreKeys(
-                signedPreKey: SignedPreKeyPair(id: 1, device: device, random: random),
-                oneTimePreKeys: (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) },
-                lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: device, random: random),
-                oneTimeKEMPreKeys: (2...UInt32(Self.kemPreKeyBatchSize + 1)).map { KEMPreKeyPair(id: $0, kind: .oneTime, device: device, random: random) })
-            try self.store.saveNewAccount(
-                AccountRecord(
-                    handle: grant.handle, relayURL: relayURL, deviceID: 0, accountIdentity: nil, accountIdentityKey: grant.accountIdentityKey,
-                    device: device, readReceipts: true),
-                preKeys: preKeys, now: self.now())
             var register = WireRegisterDevice()
             register.handle = grant.handle
             register.device = Self.wireKeys(device, preKeys)

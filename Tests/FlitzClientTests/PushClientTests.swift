@@ -133,8 +133,9 @@ struct PushClientTests {
         let (alice, bob) = try await relay.aliceAndBob(now: clock.now)
         let carol = try relay.client("carol")
         _ = try await carol.initialize(relayURL: relay.url, handle: "carol")
-        // bob has written to alice: her messages are no message request, so bob's receipts are not withheld.
+        // bob has written to alice and accepted carol: their messages are no message requests (never notified).
         _ = try await bob.send(to: "alice", text: "hello alice")
+        try bob.acceptRequest("carol")
         try bob.mute("alice", until: clock.now().addingTimeInterval(3600))
         #expect(try bob.addKeyword("Dinner") == "Dinner")
         #expect(try bob.addKeyword("DINNER") == "Dinner", "one keyword regardless of case")
