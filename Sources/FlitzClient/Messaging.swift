@@ -14,6 +14,9 @@ struct PreparedMessage: Sendable {
     var seq: Int64
     /// One envelope per recipient device and per own other device, all with `group` 1.
     var envelopes: [WireOutgoingEnvelope]
+    /// Submitted with `selected_devices`: content for a peer only, with no copy for the own devices (a sealed seen
+    /// receipt), which the relay's coverage check would otherwise refuse for an account with several devices.
+    var selectedDevices = false
 }
 
 extension FlitzClient {
@@ -138,7 +141,8 @@ extension FlitzClient {
             }
             var mismatches: [WireDeviceMismatch]
             do {
-                let outcomes = try await submitStored(message.envelopes, on: connection, keepRetryable: false, selectedDevices: false)
+                let outcomes = try await submitStored(
+                    message.envelopes, on: connection, keepRetryable: false, selectedDevices: message.selectedDevices)
                 guard let failed = outcomes.first(where: \.hasError) else { return message.messageID }
                 switch failed.error.code {
                 case .unknownRecipient: throw noSuchHandleError(handle)
@@ -394,15 +398,17 @@ extension FlitzClient {
                 arguments: [messageID, handle, outgoing.text, first.envelopeID, Int64(outgoing.ttlSeconds ?? 0), Int64(first.deviceID)])
             let seq = db.lastInsertedRowID
             for case .warning(let text) in try Self.storeOutgoing(outgoing, seq: seq, account: account, db) { logger.warning("\(text)") }
+            let selected = toPeer && outgoing.ownContent == nil
             for row in rows {
                 try db.execute(
                     sql: """
-                        INSERT INTO envelopes (envelope_id, message_seq, recipient_handle, recipient_device_id, ciphertext, status)
-                        VALUES (?, ?, ?, ?, ?, 'pending')
+                        INSERT INTO envelopes (envelope_id, message_seq, recipient_handle, recipient_device_id, ciphertext, status, selected_devices)
+                        VALUES (?, ?, ?, ?, ?, 'pending', ?)
                         """,
-                    arguments: [row.envelopeID, seq, row.handle, Int64(row.deviceID), row.ciphertext])
+                    arguments: [row.envelopeID, seq, row.handle, Int64(row.deviceID), row.ciphertext, selected])
             }
-            return PreparedMessage(messageID: messageID, seq: seq, envelopes: envelopes)
+            if selected { envelopes = envelopes.map { var e = $0; e.group = 0; return e } }
+            return PreparedMessage(messageID: messageID, seq: seq, envelopes: envelopes, selectedDevices: selected)
         }
     }
 

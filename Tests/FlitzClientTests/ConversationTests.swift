@@ -322,6 +322,25 @@ struct ConversationTests {
         await relay.stop()
     }
 
+    /// A sealed receipt goes to the author's devices only, not to the reader's own other devices: found by a
+    /// newcomer, whose two-device account could never send one (the relay's coverage check refused it).
+    @Test func sealedSeenFromAReaderWithTwoDevices() async throws {
+        let clock = SteppedClock()
+        let relay = try await InProcessRelay(clock: clock)
+        let (alice, bob1) = try await relay.aliceAndBob(now: clock.client)
+        let bob2 = try await relay.link("bob2", to: bob1, now: clock.client)
+        _ = try await bob1.send(to: "alice", text: "hi alice")
+        _ = try await alice.receiveAll()
+        try await bob1.setSeenReceipts(.sealed)
+        let id = try await alice.send(to: "bob", text: "read me on two devices")
+        #expect(try await bob1.receiveAll().texts == ["read me on two devices"])
+        _ = try await alice.receiveAll()
+        #expect(try alice.localStatus(of: id) == .seen)
+        #expect(!(try await alice.rawReceipts()).contains { $0.kind == .seen }, "sealed, not relay-tracked")
+        _ = try await bob2.receiveAll()
+        await relay.stop()
+    }
+
     @Test func aMessageRequestGetsNoSeenReceiptOfEitherKind() async throws {
         let clock = SteppedClock()
         let relay = try await InProcessRelay(clock: clock)
