@@ -33,17 +33,24 @@ extension FlitzClient {
         }
         let report = try await store.dbQueue.read { db -> WireAbuseReport in
             guard let target = try Row.fetchOne(
-                db, sql: "SELECT seq, peer FROM messages WHERE message_id = ? AND outgoing = 0 AND transcript = 0 ORDER BY seq LIMIT 1",
+                db,
+                sql: "SELECT seq, peer, deleted FROM messages WHERE message_id = ? AND outgoing = 0 AND transcript = 0 AND kind = 'text' ORDER BY seq LIMIT 1",
                 arguments: [messageID])
             else {
                 throw ClientError(.unknownMessage, "no message from someone else with id \(messageID.hexString) on this device")
             }
             let seq: Int64 = target["seq"], peer: String = target["peer"]
+            guard target["deleted"] as Int64 == 0 else {
+                throw ClientError(.invalidArgument, "that message was deleted or disappeared; there is nothing left to report")
+            }
+            // Context: shown messages only; mutations (reactions, edits, receipts) and deleted or disappeared ones
+            // are not messages anyone can read any more (newcomer review: they went out as empty entries).
+            let visible = "kind = 'text' AND deleted = 0"
             let before = try Row.fetchAll(
-                db, sql: "SELECT * FROM messages WHERE peer = ? AND seq < ? ORDER BY seq DESC LIMIT ?", arguments: [peer, seq, context])
+                db, sql: "SELECT * FROM messages WHERE peer = ? AND seq < ? AND \(visible) ORDER BY seq DESC LIMIT ?", arguments: [peer, seq, context])
             let reported = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE seq = ?", arguments: [seq])
             let after = try Row.fetchAll(
-                db, sql: "SELECT * FROM messages WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?", arguments: [peer, seq, context])
+                db, sql: "SELECT * FROM messages WHERE peer = ? AND seq > ? AND \(visible) ORDER BY seq LIMIT ?", arguments: [peer, seq, context])
             var report = WireAbuseReport()
             report.reportedHandle = peer
             report.reason = reason

@@ -67,6 +67,29 @@ extension FlitzClient {
                 let held = result.outcomes.allSatisfy(\.scheduled)
                 try await self.store.dbQueue.write { db in
                     try db.execute(sql: "UPDATE scheduled_messages SET state = 'scheduled' WHERE message_id = ?", arguments: [messageID])
+                    // In this device's history like any sent message (status from receipts after the release; edit,
+                    // delete and unsend work on it), at its release time: found missing by a newcomer review.
+                    guard let first = envelopes.first(where: { $0.recipientHandle == handle }) else { return }
+                    try db.execute(
+                        sql: """
+                            INSERT OR IGNORE INTO messages (message_id, outgoing, peer, text, envelope_id, status, accepted_at_ms, recipient_device_id,
+                                displayed, group_id, kind, unsend_token, unsend_token_hash, original_text, sent_at_ms)
+                            VALUES (?, 1, ?, ?, ?, 'sent', ?, ?, 1, 1, 'text', ?, ?, ?, ?)
+                            """,
+                        arguments: [
+                            messageID, handle, text, first.envelopeID, notBefore, Int64(first.recipientDeviceID), unsendToken,
+                            ConversationTokens.unsendTokenHash(unsendToken), text, notBefore,
+                        ])
+                    let seq = db.lastInsertedRowID
+                    guard db.changesCount > 0 else { return }
+                    for envelope in envelopes {
+                        try db.execute(
+                            sql: """
+                                INSERT OR IGNORE INTO envelopes (envelope_id, message_seq, recipient_handle, recipient_device_id, status)
+                                VALUES (?, ?, ?, ?, 'sent')
+                                """,
+                            arguments: [envelope.envelopeID, seq, envelope.recipientHandle, Int64(envelope.recipientDeviceID)])
+                    }
                 }
                 return ScheduledMessage(messageID: messageID, to: handle, text: text, releaseAt: releaseAt, held: held)
             }

@@ -506,7 +506,8 @@ extension FlitzClient {
     ///   request (already accepted, or this account wrote to `handle`).
     public func acceptRequest(_ handle: String) throws {
         let account = try requireAccount()
-        guard Handle.isValid(handle), handle != account.handle else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
+        guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
+        guard handle != account.handle else { throw ClientError(.invalidArgument, "that is your own handle: there is no request to accept") }
         try store.transaction { db in
             let accepted = try Bool.fetchOne(db, sql: "SELECT 1 FROM accepted_requests WHERE handle = ?", arguments: [handle]) ?? false
             let wrote = try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE peer = ? AND outgoing = 1 LIMIT 1", arguments: [handle]) ?? false

@@ -305,6 +305,21 @@ struct SignalsTests {
         await relay.stop()
     }
 
+    /// Found by a newcomer: the scheduling device lost the message once it was scheduled (not in history, no
+    /// status, no unsend). It is there like a sent one, and an unsend before the release purges it.
+    @Test func aScheduledMessageIsInTheSendersHistoryAndCanBeUnsent() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await acquainted(relay)
+        let scheduled = try await alice.schedule(to: "bob", text: "good morning", at: Date().addingTimeInterval(3600))
+        #expect(scheduled.held)
+        #expect(try alice.localStatus(of: scheduled.messageID) == .sent)
+        #expect(try alice.history(with: "bob").contains { $0.messageID == scheduled.messageID && $0.text == "good morning" })
+        let unsent = try await alice.unsend(scheduled.messageID)
+        #expect(unsent.outcomes.map(\.state) == [.purged])
+        #expect(try await bob.receiveAll().texts.isEmpty)
+        await relay.stop()
+    }
+
     @Test func scheduledMessageUsesASingleUseSessionAndLeavesTheRatchetAlone() async throws {
         let relay = try await InProcessRelay()
         let (alice, bob) = try await acquainted(relay)
