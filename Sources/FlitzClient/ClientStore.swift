@@ -55,6 +55,18 @@ struct RegistrationPreKeys: Sendable {
     var oneTimeKEMPreKeys: [KEMPreKeyPair]
 }
 
+extension RegistrationPreKeys {
+    /// A new device's first prekeys. Ids start at 1 in each space: signed, one-time, KEM (last-resort first, then
+    /// `oneTimeKEMCount` one-time ones); `oneTimeCount` one-time X25519 prekeys.
+    init(device: DeviceIdentity, oneTimeCount: Int, oneTimeKEMCount: Int, random: any RandomSource) {
+        self.init(
+            signedPreKey: SignedPreKeyPair(id: 1, device: device, random: random),
+            oneTimePreKeys: (1...UInt32(oneTimeCount)).map { OneTimePreKeyPair(id: $0, random: random) },
+            lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: device, random: random),
+            oneTimeKEMPreKeys: (2...UInt32(oneTimeKEMCount + 1)).map { KEMPreKeyPair(id: $0, kind: .oneTime, device: device, random: random) })
+    }
+}
+
 /// A contact: the account identity key this user trusts for a handle, a newer one seen but not trusted,
 /// and the key whose safety number the user confirmed (`flitz verify`).
 struct ContactRecord: Sendable {

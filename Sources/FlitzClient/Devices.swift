@@ -289,11 +289,7 @@ extension FlitzClient {
         }
         // The prekeys (21 ML-KEM key pairs among them) are made and stored before connecting: on a slow or busy
         // machine making them took longer than the relay's authentication timeout of the registering connection.
-        let preKeys = RegistrationPreKeys(
-            signedPreKey: SignedPreKeyPair(id: 1, device: device, random: random),
-            oneTimePreKeys: (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) },
-            lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: device, random: random),
-            oneTimeKEMPreKeys: (2...UInt32(Self.kemPreKeyBatchSize + 1)).map { KEMPreKeyPair(id: $0, kind: .oneTime, device: device, random: random) })
+        let preKeys = RegistrationPreKeys(device: device, oneTimeCount: Self.preKeyBatchSize, oneTimeKEMCount: Self.kemPreKeyBatchSize, random: random)
         try store.saveNewAccount(
             AccountRecord(
                 handle: grant.handle, relayURL: relayURL, deviceID: 0, accountIdentity: nil, accountIdentityKey: grant.accountIdentityKey,

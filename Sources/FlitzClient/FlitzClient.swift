@@ -166,12 +166,7 @@ public final class FlitzClient: Sendable {
         } else {
             account = AccountIdentity(random: random)
             device = DeviceIdentity(account: account, random: random)
-            // Ids start at 1 in each space: signed, one-time, KEM (last-resort first, then one-time).
-            preKeys = RegistrationPreKeys(
-                signedPreKey: SignedPreKeyPair(id: 1, device: device, random: random),
-                oneTimePreKeys: (1...UInt32(Self.preKeyBatchSize)).map { OneTimePreKeyPair(id: $0, random: random) },
-                lastResortKEMPreKey: KEMPreKeyPair(id: 1, kind: .lastResort, device: device, random: random),
-                oneTimeKEMPreKeys: (2...UInt32(Self.kemPreKeyBatchSize + 1)).map { KEMPreKeyPair(id: $0, kind: .oneTime, device: device, random: random) })
+            preKeys = RegistrationPreKeys(device: device, oneTimeCount: Self.preKeyBatchSize, oneTimeKEMCount: Self.kemPreKeyBatchSize, random: random)
             try store.saveNewAccount(
                 AccountRecord(
                     handle: handle, relayURL: relayURL, deviceID: 0, accountIdentity: account, accountIdentityKey: account.publicKey, device: device,
