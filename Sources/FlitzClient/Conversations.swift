@@ -304,11 +304,12 @@ extension FlitzClient {
     /// Applies a reaction, edit, delete for everyone, disappearing timer or seen (or a sent transcript of one) from
     /// `sender`, inside the transaction that stored the session. Returns warnings for rejected mutations
     /// (`protocol/conversations.md` section 3).
+    /// `receivedAt`: this device's (injected) clock, seconds since the Unix epoch, as the disappearing sweep reads it.
     static func applyConversationContent(
-        _ content: MessageContent, sender: String, envelope: WireEnvelope, account: AccountRecord, _ db: Database
+        _ content: MessageContent, sender: String, envelope: WireEnvelope, receivedAt: TimeInterval, account: AccountRecord, _ db: Database
     ) throws -> [ClientEvent] {
         try applyContent(
-            content, sender: sender, acceptedAt: envelope.acceptedAtMs, receivedAt: Int64(Date().timeIntervalSince1970 * 1000), account: account,
+            content, sender: sender, acceptedAt: envelope.acceptedAtMs, receivedAt: Int64(receivedAt * 1000), account: account,
             keepPending: true, db)
     }
 
@@ -355,8 +356,9 @@ extension FlitzClient {
                 if target.deleted == 1 { throw MutationRejection.deleted }
                 try checkHash(edit.target, target)
                 if target.acceptedAt > 0, acceptedAt - target.acceptedAt > ConversationLimits.mutationWindowMilliseconds { throw MutationRejection.tooLate }
-                guard edit.version <= ConversationLimits.maxVersions, edit.version >= target.version else { throw MutationRejection.tooManyVersions }
-                if edit.version == 1 { throw MutationRejection.tooManyVersions }
+                // Any version 2...10 goes into the history, also one that arrives after a higher one (an author with two
+                // devices); only the winner is shown (section 4).
+                guard (2...ConversationLimits.maxVersions).contains(edit.version) else { throw MutationRejection.tooManyVersions }
                 try db.execute(
                     sql: """
                         INSERT OR IGNORE INTO message_versions (message_seq, version, text, sent_at_ms, version_id, accepted_at_ms)
@@ -371,7 +373,8 @@ extension FlitzClient {
                     arguments: [target.seq, Int64(edit.version), edit.body, content.sentAtMilliseconds, content.messageID, acceptedAt])
                 // The highest version wins; a tie goes to the greater (sent_at_ms, message_id) (section 4).
                 if edit.version > target.version
-                    || isNewer(content.sentAtMilliseconds, content.messageID, than: target.versionSentAt, target.versionID)
+                    || (edit.version == target.version
+                        && isNewer(content.sentAtMilliseconds, content.messageID, than: target.versionSentAt, target.versionID))
                 {
                     try db.execute(
                         sql: "UPDATE messages SET text = ?, version = ?, version_sent_at_ms = ?, version_id = ? WHERE seq = ?",

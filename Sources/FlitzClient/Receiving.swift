@@ -45,7 +45,7 @@ extension FlitzClient {
             } catch is SenderNotListed {
                 // Acknowledged undecrypted: it can never be accepted from an unlisted device.
                 events.append(.warning("ignored a message from a device of \(envelope.senderHandle) that is not in their signed device list"))
-            } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
+            } catch let error as FlitzProtocolError where error.code == .unsupportedVersion && !envelope.onlineOnly {
                 // A newer peer's session message: kept for a newer version of Flitz, not lost.
                 try await keepUnsupported(envelope, kind: "envelope", bytes: envelope.ciphertext)
                 events.append(.warning("a message from \(envelope.senderHandle) needs a newer version of Flitz; it is kept and will be read after an update"))
@@ -385,7 +385,7 @@ extension FlitzClient {
             }
             let content = try MessageContent(decoding: plaintext)
             var resetFor: Data?
-            if case .sessionReset(let failed) = content.body {
+            if case .sessionReset(let failed) = content.body, !envelope.onlineOnly {
                 // Only the trusted identity may redirect this device's sending (and its resend) to a new session:
                 // a reset from a changed, untrusted key is ignored, or it could pull old messages to a new key.
                 let contact = try ClientStore.contact(sender, db)
@@ -416,6 +416,16 @@ extension FlitzClient {
             if let usedOneTimeKEMPreKey {
                 try db.execute(sql: "DELETE FROM kem_prekeys WHERE id = ? AND last_resort = 0", arguments: [Int64(usedOneTimeKEMPreKey)])
             }
+            // Only typing and presence travel online-only (section 6): anything else in one is dropped, never
+            // stored, applied or answered (its session step is kept: the message key is used either way).
+            if envelope.onlineOnly {
+                switch content.body {
+                case .typing, .presence: break
+                default:
+                    events.append(.warning("ignored an online-only message from \(sender) that was not typing or presence"))
+                    return (events, false, nil)
+                }
+            }
             let text: String
             let textBody: TextMessage
             switch content.body {
@@ -433,7 +443,7 @@ extension FlitzClient {
                 }
                 guard case .text(let body) = transcript.body else {
                     // A reaction, edit, delete or timer another device of this account sent (Conversations.swift).
-                    events += try Self.applyConversationContent(content, sender: sender, envelope: envelope, account: account, db)
+                    events += try Self.applyConversationContent(content, sender: sender, envelope: envelope, receivedAt: receivedAt, account: account, db)
                     return (events, false, nil)
                 }
                 // A message another device of this account sent: history, as an outgoing message (status from receipts).
@@ -450,7 +460,7 @@ extension FlitzClient {
                 return (events, true, nil)
             case .reaction, .edit, .deleteForEveryone, .disappearingTimer, .seen:
                 // Conversation mutations, sealed seen receipts and read syncs (Conversations.swift).
-                events += try Self.applyConversationContent(content, sender: sender, envelope: envelope, account: account, db)
+                events += try Self.applyConversationContent(content, sender: sender, envelope: envelope, receivedAt: receivedAt, account: account, db)
                 return (events, false, nil)
             case .typing, .presence:
                 // Online-only signals (Signals.swift).

@@ -509,9 +509,7 @@ extension FlitzClient {
         guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
         guard handle != account.handle else { throw ClientError(.invalidArgument, "that is your own handle: there is no request to accept") }
         try store.transaction { db in
-            let accepted = try Bool.fetchOne(db, sql: "SELECT 1 FROM accepted_requests WHERE handle = ?", arguments: [handle]) ?? false
-            let wrote = try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE peer = ? AND outgoing = 1 LIMIT 1", arguments: [handle]) ?? false
-            guard !accepted, !wrote else {
+            guard try !ClientStore.requestSettled(handle, db) else {
                 throw ClientError(.invalidArgument, "\(handle) is not a message request: you already accepted it or wrote to them")
             }
             try db.execute(
@@ -596,10 +594,15 @@ extension ClientStore {
     /// Whether the conversation with `handle` is a message request (`protocol/conversations.md` section 9): it
     /// has messages from `handle` and this account never wrote to it (transcripts count) nor accepted it.
     static func isMessageRequest(_ handle: String, _ db: Database) throws -> Bool {
-        if try Bool.fetchOne(db, sql: "SELECT 1 FROM accepted_requests WHERE handle = ?", arguments: [handle]) ?? false { return false }
-        let wrote = try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE peer = ? AND outgoing = 1 LIMIT 1", arguments: [handle]) ?? false
-        if wrote { return false }
+        if try requestSettled(handle, db) { return false }
         return try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE peer = ? AND outgoing = 0 LIMIT 1", arguments: [handle]) ?? false
+    }
+
+    /// Whether a conversation with `handle` can no longer be a request: accepted, or this account wrote to it (a
+    /// text, its own or a transcript; a reaction or edit is not writing, so every own device agrees, section 9).
+    static func requestSettled(_ handle: String, _ db: Database) throws -> Bool {
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM accepted_requests WHERE handle = ?", arguments: [handle]) ?? false { return true }
+        return try Bool.fetchOne(db, sql: "SELECT 1 FROM messages WHERE peer = ? AND outgoing = 1 AND kind = 'text' LIMIT 1", arguments: [handle]) ?? false
     }
 
     /// Whether `handle` is on the local copy of the block list.

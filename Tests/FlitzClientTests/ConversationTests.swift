@@ -235,10 +235,10 @@ struct ConversationTests {
         // A wrong content hash: the target is not what its author sent.
         let forged = MessageRef(authorHandle: "alice", messageID: id, originalText: "something alice never wrote")
         _ = try await bob.sendMutation(.reaction(Reaction(target: forged, emoji: "👍")), to: "alice", timeout: .seconds(30))
-        // Not above the version shown.
+        // A lower version than the one shown (an author's second device can send one late): kept, not shown.
         _ = try await alice.sendMutation(.edit(Edit(target: reference, body: "stale", version: 9)), to: "bob", timeout: .seconds(30))
         #expect(try await alice.receiveAll().warnings == ["rejected an edit from bob: not the author", "rejected a reaction from bob: content mismatch"])
-        #expect(try await bob.receiveAll().warnings == ["rejected an edit from alice: too many versions"])
+        #expect(try await bob.receiveAll().warnings.isEmpty)
         #expect(try bob.message(id, with: "alice")?.text == "version 10")
 
         // Too late: 24 hours after the relay accepted the original, by the relay's clock.
