@@ -16,7 +16,7 @@ extension FlitzClient {
         var resets: [(handle: String, deviceID: UInt32, envelopeID: Data)] = []
         var resends: [(handle: String, deviceID: UInt32, envelopeID: Data)] = []
         // The relay's clock decides expiry (this device's clock may be off).
-        let now = Int64(Date().timeIntervalSince1970 * 1000) + connection.relayClockOffsetMilliseconds
+        let now = Self.relayNow(connection)
         for envelope in deliver.envelopes {
             // An online-only envelope is handed over live with expires_at_ms = its acceptance time (conversations.md 6).
             if envelope.expiresAtMs <= now && !envelope.onlineOnly {
@@ -525,10 +525,10 @@ extension FlitzClient {
                     if live > 0 { return nil }
                 }
                 messageRow = try Row.fetchOne(
-                    db, sql: "SELECT seq, message_id, peer, status FROM messages WHERE seq = ?", arguments: [envelope["message_seq"] as Int64])
+                    db, sql: "SELECT seq, message_id, peer, status, kind FROM messages WHERE seq = ?", arguments: [envelope["message_seq"] as Int64])
             } else {
                 messageRow = try Row.fetchOne(
-                    db, sql: "SELECT seq, message_id, peer, status FROM messages WHERE envelope_id = ? AND outgoing = 1 AND transcript = 1",
+                    db, sql: "SELECT seq, message_id, peer, status, kind FROM messages WHERE envelope_id = ? AND outgoing = 1 AND transcript = 1",
                     arguments: [receipt.envelopeID])
             }
             guard let row = messageRow else { return nil }
@@ -536,7 +536,7 @@ extension FlitzClient {
             guard current.canAdvance(to: status) else { return nil }
             try db.execute(sql: "UPDATE messages SET status = ? WHERE seq = ?", arguments: [status.rawValue, row["seq"] as Int64])
             // A reaction, edit, delete, timer or seen is no message of its own: its receipts are not news.
-            if try String.fetchOne(db, sql: "SELECT kind FROM messages WHERE seq = ?", arguments: [row["seq"] as Int64]) != "text" { return nil }
+            if row["kind"] as String != "text" { return nil }
             return .receipt(messageID: row["message_id"], peer: row["peer"], status: status)
         }
     }
