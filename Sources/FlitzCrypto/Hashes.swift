@@ -100,3 +100,33 @@ public enum HKDF {
         try expand(pseudoRandomKey: extract(salt: salt, inputKeyMaterial: ikm), info: info, length: length)
     }
 }
+
+extension SHA256 {
+    /// Incremental SHA-256 (libsodium `crypto_hash_sha256_init/update/final`), for files hashed as they stream
+    /// (`protocol/attachments.md` section 2.4). Not thread-safe; one per stream.
+    public struct Hasher: ~Copyable {
+        private var state = crypto_hash_sha256_state()
+
+        /// Starts an empty hash.
+        public init() {
+            Sodium.ensureInitialized()
+            _ = crypto_hash_sha256_init(&state)
+        }
+
+        /// Hashes `data` after everything before it.
+        public mutating func update(_ data: Data) {
+            data.withUnsafeBytes { d in
+                _ = crypto_hash_sha256_update(&state, d.bindMemory(to: UInt8.self).baseAddress, UInt64(data.count))
+            }
+        }
+
+        /// The 32-byte digest of everything hashed; the hasher is consumed.
+        public consuming func finalize() -> Data {
+            var out = Data(count: Int(crypto_hash_sha256_BYTES))
+            out.withUnsafeMutableBytes { o in
+                _ = crypto_hash_sha256_final(&state, o.bindMemory(to: UInt8.self).baseAddress!)
+            }
+            return out
+        }
+    }
+}

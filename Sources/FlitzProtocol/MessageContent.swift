@@ -71,14 +71,23 @@ public struct TextMessage: Hashable, Sendable, ExpressibleByStringLiteral {
     public var noForward: Bool
     /// Disappearing override in seconds: nil = the conversation's timer, 0 = never (section 8).
     public var expireAfterSeconds: UInt32?
+    /// A media message's file (`protocol/attachments.md` section 3); `body` is then its caption.
+    public var attachment: AttachmentPointer?
+    /// A shared location; never together with `attachment`.
+    public var location: Location?
 
     /// Creates a text message.
-    public init(_ body: String, quote: Quote? = nil, forwardCount: UInt32 = 0, noForward: Bool = false, expireAfterSeconds: UInt32? = nil) {
+    public init(
+        _ body: String, quote: Quote? = nil, forwardCount: UInt32 = 0, noForward: Bool = false, expireAfterSeconds: UInt32? = nil,
+        attachment: AttachmentPointer? = nil, location: Location? = nil
+    ) {
         self.body = body
         self.quote = quote
         self.forwardCount = forwardCount
         self.noForward = noForward
         self.expireAfterSeconds = expireAfterSeconds
+        self.attachment = attachment
+        self.location = location
     }
 
     /// A plain text message.
@@ -383,7 +392,66 @@ public struct MessageContent: Hashable, Sendable {
         proto.forwardCount = text.forwardCount
         proto.noForward = text.noForward
         if let seconds = text.expireAfterSeconds { proto.expireAfterSeconds = seconds }
+        if let attachment = text.attachment { proto.attachment = Self.proto(attachment) }
+        if let location = text.location {
+            var l = ProtoLocation()
+            l.latitude = location.latitude
+            l.longitude = location.longitude
+            l.label = location.label
+            proto.location = l
+        }
         return proto
+    }
+
+    private static let attachmentKinds: [AttachmentPointer.Kind: ProtoAttachmentKind] = [
+        .image: .image, .video: .video, .audio: .audio, .document: .document,
+    ]
+
+    private static func proto(_ pointer: AttachmentPointer) -> ProtoAttachmentPointer {
+        var proto = ProtoAttachmentPointer()
+        proto.blobID = pointer.blobID
+        proto.key = pointer.key.unsafeData
+        proto.plaintextSize = pointer.plaintextSize
+        proto.ciphertextSize = pointer.ciphertextSize
+        proto.chunkSize = UInt32(AttachmentLayout.chunkSize)
+        proto.contentType = pointer.contentType
+        proto.fileName = pointer.fileName
+        proto.ciphertextSha256 = pointer.ciphertextSHA256
+        proto.kind = attachmentKinds[pointer.kind]!
+        proto.voiceNote = pointer.voiceNote
+        proto.width = pointer.width
+        proto.height = pointer.height
+        proto.durationMs = pointer.durationMilliseconds
+        proto.thumbnail = pointer.thumbnail
+        proto.blobExpiresAtMs = pointer.blobExpiresAtMilliseconds
+        return proto
+    }
+
+    private static func pointer(_ proto: ProtoAttachmentPointer) throws(FlitzProtocolError) -> AttachmentPointer {
+        guard proto.blobID.count == 16 else { throw FlitzProtocolError(.malformedMessage, "attachment blob id must be 16 bytes") }
+        guard proto.key.count == AttachmentKeys.keyLength else { throw FlitzProtocolError(.malformedMessage, "attachment key must be 32 bytes") }
+        guard proto.ciphertextSha256.count == 32 else { throw FlitzProtocolError(.malformedMessage, "attachment hash must be 32 bytes") }
+        guard proto.chunkSize == UInt32(AttachmentLayout.chunkSize) else { throw FlitzProtocolError(.malformedMessage, "attachment chunk size must be 65536") }
+        guard proto.ciphertextSize == AttachmentLayout(plaintextSize: proto.plaintextSize).ciphertextSize else {
+            throw FlitzProtocolError(.malformedMessage, "attachment ciphertext size does not match its plaintext size")
+        }
+        guard let kind = attachmentKinds.first(where: { $0.value == proto.kind })?.key else {
+            throw FlitzProtocolError(.malformedMessage, "attachment kind is unspecified or unknown")
+        }
+        guard proto.contentType.utf8.count <= AttachmentPointer.maxContentTypeBytes else {
+            throw FlitzProtocolError(.malformedMessage, "attachment content type over \(AttachmentPointer.maxContentTypeBytes) bytes")
+        }
+        guard AttachmentPointer.isValidFileName(proto.fileName) else {
+            throw FlitzProtocolError(.malformedMessage, "attachment file name is over 255 bytes or contains '/', '\\' or a control character")
+        }
+        guard proto.thumbnail.count <= AttachmentPointer.maxThumbnailBytes else {
+            throw FlitzProtocolError(.malformedMessage, "attachment thumbnail over \(AttachmentPointer.maxThumbnailBytes) bytes")
+        }
+        return AttachmentPointer(
+            blobID: proto.blobID, key: SecretBytes(proto.key), plaintextSize: proto.plaintextSize, ciphertextSize: proto.ciphertextSize,
+            contentType: proto.contentType, fileName: proto.fileName, ciphertextSHA256: proto.ciphertextSha256, kind: kind,
+            voiceNote: proto.voiceNote, width: proto.width, height: proto.height, durationMilliseconds: proto.durationMs,
+            thumbnail: proto.thumbnail, blobExpiresAtMilliseconds: proto.blobExpiresAtMs)
     }
 
     private static func proto(_ reaction: Reaction) -> ProtoReaction {
@@ -431,9 +499,20 @@ public struct MessageContent: Hashable, Sendable {
             }
             quote = Quote(target: target, preview: proto.quote.preview)
         }
+        guard !(proto.hasAttachment && proto.hasLocation) else {
+            throw FlitzProtocolError(.malformedMessage, "a text carries both an attachment and a location")
+        }
+        var location: Location?
+        if proto.hasLocation {
+            location = Location(latitude: proto.location.latitude, longitude: proto.location.longitude, label: proto.location.label)
+            guard location!.isValid else {
+                throw FlitzProtocolError(.malformedMessage, "location is out of range, not finite, or its label is over \(Location.maxLabelBytes) bytes")
+            }
+        }
         return TextMessage(
             proto.body, quote: quote, forwardCount: proto.forwardCount, noForward: proto.noForward,
-            expireAfterSeconds: proto.hasExpireAfterSeconds ? proto.expireAfterSeconds : nil)
+            expireAfterSeconds: proto.hasExpireAfterSeconds ? proto.expireAfterSeconds : nil,
+            attachment: proto.hasAttachment ? try pointer(proto.attachment) : nil, location: location)
     }
 
     private static func reaction(_ proto: ProtoReaction) throws(FlitzProtocolError) -> Reaction {

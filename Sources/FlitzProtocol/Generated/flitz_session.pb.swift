@@ -29,6 +29,54 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated enum ProtoAttachmentKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// malformed in a pointer
+  case unspecified // = 0
+  case image // = 1
+  case video // = 2
+  case audio // = 3
+  case document // = 4
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .image
+    case 2: self = .video
+    case 3: self = .audio
+    case 4: self = .document
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .image: return 1
+    case .video: return 2
+    case .audio: return 3
+    case .document: return 4
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [ProtoAttachmentKind] = [
+    .unspecified,
+    .image,
+    .video,
+    .audio,
+    .document,
+  ]
+
+}
+
 /// The envelope ciphertext. `version` must be 1.
 public nonisolated struct ProtoSessionMessage: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -258,45 +306,146 @@ public nonisolated struct ProtoMessageRef: Sendable {
   public init() {}
 }
 
-public nonisolated struct ProtoText: Sendable {
+public nonisolated struct ProtoText: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var body: String = String()
+  public var body: String {
+    get {_storage._body}
+    set {_uniqueStorage()._body = newValue}
+  }
 
   /// set on a reply (conversations.md 4)
   public var quote: ProtoQuote {
-    get {_quote ?? ProtoQuote()}
-    set {_quote = newValue}
+    get {_storage._quote ?? ProtoQuote()}
+    set {_uniqueStorage()._quote = newValue}
   }
   /// Returns true if `quote` has been explicitly set.
-  public var hasQuote: Bool {self._quote != nil}
+  public var hasQuote: Bool {_storage._quote != nil}
   /// Clears the value of `quote`. Subsequent reads from it will return its default value.
-  public mutating func clearQuote() {self._quote = nil}
+  public mutating func clearQuote() {_uniqueStorage()._quote = nil}
 
   /// 0 for an original; the forwarded message's count + 1 (conversations.md 7)
-  public var forwardCount: UInt32 = 0
+  public var forwardCount: UInt32 {
+    get {_storage._forwardCount}
+    set {_uniqueStorage()._forwardCount = newValue}
+  }
 
   /// the sender asks that it not be forwarded (an honest-client rule)
-  public var noForward: Bool = false
+  public var noForward: Bool {
+    get {_storage._noForward}
+    set {_uniqueStorage()._noForward = newValue}
+  }
 
   /// disappearing override (conversations.md 8); absent: the conversation's timer; 0: never
   public var expireAfterSeconds: UInt32 {
-    get {_expireAfterSeconds ?? 0}
-    set {_expireAfterSeconds = newValue}
+    get {_storage._expireAfterSeconds ?? 0}
+    set {_uniqueStorage()._expireAfterSeconds = newValue}
   }
   /// Returns true if `expireAfterSeconds` has been explicitly set.
-  public var hasExpireAfterSeconds: Bool {self._expireAfterSeconds != nil}
+  public var hasExpireAfterSeconds: Bool {_storage._expireAfterSeconds != nil}
   /// Clears the value of `expireAfterSeconds`. Subsequent reads from it will return its default value.
-  public mutating func clearExpireAfterSeconds() {self._expireAfterSeconds = nil}
+  public mutating func clearExpireAfterSeconds() {_uniqueStorage()._expireAfterSeconds = nil}
+
+  /// A media message (attachments.md 3): body is the caption; at most one of these two.
+  public var attachment: ProtoAttachmentPointer {
+    get {_storage._attachment ?? ProtoAttachmentPointer()}
+    set {_uniqueStorage()._attachment = newValue}
+  }
+  /// Returns true if `attachment` has been explicitly set.
+  public var hasAttachment: Bool {_storage._attachment != nil}
+  /// Clears the value of `attachment`. Subsequent reads from it will return its default value.
+  public mutating func clearAttachment() {_uniqueStorage()._attachment = nil}
+
+  public var location: ProtoLocation {
+    get {_storage._location ?? ProtoLocation()}
+    set {_uniqueStorage()._location = newValue}
+  }
+  /// Returns true if `location` has been explicitly set.
+  public var hasLocation: Bool {_storage._location != nil}
+  /// Clears the value of `location`. Subsequent reads from it will return its default value.
+  public mutating func clearLocation() {_uniqueStorage()._location = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _quote: ProtoQuote? = nil
-  fileprivate var _expireAfterSeconds: UInt32? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Where an encrypted file is and how to open it (attachments.md 2 and 3).
+public nonisolated struct ProtoAttachmentPointer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 16 bytes, assigned by the relay at upload creation
+  public var blobID: Data = Data()
+
+  /// 32-byte attachment key K (HKDF "FlitzAttachment-v1" gives chunk key and nonce prefix)
+  public var key: Data = Data()
+
+  /// bytes of the file
+  public var plaintextSize: UInt64 = 0
+
+  /// bytes of the blob: padded_size + 16 per chunk
+  public var ciphertextSize: UInt64 = 0
+
+  /// 65536
+  public var chunkSize: UInt32 = 0
+
+  /// MIME type, at most 127 bytes, may be empty
+  public var contentType: String = String()
+
+  /// at most 255 bytes, no '/', '\' or control character, may be empty
+  public var fileName: String = String()
+
+  /// 32 bytes: SHA-256 of the whole blob
+  public var ciphertextSha256: Data = Data()
+
+  public var kind: ProtoAttachmentKind = .unspecified
+
+  /// an AUDIO recorded as a voice message
+  public var voiceNote: Bool = false
+
+  /// pixels (images, video); 0 when unknown
+  public var width: UInt32 = 0
+
+  public var height: UInt32 = 0
+
+  /// video and audio; 0 when unknown
+  public var durationMs: UInt32 = 0
+
+  /// JPEG, at most 24576 bytes, long side at most 320 px; empty when none
+  public var thumbnail: Data = Data()
+
+  /// when the relay may delete the blob (ms since the Unix epoch)
+  public var blobExpiresAtMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A shared location (attachments.md 3): never leaves the encrypted message.
+public nonisolated struct ProtoLocation: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// degrees, -90 ... 90
+  public var latitude: Double = 0
+
+  /// degrees, -180 ... 180
+  public var longitude: Double = 0
+
+  /// at most 256 bytes
+  public var label: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct ProtoQuote: Sendable {
@@ -723,6 +872,10 @@ public nonisolated struct ProtoSessionRecord: @unchecked Sendable {
 
 fileprivate nonisolated let _protobuf_package = "flitz.session.v1"
 
+nonisolated extension ProtoAttachmentKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ATTACHMENT_KIND_UNSPECIFIED\0\u{1}IMAGE\0\u{1}VIDEO\0\u{1}AUDIO\0\u{1}DOCUMENT\0")
+}
+
 nonisolated extension ProtoSessionMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SessionMessage"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}prekey_message\0\u{3}ratchet_message\0")
@@ -1129,7 +1282,119 @@ nonisolated extension ProtoMessageRef: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension ProtoText: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Text"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}body\0\u{1}quote\0\u{3}forward_count\0\u{3}no_forward\0\u{3}expire_after_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}body\0\u{1}quote\0\u{3}forward_count\0\u{3}no_forward\0\u{3}expire_after_seconds\0\u{1}attachment\0\u{1}location\0")
+
+  fileprivate class _StorageClass {
+    var _body: String = String()
+    var _quote: ProtoQuote? = nil
+    var _forwardCount: UInt32 = 0
+    var _noForward: Bool = false
+    var _expireAfterSeconds: UInt32? = nil
+    var _attachment: ProtoAttachmentPointer? = nil
+    var _location: ProtoLocation? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _body = source._body
+      _quote = source._quote
+      _forwardCount = source._forwardCount
+      _noForward = source._noForward
+      _expireAfterSeconds = source._expireAfterSeconds
+      _attachment = source._attachment
+      _location = source._location
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._body) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._quote) }()
+        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._forwardCount) }()
+        case 4: try { try decoder.decodeSingularBoolField(value: &_storage._noForward) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._expireAfterSeconds) }()
+        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._attachment) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._location) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._body.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._body, fieldNumber: 1)
+      }
+      try { if let v = _storage._quote {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      if _storage._forwardCount != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._forwardCount, fieldNumber: 3)
+      }
+      if _storage._noForward != false {
+        try visitor.visitSingularBoolField(value: _storage._noForward, fieldNumber: 4)
+      }
+      try { if let v = _storage._expireAfterSeconds {
+        try visitor.visitSingularUInt32Field(value: v, fieldNumber: 5)
+      } }()
+      try { if let v = _storage._attachment {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+      } }()
+      try { if let v = _storage._location {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoText, rhs: ProtoText) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._body != rhs_storage._body {return false}
+        if _storage._quote != rhs_storage._quote {return false}
+        if _storage._forwardCount != rhs_storage._forwardCount {return false}
+        if _storage._noForward != rhs_storage._noForward {return false}
+        if _storage._expireAfterSeconds != rhs_storage._expireAfterSeconds {return false}
+        if _storage._attachment != rhs_storage._attachment {return false}
+        if _storage._location != rhs_storage._location {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoAttachmentPointer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AttachmentPointer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}blob_id\0\u{1}key\0\u{3}plaintext_size\0\u{3}ciphertext_size\0\u{3}chunk_size\0\u{3}content_type\0\u{3}file_name\0\u{3}ciphertext_sha256\0\u{1}kind\0\u{3}voice_note\0\u{1}width\0\u{1}height\0\u{3}duration_ms\0\u{1}thumbnail\0\u{3}blob_expires_at_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1137,45 +1402,131 @@ nonisolated extension ProtoText: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.body) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._quote) }()
-      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.forwardCount) }()
-      case 4: try { try decoder.decodeSingularBoolField(value: &self.noForward) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self._expireAfterSeconds) }()
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.blobID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.key) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.plaintextSize) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.ciphertextSize) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.chunkSize) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.contentType) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.fileName) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.ciphertextSha256) }()
+      case 9: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.voiceNote) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.width) }()
+      case 12: try { try decoder.decodeSingularUInt32Field(value: &self.height) }()
+      case 13: try { try decoder.decodeSingularUInt32Field(value: &self.durationMs) }()
+      case 14: try { try decoder.decodeSingularBytesField(value: &self.thumbnail) }()
+      case 15: try { try decoder.decodeSingularInt64Field(value: &self.blobExpiresAtMs) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.body.isEmpty {
-      try visitor.visitSingularStringField(value: self.body, fieldNumber: 1)
+    if !self.blobID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.blobID, fieldNumber: 1)
     }
-    try { if let v = self._quote {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
-    if self.forwardCount != 0 {
-      try visitor.visitSingularUInt32Field(value: self.forwardCount, fieldNumber: 3)
+    if !self.key.isEmpty {
+      try visitor.visitSingularBytesField(value: self.key, fieldNumber: 2)
     }
-    if self.noForward != false {
-      try visitor.visitSingularBoolField(value: self.noForward, fieldNumber: 4)
+    if self.plaintextSize != 0 {
+      try visitor.visitSingularUInt64Field(value: self.plaintextSize, fieldNumber: 3)
     }
-    try { if let v = self._expireAfterSeconds {
-      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 5)
-    } }()
+    if self.ciphertextSize != 0 {
+      try visitor.visitSingularUInt64Field(value: self.ciphertextSize, fieldNumber: 4)
+    }
+    if self.chunkSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.chunkSize, fieldNumber: 5)
+    }
+    if !self.contentType.isEmpty {
+      try visitor.visitSingularStringField(value: self.contentType, fieldNumber: 6)
+    }
+    if !self.fileName.isEmpty {
+      try visitor.visitSingularStringField(value: self.fileName, fieldNumber: 7)
+    }
+    if !self.ciphertextSha256.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ciphertextSha256, fieldNumber: 8)
+    }
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 9)
+    }
+    if self.voiceNote != false {
+      try visitor.visitSingularBoolField(value: self.voiceNote, fieldNumber: 10)
+    }
+    if self.width != 0 {
+      try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 11)
+    }
+    if self.height != 0 {
+      try visitor.visitSingularUInt32Field(value: self.height, fieldNumber: 12)
+    }
+    if self.durationMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.durationMs, fieldNumber: 13)
+    }
+    if !self.thumbnail.isEmpty {
+      try visitor.visitSingularBytesField(value: self.thumbnail, fieldNumber: 14)
+    }
+    if self.blobExpiresAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.blobExpiresAtMs, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: ProtoText, rhs: ProtoText) -> Bool {
-    if lhs.body != rhs.body {return false}
-    if lhs._quote != rhs._quote {return false}
-    if lhs.forwardCount != rhs.forwardCount {return false}
-    if lhs.noForward != rhs.noForward {return false}
-    if lhs._expireAfterSeconds != rhs._expireAfterSeconds {return false}
+  public static func ==(lhs: ProtoAttachmentPointer, rhs: ProtoAttachmentPointer) -> Bool {
+    if lhs.blobID != rhs.blobID {return false}
+    if lhs.key != rhs.key {return false}
+    if lhs.plaintextSize != rhs.plaintextSize {return false}
+    if lhs.ciphertextSize != rhs.ciphertextSize {return false}
+    if lhs.chunkSize != rhs.chunkSize {return false}
+    if lhs.contentType != rhs.contentType {return false}
+    if lhs.fileName != rhs.fileName {return false}
+    if lhs.ciphertextSha256 != rhs.ciphertextSha256 {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.voiceNote != rhs.voiceNote {return false}
+    if lhs.width != rhs.width {return false}
+    if lhs.height != rhs.height {return false}
+    if lhs.durationMs != rhs.durationMs {return false}
+    if lhs.thumbnail != rhs.thumbnail {return false}
+    if lhs.blobExpiresAtMs != rhs.blobExpiresAtMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoLocation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Location"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}latitude\0\u{1}longitude\0\u{1}label\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularDoubleField(value: &self.latitude) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.longitude) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.label) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.latitude.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.latitude, fieldNumber: 1)
+    }
+    if self.longitude.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.longitude, fieldNumber: 2)
+    }
+    if !self.label.isEmpty {
+      try visitor.visitSingularStringField(value: self.label, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoLocation, rhs: ProtoLocation) -> Bool {
+    if lhs.latitude != rhs.latitude {return false}
+    if lhs.longitude != rhs.longitude {return false}
+    if lhs.label != rhs.label {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -570,6 +570,14 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .reportResult(newValue)}
   }
 
+  public var uploadCapability: WireUploadCapability {
+    get {
+      if case .uploadCapability(let v)? = _storage._body {return v}
+      return WireUploadCapability()
+    }
+    set {_uniqueStorage()._body = .uploadCapability(newValue)}
+  }
+
   /// client -> relay
   public var register: WireRegister {
     get {
@@ -766,6 +774,15 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .submitReport(newValue)}
   }
 
+  /// answered with UploadCapability
+  public var requestUploadCapability: WireRequestUploadCapability {
+    get {
+      if case .requestUploadCapability(let v)? = _storage._body {return v}
+      return WireRequestUploadCapability()
+    }
+    set {_uniqueStorage()._body = .requestUploadCapability(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -787,6 +804,7 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case cancelScheduledResult(WireCancelScheduledResult)
     case blockList(WireBlockList)
     case reportResult(WireReportResult)
+    case uploadCapability(WireUploadCapability)
     /// client -> relay
     case register(WireRegister)
     case recover(WireRecover)
@@ -822,6 +840,8 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case fetchBlockList(WireFetchBlockList)
     /// answered with ReportResult
     case submitReport(WireSubmitReport)
+    /// answered with UploadCapability
+    case requestUploadCapability(WireRequestUploadCapability)
 
   }
 
@@ -1818,6 +1838,58 @@ public nonisolated struct WireUnsendResult: Sendable {
 
   public var outcomes: [WireUnsendOutcome] = []
 
+  /// blobs of this account whose capability carried the token's hash (attachments.md 4.5)
+  public var blobsDeleted: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Asks for a capability to upload one encrypted blob (attachments.md 4.1). Answered with UploadCapability;
+/// INVALID_ARGUMENT for a bad field; RATE_LIMITED beyond 60 per minute per device.
+public nonisolated struct WireRequestUploadCapability: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// when the blob may be deleted: 0 or in the future; capped at the retention ceiling; 0 = the ceiling
+  public var expiresAtMs: Int64 = 0
+
+  /// empty or 32 bytes: an Unsend with that token deletes the blob too
+  public var unsendTokenHash: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireUploadCapability: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Authorization: Bearer TOKEN; 43 characters, base64url of 32 random bytes
+  public var token: String = String()
+
+  /// "/v1/uploads" on the relay's HTTP port
+  public var uploadPath: String = String()
+
+  /// the upload must be created before; then the token serves that upload until it is gone
+  public var tokenExpiresAtMs: Int64 = 0
+
+  /// the blob's expiry as the relay will enforce it (after capping)
+  public var blobExpiresAtMs: Int64 = 0
+
+  /// the blob limit (Tus-Max-Size)
+  public var maxBlobBytes: UInt64 = 0
+
+  /// the account's quota
+  public var quotaBytes: UInt64 = 0
+
+  /// already used by its blobs and unfinished uploads
+  public var quotaUsedBytes: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1919,7 +1991,7 @@ public nonisolated struct WireAbuseReport: Sendable {
 
   public var reportedHandle: String = String()
 
-  /// the reporter's words, at most 1000 bytes of UTF-8; may be empty
+  /// the reporter's words, at most 1000 UTF-8 bytes; may be empty
   public var reason: String = String()
 
   /// 1 to 41, oldest first; exactly one has reported = true
@@ -1996,7 +2068,7 @@ nonisolated extension WireUnsendState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Frame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{3}push_endpoint_status\0\u{3}unsend_result\0\u{3}cancel_scheduled_result\0\u{3}block_list\0\u{3}report_result\0\u{2}\u{4}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0\u{3}register_push_endpoint\0\u{3}remove_push_endpoint\0\u{3}fetch_push_endpoint\0\u{1}unsend\0\u{3}cancel_scheduled\0\u{3}update_block_list\0\u{3}fetch_block_list\0\u{3}submit_report\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{3}push_endpoint_status\0\u{3}unsend_result\0\u{3}cancel_scheduled_result\0\u{3}block_list\0\u{3}report_result\0\u{3}upload_capability\0\u{2}\u{3}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0\u{3}register_push_endpoint\0\u{3}remove_push_endpoint\0\u{3}fetch_push_endpoint\0\u{1}unsend\0\u{3}cancel_scheduled\0\u{3}update_block_list\0\u{3}fetch_block_list\0\u{3}submit_report\0\u{3}request_upload_capability\0")
 
   fileprivate class _StorageClass {
     var _version: UInt32 = 0
@@ -2254,6 +2326,19 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
           if let v = v {
             if hadOneofValue {try decoder.handleConflictingOneOf()}
             _storage._body = .reportResult(v)
+          }
+        }()
+        case 27: try {
+          var v: WireUploadCapability?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .uploadCapability(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .uploadCapability(v)
           }
         }()
         case 30: try {
@@ -2555,6 +2640,19 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
             _storage._body = .submitReport(v)
           }
         }()
+        case 53: try {
+          var v: WireRequestUploadCapability?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .requestUploadCapability(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .requestUploadCapability(v)
+          }
+        }()
         default: break
         }
       }
@@ -2641,6 +2739,10 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .reportResult?: try {
         guard case .reportResult(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      }()
+      case .uploadCapability?: try {
+        guard case .uploadCapability(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
       }()
       case .register?: try {
         guard case .register(let v)? = _storage._body else { preconditionFailure() }
@@ -2733,6 +2835,10 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .submitReport?: try {
         guard case .submitReport(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 52)
+      }()
+      case .requestUploadCapability?: try {
+        guard case .requestUploadCapability(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 53)
       }()
       case nil: break
       }
@@ -4605,7 +4711,7 @@ nonisolated extension WireUnsendOutcome: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension WireUnsendResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnsendResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}outcomes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}outcomes\0\u{3}blobs_deleted\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4614,6 +4720,7 @@ nonisolated extension WireUnsendResult: SwiftProtobuf.Message, SwiftProtobuf._Me
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.outcomes) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.blobsDeleted) }()
       default: break
       }
     }
@@ -4623,11 +4730,110 @@ nonisolated extension WireUnsendResult: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.outcomes.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.outcomes, fieldNumber: 1)
     }
+    if self.blobsDeleted != 0 {
+      try visitor.visitSingularUInt32Field(value: self.blobsDeleted, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireUnsendResult, rhs: WireUnsendResult) -> Bool {
     if lhs.outcomes != rhs.outcomes {return false}
+    if lhs.blobsDeleted != rhs.blobsDeleted {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireRequestUploadCapability: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RequestUploadCapability"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}expires_at_ms\0\u{3}unsend_token_hash\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.expiresAtMs) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.unsendTokenHash) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.expiresAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresAtMs, fieldNumber: 1)
+    }
+    if !self.unsendTokenHash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.unsendTokenHash, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireRequestUploadCapability, rhs: WireRequestUploadCapability) -> Bool {
+    if lhs.expiresAtMs != rhs.expiresAtMs {return false}
+    if lhs.unsendTokenHash != rhs.unsendTokenHash {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireUploadCapability: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UploadCapability"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}token\0\u{3}upload_path\0\u{3}token_expires_at_ms\0\u{3}blob_expires_at_ms\0\u{3}max_blob_bytes\0\u{3}quota_bytes\0\u{3}quota_used_bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.token) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.uploadPath) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.tokenExpiresAtMs) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.blobExpiresAtMs) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.maxBlobBytes) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.quotaBytes) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.quotaUsedBytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.token.isEmpty {
+      try visitor.visitSingularStringField(value: self.token, fieldNumber: 1)
+    }
+    if !self.uploadPath.isEmpty {
+      try visitor.visitSingularStringField(value: self.uploadPath, fieldNumber: 2)
+    }
+    if self.tokenExpiresAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.tokenExpiresAtMs, fieldNumber: 3)
+    }
+    if self.blobExpiresAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.blobExpiresAtMs, fieldNumber: 4)
+    }
+    if self.maxBlobBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.maxBlobBytes, fieldNumber: 5)
+    }
+    if self.quotaBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.quotaBytes, fieldNumber: 6)
+    }
+    if self.quotaUsedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.quotaUsedBytes, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireUploadCapability, rhs: WireUploadCapability) -> Bool {
+    if lhs.token != rhs.token {return false}
+    if lhs.uploadPath != rhs.uploadPath {return false}
+    if lhs.tokenExpiresAtMs != rhs.tokenExpiresAtMs {return false}
+    if lhs.blobExpiresAtMs != rhs.blobExpiresAtMs {return false}
+    if lhs.maxBlobBytes != rhs.maxBlobBytes {return false}
+    if lhs.quotaBytes != rhs.quotaBytes {return false}
+    if lhs.quotaUsedBytes != rhs.quotaUsedBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
