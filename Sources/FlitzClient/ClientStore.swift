@@ -119,6 +119,15 @@ final class ClientStore: Sendable {
         try Self.migrator.migrate(dbQueue)
     }
 
+    /// Seals a secret (a private key, session state, an attachment key) for storage in a column. Issue 7's
+    /// passphrase work makes this encrypt under the store key when a passphrase is set; until then it is the
+    /// identity. Every new secret column goes through it.
+    func sealSecret(_ secret: Data) -> Data { secret }
+
+    /// Opens what `sealSecret` stored.
+    /// - Throws: `ClientError` when the stored bytes do not open under the store key (wrong passphrase, tampering).
+    func openSecret(_ stored: Data) throws -> Data { stored }
+
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
