@@ -5,10 +5,13 @@ HOST ?= 127.0.0.1
 PORT ?= 7878
 DATABASE ?= ./flitz-relay.sqlite
 
-.PHONY: deps build run test vectors vectors-check vectors-verify proto spec-check fuzz-ci fuzz
+.PHONY: deps test-deps build run test vectors vectors-check vectors-verify proto spec-check fuzz-ci fuzz
 
 deps:
 	@./scripts/install-deps.sh
+
+test-deps:
+	@./scripts/install-deps.sh --test
 
 build: deps
 	$(SWIFT) build
@@ -20,7 +23,7 @@ run: deps
 
 # The whole suite: Swift tests, regenerating the vectors byte for byte, the machine-readable spec checks, then
 # the fuzz targets (built with sanitizers in Fuzz/.build; corpus replay and a fixed run each).
-test: deps
+test: test-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	FLITZ_VECTORS="$$($(SWIFT) build --show-bin-path)/flitz-vectors" bash scripts/check-vectors.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Flitz builds against, only when they are missing.
-# Used by `make run`, `make test` (and so by .ci/run) and `make spec-check` on a fresh Debian 12 machine.
+# Used by `make run`, `make test` (and so by .ci/run; with --test) and `make spec-check` on a fresh Debian 12 machine.
 set -euo pipefail
 
 missing=()
@@ -16,6 +16,11 @@ if command -v python3 >/dev/null 2>&1; then
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 else
   missing+=(python3 python3-venv)
+fi
+
+# `--test`: what only the test suite needs. ffmpeg makes thumbnails, posters and durations (attachments.md 5).
+if [ "${1:-}" = "--test" ]; then
+  command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
