@@ -317,6 +317,8 @@ final class ClientStore: Sendable {
         // Conversations (protocol/conversations.md): Conversations.swift and Signals.swift own these.
         migrator.registerMigration("v7-conversations", migrate: Self.migrateConversations)
         migrator.registerMigration("v8-safety", migrate: Self.migrateSafety)
+        // Media (protocol/attachments.md): MediaSchema.swift.
+        migrator.registerMigration("v9-attachments", migrate: Self.migrateAttachments)
         return migrator
     }
 
