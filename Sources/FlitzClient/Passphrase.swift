@@ -2,8 +2,8 @@ import FlitzCrypto
 import Foundation
 
 extension FlitzClient {
-    /// Argon2id cost of a new passphrase: 3 passes over 128 MiB, about 0.5 s on one core of the CI machine
-    /// (docs/storage-at-rest.md). A store keeps the parameters it was sealed under.
+    /// Argon2id cost of a new passphrase: 3 passes over 128 MiB, under 1 s per command on the project's loaded
+    /// 2-core machine (docs/storage-at-rest.md). A store keeps the parameters it was sealed under.
     public static let defaultKeyParameters = ClientStore.defaultKeyParameters
 
     /// The Argon2id cost the CLI uses for a new passphrase: `defaultKeyParameters`; in debug builds only,
