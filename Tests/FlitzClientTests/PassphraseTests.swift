@@ -194,6 +194,26 @@ struct PassphraseTests {
         await relay.stop()
     }
 
+    /// A linked device has no account seed (an empty blob): sealed and opened like any other; both devices of a
+    /// sealed account keep receiving.
+    @Test func linkedDeviceAndPrimaryBothSealed() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        let laptop = try await relay.link("alice-laptop", to: alice)
+        try alice.setPassphrase(Self.secret("primary pw"), parameters: .minimum)
+        try laptop.setPassphrase(Self.secret("laptop pw"), parameters: .minimum)
+        #expect(try laptop.requireAccount().accountIdentity == nil)
+        try await relay.introduce(bob, to: "alice", devices: [alice, laptop])
+        _ = try await bob.send(to: "alice", text: "to both")
+        let reopenedLaptop = try Self.open(relay, "alice-laptop", passphrase: "laptop pw")
+        #expect(try reopenedLaptop.requireAccount().accountIdentity == nil)
+        #expect(try await reopenedLaptop.receiveAll().texts.contains("to both"))
+        let reopenedPrimary = try Self.open(relay, "alice", passphrase: "primary pw")
+        #expect(try reopenedPrimary.requireAccount().accountIdentity != nil)
+        #expect(try await reopenedPrimary.receiveAll().texts.contains("to both"))
+        await relay.stop()
+    }
+
     @Test func everySecretColumnExists() throws {
         let home = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-columns-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: home) }
