@@ -16,7 +16,8 @@ struct Flitz: AsyncParsableCommand {
 
             Exit codes: 0 success; 1 local error; 2 relay unreachable or timed out; 3 refused by the relay \
             (also: no such handle, deleted or never registered); 4 the contact's identity key or device list \
-            changed and is not trusted yet; 64 invalid command line.
+            changed and is not trusted yet; 64 invalid command line; 77 wrong or missing passphrase of the local \
+            store (`flitz passphrase`).
             """,
         subcommands: [
             Init.self, Send.self, Receive.self, Sync.self, Listen.self, Chat.self, Status.self, Verify.self, Trust.self, Contacts.self,
@@ -25,6 +26,7 @@ struct Flitz: AsyncParsableCommand {
             Conversations.self,
             Presence.self, Scheduled.self, Block.self, Unblock.self, Blocked.self, Requests.self, AcceptRequest.self, DeclineRequest.self,
             Report.self,
+            PassphraseCommand.self,
         ]
     )
 }
@@ -50,7 +52,7 @@ struct CommonOptions: ParsableArguments {
         do {
             return try FlitzClient(
                 home: URL(fileURLWithPath: path), logger: logger, create: create, now: FlitzClient.systemClock(environment: environment),
-                caFile: caFile ?? environment["FLITZ_CA_FILE"])
+                caFile: caFile ?? environment["FLITZ_CA_FILE"], passphrase: PassphraseInput.current())
         } catch let error as ClientError {
             printError("flitz: \(error.message)")
             throw ExitCode(error.exitCode)
@@ -98,6 +100,7 @@ struct Init: AsyncParsableCommand {
     @Option(help: "Recovery code of an existing handle: take it over on this device with new keys.") var recover: String?
     @Option(help: "Pairing code (FLITZLINK1:...) shown by `flitz devices link` on the account's primary device.") var link: String?
     @Option(help: "With --link: seconds to wait for the primary device.") var timeout: Double = 600
+    @Flag(help: "Seal the keys and secrets of this home under a passphrase (asked twice, or $FLITZ_PASSPHRASE).") var passphrase = false
 
     func validate() throws {
         if link != nil {
@@ -110,6 +113,12 @@ struct Init: AsyncParsableCommand {
 
     func run() async throws {
         let client = try options.client(create: true)
+        if passphrase, !client.hasPassphrase {
+            // Before any key exists, so no secret ever reaches the file unsealed.
+            try await FlitzCLI.run {
+                try client.setPassphrase(try PassphraseInput.new(variable: PassphraseInput.variable), parameters: FlitzClient.keyParameters())
+            }
+        }
         if let link {
             let (handle, deviceID) = try await FlitzCLI.run {
                 try await client.initializeByLinking(

@@ -24,6 +24,8 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
         case protocolFailure
         /// The safety number (or scanned code) the user gave is not the one of the contact's trusted key.
         case safetyNumberMismatch
+        /// The local store is locked with a passphrase and none, or a wrong one, was given (docs/storage-at-rest.md).
+        case passphrase
     }
 
     /// What went wrong.
@@ -40,12 +42,14 @@ public struct ClientError: Error, Sendable, CustomStringConvertible {
         self.relayError = relayError
     }
 
-    /// `flitz` exit status: 2 unreachable or timed out, 3 refused by the relay, 4 identity changed, 1 otherwise.
+    /// `flitz` exit status: 2 unreachable or timed out, 3 refused by the relay, 4 identity changed, 77 wrong or
+    /// missing passphrase (sysexits `EX_NOPERM`), 1 otherwise.
     public var exitCode: Int32 {
         switch kind {
         case .relayUnreachable: 2
         case .refused: 3
         case .identityChanged: 4
+        case .passphrase: 77
         default: 1
         }
     }

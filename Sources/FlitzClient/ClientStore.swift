@@ -105,28 +105,29 @@ final class ClientStore: Sendable {
     static let fileName = "flitz.sqlite"
     let dbQueue: DatabaseQueue
 
-    /// Opens (creating if needed) the store in `home`, which is created with mode 0700.
-    /// - Throws: GRDB or file system errors.
-    init(home: URL) throws {
+    /// Seals and opens the secret columns (StoreSealing.swift).
+    let sealer: StoreSealer
+
+    /// Opens (creating if needed) the store in `home`, which is created with mode 0700; when the store has a
+    /// passphrase, asks `passphrase` for it and unlocks the store key (StoreSealing.swift).
+    /// - Throws: `ClientError(.passphrase)` for a wrong or missing passphrase; GRDB or file system errors.
+    init(home: URL, passphrase: PassphraseSource? = nil) throws {
         try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let path = home.appendingPathComponent(Self.fileName).path
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
+        let sealer = StoreSealer()
+        self.sealer = sealer
         // Deleted and disappeared messages must not linger in free pages (`protocol/conversations.md` 4, 8).
-        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA secure_delete = ON") }
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA secure_delete = ON")
+            for function in sealer.functions { db.add(function: function) }
+        }
         dbQueue = try DatabaseQueue(path: path, configuration: configuration)
         try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
         try Self.migrator.migrate(dbQueue)
+        try unlock(passphrase)
     }
-
-    /// Seals a secret (a private key, session state, an attachment key) for storage in a column. Issue 7's
-    /// passphrase work makes this encrypt under the store key when a passphrase is set; until then it is the
-    /// identity. Every new secret column goes through it.
-    func sealSecret(_ secret: Data) -> Data { secret }
-
-    /// Opens what `sealSecret` stored.
-    /// - Throws: `ClientError` when the stored bytes do not open under the store key (wrong passphrase, tampering).
-    func openSecret(_ stored: Data) throws -> Data { stored }
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -319,6 +320,8 @@ final class ClientStore: Sendable {
         migrator.registerMigration("v8-safety", migrate: Self.migrateSafety)
         // Media (protocol/attachments.md): MediaSchema.swift.
         migrator.registerMigration("v9-attachments", migrate: Self.migrateAttachments)
+        // Secrets sealed under a passphrase's key (docs/storage-at-rest.md): StoreSealing.swift.
+        migrator.registerMigration("v12-passphrase", migrate: Self.migratePassphrase)
         return migrator
     }
 
@@ -370,10 +373,10 @@ final class ClientStore: Sendable {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM account WHERE id = 1 AND registered = ?", arguments: [registered])
             else { return nil }
             // A linked (secondary) device stores no account seed: an empty blob.
-            let seed: Data = row["account_identity_seed"]
+            let seed = try openSecret(row["account_identity_seed"], .accountIdentitySeed)
             let account = seed.isEmpty ? nil : try AccountIdentity(seed: SecretBytes(seed))
             let accountKey = try Ed25519PublicKey(rawRepresentation: row["account_identity_key"] ?? account?.publicKey.rawRepresentation ?? Data())
-            let deviceKey = try Ed25519PrivateKey(seed: SecretBytes(row["device_identity_seed"] as Data))
+            let deviceKey = try Ed25519PrivateKey(seed: SecretBytes(openSecret(row["device_identity_seed"], .deviceIdentitySeed)))
             let certificate = DeviceCertificate(
                 accountIdentityKey: accountKey, deviceIdentityKey: deviceKey.publicKey,
                 signature: row["device_certificate_signature"])
@@ -395,9 +398,10 @@ final class ClientStore: Sendable {
                     VALUES (1, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 0)
                     """,
                 arguments: [
-                    record.handle, record.relayURL, Int64(record.deviceID), record.accountIdentity?.privateKey.seed.unsafeData ?? Data(),
+                    record.handle, record.relayURL, Int64(record.deviceID),
+                    sealSecret(record.accountIdentity?.privateKey.seed.unsafeData ?? Data(), .accountIdentitySeed),
                     record.accountIdentityKey.rawRepresentation,
-                    record.device.privateKey.seed.unsafeData, record.device.certificate.signature,
+                    sealSecret(record.device.privateKey.seed.unsafeData, .deviceIdentitySeed), record.device.certificate.signature,
                     Int64((preKeys.oneTimePreKeys.map(\.id).max() ?? 0) + 1), Int64(preKeys.signedPreKey.id) + 1,
                     Int64((kemIDs.max() ?? 0) + 1),
                 ])
@@ -410,14 +414,17 @@ final class ClientStore: Sendable {
     private static func insert(_ key: SignedPreKeyPair, now: Date, _ db: Database) throws {
         try db.execute(
             sql: "INSERT OR REPLACE INTO signed_prekeys (id, private_key, signature, created_at) VALUES (?, ?, ?, ?)",
-            arguments: [Int64(key.id), key.privateKey.secret.unsafeData, key.signature, now.timeIntervalSince1970])
+            arguments: [Int64(key.id), sealSecret(key.privateKey.secret.unsafeData, .signedPreKey, db), key.signature, now.timeIntervalSince1970])
     }
 
     private static func insert(_ keys: [KEMPreKeyPair], now: Date, _ db: Database) throws {
         for key in keys {
             try db.execute(
                 sql: "INSERT INTO kem_prekeys (id, seed, signature, last_resort, created_at) VALUES (?, ?, ?, ?, ?)",
-                arguments: [Int64(key.id), key.privateKey.seed.unsafeData, key.signature, key.kind == .lastResort, now.timeIntervalSince1970])
+                arguments: [
+                    Int64(key.id), sealSecret(key.privateKey.seed.unsafeData, .kemPreKey, db), key.signature, key.kind == .lastResort,
+                    now.timeIntervalSince1970,
+                ])
         }
     }
 
@@ -472,7 +479,7 @@ final class ClientStore: Sendable {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM kem_prekeys WHERE id = ?", arguments: [Int64(id)]) else { return nil }
             let lastResort: Bool = row["last_resort"]
             return KEMPreKeyPair(
-                id: id, kind: lastResort ? .lastResort : .oneTime, privateKey: try KEMPrivateKey(seed: SecretBytes(row["seed"] as Data)),
+                id: id, kind: lastResort ? .lastResort : .oneTime, privateKey: try KEMPrivateKey(seed: SecretBytes(openSecret(row["seed"], .kemPreKey, db)!)),
                 signature: row["signature"])
         } catch {
             throw ClientError(.protocolFailure, "a stored KEM prekey is corrupt")
@@ -491,7 +498,7 @@ final class ClientStore: Sendable {
         for key in keys {
             try db.execute(
                 sql: "INSERT INTO one_time_prekeys (id, private_key) VALUES (?, ?)",
-                arguments: [Int64(key.id), key.privateKey.secret.unsafeData])
+                arguments: [Int64(key.id), sealSecret(key.privateKey.secret.unsafeData, .oneTimePreKey, db)])
         }
     }
 
@@ -522,7 +529,7 @@ final class ClientStore: Sendable {
         do {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM signed_prekeys WHERE id = ?", arguments: [Int64(id)]) else { return nil }
             return SignedPreKeyPair(
-                id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(row["private_key"] as Data)),
+                id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(openSecret(row["private_key"], .signedPreKey, db)!)),
                 signature: row["signature"])
         }
     }
@@ -531,7 +538,7 @@ final class ClientStore: Sendable {
         do {
             guard let data = try Data.fetchOne(db, sql: "SELECT private_key FROM one_time_prekeys WHERE id = ?", arguments: [Int64(id)])
             else { return nil }
-            return OneTimePreKeyPair(id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(data)))
+            return OneTimePreKeyPair(id: id, privateKey: try X25519PrivateKey(rawRepresentation: SecretBytes(openSecret(data, .oneTimePreKey, db)!)))
         }
     }
 
@@ -601,7 +608,7 @@ final class ClientStore: Sendable {
             db, sql: "SELECT device_id, record, active FROM sessions WHERE handle = ? ORDER BY active DESC, updated_at DESC, rowid DESC",
             arguments: [handle]
         ).map { row in
-            (UInt32(row["device_id"] as Int64), try Session(serialized: row["record"]), row["active"] as Bool)
+            (UInt32(row["device_id"] as Int64), try Session(serialized: openSecret(row["record"], .session, db)!), row["active"] as Bool)
         }
     }
 
@@ -616,7 +623,10 @@ final class ClientStore: Sendable {
                 ON CONFLICT(handle, device_id, base_key) DO UPDATE SET record = excluded.record,
                     active = MAX(active, excluded.active), updated_at = excluded.updated_at
                 """,
-            arguments: [handle, Int64(deviceID), session.baseKey.rawRepresentation, session.serialized(), makeActive, Date().timeIntervalSince1970])
+            arguments: [
+                handle, Int64(deviceID), session.baseKey.rawRepresentation, sealSecret(session.serialized(), .session, db), makeActive,
+                Date().timeIntervalSince1970,
+            ])
         // Keep at most five sessions per device (older ones are from superseded initiations).
         try db.execute(
             sql: """

@@ -172,6 +172,7 @@ struct StoredTarget {
     var deleted: Int
     var noForward: Bool
     var forwardCount: UInt32
+    /// As stored: sealed (`ClientStore.openSecret(_, .unsendToken)` opens it).
     var unsendToken: Data?
 
     var reference: MessageRef { MessageRef(authorHandle: author, messageID: messageID, originalText: originalText) }
@@ -240,8 +241,9 @@ extension FlitzClient {
                     sent_at_ms = ? WHERE seq = ?
                 """,
             arguments: [
-                outgoing.textMessage == nil ? "mutation" : "text", outgoing.peerContent?.encoded(), outgoing.ownContent?.encoded(),
-                outgoing.urgent, outgoing.unsendToken, outgoing.unsendToken.map(ConversationTokens.unsendTokenHash),
+                outgoing.textMessage == nil ? "mutation" : "text", ClientStore.sealSecret(outgoing.peerContent?.encoded(), .messageContent, db),
+                ClientStore.sealSecret(outgoing.ownContent?.encoded(), .transcriptContent, db),
+                outgoing.urgent, ClientStore.sealSecret(outgoing.unsendToken, .unsendToken, db), outgoing.unsendToken.map(ConversationTokens.unsendTokenHash),
                 (outgoing.peerContent ?? outgoing.ownContent)?.sentAtMilliseconds ?? 0, seq,
             ])
         if let text = outgoing.textMessage {
@@ -286,14 +288,15 @@ extension FlitzClient {
         let token = unsendToken.flatMap { $0.isEmpty ? nil : $0 }
         try db.execute(
             sql: "UPDATE messages SET sent_at_ms = ?, unsend_token = ?, unsend_token_hash = ? WHERE seq = ?",
-            arguments: [content.sentAtMilliseconds, token, token.map(ConversationTokens.unsendTokenHash), seq])
+            arguments: [content.sentAtMilliseconds, ClientStore.sealSecret(token, .unsendToken, db), token.map(ConversationTokens.unsendTokenHash), seq])
         let author = outgoing ? account.handle : conversation
         var events: [ClientEvent] = []
         for row in try Row.fetchAll(
             db, sql: "SELECT * FROM pending_mutations WHERE author = ? AND target_id = ? ORDER BY seq", arguments: [author, content.messageID])
         {
             try db.execute(sql: "DELETE FROM pending_mutations WHERE seq = ?", arguments: [row["seq"] as Int64])
-            guard let mutation = try? MessageContent(decoding: row["content"]) else { continue }
+            guard let stored = try ClientStore.openSecret(row["content"], .pendingMutation, db), let mutation = try? MessageContent(decoding: stored)
+            else { continue }
             events += try applyContent(
                 mutation, sender: row["sender"], acceptedAt: row["accepted_at_ms"], receivedAt: row["received_at_ms"], account: account,
                 keepPending: false, db)
@@ -402,7 +405,10 @@ extension FlitzClient {
                         INSERT INTO pending_mutations (conversation, sender, author, target_id, content, accepted_at_ms, received_at_ms)
                         VALUES (?, ?, ?, ?, ?, ?, ?)
                         """,
-                    arguments: [conversation, sender, target.authorHandle, target.messageID, content.encoded(), acceptedAt, receivedAt])
+                    arguments: [
+                        conversation, sender, target.authorHandle, target.messageID, ClientStore.sealSecret(content.encoded(), .pendingMutation, db),
+                        acceptedAt, receivedAt,
+                    ])
                 return [.warning("\(kindName(body)) from \(who): \(MutationRejection.unknownTarget.rawValue); kept for 7 days in case the message arrives")]
             }
             return [.warning("rejected \(kindName(body)) from \(who): \(MutationRejection.unknownTarget.rawValue)")]
@@ -520,7 +526,10 @@ extension FlitzClient {
                             INSERT INTO pending_mutations (conversation, sender, author, target_id, content, accepted_at_ms, received_at_ms)
                             VALUES (?, ?, ?, ?, ?, ?, ?)
                             """,
-                        arguments: [reference.authorHandle, sender, reference.authorHandle, reference.messageID, content.encoded(), acceptedAt, receivedAt])
+                        arguments: [
+                            reference.authorHandle, sender, reference.authorHandle, reference.messageID,
+                            ClientStore.sealSecret(content.encoded(), .pendingMutation, db), acceptedAt, receivedAt,
+                        ])
                 }
             } catch let rejection as MutationRejection {
                 events.append(.warning("rejected a read sync from your other device: \(rejection.rawValue)"))
@@ -768,7 +777,7 @@ extension FlitzClient {
         let account = try requireAccount()
         let target = try storedMessage(messageID, account: account)
         guard target.outgoing else { throw ClientError(.invalidArgument, "only its sender can unsend a message") }
-        guard let token = target.unsendToken, token.count == ConversationLimits.tokenLength else {
+        guard let token = try target.unsendToken.map({ try store.openSecret($0, .unsendToken) }), token.count == ConversationLimits.tokenLength else {
             throw ClientError(.invalidArgument, "that message was sent without an unsend token (by an older version); use `flitz delete ID --for-everyone`")
         }
         let (outcomes, relayNow) = try await withSendRetries(timeout: timeout) { connection, _ -> ([UnsendOutcome], Int64) in

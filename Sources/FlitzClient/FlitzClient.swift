@@ -85,10 +85,12 @@ public final class FlitzClient: Sendable {
     /// Opens the local store in `home`. Only `create: true` (for `init`) makes a new home directory.
     /// - Throws: `ClientError(.notInitialized)` when `home` holds no store and `create` is false;
     ///   `ClientError(.invalidArgument)` when the store cannot be opened (not a directory, corrupt file).
+    ///   `ClientError(.passphrase)` when the store has a passphrase and `passphrase` is nil or gives a wrong one.
     /// - Parameter now: the wall clock (tests inject one to step through prekey rotation and reset limits).
+    /// - Parameter passphrase: asked only when the store has a passphrase (docs/storage-at-rest.md).
     public init(
         home: URL, logger: Logger, create: Bool = true, random: any RandomSource = SystemRandom(),
-        now: @escaping @Sendable () -> Date = { Date() }, caFile: String? = nil
+        now: @escaping @Sendable () -> Date = { Date() }, caFile: String? = nil, passphrase: PassphraseSource? = nil
     ) throws {
         self.now = now
         self.caFile = caFile
@@ -98,7 +100,9 @@ public final class FlitzClient: Sendable {
             throw ClientError(.notInitialized, "no account in \(home.path); run `flitz init --relay ws://HOST:PORT --handle NAME` first")
         }
         do {
-            self.store = try ClientStore(home: home)
+            self.store = try ClientStore(home: home, passphrase: passphrase)
+        } catch let error as ClientError {
+            throw error
         } catch {
             throw ClientError(.invalidArgument, "cannot open the local store \(storeFile): \(error)")
         }

@@ -182,7 +182,8 @@ extension FlitzClient {
                     VALUES ('pending', ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    target.service.rawValue, target.endpoint, privateKey, authSecret, background, at,
+                    target.service.rawValue, target.endpoint, ClientStore.sealSecret(privateKey, .webPushPrivateKey, db),
+                    ClientStore.sealSecret(authSecret, .webPushAuthSecret, db), background, at,
                 ])
         }
         let request = register
@@ -267,7 +268,10 @@ extension FlitzClient {
                     WHERE provider = 'webpush' AND webpush_private_key IS NOT NULL ORDER BY state = 'current' DESC
                     """
             ).compactMap { row -> WebPush.SubscriberKeys? in
-                try? WebPush.SubscriberKeys(privateKey: SecretBytes(row["webpush_private_key"] as Data), authSecret: SecretBytes(row["webpush_auth_secret"] as Data))
+                guard let privateKey = try ClientStore.openSecret(row["webpush_private_key"], .webPushPrivateKey, db),
+                    let authSecret = try ClientStore.openSecret(row["webpush_auth_secret"], .webPushAuthSecret, db)
+                else { return nil }
+                return try? WebPush.SubscriberKeys(privateKey: SecretBytes(privateKey), authSecret: SecretBytes(authSecret))
             }
         }
         guard !keySets.isEmpty else {

@@ -107,7 +107,7 @@ extension FlitzClient {
         try await store.dbQueue.write { db in
             try db.execute(
                 sql: "INSERT OR IGNORE INTO unsupported_messages (peer, envelope_id, kind, content, received_at) VALUES (?, ?, ?, ?, ?)",
-                arguments: [envelope.senderHandle, envelope.envelopeID, kind, bytes, at])
+                arguments: [envelope.senderHandle, envelope.envelopeID, kind, ClientStore.sealSecret(bytes, .unsupportedContent, db), at])
         }
     }
 
@@ -202,7 +202,8 @@ extension FlitzClient {
             guard try ClientStore.mayEncrypt(active.session, to: handle, deviceID: deviceID, account: account, db) else { return nil }
             var session = active.session
             // The content as first sent (any kind, `Conversations.swift`); a message from before v7 is rebuilt from its text.
-            let stored: Data? = handle == account.handle ? row["transcript_content"] : row["content"]
+            let stored = handle == account.handle
+                ? try ClientStore.openSecret(row["transcript_content"], .transcriptContent, db) : try ClientStore.openSecret(row["content"], .messageContent, db)
             let encoded: Data
             if let stored {
                 encoded = stored
@@ -470,7 +471,7 @@ extension FlitzClient {
             case .unsupported:
                 try db.execute(
                     sql: "INSERT OR IGNORE INTO unsupported_messages (peer, envelope_id, kind, content, received_at) VALUES (?, ?, 'content', ?, ?)",
-                    arguments: [sender, envelope.envelopeID, plaintext, receivedAt])
+                    arguments: [sender, envelope.envelopeID, ClientStore.sealSecret(plaintext, .unsupportedContent, db), receivedAt])
                 events.append(.warning("a message from \(sender) needs a newer version of Flitz; it is kept and will be shown after an update"))
                 return (events, false, nil)
             }

@@ -77,7 +77,8 @@ extension FlitzClient {
                             VALUES (?, 1, ?, ?, ?, 'sent', ?, ?, 1, 1, 'text', ?, ?, ?, ?)
                             """,
                         arguments: [
-                            messageID, handle, text, first.envelopeID, notBefore, Int64(first.recipientDeviceID), unsendToken,
+                            messageID, handle, text, first.envelopeID, notBefore, Int64(first.recipientDeviceID),
+                            ClientStore.sealSecret(unsendToken, .unsendToken, db),
                             ConversationTokens.unsendTokenHash(unsendToken), text, notBefore,
                         ])
                     let seq = db.lastInsertedRowID
@@ -157,7 +158,10 @@ extension FlitzClient {
                         (message_id, peer, text, not_before_ms, cancel_token, unsend_token, envelopes, state, created_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, 'submitting', ?)
                     """,
-                arguments: [messageID, handle, text, notBefore, cancelToken, unsendToken, envelopes.count, createdAt])
+                arguments: [
+                    messageID, handle, text, notBefore, ClientStore.sealSecret(cancelToken, .scheduledCancelToken, db),
+                    ClientStore.sealSecret(unsendToken, .scheduledUnsendToken, db), envelopes.count, createdAt,
+                ])
             return envelopes
         }
     }
@@ -203,9 +207,10 @@ extension FlitzClient {
     public func cancelScheduled(_ messageID: Data) async throws -> Int {
         let account = try requireAccount()
         guard let token = try await store.dbQueue.read({ db in
-            try Data.fetchOne(
-                db, sql: "SELECT cancel_token FROM scheduled_messages WHERE message_id = ? AND state IN ('submitting', 'scheduled')",
-                arguments: [messageID])
+            try ClientStore.openSecret(
+                Data.fetchOne(
+                    db, sql: "SELECT cancel_token FROM scheduled_messages WHERE message_id = ? AND state IN ('submitting', 'scheduled')",
+                    arguments: [messageID]), .scheduledCancelToken, db)
         })
         else { throw ClientError(.unknownMessage, "no scheduled message with id \(messageID.hexString) (see `flitz scheduled`)") }
         var cancel = WireCancelScheduled()
