@@ -485,6 +485,34 @@ extension RelayHarness {
         }
     }
 
+    @Test func accountRecoveryDeletesBlobs() async throws {
+        try await RelayHarness.run { relay in
+            let identity = TestIdentity("alice")
+            let (code, path, token) = try await relay.connect { connection in
+                let (_, code) = try await connection.register(identity)
+                try await connection.authenticate(identity)
+                let capability = try await connection.uploadCapability()
+                let path = try await relay.blobs.create(token: capability.token, length: 10)
+                #expect(try await relay.blobs.patch(path, token: capability.token, offset: 0, blobBytes(10)).status == 204)
+                return (code, path, capability.token)
+            }
+            #expect(try relay.blobFiles().count == 1)
+            let recovered = TestIdentity("alice")
+            try await relay.connect { connection in
+                var recover = WireRecover()
+                recover.handle = "alice"
+                recover.recoveryCode = code
+                recover.accountIdentityKey = recovered.account.publicKey.rawRepresentation
+                recover.device = recovered.deviceKeys()
+                recover.challengeSignature = recovered.device.signature(for: SignedPayload.authentication(nonce: connection.nonce, handle: "alice"))
+                guard case .registerResult = try await connection.request(.recover(recover)).body else { throw TestTimeout() }
+            }
+            #expect(try relay.blobFiles().isEmpty)
+            #expect(try await relay.blobs.send(.GET, "/v1/blobs/" + path.dropFirst("/v1/uploads/".count), tus: false).status == 404)
+            #expect(try await relay.blobs.send(.HEAD, path, token: token).status == 404)
+        }
+    }
+
     @Test func capabilityChecksAndRateLimit() async throws {
         try await RelayHarness.run { relay in
             try await relay.connect { connection in

@@ -359,9 +359,9 @@ import Testing
     @Test func reopeningMigratesAndKeepsData() async throws {
         let (store, path) = try makeStore()
         try await Self.register(store, "alice")
-        #expect(try await store.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices", "v4-origin-device", "v5-push", "v6-conversations"])
+        #expect(try await store.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices", "v4-origin-device", "v5-push", "v6-conversations", "v7-blobs"])
         let reopened = try SQLiteRelayStore(path: path, makeID: Self.randomID)
-        #expect(try await reopened.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices", "v4-origin-device", "v5-push", "v6-conversations"])
+        #expect(try await reopened.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices", "v4-origin-device", "v5-push", "v6-conversations", "v7-blobs"])
         #expect(try await reopened.account(handle: "alice") != nil)
     }
 

@@ -1,0 +1,86 @@
+import FlitzStore
+import FlitzStoreSQLite
+import Foundation
+import Testing
+
+/// The blob part of the `RelayStore` conformance suite (`protocol/attachments.md` 4), against a real temp-file SQLite
+/// database: tokens bind one upload, quota, compare-and-set commits, expiry listings, unsend matching, account purge.
+@Suite final class BlobMetadataStoreTests {
+    private var directories: [URL] = []
+
+    deinit {
+        for directory in directories { try? FileManager.default.removeItem(at: directory) }
+    }
+
+    func makeStore() throws -> SQLiteRelayStore {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-blob-store-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        directories.append(directory)
+        return try SQLiteRelayStore(path: directory.appendingPathComponent("relay.sqlite").path, makeID: SQLiteRelayStoreTests.randomID)
+    }
+
+    static let alice = DeviceAddress(handle: "alice", deviceID: 1)
+
+    static func token(_ seed: UInt8, unsend: Data = Data(), blobExpiresAtMs: Int64 = 100_000) -> UploadTokenRecord {
+        UploadTokenRecord(
+            tokenHash: SQLiteRelayStoreTests.bytes(seed, 32), owner: alice, unsendTokenHash: unsend, blobExpiresAtMs: blobExpiresAtMs,
+            tokenExpiresAtMs: 5_000)
+    }
+
+    @Test func aTokenCreatesOneUploadWithinTheQuotaAndCommitsCompareAndSet() async throws {
+        let store = try makeStore()
+        try await store.storeUploadToken(Self.token(1), atMs: 1_000)
+        #expect(try await store.uploadToken(hash: SQLiteRelayStoreTests.bytes(1, 32), nowMs: 1_000)?.owner == Self.alice)
+        #expect(try await store.uploadToken(hash: SQLiteRelayStoreTests.bytes(1, 32), nowMs: 5_000) == nil)  // expired
+        let id = SQLiteRelayStoreTests.bytes(9, 16)
+        guard case .overQuota(let used) = try await store.createUpload(
+            tokenHash: SQLiteRelayStoreTests.bytes(1, 32), blobID: id, length: 101, nowMs: 1_000, uploadExpiresAtMs: 50_000, quotaBytes: 100)
+        else { throw StoreError(.corrupt, "expected overQuota") }
+        #expect(used == 0)
+        guard case .created(let record) = try await store.createUpload(
+            tokenHash: SQLiteRelayStoreTests.bytes(1, 32), blobID: id, length: 100, nowMs: 1_000, uploadExpiresAtMs: 50_000, quotaBytes: 100)
+        else { throw StoreError(.corrupt, "expected created") }
+        #expect(record.committedOffset == 0 && !record.completed && record.expiresAtMs == 100_000)
+        // The token is bound: it creates nothing else.
+        #expect(try await store.createUpload(
+            tokenHash: SQLiteRelayStoreTests.bytes(1, 32), blobID: SQLiteRelayStoreTests.bytes(8, 16), length: 1, nowMs: 1_000,
+            uploadExpiresAtMs: 50_000, quotaBytes: 1_000) == .unknownToken)
+        #expect(try await store.blobQuotaUsage(handle: "alice", nowMs: 1_000) == 100)
+        guard case .committed(let half) = try await store.commitUpload(blobID: id, from: 0, to: 60) else { throw StoreError(.corrupt) }
+        #expect(half.committedOffset == 60 && !half.completed)
+        guard case .offsetMismatch(let current) = try await store.commitUpload(blobID: id, from: 0, to: 100) else { throw StoreError(.corrupt) }
+        #expect(current.committedOffset == 60)
+        guard case .committed(let done) = try await store.commitUpload(blobID: id, from: 60, to: 100) else { throw StoreError(.corrupt) }
+        #expect(done.completed)
+        #expect(try await store.storedBlobBytes() == 100)
+        #expect(try await store.commitUpload(blobID: SQLiteRelayStoreTests.bytes(7, 16), from: 0, to: 1) == .gone)
+    }
+
+    @Test func expiryUnsendAndAccountPurge() async throws {
+        let store = try makeStore()
+        let unsend = SQLiteRelayStoreTests.bytes(3, 32)
+        try await store.storeUploadToken(Self.token(1, unsend: unsend, blobExpiresAtMs: 10_000), atMs: 1_000)
+        try await store.storeUploadToken(Self.token(2), atMs: 1_000)
+        try await store.storeUploadToken(Self.token(4), atMs: 1_000)
+        let finished = SQLiteRelayStoreTests.bytes(11, 16)
+        let unfinished = SQLiteRelayStoreTests.bytes(12, 16)
+        _ = try await store.createUpload(
+            tokenHash: SQLiteRelayStoreTests.bytes(1, 32), blobID: finished, length: 10, nowMs: 1_000, uploadExpiresAtMs: 50_000, quotaBytes: 1_000)
+        _ = try await store.commitUpload(blobID: finished, from: 0, to: 10)
+        _ = try await store.createUpload(
+            tokenHash: SQLiteRelayStoreTests.bytes(2, 32), blobID: unfinished, length: 10, nowMs: 1_000, uploadExpiresAtMs: 20_000, quotaBytes: 1_000)
+        #expect(try await store.expiredBlobs(nowMs: 9_999, limit: 10).isEmpty)
+        #expect(try await store.expiredBlobs(nowMs: 10_000, limit: 10) == [finished])
+        #expect(Set(try await store.expiredBlobs(nowMs: 20_000, limit: 10)) == [finished, unfinished])
+        // Past expiry nothing counts against the quota.
+        #expect(try await store.blobQuotaUsage(handle: "alice", nowMs: 20_000) == 0)
+        #expect(try await store.blobs(handle: "alice", unsendTokenHash: unsend) == [finished])
+        #expect(try await store.blobs(handle: "bob", unsendTokenHash: unsend).isEmpty)
+        #expect(try await store.deleteExpiredUploadTokens(nowMs: 5_000) == 1)  // token 4, never used
+        try await store.storeUploadToken(Self.token(5), atMs: 1_000)
+        #expect(Set(try await store.deleteBlobData(handle: "alice")) == [finished, unfinished])
+        #expect(try await store.blobs(handle: "alice").isEmpty)
+        #expect(try await store.uploadToken(hash: SQLiteRelayStoreTests.bytes(5, 32), nowMs: 1_000) == nil)
+        #expect(try await store.deleteBlobRecords([finished]) == 0)
+    }
+}
