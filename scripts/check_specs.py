@@ -54,7 +54,7 @@ BLOB_STORE: dict[tuple[str, str], dict] = {
     ("/v1/uploads", "post"): {"request": ["Tus-Resumable", "Upload-Length", "Upload-Metadata", "Upload-Defer-Length",
                                           "Upload-Checksum"], "token": True, "responses": {
         "201": ["Location", "Upload-Offset", "Upload-Expires"], "400": [], "401": [], "412": ["Tus-Version"],
-        "413": ["Tus-Max-Size", "Flitz-Quota-Bytes", "Flitz-Quota-Used-Bytes"], "415": [], "460": []}},
+        "413": ["Tus-Max-Size", "Flitz-Quota-Bytes", "Flitz-Quota-Used-Bytes"], "415": []}},
     ("/v1/uploads/{id}", "head"): {"request": ["Tus-Resumable"], "token": True, "responses": {
         "200": ["Upload-Offset", "Upload-Length", "Upload-Expires"], "401": [], "404": [], "412": ["Tus-Version"]}},
     ("/v1/uploads/{id}", "patch"): {"request": ["Tus-Resumable", "Upload-Offset", "Upload-Checksum"], "token": True, "responses": {
