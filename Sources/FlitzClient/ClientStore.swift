@@ -117,6 +117,8 @@ final class ClientStore: Sendable {
         dbQueue = try DatabaseQueue(path: path, configuration: configuration)
         try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
         try Self.migrator.migrate(dbQueue)
+        // What a process that ended before erasing left of deleted messages in the search index (docs/search.md).
+        try eraseSearchResidue()
     }
 
     /// Seals a secret (a private key, session state, an attachment key) for storage in a column. Issue 7's
@@ -319,6 +321,8 @@ final class ClientStore: Sendable {
         migrator.registerMigration("v8-safety", migrate: Self.migrateSafety)
         // Media (protocol/attachments.md): MediaSchema.swift.
         migrator.registerMigration("v9-attachments", migrate: Self.migrateAttachments)
+        // History search (docs/search.md): Search.swift. v10 is the media helper's.
+        migrator.registerMigration("v11-search", migrate: Self.migrateSearch)
         return migrator
     }
 
