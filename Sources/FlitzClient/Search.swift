@@ -191,7 +191,8 @@ extension FlitzClient {
                 snippet: snippet, sentAt: date(row["at_ms"]), type: kind.flatMap(SearchMessageType.init(rawValue:)) ?? .text,
                 fileName: kind == nil || kind == "location" ? nil : (row["file_name"] as String?), before: [], after: [])
             if query.context > 0 {
-                let neighbours = "SELECT * FROM messages m WHERE m.peer = ? AND m.kind = 'text' AND m.deleted < 2"
+                // `+m.peer`: walk the rowids from the match outwards; the (peer, ...) index would sort the whole conversation.
+                let neighbours = "SELECT * FROM messages m WHERE +m.peer = ? AND m.kind = 'text' AND m.deleted < 2"
                 hit.before = try Row.fetchAll(
                     db, sql: "\(neighbours) AND m.seq < ? ORDER BY m.seq DESC LIMIT ?", arguments: [peer, seq, query.context]
                 ).reversed().map { contextMessage($0, account: account) }
