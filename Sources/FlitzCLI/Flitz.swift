@@ -27,6 +27,7 @@ struct Flitz: AsyncParsableCommand {
             Presence.self, Scheduled.self, Block.self, Unblock.self, Blocked.self, Requests.self, AcceptRequest.self, DeclineRequest.self,
             Report.self,
             PassphraseCommand.self,
+            Search.self,
         ]
     )
 }
@@ -50,9 +51,11 @@ struct CommonOptions: ParsableArguments {
         let userHome = environment["HOME"].map { URL(fileURLWithPath: $0) } ?? FileManager.default.homeDirectoryForCurrentUser
         let path = home ?? environment["FLITZ_HOME"] ?? userHome.appendingPathComponent(".flitz").path
         do {
-            return try FlitzClient(
+            let client = try FlitzClient(
                 home: URL(fileURLWithPath: path), logger: logger, create: create, now: FlitzClient.systemClock(environment: environment),
                 caFile: caFile ?? environment["FLITZ_CA_FILE"], passphrase: PassphraseInput.current())
+            OpenClients.add(client)
+            return client
         } catch let error as ClientError {
             printError("flitz: \(error.message)")
             throw ExitCode(error.exitCode)
@@ -67,6 +70,8 @@ enum LoggingBootstrap {
 
 /// Runs a client operation, turning `ClientError` into its message on stderr and its exit code.
 func run<T>(_ body: () async throws -> T) async throws -> T {
+    // Deleted messages leave the search index's storage before the command exits (SearchCommand.swift).
+    defer { OpenClients.eraseSearchResidue() }
     do {
         return try await body()
     } catch let error as ClientError {

@@ -127,6 +127,8 @@ final class ClientStore: Sendable {
         try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
         try Self.migrator.migrate(dbQueue)
         try unlock(passphrase)
+        // What a process that ended before erasing left of deleted messages in the search index (docs/search.md).
+        try eraseSearchResidue()
     }
 
     static var migrator: DatabaseMigrator {
@@ -320,6 +322,8 @@ final class ClientStore: Sendable {
         migrator.registerMigration("v8-safety", migrate: Self.migrateSafety)
         // Media (protocol/attachments.md): MediaSchema.swift.
         migrator.registerMigration("v9-attachments", migrate: Self.migrateAttachments)
+        // History search (docs/search.md): Search.swift. v10 is the media helper's.
+        migrator.registerMigration("v11-search", migrate: Self.migrateSearch)
         // Secrets sealed under a passphrase's key (docs/storage-at-rest.md): StoreSealing.swift.
         migrator.registerMigration("v12-passphrase", migrate: Self.migratePassphrase)
         return migrator

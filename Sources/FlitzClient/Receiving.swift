@@ -772,6 +772,11 @@ extension FlitzClient {
                             try await foreground(connection, account)
                             return true
                         }
+                        // Deleted messages leave the search index's storage within 30 s (Search.swift); never returns.
+                        group.addTask {
+                            try await self.eraseSearchResiduePeriodically()
+                            return true
+                        }
                         let finished = try await group.next() ?? false
                         group.cancelAll()
                         if !finished { throw ClientError(.relayUnreachable, "connection to the relay lost") }

@@ -344,7 +344,8 @@ struct ClientTests {
         let reopened = try relay.client("alice")
         #expect(try reopened.handle() == "alice")
         let applied = try await reopened.store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) }
-        #expect(applied == ClientStore.migrator.migrations)
+        #expect(applied.starts(with: ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety"]))
+        #expect(applied == ClientStore.migrator.migrations, "every later migration applies on top of v1 too")
         let mode = try FileManager.default.attributesOfItem(atPath: relay.directory.appendingPathComponent("alice/flitz.sqlite").path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
         await relay.stop()
@@ -451,7 +452,8 @@ struct ChatTests {
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'untrusted_sender'")
             )
         }
-        #expect(applied == ClientStore.migrator.migrations)
+        #expect(applied.starts(with: ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety"]))
+        #expect(applied == ClientStore.migrator.migrations, "every later migration applies on top of v1 too")
         #expect(baseKeys == [baseKey])
         #expect(columns == 1)
     }
