@@ -187,10 +187,12 @@ struct APNsSenderTests {
             #expect(await sender.send(Self.wake, to: Self.endpoint(), now: later) == .accepted)
             standIn.now.withLock { $0 = renewal }
             #expect(await sender.send(Self.wake, to: Self.endpoint(), now: renewal) == .accepted)
-            let tokens = standIn.log.requests.map { $0.header("authorization") }
+            let requests = standIn.log.requests
+            try #require(requests.count == 3)
+            let tokens = requests.map { $0.header("authorization") }
             #expect(tokens[0] == tokens[1])
             #expect(tokens[2] != tokens[1])
-            let renewed = try #require(standIn.log.requests[2].providerToken)
+            let renewed = try #require(requests[2].providerToken)
             #expect(renewed.claims["iat"] as? Int == 1_800_003_000)
         }
     }
@@ -252,7 +254,7 @@ struct APNsSenderTests {
             standIn.now.withLock { $0 = retryAt }
             #expect(await sender.send(Self.wake, to: Self.endpoint(), now: retryAt) == .accepted)
             let requests = standIn.log.requests
-            #expect(requests.count == 2)
+            try #require(requests.count == 2)
             #expect(requests[0].header("authorization") != requests[1].header("authorization"))
             let renewed = try #require(requests[1].providerToken)
             #expect(renewed.claims["iat"] as? Int == 1_800_000_002)

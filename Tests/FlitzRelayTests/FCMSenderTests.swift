@@ -150,7 +150,7 @@ struct FCMSenderTests {
             #expect(await sender.send(Self.wake, to: Self.endpoint, now: pushTestNow.addingTimeInterval(2)) == .accepted)
             #expect(standIn.tokenLog.requests.count == 1)
             let sends = standIn.log.requests
-            #expect(sends.count == 3)
+            try #require(sends.count == 3)
             #expect(sends.allSatisfy { $0.header("authorization") == "Bearer token-1" })
             #expect(sends[0].path == "/v1/projects/flitz-test/messages:send")
             #expect(sends[0].header("content-type") == "application/json")
@@ -164,7 +164,7 @@ struct FCMSenderTests {
             )
             #expect(sends[2].bodyText.contains(#""ttl":"3598s""#))
             // The assertion the token endpoint verified, as sent.
-            let form = standIn.tokenLog.requests[0].bodyText
+            let form = try #require(standIn.tokenLog.requests.first).bodyText
             #expect(form.hasPrefix("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion="))
             let jwt = try #require(DecodedJWT(String(form.split(separator: "=").last!)))
             #expect(jwt.header["alg"] as? String == "RS256")
@@ -197,8 +197,11 @@ struct FCMSenderTests {
             let gone = WakeUp(wakeClass: .ring, expiresAt: pushTestNow.addingTimeInterval(-5))
             #expect(await sender.send(month, to: Self.endpoint, now: pushTestNow) == .accepted)
             #expect(await sender.send(gone, to: Self.endpoint, now: pushTestNow) == .accepted)
-            #expect(standIn.log.requests[0].bodyText.contains(#""ttl":"2419200s""#))
-            #expect(standIn.log.requests[1].bodyText.contains(#""ttl":"0s""#))
+            // Read through #require, so a stand-in that missed a request fails the test instead of crashing the run.
+            let requests = standIn.log.requests
+            try #require(requests.count == 2)
+            #expect(requests[0].bodyText.contains(#""ttl":"2419200s""#))
+            #expect(requests[1].bodyText.contains(#""ttl":"0s""#))
         }
     }
 

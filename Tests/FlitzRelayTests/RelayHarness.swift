@@ -123,8 +123,9 @@ final class TestConnection: @unchecked Sendable {
     }
 
     /// The next raw frame from the relay, or nil when the connection closed.
-    /// - Throws: `TestTimeout` when nothing arrives within `timeout`.
-    func nextRaw(timeout: Duration = .seconds(5)) async throws -> Data? {
+    /// - Throws: `TestTimeout` when nothing arrives within `timeout`: a failure guard only, long enough for a
+    ///   machine running the whole suite in parallel (5 s was not, with blob fsyncs in the mix).
+    func nextRaw(timeout: Duration = .seconds(20)) async throws -> Data? {
         let deadline = ContinuousClock.now + timeout
         while true {
             switch inbox.pop() {
