@@ -319,6 +319,7 @@ final class ClientStore: Sendable {
         migrator.registerMigration("v8-safety", migrate: Self.migrateSafety)
         // Media (protocol/attachments.md): MediaSchema.swift.
         migrator.registerMigration("v9-attachments", migrate: Self.migrateAttachments)
+        migrator.registerMigration("v10-media", migrate: Self.migrateMedia)
         return migrator
     }
 
