@@ -177,6 +177,7 @@ extension FlitzClient {
                     lastReported = received
                     onProgress(TransferProgress(bytes: received, total: layout.ciphertextSize, resumedFrom: resumedFrom))
                 }
+                if received >= 1 << 20 && received < layout.ciphertextSize { Failpoint.hit("media.duringDownload") }
             }
             if !starts, status == 200 || status == 206 || status == 416 {
                 // The relay did not resume where asked: fetch the whole blob again.

@@ -109,8 +109,13 @@ struct MediaCommandTests {
 
         let out = setup.scratch.path("downloads")
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        // A download killed past its first MiB leaves nothing in --out and resumes where it stopped.
+        let cut = try Self.flitz(setup.bob, environment: ["FLITZ_FAILPOINT": "media.duringDownload"], ["download", id, "--out", out.path])
+        #expect(cut.status == 86, "\(cut)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out.path).isEmpty)
         let downloaded = try setup.bob.flitz("download", id, "--out", out.path)
         #expect(downloaded.status == 0, "\(downloaded)")
+        #expect(downloaded.stderr.contains("download resumes at"), "\(downloaded)")
         #expect(downloaded.lines.last == out.appendingPathComponent(name).path)
         #expect(try Data(contentsOf: out.appendingPathComponent(name)) == Data(contentsOf: file))
         // A second download never overwrites the first.
