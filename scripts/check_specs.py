@@ -4,11 +4,14 @@
 1. openapi.yaml is valid OpenAPI 3.1 (openapi-spec-validator).
 2. asyncapi.yaml is valid against the vendored AsyncAPI 3.0.0 JSON Schema (jsonschema, draft-07; every
    $ref is resolved inside the vendored file; retrieving anything else is refused).
-3. asyncapi.yaml agrees with protocol/flitz_wire.proto: one AsyncAPI message per `Frame.body` kind and no
+3. openapi.yaml describes the blob store of attachments.md sections 4.2 to 4.4: every method of /v1/uploads,
+   /v1/uploads/{id} and /v1/blobs/{id} with every status and header that prose names (BLOB_STORE below),
+   Tus-Resumable and Cache-Control on every answer under /v1/uploads, the bearer token where it is needed.
+4. asyncapi.yaml agrees with protocol/flitz_wire.proto: one AsyncAPI message per `Frame.body` kind and no
    other, in the right direction (client -> relay: `send`; relay -> client: `receive`; replies only relay ->
    client); every protobuf message and enum mirrored as a schema with the same fields, field numbers and
    types; every ErrorCode in the Error schema's enum.
-4. Each check is also run on a deliberately broken copy, which must fail: a check that cannot fail proves
+5. Each check is also run on a deliberately broken copy, which must fail: a check that cannot fail proves
    nothing.
 
 Prints one line per check and exits 1 if any failed. No network access: sockets are disabled before any
@@ -42,6 +45,29 @@ WIRE_PROTO = PROTOCOL / "flitz_wire.proto"
 # Additions asyncapi.yaml may describe before flitz_wire.proto has them (none today). Tolerated only in
 # this direction: anything the proto has that asyncapi.yaml lacks always fails.
 ANNOUNCED: set[str] = set()
+
+# attachments.md sections 4.2 to 4.4, as openapi.yaml must describe them: per (path, method), the request
+# headers, whether the bearer token is needed, and per status the answer headers it must declare.
+BLOB_STORE: dict[tuple[str, str], dict] = {
+    ("/v1/uploads", "options"): {"request": [], "token": False, "responses": {
+        "204": ["Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm"]}},
+    ("/v1/uploads", "post"): {"request": ["Tus-Resumable", "Upload-Length", "Upload-Metadata", "Upload-Defer-Length",
+                                          "Upload-Checksum"], "token": True, "responses": {
+        "201": ["Location", "Upload-Offset", "Upload-Expires"], "400": [], "401": [], "412": ["Tus-Version"],
+        "413": ["Tus-Max-Size", "Flitz-Quota-Bytes", "Flitz-Quota-Used-Bytes"], "415": [], "460": []}},
+    ("/v1/uploads/{id}", "head"): {"request": ["Tus-Resumable"], "token": True, "responses": {
+        "200": ["Upload-Offset", "Upload-Length", "Upload-Expires"], "401": [], "404": [], "412": ["Tus-Version"]}},
+    ("/v1/uploads/{id}", "patch"): {"request": ["Tus-Resumable", "Upload-Offset", "Upload-Checksum"], "token": True, "responses": {
+        "204": ["Upload-Offset"], "400": [], "401": [], "404": [], "409": ["Upload-Offset"], "412": ["Tus-Version"],
+        "413": [], "415": [], "460": []}},
+    ("/v1/uploads/{id}", "delete"): {"request": ["Tus-Resumable"], "token": True, "responses": {
+        "204": [], "401": [], "404": [], "412": ["Tus-Version"]}},
+    ("/v1/blobs/{id}", "get"): {"request": ["Range"], "token": False, "responses": {
+        "200": ["Content-Type", "Content-Length", "Accept-Ranges", "Cache-Control"],
+        "206": ["Content-Range", "Content-Length", "Cache-Control"], "404": [], "416": ["Content-Range"]}},
+    ("/v1/blobs/{id}", "head"): {"request": [], "token": False, "responses": {
+        "200": ["Content-Length", "Accept-Ranges", "Cache-Control"], "404": []}},
+}
 
 SCALARS = {"uint32", "uint64", "int32", "int64", "bool", "string", "bytes"}
 CLIENT_TO_RELAY = "client -> relay"
@@ -132,6 +158,60 @@ def parse_proto(text: str) -> dict:
 def check_openapi(doc: dict) -> list[str]:
     errors = sorted(OpenAPIV31SpecValidator(doc).iter_errors(), key=lambda e: list(e.path))
     return [f"{'/'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in errors]
+
+
+def resolve(doc: dict, node):
+    """Follows local `$ref`s (`#/a/b`) until a node without one."""
+    seen = 0
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"]
+        if not ref.startswith("#/") or seen > 20:
+            return None
+        node = doc
+        for part in ref[2:].split("/"):
+            node = node.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
+        seen += 1
+    return node
+
+
+def check_blob_store(doc: dict) -> list[str]:
+    """openapi.yaml has every operation, status and header of attachments.md sections 4.2 to 4.4."""
+    problems = []
+    paths = doc.get("paths", {})
+    schemes = doc.get("components", {}).get("securitySchemes", {})
+    for (path, method), want in BLOB_STORE.items():
+        op = resolve(doc, paths.get(path, {}).get(method))
+        where = f"{method.upper()} {path}"
+        if not isinstance(op, dict):
+            problems.append(f"{where} is missing")
+            continue
+        params = [resolve(doc, p) or {} for p in paths[path].get("parameters", []) + op.get("parameters", [])]
+        header_params = {p.get("name", "").lower() for p in params if p.get("in") == "header"}
+        for header in want["request"]:
+            if header.lower() not in header_params:
+                problems.append(f"{where}: request header {header} is not a parameter")
+        if "{id}" in path and not any(p.get("in") == "path" and p.get("name") == "id" for p in params):
+            problems.append(f"{where}: no path parameter 'id'")
+        bearer = [name for req in op.get("security", []) for name in req
+                  if (schemes.get(name) or {}).get("type") == "http" and (schemes.get(name) or {}).get("scheme") == "bearer"]
+        if want["token"] and not bearer:
+            problems.append(f"{where}: no bearer security requirement (Authorization: Bearer TOKEN)")
+        if not want["token"] and op.get("security"):
+            problems.append(f"{where}: needs no token, but declares security")
+        responses = op.get("responses", {})
+        for status, headers in want["responses"].items():
+            response = resolve(doc, responses.get(status))
+            if not isinstance(response, dict):
+                problems.append(f"{where}: no {status} answer")
+                continue
+            declared = {h.lower() for h in response.get("headers", {})}
+            required = list(headers)
+            if path.startswith("/v1/uploads"):
+                required += ["Tus-Resumable", "Cache-Control"]
+            for header in required:
+                if header.lower() not in declared:
+                    problems.append(f"{where}: the {status} answer does not declare the header {header}")
+    return problems
 
 
 def refuse_retrieval(uri: str):
@@ -365,6 +445,9 @@ def main() -> int:
     problems = check_openapi(openapi)
     report(not problems, f"protocol/openapi.yaml is valid OpenAPI 3.1 ({tools})", problems)
 
+    problems = check_blob_store(openapi)
+    report(not problems, f"openapi.yaml describes the blob store of attachments.md 4.2-4.4 ({len(BLOB_STORE)} operations, their statuses and headers, the bearer token)", problems)
+
     problems = check_asyncapi(asyncapi, validator)
     report(not problems, f"protocol/asyncapi.yaml is valid against the vendored AsyncAPI 3.0.0 JSON Schema ({type(validator).__name__}, offline)", problems)
 
@@ -408,6 +491,10 @@ def main() -> int:
         ("openapi.yaml without its required 'info'", openapi, delete(["info"]), check_openapi),
         ("openapi.yaml with a response lacking its required 'description'", openapi,
          delete(["paths", "/v1/ws", "get", "responses", "101", "description"]), check_openapi),
+        ("openapi.yaml whose PATCH 409 lacks Upload-Offset", openapi,
+         delete(["paths", "/v1/uploads/{id}", "patch", "responses", "409", "headers", "Upload-Offset"]), check_blob_store),
+        ("openapi.yaml whose creation needs no token", openapi,
+         delete(["paths", "/v1/uploads", "post", "security"]), check_blob_store),
         ("asyncapi.yaml without its required 'info'", asyncapi, delete(["info"]),
          lambda doc: check_asyncapi(doc, validator)),
         ("asyncapi.yaml with an operation action that is neither send nor receive", asyncapi,

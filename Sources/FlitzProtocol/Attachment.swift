@@ -119,7 +119,9 @@ public enum AttachmentCipher {
     public static func encrypt(_ plaintext: Data, attachmentKey: SecretBytes) throws(FlitzProtocolError) -> (blob: Data, sha256: Data) {
         let keys = try AttachmentKeys(attachmentKey: attachmentKey)
         let layout = AttachmentLayout(plaintextSize: UInt64(plaintext.count))
-        var padded = plaintext
+        // A fresh buffer: `plaintext` may be a slice whose indices do not start at 0.
+        var padded = Data(capacity: Int(layout.paddedSize))
+        padded.append(plaintext)
         padded.append(Data(count: Int(layout.paddedSize) - plaintext.count))
         var blob = Data(capacity: Int(layout.ciphertextSize))
         for index in 0..<layout.chunkCount {
@@ -143,8 +145,10 @@ public enum AttachmentCipher {
         let keys = try AttachmentKeys(attachmentKey: pointer.key)
         var padded = Data(capacity: Int(layout.paddedSize))
         for index in 0..<layout.chunkCount {
+            // Offsets from `blob.startIndex`: a slice keeps its parent's indices.
             let range = layout.ciphertextRange(ofChunk: index)
-            padded.append(try keys.openChunk(blob[Int(range.lowerBound)..<Int(range.upperBound)], index: UInt32(index), isLast: layout.isLast(index)))
+            let chunk = blob[(blob.startIndex + Int(range.lowerBound))..<(blob.startIndex + Int(range.upperBound))]
+            padded.append(try keys.openChunk(chunk, index: UInt32(index), isLast: layout.isLast(index)))
         }
         try checkPadding(padded[Int(layout.plaintextSize)...])
         return padded.prefix(Int(layout.plaintextSize))

@@ -270,6 +270,39 @@ enum FrameVectors {
         reportResult.reportID = reportID
         add("the answer to SubmitReport", "reportResult", flags: ["Conversations"], requestID: 22, .reportResult(reportResult))
 
+        // Attachments (attachments.md 4.1, 4.5, 7): a label of their own, so the frames above keep their bytes.
+        let attachments = SeededRandom(label: "\(label)/attachments")
+        let mediaUnsendToken = attachments.bytes(32)
+        let uploadToken = attachments.bytes(32)
+        var capabilityRequest = WireRequestUploadCapability()
+        capabilityRequest.expiresAtMs = time + 30 * 86_400_000
+        capabilityRequest.unsendTokenHash = ConversationTokens.unsendTokenHash(mediaUnsendToken)
+        add(
+            "RequestUploadCapability with the media message's unsend token hash and the blob's expiry", "requestUploadCapability",
+            flags: ["Attachments"], requestID: 23, .requestUploadCapability(capabilityRequest))
+        add(
+            "RequestUploadCapability with neither (the blob expires at the retention ceiling, no unsend)", "requestUploadCapability",
+            flags: ["Attachments", "EmptyBody"], requestID: 24, .requestUploadCapability(WireRequestUploadCapability()))
+        var capability = WireUploadCapability()
+        // base64url without padding of the 32 token bytes: 43 characters.
+        capability.token = uploadToken.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+        capability.uploadPath = "/v1/uploads"
+        capability.tokenExpiresAtMs = time + 3_600_000
+        capability.blobExpiresAtMs = capabilityRequest.expiresAtMs
+        capability.maxBlobBytes = 104_857_600
+        capability.quotaBytes = 1_073_741_824
+        capability.quotaUsedBytes = 151_600
+        add(
+            "UploadCapability: the bearer token (43 characters), its expiry, the blob's expiry, the blob limit and the quota", "uploadCapability",
+            flags: ["Attachments"], requestID: 23, .uploadCapability(capability))
+        var blobsUnsent = WireUnsendResult()
+        blobsUnsent.outcomes = [unsendOutcome(messageIDs[0], "bob", 1, .purged)]
+        blobsUnsent.blobsDeleted = 1
+        add(
+            "the answer to an Unsend that also deleted the message's blob (blobs_deleted)", "unsendResult", flags: ["Attachments", "Conversations"],
+            requestID: 25, .unsendResult(blobsUnsent))
+
         let encodeTests = try frames.map { comment, kind, flags, frame in
             VectorTest(
                 comment, flags: flags,
@@ -333,7 +366,8 @@ enum FrameVectors {
                 + "from the party alice (randomLabel \"\(label)/alice\"); nonce (32), three envelope ids (16), a receipt id (16) and "
                 + "a ciphertext (48) are successive draws of SeededRandom(label: \"\(label)\"); the frames flagged Conversations draw "
                 + "an unsend token (32), a cancel token (32), three envelope ids (16) and a report id (16) from SeededRandom(label: "
-                + "\"\(label)/conversations\"). The decode group gives bytes that do "
+                + "\"\(label)/conversations\"); the frames flagged Attachments draw an unsend token (32) and an upload token (32) from "
+                + "SeededRandom(label: \"\(label)/attachments\"). The decode group gives bytes that do "
                 + "not decode and the wire ErrorCode a relay answers with; errorRequestId is the request id that Error frame echoes.",
             specification: "protocol/flitz_wire.proto; protocol/relay.md \"Transport and framing\", \"Errors\", \"Signed payloads\"",
             notes: [
@@ -348,8 +382,9 @@ enum FrameVectors {
                 "UnknownField": "An unknown field beside a known body is skipped (protobuf rules).",
                 "WrongHandle": "The signed payload names another handle.",
                 "Conversations": "A frame or field of conversations.md section 11 (unsend, scheduled and online-only envelopes, block list, reports).",
+                "Attachments": "A frame or field of attachments.md section 7 (upload capability, blobs deleted by an unsend).",
             ],
-            seeds: [label, "\(label)/alice", "\(label)/conversations"],
+            seeds: [label, "\(label)/alice", "\(label)/conversations", "\(label)/attachments"],
             groups: [
                 VectorGroup(type: "encode", fields: ["alice": alice.json()], tests: encodeTests),
                 VectorGroup(type: "decode", tests: decodeTests),

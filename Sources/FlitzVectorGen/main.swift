@@ -18,6 +18,7 @@ enum Generator {
         ("devices", DeviceVectors.make),
         ("push", PushVectors.make),
         ("conversations", ConversationVectors.make),
+        ("attachment", AttachmentVectors.make),
     ]
 
     /// The repository's `vectors/` directory, found by walking up from this source file to `Package.swift`.

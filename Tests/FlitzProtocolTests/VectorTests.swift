@@ -58,7 +58,7 @@ enum CommittedVectors {
                 "challenge", "error", "registerResult", "authenticateResult", "prekeyBundle", "submitResult", "deliver", "queueDrained",
                 "prekeyStatus", "ok", "register", "recover", "authenticate", "publishPrekeys", "fetchPrekeyBundle", "submit", "acknowledge",
                 "reportSeen", "unsend", "unsendResult", "cancelScheduled", "cancelScheduledResult", "updateBlockList", "fetchBlockList",
-                "blockList", "submitReport", "reportResult",
+                "blockList", "submitReport", "reportResult", "requestUploadCapability", "uploadCapability",
             ])
     }
 
@@ -83,6 +83,31 @@ enum CommittedVectors {
         for type in ["messageRef", "tokenHash", "reportSignature"] {
             #expect(file.testGroups.contains { $0["type"] == .string(type) }, "no \(type) group")
         }
+    }
+
+    /// attachment.json encrypts across the padding and chunk boundaries, refuses every bad blob of attachments.md 2.5 and
+    /// every decoding rule of section 3, and encodes every pointer kind and a location.
+    @Test func attachmentVectorsCoverEveryRule() throws {
+        let file = try CommittedVectors.file("attachment")
+        func group(_ type: String) throws -> [JSONValue] { try #require(file.testGroups.first { $0["type"] == .string(type) }).tests }
+        let encryptFlags = Set(try group("encrypt").flatMap(\.flags))
+        for flag in ["EmptyFile", "UnderFloor", "Boundary", "MultiChunk", "ShortLastChunk"] {
+            #expect(encryptFlags.contains(flag), "no encrypt vector flagged \(flag)")
+        }
+        let refusedBlobs = Set(try group("decrypt").filter { $0["result"] == .string("invalid") }.flatMap(\.flags))
+        for flag in ["HashMismatch", "TamperedChunk", "Truncated", "LastFlag", "Reordered", "Extended", "WrongKey", "NonZeroPadding"] {
+            #expect(refusedBlobs.contains(flag), "no refused decrypt vector flagged \(flag)")
+        }
+        let refusedContent = Set(try group("decode").filter { $0["result"] == .string("invalid") }.flatMap(\.flags))
+        for flag in ["Both", "BadLength", "BadChunkSize", "BadSize", "BadKind", "TooLong", "BadFileName", "Thumbnail", "OutOfRange", "NotFinite"] {
+            #expect(refusedContent.contains(flag), "no refused decode vector flagged \(flag)")
+        }
+        let encodeFlags = Set(try group("encode").flatMap(\.flags))
+        for flag in ["Image", "Video", "Audio", "VoiceNote", "Document", "Location", "SentTranscript", "Forward"] {
+            #expect(encodeFlags.contains(flag), "no encode vector flagged \(flag)")
+        }
+        #expect(try group("openChunk").contains { $0["result"] == .string("valid") })
+        #expect(try group("paddedSize").count >= 20)
     }
 
     /// The list of bytes fields converted to hex must be exactly the `bytes` fields of the .proto.
@@ -235,6 +260,41 @@ let corruptions: [Corruption] = [
     Corruption(
         name: "conversations report signature", topic: "conversations", groupType: "reportSignature", matching: { $0["result"] == .string("valid") },
         change: { $0["signature"] = flipLastHexDigit($0["signature"]) }, reason: "signature"),
+    Corruption(
+        name: "attachment okm", topic: "attachment", groupType: "encrypt", matching: { $0.flags.contains("MultiChunk") },
+        change: { $0["okm"] = flipLastHexDigit($0["okm"]) }, reason: "okm"),
+    Corruption(
+        name: "attachment last chunk's nonce flag", topic: "attachment", groupType: "encrypt", matching: { $0.flags.contains("MultiChunk") },
+        change: { test in
+            guard case .array(var chunks)? = test["chunks"], case .object(var last)? = chunks.last else { return }
+            last["nonce"] = flipLastHexDigit(last["nonce"])
+            chunks[chunks.count - 1] = .object(last)
+            test["chunks"] = .array(chunks)
+        }, reason: "nonce"),
+    Corruption(
+        name: "attachment truncated blob made valid", topic: "attachment", groupType: "decrypt", matching: { $0.flags.contains("LastFlag") },
+        change: { test in
+            test["result"] = .string("valid")
+            test["error"] = nil
+        }, reason: "expected valid"),
+    Corruption(
+        name: "attachment padded size", topic: "attachment", groupType: "paddedSize", matching: { $0["length"] == .int(1_025) },
+        change: { $0["paddedSize"] = .int(1_056) }, reason: "paddedSize"),
+    Corruption(
+        name: "attachment opened chunk at another index made valid", topic: "attachment", groupType: "openChunk", matching: { $0.flags.contains("Reordered") },
+        change: { test in
+            test["result"] = .string("valid")
+            test["error"] = nil
+        }, reason: "expected valid"),
+    Corruption(
+        name: "attachment location coordinate", topic: "attachment", groupType: "encode", matching: { $0["comment"] == .string("a location with a label") },
+        change: { test in
+            guard case .object(var fields)? = test["fields"], case .object(var text)? = fields["text"], case .object(var location)? = text["location"] else { return }
+            location["latitude"] = .string("52.520009")
+            text["location"] = .object(location)
+            fields["text"] = .object(text)
+            test["fields"] = .object(fields)
+        }, reason: "encoded"),
     Corruption(
         name: "undefined flag", topic: "hkdf", groupType: "kdfChain", matching: { _ in true },
         change: { $0["flags"] = .array([.string("NoSuchFlag")]) }, reason: "not defined in notes"),

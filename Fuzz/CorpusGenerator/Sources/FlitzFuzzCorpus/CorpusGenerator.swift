@@ -44,6 +44,7 @@ struct Seeds {
     let pqxdh = VectorJSON(loadVectorFile("pqxdh.json"))
     let content = VectorJSON(loadVectorFile("content.json"))
     let conversations = VectorJSON(loadVectorFile("conversations.json"))
+    let attachment = VectorJSON(loadVectorFile("attachment.json"))
     let frameVectors = VectorJSON(loadVectorFile("frames.json"))
     let fixtures = Fixtures.shared
 
@@ -82,7 +83,11 @@ struct Seeds {
         return tests(session, "exchange").map { ("session-\($0["tcId"].uint32)", $0["plaintext"].bytes) }
             + (tests(content, "encode") + tests(content, "decode")).map { ("content-\($0["tcId"].uint32)", $0["encoded"].bytes) }
             // Every conversation kind (conversations.md section 2) and each input its decoding rules refuse.
-            + (tests(conversations, "encode") + tests(conversations, "decode")).map { ("conversations-\($0["tcId"].uint32)", $0["encoded"].bytes) } + [
+            + (tests(conversations, "encode") + tests(conversations, "decode")).map { ("conversations-\($0["tcId"].uint32)", $0["encoded"].bytes) }
+            // Texts carrying an AttachmentPointer or a Location, and each input attachments.md section 3 refuses; not the
+            // thumbnail boundary cases, which are longer than the fuzzers' -max_len of 4096.
+            + (tests(attachment, "encode") + tests(attachment, "decode")).map { ("attachment-\($0["tcId"].uint32)", $0["encoded"].bytes) }
+            .filter { $0.1.count <= 4_096 } + [
             ("empty-text", MessageContent(messageID: id, sentAtMilliseconds: 0, body: .text("")).encoded()),
             ("unicode-text", MessageContent(messageID: id, sentAtMilliseconds: -1, body: .text("Grüße 👋🏽\u{1b}[31m\n")).encoded()),
         ]
@@ -199,6 +204,10 @@ struct Seeds {
         frames += tests(frameVectors, "encode").filter { $0.has("flags") && $0["flags"].array.contains { $0.string == "Conversations" } }.map {
             ("conversations-\($0["tcId"].uint32)", $0["frame"].bytes)
         }
+        // The upload capability frames of attachments.md section 7 (some are also flagged Conversations: named once, as those).
+        frames += tests(frameVectors, "encode").filter {
+            $0.has("flags") && $0["flags"].array.contains { $0.string == "Attachments" } && !$0["flags"].array.contains { $0.string == "Conversations" }
+        }.map { ("attachments-\($0["tcId"].uint32)", $0["frame"].bytes) }
         return frames
     }
 
