@@ -76,6 +76,8 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                // The blob files' blocking system calls run on NIOThreadPool (attachments.md 4.5).
+                .product(name: "NIOPosix", package: "swift-nio"),
                 // The VAPID key (P-256 signing) of the Web Push sender.
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
@@ -141,6 +143,9 @@ let package = Package(
                 // jwt-kit itself uses; `_CryptoExtras` only re-exports it).
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
+                // The blob store tests (attachments.md 4): HTTP requests, and raw sockets to cut a PATCH mid-body.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .testTarget(

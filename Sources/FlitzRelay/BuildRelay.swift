@@ -13,7 +13,7 @@ import ServiceLifecycle
 import Synchronization
 
 /// A relay ready to run: the Hummingbird application (HTTP `GET /healthz` (and `/health`), `GET /metrics`,
-/// and the WebSocket at `/v1/ws`, over TLS when configured), the expiry sweeper and the push dispatcher, as
+/// the blob store's `/v1/uploads` and `/v1/blobs` (`attachments.md` 4) and the WebSocket at `/v1/ws`, over TLS when configured), the expiry sweeper and the push dispatcher, as
 /// services of one `ServiceGroup` (`protocol/relay.md`, `protocol/push.md`).
 public final class RelayApplication: Sendable {
     /// The request logic and store; call `relay.sweep()` to sweep now.
@@ -81,7 +81,8 @@ public final class RelayApplication: Sendable {
 
 /// Builds a relay from `configuration` (`protocol/relay.md`): opens (and migrates) the SQLite store at
 /// `configuration.databasePath` unless `store` is given (the file, its `-wal`, `-shm` and `.lock` files are
-/// made readable by this user only, and a missing directory is created 0700), loads the TLS certificate and
+/// made readable by this user only, and a missing directory is created 0700), opens the blob directory
+/// (`blob.dir`, default `flitz-blobs` beside the database; created 0700), loads the TLS certificate and
 /// key when configured, loads the push CA file, the VAPID key (made and stored on first start unless
 /// `push.vapidKey` is set) and the APNs and FCM credentials when configured, and wires the WebSocket server, the health and metrics endpoints, the expiry
 /// sweeper and the push dispatcher. Nothing listens until `RelayApplication.run` is called.
@@ -113,10 +114,17 @@ public func buildRelay(
         countQueue = { limit in try await counter.count(limit: limit) }
     }
     let metrics = RelayMetrics(queueDepth: countQueue)
+    metrics.countBlobBytes { try await store.storedBlobBytes() }
+    let blobs: FileBlobStorage
+    do {
+        blobs = try FileBlobStorage(directory: configuration.resolvedBlobDirectory)
+    } catch {
+        throw ConfigurationError("\(error)")
+    }
     let pushTrustRoots = try configuration.push.caFile.map(loadPushTrustRoots) ?? []
     let credentials = try PushCredentials(configuration.push, vapidKeyPEM: try await loadVAPIDKey(configuration.push, store: store, clock: clock))
     let relay = Relay(
-        store: store, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics, pushTrustRoots: pushTrustRoots,
+        store: store, blobs: blobs, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics, pushTrustRoots: pushTrustRoots,
         vapidKeyPEM: credentials.vapidKeyPEM, apns: credentials.apns, fcm: credentials.fcm)
     let listening = ListeningPort()
 
@@ -130,6 +138,9 @@ public func buildRelay(
                 body: .init(byteBuffer: ByteBuffer(string: await metrics.exposition())))
         }
     }
+
+    // The blob store (attachments.md 4): TUS uploads and downloads on this port, under TLS when configured.
+    BlobRoutes(relay: relay).register(on: router)
 
     let webSocket = WebSocketServerConfiguration(
         maxFrameSize: RelayConnection.readLimit,

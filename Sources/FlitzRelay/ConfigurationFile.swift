@@ -96,6 +96,19 @@ extension RelayConfiguration {
             key("tls.key", "tls-key", "", "PEM private key of tls.certificate") { $0.tlsKeyPath = try text($1, $2) },
             key("metrics.enabled", "metrics", "on", "serve Prometheus text at GET /metrics (on or off)") { $0.metricsEnabled = try boolean($1, $2) },
             key("limits.enabled", "rate-limits", "on", "off switches every rate limit off (load tests)") { $0.rateLimits.enabled = try boolean($1, $2) },
+            // The blob store (protocol/attachments.md 4.5).
+            key("blob.dir", "blob-dir", "", "directory of the blob files (created 0700, files 0600); default flitz-blobs beside the database") {
+                $0.blobDirectory = try text($1, $2)
+            },
+            key("blob.maxBytes", "blob-max-bytes", "104857600", "the blob limit, bytes of ciphertext (100 MiB)") {
+                $0.maxBlobBytes = Int64(try integer($1, $2, 1...Int.max))
+            },
+            key("blob.quotaBytes", "blob-quota-bytes", "1073741824", "per account, most bytes of unfinished uploads and stored blobs (1 GiB)") {
+                $0.blobQuotaBytes = Int64(try integer($1, $2, 1...Int.max))
+            },
+            key("blob.uploadExpirySeconds", "blob-upload-expiry", "86400", "seconds after its creation an unfinished upload is deleted (24 hours)") {
+                $0.uploadExpiry = try seconds($1, $2)
+            },
             // Push wake-ups (protocol/push.md 9).
             key("push.coalesceWindow", "push-coalesce-window", "60", "seconds without a further urgent wake-up of a device after one, unless it connects") {
                 $0.push.coalesceWindow = try seconds($1, $2)
@@ -144,6 +157,7 @@ extension RelayConfiguration {
             (.linkAddress, "link-address", "RegisterDevice, LinkPut and LinkTake requests from one source address"),
             (.prekeyDevice, "prekey-device", "prekey bundle fetches by one device"),
             (.prekeyHandle, "prekey-handle", "prekey bundle fetches of one target handle"),
+            (.uploadCapability, "upload-capability", "RequestUploadCapability requests of one device"),
         ]
         for (kind, flag, meaning) in meanings {
             let limit = defaults[kind]

@@ -49,6 +49,9 @@ public struct RateLimits: Sendable, Hashable {
     /// `limits.prekeyHandle.*`: FetchPreKeyBundle of one target handle, by anyone (each fetch takes one-time
     /// prekeys; this bounds draining). Default 30/min, burst 100.
     public var prekeyHandle = RateLimit(perMinute: 30, burst: 100)
+    /// `limits.uploadCapability.*`: RequestUploadCapability by one device (`attachments.md` 4.1). Default 60/min,
+    /// burst 60.
+    public var uploadCapability = RateLimit(perMinute: 60, burst: 60)
 
     /// The documented defaults.
     public init() {}
@@ -122,7 +125,7 @@ struct TokenBuckets {
 final class RateLimiter: Sendable {
     /// The bucket kinds, one per `RateLimits` entry.
     enum Kind: Int, CaseIterable {
-        case device, pair, registerAddress, registerHandle, recoverAddress, recoverHandle, linkAddress, prekeyDevice, prekeyHandle
+        case device, pair, registerAddress, registerHandle, recoverAddress, recoverHandle, linkAddress, prekeyDevice, prekeyHandle, uploadCapability
     }
 
     let limits: RateLimits
@@ -163,6 +166,8 @@ final class RateLimiter: Sendable {
             try take([(.device, key, 1), (.prekeyDevice, key, 1), (.prekeyHandle, request.handle, 1)], nowMs: nowMs)
         case .linkPut, .linkTake:
             try take([(.device, key, 1), (.linkAddress, source, 1)], nowMs: nowMs)
+        case .requestUploadCapability:
+            try take([(.device, key, 1), (.uploadCapability, key, 1)], nowMs: nowMs)
         case .submit(let request):
             // One token per envelope from each sender→recipient handle pair.
             var costs: [String: Int] = [:]
@@ -206,6 +211,7 @@ extension RateLimits {
             case .linkAddress: linkAddress
             case .prekeyDevice: prekeyDevice
             case .prekeyHandle: prekeyHandle
+            case .uploadCapability: uploadCapability
             }
         }
         set {
@@ -219,6 +225,7 @@ extension RateLimits {
             case .linkAddress: linkAddress = newValue
             case .prekeyDevice: prekeyDevice = newValue
             case .prekeyHandle: prekeyHandle = newValue
+            case .uploadCapability: uploadCapability = newValue
             }
         }
     }

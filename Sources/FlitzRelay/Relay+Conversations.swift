@@ -85,14 +85,22 @@ extension Relay {
             throw RelayError(.invalidArgument, "an unsend token is \(ConversationTokens.length) bytes")
         }
         let records: [UnsendRecord]
+        let blobsDeleted: Int
         do {
-            records = try await store.unsend(
-                senderHandle: device.handle, unsendTokenHash: ConversationTokens.unsendTokenHash(request.unsendToken), nowMs: clock.nowMs())
+            let hash = ConversationTokens.unsendTokenHash(request.unsendToken)
+            records = try await store.unsend(senderHandle: device.handle, unsendTokenHash: hash, nowMs: clock.nowMs())
+            // The account's blobs whose capability carried the hash go too, finished or not (attachments.md 4.5).
+            let ids = try await store.blobs(handle: device.handle, unsendTokenHash: hash)
+            blobsDeleted = try await deleteBlobs(ids)
+            metrics.blobsDeleted("unsend", count: blobsDeleted)
         } catch {
             throw internalError(error)
         }
-        guard !records.isEmpty else { throw RelayError(.unknownToken, "no envelope of this account carries that unsend token") }
+        guard !records.isEmpty || blobsDeleted > 0 else {
+            throw RelayError(.unknownToken, "no envelope or blob of this account carries that unsend token")
+        }
         var result = WireUnsendResult()
+        result.blobsDeleted = UInt32(clamping: blobsDeleted)
         result.outcomes = records.map { record in
             var outcome = WireUnsendOutcome()
             outcome.envelopeID = record.envelopeID

@@ -195,6 +195,8 @@ extension Relay {
             throw internalError(error)
         }
         registry.close(result.removedDeviceIDs.map { DeviceAddress(handle: device.handle, deviceID: $0) }, reason: "account deleted")
+        // The account's blobs and upload capabilities go with it (attachments.md 4.5).
+        await purgeBlobs(handle: device.handle)
         registry.wake(result.notifiedSenders)
         logger.debug("account deleted", metadata: ["relay.handle": "\(device.handle)"])
     }

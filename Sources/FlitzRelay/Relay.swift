@@ -25,6 +25,10 @@ public final class Relay: Sendable {
     let push: PushDispatcher
     /// The scheduled-envelope releaser's timer and wake-up (`ScheduledReleaser`, `conversations.md` 8).
     let scheduler = ScheduleTimer()
+    /// Where blob bytes live (`attachments.md` 4.5); metadata is in `store`.
+    public let blobs: any BlobByteStore
+    /// One PATCH (or creation-with-upload) at a time per upload.
+    let uploadLocks = UploadLocks()
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
     /// - Parameters:
@@ -33,12 +37,14 @@ public final class Relay: Sendable {
     ///     empty: no wake-up is sent.
     ///   - apns: APNs credentials (`push.apns.*`); nil: APNs is unavailable.
     ///   - fcm: FCM credentials (`push.fcm.*`); nil: FCM is unavailable.
+    ///   - blobs: where blob bytes live (`FileBlobStorage` in `blob.dir`).
     public init(
-        store: any RelayStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger,
+        store: any RelayStore, blobs: any BlobByteStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger,
         metrics: RelayMetrics = RelayMetrics(), pushTrustRoots: [NIOSSLCertificate] = [], vapidKeyPEM: String = "", apns: APNsConfiguration? = nil,
         fcm: FCMConfiguration? = nil
     ) {
         self.limiter = RateLimiter(configuration.rateLimits)
+        self.blobs = blobs
         self.metrics = metrics
         self.store = store
         self.configuration = configuration
@@ -60,6 +66,7 @@ public final class Relay: Sendable {
     public func sweep() async throws -> SweepResult {
         let now = clock.nowMs()
         let result = try await store.sweep(nowMs: now, receiptExpiresAtMs: now + retentionMs)
+        try await sweepBlobs(nowMs: now)
         registry.wake(result.notifiedSenders)
         metrics.expired(result.expiredEnvelopes)
         if result.expiredEnvelopes + result.purgedReceipts + result.purgedRoutes + result.purgedTombstones + result.purgedLinkMessages > 0 {
@@ -150,6 +157,8 @@ public final class Relay: Sendable {
             throw internalError(error)
         }
         registry.close(result.removedDeviceIDs.map { DeviceAddress(handle: request.handle, deviceID: $0) }, reason: "device removed by account recovery")
+        // Recovery deletes the account's blobs and upload capabilities (attachments.md 4.5).
+        await purgeBlobs(handle: request.handle)
         registry.wake(result.notifiedSenders)
         logger.debug("recovered", metadata: ["relay.handle": "\(request.handle)", "relay.device": "\(result.deviceID)"])
         var reply = WireRegisterResult()

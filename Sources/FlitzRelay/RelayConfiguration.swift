@@ -47,6 +47,15 @@ public struct RelayConfiguration: Sendable {
     public var tlsKeyPath: String?
     /// `metrics.enabled`: serve Prometheus text at `GET /metrics`. Default true.
     public var metricsEnabled = true
+    /// `blob.dir`: directory of the blob files (`attachments.md` 4.5), created 0700. Default nil: `flitz-blobs`
+    /// beside the database file.
+    public var blobDirectory: String?
+    /// `blob.maxBytes`: the blob limit in bytes of ciphertext (`Tus-Max-Size`). Default 104 857 600 (100 MiB).
+    public var maxBlobBytes: Int64 = 104_857_600
+    /// `blob.quotaBytes`: per account, the most bytes of unfinished uploads and stored blobs. Default 1 GiB.
+    public var blobQuotaBytes: Int64 = 1_073_741_824
+    /// `blob.uploadExpirySeconds`: an unfinished upload is deleted this long after its creation. Default 24 hours.
+    public var uploadExpiry: Duration = .seconds(86_400)
     /// `push.*`: push wake-ups (`protocol/push.md` 9). Default `PushConfiguration()`.
     public var push = PushConfiguration()
 
@@ -73,6 +82,14 @@ public struct RelayConfiguration: Sendable {
         self.authenticationTimeout = authenticationTimeout
         self.maxQueuedEnvelopes = maxQueuedEnvelopes
         self.linkLifetime = linkLifetime
+    }
+}
+
+extension RelayConfiguration {
+    /// The blob directory in effect: `blobDirectory`, else `flitz-blobs` beside the database file.
+    public var resolvedBlobDirectory: String {
+        if let blobDirectory, !blobDirectory.isEmpty { return blobDirectory }
+        return URL(fileURLWithPath: databasePath).deletingLastPathComponent().appendingPathComponent("flitz-blobs").path
     }
 }
 

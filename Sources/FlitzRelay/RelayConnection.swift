@@ -270,8 +270,12 @@ struct RelayConnection {
     private func handleAuthenticated(
         requestID: UInt64, body: WireFrame.OneOf_Body, device: DeviceAddress, nonce: Data
     ) async throws(RelayError) -> WireFrame {
+        // RequestUploadCapability checks its arguments before the rate limit (attachments.md 4.1).
+        if case .requestUploadCapability(let request) = body { try relay.checkUploadCapabilityRequest(request) }
         try relay.admitAuthenticated(body, device: device, source: source)
         switch body {
+        case .requestUploadCapability(let request):
+            return WireFrame(requestID: requestID, body: .uploadCapability(try await relay.requestUploadCapability(request, device: device)))
         case .publishPrekeys(let request):
             return WireFrame(requestID: requestID, body: .prekeyStatus(try await relay.publishPreKeys(request, device: device)))
         case .fetchPrekeyBundle(let request):

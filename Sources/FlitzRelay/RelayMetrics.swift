@@ -31,6 +31,9 @@ public final class RelayMetrics: Sendable {
     /// `flitz_relay_push_dropped_jobs_total`: wake-up jobs refused because the push dispatcher's queue was full.
     private let pushDroppedJobs: Metrics.Counter
     private let queueDepth: (@Sendable (_ limit: Int) async throws -> Int)?
+    /// `flitz_relay_blob_bytes_stored`: bytes of completed blobs, counted at each scrape (gauge; -1 before).
+    private let blobBytesStored: Metrics.Meter
+    private let blobBytes = Mutex<(@Sendable () async throws -> Int64)?>(nil)
     private let lastQueueCount = Mutex<ContinuousClock.Instant?>(nil)
 
     /// Queue depth is counted at most this often (a scrape in between reports the last count).
@@ -66,6 +69,8 @@ public final class RelayMetrics: Sendable {
         }
         pushCounters = push
         pushDroppedJobs = Metrics.Counter(label: "flitz_relay_push_dropped_jobs_total", factory: factory)
+        blobBytesStored = Metrics.Meter(label: "flitz_relay_blob_bytes_stored", factory: factory)
+        blobBytesStored.set(-1)
     }
 
     /// Push events counted per provider (`protocol/push.md` 10); raw values are the metric names.
@@ -116,6 +121,34 @@ public final class RelayMetrics: Sendable {
     /// `flitz_relay_reports_total`: abuse reports stored.
     func reportStored() { count("flitz_relay_reports_total") }
 
+    // MARK: Blob store (`protocol/attachments.md` 4); aggregate counts only, never a handle, blob id or per-user size.
+
+    /// Sets the source of `flitz_relay_blob_bytes_stored` (the store's sum of completed blob sizes).
+    func countBlobBytes(with source: @escaping @Sendable () async throws -> Int64) { blobBytes.withLock { $0 = source } }
+
+    /// `flitz_relay_upload_capabilities_total`: capabilities issued.
+    func uploadCapabilityIssued() { count("flitz_relay_upload_capabilities_total") }
+
+    /// `flitz_relay_uploads_created_total`: uploads created (POST 201).
+    func uploadCreated() { count("flitz_relay_uploads_created_total") }
+
+    /// `flitz_relay_uploads_completed_total`: uploads that reached their length (blobs now downloadable).
+    func uploadCompleted() { count("flitz_relay_uploads_completed_total") }
+
+    /// `flitz_relay_uploads_refused_total{reason}`: upload requests refused, by `token`, `bad_request`, `too_large`,
+    /// `quota`, `offset`, `content_type`, `checksum`, `excess`, `version`, `not_found`, `interrupted`.
+    func uploadRefused(_ reason: String) { count("flitz_relay_uploads_refused_total", [("reason", reason)]) }
+
+    /// `flitz_relay_upload_bytes_total`: bytes committed by PATCH (and creation-with-upload).
+    func uploadBytes(_ number: Int64) { count("flitz_relay_upload_bytes_total", by: Int(clamping: number)) }
+
+    /// `flitz_relay_blob_download_bytes_total`: bytes served by GET /v1/blobs.
+    func downloadBytes(_ number: Int) { count("flitz_relay_blob_download_bytes_total", by: number) }
+
+    /// `flitz_relay_blobs_deleted_total{reason}`: uploads and blobs deleted, by `expired`, `terminated`, `unsend`,
+    /// `account`.
+    func blobsDeleted(_ reason: String, count number: Int) { count("flitz_relay_blobs_deleted_total", [("reason", reason)], by: number) }
+
     /// A WebSocket connection opened.
     func connectionOpened() { connections.increment() }
 
@@ -156,6 +189,7 @@ public final class RelayMetrics: Sendable {
     /// The Prometheus text exposition (format 0.0.4) of every metric, after refreshing the queue depth when due.
     public func exposition() async -> String {
         await refreshQueueDepth()
+        if let source = blobBytes.withLock({ $0 }), let bytes = try? await source() { blobBytesStored.set(bytes) }
         return registry.emitToString()
     }
 

@@ -6,8 +6,9 @@ import Foundation
 /// Times are milliseconds since the Unix epoch (`Int64`), as on the wire. Every mutating method is one
 /// durable transaction: when it returns, its effect survives a crash; when it throws, nothing changed.
 /// Methods throw `StoreError` for refusals the caller must report and `StoreError.Code.backend` for
-/// failures of the underlying database. Push endpoints and relay secrets are in `PushEndpointStore`.
-public protocol RelayStore: PushEndpointStore, ConversationStore {
+/// failures of the underlying database. Push endpoints and relay secrets are in `PushEndpointStore`; blob metadata
+/// (`attachments.md` 4) in `BlobMetadataStore`.
+public protocol RelayStore: PushEndpointStore, ConversationStore, BlobMetadataStore {
     /// Creates `handle` with its first device and returns the device id (1 for a new handle).
     /// - Throws: `StoreError.handleTaken` when the handle exists.
     func register(

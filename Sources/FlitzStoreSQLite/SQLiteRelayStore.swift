@@ -11,7 +11,7 @@ import Synchronization
 /// method that returned survives power loss. `PRAGMA secure_delete = ON` overwrites deleted
 /// ciphertext in the database file instead of leaving it in free pages.
 public final class SQLiteRelayStore: RelayStore {
-    private let pool: DatabasePool
+    let pool: DatabasePool
     private let makeID: @Sendable () -> Data
     private let committer: GroupCommitter
 
@@ -295,6 +295,7 @@ public final class SQLiteRelayStore: RelayStore {
                 );
                 """)
         }
+        migrator.registerMigration("v7-blobs", migrate: SQLiteRelayStore.migrateBlobs)
         return migrator
     }()
 
@@ -1687,7 +1688,7 @@ public final class SQLiteRelayStore: RelayStore {
 
     /// Runs one GRDB access (GRDB's async APIs run it on GRDB's own queues, off the cooperative pool)
     /// and maps any error that is not already a `StoreError` to `StoreError.backend`.
-    private func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+    func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch let error as StoreError {
