@@ -159,7 +159,7 @@ extension FlitzClient {
             var nextChunk = verified / sealedChunk
             var lastReported: UInt64 = 0
             onProgress(TransferProgress(bytes: received, total: layout.ciphertextSize, resumedFrom: resumedFrom))
-            var (status, starts) = try await http.download(blobID: pointer.blobID.hexString, from: verified) { piece in
+            let sink: (Data) throws -> Void = { piece in
                 guard received + UInt64(piece.count) <= layout.ciphertextSize else {
                     throw ClientError(.protocolFailure, "rejected the file: blob is longer than its pointer says")
                 }
@@ -170,7 +170,7 @@ extension FlitzClient {
                     let size = layout.ciphertextRange(ofChunk: nextChunk).count
                     guard pending.count >= size else { break }
                     _ = try MediaFiles.openChunk(pending.prefix(size), index: nextChunk, layout: layout, keys: keys)
-                    pending = pending.dropFirst(size)
+                    pending = Data(pending.dropFirst(size))
                     nextChunk += 1
                 }
                 if received - lastReported >= 1 << 20 || received == layout.ciphertextSize {
@@ -179,18 +179,38 @@ extension FlitzClient {
                 }
                 if received >= 1 << 20 && received < layout.ciphertextSize { Failpoint.hit("media.duringDownload") }
             }
-            if !starts, status == 200 || status == 206 || status == 416 {
-                // The relay did not resume where asked: fetch the whole blob again.
-                try writer.truncate(atOffset: 0)
-                received = 0
-                nextChunk = 0
+            /// Back to the end of the last chunk that verified.
+            func rewind(to chunk: UInt64) throws {
+                received = chunk * sealedChunk
+                nextChunk = chunk
                 pending = Data()
-                (status, starts) = try await http.download(blobID: pointer.blobID.hexString, from: 0) { piece in
-                    guard received + UInt64(piece.count) <= layout.ciphertextSize else {
-                        throw ClientError(.protocolFailure, "rejected the file: blob is longer than its pointer says")
+                try writer.truncate(atOffset: received)
+            }
+            var status = 0
+            var brokenWithoutProgress = 0
+            while true {
+                let chunkBefore = nextChunk
+                do {
+                    var starts: Bool
+                    (status, starts) = try await http.download(blobID: pointer.blobID.hexString, from: received, sink: sink)
+                    if !starts, status == 200 || status == 206 || status == 416 {
+                        // The relay did not resume where asked: fetch the whole blob again.
+                        try rewind(to: 0)
+                        (status, starts) = try await http.download(blobID: pointer.blobID.hexString, from: 0, sink: sink)
                     }
-                    try writer.write(contentsOf: piece)
-                    received += UInt64(piece.count)
+                    break
+                } catch is BlobHTTP.BodyBrokeOff {
+                    // The body broke off. Once more from the last verified chunk; a relay that breaks off twice with no
+                    // new chunk has fewer bytes than it announced: its blob is truncated.
+                    let progressed = nextChunk > chunkBefore
+                    brokenWithoutProgress = progressed ? 0 : brokenWithoutProgress + 1
+                    if brokenWithoutProgress >= 2 {
+                        try? FileManager.default.removeItem(at: file)
+                        throw ClientError(
+                            .protocolFailure,
+                            "rejected the file: blob is truncated (the relay sends only \(received) of \(layout.ciphertextSize) bytes)")
+                    }
+                    try rewind(to: nextChunk)
                 }
             }
             switch status {

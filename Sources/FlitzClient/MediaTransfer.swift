@@ -78,11 +78,13 @@ struct BlobHTTP: Sendable {
 
     /// `GET /v1/blobs/ID` from byte `offset` (a `Range` request when > 0), handing each arriving piece to `sink`.
     /// Returns the status (200, 206, 404, 416, …) and whether the answer starts at `offset`.
-    /// - Throws: `ClientError(.relayUnreachable)` when the transfer breaks; whatever `sink` throws.
+    /// - Throws: `BodyBrokeOff` when the answer started and its body broke off; `ClientError(.relayUnreachable)` when
+    ///   the relay cannot be reached; whatever `sink` throws.
     func download(blobID: String, from offset: UInt64, sink: (Data) throws -> Void) async throws -> (status: Int, startsAtOffset: Bool) {
         var request = HTTPClientRequest(url: base + "/v1/blobs/" + blobID)
         request.method = .GET
         if offset > 0 { request.headers.add(name: "Range", value: "bytes=\(offset)-") }
+        var answered = false
         do {
             let response = try await client.execute(request, timeout: .seconds(3600))
             let status = Int(response.status.code)
@@ -100,12 +102,17 @@ struct BlobHTTP: Sendable {
                 starts = offset == 0
             }
             guard starts else { return (status, false) }
+            answered = true
             for try await buffer in response.body { try sink(Data(buffer: buffer)) }
             return (status, true)
         } catch let error as ClientError {
             throw error
         } catch {
-            throw ClientError(.relayUnreachable, "the download from the relay broke off: \(RelayConnection.reason(error)); run it again to resume")
+            if answered { throw BodyBrokeOff() }
+            throw ClientError(.relayUnreachable, "cannot download from the relay at \(base): \(RelayConnection.reason(error)); run it again to resume")
         }
     }
+
+    /// A download whose answer began and whose body then ended before its `Content-Length`.
+    struct BodyBrokeOff: Error {}
 }
