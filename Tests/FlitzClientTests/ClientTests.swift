@@ -344,7 +344,7 @@ struct ClientTests {
         let reopened = try relay.client("alice")
         #expect(try reopened.handle() == "alice")
         let applied = try await reopened.store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) }
-        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety"])
+        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety", "v9-attachments", "v10-media"])
         let mode = try FileManager.default.attributesOfItem(atPath: relay.directory.appendingPathComponent("alice/flitz.sqlite").path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
         await relay.stop()
@@ -451,7 +451,7 @@ struct ChatTests {
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'untrusted_sender'")
             )
         }
-        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety"])
+        #expect(applied == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety", "v9-attachments", "v10-media"])
         #expect(baseKeys == [baseKey])
         #expect(columns == 1)
     }

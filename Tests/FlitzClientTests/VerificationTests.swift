@@ -132,7 +132,7 @@ struct VerificationTests {
             }
         }
         let store = try ClientStore(home: home)
-        #expect(try store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) } == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety"])
+        #expect(try store.dbQueue.read { db in try ClientStore.migrator.appliedMigrations(db) } == ["v1", "v2", "v3-verified", "v4-pqxdh", "v5-devices", "v6-push", "v7-conversations", "v8-safety", "v9-attachments", "v10-media"])
         let contact = try #require(try store.contact("bob"))
         #expect(contact.trustedIdentityKey == key)
         #expect(contact.verifiedIdentityKey == nil && !contact.isVerified)
