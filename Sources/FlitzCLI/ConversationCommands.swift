@@ -119,6 +119,7 @@ struct Unsend: AsyncParsableCommand {
             printLine("\(outcome.handle) device \(outcome.deviceID): \(outcome.state.rawValue)")
         }
         if result.deletedForEveryone { printLine("deleted for everyone") }
+        if result.blobsDeleted > 0 { printLine("blobs_deleted: \(result.blobsDeleted)") }
     }
 }
 
@@ -192,7 +193,7 @@ struct Conversations: AsyncParsableCommand {
             } else {
                 let last = conversation.lastMessage
                 let who = last.outgoing ? "you" : last.author
-                let text = last.details.deleted ? "message deleted" : terminalSafe(last.text)
+                let text = last.details.deleted ? "message deleted" : displayText(last.text, media: last.details.media)
                 printLine("\(conversation.peer) (\(conversation.unread) unread): \(who): \(text)")
             }
         }
@@ -238,6 +239,7 @@ func detailsObject(_ details: MessageDetails) -> [String: Any] {
     if details.edited { object["edited"] = true; object["version"] = details.version }
     if details.deleted { object["deleted"] = true }
     if let seconds = details.disappearAfterSeconds { object["disappearAfterSeconds"] = seconds }
+    if let media = details.media { object.merge(mediaObject(media)) { _, new in new } }
     if !details.reactions.isEmpty {
         object["reactions"] = details.reactions.map { ["emoji": $0.emoji, "count": $0.count, "from": $0.reactors] as [String: Any] }
     }
@@ -250,6 +252,7 @@ func messageObject(_ message: ConversationMessage) -> [String: Any] {
     object["from"] = message.author
     object["peer"] = message.peer
     object["text"] = message.text
+    if message.details.media != nil { object["caption"] = message.text }
     object["sentAt"] = rfc3339(message.sentAt)
     object["outgoing"] = message.outgoing
     if message.outgoing { object["status"] = message.status.rawValue }
@@ -277,6 +280,6 @@ func printConversationMessage(_ message: ConversationMessage, json: Bool) {
     if let quote { printLine(quote) }
     let who = message.outgoing ? "you" : message.author
     let status = message.outgoing ? " [\(message.status.rawValue)]" : ""
-    let text = message.details.deleted ? "message deleted" : terminalSafe(message.text)
+    let text = message.details.deleted ? "message deleted" : displayText(message.text, media: message.details.media)
     printLine("\(message.messageID.hexString) \(rfc3339(message.sentAt)) \(who): \(text)\(status)\(marks)")
 }

@@ -28,6 +28,7 @@ struct Flitz: AsyncParsableCommand {
             Report.self,
             PassphraseCommand.self,
             Search.self,
+            Download.self, Media.self,
         ]
     )
 }
@@ -146,7 +147,8 @@ struct Send: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Send a message; print its id once the relay has stored it durably.")
     @OptionGroup var options: CommonOptions
     @Argument(help: "Recipient handle.") var handle: String
-    @Argument(help: "Message text.") var text: String
+    @Argument(help: "Message text (not with --file or --location: use --caption).") var text: String?
+    @OptionGroup var media: MediaSendOptions
     @Option(name: .customLong("expires-in"), help: "Seconds after which the relay deletes it undelivered (default: relay retention).")
     var expiresIn: UInt32?
     @Option(help: "Seconds to keep retrying an unreachable relay.") var timeout: Double = 30
@@ -157,6 +159,7 @@ struct Send: AsyncParsableCommand {
 
     func validate() throws {
         guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
+        try media.validate(text: text, scheduled: at != nil || expiresIn != nil || noForward || disappear != nil)
         if let expiresIn, expiresIn < 1 { throw ValidationError("--expires-in must be at least 1 second") }
         if let disappear {
             let seconds = try parseTimerDuration(disappear)
@@ -170,6 +173,8 @@ struct Send: AsyncParsableCommand {
 
     func run() async throws {
         let client = try options.client()
+        if media.isMedia { return try await media.send(client, to: handle, timeout: timeout) }
+        guard let text else { throw ValidationError("give the message text") }
         if let at, let time = parseISO8601(at) {
             let scheduled = try await FlitzCLI.run { try await client.schedule(to: handle, text: text, at: time) }
             printLine(scheduled.messageID.hexString)
@@ -214,6 +219,7 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
         object["from"] = message.from
         object["text"] = message.text
         object["sentAt"] = rfc3339(message.sentAt)
+        if message.details.media != nil { object["caption"] = message.text }
         if message.untrustedSender { object["untrustedSender"] = true }
         if message.isRequest { object["request"] = true }
         if let to = message.to { object["to"] = to }
@@ -224,7 +230,7 @@ func printMessage(_ message: ReceivedMessage, json: Bool) {
         let from = message.untrustedSender ? "\(message.from) [new identity key, not verified]" : message.from
         let (quote, marks) = detailsLines(message.details)
         if let quote { printLine(quote) }
-        let text = message.details.deleted ? "message deleted" : terminalSafe(message.text)
+        let text = message.details.deleted ? "message deleted" : displayText(message.text, media: message.details.media)
         if let to = message.to {
             // Sent from another device of this account (a sent transcript).
             printLine("you → \(to): \(text)\(marks)")

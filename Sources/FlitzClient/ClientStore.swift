@@ -322,7 +322,9 @@ final class ClientStore: Sendable {
         migrator.registerMigration("v8-safety", migrate: Self.migrateSafety)
         // Media (protocol/attachments.md): MediaSchema.swift.
         migrator.registerMigration("v9-attachments", migrate: Self.migrateAttachments)
-        // History search (docs/search.md): Search.swift. v10 is the media helper's.
+        // Media transfers (protocol/attachments.md 5): MediaStore.swift.
+        migrator.registerMigration("v10-media", migrate: Self.migrateMedia)
+        // History search (docs/search.md): Search.swift.
         migrator.registerMigration("v11-search", migrate: Self.migrateSearch)
         // Secrets sealed under a passphrase's key (docs/storage-at-rest.md): StoreSealing.swift.
         migrator.registerMigration("v12-passphrase", migrate: Self.migratePassphrase)

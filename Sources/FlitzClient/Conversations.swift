@@ -48,6 +48,8 @@ public struct MessageDetails: Sendable, Hashable {
     public var disappearAfterSeconds: UInt32?
     /// Reactions, by emoji (most reactors first, then emoji order).
     public var reactions: [ReactionSummary] = []
+    /// A media message's file or location (`protocol/attachments.md` 3); nil for a plain text.
+    public var media: MediaSummary?
 
     /// Whether the text shown is an edit.
     public var edited: Bool { version > 1 }
@@ -265,6 +267,7 @@ extension FlitzClient {
                 text.body, text.quote?.target.authorHandle, text.quote?.target.messageID, text.quote?.target.contentHash, text.quote?.preview,
                 Int64(text.forwardCount), text.noForward, text.expireAfterSeconds.flatMap { $0 > 0 ? Int64($0) : nil }, seq,
             ])
+        try storeAttachmentRow(text, seq: seq, db)  // a media message's `attachments` row (MediaStore.swift)
     }
 
     /// The conversation's disappearing timer in seconds (0: off).
@@ -467,6 +470,7 @@ extension FlitzClient {
     /// Removes a message's text, versions, reactions and the quoted previews of it in replies (section 4): a
     /// tombstone (`deleted` 1), deleted for me (2) or disappeared (3).
     static func erase(_ target: StoredTarget, as deleted: Int, _ db: Database) throws {
+        try eraseAttachment(seq: target.seq, db)  // its attachments row and decrypted file (MediaStore.swift)
         try db.execute(
             sql: """
                 UPDATE messages SET deleted = ?, text = '', original_text = NULL, content = NULL, transcript_content = NULL, quote_preview = NULL
@@ -770,17 +774,20 @@ extension FlitzClient {
 
     /// Unsends a message this account sent (section 5): the relay purges its still-queued envelopes and answers
     /// per recipient device; then, when any copy was delivered and the message is under 24 hours old, a delete for
-    /// everyone follows. Returns the outcomes and whether that delete was sent.
+    /// everyone follows. Returns the outcomes, whether that delete was sent, and how many blobs (a media message's
+    /// file, `protocol/attachments.md` 4.5) the relay deleted with the token.
     /// - Throws: `ClientError`: `.unknownMessage`, `.invalidArgument` (not this account's, no unsend token),
     ///   `.refused(.unknownToken)` (past the relay's retention), `.relayUnreachable`.
-    public func unsend(_ messageID: Data, timeout: Duration = .seconds(30)) async throws -> (outcomes: [UnsendOutcome], deletedForEveryone: Bool) {
+    public func unsend(
+        _ messageID: Data, timeout: Duration = .seconds(30)
+    ) async throws -> (outcomes: [UnsendOutcome], deletedForEveryone: Bool, blobsDeleted: Int) {
         let account = try requireAccount()
         let target = try storedMessage(messageID, account: account)
         guard target.outgoing else { throw ClientError(.invalidArgument, "only its sender can unsend a message") }
         guard let token = try target.unsendToken.map({ try store.openSecret($0, .unsendToken) }), token.count == ConversationLimits.tokenLength else {
             throw ClientError(.invalidArgument, "that message was sent without an unsend token (by an older version); use `flitz delete ID --for-everyone`")
         }
-        let (outcomes, relayNow) = try await withSendRetries(timeout: timeout) { connection, _ -> ([UnsendOutcome], Int64) in
+        let (outcomes, relayNow, blobsDeleted) = try await withSendRetries(timeout: timeout) { connection, _ -> ([UnsendOutcome], Int64, Int) in
             var unsend = WireUnsend()
             unsend.unsendToken = token
             guard case .unsendResult(let result) = try await connection.request(.unsend(unsend)).body else {
@@ -795,18 +802,18 @@ extension FlitzClient {
                     }
                 return UnsendOutcome(handle: outcome.recipientHandle, deviceID: outcome.recipientDeviceID, state: state)
             }
-            return (outcomes, Self.relayNow(connection))
+            return (outcomes, Self.relayNow(connection), Int(result.blobsDeleted))
         }
         let delivered = outcomes.contains { $0.state == .alreadyDelivered }
         if delivered, target.deleted == 0, target.acceptedAt > 0, relayNow - target.acceptedAt <= ConversationLimits.mutationWindowMilliseconds {
             try await deleteMessage(messageID, forEveryone: true, timeout: timeout)
-            return (outcomes, true)
+            return (outcomes, true, blobsDeleted)
         }
         if !delivered, target.deleted == 0 {
             // No one has it: it is gone here too (a tombstone, as the other devices would show after a delete).
             try store.transaction { db in try Self.erase(target, as: 1, db) }
         }
-        return (outcomes, false)
+        return (outcomes, false, blobsDeleted)
     }
 
     /// Forwards a message's current text to `handle` as a new message (section 7); returns the new id.
@@ -819,8 +826,14 @@ extension FlitzClient {
         if target.noForward && !target.outgoing {
             throw ClientError(.invalidArgument, "not forwarded: the sender asked that this message not be forwarded")
         }
-        try checkOutgoing(target.text, to: handle, account: account)
-        let message = TextMessage(target.text, forwardCount: target.forwardCount + 1)
+        // A media message is forwarded with the same pointer (same blob, same key) or location (attachments.md 3).
+        let (attachment, location) = try await store.dbQueue.read { db in try Self.forwardedMedia(seq: target.seq, db) }
+        if attachment == nil && location == nil {
+            try checkOutgoing(target.text, to: handle, account: account)
+        } else {
+            try checkMediaOutgoing(target.text, to: handle, account: account)
+        }
+        let message = TextMessage(target.text, forwardCount: target.forwardCount + 1, attachment: attachment, location: location)
         return try await withSendRetries(timeout: timeout) { connection, prepared in
             try await self.send(on: connection, account: account, to: handle, message: message, expiresIn: nil, prepared: prepared)
         }
@@ -880,6 +893,7 @@ extension FlitzClient {
         details.version = UInt32(row["version"] as Int64)
         details.deleted = (row["deleted"] as Int64) == 1
         details.disappearAfterSeconds = (row["expire_after"] as Int64?).map { UInt32($0) }
+        if let seq = row["seq"] as Int64? { details.media = try mediaSummary(seq: seq, db) }
         let peer: String = row["peer"]
         if let author = row["quote_author"] as String?, let quoteID = row["quote_id"] as Data? {
             let hash: Data = row["quote_hash"] ?? Data()

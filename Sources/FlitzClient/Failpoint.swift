@@ -8,7 +8,9 @@ import Foundation
 /// (an envelope stored, before acknowledging), `receive.afterAcknowledge` (relay confirmed the
 /// acknowledgement, before showing), `send.afterEncrypt` (inside the transaction that stores session and
 /// outgoing envelope, before commit), `send.afterCommit` (stored, before submitting), `send.afterSubmit`
-/// (relay stored it, before the local status update).
+/// (relay stored it, before the local status update); `media.afterCreate` (an upload created and recorded, nothing
+/// sent), `media.afterPatch` (after each committed upload part), `media.duringDownload` (a download past its first
+/// MiB, before the rest).
 enum Failpoint {
     /// Environment variable naming the one point to die at.
     static let environmentVariable = "FLITZ_FAILPOINT"

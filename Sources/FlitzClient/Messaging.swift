@@ -110,12 +110,12 @@ extension FlitzClient {
     /// message id and tries again, at most `maxDeviceRetries` times (`protocol/devices.md` section 4.4).
     /// `build` makes the content from the message id and the sender's time; `textBytes` sizes the refusal of an
     /// oversize text. Content with nothing to send (a read sync on an account with one device) returns its id
-    /// unsent.
+    /// unsent. `messageID`: an id chosen earlier (a media message's, fixed before its upload); nil draws one.
     func submitContent(
         on connection: RelayConnection, account: AccountRecord, to handle: String, prepared: PreparedBox = PreparedBox(), textBytes: Int,
-        build: @escaping @Sendable (Data, Int64) throws -> OutgoingContent
+        messageID chosenID: Data? = nil, build: @escaping @Sendable (Data, Int64) throws -> OutgoingContent
     ) async throws -> Data {
-        let messageID = prepared.value?.messageID ?? random.bytes(WireConstants.idLength)
+        let messageID = prepared.value?.messageID ?? chosenID ?? random.bytes(WireConstants.idLength)
         for _ in 0...Self.maxDeviceRetries {
             let message: PreparedMessage
             if let existing = prepared.value {

@@ -44,6 +44,8 @@ enum SecretColumn: String, CaseIterable, Sendable {
     case scheduledUnsendToken = "scheduled_messages.unsend_token"
     /// The encoded AttachmentPointer (blob id and the 32-byte attachment key; `protocol/attachments.md` 3).
     case attachmentPointer = "attachments.pointer"
+    /// An unfinished upload (`protocol/attachments.md` 5): its capability token, blob id and temporary file.
+    case mediaUploadState = "media_uploads.state"
 
     var table: String { String(rawValue.prefix { $0 != "." }) }
     var column: String { String(rawValue.drop { $0 != "." }.dropFirst()) }
