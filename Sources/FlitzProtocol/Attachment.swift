@@ -10,6 +10,9 @@ public struct AttachmentLayout: Hashable, Sendable {
     public static let sealedChunkSize = chunkSize + XChaCha20Poly1305.tagLength
     /// Every file pads to at least this many bytes (section 2.2).
     public static let paddingFloor = 1_024
+    /// The largest valid plaintext size, 2^40 bytes (1 TiB; section 3): far above any relay's blob limit, and low
+    /// enough that no size arithmetic can overflow.
+    public static let maxPlaintextSize: UInt64 = 1 << 40
 
     /// Bytes of the file.
     public let plaintextSize: UInt64
@@ -20,9 +23,15 @@ public struct AttachmentLayout: Hashable, Sendable {
     /// Bytes of the blob: `paddedSize` + 16 per chunk.
     public let ciphertextSize: UInt64
 
-    /// The layout of a file of `plaintextSize` bytes.
+    /// The layout of a file of `plaintextSize` bytes. Above `maxPlaintextSize` there is no valid layout:
+    /// `paddedSize`, `chunkCount` and `ciphertextSize` are then `UInt64.max`, which no pointer may carry.
     public init(plaintextSize: UInt64) {
         self.plaintextSize = plaintextSize
+        guard plaintextSize <= Self.maxPlaintextSize else {
+            // A peer's pointer can name any size; computing its buckets could overflow (a crash in Swift).
+            (paddedSize, chunkCount, ciphertextSize) = (.max, .max, .max)
+            return
+        }
         paddedSize = Self.paddedSize(plaintextSize)
         chunkCount = (paddedSize + UInt64(Self.chunkSize) - 1) / UInt64(Self.chunkSize)
         ciphertextSize = paddedSize + chunkCount * UInt64(XChaCha20Poly1305.tagLength)
@@ -30,8 +39,10 @@ public struct AttachmentLayout: Hashable, Sendable {
 
     /// Padmé with a 1 024-byte floor (section 2.2): 1 024 for `length` ≤ 1 024, else `length` rounded up so only
     /// its top `floor(log2(E)) + 1` bits after the leading one may be set, where `E = floor(log2(length))`.
+    /// Lengths above `maxPlaintextSize` have no bucket: `UInt64.max`.
     public static func paddedSize(_ length: UInt64) -> UInt64 {
         guard length > UInt64(paddingFloor) else { return UInt64(paddingFloor) }
+        guard length <= maxPlaintextSize else { return .max }
         let e = UInt64(63 - length.leadingZeroBitCount)
         let s = UInt64(63 - e.leadingZeroBitCount) + 1
         let mask = (UInt64(1) << (e - s)) - 1

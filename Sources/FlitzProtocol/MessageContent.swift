@@ -432,6 +432,9 @@ public struct MessageContent: Hashable, Sendable {
         guard proto.key.count == AttachmentKeys.keyLength else { throw FlitzProtocolError(.malformedMessage, "attachment key must be 32 bytes") }
         guard proto.ciphertextSha256.count == 32 else { throw FlitzProtocolError(.malformedMessage, "attachment hash must be 32 bytes") }
         guard proto.chunkSize == UInt32(AttachmentLayout.chunkSize) else { throw FlitzProtocolError(.malformedMessage, "attachment chunk size must be 65536") }
+        guard proto.plaintextSize <= AttachmentLayout.maxPlaintextSize else {
+            throw FlitzProtocolError(.malformedMessage, "attachment plaintext size over 2^40 bytes")
+        }
         guard proto.ciphertextSize == AttachmentLayout(plaintextSize: proto.plaintextSize).ciphertextSize else {
             throw FlitzProtocolError(.malformedMessage, "attachment ciphertext size does not match its plaintext size")
         }

@@ -301,7 +301,7 @@ enum AttachmentVectors {
             (low + 1, "one byte more: its blob is over 100 MiB", ["BlobLimit"]),
             (104_857_600, "100 MiB of plaintext: padded 100 MiB, but 1 600 tags take the blob over the limit", ["BlobLimit"]),
             (1_073_741_825, "1 GiB + 1", []), (4_294_967_297, "2^32 + 1 (needs 64-bit sizes)", ["Large"]),
-            (1_099_511_627_777, "2^40 + 1", ["Large"]),
+            (1_099_511_627_776, "2^40: the largest plaintext_size (section 3)", ["Large", "Boundary"]),
         ]
         return lengths.map { length, comment, flags in
             let layout = AttachmentLayout(plaintextSize: length)
@@ -502,6 +502,18 @@ enum AttachmentVectors {
                 $0.plaintextSize = 0
                 $0.ciphertextSize = 0
             })
+        try invalid(
+            "plaintext_size 2^40 + 1 (over the limit) with its Padmé ciphertext_size", flags: ["Attachment", "BadSize", "TooLarge"],
+            attachment {
+                $0.plaintextSize = (1 << 40) + 1
+                $0.ciphertextSize = 1_116_691_496_960 + 17_039_360 * 16
+            })
+        try invalid(
+            "plaintext_size 2^64 - 1 (its buckets would overflow)", flags: ["Attachment", "BadSize", "TooLarge"],
+            attachment {
+                $0.plaintextSize = .max
+                $0.ciphertextSize = .max
+            })
         // Kind.
         try invalid("kind unspecified", flags: ["Attachment", "BadKind"], attachment { $0.kind = .unspecified })
         try invalid("kind 5 (unknown)", flags: ["Attachment", "BadKind"], attachment { $0.kind = .UNRECOGNIZED(5) })
@@ -569,6 +581,7 @@ enum AttachmentVectors {
         "BadLength": "blob_id not 16 bytes, key not 32 or ciphertext_sha256 not 32.",
         "BadChunkSize": "chunk_size not 65 536.",
         "BadSize": "ciphertext_size not the section 2.3 value for plaintext_size.",
+        "TooLarge": "plaintext_size over 2^40 bytes (section 3), whatever ciphertext_size says.",
         "BadKind": "kind unspecified or unknown.",
         "TooLong": "content_type over 127 bytes, file_name over 255, thumbnail over 24 576 or a label over 256.",
         "BadFileName": "A file name with '/', '\\' or a control character.",

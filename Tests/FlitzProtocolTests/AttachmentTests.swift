@@ -355,4 +355,21 @@ struct AttachmentTests {
         #expect(blobHasher.finalize() == SHA256.hash(Self.bigBlob))
         #expect(SHA256.Hasher().finalize() == SHA256.hash(Data()))
     }
+
+    /// A peer's pointer can carry any 64-bit size: none may crash the receiver (a review found `UInt64.max` trapped
+    /// in Padmé's arithmetic and 2^63 in the store), and none above 2^40 decodes.
+    @Test(arguments: [(UInt64(1) << 40) + 1, UInt64(1) << 63, UInt64.max - 1, UInt64.max])
+    func hugeSizesHaveNoLayoutAndDoNotDecode(size: UInt64) throws {
+        let layout = AttachmentLayout(plaintextSize: size)
+        #expect(layout.ciphertextSize == .max && layout.paddedSize == .max && layout.chunkCount == .max)
+        #expect(AttachmentLayout.paddedSize(size) == .max)
+        var pointer = AttachmentPointer(
+            blobID: Data(count: 16), key: SecretBytes(Data(count: 32)), plaintextSize: size, contentType: "", fileName: "",
+            ciphertextSHA256: Data(count: 32), kind: .document, blobExpiresAtMilliseconds: 0)
+        pointer.ciphertextSize = size
+        let content = MessageContent(messageID: Data(count: 16), sentAtMilliseconds: 0, body: .text(TextMessage("x", attachment: pointer)))
+        #expect(throws: FlitzProtocolError.self) { try MessageContent(decoding: content.encoded()) }
+        let limit = AttachmentLayout(plaintextSize: AttachmentLayout.maxPlaintextSize)
+        #expect(limit.ciphertextSize > limit.paddedSize && limit.paddedSize >= AttachmentLayout.maxPlaintextSize)
+    }
 }
