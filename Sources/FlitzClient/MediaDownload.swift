@@ -116,8 +116,15 @@ extension FlitzClient {
             throw ClientError(.invalidArgument, "cannot write \(destination.path): \(error.localizedDescription)")
         }
         try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: destination.path)
+        // Its identity, so that deleting the message later removes this file only while it is unchanged.
+        let identity = DownloadedFileIdentity(path: destination.path)
         try await store.dbQueue.write { db in
-            try db.execute(sql: "UPDATE attachments SET local_path = ? WHERE message_seq = ?", arguments: [destination.path, seq])
+            try db.execute(
+                sql: """
+                    UPDATE attachments SET local_path = ?, local_device = ?, local_inode = ?, local_size = ?, local_mtime_ns = ?
+                    WHERE message_seq = ?
+                    """,
+                arguments: [destination.path, identity?.device, identity?.inode, identity?.size, identity?.modifiedNanoseconds, seq])
         }
         return destination
     }

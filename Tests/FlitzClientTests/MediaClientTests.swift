@@ -210,4 +210,45 @@ struct MediaClientTests {
         let rows = try await bob.store.dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM attachments") }
         #expect(rows == 0)
     }
+
+    /// A delete for everyone removes the downloaded copy only while it is exactly the file `download` recorded
+    /// (device, inode, size, mtime): an edited file, or another file saved under that name since, is left.
+    @Test func deletingRemovesOnlyTheUnchangedDownload() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        let scratch = try MediaScratch()
+        let ids = [
+            try await alice.sendLocation(to: "bob", latitude: 1, longitude: 1),
+            try await alice.sendLocation(to: "bob", latitude: 2, longitude: 2),
+            try await alice.sendLocation(to: "bob", latitude: 3, longitude: 3),
+        ]
+        _ = try await bob.receiveAll()
+        let files = ["same.bin", "edited.bin", "replaced.bin"].map { scratch.path($0) }
+        for (id, file) in zip(ids, files) {
+            try Data("downloaded".utf8).write(to: file)
+            let identity = try #require(DownloadedFileIdentity(path: file.path))
+            try await bob.store.dbQueue.write { db in
+                try db.execute(
+                    sql: """
+                        UPDATE attachments SET local_path = ?, local_device = ?, local_inode = ?, local_size = ?, local_mtime_ns = ?
+                        WHERE message_seq = (SELECT seq FROM messages WHERE message_id = ?)
+                        """,
+                    arguments: [file.path, identity.device, identity.inode, identity.size, identity.modifiedNanoseconds, id])
+            }
+        }
+        // Edited in place (size changes), and replaced by an unrelated file under the same name (new inode).
+        let handle = try FileHandle(forWritingTo: files[1])
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(" and edited".utf8))
+        try handle.close()
+        // Made while the old one exists (so its inode differs), then renamed over it.
+        try Data("downloaded".utf8).write(to: scratch.path("other.bin"))
+        #expect(rename(scratch.path("other.bin").path, files[2].path) == 0)
+        for id in ids { try await alice.deleteMessage(id, forEveryone: true) }
+        _ = try await bob.receiveAll()
+        #expect(!FileManager.default.fileExists(atPath: files[0].path))
+        #expect(try Data(contentsOf: files[1]) == Data("downloaded and edited".utf8))
+        #expect(try Data(contentsOf: files[2]) == Data("downloaded".utf8))
+        await relay.stop()
+    }
 }
