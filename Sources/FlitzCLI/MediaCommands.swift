@@ -164,7 +164,7 @@ struct Download: AsyncParsableCommand {
         let progress = ProgressDisplay(label: "download")
         let url = try await FlitzCLI.run { try await client.download(target, to: directory, onProgress: { progress.update($0) }) }
         progress.finish()
-        printLine(url.path)
+        printLine(terminalSafe(url.path))
     }
 }
 

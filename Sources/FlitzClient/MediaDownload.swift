@@ -232,13 +232,16 @@ extension FlitzClient {
     }
 
     /// The name to write a received file under: the pointer's name without any path, control character or leading
-    /// dot; `attachment-ID8` (with an extension from the content type when known) when nothing is left.
+    /// dot, its Unicode format characters (category Cf: bidi overrides such as U+202E, zero-width characters) shown
+    /// as `_` so the name reads as what it is, and `_` before a leading `-` (never taken for an option by a shell
+    /// command); `attachment-ID8` (with an extension from the content type when known) when nothing is left.
     static func safeFileName(_ name: String, messageID: Data, contentType: String) -> String {
         var cleaned = String(String.UnicodeScalarView(name.unicodeScalars.filter {
             !($0 == "/" || $0 == "\\" || $0.properties.generalCategory == .control || $0 == "\u{0}")
-        }))
+        }.map { $0.properties.generalCategory == .format ? "_" : $0 }))
         cleaned = cleaned.trimmingCharacters(in: .whitespaces)
         while cleaned.hasPrefix(".") { cleaned.removeFirst() }
+        if cleaned.hasPrefix("-") { cleaned = "_" + cleaned }
         if cleaned.isEmpty {
             let ext = MediaTools.contentTypes.first { $0.value == contentType }?.key
             cleaned = "attachment-" + String(messageID.hexString.prefix(8)) + (ext.map { "." + $0 } ?? "")
@@ -277,11 +280,16 @@ extension FlitzClient {
         try FileManager.default.createDirectory(at: kept, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var files: [(name: String, url: URL)] = []
         var locations: [String] = []
-        var used = Set<String>()
+        var used: Set<String> = ["locations.txt"]  // reserved: a file of that name becomes "locations (1).txt"
         for item in items.reversed() {  // oldest first inside the archive
             if item.media.kind == "location" {
+                // The label is the sender's text: control characters (line breaks, tabs, escapes) become spaces so
+                // each location stays one line of four tab-separated fields.
+                let label = String(String.UnicodeScalarView(item.media.label.unicodeScalars.map {
+                    $0.properties.generalCategory == .control ? " " : $0
+                }))
                 locations.append(
-                    "\(item.media.latitude ?? 0),\(item.media.longitude ?? 0)\t\(item.media.label)\t\(item.author)\t\(ISO8601DateFormatter().string(from: item.sentAt))")
+                    "\(item.media.latitude ?? 0),\(item.media.longitude ?? 0)\t\(label)\t\(item.author)\t\(ISO8601DateFormatter().string(from: item.sentAt))")
                 continue
             }
             var url: URL

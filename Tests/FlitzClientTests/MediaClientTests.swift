@@ -117,6 +117,10 @@ struct MediaClientTests {
         #expect(FlitzClient.safeFileName(".bashrc", messageID: id, contentType: "") == "bashrc")
         #expect(FlitzClient.safeFileName("a\u{1b}[31mb.txt", messageID: id, contentType: "") == "a[31mb.txt")
         #expect(FlitzClient.safeFileName("", messageID: id, contentType: "image/png") == "attachment-abababab.png")
+        #expect(FlitzClient.safeFileName("invoice\u{202E}fdp.exe", messageID: id, contentType: "") == "invoice_fdp.exe")
+        #expect(FlitzClient.safeFileName("a\u{200B}b.txt", messageID: id, contentType: "") == "a_b.txt")
+        #expect(FlitzClient.safeFileName("-rf", messageID: id, contentType: "") == "_-rf")
+        #expect(FlitzClient.safeFileName(".-x", messageID: id, contentType: "") == "_-x")
         #expect(FlitzClient.pointerFileName("x/y\\z\n.jpg") == "x_y_z_.jpg")
         #expect(FlitzClient.pointerFileName(String(repeating: "é", count: 200)).utf8.count <= 255)
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "IMG.JPG")) == .image)
@@ -124,6 +128,13 @@ struct MediaClientTests {
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "note.ogg")) == .audio)
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "report.pdf")) == .document)
         #expect(FlitzClient.formatBytes(2_100_000) == "2.1 MB")
+        #expect(
+            MediaTools.childEnvironment(["PATH=/usr/bin", "FLITZ_PASSPHRASE=secret", "FLITZ_NEW_PASSPHRASE=new=x", "FLITZ_HOME=/h"])
+                == ["PATH=/usr/bin", "FLITZ_HOME=/h"])
+        #expect(throws: Never.self) { try FlitzClient.checkUploadPath("/v1/uploads") }
+        for bad in ["v1/uploads", "//evil.example/up", "/v1/uploads@evil", "/up?x=1", "/up#f", "/a//b", "http://evil/up"] {
+            #expect(throws: ClientError.self) { try FlitzClient.checkUploadPath(bad) }
+        }
     }
 
     /// An existing file is never overwritten: the next free `NAME (n).EXT` is taken.
