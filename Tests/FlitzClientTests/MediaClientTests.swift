@@ -128,6 +128,9 @@ struct MediaClientTests {
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "note.ogg")) == .audio)
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "report.pdf")) == .document)
         #expect(FlitzClient.formatBytes(2_100_000) == "2.1 MB")
+        #expect(
+            MediaTools.childEnvironment(["PATH=/usr/bin", "FLITZ_PASSPHRASE=secret", "FLITZ_NEW_PASSPHRASE=new=x", "FLITZ_HOME=/h"])
+                == ["PATH=/usr/bin", "FLITZ_HOME=/h"])
         #expect(throws: Never.self) { try FlitzClient.checkUploadPath("/v1/uploads") }
         for bad in ["v1/uploads", "//evil.example/up", "/v1/uploads@evil", "/up?x=1", "/up#f", "/a//b", "http://evil/up"] {
             #expect(throws: ClientError.self) { try FlitzClient.checkUploadPath(bad) }
