@@ -44,6 +44,7 @@ struct MediaSendOptions: ParsableArguments {
         }
         if location != nil, original || voice { throw ValidationError("--original and --voice go with --file") }
         if file != nil, label != nil { throw ValidationError("--label goes with --location") }
+        if voice, let file, !FlitzClient.isAudioFile(named: file) { throw ValidationError("--voice needs an audio file") }
     }
 
     func send(_ client: FlitzClient, to handle: String, timeout: Double) async throws {
@@ -202,7 +203,7 @@ struct Media: AsyncParsableCommand {
                     onProgress: { progress.update($0) })
             }
             progress.finish()
-            printLine("wrote \(count) entries to \(export)")
+            printLine("wrote \(count) \(count == 1 ? "entry" : "entries") to \(terminalSafe(export))")
             return
         }
         for item in try await FlitzCLI.run({ try client.gallery(with: handle, kind: type) }) {

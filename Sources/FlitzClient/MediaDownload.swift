@@ -93,9 +93,10 @@ extension FlitzClient {
             throw ClientError(.protocolFailure, "the attachment's pointer is unreadable")
         }
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory) else {
             throw ClientError(.invalidArgument, "no directory \(directory.path)")
         }
+        guard isDirectory.boolValue else { throw ClientError(.invalidArgument, "\(directory.path) is not a directory") }
         let scratch = try mediaTemporaryDirectory()
         let blobHex = pointer.blobID.hexString
         let blobFile = scratch.appendingPathComponent("download-\(blobHex).blob")
@@ -274,6 +275,12 @@ extension FlitzClient {
         onProgress: @escaping @Sendable (TransferProgress) -> Void = { _ in }
     ) async throws -> Int {
         guard !FileManager.default.fileExists(atPath: zip.path) else { throw ClientError(.invalidArgument, "\(zip.path) exists; not overwriting it") }
+        // Up front, before anything is downloaded: the ZIP's directory must exist.
+        var isDirectory: ObjCBool = false
+        let parent = zip.deletingLastPathComponent()
+        guard FileManager.default.fileExists(atPath: parent.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ClientError(.invalidArgument, "cannot write \(zip.path): no directory \(parent.path)")
+        }
         let items = try gallery(with: handle, kind: kind)
         guard !items.isEmpty else { throw ClientError(.invalidArgument, "no media with \(handle)" + (kind.map { " of type \($0)" } ?? "")) }
         let kept = home.appendingPathComponent("media")
@@ -322,7 +329,7 @@ extension FlitzClient {
             }
         } catch {
             try? FileManager.default.removeItem(at: zip)
-            throw ClientError(.invalidArgument, "cannot write \(zip.path): \(error)")
+            throw ClientError(.invalidArgument, "cannot write \(zip.path): \((error as? ClientError)?.message ?? error.localizedDescription)")
         }
         return files.count + (locations.isEmpty ? 0 : 1)
     }

@@ -85,7 +85,8 @@ extension FlitzClient {
     ///   - voiceNote: send as a voice message (kind audio).
     ///   - onNote: one-line remarks for the user (no ffmpeg, transcoded, resumed).
     ///   - onProgress: upload progress after every committed part.
-    /// - Throws: `ClientError`: `.invalidArgument` (no such file, a directory, a caption too long, an invalid handle),
+    /// - Throws: `ClientError`: `.invalidArgument` (no such file, a directory, a caption too long, an invalid handle,
+    ///   `voiceNote` for a file whose name is not audio),
     ///   `.refused(.invalidArgument)` when the relay refuses the size (the message names the limit or the quota),
     ///   `.relayUnreachable`; and as `send`.
     public func sendFile(
@@ -96,8 +97,12 @@ extension FlitzClient {
         try checkMediaOutgoing(caption, to: handle, account: account)
         let source = URL(fileURLWithPath: path).standardizedFileURL
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory) else {
             throw ClientError(.invalidArgument, "no file at \(path)")
+        }
+        guard !isDirectory.boolValue else { throw ClientError(.invalidArgument, "\(path) is a directory; give a file") }
+        if voiceNote, MediaTools.kind(of: MediaTools.contentType(of: source.lastPathComponent)) != .audio {
+            throw ClientError(.invalidArgument, "--voice needs an audio file")
         }
         let attributes = try FileManager.default.attributesOfItem(atPath: source.path)
         let sourceSize = (attributes[.size] as? NSNumber)?.uint64Value ?? 0

@@ -175,3 +175,11 @@ enum MediaTools {
         return (preview, probed == nil ? "ffprobe could not read the file: sending without a preview" : nil)
     }
 }
+
+extension FlitzClient {
+    /// Whether `fileName` names an audio file by its extension (what `flitz send --voice` needs; the same table
+    /// `sendFile` uses for the pointer's content type).
+    public static func isAudioFile(named fileName: String) -> Bool {
+        MediaTools.kind(of: MediaTools.contentType(of: fileName)) == .audio
+    }
+}

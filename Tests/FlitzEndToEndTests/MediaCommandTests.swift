@@ -259,8 +259,18 @@ struct MediaCommandTests {
         #expect(try String(contentsOf: unzipped.appendingPathComponent("locations.txt"), encoding: .utf8).contains("52.52,13.405\tBerlin"))
         // Images only; an existing ZIP is never overwritten.
         let images = setup.scratch.path("images.zip")
-        #expect(try setup.bob.flitz("media", "alice", "--type", "image", "--export", images.path).stdout.contains("wrote 1 entries"))
+        #expect(try setup.bob.flitz("media", "alice", "--type", "image", "--export", images.path).stdout.contains("wrote 1 entry to"))
         #expect(try setup.bob.flitz("media", "alice", "--export", zip.path).status != 0)
+        // Clear one-line refusals, before anything is uploaded or downloaded.
+        let missing = try setup.bob.flitz("media", "alice", "--export", setup.scratch.path("nowhere/out.zip").path)
+        #expect(missing.status != 0 && missing.stderr.contains("no directory"), "\(missing)")
+        #expect(!missing.stderr.contains("NSError") && !missing.stderr.contains("Domain="), "\(missing)")
+        let notDirectory = try setup.bob.flitz("download", all.first { $0["kind"] as? String == "document" }?["id"] as? String ?? "", "--out", doc.path)
+        #expect(notDirectory.status != 0 && notDirectory.stderr.contains("is not a directory"), "\(notDirectory)")
+        let directory = try setup.alice.flitz("send", "bob", "--file", setup.scratch.url.path)
+        #expect(directory.status != 0 && directory.stderr.contains("is a directory"), "\(directory)")
+        let voice = try setup.alice.flitz("send", "bob", "--file", doc.path, "--voice")
+        #expect(voice.status == 64 && voice.stderr.contains("--voice needs an audio file"), "\(voice)")
     }
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/ffmpeg")))
