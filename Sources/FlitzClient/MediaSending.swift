@@ -86,7 +86,8 @@ extension FlitzClient {
     ///   - onNote: one-line remarks for the user (no ffmpeg, transcoded, resumed).
     ///   - onProgress: upload progress after every committed part.
     /// - Throws: `ClientError`: `.invalidArgument` (no such file, a directory, a caption too long, an invalid handle,
-    ///   `voiceNote` for a file whose name is not audio),
+    ///   `voiceNote` for a file whose name is not audio), `.refused(.unknownRecipient)` (no such handle, found before
+    ///   any upload),
     ///   `.refused(.invalidArgument)` when the relay refuses the size (the message names the limit or the quota),
     ///   `.relayUnreachable`; and as `send`.
     public func sendFile(
@@ -111,6 +112,11 @@ extension FlitzClient {
         if state != nil {
             onNote("resuming the unfinished upload of \(source.lastPathComponent)")
         } else {
+            // The recipient must exist before anything is encrypted or uploaded (a typo would otherwise upload the
+            // whole file first): the device list lookup the send makes anyway.
+            try await withSendRetries(timeout: timeout) { connection, _ in
+                _ = try await self.refreshDeviceList(handle, on: connection, account: account, forSending: false)
+            }
             let made = try prepareUpload(source: source, size: sourceSize, modified: modified, caption: caption, original: original, voiceNote: voiceNote, onNote: onNote)
             rowID = try await store.dbQueue.write { db in
                 try db.execute(

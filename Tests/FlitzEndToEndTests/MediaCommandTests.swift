@@ -271,6 +271,11 @@ struct MediaCommandTests {
         #expect(directory.status != 0 && directory.stderr.contains("is a directory"), "\(directory)")
         let voice = try setup.alice.flitz("send", "bob", "--file", doc.path, "--voice")
         #expect(voice.status == 64 && voice.stderr.contains("--voice needs an audio file"), "\(voice)")
+        let blobsBefore = setup.blobFiles.count
+        let nobody = try setup.alice.flitz("send", "nosuchuser", "--file", photo.path)
+        #expect(nobody.status == 3 && nobody.stderr.contains("no such handle"), "\(nobody)")
+        #expect(!nobody.stderr.contains("upload"), "\(nobody)")
+        #expect(setup.blobFiles.count == blobsBefore)
     }
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/ffmpeg")))
