@@ -16,7 +16,9 @@ struct MediaSendOptions: ParsableArguments {
     @Option(help: "With --file or --location: the caption.") var caption: String?
     @Flag(help: "With --file: never transcode a large video.") var original = false
     @Flag(help: "With --file: send an audio file as a voice message.") var voice = false
-    @Option(help: "Send a location: LAT,LON in degrees (e.g. 52.52,13.405).") var location: String?
+    // `.unconditional`: the value is taken even when it starts with `-` (a southern or western `-33.9,18.4`).
+    @Option(parsing: .unconditional, help: "Send a location: LAT,LON in degrees (e.g. 52.52,13.405 or -33.9249,18.4241).")
+    var location: String?
     @Option(help: "With --location: a label for the place.") var label: String?
 
     var isMedia: Bool { file != nil || location != nil }
@@ -26,7 +28,14 @@ struct MediaSendOptions: ParsableArguments {
         if isMedia {
             if text != nil { throw ValidationError("with --file or --location, give the text as --caption") }
             if scheduled { throw ValidationError("--file and --location cannot be combined with --at, --expires-in, --no-forward or --disappear yet") }
-            if let location, parseCoordinates(location) == nil { throw ValidationError("--location takes LAT,LON in degrees, e.g. 52.52,13.405") }
+            if let location {
+                guard let (latitude, longitude) = parseCoordinates(location) else {
+                    throw ValidationError("--location takes LAT,LON in degrees, e.g. 52.52,13.405")
+                }
+                guard latitude.isFinite, longitude.isFinite, (-90...90).contains(latitude), (-180...180).contains(longitude) else {
+                    throw ValidationError("--location: the latitude must be between -90 and 90 and the longitude between -180 and 180 degrees")
+                }
+            }
         } else {
             if caption != nil || original || voice || label != nil {
                 throw ValidationError("--caption, --original, --voice and --label go with --file or --location")
@@ -35,6 +44,7 @@ struct MediaSendOptions: ParsableArguments {
         }
         if location != nil, original || voice { throw ValidationError("--original and --voice go with --file") }
         if file != nil, label != nil { throw ValidationError("--label goes with --location") }
+        if voice, let file, !FlitzClient.isAudioFile(named: file) { throw ValidationError("--voice needs an audio file") }
     }
 
     func send(_ client: FlitzClient, to handle: String, timeout: Double) async throws {
@@ -164,7 +174,7 @@ struct Download: AsyncParsableCommand {
         let progress = ProgressDisplay(label: "download")
         let url = try await FlitzCLI.run { try await client.download(target, to: directory, onProgress: { progress.update($0) }) }
         progress.finish()
-        printLine(url.path)
+        printLine(terminalSafe(url.path))
     }
 }
 
@@ -193,7 +203,7 @@ struct Media: AsyncParsableCommand {
                     onProgress: { progress.update($0) })
             }
             progress.finish()
-            printLine("wrote \(count) entries to \(export)")
+            printLine("wrote \(count) \(count == 1 ? "entry" : "entries") to \(terminalSafe(export))")
             return
         }
         for item in try await FlitzCLI.run({ try client.gallery(with: handle, kind: type) }) {

@@ -93,9 +93,10 @@ extension FlitzClient {
             throw ClientError(.protocolFailure, "the attachment's pointer is unreadable")
         }
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory) else {
             throw ClientError(.invalidArgument, "no directory \(directory.path)")
         }
+        guard isDirectory.boolValue else { throw ClientError(.invalidArgument, "\(directory.path) is not a directory") }
         let scratch = try mediaTemporaryDirectory()
         let blobHex = pointer.blobID.hexString
         let blobFile = scratch.appendingPathComponent("download-\(blobHex).blob")
@@ -116,8 +117,15 @@ extension FlitzClient {
             throw ClientError(.invalidArgument, "cannot write \(destination.path): \(error.localizedDescription)")
         }
         try? FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: destination.path)
+        // Its identity, so that deleting the message later removes this file only while it is unchanged.
+        let identity = DownloadedFileIdentity(path: destination.path)
         try await store.dbQueue.write { db in
-            try db.execute(sql: "UPDATE attachments SET local_path = ? WHERE message_seq = ?", arguments: [destination.path, seq])
+            try db.execute(
+                sql: """
+                    UPDATE attachments SET local_path = ?, local_device = ?, local_inode = ?, local_size = ?, local_mtime_ns = ?
+                    WHERE message_seq = ?
+                    """,
+                arguments: [destination.path, identity?.device, identity?.inode, identity?.size, identity?.modifiedNanoseconds, seq])
         }
         return destination
     }
@@ -225,13 +233,16 @@ extension FlitzClient {
     }
 
     /// The name to write a received file under: the pointer's name without any path, control character or leading
-    /// dot; `attachment-ID8` (with an extension from the content type when known) when nothing is left.
+    /// dot, its Unicode format characters (category Cf: bidi overrides such as U+202E, zero-width characters) shown
+    /// as `_` so the name reads as what it is, and `_` before a leading `-` (never taken for an option by a shell
+    /// command); `attachment-ID8` (with an extension from the content type when known) when nothing is left.
     static func safeFileName(_ name: String, messageID: Data, contentType: String) -> String {
         var cleaned = String(String.UnicodeScalarView(name.unicodeScalars.filter {
             !($0 == "/" || $0 == "\\" || $0.properties.generalCategory == .control || $0 == "\u{0}")
-        }))
+        }.map { $0.properties.generalCategory == .format ? "_" : $0 }))
         cleaned = cleaned.trimmingCharacters(in: .whitespaces)
         while cleaned.hasPrefix(".") { cleaned.removeFirst() }
+        if cleaned.hasPrefix("-") { cleaned = "_" + cleaned }
         if cleaned.isEmpty {
             let ext = MediaTools.contentTypes.first { $0.value == contentType }?.key
             cleaned = "attachment-" + String(messageID.hexString.prefix(8)) + (ext.map { "." + $0 } ?? "")
@@ -264,17 +275,28 @@ extension FlitzClient {
         onProgress: @escaping @Sendable (TransferProgress) -> Void = { _ in }
     ) async throws -> Int {
         guard !FileManager.default.fileExists(atPath: zip.path) else { throw ClientError(.invalidArgument, "\(zip.path) exists; not overwriting it") }
+        // Up front, before anything is downloaded: the ZIP's directory must exist.
+        var isDirectory: ObjCBool = false
+        let parent = zip.deletingLastPathComponent()
+        guard FileManager.default.fileExists(atPath: parent.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ClientError(.invalidArgument, "cannot write \(zip.path): no directory \(parent.path)")
+        }
         let items = try gallery(with: handle, kind: kind)
         guard !items.isEmpty else { throw ClientError(.invalidArgument, "no media with \(handle)" + (kind.map { " of type \($0)" } ?? "")) }
         let kept = home.appendingPathComponent("media")
         try FileManager.default.createDirectory(at: kept, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var files: [(name: String, url: URL)] = []
         var locations: [String] = []
-        var used = Set<String>()
+        var used: Set<String> = ["locations.txt"]  // reserved: a file of that name becomes "locations (1).txt"
         for item in items.reversed() {  // oldest first inside the archive
             if item.media.kind == "location" {
+                // The label is the sender's text: control characters (line breaks, tabs, escapes) become spaces so
+                // each location stays one line of four tab-separated fields.
+                let label = String(String.UnicodeScalarView(item.media.label.unicodeScalars.map {
+                    $0.properties.generalCategory == .control ? " " : $0
+                }))
                 locations.append(
-                    "\(item.media.latitude ?? 0),\(item.media.longitude ?? 0)\t\(item.media.label)\t\(item.author)\t\(ISO8601DateFormatter().string(from: item.sentAt))")
+                    "\(item.media.latitude ?? 0),\(item.media.longitude ?? 0)\t\(label)\t\(item.author)\t\(ISO8601DateFormatter().string(from: item.sentAt))")
                 continue
             }
             var url: URL
@@ -307,7 +329,7 @@ extension FlitzClient {
             }
         } catch {
             try? FileManager.default.removeItem(at: zip)
-            throw ClientError(.invalidArgument, "cannot write \(zip.path): \(error)")
+            throw ClientError(.invalidArgument, "cannot write \(zip.path): \((error as? ClientError)?.message ?? error.localizedDescription)")
         }
         return files.count + (locations.isEmpty ? 0 : 1)
     }

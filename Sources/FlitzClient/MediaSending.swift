@@ -85,7 +85,9 @@ extension FlitzClient {
     ///   - voiceNote: send as a voice message (kind audio).
     ///   - onNote: one-line remarks for the user (no ffmpeg, transcoded, resumed).
     ///   - onProgress: upload progress after every committed part.
-    /// - Throws: `ClientError`: `.invalidArgument` (no such file, a directory, a caption too long, an invalid handle),
+    /// - Throws: `ClientError`: `.invalidArgument` (no such file, a directory, a caption too long, an invalid handle,
+    ///   `voiceNote` for a file whose name is not audio), `.refused(.unknownRecipient)` (no such handle, found before
+    ///   any upload),
     ///   `.refused(.invalidArgument)` when the relay refuses the size (the message names the limit or the quota),
     ///   `.relayUnreachable`; and as `send`.
     public func sendFile(
@@ -96,8 +98,12 @@ extension FlitzClient {
         try checkMediaOutgoing(caption, to: handle, account: account)
         let source = URL(fileURLWithPath: path).standardizedFileURL
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: source.path, isDirectory: &isDirectory) else {
             throw ClientError(.invalidArgument, "no file at \(path)")
+        }
+        guard !isDirectory.boolValue else { throw ClientError(.invalidArgument, "\(path) is a directory; give a file") }
+        if voiceNote, MediaTools.kind(of: MediaTools.contentType(of: source.lastPathComponent)) != .audio {
+            throw ClientError(.invalidArgument, "--voice needs an audio file")
         }
         let attributes = try FileManager.default.attributesOfItem(atPath: source.path)
         let sourceSize = (attributes[.size] as? NSNumber)?.uint64Value ?? 0
@@ -106,6 +112,11 @@ extension FlitzClient {
         if state != nil {
             onNote("resuming the unfinished upload of \(source.lastPathComponent)")
         } else {
+            // The recipient must exist before anything is encrypted or uploaded (a typo would otherwise upload the
+            // whole file first): the device list lookup the send makes anyway.
+            try await withSendRetries(timeout: timeout) { connection, _ in
+                _ = try await self.refreshDeviceList(handle, on: connection, account: account, forSending: false)
+            }
             let made = try prepareUpload(source: source, size: sourceSize, modified: modified, caption: caption, original: original, voiceNote: voiceNote, onNote: onNote)
             rowID = try await store.dbQueue.write { db in
                 try db.execute(
@@ -285,7 +296,9 @@ extension FlitzClient {
                 if upload.blobID == nil, upload.token == nil || upload.tokenExpiresAt <= nowMs + 60_000 {
                     let capability = try await requestUploadCapability(unsendToken: upload.unsendToken, timeout: timeout)
                     upload.token = capability.token
-                    upload.uploadPath = capability.uploadPath.isEmpty ? "/v1/uploads" : capability.uploadPath
+                    let path = capability.uploadPath.isEmpty ? "/v1/uploads" : capability.uploadPath
+                    try Self.checkUploadPath(path)
+                    upload.uploadPath = path
                     upload.tokenExpiresAt = capability.tokenExpiresAtMs
                     upload.blobExpiresAt = capability.blobExpiresAtMs
                     if capability.maxBlobBytes > 0, upload.ciphertextSize > capability.maxBlobBytes {
@@ -294,6 +307,7 @@ extension FlitzClient {
                     try saveUpload(rowID: rowID, upload)
                 }
                 guard let token = upload.token, let uploadPath = upload.uploadPath else { throw ClientError(.protocolFailure, "no upload capability") }
+                try Self.checkUploadPath(uploadPath)
                 let auth = ("Authorization", "Bearer \(token)")
                 var offset: UInt64 = 0
                 if let blobID = upload.blobID {
@@ -340,6 +354,16 @@ extension FlitzClient {
         }
     }
 
+    /// Refuses an `UploadCapability.upload_path` (section 4.1) that is not a plain absolute path on the relay's own
+    /// origin: it must start with `/` and contain no `@`, `?`, `#` or `//` (which could point the upload, with its
+    /// bearer token, at another host or smuggle a query). Checked before anything is sent.
+    /// - Throws: `ClientError(.protocolFailure)` naming the path.
+    static func checkUploadPath(_ path: String) throws {
+        guard path.hasPrefix("/"), !path.contains("//"), !path.contains(where: { "@?#".contains($0) }) else {
+            throw ClientError(.protocolFailure, "the relay gave an invalid upload path \"\(path)\"; nothing was uploaded")
+        }
+    }
+
     private func tooLarge(_ size: UInt64, limit: UInt64?) -> ClientError {
         ClientError(
             .refused(.invalidArgument),
@@ -348,7 +372,8 @@ extension FlitzClient {
     }
 
     /// `PATCH`es the blob file from `offset` in parts of at most `uploadPartBytes`, each with a `sha256`
-    /// `Upload-Checksum`; a `409` continues from the relay's offset, a `460` (checksum) is retried once.
+    /// `Upload-Checksum`; a `409` continues from the relay's offset (at most 3 in a row that do not advance it), a `460`
+    /// (checksum) is retried once.
     private func patch(
         _ upload: inout PendingUpload, from start: UInt64, http: BlobHTTP, path: String, auth: (String, String),
         onProgress: @escaping @Sendable (TransferProgress) -> Void
@@ -357,6 +382,7 @@ extension FlitzClient {
         defer { try? input.close() }
         var offset = start
         var checksumRetries = 0
+        var stalled409s = 0  // consecutive 409s that did not move the offset forward
         onProgress(TransferProgress(bytes: offset, total: upload.ciphertextSize, resumedFrom: start))
         while offset < upload.ciphertextSize {
             try input.seek(toOffset: offset)
@@ -371,12 +397,19 @@ extension FlitzClient {
                 body: part)
             switch answer.status {
             case 204:
+                stalled409s = 0
                 offset = answer.header("Upload-Offset").flatMap(UInt64.init) ?? offset + UInt64(part.count)
                 onProgress(TransferProgress(bytes: offset, total: upload.ciphertextSize, resumedFrom: start))
                 Failpoint.hit("media.afterPatch")
             case 409:
                 guard let committed = answer.header("Upload-Offset").flatMap(UInt64.init) else {
                     throw ClientError(.protocolFailure, "the relay answered 409 without an Upload-Offset")
+                }
+                // A relay that keeps answering 409 without the offset advancing would loop forever: at most 3.
+                stalled409s = committed > offset ? 0 : stalled409s + 1
+                if stalled409s >= 3 {
+                    throw ClientError(
+                        .protocolFailure, "the relay keeps refusing the upload at offset \(committed) (HTTP 409 three times); run the send again to resume")
                 }
                 offset = committed
             case 460 where checksumRetries < 2:

@@ -48,6 +48,12 @@ extension ClientStore {
                 created_at_ms INTEGER NOT NULL,
                 UNIQUE (peer, source)
             );
+            -- The identity of the file `flitz download` wrote at `local_path` (stat at download): deleting the
+            -- message removes that file only while it still matches, never a file edited or saved there since.
+            ALTER TABLE attachments ADD COLUMN local_device INTEGER;
+            ALTER TABLE attachments ADD COLUMN local_inode INTEGER;
+            ALTER TABLE attachments ADD COLUMN local_size INTEGER;
+            ALTER TABLE attachments ADD COLUMN local_mtime_ns INTEGER;
             """)
     }
 
@@ -60,6 +66,32 @@ extension ClientStore {
     /// - Throws: `ClientError(.protocolFailure)` when it does not open (altered, corrupt, moved from another column).
     static func openSecretColumn(_ stored: Data, _ column: SecretColumn, _ db: Database) throws -> Data {
         try openSecret(stored, column, db) ?? stored
+    }
+}
+
+/// What identifies the file `flitz download` wrote (`lstat`): device, inode, size in bytes and modification time
+/// in nanoseconds since 1970. Deleting a message removes its downloaded file only while all four still match.
+struct DownloadedFileIdentity: Equatable {
+    var device: Int64
+    var inode: Int64
+    var size: Int64
+    var modifiedNanoseconds: Int64
+
+    init(device: Int64, inode: Int64, size: Int64, modifiedNanoseconds: Int64) {
+        self.device = device
+        self.inode = inode
+        self.size = size
+        self.modifiedNanoseconds = modifiedNanoseconds
+    }
+
+    /// The identity of the regular file at `path` (not following a symbolic link); nil when there is none.
+    init?(path: String) {
+        var info = stat()
+        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        device = Int64(bitPattern: UInt64(info.st_dev))
+        inode = Int64(bitPattern: UInt64(info.st_ino))
+        size = Int64(info.st_size)
+        modifiedNanoseconds = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
     }
 }
 
@@ -102,12 +134,20 @@ extension FlitzClient {
     }
 
     /// Removes a message's `attachments` row and its downloaded file (delete for everyone, unsend, disappearing,
-    /// `protocol/attachments.md` 3 "as on any text"). The file goes once the row is gone; a file that cannot be
-    /// removed is left (the row no longer names it).
+    /// `protocol/attachments.md` 3 "as on any text"). The file goes only while it is exactly the one `download`
+    /// wrote (same device, inode, size and modification time, `DownloadedFileIdentity`): a file edited since, or
+    /// another file saved under that name later, is left. Only the latest download of the message is tracked.
     static func eraseAttachment(seq: Int64, _ db: Database) throws {
-        let path = try String.fetchOne(db, sql: "SELECT local_path FROM attachments WHERE message_seq = ?", arguments: [seq])
+        let row = try Row.fetchOne(
+            db, sql: "SELECT local_path, local_device, local_inode, local_size, local_mtime_ns FROM attachments WHERE message_seq = ?",
+            arguments: [seq])
         try db.execute(sql: "DELETE FROM attachments WHERE message_seq = ?", arguments: [seq])
-        if let path { try? FileManager.default.removeItem(atPath: path) }
+        guard let row, let path = row["local_path"] as String?,
+            let device = row["local_device"] as Int64?, let inode = row["local_inode"] as Int64?,
+            let size = row["local_size"] as Int64?, let mtime = row["local_mtime_ns"] as Int64?
+        else { return }
+        let recorded = DownloadedFileIdentity(device: device, inode: inode, size: size, modifiedNanoseconds: mtime)
+        if DownloadedFileIdentity(path: path) == recorded { try? FileManager.default.removeItem(atPath: path) }
     }
 
     /// The pointer or location of message row `seq`, for forwarding it; both nil for a plain text.

@@ -53,9 +53,32 @@ enum MediaTools {
         return nil
     }
 
+    /// Variables a child process (ffmpeg, ffprobe) never gets: the passphrases `flitz` reads from its environment.
+    static let withheldVariables: Set<String> = ["FLITZ_PASSPHRASE", "FLITZ_NEW_PASSPHRASE"]
+
+    /// `NAME=VALUE` entries of this process's environment (`environ`), in order.
+    static func currentEnvironment() -> [String] {
+        var entries: [String] = []
+        var pointer = environ
+        while let entry = pointer.pointee {
+            entries.append(String(cString: entry))
+            pointer += 1
+        }
+        return entries
+    }
+
+    /// `environment` (`NAME=VALUE` entries) without `withheldVariables`, for a child process.
+    static func childEnvironment(_ environment: [String]) -> [String] {
+        environment.filter { entry in
+            let name = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? entry
+            return !withheldVariables.contains(name)
+        }
+    }
+
     /// Runs `executable` with `arguments` to its end (stdin from /dev/null, stdout into `stdout` or discarded,
     /// stderr discarded) with `posix_spawn`, not Foundation's `Process` (docs/decisions.md, "End-to-end tests spawn
-    /// children with posix_spawn"). Returns the exit status (128 + signal for a signal).
+    /// children with posix_spawn"), with this process's environment minus the passphrases (`childEnvironment`).
+    /// Returns the exit status (128 + signal for a signal).
     static func run(_ executable: URL, _ arguments: [String], stdout: URL? = nil) -> Int32 {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -66,7 +89,9 @@ enum MediaTools {
         let argv = ([executable.path] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid = pid_t()
-        guard posix_spawn(&pid, executable.path, &actions, nil, argv, environ) == 0 else { return 127 }
+        let envp = childEnvironment(currentEnvironment()).map { strdup($0) } + [nil]
+        defer { envp.forEach { free($0) } }
+        guard posix_spawn(&pid, executable.path, &actions, nil, argv, envp) == 0 else { return 127 }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
         let signal = status & 0x7f
@@ -148,5 +173,13 @@ enum MediaTools {
         }
         if kind == .audio { preview.width = 0; preview.height = 0 }
         return (preview, probed == nil ? "ffprobe could not read the file: sending without a preview" : nil)
+    }
+}
+
+extension FlitzClient {
+    /// Whether `fileName` names an audio file by its extension (what `flitz send --voice` needs; the same table
+    /// `sendFile` uses for the pointer's content type).
+    public static func isAudioFile(named fileName: String) -> Bool {
+        MediaTools.kind(of: MediaTools.contentType(of: fileName)) == .audio
     }
 }

@@ -45,6 +45,8 @@ struct BlobHTTP: Sendable {
         var configuration = HTTPClient.Configuration()
         if relayURL.lowercased().hasPrefix("wss://") { configuration.tlsConfiguration = try RelayConnection.tlsConfiguration(caFile: caFile) }
         configuration.timeout = .init(connect: .seconds(10), read: .seconds(60))
+        // Never follow a redirect: it could carry the upload's bearer token or the blob request to another host.
+        configuration.redirectConfiguration = .disallow
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         let http = BlobHTTP(client: client, base: base(of: relayURL))
         do {

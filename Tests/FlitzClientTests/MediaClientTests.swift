@@ -117,6 +117,10 @@ struct MediaClientTests {
         #expect(FlitzClient.safeFileName(".bashrc", messageID: id, contentType: "") == "bashrc")
         #expect(FlitzClient.safeFileName("a\u{1b}[31mb.txt", messageID: id, contentType: "") == "a[31mb.txt")
         #expect(FlitzClient.safeFileName("", messageID: id, contentType: "image/png") == "attachment-abababab.png")
+        #expect(FlitzClient.safeFileName("invoice\u{202E}fdp.exe", messageID: id, contentType: "") == "invoice_fdp.exe")
+        #expect(FlitzClient.safeFileName("a\u{200B}b.txt", messageID: id, contentType: "") == "a_b.txt")
+        #expect(FlitzClient.safeFileName("-rf", messageID: id, contentType: "") == "_-rf")
+        #expect(FlitzClient.safeFileName(".-x", messageID: id, contentType: "") == "_-x")
         #expect(FlitzClient.pointerFileName("x/y\\z\n.jpg") == "x_y_z_.jpg")
         #expect(FlitzClient.pointerFileName(String(repeating: "é", count: 200)).utf8.count <= 255)
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "IMG.JPG")) == .image)
@@ -124,6 +128,13 @@ struct MediaClientTests {
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "note.ogg")) == .audio)
         #expect(MediaTools.kind(of: MediaTools.contentType(of: "report.pdf")) == .document)
         #expect(FlitzClient.formatBytes(2_100_000) == "2.1 MB")
+        #expect(
+            MediaTools.childEnvironment(["PATH=/usr/bin", "FLITZ_PASSPHRASE=secret", "FLITZ_NEW_PASSPHRASE=new=x", "FLITZ_HOME=/h"])
+                == ["PATH=/usr/bin", "FLITZ_HOME=/h"])
+        #expect(throws: Never.self) { try FlitzClient.checkUploadPath("/v1/uploads") }
+        for bad in ["v1/uploads", "//evil.example/up", "/v1/uploads@evil", "/up?x=1", "/up#f", "/a//b", "http://evil/up"] {
+            #expect(throws: ClientError.self) { try FlitzClient.checkUploadPath(bad) }
+        }
     }
 
     /// An existing file is never overwritten: the next free `NAME (n).EXT` is taken.
@@ -209,5 +220,46 @@ struct MediaClientTests {
         #expect(try alice.gallery(with: "bob").isEmpty)
         let rows = try await bob.store.dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM attachments") }
         #expect(rows == 0)
+    }
+
+    /// A delete for everyone removes the downloaded copy only while it is exactly the file `download` recorded
+    /// (device, inode, size, mtime): an edited file, or another file saved under that name since, is left.
+    @Test func deletingRemovesOnlyTheUnchangedDownload() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        let scratch = try MediaScratch()
+        let ids = [
+            try await alice.sendLocation(to: "bob", latitude: 1, longitude: 1),
+            try await alice.sendLocation(to: "bob", latitude: 2, longitude: 2),
+            try await alice.sendLocation(to: "bob", latitude: 3, longitude: 3),
+        ]
+        _ = try await bob.receiveAll()
+        let files = ["same.bin", "edited.bin", "replaced.bin"].map { scratch.path($0) }
+        for (id, file) in zip(ids, files) {
+            try Data("downloaded".utf8).write(to: file)
+            let identity = try #require(DownloadedFileIdentity(path: file.path))
+            try await bob.store.dbQueue.write { db in
+                try db.execute(
+                    sql: """
+                        UPDATE attachments SET local_path = ?, local_device = ?, local_inode = ?, local_size = ?, local_mtime_ns = ?
+                        WHERE message_seq = (SELECT seq FROM messages WHERE message_id = ?)
+                        """,
+                    arguments: [file.path, identity.device, identity.inode, identity.size, identity.modifiedNanoseconds, id])
+            }
+        }
+        // Edited in place (size changes), and replaced by an unrelated file under the same name (new inode).
+        let handle = try FileHandle(forWritingTo: files[1])
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(" and edited".utf8))
+        try handle.close()
+        // Made while the old one exists (so its inode differs), then renamed over it.
+        try Data("downloaded".utf8).write(to: scratch.path("other.bin"))
+        #expect(rename(scratch.path("other.bin").path, files[2].path) == 0)
+        for id in ids { try await alice.deleteMessage(id, forEveryone: true) }
+        _ = try await bob.receiveAll()
+        #expect(!FileManager.default.fileExists(atPath: files[0].path))
+        #expect(try Data(contentsOf: files[1]) == Data("downloaded and edited".utf8))
+        #expect(try Data(contentsOf: files[2]) == Data("downloaded".utf8))
+        await relay.stop()
     }
 }

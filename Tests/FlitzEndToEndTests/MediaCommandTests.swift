@@ -226,12 +226,21 @@ struct MediaCommandTests {
         #expect(try setup.alice.flitz("send", "bob", "--file", doc.path).status == 0)
         #expect(try setup.alice.flitz("send", "bob", "--location", "52.52,13.405", "--label", "Berlin").status == 0)
         #expect(try setup.alice.flitz("send", "bob", "just text").status == 0)
+        // A southern latitude (a leading `-`) is the option's value, not an option; out of range is a usage error.
+        let south = try setup.alice.flitz("send", "bob", "--location", "-33.9249,18.4241", "--label", "Cape Town")
+        #expect(south.status == 0, "\(south)")
+        for bad in ["91,0", "0,-181", "nan,0", "inf,1"] {
+            let refused = try setup.alice.flitz("send", "bob", "--location", bad)
+            #expect(refused.status == 64, "\(refused)")
+            #expect(refused.stderr.contains("latitude must be between -90 and 90"), "\(refused)")
+        }
         let received = try setup.bob.flitz("receive")
         #expect(received.stdout.contains("[photo.png, 20 kB] look"), "\(received)")
         #expect(received.stdout.contains("[location 52.52,13.405 Berlin]"), "\(received)")
 
         let all = Self.jsonRows(try setup.bob.flitz("media", "alice", "--json"))
-        #expect(all.map { $0["kind"] as? String } == ["location", "document", "image"])
+        #expect(all.map { $0["kind"] as? String } == ["location", "location", "document", "image"])
+        #expect(all.first?["latitude"] as? Double == -33.9249 && all.first?["label"] as? String == "Cape Town")
         #expect(all.allSatisfy { $0["from"] as? String == "alice" && $0["sentAt"] != nil })
         #expect(all.last?["caption"] as? String == "look")
         #expect(Self.jsonRows(try setup.bob.flitz("media", "alice", "--type", "image", "--json")).map { $0["fileName"] as? String } == ["photo.png"])
@@ -250,8 +259,23 @@ struct MediaCommandTests {
         #expect(try String(contentsOf: unzipped.appendingPathComponent("locations.txt"), encoding: .utf8).contains("52.52,13.405\tBerlin"))
         // Images only; an existing ZIP is never overwritten.
         let images = setup.scratch.path("images.zip")
-        #expect(try setup.bob.flitz("media", "alice", "--type", "image", "--export", images.path).stdout.contains("wrote 1 entries"))
+        #expect(try setup.bob.flitz("media", "alice", "--type", "image", "--export", images.path).stdout.contains("wrote 1 entry to"))
         #expect(try setup.bob.flitz("media", "alice", "--export", zip.path).status != 0)
+        // Clear one-line refusals, before anything is uploaded or downloaded.
+        let missing = try setup.bob.flitz("media", "alice", "--export", setup.scratch.path("nowhere/out.zip").path)
+        #expect(missing.status != 0 && missing.stderr.contains("no directory"), "\(missing)")
+        #expect(!missing.stderr.contains("NSError") && !missing.stderr.contains("Domain="), "\(missing)")
+        let notDirectory = try setup.bob.flitz("download", all.first { $0["kind"] as? String == "document" }?["id"] as? String ?? "", "--out", doc.path)
+        #expect(notDirectory.status != 0 && notDirectory.stderr.contains("is not a directory"), "\(notDirectory)")
+        let directory = try setup.alice.flitz("send", "bob", "--file", setup.scratch.url.path)
+        #expect(directory.status != 0 && directory.stderr.contains("is a directory"), "\(directory)")
+        let voice = try setup.alice.flitz("send", "bob", "--file", doc.path, "--voice")
+        #expect(voice.status == 64 && voice.stderr.contains("--voice needs an audio file"), "\(voice)")
+        let blobsBefore = setup.blobFiles.count
+        let nobody = try setup.alice.flitz("send", "nosuchuser", "--file", photo.path)
+        #expect(nobody.status == 3 && nobody.stderr.contains("no such handle"), "\(nobody)")
+        #expect(!nobody.stderr.contains("upload"), "\(nobody)")
+        #expect(setup.blobFiles.count == blobsBefore)
     }
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/ffmpeg")))
