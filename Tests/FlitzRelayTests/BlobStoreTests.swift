@@ -394,6 +394,54 @@ extension RelayHarness {
         }
     }
 
+    @Test func stalledPatchIsAbandonedAfterTheBodyTimeout() async throws {
+        try await RelayHarness.run(configure: { $0.blobBodyTimeout = .milliseconds(200) }) { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let data = blobBytes(524_288)
+                let path = try await http.create(token: token, length: data.count)
+                #expect(try await http.patch(path, token: token, offset: 0, Array(data[0..<131_072])).status == 204)
+                let file = relay.blobDirectory.appendingPathComponent(String(path.dropFirst("/v1/uploads/".count))).path
+
+                // A PATCH that promises the rest, sends part of it and then stalls with the connection open.
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: relay.port) { channel in
+                        channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                    }
+                // Failure guard only: a relay that never closes the stalled connection fails the test instead of hanging it.
+                let guardTask = Task {
+                    try await Task.sleep(for: .seconds(20))
+                    try await channel.channel.close()
+                }
+                defer { guardTask.cancel() }
+                let answer = try await channel.executeThenClose { inbound, outbound in
+                    let head = "PATCH \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer \(token)\r\n"
+                        + "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 131072\r\nContent-Length: 393216\r\n\r\n"
+                    try await outbound.write(ByteBuffer(string: head))
+                    try await outbound.write(ByteBuffer(bytes: data[131_072..<231_072]))
+                    // The relay answers and closes the connection once the body has been idle for the timeout.
+                    var received = ByteBuffer()
+                    for try await var buffer in inbound { received.writeBuffer(&buffer) }
+                    return String(buffer: received)
+                }
+                #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
+                #expect(answer.lowercased().contains("connection: close"))
+                // Dropped like a cut body: the offset did not move, the bytes are truncated away, the lock is free.
+                let head = try await http.send(.HEAD, path, token: token)
+                #expect(head.header("Upload-Offset") == "131072")
+                #expect(try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int == 131_072)
+                let rest = try await http.patch(path, token: token, offset: 131_072, Array(data[131_072...]))
+                #expect(rest.status == 204)
+                #expect(rest.header("Upload-Offset") == "524288")
+                let blob = try await http.send(.GET, "/v1/blobs/" + String(path.dropFirst("/v1/uploads/".count)), tus: false)
+                #expect(blob.body == data)
+                let metrics = await relay.app.relay.metrics.exposition()
+                #expect(sample(metrics, "flitz_relay_uploads_refused_total{reason=\"interrupted\"}") == 1)
+            }
+        }
+    }
+
     @Test func expiryAndGarbageCollection() async throws {
         try await RelayHarness.run { relay in
             try await relay.withAccount("alice") { connection, _ in
