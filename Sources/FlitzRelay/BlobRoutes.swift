@@ -533,6 +533,18 @@ struct BlobRoutes: Sendable {
             return internalFailure(error)
         }
         let size = record.length
+        // A file missing or of another length than its record would stream a short body after a 200 head.
+        do {
+            let stored = try await relay.blobs.length(id)
+            guard stored == size else {
+                relay.logger.error("blob file missing or of the wrong length", metadata: ["expected": "\(size)", "stored": "\(stored.map(String.init) ?? "none")"])
+                return Response(
+                    status: .internalServerError, headers: [.cacheControl: "no-store", .contentType: "text/plain; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(string: "The relay lost this blob's bytes.\n")))
+            }
+        } catch {
+            return internalFailure(error)
+        }
         var headers: HTTPFields = [.contentType: "application/octet-stream", .acceptRanges: "bytes", .cacheControl: "no-store"]
         var status = HTTPResponse.Status.ok
         var range = Int64(0)..<size

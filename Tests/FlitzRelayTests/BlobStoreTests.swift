@@ -442,6 +442,34 @@ extension RelayHarness {
         }
     }
 
+    @Test func aBlobWhoseFileIsLostIsAnErrorNotAnEmptyDownload() async throws {
+        try await RelayHarness.run { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let path = try await http.create(token: token, length: 1_000)
+                #expect(try await http.patch(path, token: token, offset: 0, blobBytes(1_000)).status == 204)
+                let id = String(path.dropFirst("/v1/uploads/".count))
+                let file = relay.blobDirectory.appendingPathComponent(id).path
+                #expect(try await http.send(.GET, "/v1/blobs/" + id, tus: false).status == 200)
+
+                // Shorter than its record: 500, not a 200 that ends early.
+                try FileManager.default.removeItem(atPath: file)
+                #expect(FileManager.default.createFile(atPath: file, contents: Data(blobBytes(10))))
+                let short = try await http.send(.GET, "/v1/blobs/" + id, tus: false)
+                #expect(short.status == 500)
+                #expect(short.header("Content-Type")?.hasPrefix("text/plain") == true)
+                #expect(!short.text.isEmpty)
+                // Missing: 500 for GET and HEAD.
+                try FileManager.default.removeItem(atPath: file)
+                let missing = try await http.send(.GET, "/v1/blobs/" + id, tus: false)
+                #expect(missing.status == 500)
+                #expect(missing.text == "The relay lost this blob's bytes.\n")
+                #expect(try await http.send(.HEAD, "/v1/blobs/" + id, tus: false).status == 500)
+            }
+        }
+    }
+
     @Test func expiryAndGarbageCollection() async throws {
         try await RelayHarness.run { relay in
             try await relay.withAccount("alice") { connection, _ in
