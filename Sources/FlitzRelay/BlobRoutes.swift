@@ -499,7 +499,7 @@ struct BlobRoutes: Sendable {
             return .refused(failure)
         }
         do {
-            switch try await relay.store.commitUpload(blobID: id, from: start, to: start + written) {
+            switch try await relay.store.commitUpload(blobID: id, from: start, to: start + written, nowMs: relay.clock.nowMs()) {
             case .committed(let committed):
                 relay.metrics.uploadBytes(written)
                 if committed.completed { relay.metrics.uploadCompleted() }

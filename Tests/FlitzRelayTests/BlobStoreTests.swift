@@ -470,6 +470,49 @@ extension RelayHarness {
         }
     }
 
+    @Test func aPatchThatOutlastsTheUploadExpiryDoesNotComplete() async throws {
+        try await RelayHarness.run { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let data = blobBytes(262_144)
+                let path = try await http.create(token: token, length: data.count)
+                let file = relay.blobDirectory.appendingPathComponent(String(path.dropFirst("/v1/uploads/".count))).path
+                #expect(try await http.send(.HEAD, path, token: token).header("Upload-Offset") == "0")
+
+                // The completing PATCH passes its checks, then the upload expires while its body arrives.
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: relay.port) { channel in
+                        channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                    }
+                let answer = try await channel.executeThenClose { inbound, outbound in
+                    let head = "PATCH \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer \(token)\r\n"
+                        + "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: 262144\r\n\r\n"
+                    try await outbound.write(ByteBuffer(string: head))
+                    try await outbound.write(ByteBuffer(bytes: data[0..<100_000]))
+                    // Wait (failure guard only) until the relay is writing this body to the file.
+                    let deadline = ContinuousClock.now + .seconds(20)
+                    while (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int ?? 0) == 0 {
+                        guard ContinuousClock.now < deadline else { throw TestTimeout() }
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                    relay.clock.advance(seconds: 86_401)
+                    try await outbound.write(ByteBuffer(bytes: data[100_000...]))
+                    var received = ByteBuffer()
+                    for try await var buffer in inbound {
+                        received.writeBuffer(&buffer)
+                        if String(buffer: received).contains("\r\n\r\n") { break }
+                    }
+                    return String(buffer: received)
+                }
+                #expect(answer.hasPrefix("HTTP/1.1 404"), "\(answer)")
+                #expect(try await http.send(.HEAD, path, token: token).status == 404)
+                #expect(try await http.send(.GET, "/v1/blobs/" + String(path.dropFirst("/v1/uploads/".count)), tus: false).status == 404)
+                #expect(!FileManager.default.fileExists(atPath: file))
+            }
+        }
+    }
+
     @Test func expiryAndGarbageCollection() async throws {
         try await RelayHarness.run { relay in
             try await relay.withAccount("alice") { connection, _ in
