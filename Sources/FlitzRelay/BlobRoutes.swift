@@ -190,26 +190,33 @@ struct BlobRoutes: Sendable {
         }
         let blobID = relay.random.bytes(Relay.Blob.idBytes)
         let record: BlobRecord
+        let outcome: UploadCreation
         do {
             try await relay.blobs.create(blobID)
-            let outcome = try await relay.store.createUpload(
-                tokenHash: tokenHash, blobID: blobID, length: length, nowMs: now,
-                uploadExpiresAtMs: now + relay.configuration.uploadExpiry.wholeMilliseconds, quotaBytes: relay.configuration.blobQuotaBytes)
-            switch outcome {
-            case .created(let created):
-                record = created
-            case .unknownToken:
-                try await relay.blobs.delete(blobID)
-                return unauthorized()
-            case .overQuota(let used):
-                try await relay.blobs.delete(blobID)
-                relay.metrics.uploadRefused("quota")
-                return Self.refusal(
-                    .contentTooLarge, "The upload would take the account over its quota of \(relay.configuration.blobQuotaBytes) bytes.",
-                    [Header.quotaBytes: String(relay.configuration.blobQuotaBytes), Header.quotaUsedBytes: String(used)])
-            }
         } catch {
             return internalFailure(error)
+        }
+        do {
+            outcome = try await relay.store.createUpload(
+                tokenHash: tokenHash, blobID: blobID, length: length, nowMs: now,
+                uploadExpiresAtMs: now + relay.configuration.uploadExpiry.wholeMilliseconds, quotaBytes: relay.configuration.blobQuotaBytes)
+        } catch {
+            // No record names the file: delete it now (the sweep deletes it later if this fails too).
+            try? await relay.blobs.delete(blobID)
+            return internalFailure(error)
+        }
+        switch outcome {
+        case .created(let created):
+            record = created
+        case .unknownToken:
+            try? await relay.blobs.delete(blobID)
+            return unauthorized()
+        case .overQuota(let used):
+            try? await relay.blobs.delete(blobID)
+            relay.metrics.uploadRefused("quota")
+            return Self.refusal(
+                .contentTooLarge, "The upload would take the account over its quota of \(relay.configuration.blobQuotaBytes) bytes.",
+                [Header.quotaBytes: String(relay.configuration.blobQuotaBytes), Header.quotaUsedBytes: String(used)])
         }
         relay.metrics.uploadCreated()
         var offset: Int64 = 0

@@ -171,6 +171,10 @@ public protocol BlobByteStore: Sendable {
 
     /// Deletes `id`; a missing blob is not an error.
     func delete(_ id: Data) async throws
+
+    /// Ids of the stored blobs last modified (created or written) before `cutoff`, wall-clock time. The sweep deletes
+    /// those without a record: bytes left by a crash between `create` and the record's insertion (attachments.md 4.5).
+    func ids(modifiedBefore cutoff: Date) async throws -> [Data]
 }
 
 /// A sequential writer into one blob (`BlobByteStore.openWriter`).

@@ -513,6 +513,51 @@ extension RelayHarness {
         }
     }
 
+    @Test func theSweepDeletesOldBlobFilesWithoutARecord() async throws {
+        try await RelayHarness.run { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                // A live upload whose file is old (no write for 2 hours) keeps its file: it has a record.
+                let token = try await connection.uploadCapability().token
+                let path = try await http.create(token: token, length: 100)
+                let kept = String(path.dropFirst("/v1/uploads/".count))
+                let old = Date(timeIntervalSinceNow: -7_200)
+                try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: relay.blobDirectory.appendingPathComponent(kept).path)
+                // Files without a record: one last written 2 hours ago (a crash between file and record), one just now.
+                let stray = String(repeating: "ab", count: 16)
+                let recent = String(repeating: "cd", count: 16)
+                let notABlob = "operator-notes.txt"
+                for name in [stray, recent, notABlob] {
+                    #expect(FileManager.default.createFile(atPath: relay.blobDirectory.appendingPathComponent(name).path, contents: Data(blobBytes(10))))
+                }
+                for name in [stray, notABlob] {
+                    try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: relay.blobDirectory.appendingPathComponent(name).path)
+                }
+                #expect(try relay.blobFiles() == [kept, stray, recent, notABlob].sorted())
+                try await relay.app.relay.sweep()
+                #expect(try relay.blobFiles() == [kept, recent, notABlob].sorted())
+                #expect(try await http.patch(path, token: token, offset: 0, blobBytes(100)).status == 204)
+                let metrics = await relay.app.relay.metrics.exposition()
+                #expect(sample(metrics, "flitz_relay_blobs_deleted_total{reason=\"stray\"}") == 1)
+            }
+        }
+    }
+
+    @Test func refusedCreationsLeaveNoFile() async throws {
+        try await RelayHarness.run(configure: { $0.blobQuotaBytes = 1_000 }) { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let over = try await http.send(.POST, "/v1/uploads", token: token, headers: [("Upload-Length", "600")])
+                #expect(over.status == 201)
+                let second = try await connection.uploadCapability().token
+                let refused = try await http.send(.POST, "/v1/uploads", token: second, headers: [("Upload-Length", "600")])
+                #expect(refused.status == 413)
+                #expect(try relay.blobFiles().count == 1)
+            }
+        }
+    }
+
     @Test func expiryAndGarbageCollection() async throws {
         try await RelayHarness.run { relay in
             try await relay.withAccount("alice") { connection, _ in
