@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Synchronization
 
 /// The blob store's HTTP side (`protocol/attachments.md` 4.2-4.4) on the relay's router: TUS 1.0.0 uploads at
 /// `/v1/uploads` (core, creation, creation-with-upload, termination, expiration, checksum with sha1 and sha256) and
@@ -189,39 +190,52 @@ struct BlobRoutes: Sendable {
         }
         let blobID = relay.random.bytes(Relay.Blob.idBytes)
         let record: BlobRecord
+        let outcome: UploadCreation
         do {
             try await relay.blobs.create(blobID)
-            let outcome = try await relay.store.createUpload(
-                tokenHash: tokenHash, blobID: blobID, length: length, nowMs: now,
-                uploadExpiresAtMs: now + relay.configuration.uploadExpiry.wholeMilliseconds, quotaBytes: relay.configuration.blobQuotaBytes)
-            switch outcome {
-            case .created(let created):
-                record = created
-            case .unknownToken:
-                try await relay.blobs.delete(blobID)
-                return unauthorized()
-            case .overQuota(let used):
-                try await relay.blobs.delete(blobID)
-                relay.metrics.uploadRefused("quota")
-                return Self.refusal(
-                    .contentTooLarge, "The upload would take the account over its quota of \(relay.configuration.blobQuotaBytes) bytes.",
-                    [Header.quotaBytes: String(relay.configuration.blobQuotaBytes), Header.quotaUsedBytes: String(used)])
-            }
         } catch {
             return internalFailure(error)
         }
+        do {
+            outcome = try await relay.store.createUpload(
+                tokenHash: tokenHash, blobID: blobID, length: length, nowMs: now,
+                uploadExpiresAtMs: now + relay.configuration.uploadExpiry.wholeMilliseconds, quotaBytes: relay.configuration.blobQuotaBytes)
+        } catch {
+            // No record names the file: delete it now (the sweep deletes it later if this fails too).
+            try? await relay.blobs.delete(blobID)
+            return internalFailure(error)
+        }
+        switch outcome {
+        case .created(let created):
+            record = created
+        case .unknownToken:
+            try? await relay.blobs.delete(blobID)
+            return unauthorized()
+        case .overQuota(let used):
+            try? await relay.blobs.delete(blobID)
+            relay.metrics.uploadRefused("quota")
+            return Self.refusal(
+                .contentTooLarge, "The upload would take the account over its quota of \(relay.configuration.blobQuotaBytes) bytes.",
+                [Header.quotaBytes: String(relay.configuration.blobQuotaBytes), Header.quotaUsedBytes: String(used)])
+        }
         relay.metrics.uploadCreated()
         var offset: Int64 = 0
+        var abandoned = false
         if body.present {
             // The upload exists whatever happens to its body: answer 201 with what was committed, so the client can
             // resume at the Location (attachments.md 4.3).
-            if case .committed(let committed) = await receive(request, record: record, body: body) { offset = committed.committedOffset }
+            switch await receive(request, record: record, body: body) {
+            case .committed(let committed): offset = committed.committedOffset
+            case .refused: break
+            case .abandoned: abandoned = true
+            }
         }
         var headers: HTTPFields = [
             .location: Self.uploadsPath + "/" + Self.hex(blobID), Header.uploadOffset: String(offset),
         ]
         if offset < length { headers[Header.uploadExpires] = Self.httpDate(ms: record.uploadExpiresAtMs) }
-        return Self.answer(.created, headers)
+        let created = Self.answer(.created, headers)
+        return abandoned ? Self.closingConnection(created) : created
     }
 
     // MARK: HEAD, DELETE
@@ -328,7 +342,26 @@ struct BlobRoutes: Sendable {
             return Self.answer(.noContent, [Header.uploadOffset: String(record.committedOffset)])
         case .refused(let response):
             return response
+        case .abandoned:
+            let sentence = "The body sent no bytes for too long and was dropped."
+            return Self.closingConnection(Self.refusal(.requestTimeout, sentence), sentence: sentence)
         }
+    }
+
+    /// `response` (whose body is dropped, replaced by `sentence` when given) with `Connection: close`, and a body that
+    /// ends by failing, so that Hummingbird closes the connection after writing it instead of waiting for the rest of
+    /// a stalled request body (it reads a request's body to its end before the next request).
+    static func closingConnection(_ response: Response, sentence: String? = nil) -> Response {
+        var headers = response.headers
+        headers[.connection] = "close"
+        let bytes = ByteBuffer(string: sentence.map { $0 + "\n" } ?? "")
+        headers[.contentLength] = String(bytes.readableBytes)
+        let body = ResponseBody(contentLength: bytes.readableBytes) { writer in
+            if bytes.readableBytes > 0 { try await writer.write(bytes) }
+            try await writer.finish(nil)
+            throw BodyTimeout()
+        }
+        return Response(status: response.status, headers: headers, body: body)
     }
 
     private func conflict(_ record: BlobRecord) -> Response {
@@ -340,6 +373,64 @@ struct BlobRoutes: Sendable {
     enum Reception {
         case committed(BlobRecord)
         case refused(Response)
+        /// The body stalled past `blob.bodyTimeoutSeconds`; its bytes were truncated away and the connection must close.
+        case abandoned
+    }
+
+    /// A request body that sent nothing for `blob.bodyTimeoutSeconds`.
+    struct BodyTimeout: Error {}
+
+    /// What the body reader got.
+    struct BodyReceipt: Sendable {
+        var written: Int64 = 0
+        var checksum: UploadChecksum?
+        var excess = false
+    }
+
+    /// When the body last delivered bytes (or started).
+    final class BodyProgress: Sendable {
+        private let last = Mutex(ContinuousClock.now)
+        func touch() { last.withLock { $0 = .now } }
+        var lastProgress: ContinuousClock.Instant { last.withLock { $0 } }
+    }
+
+    /// Reads `request`'s body into `writer`, at most `remaining` bytes; throws `BodyTimeout` when no bytes arrive
+    /// for `idle` (the reading task is then cancelled, which ends the connection's inbound stream).
+    static func readBody(
+        _ request: Request, into writer: any BlobWriter, remaining: Int64, checksum: UploadChecksum?, idle: Duration
+    ) async throws -> BodyReceipt {
+        let progress = BodyProgress()
+        return try await withThrowingTaskGroup(of: BodyReceipt?.self) { group in
+            group.addTask {
+                var receipt = BodyReceipt(checksum: checksum)
+                for try await buffer in request.body {
+                    progress.touch()
+                    guard Int64(buffer.readableBytes) <= remaining - receipt.written else {
+                        receipt.excess = true
+                        break
+                    }
+                    let bytes = Array(buffer.readableBytesView)
+                    receipt.checksum?.update(bytes)
+                    try await writer.write(bytes)
+                    receipt.written += Int64(bytes.count)
+                    progress.touch()
+                }
+                return receipt
+            }
+            group.addTask {
+                // The watchdog: returns nil never; throws BodyTimeout after `idle` without progress.
+                while true {
+                    let seen = progress.lastProgress
+                    try await Task.sleep(until: seen.advanced(by: idle), clock: .continuous)
+                    if progress.lastProgress == seen { throw BodyTimeout() }
+                }
+            }
+            defer { group.cancelAll() }
+            while let next = try await group.next() {
+                if let receipt = next { return receipt }
+            }
+            throw BodyTimeout()
+        }
     }
 
     /// Streams the request body into the blob after its committed offset and commits it whole or not at all
@@ -367,7 +458,7 @@ struct BlobRoutes: Sendable {
         guard record.committedOffset == expectedOffset, !record.completed else { return .refused(conflict(record)) }
         let start = record.committedOffset
         let remaining = record.length - start
-        var checksum = request.headers[Header.uploadChecksum].flatMap(UploadChecksum.init)
+        let checksum = request.headers[Header.uploadChecksum].flatMap(UploadChecksum.init)
         var written: Int64 = 0
         let writer: any BlobWriter
         do {
@@ -378,39 +469,44 @@ struct BlobRoutes: Sendable {
             return .refused(internalFailure(error))
         }
         var failure: Response?
+        var abandoned = false
         do {
-            for try await buffer in request.body {
-                guard Int64(buffer.readableBytes) <= remaining - written else {
-                    relay.metrics.uploadRefused("excess")
-                    failure = Self.refusal(.contentTooLarge, "The body has more bytes than the upload's Upload-Length allows.")
-                    break
-                }
-                let bytes = Array(buffer.readableBytesView)
-                checksum?.update(bytes)
-                try await writer.write(bytes)
-                written += Int64(bytes.count)
+            let receipt = try await Self.readBody(
+                request, into: writer, remaining: remaining, checksum: checksum, idle: relay.configuration.blobBodyTimeout)
+            written = receipt.written
+            if receipt.excess {
+                relay.metrics.uploadRefused("excess")
+                failure = Self.refusal(.contentTooLarge, "The body has more bytes than the upload's Upload-Length allows.")
             }
             if failure == nil, let expected = body.contentLength, written != expected {
                 relay.metrics.uploadRefused("interrupted")
                 failure = Self.refusal(.badRequest, "The body ended before its Content-Length.")
             }
-            if failure == nil, let checksum, !checksum.matches() {
+            if failure == nil, let checksum = receipt.checksum, !checksum.matches() {
                 relay.metrics.uploadRefused("checksum")
                 failure = Self.refusal(Self.checksumMismatch, "The body does not match its Upload-Checksum.")
             }
             if failure == nil { try await writer.sync() }
+        } catch is BodyTimeout {
+            // Stalled: dropped like a cut body; the caller closes the connection.
+            relay.metrics.uploadRefused("interrupted")
+            abandoned = true
         } catch {
             // The body stream failed (the connection was cut) or the file could not be written.
             relay.metrics.uploadRefused("interrupted")
             failure = Self.refusal(.badRequest, "The body could not be received whole.")
         }
         try? await writer.close()
+        if abandoned {
+            try? await relay.blobs.truncate(id, to: start)
+            return .abandoned
+        }
         if let failure {
             try? await relay.blobs.truncate(id, to: start)
             return .refused(failure)
         }
         do {
-            switch try await relay.store.commitUpload(blobID: id, from: start, to: start + written) {
+            switch try await relay.store.commitUpload(blobID: id, from: start, to: start + written, nowMs: relay.clock.nowMs()) {
             case .committed(let committed):
                 relay.metrics.uploadBytes(written)
                 if committed.completed { relay.metrics.uploadCompleted() }
@@ -444,6 +540,18 @@ struct BlobRoutes: Sendable {
             return internalFailure(error)
         }
         let size = record.length
+        // A file missing or of another length than its record would stream a short body after a 200 head.
+        do {
+            let stored = try await relay.blobs.length(id)
+            guard stored == size else {
+                relay.logger.error("blob file missing or of the wrong length", metadata: ["expected": "\(size)", "stored": "\(stored.map(String.init) ?? "none")"])
+                return Response(
+                    status: .internalServerError, headers: [.cacheControl: "no-store", .contentType: "text/plain; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(string: "The relay lost this blob's bytes.\n")))
+            }
+        } catch {
+            return internalFailure(error)
+        }
         var headers: HTTPFields = [.contentType: "application/octet-stream", .acceptRanges: "bytes", .cacheControl: "no-store"]
         var status = HTTPResponse.Status.ok
         var range = Int64(0)..<size
@@ -495,7 +603,7 @@ struct ResponseBox: Error {
 }
 
 /// `Upload-Checksum: ALG BASE64` (TUS checksum extension) with a running hash of the body.
-struct UploadChecksum {
+struct UploadChecksum: Sendable {
     private enum Running {
         case sha1(Insecure.SHA1)
         case sha256(SHA256)

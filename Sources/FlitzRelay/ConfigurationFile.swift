@@ -109,6 +109,9 @@ extension RelayConfiguration {
             key("blob.uploadExpirySeconds", "blob-upload-expiry", "86400", "seconds after its creation an unfinished upload is deleted (24 hours)") {
                 $0.uploadExpiry = try seconds($1, $2)
             },
+            key("blob.bodyTimeoutSeconds", "blob-body-timeout", "60", "seconds without a byte after which an upload body is abandoned and its connection closed") {
+                $0.blobBodyTimeout = try seconds($1, $2)
+            },
             // Push wake-ups (protocol/push.md 9).
             key("push.coalesceWindow", "push-coalesce-window", "60", "seconds without a further urgent wake-up of a device after one, unless it connects") {
                 $0.push.coalesceWindow = try seconds($1, $2)

@@ -123,6 +123,28 @@ public final class FileBlobStorage: BlobByteStore {
         }
     }
 
+    /// Implements `BlobByteStore.ids(modifiedBefore:)`: files named as a blob id (32 lowercase hex characters) whose
+    /// mtime is before `cutoff`; other files in the directory are not the relay's and are left alone.
+    public func ids(modifiedBefore cutoff: Date) async throws -> [Data] {
+        let directory = directory
+        return try await io { () throws -> [Data] in
+            let names: [String]
+            do {
+                names = try FileManager.default.contentsOfDirectory(atPath: directory)
+            } catch {
+                throw BlobStorageError("cannot list the blob directory (blob.dir)")
+            }
+            var ids: [Data] = []
+            for name in names {
+                guard let id = BlobRoutes.blobID(name) else { continue }
+                var info = stat()
+                guard stat(directory + "/" + name, &info) == 0 else { continue }  // deleted meanwhile
+                if Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9 < cutoff.timeIntervalSince1970 { ids.append(id) }
+            }
+            return ids
+        }
+    }
+
     /// Implements `BlobByteStore.delete`.
     public func delete(_ id: Data) async throws {
         let path = path(id)

@@ -17,6 +17,9 @@ extension Relay {
         static let idBytes = 16
         /// Expired uploads and blobs collected per sweep round.
         static let sweepBatch = 1_000
+        /// A blob file without a record is deleted by the sweep once it is this old (seconds since its last write):
+        /// far longer than the moment between a file's creation and its record's insertion.
+        static let strayFileAge: TimeInterval = 3_600
     }
 
     /// `RequestUploadCapability`'s argument checks (`attachments.md` 4.1, second in order, before the rate limit).
@@ -101,7 +104,25 @@ extension Relay {
         }
         metrics.blobsDeleted("expired", count: total)
         _ = try await store.deleteExpiredUploadTokens(nowMs: nowMs)
+        try await sweepStrayBlobFiles()
         return total
+    }
+
+    /// Deletes blob files that have no record and were last written more than `Blob.strayFileAge` ago (a crash
+    /// between a file's creation and its record's insertion, or a failed deletion). File times are wall-clock
+    /// times, so the cutoff is the system's wall clock, not the relay's (test-movable) clock.
+    /// - Returns: how many files were deleted.
+    /// - Throws: `StoreError` or `BlobStorageError`.
+    @discardableResult
+    func sweepStrayBlobFiles() async throws -> Int {
+        var deleted = 0
+        for id in try await blobs.ids(modifiedBefore: Date(timeIntervalSinceNow: -Blob.strayFileAge)) {
+            guard try await store.blob(id: id) == nil else { continue }
+            try await blobs.delete(id)
+            deleted += 1
+        }
+        metrics.blobsDeleted("stray", count: deleted)
+        return deleted
     }
 }
 

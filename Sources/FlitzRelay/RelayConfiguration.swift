@@ -56,6 +56,10 @@ public struct RelayConfiguration: Sendable {
     public var blobQuotaBytes: Int64 = 1_073_741_824
     /// `blob.uploadExpirySeconds`: an unfinished upload is deleted this long after its creation. Default 24 hours.
     public var uploadExpiry: Duration = .seconds(86_400)
+    /// `blob.bodyTimeoutSeconds`: a PATCH (or creation-with-upload) body that sends no byte for this long is
+    /// abandoned like a cut one: its bytes are truncated away, the upload's lock is released and the connection is
+    /// closed (`attachments.md` 4.3). Default 60 seconds.
+    public var blobBodyTimeout: Duration = .seconds(60)
     /// `push.*`: push wake-ups (`protocol/push.md` 9). Default `PushConfiguration()`.
     public var push = PushConfiguration()
 

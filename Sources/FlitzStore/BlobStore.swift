@@ -119,8 +119,10 @@ public protocol BlobMetadataStore: Sendable {
     func blob(id blobID: Data) async throws -> BlobRecord?
 
     /// Advances `blobID`'s committed offset from `from` to `to` (compare-and-set); marks it completed when `to`
-    /// equals its length. Call only after the bytes up to `to` are durable.
-    func commitUpload(blobID: Data, from: Int64, to: Int64) async throws -> UploadCommit
+    /// equals its length. Call only after the bytes up to `to` are durable. An upload no longer live at `nowMs`
+    /// (past its upload expiry or its expiry, see `BlobRecord.isLive`) is `.gone`: a PATCH that outlasted the
+    /// upload's expiry does not commit (attachments.md 4.5).
+    func commitUpload(blobID: Data, from: Int64, to: Int64, nowMs: Int64) async throws -> UploadCommit
 
     /// Deletes the records of `blobIDs` (missing ones are skipped); returns how many were deleted.
     @discardableResult
@@ -169,6 +171,10 @@ public protocol BlobByteStore: Sendable {
 
     /// Deletes `id`; a missing blob is not an error.
     func delete(_ id: Data) async throws
+
+    /// Ids of the stored blobs last modified (created or written) before `cutoff`, wall-clock time. The sweep deletes
+    /// those without a record: bytes left by a crash between `create` and the record's insertion (attachments.md 4.5).
+    func ids(modifiedBefore cutoff: Date) async throws -> [Data]
 }
 
 /// A sequential writer into one blob (`BlobByteStore.openWriter`).

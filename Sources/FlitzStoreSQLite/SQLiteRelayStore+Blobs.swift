@@ -133,18 +133,26 @@ extension SQLiteRelayStore {
         }
     }
 
-    /// Implements `BlobMetadataStore.commitUpload` (compare-and-set in one transaction).
-    public func commitUpload(blobID: Data, from: Int64, to: Int64) async throws -> UploadCommit {
+    /// Implements `BlobMetadataStore.commitUpload` (compare-and-set in one transaction, on the offset and on the
+    /// upload still being live at `nowMs`).
+    public func commitUpload(blobID: Data, from: Int64, to: Int64, nowMs: Int64) async throws -> UploadCommit {
         try await run {
             try await self.pool.write { db in
                 guard var record = try Row.fetchOne(db, sql: "SELECT * FROM blobs WHERE blob_id = ?", arguments: [blobID]).map(Self.blobRecord)
                 else { return .gone }
-                guard record.committedOffset == from, !record.completed, to >= from, to <= record.length else { return .offsetMismatch(record) }
+                guard record.committedOffset == from, !record.completed, to >= from, to <= record.length else {
+                    return record.isLive(atMs: nowMs) ? .offsetMismatch(record) : .gone
+                }
                 record.committedOffset = to
                 record.completed = to == record.length
                 try db.execute(
-                    sql: "UPDATE blobs SET committed_offset = ?, completed = ? WHERE blob_id = ?",
-                    arguments: [to, record.completed ? 1 : 0, blobID])
+                    sql: """
+                        UPDATE blobs SET committed_offset = ?, completed = ?
+                        WHERE blob_id = ? AND committed_offset = ? AND completed = 0 AND upload_expires_at > ? AND expires_at > ?
+                        """,
+                    arguments: [to, record.completed ? 1 : 0, blobID, from, nowMs, nowMs])
+                // No row changed: the upload expired (its upload expiry or its expiry passed) before this commit.
+                guard db.changesCount == 1 else { return .gone }
                 return .committed(record)
             }
         }

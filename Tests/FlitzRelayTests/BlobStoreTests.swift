@@ -394,6 +394,170 @@ extension RelayHarness {
         }
     }
 
+    @Test func stalledPatchIsAbandonedAfterTheBodyTimeout() async throws {
+        try await RelayHarness.run(configure: { $0.blobBodyTimeout = .milliseconds(200) }) { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let data = blobBytes(524_288)
+                let path = try await http.create(token: token, length: data.count)
+                #expect(try await http.patch(path, token: token, offset: 0, Array(data[0..<131_072])).status == 204)
+                let file = relay.blobDirectory.appendingPathComponent(String(path.dropFirst("/v1/uploads/".count))).path
+
+                // A PATCH that promises the rest, sends part of it and then stalls with the connection open.
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: relay.port) { channel in
+                        channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                    }
+                // Failure guard only: a relay that never closes the stalled connection fails the test instead of hanging it.
+                let guardTask = Task {
+                    try await Task.sleep(for: .seconds(20))
+                    try await channel.channel.close()
+                }
+                defer { guardTask.cancel() }
+                let answer = try await channel.executeThenClose { inbound, outbound in
+                    let head = "PATCH \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer \(token)\r\n"
+                        + "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 131072\r\nContent-Length: 393216\r\n\r\n"
+                    try await outbound.write(ByteBuffer(string: head))
+                    try await outbound.write(ByteBuffer(bytes: data[131_072..<231_072]))
+                    // The relay answers and closes the connection once the body has been idle for the timeout.
+                    var received = ByteBuffer()
+                    for try await var buffer in inbound { received.writeBuffer(&buffer) }
+                    return String(buffer: received)
+                }
+                #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
+                #expect(answer.lowercased().contains("connection: close"))
+                // Dropped like a cut body: the offset did not move, the bytes are truncated away, the lock is free.
+                let head = try await http.send(.HEAD, path, token: token)
+                #expect(head.header("Upload-Offset") == "131072")
+                #expect(try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int == 131_072)
+                let rest = try await http.patch(path, token: token, offset: 131_072, Array(data[131_072...]))
+                #expect(rest.status == 204)
+                #expect(rest.header("Upload-Offset") == "524288")
+                let blob = try await http.send(.GET, "/v1/blobs/" + String(path.dropFirst("/v1/uploads/".count)), tus: false)
+                #expect(blob.body == data)
+                let metrics = await relay.app.relay.metrics.exposition()
+                #expect(sample(metrics, "flitz_relay_uploads_refused_total{reason=\"interrupted\"}") == 1)
+            }
+        }
+    }
+
+    @Test func aBlobWhoseFileIsLostIsAnErrorNotAnEmptyDownload() async throws {
+        try await RelayHarness.run { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let path = try await http.create(token: token, length: 1_000)
+                #expect(try await http.patch(path, token: token, offset: 0, blobBytes(1_000)).status == 204)
+                let id = String(path.dropFirst("/v1/uploads/".count))
+                let file = relay.blobDirectory.appendingPathComponent(id).path
+                #expect(try await http.send(.GET, "/v1/blobs/" + id, tus: false).status == 200)
+
+                // Shorter than its record: 500, not a 200 that ends early.
+                try FileManager.default.removeItem(atPath: file)
+                #expect(FileManager.default.createFile(atPath: file, contents: Data(blobBytes(10))))
+                let short = try await http.send(.GET, "/v1/blobs/" + id, tus: false)
+                #expect(short.status == 500)
+                #expect(short.header("Content-Type")?.hasPrefix("text/plain") == true)
+                #expect(!short.text.isEmpty)
+                // Missing: 500 for GET and HEAD.
+                try FileManager.default.removeItem(atPath: file)
+                let missing = try await http.send(.GET, "/v1/blobs/" + id, tus: false)
+                #expect(missing.status == 500)
+                #expect(missing.text == "The relay lost this blob's bytes.\n")
+                #expect(try await http.send(.HEAD, "/v1/blobs/" + id, tus: false).status == 500)
+            }
+        }
+    }
+
+    @Test func aPatchThatOutlastsTheUploadExpiryDoesNotComplete() async throws {
+        try await RelayHarness.run { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let data = blobBytes(262_144)
+                let path = try await http.create(token: token, length: data.count)
+                let file = relay.blobDirectory.appendingPathComponent(String(path.dropFirst("/v1/uploads/".count))).path
+                #expect(try await http.send(.HEAD, path, token: token).header("Upload-Offset") == "0")
+
+                // The completing PATCH passes its checks, then the upload expires while its body arrives.
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: relay.port) { channel in
+                        channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                    }
+                let answer = try await channel.executeThenClose { inbound, outbound in
+                    let head = "PATCH \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\nAuthorization: Bearer \(token)\r\n"
+                        + "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: 262144\r\n\r\n"
+                    try await outbound.write(ByteBuffer(string: head))
+                    try await outbound.write(ByteBuffer(bytes: data[0..<100_000]))
+                    // Wait (failure guard only) until the relay is writing this body to the file.
+                    let deadline = ContinuousClock.now + .seconds(20)
+                    while (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int ?? 0) == 0 {
+                        guard ContinuousClock.now < deadline else { throw TestTimeout() }
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                    relay.clock.advance(seconds: 86_401)
+                    try await outbound.write(ByteBuffer(bytes: data[100_000...]))
+                    var received = ByteBuffer()
+                    for try await var buffer in inbound {
+                        received.writeBuffer(&buffer)
+                        if String(buffer: received).contains("\r\n\r\n") { break }
+                    }
+                    return String(buffer: received)
+                }
+                #expect(answer.hasPrefix("HTTP/1.1 404"), "\(answer)")
+                #expect(try await http.send(.HEAD, path, token: token).status == 404)
+                #expect(try await http.send(.GET, "/v1/blobs/" + String(path.dropFirst("/v1/uploads/".count)), tus: false).status == 404)
+                #expect(!FileManager.default.fileExists(atPath: file))
+            }
+        }
+    }
+
+    @Test func theSweepDeletesOldBlobFilesWithoutARecord() async throws {
+        try await RelayHarness.run { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                // A live upload whose file is old (no write for 2 hours) keeps its file: it has a record.
+                let token = try await connection.uploadCapability().token
+                let path = try await http.create(token: token, length: 100)
+                let kept = String(path.dropFirst("/v1/uploads/".count))
+                let old = Date(timeIntervalSinceNow: -7_200)
+                try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: relay.blobDirectory.appendingPathComponent(kept).path)
+                // Files without a record: one last written 2 hours ago (a crash between file and record), one just now.
+                let stray = String(repeating: "ab", count: 16)
+                let recent = String(repeating: "cd", count: 16)
+                let notABlob = "operator-notes.txt"
+                for name in [stray, recent, notABlob] {
+                    #expect(FileManager.default.createFile(atPath: relay.blobDirectory.appendingPathComponent(name).path, contents: Data(blobBytes(10))))
+                }
+                for name in [stray, notABlob] {
+                    try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: relay.blobDirectory.appendingPathComponent(name).path)
+                }
+                #expect(try relay.blobFiles() == [kept, stray, recent, notABlob].sorted())
+                try await relay.app.relay.sweep()
+                #expect(try relay.blobFiles() == [kept, recent, notABlob].sorted())
+                #expect(try await http.patch(path, token: token, offset: 0, blobBytes(100)).status == 204)
+                let metrics = await relay.app.relay.metrics.exposition()
+                #expect(sample(metrics, "flitz_relay_blobs_deleted_total{reason=\"stray\"}") == 1)
+            }
+        }
+    }
+
+    @Test func refusedCreationsLeaveNoFile() async throws {
+        try await RelayHarness.run(configure: { $0.blobQuotaBytes = 1_000 }) { relay in
+            try await relay.withAccount("alice") { connection, _ in
+                let http = relay.blobs
+                let token = try await connection.uploadCapability().token
+                let over = try await http.send(.POST, "/v1/uploads", token: token, headers: [("Upload-Length", "600")])
+                #expect(over.status == 201)
+                let second = try await connection.uploadCapability().token
+                let refused = try await http.send(.POST, "/v1/uploads", token: second, headers: [("Upload-Length", "600")])
+                #expect(refused.status == 413)
+                #expect(try relay.blobFiles().count == 1)
+            }
+        }
+    }
+
     @Test func expiryAndGarbageCollection() async throws {
         try await RelayHarness.run { relay in
             try await relay.withAccount("alice") { connection, _ in

@@ -37,14 +37,16 @@ import Testing
         #expect(defaults.maxBlobBytes == 104_857_600)
         #expect(defaults.blobQuotaBytes == 1_073_741_824)
         #expect(defaults.uploadExpiry == .seconds(86_400))
+        #expect(defaults.blobBodyTimeout == .seconds(60))
         #expect(defaults.rateLimits.uploadCapability == RateLimit(perMinute: 60, burst: 60))
         let set = try RelayConfiguration.resolve(
-            arguments: ["--blob-dir", "/var/blobs", "--blob-max-bytes", "4096", "--blob-upload-expiry=60", "--limit-upload-capability-burst", "2"],
+            arguments: ["--blob-dir", "/var/blobs", "--blob-max-bytes", "4096", "--blob-upload-expiry=60", "--blob-body-timeout", "5", "--limit-upload-capability-burst", "2"],
             environment: ["FLITZ_RELAY_BLOB_QUOTA_BYTES": "8192"])
         #expect(set.resolvedBlobDirectory == "/var/blobs")
         #expect(set.maxBlobBytes == 4_096)
         #expect(set.blobQuotaBytes == 8_192)
         #expect(set.uploadExpiry == .seconds(60))
+        #expect(set.blobBodyTimeout == .seconds(5))
         #expect(set.rateLimits.uploadCapability.burst == 2)
         #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--blob-max-bytes", "0"], environment: [:]) }
     }

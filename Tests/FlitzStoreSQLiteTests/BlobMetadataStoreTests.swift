@@ -46,14 +46,37 @@ import Testing
             tokenHash: SQLiteRelayStoreTests.bytes(1, 32), blobID: SQLiteRelayStoreTests.bytes(8, 16), length: 1, nowMs: 1_000,
             uploadExpiresAtMs: 50_000, quotaBytes: 1_000) == .unknownToken)
         #expect(try await store.blobQuotaUsage(handle: "alice", nowMs: 1_000) == 100)
-        guard case .committed(let half) = try await store.commitUpload(blobID: id, from: 0, to: 60) else { throw StoreError(.corrupt) }
+        guard case .committed(let half) = try await store.commitUpload(blobID: id, from: 0, to: 60, nowMs: 1_000) else { throw StoreError(.corrupt) }
         #expect(half.committedOffset == 60 && !half.completed)
-        guard case .offsetMismatch(let current) = try await store.commitUpload(blobID: id, from: 0, to: 100) else { throw StoreError(.corrupt) }
+        guard case .offsetMismatch(let current) = try await store.commitUpload(blobID: id, from: 0, to: 100, nowMs: 1_000) else { throw StoreError(.corrupt) }
         #expect(current.committedOffset == 60)
-        guard case .committed(let done) = try await store.commitUpload(blobID: id, from: 60, to: 100) else { throw StoreError(.corrupt) }
+        guard case .committed(let done) = try await store.commitUpload(blobID: id, from: 60, to: 100, nowMs: 1_000) else { throw StoreError(.corrupt) }
         #expect(done.completed)
         #expect(try await store.storedBlobBytes() == 100)
-        #expect(try await store.commitUpload(blobID: SQLiteRelayStoreTests.bytes(7, 16), from: 0, to: 1) == .gone)
+        #expect(try await store.commitUpload(blobID: SQLiteRelayStoreTests.bytes(7, 16), from: 0, to: 1, nowMs: 1_000) == .gone)
+    }
+
+    @Test func aCommitAfterTheUploadExpiryOrTheExpiryIsGone() async throws {
+        let store = try makeStore()
+        try await store.storeUploadToken(Self.token(1, blobExpiresAtMs: 30_000), atMs: 1_000)
+        try await store.storeUploadToken(Self.token(2, blobExpiresAtMs: 10_000), atMs: 1_000)
+        let late = SQLiteRelayStoreTests.bytes(21, 16)
+        let shortLived = SQLiteRelayStoreTests.bytes(22, 16)
+        _ = try await store.createUpload(
+            tokenHash: SQLiteRelayStoreTests.bytes(1, 32), blobID: late, length: 10, nowMs: 1_000, uploadExpiresAtMs: 20_000, quotaBytes: 1_000)
+        _ = try await store.createUpload(
+            tokenHash: SQLiteRelayStoreTests.bytes(2, 32), blobID: shortLived, length: 10, nowMs: 1_000, uploadExpiresAtMs: 20_000, quotaBytes: 1_000)
+        guard case .committed = try await store.commitUpload(blobID: late, from: 0, to: 5, nowMs: 19_999) else { throw StoreError(.corrupt) }
+        // At its upload expiry the completing commit is refused and the offset stays.
+        #expect(try await store.commitUpload(blobID: late, from: 5, to: 10, nowMs: 20_000) == .gone)
+        #expect(try await store.blob(id: late)?.committedOffset == 5)
+        #expect(try await store.blob(id: late)?.completed == false)
+        // At the blob's own expiry (before the upload expiry) too, and a stale offset is also just gone.
+        #expect(try await store.commitUpload(blobID: shortLived, from: 0, to: 10, nowMs: 10_000) == .gone)
+        #expect(try await store.commitUpload(blobID: shortLived, from: 3, to: 10, nowMs: 10_000) == .gone)
+        #expect(try await store.blob(id: shortLived)?.committedOffset == 0)
+        guard case .committed(let done) = try await store.commitUpload(blobID: shortLived, from: 0, to: 10, nowMs: 9_999) else { throw StoreError(.corrupt) }
+        #expect(done.completed)
     }
 
     @Test func expiryUnsendAndAccountPurge() async throws {
@@ -66,7 +89,7 @@ import Testing
         let unfinished = SQLiteRelayStoreTests.bytes(12, 16)
         _ = try await store.createUpload(
             tokenHash: SQLiteRelayStoreTests.bytes(1, 32), blobID: finished, length: 10, nowMs: 1_000, uploadExpiresAtMs: 50_000, quotaBytes: 1_000)
-        _ = try await store.commitUpload(blobID: finished, from: 0, to: 10)
+        _ = try await store.commitUpload(blobID: finished, from: 0, to: 10, nowMs: 1_000)
         _ = try await store.createUpload(
             tokenHash: SQLiteRelayStoreTests.bytes(2, 32), blobID: unfinished, length: 10, nowMs: 1_000, uploadExpiresAtMs: 20_000, quotaBytes: 1_000)
         #expect(try await store.expiredBlobs(nowMs: 9_999, limit: 10).isEmpty)
