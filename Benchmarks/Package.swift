@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        // The root package's SQLite library: SearchLatency's bare FTS5 baseline on the client's database file.
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // Session setups shared by the programs below, so they measure exactly the same thing. It also
@@ -72,6 +74,16 @@ let package = Package(
             name: "AttachmentThroughput",
             dependencies: [.product(name: "FlitzProtocol", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage)],
             path: "Sources/AttachmentThroughput"
+        ),
+        // Not run by the plugin: history search latency over 100 000 stored messages (a client home next to an
+        // in-process relay), next to the bare FTS5 query on the same file (README.md, "Search latency").
+        .executableTarget(
+            name: "SearchLatency",
+            dependencies: [
+                .product(name: "FlitzClient", package: rootPackage), .product(name: "FlitzRelay", package: rootPackage),
+                .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/SearchLatency"
         ),
         // Not run by the plugin: prints the encoded sizes of a session setup with PQXDH and X3DH only.
         .executableTarget(name: "HandshakeSizes", dependencies: ["BenchmarkSupport"], path: "Sources/HandshakeSizes"),
