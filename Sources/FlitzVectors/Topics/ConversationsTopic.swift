@@ -29,22 +29,7 @@ enum ConversationsTopic {
         let test = vector.test
         switch try vector.groupType() {
         case "encode":
-            let fields = try test.object("fields"), encoded = try test.hex("encoded")
-            var proto = try ContentJSON.content(from: fields)
-            try require(proto.padding.isEmpty, "fields must not carry padding")
-            let n = try proto.serializedData().count
-            try check(n, try test.int("unpaddedLength"), "unpaddedLength")
-            let k = n % 64 == 0 ? 0 : ((62 - n % 64 + 64) % 64 == 0 ? 64 : (62 - n % 64 + 64) % 64)
-            try check(k, try test.int("paddingLength"), "paddingLength")
-            if k > 0 { proto.padding = Data(count: k) }
-            try check(try proto.serializedData(), encoded, "encoded (from fields, independent padding)")
-            let built = try messageContent(from: proto)
-            try check(built.encoded(), encoded, "MessageContent.encoded() of the content built from fields")
-            let decoded = try MessageContent(decoding: encoded)
-            try check(decoded, built, "MessageContent(decoding:)")
-            try check(bodyName(decoded.body), try test.string("body"), "body")
-            try check(try ContentJSON.fields(of: try self.proto(of: decoded)), fields, "fields of the decoded content")
-            return .valid
+            return try verifyEncode(test, build: messageContent(from:), protoOf: proto(of:))
         case "decode":
             let encoded = try test.hex("encoded")
             var given: ProtoContent?
@@ -109,6 +94,30 @@ enum ConversationsTopic {
         case let type:
             throw VectorCheckFailure.unknownGroup(type, in: "conversations")
         }
+    }
+
+    /// An `encode` vector of a content topic: the fields encode (with independently computed padding) to the
+    /// given bytes, `MessageContent` built from them encodes the same, and decoding gives the content and fields
+    /// back. `build` and `protoOf` are the topic's own mapping between the proto and `MessageContent`.
+    static func verifyEncode(
+        _ test: JSONValue, build: (ProtoContent) throws -> MessageContent, protoOf: (MessageContent) throws -> ProtoContent
+    ) throws -> VectorOutcome {
+        let fields = try test.object("fields"), encoded = try test.hex("encoded")
+        var proto = try ContentJSON.content(from: fields)
+        try require(proto.padding.isEmpty, "fields must not carry padding")
+        let n = try proto.serializedData().count
+        try check(n, try test.int("unpaddedLength"), "unpaddedLength")
+        let k = n % 64 == 0 ? 0 : ((62 - n % 64 + 64) % 64 == 0 ? 64 : (62 - n % 64 + 64) % 64)
+        try check(k, try test.int("paddingLength"), "paddingLength")
+        if k > 0 { proto.padding = Data(count: k) }
+        try check(try proto.serializedData(), encoded, "encoded (from fields, independent padding)")
+        let built = try build(proto)
+        try check(built.encoded(), encoded, "MessageContent.encoded() of the content built from fields")
+        let decoded = try MessageContent(decoding: encoded)
+        try check(decoded, built, "MessageContent(decoding:)")
+        try check(bodyName(decoded.body), try test.string("body"), "body")
+        try check(try ContentJSON.fields(of: try protoOf(decoded)), fields, "fields of the decoded content")
+        return .valid
     }
 
     static func bodyName(_ body: MessageContent.Body) -> String {
