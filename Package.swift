@@ -42,6 +42,12 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"])]
         ),
+        // SRTP (RFC 3711, RFC 7714) for call media (protocol/calls.md 6).
+        .systemLibrary(
+            name: "CFlitzSRTP",
+            pkgConfig: "libsrtp2",
+            providers: [.apt(["libsrtp2-dev"])]
+        ),
         .target(
             name: "FlitzCrypto",
             dependencies: ["CFlitzSodium", .product(name: "Crypto", package: "swift-crypto")]
@@ -54,6 +60,17 @@ let package = Package(
         .target(
             name: "FlitzProtocol",
             dependencies: ["FlitzCrypto", "FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        // Call media (protocol/calls.md 6 and 7): RTP, SRTP over libsrtp2, G.711, WAV, UDP, STUN and TURN.
+        // Crypto: MD5 and HMAC-SHA-1 of TURN's long-term credential (RFC 8656), which libsodium lacks.
+        .target(
+            name: "FlitzMedia",
+            dependencies: [
+                "CFlitzSRTP", "FlitzCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         // The relay's storage contract; implementations live in their own targets.
         .target(name: "FlitzStore"),
@@ -85,7 +102,7 @@ let package = Package(
         .target(
             name: "FlitzClient",
             dependencies: [
-                "FlitzProtocol", "FlitzWire", "FlitzCrypto",
+                "FlitzProtocol", "FlitzWire", "FlitzCrypto", "FlitzMedia",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
@@ -116,6 +133,8 @@ let package = Package(
             name: "FlitzVectors",
             dependencies: [
                 "FlitzCrypto", "FlitzWire", "FlitzProtocol", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                // The SRTP packets of vectors/call.json are checked against libsrtp2.
+                "FlitzMedia",
                 // P-256, HMAC and AES-GCM for the independent RFC 8291 reference of the push topic.
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
@@ -127,6 +146,8 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
+        // Real libsrtp2 sessions, real UDP sockets on loopback, and a real coturn (scripts/coturn.sh).
+        .testTarget(name: "FlitzMediaTests", dependencies: ["FlitzMedia", "FlitzCrypto", "CFlitzSRTP"]),
         .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzVectors"]),
         .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),

@@ -8,8 +8,9 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 if command -v pkg-config >/dev/null 2>&1; then
   pkg-config --exists libsodium || missing+=(libsodium-dev)
   pkg-config --exists sqlite3 || missing+=(libsqlite3-dev)
+  pkg-config --exists libsrtp2 || missing+=(libsrtp2-dev)
 else
-  missing+=(libsodium-dev libsqlite3-dev)
+  missing+=(libsodium-dev libsqlite3-dev libsrtp2-dev)
 fi
 # scripts/check-specs.sh makes a Python venv; Debian's python3 has no ensurepip without python3-venv.
 if command -v python3 >/dev/null 2>&1; then
@@ -21,6 +22,8 @@ fi
 # `--test`: what only the test suite needs. ffmpeg makes thumbnails, posters and durations (attachments.md 5).
 if [ "${1:-}" = "--test" ]; then
   command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+  # A real TURN/STUN server for the call tests (protocol/calls.md 7); the tests start their own on loopback.
+  command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

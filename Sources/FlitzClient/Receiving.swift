@@ -468,6 +468,10 @@ extension FlitzClient {
                 events += try Self.applySignal(content, sender: sender, envelope: envelope, account: account, receivedAt: receivedAt, db)
                 return (events, false, nil)
             case .sessionReset: return (events, false, resetFor)
+            case .call:
+                // A call message travels only in a call signal (protocol/calls.md 3.4), never in an envelope.
+                events.append(.warning("ignored a call message from \(sender) that arrived as an envelope"))
+                return (events, false, nil)
             case .unsupported:
                 try db.execute(
                     sql: "INSERT OR IGNORE INTO unsupported_messages (peer, envelope_id, kind, content, received_at) VALUES (?, ?, 'content', ?, ?)",

@@ -209,6 +209,8 @@ public struct MessageContent: Hashable, Sendable {
         case presence(online: Bool)
         /// The conversation's disappearing timer (section 8).
         case disappearingTimer(DisappearingTimer)
+        /// A call signal's plaintext (protocol/calls.md 4): valid only inside a call signal, never an envelope.
+        case call(CallMessage)
         /// A body kind this version does not know (a newer peer's): kept, not dropped
         /// (`protocol/relay.md`, "Versioning"). Carries the whole encoded `Content` as it arrived, which
         /// `encoded()` returns unchanged, so nothing of it is lost; this version never composes one.
@@ -284,6 +286,7 @@ public struct MessageContent: Hashable, Sendable {
             proto.online = online
             content.body = .presence(proto)
         case .disappearingTimer(let timer): content.body = .disappearingTimer(Self.proto(timer))
+        case .call: fatalError("issue 8 contract skeleton: built by the protocol helper")
         case .unsupported:
             preconditionFailure("returned above")
         }
@@ -357,6 +360,7 @@ public struct MessageContent: Hashable, Sendable {
         case .typing(let typing): body = .typing(typing.typing)
         case .presence(let presence): body = .presence(online: presence.online)
         case .disappearingTimer(let timer): body = .disappearingTimer(try Self.timer(timer))
+        case .call: throw FlitzProtocolError(.malformedMessage, "issue 8 contract skeleton: call messages are not decoded yet")
         case nil:
             // An unknown oneof field lands in unknownFields; no field at all is malformed.
             guard !content.unknownFields.data.isEmpty else { throw FlitzProtocolError(.malformedMessage, "content has no body") }

@@ -82,6 +82,7 @@ enum ConversationVectors {
         case .typing: "typing"
         case .presence: "presence"
         case .disappearingTimer: "disappearingTimer"
+        case .call: "call"
         case .unsupported: "unsupported"
         }
     }

@@ -77,6 +77,199 @@ public nonisolated enum ProtoAttachmentKind: SwiftProtobuf.Enum, Swift.CaseItera
 
 }
 
+public nonisolated enum ProtoCallMedia: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+  case audio // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .audio
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .audio: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [ProtoCallMedia] = [
+    .unspecified,
+    .audio,
+  ]
+
+}
+
+/// SRTP protection profiles (RFC 7714, RFC 3711), in the order of the IANA DTLS-SRTP registry names.
+public nonisolated enum ProtoSrtpProfile: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// 32-byte master key, 12-byte master salt, 16-byte tag (preferred)
+  case srtpAeadAes256Gcm // = 1
+
+  /// 16-byte master key, 14-byte master salt, 10-byte tag (fallback)
+  case srtpAes128CmHmacSha180 // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .srtpAeadAes256Gcm
+    case 2: self = .srtpAes128CmHmacSha180
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .srtpAeadAes256Gcm: return 1
+    case .srtpAes128CmHmacSha180: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [ProtoSrtpProfile] = [
+    .unspecified,
+    .srtpAeadAes256Gcm,
+    .srtpAes128CmHmacSha180,
+  ]
+
+}
+
+public nonisolated enum ProtoCandidateType: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// an address of a local interface
+  case host // = 1
+
+  /// the address a STUN server saw
+  case serverReflexive // = 2
+
+  /// a TURN allocation's relayed transport address
+  case relayed // = 3
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .host
+    case 2: self = .serverReflexive
+    case 3: self = .relayed
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .host: return 1
+    case .serverReflexive: return 2
+    case .relayed: return 3
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [ProtoCandidateType] = [
+    .unspecified,
+    .host,
+    .serverReflexive,
+    .relayed,
+  ]
+
+}
+
+public nonisolated enum ProtoHangupReason: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// treated as HANGUP_NORMAL
+  case unspecified // = 0
+
+  /// an answered call ended, or the caller gave up before an answer
+  case hangupNormal // = 1
+
+  /// the callee declined
+  case hangupDeclined // = 2
+
+  /// caller to the callee's other devices: another device answered
+  case hangupAnsweredElsewhere // = 3
+
+  /// the caller's ring timeout passed
+  case hangupNoAnswer // = 4
+
+  /// media could not connect or broke
+  case hangupFailed // = 5
+
+  /// caller to the callee's other devices: one of them declined
+  case hangupDeclinedElsewhere // = 6
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .hangupNormal
+    case 2: self = .hangupDeclined
+    case 3: self = .hangupAnsweredElsewhere
+    case 4: self = .hangupNoAnswer
+    case 5: self = .hangupFailed
+    case 6: self = .hangupDeclinedElsewhere
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .hangupNormal: return 1
+    case .hangupDeclined: return 2
+    case .hangupAnsweredElsewhere: return 3
+    case .hangupNoAnswer: return 4
+    case .hangupFailed: return 5
+    case .hangupDeclinedElsewhere: return 6
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [ProtoHangupReason] = [
+    .unspecified,
+    .hangupNormal,
+    .hangupDeclined,
+    .hangupAnsweredElsewhere,
+    .hangupNoAnswer,
+    .hangupFailed,
+    .hangupDeclinedElsewhere,
+  ]
+
+}
+
 /// The envelope ciphertext. `version` must be 1.
 public nonisolated struct ProtoSessionMessage: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -259,6 +452,15 @@ public nonisolated struct ProtoContent: Sendable {
     set {body = .disappearingTimer(newValue)}
   }
 
+  /// Only inside a CallSignalDelivery's ciphertext, never in an envelope; and nothing else there (calls.md 4).
+  public var call: ProtoCallMessage {
+    get {
+      if case .call(let v)? = body {return v}
+      return ProtoCallMessage()
+    }
+    set {body = .call(newValue)}
+  }
+
   /// Scheduled send (conversations.md 8): this message travels in a single-use session; the receiver does not
   /// keep that session after decrypting it. Only in a prekey message.
   public var singleUseSession: Bool = false
@@ -280,6 +482,8 @@ public nonisolated struct ProtoContent: Sendable {
     case typing(ProtoTyping)
     case presence(ProtoPresence)
     case disappearingTimer(ProtoDisappearingTimer)
+    /// Only inside a CallSignalDelivery's ciphertext, never in an envelope; and nothing else there (calls.md 4).
+    case call(ProtoCallMessage)
 
   }
 
@@ -868,12 +1072,243 @@ public nonisolated struct ProtoSessionRecord: @unchecked Sendable {
   fileprivate var _storage = _StorageClass.defaultInstance
 }
 
+/// The plaintext of one call signal. message_id of its Content is random; sent_at_ms equals the signal's.
+public nonisolated struct ProtoCallMessage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 16 bytes; equals the signal's call_id
+  public var callID: Data = Data()
+
+  /// 32 bytes: SHA-256 of the signal's relay-visible fields (calls.md 4.2), so the relay cannot move a signal to
+  /// another call, kind, sequence, device or time without the receiver noticing.
+  public var signalBinding: Data = Data()
+
+  public var body: ProtoCallMessage.OneOf_Body? = nil
+
+  public var offer: ProtoCallOffer {
+    get {
+      if case .offer(let v)? = body {return v}
+      return ProtoCallOffer()
+    }
+    set {body = .offer(newValue)}
+  }
+
+  public var answer: ProtoCallAnswer {
+    get {
+      if case .answer(let v)? = body {return v}
+      return ProtoCallAnswer()
+    }
+    set {body = .answer(newValue)}
+  }
+
+  public var ice: ProtoCallIceCandidates {
+    get {
+      if case .ice(let v)? = body {return v}
+      return ProtoCallIceCandidates()
+    }
+    set {body = .ice(newValue)}
+  }
+
+  public var hangup: ProtoCallHangup {
+    get {
+      if case .hangup(let v)? = body {return v}
+      return ProtoCallHangup()
+    }
+    set {body = .hangup(newValue)}
+  }
+
+  public var busy: ProtoCallBusy {
+    get {
+      if case .busy(let v)? = body {return v}
+      return ProtoCallBusy()
+    }
+    set {body = .busy(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Body: Equatable, Sendable {
+    case offer(ProtoCallOffer)
+    case answer(ProtoCallAnswer)
+    case ice(ProtoCallIceCandidates)
+    case hangup(ProtoCallHangup)
+    case busy(ProtoCallBusy)
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct ProtoAudioCodec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "PCMU" (G.711 µ-law), the only codec of version 1
+  public var name: String = String()
+
+  /// RTP payload type: 0 for PCMU
+  public var payloadType: UInt32 = 0
+
+  /// Hz: 8000
+  public var clockRate: UInt32 = 0
+
+  /// milliseconds of audio per packet: 20
+  public var frameMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// An ICE candidate (RFC 8445 terms), UDP only.
+public nonisolated struct ProtoIceCandidate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var type: ProtoCandidateType = .unspecified
+
+  /// an IPv4 or IPv6 literal, never a host name
+  public var address: String = String()
+
+  /// 1 to 65535
+  public var port: UInt32 = 0
+
+  /// RFC 8445 5.1.2; higher is tried first
+  public var priority: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct ProtoCallOffer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 1
+  public var version: UInt32 = 0
+
+  /// CALL_MEDIA_AUDIO
+  public var media: ProtoCallMedia = .unspecified
+
+  /// in the caller's order of preference; 1 to 8
+  public var codecs: [ProtoAudioCodec] = []
+
+  /// 32-byte X25519 public key, fresh for this call
+  public var ephemeralKey: Data = Data()
+
+  /// in the caller's order of preference; 1 to 4
+  public var srtpProfiles: [ProtoSrtpProfile] = []
+
+  /// 0 to 16; more may follow in CallIceCandidates
+  public var candidates: [ProtoIceCandidate] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct ProtoCallAnswer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 1
+  public var version: UInt32 = 0
+
+  public var media: ProtoCallMedia = .unspecified
+
+  /// one of the offer's codecs
+  public var codec: ProtoAudioCodec {
+    get {_codec ?? ProtoAudioCodec()}
+    set {_codec = newValue}
+  }
+  /// Returns true if `codec` has been explicitly set.
+  public var hasCodec: Bool {self._codec != nil}
+  /// Clears the value of `codec`. Subsequent reads from it will return its default value.
+  public mutating func clearCodec() {self._codec = nil}
+
+  /// 32-byte X25519 public key, fresh for this call
+  public var ephemeralKey: Data = Data()
+
+  /// one of the offer's profiles
+  public var srtpProfile: ProtoSrtpProfile = .unspecified
+
+  /// 0 to 16
+  public var candidates: [ProtoIceCandidate] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _codec: ProtoAudioCodec? = nil
+}
+
+public nonisolated struct ProtoCallIceCandidates: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 0 to 16
+  public var candidates: [ProtoIceCandidate] = []
+
+  /// no more candidates follow from this device for this call
+  public var endOfCandidates: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct ProtoCallHangup: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var reason: ProtoHangupReason = .unspecified
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct ProtoCallBusy: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "flitz.session.v1"
 
 nonisolated extension ProtoAttachmentKind: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ATTACHMENT_KIND_UNSPECIFIED\0\u{1}IMAGE\0\u{1}VIDEO\0\u{1}AUDIO\0\u{1}DOCUMENT\0")
+}
+
+nonisolated extension ProtoCallMedia: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CALL_MEDIA_UNSPECIFIED\0\u{1}CALL_MEDIA_AUDIO\0")
+}
+
+nonisolated extension ProtoSrtpProfile: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0SRTP_PROFILE_UNSPECIFIED\0\u{1}SRTP_AEAD_AES_256_GCM\0\u{1}SRTP_AES128_CM_HMAC_SHA1_80\0")
+}
+
+nonisolated extension ProtoCandidateType: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CANDIDATE_TYPE_UNSPECIFIED\0\u{1}HOST\0\u{1}SERVER_REFLEXIVE\0\u{1}RELAYED\0")
+}
+
+nonisolated extension ProtoHangupReason: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0HANGUP_REASON_UNSPECIFIED\0\u{1}HANGUP_NORMAL\0\u{1}HANGUP_DECLINED\0\u{1}HANGUP_ANSWERED_ELSEWHERE\0\u{1}HANGUP_NO_ANSWER\0\u{1}HANGUP_FAILED\0\u{1}HANGUP_DECLINED_ELSEWHERE\0")
 }
 
 nonisolated extension ProtoSessionMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1019,7 +1454,7 @@ nonisolated extension ProtoPreKeyMessage: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Content"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{3}session_reset\0\u{4}\u{2}sent_transcript\0\u{1}reaction\0\u{1}edit\0\u{3}delete_for_everyone\0\u{1}seen\0\u{1}typing\0\u{1}presence\0\u{3}disappearing_timer\0\u{3}single_use_session\0\u{1}padding\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}sent_at_ms\0\u{1}text\0\u{3}session_reset\0\u{4}\u{2}sent_transcript\0\u{1}reaction\0\u{1}edit\0\u{3}delete_for_everyone\0\u{1}seen\0\u{1}typing\0\u{1}presence\0\u{3}disappearing_timer\0\u{3}single_use_session\0\u{1}padding\0\u{1}call\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1161,6 +1596,19 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
       }()
       case 14: try { try decoder.decodeSingularBoolField(value: &self.singleUseSession) }()
       case 15: try { try decoder.decodeSingularBytesField(value: &self.padding) }()
+      case 16: try {
+        var v: ProtoCallMessage?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .call(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .call(v)
+        }
+      }()
       default: break
       }
     }
@@ -1218,7 +1666,7 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
       guard case .disappearingTimer(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
     }()
-    case nil: break
+    default: break
     }
     if self.singleUseSession != false {
       try visitor.visitSingularBoolField(value: self.singleUseSession, fieldNumber: 14)
@@ -1226,6 +1674,9 @@ nonisolated extension ProtoContent: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if !self.padding.isEmpty {
       try visitor.visitSingularBytesField(value: self.padding, fieldNumber: 15)
     }
+    try { if case .call(let v)? = self.body {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2282,6 +2733,422 @@ nonisolated extension ProtoSessionRecord: SwiftProtobuf.Message, SwiftProtobuf._
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoCallMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallMessage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}call_id\0\u{3}signal_binding\0\u{1}offer\0\u{1}answer\0\u{1}ice\0\u{1}hangup\0\u{1}busy\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.callID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.signalBinding) }()
+      case 3: try {
+        var v: ProtoCallOffer?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .offer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .offer(v)
+        }
+      }()
+      case 4: try {
+        var v: ProtoCallAnswer?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .answer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .answer(v)
+        }
+      }()
+      case 5: try {
+        var v: ProtoCallIceCandidates?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .ice(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .ice(v)
+        }
+      }()
+      case 6: try {
+        var v: ProtoCallHangup?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .hangup(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .hangup(v)
+        }
+      }()
+      case 7: try {
+        var v: ProtoCallBusy?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .busy(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .busy(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.callID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.callID, fieldNumber: 1)
+    }
+    if !self.signalBinding.isEmpty {
+      try visitor.visitSingularBytesField(value: self.signalBinding, fieldNumber: 2)
+    }
+    switch self.body {
+    case .offer?: try {
+      guard case .offer(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .answer?: try {
+      guard case .answer(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .ice?: try {
+      guard case .ice(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .hangup?: try {
+      guard case .hangup(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .busy?: try {
+      guard case .busy(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoCallMessage, rhs: ProtoCallMessage) -> Bool {
+    if lhs.callID != rhs.callID {return false}
+    if lhs.signalBinding != rhs.signalBinding {return false}
+    if lhs.body != rhs.body {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoAudioCodec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AudioCodec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}payload_type\0\u{3}clock_rate\0\u{3}frame_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.payloadType) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.clockRate) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.frameMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.payloadType != 0 {
+      try visitor.visitSingularUInt32Field(value: self.payloadType, fieldNumber: 2)
+    }
+    if self.clockRate != 0 {
+      try visitor.visitSingularUInt32Field(value: self.clockRate, fieldNumber: 3)
+    }
+    if self.frameMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.frameMs, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoAudioCodec, rhs: ProtoAudioCodec) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.payloadType != rhs.payloadType {return false}
+    if lhs.clockRate != rhs.clockRate {return false}
+    if lhs.frameMs != rhs.frameMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoIceCandidate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IceCandidate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}type\0\u{1}address\0\u{1}port\0\u{1}priority\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.type) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.priority) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.type != .unspecified {
+      try visitor.visitSingularEnumField(value: self.type, fieldNumber: 1)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 2)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 3)
+    }
+    if self.priority != 0 {
+      try visitor.visitSingularUInt32Field(value: self.priority, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoIceCandidate, rhs: ProtoIceCandidate) -> Bool {
+    if lhs.type != rhs.type {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.priority != rhs.priority {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoCallOffer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallOffer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}media\0\u{1}codecs\0\u{3}ephemeral_key\0\u{3}srtp_profiles\0\u{1}candidates\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.version) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.media) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.codecs) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.ephemeralKey) }()
+      case 5: try { try decoder.decodeRepeatedEnumField(value: &self.srtpProfiles) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.candidates) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.version != 0 {
+      try visitor.visitSingularUInt32Field(value: self.version, fieldNumber: 1)
+    }
+    if self.media != .unspecified {
+      try visitor.visitSingularEnumField(value: self.media, fieldNumber: 2)
+    }
+    if !self.codecs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.codecs, fieldNumber: 3)
+    }
+    if !self.ephemeralKey.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ephemeralKey, fieldNumber: 4)
+    }
+    if !self.srtpProfiles.isEmpty {
+      try visitor.visitPackedEnumField(value: self.srtpProfiles, fieldNumber: 5)
+    }
+    if !self.candidates.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.candidates, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoCallOffer, rhs: ProtoCallOffer) -> Bool {
+    if lhs.version != rhs.version {return false}
+    if lhs.media != rhs.media {return false}
+    if lhs.codecs != rhs.codecs {return false}
+    if lhs.ephemeralKey != rhs.ephemeralKey {return false}
+    if lhs.srtpProfiles != rhs.srtpProfiles {return false}
+    if lhs.candidates != rhs.candidates {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoCallAnswer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallAnswer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}media\0\u{1}codec\0\u{3}ephemeral_key\0\u{3}srtp_profile\0\u{1}candidates\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.version) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.media) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._codec) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.ephemeralKey) }()
+      case 5: try { try decoder.decodeSingularEnumField(value: &self.srtpProfile) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.candidates) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.version != 0 {
+      try visitor.visitSingularUInt32Field(value: self.version, fieldNumber: 1)
+    }
+    if self.media != .unspecified {
+      try visitor.visitSingularEnumField(value: self.media, fieldNumber: 2)
+    }
+    try { if let v = self._codec {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.ephemeralKey.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ephemeralKey, fieldNumber: 4)
+    }
+    if self.srtpProfile != .unspecified {
+      try visitor.visitSingularEnumField(value: self.srtpProfile, fieldNumber: 5)
+    }
+    if !self.candidates.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.candidates, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoCallAnswer, rhs: ProtoCallAnswer) -> Bool {
+    if lhs.version != rhs.version {return false}
+    if lhs.media != rhs.media {return false}
+    if lhs._codec != rhs._codec {return false}
+    if lhs.ephemeralKey != rhs.ephemeralKey {return false}
+    if lhs.srtpProfile != rhs.srtpProfile {return false}
+    if lhs.candidates != rhs.candidates {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoCallIceCandidates: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallIceCandidates"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}candidates\0\u{3}end_of_candidates\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.candidates) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.endOfCandidates) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.candidates.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.candidates, fieldNumber: 1)
+    }
+    if self.endOfCandidates != false {
+      try visitor.visitSingularBoolField(value: self.endOfCandidates, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoCallIceCandidates, rhs: ProtoCallIceCandidates) -> Bool {
+    if lhs.candidates != rhs.candidates {return false}
+    if lhs.endOfCandidates != rhs.endOfCandidates {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoCallHangup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallHangup"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.reason != .unspecified {
+      try visitor.visitSingularEnumField(value: self.reason, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoCallHangup, rhs: ProtoCallHangup) -> Bool {
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ProtoCallBusy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallBusy"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ProtoCallBusy, rhs: ProtoCallBusy) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

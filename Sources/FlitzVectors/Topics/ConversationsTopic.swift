@@ -132,6 +132,7 @@ enum ConversationsTopic {
         case .typing: "typing"
         case .presence: "presence"
         case .disappearingTimer: "disappearingTimer"
+        case .call: "call"
         case .unsupported: "unsupported"
         }
     }
@@ -161,6 +162,7 @@ enum ConversationsTopic {
         case .typing(let typing): body = .typing(typing.typing)
         case .presence(let presence): body = .presence(online: presence.online)
         case .disappearingTimer(let timer): body = .disappearingTimer(DisappearingTimer(seconds: timer.seconds, version: timer.version))
+        case .call: throw VectorCheckFailure("call messages are the call topic's (vectors/call.json)")
         case nil: throw VectorCheckFailure("content without a body has no Swift value")
         }
         return MessageContent(messageID: proto.messageID, sentAtMilliseconds: proto.sentAtMs, body: body, singleUseSession: proto.singleUseSession)
@@ -233,6 +235,8 @@ enum ConversationsTopic {
             out.seconds = timer.seconds
             out.version = timer.version
             proto.body = .disappearingTimer(out)
+        case .call:
+            throw VectorCheckFailure("call messages are the call topic's (vectors/call.json)")
         case .unsupported:
             throw VectorCheckFailure("an unsupported body has no fields")
         }

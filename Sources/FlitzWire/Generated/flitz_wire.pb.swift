@@ -410,6 +410,63 @@ public nonisolated enum WireUnsendState: SwiftProtobuf.Enum, Swift.CaseIterable 
 
 }
 
+/// What a call signal is, visible to the relay so that it can ring, hold and expire it (calls.md 3).
+public nonisolated enum WireCallSignalKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// rings the callee's devices; the only kind that may wake a device by push
+  case callOffer // = 1
+  case callAnswer // = 2
+
+  /// trickled ICE candidates, or the end-of-candidates marker
+  case callIce // = 3
+
+  /// hangup, decline, ring timeout, answered elsewhere (the reason is inside the ciphertext)
+  case callHangup // = 4
+  case callBusy // = 5
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .callOffer
+    case 2: self = .callAnswer
+    case 3: self = .callIce
+    case 4: self = .callHangup
+    case 5: self = .callBusy
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .callOffer: return 1
+    case .callAnswer: return 2
+    case .callIce: return 3
+    case .callHangup: return 4
+    case .callBusy: return 5
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [WireCallSignalKind] = [
+    .unspecified,
+    .callOffer,
+    .callAnswer,
+    .callIce,
+    .callHangup,
+    .callBusy,
+  ]
+
+}
+
 /// The only frame container. `version` must be 1; a relay answers any other value with
 /// Error{code: UNSUPPORTED_VERSION} and keeps the connection open.
 public nonisolated struct WireFrame: @unchecked Sendable {
@@ -576,6 +633,31 @@ public nonisolated struct WireFrame: @unchecked Sendable {
       return WireUploadCapability()
     }
     set {_uniqueStorage()._body = .uploadCapability(newValue)}
+  }
+
+  public var callSignalResult: WireCallSignalResult {
+    get {
+      if case .callSignalResult(let v)? = _storage._body {return v}
+      return WireCallSignalResult()
+    }
+    set {_uniqueStorage()._body = .callSignalResult(newValue)}
+  }
+
+  /// unsolicited (request_id 0): a call signal for this device
+  public var callSignalDelivery: WireCallSignalDelivery {
+    get {
+      if case .callSignalDelivery(let v)? = _storage._body {return v}
+      return WireCallSignalDelivery()
+    }
+    set {_uniqueStorage()._body = .callSignalDelivery(newValue)}
+  }
+
+  public var turnCredentials: WireTurnCredentials {
+    get {
+      if case .turnCredentials(let v)? = _storage._body {return v}
+      return WireTurnCredentials()
+    }
+    set {_uniqueStorage()._body = .turnCredentials(newValue)}
   }
 
   /// client -> relay
@@ -783,6 +865,24 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .requestUploadCapability(newValue)}
   }
 
+  /// answered with CallSignalResult
+  public var sendCallSignal: WireSendCallSignal {
+    get {
+      if case .sendCallSignal(let v)? = _storage._body {return v}
+      return WireSendCallSignal()
+    }
+    set {_uniqueStorage()._body = .sendCallSignal(newValue)}
+  }
+
+  /// answered with TurnCredentials
+  public var requestTurnCredentials: WireRequestTurnCredentials {
+    get {
+      if case .requestTurnCredentials(let v)? = _storage._body {return v}
+      return WireRequestTurnCredentials()
+    }
+    set {_uniqueStorage()._body = .requestTurnCredentials(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -805,6 +905,10 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case blockList(WireBlockList)
     case reportResult(WireReportResult)
     case uploadCapability(WireUploadCapability)
+    case callSignalResult(WireCallSignalResult)
+    /// unsolicited (request_id 0): a call signal for this device
+    case callSignalDelivery(WireCallSignalDelivery)
+    case turnCredentials(WireTurnCredentials)
     /// client -> relay
     case register(WireRegister)
     case recover(WireRecover)
@@ -842,6 +946,10 @@ public nonisolated struct WireFrame: @unchecked Sendable {
     case submitReport(WireSubmitReport)
     /// answered with UploadCapability
     case requestUploadCapability(WireRequestUploadCapability)
+    /// answered with CallSignalResult
+    case sendCallSignal(WireSendCallSignal)
+    /// answered with TurnCredentials
+    case requestTurnCredentials(WireRequestTurnCredentials)
 
   }
 
@@ -2042,6 +2150,156 @@ public nonisolated struct WireReportResult: Sendable {
   public init() {}
 }
 
+/// One recipient device's copy of a call signal.
+public nonisolated struct WireCallSignalCopy: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var recipientDeviceID: UInt32 = 0
+
+  /// A SessionMessage (flitz_session.proto) whose Content carries a CallMessage (calls.md 4); 1 to 16384 bytes.
+  public var ciphertext: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Sends one call signal (calls.md 3.1). Answered with CallSignalResult; MISMATCHED_DEVICES when an offer does not
+/// address exactly the current devices of recipient_handle; INVALID_ARGUMENT for a bad field; RATE_LIMITED for
+/// more than 10 offers per minute or 100 signals per minute per device; UNKNOWN_RECIPIENT; STALE_DEVICE.
+public nonisolated struct WireSendCallSignal: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 16 random bytes chosen by the caller; names the call on both sides
+  public var callID: Data = Data()
+
+  public var kind: WireCallSignalKind = .unspecified
+
+  public var recipientHandle: String = String()
+
+  /// CALL_OFFER: one copy per current device of recipient_handle (the relay's fan-out to the account).
+  /// Other kinds: 1 to 10 copies, each to a chosen current device.
+  public var copies: [WireCallSignalCopy] = []
+
+  /// per (call_id, sending device): 1 for its first signal, then +1 per signal
+  public var sequence: UInt32 = 0
+
+  /// sender's clock, ms since the Unix epoch (bound into the ciphertext)
+  public var sentAtMs: Int64 = 0
+
+  /// CALL_OFFER: 60 to 90 (0 = 75); other kinds: 1 to 90 (0 = 90)
+  public var ttlSeconds: UInt32 = 0
+
+  /// CALL_OFFER: URGENCY_RING; other kinds: URGENCY_SILENT or unspecified
+  public var urgency: WireUrgency = .unspecified
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireCallSignalResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// relay clock; the receive timestamp each recipient sees
+  public var acceptedAtMs: Int64 = 0
+
+  /// accepted_at_ms + ttl: undelivered copies are dropped then
+  public var expiresAtMs: Int64 = 0
+
+  /// handed to a device connected now, ascending
+  public var deliveredDeviceIds: [UInt32] = []
+
+  /// held until that device connects or the signal expires, ascending
+  public var heldDeviceIds: [UInt32] = []
+
+  /// CALL_OFFER: held devices whose push endpoint was asked to ring
+  public var wokenDeviceIds: [UInt32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One call signal as delivered to one device (calls.md 3.2). Never acknowledged: a signal is handed over once.
+public nonisolated struct WireCallSignalDelivery: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var callID: Data = Data()
+
+  public var kind: WireCallSignalKind = .unspecified
+
+  public var senderHandle: String = String()
+
+  /// authenticated by the relay
+  public var senderDeviceID: UInt32 = 0
+
+  public var recipientDeviceID: UInt32 = 0
+
+  public var sequence: UInt32 = 0
+
+  /// as the sender put it
+  public var sentAtMs: Int64 = 0
+
+  /// CallSignalResult.accepted_at_ms
+  public var receivedAtMs: Int64 = 0
+
+  public var expiresAtMs: Int64 = 0
+
+  public var urgency: WireUrgency = .unspecified
+
+  public var ciphertext: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Asks for TURN credentials (calls.md 7.3). Answered with TurnCredentials; RATE_LIMITED beyond 30 per hour per device.
+public nonisolated struct WireRequestTurnCredentials: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// coturn REST API credentials (draft-uberti-behave-turn-rest-00), or none when the relay has no TURN server.
+public nonisolated struct WireTurnCredentials: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// e.g. "turn:turn.example.org:3478?transport=udp"; empty: no TURN configured
+  public var turnUris: [String] = []
+
+  /// "EXPIRY:ID": expiry in Unix seconds, ':', 22 characters base64url of 16 random bytes
+  public var username: String = String()
+
+  /// base64(HMAC-SHA-1(turn secret, username)), 28 characters
+  public var password: String = String()
+
+  /// EXPIRY × 1000
+  public var expiresAtMs: Int64 = 0
+
+  /// e.g. "stun:stun.example.org:3478"; may be set without TURN
+  public var stunUris: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "flitz.wire.v1"
@@ -2066,9 +2324,13 @@ nonisolated extension WireUnsendState: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSEND_STATE_UNSPECIFIED\0\u{1}PURGED\0\u{1}ALREADY_DELIVERED\0\u{1}ALREADY_EXPIRED\0")
 }
 
+nonisolated extension WireCallSignalKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CALL_SIGNAL_KIND_UNSPECIFIED\0\u{1}CALL_OFFER\0\u{1}CALL_ANSWER\0\u{1}CALL_ICE\0\u{1}CALL_HANGUP\0\u{1}CALL_BUSY\0")
+}
+
 nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Frame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{3}push_endpoint_status\0\u{3}unsend_result\0\u{3}cancel_scheduled_result\0\u{3}block_list\0\u{3}report_result\0\u{3}upload_capability\0\u{2}\u{3}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0\u{3}register_push_endpoint\0\u{3}remove_push_endpoint\0\u{3}fetch_push_endpoint\0\u{1}unsend\0\u{3}cancel_scheduled\0\u{3}update_block_list\0\u{3}fetch_block_list\0\u{3}submit_report\0\u{3}request_upload_capability\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}request_id\0\u{2}\u{8}challenge\0\u{1}error\0\u{3}register_result\0\u{3}authenticate_result\0\u{3}prekey_bundle\0\u{3}submit_result\0\u{1}deliver\0\u{3}queue_drained\0\u{3}prekey_status\0\u{1}ok\0\u{3}device_list_result\0\u{3}link_message\0\u{3}push_endpoint_status\0\u{3}unsend_result\0\u{3}cancel_scheduled_result\0\u{3}block_list\0\u{3}report_result\0\u{3}upload_capability\0\u{3}call_signal_result\0\u{3}call_signal_delivery\0\u{1}register\0\u{1}recover\0\u{1}authenticate\0\u{3}publish_prekeys\0\u{3}fetch_prekey_bundle\0\u{1}submit\0\u{1}acknowledge\0\u{3}report_seen\0\u{3}register_device\0\u{3}publish_device_list\0\u{3}fetch_device_list\0\u{3}delete_account\0\u{3}link_put\0\u{3}link_take\0\u{3}update_account_settings\0\u{3}register_push_endpoint\0\u{3}remove_push_endpoint\0\u{3}fetch_push_endpoint\0\u{1}unsend\0\u{3}cancel_scheduled\0\u{3}update_block_list\0\u{3}fetch_block_list\0\u{3}submit_report\0\u{3}request_upload_capability\0\u{3}send_call_signal\0\u{3}request_turn_credentials\0\u{4}\u{5}turn_credentials\0")
 
   fileprivate class _StorageClass {
     var _version: UInt32 = 0
@@ -2339,6 +2601,32 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
           if let v = v {
             if hadOneofValue {try decoder.handleConflictingOneOf()}
             _storage._body = .uploadCapability(v)
+          }
+        }()
+        case 28: try {
+          var v: WireCallSignalResult?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .callSignalResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .callSignalResult(v)
+          }
+        }()
+        case 29: try {
+          var v: WireCallSignalDelivery?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .callSignalDelivery(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .callSignalDelivery(v)
           }
         }()
         case 30: try {
@@ -2653,6 +2941,45 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
             _storage._body = .requestUploadCapability(v)
           }
         }()
+        case 54: try {
+          var v: WireSendCallSignal?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .sendCallSignal(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .sendCallSignal(v)
+          }
+        }()
+        case 55: try {
+          var v: WireRequestTurnCredentials?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .requestTurnCredentials(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .requestTurnCredentials(v)
+          }
+        }()
+        case 60: try {
+          var v: WireTurnCredentials?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .turnCredentials(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .turnCredentials(v)
+          }
+        }()
         default: break
         }
       }
@@ -2743,6 +3070,14 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .uploadCapability?: try {
         guard case .uploadCapability(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+      }()
+      case .callSignalResult?: try {
+        guard case .callSignalResult(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+      }()
+      case .callSignalDelivery?: try {
+        guard case .callSignalDelivery(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
       }()
       case .register?: try {
         guard case .register(let v)? = _storage._body else { preconditionFailure() }
@@ -2839,6 +3174,18 @@ nonisolated extension WireFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case .requestUploadCapability?: try {
         guard case .requestUploadCapability(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 53)
+      }()
+      case .sendCallSignal?: try {
+        guard case .sendCallSignal(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 54)
+      }()
+      case .requestTurnCredentials?: try {
+        guard case .requestTurnCredentials(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 55)
+      }()
+      case .turnCredentials?: try {
+        guard case .turnCredentials(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
       }()
       case nil: break
       }
@@ -5138,6 +5485,305 @@ nonisolated extension WireReportResult: SwiftProtobuf.Message, SwiftProtobuf._Me
 
   public static func ==(lhs: WireReportResult, rhs: WireReportResult) -> Bool {
     if lhs.reportID != rhs.reportID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireCallSignalCopy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallSignalCopy"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}recipient_device_id\0\u{1}ciphertext\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.recipientDeviceID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.ciphertext) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.recipientDeviceID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.recipientDeviceID, fieldNumber: 1)
+    }
+    if !self.ciphertext.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ciphertext, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireCallSignalCopy, rhs: WireCallSignalCopy) -> Bool {
+    if lhs.recipientDeviceID != rhs.recipientDeviceID {return false}
+    if lhs.ciphertext != rhs.ciphertext {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireSendCallSignal: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SendCallSignal"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}call_id\0\u{1}kind\0\u{3}recipient_handle\0\u{1}copies\0\u{1}sequence\0\u{3}sent_at_ms\0\u{3}ttl_seconds\0\u{1}urgency\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.callID) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.recipientHandle) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.copies) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.sequence) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.sentAtMs) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.ttlSeconds) }()
+      case 8: try { try decoder.decodeSingularEnumField(value: &self.urgency) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.callID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.callID, fieldNumber: 1)
+    }
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 2)
+    }
+    if !self.recipientHandle.isEmpty {
+      try visitor.visitSingularStringField(value: self.recipientHandle, fieldNumber: 3)
+    }
+    if !self.copies.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.copies, fieldNumber: 4)
+    }
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt32Field(value: self.sequence, fieldNumber: 5)
+    }
+    if self.sentAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.sentAtMs, fieldNumber: 6)
+    }
+    if self.ttlSeconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ttlSeconds, fieldNumber: 7)
+    }
+    if self.urgency != .unspecified {
+      try visitor.visitSingularEnumField(value: self.urgency, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireSendCallSignal, rhs: WireSendCallSignal) -> Bool {
+    if lhs.callID != rhs.callID {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.recipientHandle != rhs.recipientHandle {return false}
+    if lhs.copies != rhs.copies {return false}
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.sentAtMs != rhs.sentAtMs {return false}
+    if lhs.ttlSeconds != rhs.ttlSeconds {return false}
+    if lhs.urgency != rhs.urgency {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireCallSignalResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallSignalResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}accepted_at_ms\0\u{3}expires_at_ms\0\u{3}delivered_device_ids\0\u{3}held_device_ids\0\u{3}woken_device_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.acceptedAtMs) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.expiresAtMs) }()
+      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.deliveredDeviceIds) }()
+      case 4: try { try decoder.decodeRepeatedUInt32Field(value: &self.heldDeviceIds) }()
+      case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.wokenDeviceIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.acceptedAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.acceptedAtMs, fieldNumber: 1)
+    }
+    if self.expiresAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresAtMs, fieldNumber: 2)
+    }
+    if !self.deliveredDeviceIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.deliveredDeviceIds, fieldNumber: 3)
+    }
+    if !self.heldDeviceIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.heldDeviceIds, fieldNumber: 4)
+    }
+    if !self.wokenDeviceIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.wokenDeviceIds, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireCallSignalResult, rhs: WireCallSignalResult) -> Bool {
+    if lhs.acceptedAtMs != rhs.acceptedAtMs {return false}
+    if lhs.expiresAtMs != rhs.expiresAtMs {return false}
+    if lhs.deliveredDeviceIds != rhs.deliveredDeviceIds {return false}
+    if lhs.heldDeviceIds != rhs.heldDeviceIds {return false}
+    if lhs.wokenDeviceIds != rhs.wokenDeviceIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireCallSignalDelivery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallSignalDelivery"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}call_id\0\u{1}kind\0\u{3}sender_handle\0\u{3}sender_device_id\0\u{3}recipient_device_id\0\u{1}sequence\0\u{3}sent_at_ms\0\u{3}received_at_ms\0\u{3}expires_at_ms\0\u{1}urgency\0\u{1}ciphertext\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.callID) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.senderHandle) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.senderDeviceID) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.recipientDeviceID) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.sequence) }()
+      case 7: try { try decoder.decodeSingularInt64Field(value: &self.sentAtMs) }()
+      case 8: try { try decoder.decodeSingularInt64Field(value: &self.receivedAtMs) }()
+      case 9: try { try decoder.decodeSingularInt64Field(value: &self.expiresAtMs) }()
+      case 10: try { try decoder.decodeSingularEnumField(value: &self.urgency) }()
+      case 11: try { try decoder.decodeSingularBytesField(value: &self.ciphertext) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.callID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.callID, fieldNumber: 1)
+    }
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 2)
+    }
+    if !self.senderHandle.isEmpty {
+      try visitor.visitSingularStringField(value: self.senderHandle, fieldNumber: 3)
+    }
+    if self.senderDeviceID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.senderDeviceID, fieldNumber: 4)
+    }
+    if self.recipientDeviceID != 0 {
+      try visitor.visitSingularUInt32Field(value: self.recipientDeviceID, fieldNumber: 5)
+    }
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt32Field(value: self.sequence, fieldNumber: 6)
+    }
+    if self.sentAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.sentAtMs, fieldNumber: 7)
+    }
+    if self.receivedAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.receivedAtMs, fieldNumber: 8)
+    }
+    if self.expiresAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresAtMs, fieldNumber: 9)
+    }
+    if self.urgency != .unspecified {
+      try visitor.visitSingularEnumField(value: self.urgency, fieldNumber: 10)
+    }
+    if !self.ciphertext.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ciphertext, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireCallSignalDelivery, rhs: WireCallSignalDelivery) -> Bool {
+    if lhs.callID != rhs.callID {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.senderHandle != rhs.senderHandle {return false}
+    if lhs.senderDeviceID != rhs.senderDeviceID {return false}
+    if lhs.recipientDeviceID != rhs.recipientDeviceID {return false}
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.sentAtMs != rhs.sentAtMs {return false}
+    if lhs.receivedAtMs != rhs.receivedAtMs {return false}
+    if lhs.expiresAtMs != rhs.expiresAtMs {return false}
+    if lhs.urgency != rhs.urgency {return false}
+    if lhs.ciphertext != rhs.ciphertext {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireRequestTurnCredentials: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RequestTurnCredentials"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireRequestTurnCredentials, rhs: WireRequestTurnCredentials) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireTurnCredentials: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TurnCredentials"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}turn_uris\0\u{1}username\0\u{1}password\0\u{3}expires_at_ms\0\u{3}stun_uris\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.turnUris) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.username) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.password) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.expiresAtMs) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.stunUris) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.turnUris.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.turnUris, fieldNumber: 1)
+    }
+    if !self.username.isEmpty {
+      try visitor.visitSingularStringField(value: self.username, fieldNumber: 2)
+    }
+    if !self.password.isEmpty {
+      try visitor.visitSingularStringField(value: self.password, fieldNumber: 3)
+    }
+    if self.expiresAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresAtMs, fieldNumber: 4)
+    }
+    if !self.stunUris.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.stunUris, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireTurnCredentials, rhs: WireTurnCredentials) -> Bool {
+    if lhs.turnUris != rhs.turnUris {return false}
+    if lhs.username != rhs.username {return false}
+    if lhs.password != rhs.password {return false}
+    if lhs.expiresAtMs != rhs.expiresAtMs {return false}
+    if lhs.stunUris != rhs.stunUris {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
