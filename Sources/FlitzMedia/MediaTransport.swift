@@ -45,7 +45,7 @@ actor MediaTransport {
     static let channelRefresh: Duration = .seconds(540)
 
     private let channel: any Channel
-    let localPort: UInt16
+    nonisolated let localPort: UInt16
     private let options: GatherOptions
 
     private(set) var candidates: [MediaCandidate] = []
