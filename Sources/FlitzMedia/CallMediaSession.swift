@@ -245,7 +245,8 @@ public final class CallMediaSession: Sendable {
 
     // MARK: For tests and measurements (internal)
 
-    /// Time from the first media packet sent to the first authenticated packet received; nil before that.
+    /// Time from the first media packet handed to the socket to the first authenticated packet received (zero
+    /// when the peer's packet authenticated first); nil before connecting.
     var setupTime: Duration? { get async { await core.setupTime } }
 
     /// Every authenticated packet, in arrival order (tests compare audio with it).
@@ -365,15 +366,16 @@ private actor MediaCall {
             return false
         }
         self.sender = sender
-        if firstSentAt == nil { firstSentAt = now }
+        var sent = false
         if let locked {
-            await transport.send(packet, to: locked.address, viaTURN: locked.viaTURN)
+            sent = await transport.send(packet, to: locked.address, viaTURN: locked.viaTURN)
         } else {
             for peer in peers {
-                if !relayOnly { await transport.send(packet, to: peer, viaTURN: false) }
-                await transport.send(packet, to: peer, viaTURN: true)
+                if !relayOnly, await transport.send(packet, to: peer, viaTURN: false) { sent = true }
+                if await transport.send(packet, to: peer, viaTURN: true) { sent = true }
             }
         }
+        if sent && firstSentAt == nil { firstSentAt = now }
         return true
     }
 
@@ -415,7 +417,9 @@ private actor MediaCall {
     }
 
     var setupTime: Duration? {
-        guard let firstSentAt, let connectedAt else { return nil }
+        guard let connectedAt else { return nil }
+        // The peer's first packet can authenticate before this side has sent anything: no wait on this side.
+        guard let firstSentAt, firstSentAt < connectedAt else { return .zero }
         return connectedAt - firstSentAt
     }
 

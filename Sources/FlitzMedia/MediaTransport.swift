@@ -240,14 +240,17 @@ actor MediaTransport {
 
     /// Sends `bytes` directly to `peer`, or through the TURN allocation (ChannelData once the channel is bound).
     /// Through TURN before the channel is bound, the datagram is not sent (the binding takes one round trip).
-    func send(_ bytes: [UInt8], to peer: TransportAddress, viaTURN: Bool) {
-        guard !closed else { return }
+    /// - Returns: whether the datagram was handed to the socket.
+    @discardableResult
+    func send(_ bytes: [UInt8], to peer: TransportAddress, viaTURN: Bool) -> Bool {
+        guard !closed else { return false }
         if viaTURN {
-            guard let allocation, let channelNumber = allocation.channels[peer]?.number else { return }
+            guard let allocation, let channelNumber = allocation.channels[peer]?.number else { return false }
             write(ChannelData.encode(channel: channelNumber, data: bytes), to: allocation.server)
         } else {
             write(bytes, to: peer)
         }
+        return true
     }
 
     var hasAllocation: Bool { allocation != nil }

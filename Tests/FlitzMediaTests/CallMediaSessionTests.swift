@@ -234,3 +234,39 @@ final class StrangerSocket: @unchecked Sendable {
 
     func close() { _ = Glibc.close(fd) }
 }
+
+/// Call setup on loopback (issue 8's closing note): both sides start at once, as after the answer; the time from a
+/// side's first packet sent to its first authenticated packet, median of 5 calls, direct and relay-only through
+/// coturn. Printed, not asserted (a figure for the report, not a timed test).
+@Suite(.serialized) struct CallSetupTimeTests {
+    private func setupTimes(_ options: GatherOptions) async throws -> [Duration] {
+        var times: [Duration] = []
+        for _ in 0..<5 {
+            let a = try await CallMediaSession.open(options: options)
+            let b = try await CallMediaSession.open(options: options)
+            await a.addPeerCandidates(await b.localCandidates)
+            await b.addPeerCandidates(await a.localCandidates)
+            let (aKeys, bKeys) = keyPair(.aeadAES256GCM)
+            async let startA: Void = a.start(keys: aKeys, audio: AudioOptions())
+            async let startB: Void = b.start(keys: bKeys, audio: AudioOptions())
+            _ = try await (startA, startB)
+            let aEvents = a.events, bEvents = b.events
+            _ = try await within(20, "a to connect") { try await connectedPath(aEvents) }
+            _ = try await within(20, "b to connect") { try await connectedPath(bEvents) }
+            let aTime = try #require(await a.setupTime), bTime = try #require(await b.setupTime)
+            times.append(max(aTime, bTime))
+            _ = await a.stop()
+            _ = await b.stop()
+        }
+        return times.sorted()
+    }
+
+    @Test func measureSetupTimeDirectAndThroughTURN() async throws {
+        let direct = try await setupTimes(GatherOptions())
+        let coturn = try Coturn()
+        defer { coturn.stop() }
+        let relayed = try await setupTimes(GatherOptions(turnServers: [coturn.server()], hostCandidates: false))
+        print("call setup (first packet sent to first authenticated packet, slower side, median of 5): direct \(direct[2]) (all \(direct)), relay-only via coturn \(relayed[2]) (all \(relayed))")
+        #expect(direct.count == 5 && relayed.count == 5)
+    }
+}
