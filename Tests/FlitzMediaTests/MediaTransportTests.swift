@@ -55,4 +55,25 @@ import Testing
         #expect(candidates.allSatisfy { $0.kind == .host && $0.port == transport.localPort && $0.priority >= loopback.priority })
         await transport.close()
     }
+
+    @Test func aRelayedCandidateFoundAfterOpenIsTrickledThenTheStreamEnds() async throws {
+        let coturn = try Coturn()
+        defer { coturn.stop() }
+        let session = try await CallMediaSession.open(options: GatherOptions(turnServers: [coturn.server()], gatherTimeout: .zero))
+        let trickled = session.trickledCandidates
+        let later = try await within(10, "the trickled relayed candidate and the end of candidates") { () async -> [MediaCandidate] in
+            var all: [MediaCandidate] = []
+            for await batch in trickled { all += batch }
+            return all
+        }
+        let known = await session.localCandidates
+        if later.isEmpty {
+            // The allocation won the race against a zero timeout: it is in the candidates open returned.
+            #expect(known.contains { $0.kind == .relayed })
+        } else {
+            #expect(later.count == 1 && later[0].kind == .relayed)
+            #expect(known.contains(later[0]), "a trickled candidate is also among the local candidates")
+        }
+        _ = await session.stop()
+    }
 }
