@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "flitz-vectors", targets: ["FlitzVectorGen"]),
         .library(name: "FlitzCrypto", targets: ["FlitzCrypto"]),
         .library(name: "FlitzProtocol", targets: ["FlitzProtocol"]),
+        .library(name: "FlitzMedia", targets: ["FlitzMedia"]),
         .library(name: "FlitzClient", targets: ["FlitzClient"]),
         .library(name: "FlitzRelay", targets: ["FlitzRelay"]),
     ],
@@ -141,13 +142,24 @@ let package = Package(
         ),
         .executableTarget(
             name: "FlitzVectorGen",
-            dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzWire", "FlitzVectors", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: [
+                "FlitzProtocol", "FlitzCrypto", "FlitzWire", "FlitzVectors", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                // The SRTP packets of vectors/call.json are protected with libsrtp2.
+                "FlitzMedia",
+            ],
             // Read from the source tree by path (KEMFixtures.swift), not bundled.
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
         // Real libsrtp2 sessions, real UDP sockets on loopback, and a real coturn (scripts/coturn.sh).
-        .testTarget(name: "FlitzMediaTests", dependencies: ["FlitzMedia", "FlitzCrypto", "CFlitzSRTP"]),
+        .testTarget(
+            name: "FlitzMediaTests",
+            dependencies: [
+                "FlitzMedia", "FlitzCrypto", "CFlitzSRTP",
+                // HMAC-SHA-1 for coturn's REST-API credentials, computed as the relay does (protocol/calls.md 3.5).
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzVectors"]),
         .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),
