@@ -15,11 +15,14 @@ public struct RTPHeader: Sendable, Hashable {
     public var marker: Bool
     /// 0 to 127; 0 for PCMU.
     public var payloadType: UInt8
+    /// Increments by one per packet, wrapping from 65 535 to 0.
     public var sequenceNumber: UInt16
     /// In units of the codec's clock (8 000 Hz for PCMU).
     public var timestamp: UInt32
+    /// The sender's synchronisation source (random per call).
     public var ssrc: UInt32
 
+    /// A header with the given fields.
     /// - Parameter payloadType: 0 to 127 (masked to 7 bits when encoded).
     public init(marker: Bool = false, payloadType: UInt8 = RTPHeader.pcmuPayloadType, sequenceNumber: UInt16,
                 timestamp: UInt32, ssrc: UInt32) {
@@ -47,10 +50,12 @@ public struct RTPHeader: Sendable, Hashable {
 
 /// A parsed RTP packet (RFC 3550 5.1): its header and payload.
 public struct RTPPacket: Sendable, Hashable {
+    /// The fixed header's fields.
     public var header: RTPHeader
     /// The payload, without CSRCs, header extension or padding.
     public var payload: [UInt8]
 
+    /// A packet of `header` and `payload`.
     public init(header: RTPHeader, payload: [UInt8]) {
         self.header = header
         self.payload = payload

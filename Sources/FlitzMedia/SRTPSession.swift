@@ -18,6 +18,7 @@ public enum SRTPDropReason: Error, Sendable, Hashable, CustomStringConvertible {
     /// `SRTPSession.maximumPacketLength`.
     case malformed
 
+    /// A short English name of the reason (no packet contents).
     public var description: String {
         switch self {
         case .authenticationFailed: "SRTP authentication failed"

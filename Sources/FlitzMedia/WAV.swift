@@ -11,6 +11,7 @@ public struct WAVAudio: Sendable, Hashable {
     /// The samples, 8 000 per second.
     public var samples: [Int16]
 
+    /// Audio of `samples` at 8 000 Hz.
     public init(samples: [Int16]) { self.samples = samples }
 
     /// Duration in seconds.
