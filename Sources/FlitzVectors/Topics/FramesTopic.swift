@@ -69,7 +69,7 @@ public enum WireJSON {
     public static let bytesFieldNames: Set<String> = [
         "nonce", "envelopeId", "envelopeIds", "receiptId", "receiptIds", "publicKey", "signature", "deviceIdentityKey",
         "deviceCertificateSignature", "accountIdentityKey", "challengeSignature", "ciphertext", "rendezvousId", "pairingMessage", "payload",
-        "p256dh", "authSecret", "unsendTokenHash", "cancelTokenHash", "unsendToken", "cancelToken", "report", "reportId", "messageId",
+        "p256dh", "authSecret", "unsendTokenHash", "cancelTokenHash", "unsendToken", "cancelToken", "report", "reportId", "messageId", "callId",
     ]
 
     /// The fields of `frame` as JSON.

@@ -2263,7 +2263,7 @@ public nonisolated struct WireCallSignalDelivery: Sendable {
   public init() {}
 }
 
-/// Asks for TURN credentials (calls.md 7.3). Answered with TurnCredentials; RATE_LIMITED beyond 30 per hour per device.
+/// Asks for TURN credentials (calls.md 3.5). Answered with TurnCredentials; RATE_LIMITED beyond 30 per hour per device.
 public nonisolated struct WireRequestTurnCredentials: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
