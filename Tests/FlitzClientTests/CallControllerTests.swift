@@ -156,3 +156,80 @@ final class CallEventLog: Sendable {
         await relay.stop()
     }
 }
+
+extension CallControllerTests {
+    @Test func theFirstAnswerWinsAndTheOtherDeviceEndsAnsweredElsewhere() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        let laptop = try await relay.link("bob-laptop", to: bob)
+        let aliceCalls = CallController(client: alice, options: Self.options)
+        let phoneCalls = CallController(client: bob, options: Self.options), laptopCalls = CallController(client: laptop, options: Self.options)
+        let aliceLog = CallEventLog(aliceCalls), phoneLog = CallEventLog(phoneCalls), laptopLog = CallEventLog(laptopCalls)
+        let (laptopRings, ringing) = AsyncStream<Void>.makeStream()
+        let laptopSide = Task {
+            try await laptop.withCalls(laptopCalls) { _ -> CallRecord? in
+                guard await laptopLog.incoming() != nil else { return nil }
+                ringing.yield()
+                return await laptopLog.ended()?.0
+            }
+        }
+        let phoneSide = Task {
+            try await bob.withCalls(phoneCalls) { controller -> CallRecord? in
+                guard let id = await phoneLog.incoming() else { return nil }
+                // Answer only once the laptop rings too, so both were offered and ringing.
+                var rings = laptopRings.makeAsyncIterator()
+                _ = await rings.next()
+                await controller.answer(id)
+                guard await phoneLog.connected() != nil else { return nil }
+                await controller.hangUp(id)
+                return await phoneLog.ended()?.0
+            }
+        }
+        let record = try await alice.withCalls(aliceCalls) { controller -> CallRecord? in
+            let id = try await controller.placeCall(to: "bob")
+            let devices = await aliceLog.next { if case .ringing(id, _, let devices) = $0 { devices } else { nil } }
+            #expect(devices?.count == 2, "offered to both of bob's devices")
+            return await aliceLog.ended()?.0
+        }
+        #expect(record?.outcome == .answered)
+        #expect(try await phoneSide.value?.outcome == .answered)
+        #expect(try await laptopSide.value?.outcome == .answeredElsewhere)
+        #expect(try laptop.callHistory().map(\.outcome) == [.answeredElsewhere])
+        await relay.stop()
+    }
+
+    @Test func glareEndsInOneCallOnBothSides() async throws {
+        let relay = try await InProcessRelay()
+        let (alice, bob) = try await relay.aliceAndBob()
+        // Sessions first, so both offers are ratchet messages and both sides are connected when they cross.
+        _ = try await alice.send(to: "bob", text: "call me")
+        #expect(try await bob.receiveAll().texts == ["call me"])
+        let aliceCalls = CallController(client: alice, options: Self.options), bobCalls = CallController(client: bob, options: Self.options)
+        let aliceLog = CallEventLog(aliceCalls), bobLog = CallEventLog(bobCalls)
+        let (ready, readyContinuation) = AsyncStream<Void>.makeStream()
+        let (go, goContinuation) = AsyncStream<Void>.makeStream()
+        let bobSide = Task {
+            try await bob.withCalls(bobCalls) { controller -> CallID? in
+                readyContinuation.yield()
+                var gos = go.makeAsyncIterator()
+                _ = await gos.next()
+                _ = try await controller.placeCall(to: "alice")
+                return await bobLog.connected()?.0
+            }
+        }
+        let aliceID = try await alice.withCalls(aliceCalls) { controller -> CallID? in
+            var readies = ready.makeAsyncIterator()
+            _ = await readies.next()
+            goContinuation.yield()
+            _ = try await controller.placeCall(to: "bob")
+            let connected = await aliceLog.connected()?.0
+            if let connected { await controller.hangUp(connected) }
+            return connected
+        }
+        let bobID = try await bobSide.value
+        #expect(aliceID != nil && aliceID == bobID, "both ended up in the same call")
+        let records = try alice.callHistory() + bob.callHistory()
+        #expect(records.allSatisfy { $0.callID == aliceID }, "the call that gave way left no history")
+        await relay.stop()
+    }
+}
