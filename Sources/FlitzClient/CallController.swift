@@ -18,6 +18,9 @@ import Foundation
 //   // History: try client.callHistory() → [CallRecord] (peer, direction, started, answered, ended, duration, outcome).
 //
 // `CallEvent.ended(record, statistics)` is the last event of every call (the record is already in the history).
+// `withCalls` hangs up what is still going when its body ends; a long-running `listen` calls `hangUpAll()` /
+// `shutdown()` itself on SIGINT. `CallEvent.connected(_, path:, setupTime:)` carries the setup time (offer sent, or
+// offer received for the callee, to the first authenticated media packet) for the report.
 // Exit codes for `flitz call` follow `record.outcome`: answered → 0; missed/declined/busy → 1; failed → 2.
 //
 // Inside: `CallStateMachine` (the rules, a value) decides; this actor performs its actions: call signals through
@@ -150,9 +153,14 @@ public actor CallController {
         throw ClientError(.relayUnreachable, "connection to the relay lost")
     }
 
-    /// Ends every call (hangups sent while a connection is there) and finishes `events`.
-    public func shutdown() async {
+    /// Hangs up every call not ended (hangups sent while a connection is there); each ends with its `ended` event.
+    public func hangUpAll() async {
         for id in machine.activeCalls { await hangUp(id) }
+    }
+
+    /// Ends every call (`hangUpAll`) and finishes `events`: the controller is done.
+    public func shutdown() async {
+        await hangUpAll()
         continuation.finish()
     }
 
@@ -563,7 +571,8 @@ public actor CallController {
 extension FlitzClient {
     /// Connects, authenticates, and runs `controller` on the connection while `body` runs (`flitz call`, and
     /// `flitz answer` / `decline` without a running `listen`: a held offer is delivered right after
-    /// authentication). Returns what `body` returns; the connection closes then.
+    /// authentication). When `body` returns or throws, calls still going are hung up (`hangUpAll`) on the
+    /// connection; then it closes. Returns what `body` returns.
     /// - Throws: `ClientError` (`.relayUnreachable` when the connection fails or drops), whatever `body` throws.
     public func withCalls<T: Sendable>(_ controller: CallController, _ body: @escaping @Sendable (CallController) async throws -> T) async throws -> T {
         let account = try requireAccount()
@@ -573,7 +582,16 @@ extension FlitzClient {
                     try await controller.run(on: connection)
                     return nil
                 }
-                group.addTask { try await body(controller) }
+                group.addTask {
+                    do {
+                        let result = try await body(controller)
+                        await controller.hangUpAll()  // on this connection, before it closes
+                        return result
+                    } catch {
+                        await controller.hangUpAll()
+                        throw error
+                    }
+                }
                 defer { group.cancelAll() }
                 while let result = try await group.next() {
                     if let result { return result }
