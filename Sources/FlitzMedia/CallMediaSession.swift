@@ -104,7 +104,8 @@ public struct GatherOptions: Sendable {
 
 /// What a call plays and records (protocol/calls.md 6).
 public struct AudioOptions: Sendable {
-    /// A 16-bit PCM mono 8 000 Hz WAV file to send; nil sends µ-law silence. Other formats are refused by
+    /// A 16-bit PCM mono 8 000 Hz WAV file to send, from the first authenticated packet on (silence before);
+    /// nil sends µ-law silence. Other formats are refused by
     /// `CallMediaSession.start` with `MediaError.unsupportedAudio` naming the ffmpeg command that converts them.
     public var playFile: URL?
     /// Where received audio goes: a 16-bit PCM mono 8 000 Hz WAV, laid out by RTP timestamp (gaps are silence),
@@ -350,7 +351,9 @@ private actor MediaCall {
             }
         }
         var payload = MuLaw.silencePayload
-        if playout != nil {
+        // The play file starts once this side has heard the peer: before that the path may not carry it (a TURN
+        // channel still binding), and the first words of a call must not be lost to connectivity checks.
+        if playout != nil, locked != nil {
             if let next = playout?.nextPayload() {
                 payload = next
             } else {
