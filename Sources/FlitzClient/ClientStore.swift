@@ -336,6 +336,8 @@ final class ClientStore: Sendable {
                     WHERE kind = 'text' AND deleted = 0 AND COALESCE(expire_after, 0) > 0
                 """)
         }
+        // Call history (protocol/calls.md 8): CallHistory.swift.
+        migrator.registerMigration("v14-calls", migrate: Self.migrateCalls)
         return migrator
     }
 

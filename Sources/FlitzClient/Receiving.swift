@@ -283,107 +283,11 @@ extension FlitzClient {
         let random = self.random
         let receivedAt = now().timeIntervalSince1970
         let (events, inserted, resetFor) = try store.transaction(failpoint: "receive.afterDecrypt") { db -> ([ClientEvent], Bool, Data?) in
-            var events: [ClientEvent] = []
-            let plaintext: Data
-            let session: Session
-            var makeActive = false
-            var usedOneTimePreKey: UInt32?
-            var usedOneTimeKEMPreKey: UInt32?
-            switch incoming {
-            case .preKey(let message):
-                let accountKey = message.certificate.accountIdentityKey.rawRepresentation
-                if sender == account.handle {
-                    // Another device of this account: only under this account's key, never trusted on first use.
-                    guard ConstantTime.equals(accountKey, account.accountIdentityKey.rawRepresentation),
-                        envelope.senderDeviceID != account.deviceID
-                    else { throw FlitzProtocolError(.authenticationFailed, "a message from this account under another account key") }
-                } else if let contact = try ClientStore.contact(sender, db) {
-                    if !ConstantTime.equals(contact.trustedIdentityKey, accountKey) {
-                        try ClientStore.recordUntrustedIdentity(sender, key: accountKey, db)
-                        events.append(.warning("the identity key of \(sender) has changed; verify it and run `flitz trust \(sender)` before replying"))
-                    }
-                } else {
-                    try ClientStore.trustIdentity(sender, key: accountKey, db)
-                }
-                if var existing = try ClientStore.sessions(with: sender, db).first(where: {
-                    $0.session.baseKey == message.baseKey && $0.deviceID == envelope.senderDeviceID
-                })?.session {
-                    // A later message of a session we already answered (the initiator has not seen a reply yet).
-                    // Its certificate must be the session's: the AD binds only the first one, so a relay could
-                    // otherwise relabel the sender (and make this device record a false identity change).
-                    guard existing.remoteCertificate == message.certificate else {
-                        throw FlitzProtocolError(.authenticationFailed, "prekey message certificate differs from its session's")
-                    }
-                    plaintext = try existing.decrypt(message.ratchetMessage, random: random)
-                    session = existing
-                } else if try Bool.fetchOne(
-                    db, sql: "SELECT 1 FROM accepted_base_keys WHERE base_key = ?", arguments: [message.baseKey.rawRepresentation]) ?? false
-                {
-                    // A replay of a prekey message whose session is gone: never start a second session from it.
-                    throw FlitzProtocolError(.duplicateMessage, "prekey message already answered")
-                } else {
-                    guard let signedPreKey = try ClientStore.signedPreKey(id: message.signedPreKeyID, db) else {
-                        if try ClientStore.signedPreKeyExpired(id: message.signedPreKeyID, db) {
-                            throw FlitzProtocolError(.signedPreKeyExpired, "signed prekey \(message.signedPreKeyID) was rotated out")
-                        }
-                        throw FlitzProtocolError(.unknownPreKey, "signed prekey \(message.signedPreKeyID)")
-                    }
-                    guard let kemPreKey = try ClientStore.kemPreKey(id: message.kemPreKeyID, db) else {
-                        throw FlitzProtocolError(.unknownPreKey, "KEM prekey \(message.kemPreKeyID)")
-                    }
-                    if kemPreKey.kind == .oneTime { usedOneTimeKEMPreKey = kemPreKey.id }
-                    var oneTimePreKey: OneTimePreKeyPair?
-                    if let id = message.oneTimePreKeyID {
-                        guard let key = try ClientStore.oneTimePreKey(id: id, db) else { throw FlitzProtocolError(.unknownPreKey, "one-time prekey \(id)") }
-                        oneTimePreKey = key
-                        usedOneTimePreKey = id
-                    }
-                    (session, plaintext) = try Session.respond(
-                        to: message, identity: account.device, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey,
-                        kemPreKey: kemPreKey, random: random)
-                    // Simultaneous initiation: while our own session with that device still awaits its first
-                    // reply, both sides keep the session with the lower base key, so they converge on one.
-                    if let own = try ClientStore.sessions(with: sender, db).first(where: { $0.active && $0.deviceID == envelope.senderDeviceID }),
-                        own.session.isAwaitingReply
-                    {
-                        makeActive = message.baseKey.rawRepresentation.lexicographicallyPrecedes(own.session.baseKey.rawRepresentation)
-                    } else {
-                        makeActive = true
-                    }
-                }
-            case .ratchet(let bytes):
-                // Any of the device's sessions may decrypt (messages sent before a convergence); which one
-                // sends stays as chosen (a session reset or a new inbound session changes it).
-                var decrypted: (Session, Data)?
-                var duplicate = false, unsupported = false
-                for var candidate in try ClientStore.sessions(with: sender, db) where candidate.deviceID == envelope.senderDeviceID {
-                    do {
-                        let plaintext = try candidate.session.decrypt(bytes, random: random)
-                        decrypted = (candidate.session, plaintext)
-                        break
-                    } catch let error as FlitzProtocolError where error.code == .duplicateMessage {
-                        duplicate = true
-                    } catch let error as FlitzProtocolError where error.code == .unsupportedVersion {
-                        unsupported = true
-                    } catch {}
-                }
-                guard let decrypted else {
-                    // A newer header version is kept for a newer Flitz, not answered with a session reset.
-                    if unsupported { throw FlitzProtocolError(.unsupportedVersion, "ratchet header version") }
-                    throw FlitzProtocolError(duplicate ? .duplicateMessage : .authenticationFailed, "no session decrypts it")
-                }
-                (session, plaintext) = decrypted
-            }
-            // Only listed devices (section 4.4); a session under a changed, untrusted key is shown with a warning
-            // as before (its lists start over once the key is trusted).
-            let sessionKey = session.remoteCertificate.accountIdentityKey.rawRepresentation
-            let trustedKey = try ClientStore.trustedAccountKey(for: sender, account: account, db) ?? sessionKey
-            if ConstantTime.equals(trustedKey, sessionKey) {
-                let listed = try Self.senderListed(
-                    sender, deviceID: envelope.senderDeviceID, deviceIdentityKey: session.remoteCertificate.deviceIdentityKey.rawRepresentation,
-                    accountKey: sessionKey, db)
-                if listed == false || (listed == nil && !listChecked) { throw SenderNotListed() }
-            }
+            var decrypted = try Self.decryptIncoming(
+                incoming, sender: sender, senderDeviceID: envelope.senderDeviceID, account: account, listChecked: listChecked, random: random, db)
+            var events = decrypted.events
+            let plaintext = decrypted.plaintext
+            let session = decrypted.session
             let content = try MessageContent(decoding: plaintext)
             var resetFor: Data?
             if case .sessionReset(let failed) = content.body, !envelope.onlineOnly {
@@ -394,7 +298,7 @@ extension FlitzClient {
                     ConstantTime.equals(contact.trustedIdentityKey, session.remoteCertificate.accountIdentityKey.rawRepresentation)
                 {
                     // The sender lost our session: theirs is the one to use now, whatever the tie-break said.
-                    makeActive = true
+                    decrypted.makeActive = true
                     resetFor = failed
                 } else {
                     events.append(.warning("ignored a session reset from \(sender): it does not come from their trusted identity key"))
@@ -404,19 +308,7 @@ extension FlitzClient {
             // one-time prekeys are answered and deleted as for any first message.
             var singleUse = false
             if case .preKey = incoming { singleUse = content.singleUseSession }
-            if !singleUse {
-                try ClientStore.save(session, handle: sender, deviceID: envelope.senderDeviceID, makeActive: makeActive, db)
-            }
-            try db.execute(
-                sql: "INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) VALUES (?, ?)",
-                arguments: [session.baseKey.rawRepresentation, Date().timeIntervalSince1970])
-            // One-time prekeys go only now that the first message authenticated (crypto.md, "Prekey lifecycle").
-            if let usedOneTimePreKey {
-                try db.execute(sql: "DELETE FROM one_time_prekeys WHERE id = ?", arguments: [Int64(usedOneTimePreKey)])
-            }
-            if let usedOneTimeKEMPreKey {
-                try db.execute(sql: "DELETE FROM kem_prekeys WHERE id = ? AND last_resort = 0", arguments: [Int64(usedOneTimeKEMPreKey)])
-            }
+            try Self.commitIncoming(decrypted, sender: sender, senderDeviceID: envelope.senderDeviceID, storeSession: !singleUse, db)
             // Only typing and presence travel online-only (section 6): anything else in one is dropped, never
             // stored, applied or answered (its session step is kept: the message key is used either way).
             if envelope.onlineOnly {
@@ -497,6 +389,151 @@ extension FlitzClient {
         }
         if !inserted && resetFor == nil { logger.debug("dropped a duplicate message or a control message") }
         return AcceptOutcome(events: events, resetFor: resetFor)
+    }
+
+    /// A session message decrypted inside a transaction, not yet committed (`commitIncoming`).
+    struct DecryptedIncoming {
+        var session: Session
+        var plaintext: Data
+        /// Whether the session becomes the one this device sends on.
+        var makeActive = false
+        var usedOneTimePreKey: UInt32?
+        var usedOneTimeKEMPreKey: UInt32?
+        /// Warnings (an identity key change).
+        var events: [ClientEvent] = []
+    }
+
+    /// Decrypts a session message from `senderDeviceID` of `sender` (an envelope's or a call signal's, protocol/calls.md
+    /// 3.4) without storing anything but a first-seen identity (trust on first use) or a noticed identity change;
+    /// the caller commits with `commitIncoming` in the same transaction, or throws to roll everything back.
+    /// - Throws: `FlitzProtocolError` when it does not decrypt; `SenderNotListed` when the sender device is not in
+    ///   the sender's accepted device list (or no list is known and `listChecked` is false).
+    static func decryptIncoming(
+        _ incoming: IncomingSessionMessage, sender: String, senderDeviceID: UInt32, account: AccountRecord, listChecked: Bool,
+        random: any RandomSource, _ db: Database
+    ) throws -> DecryptedIncoming {
+        var events: [ClientEvent] = []
+        let plaintext: Data
+        let session: Session
+        var makeActive = false
+        var usedOneTimePreKey: UInt32?
+        var usedOneTimeKEMPreKey: UInt32?
+        switch incoming {
+        case .preKey(let message):
+            let accountKey = message.certificate.accountIdentityKey.rawRepresentation
+            if sender == account.handle {
+                // Another device of this account: only under this account's key, never trusted on first use.
+                guard ConstantTime.equals(accountKey, account.accountIdentityKey.rawRepresentation),
+                    senderDeviceID != account.deviceID
+                else { throw FlitzProtocolError(.authenticationFailed, "a message from this account under another account key") }
+            } else if let contact = try ClientStore.contact(sender, db) {
+                if !ConstantTime.equals(contact.trustedIdentityKey, accountKey) {
+                    try ClientStore.recordUntrustedIdentity(sender, key: accountKey, db)
+                    events.append(.warning("the identity key of \(sender) has changed; verify it and run `flitz trust \(sender)` before replying"))
+                }
+            } else {
+                try ClientStore.trustIdentity(sender, key: accountKey, db)
+            }
+            if var existing = try ClientStore.sessions(with: sender, db).first(where: {
+                $0.session.baseKey == message.baseKey && $0.deviceID == senderDeviceID
+            })?.session {
+                // A later message of a session we already answered (the initiator has not seen a reply yet).
+                // Its certificate must be the session's: the AD binds only the first one, so a relay could
+                // otherwise relabel the sender (and make this device record a false identity change).
+                guard existing.remoteCertificate == message.certificate else {
+                    throw FlitzProtocolError(.authenticationFailed, "prekey message certificate differs from its session's")
+                }
+                plaintext = try existing.decrypt(message.ratchetMessage, random: random)
+                session = existing
+            } else if try Bool.fetchOne(
+                db, sql: "SELECT 1 FROM accepted_base_keys WHERE base_key = ?", arguments: [message.baseKey.rawRepresentation]) ?? false
+            {
+                // A replay of a prekey message whose session is gone: never start a second session from it.
+                throw FlitzProtocolError(.duplicateMessage, "prekey message already answered")
+            } else {
+                guard let signedPreKey = try ClientStore.signedPreKey(id: message.signedPreKeyID, db) else {
+                    if try ClientStore.signedPreKeyExpired(id: message.signedPreKeyID, db) {
+                        throw FlitzProtocolError(.signedPreKeyExpired, "signed prekey \(message.signedPreKeyID) was rotated out")
+                    }
+                    throw FlitzProtocolError(.unknownPreKey, "signed prekey \(message.signedPreKeyID)")
+                }
+                guard let kemPreKey = try ClientStore.kemPreKey(id: message.kemPreKeyID, db) else {
+                    throw FlitzProtocolError(.unknownPreKey, "KEM prekey \(message.kemPreKeyID)")
+                }
+                if kemPreKey.kind == .oneTime { usedOneTimeKEMPreKey = kemPreKey.id }
+                var oneTimePreKey: OneTimePreKeyPair?
+                if let id = message.oneTimePreKeyID {
+                    guard let key = try ClientStore.oneTimePreKey(id: id, db) else { throw FlitzProtocolError(.unknownPreKey, "one-time prekey \(id)") }
+                    oneTimePreKey = key
+                    usedOneTimePreKey = id
+                }
+                (session, plaintext) = try Session.respond(
+                    to: message, identity: account.device, signedPreKey: signedPreKey, oneTimePreKey: oneTimePreKey,
+                    kemPreKey: kemPreKey, random: random)
+                // Simultaneous initiation: while our own session with that device still awaits its first
+                // reply, both sides keep the session with the lower base key, so they converge on one.
+                if let own = try ClientStore.sessions(with: sender, db).first(where: { $0.active && $0.deviceID == senderDeviceID }),
+                    own.session.isAwaitingReply
+                {
+                    makeActive = message.baseKey.rawRepresentation.lexicographicallyPrecedes(own.session.baseKey.rawRepresentation)
+                } else {
+                    makeActive = true
+                }
+            }
+        case .ratchet(let bytes):
+            // Any of the device's sessions may decrypt (messages sent before a convergence); which one
+            // sends stays as chosen (a session reset or a new inbound session changes it).
+            var decrypted: (Session, Data)?
+            var duplicate = false, unsupported = false
+            for var candidate in try ClientStore.sessions(with: sender, db) where candidate.deviceID == senderDeviceID {
+                do {
+                    let plaintext = try candidate.session.decrypt(bytes, random: random)
+                    decrypted = (candidate.session, plaintext)
+                    break
+                } catch let error where error.code == .duplicateMessage {
+                    duplicate = true
+                } catch let error where error.code == .unsupportedVersion {
+                    unsupported = true
+                } catch {}
+            }
+            guard let decrypted else {
+                // A newer header version is kept for a newer Flitz, not answered with a session reset.
+                if unsupported { throw FlitzProtocolError(.unsupportedVersion, "ratchet header version") }
+                throw FlitzProtocolError(duplicate ? .duplicateMessage : .authenticationFailed, "no session decrypts it")
+            }
+            (session, plaintext) = decrypted
+        }
+        // Only listed devices (section 4.4); a session under a changed, untrusted key is shown with a warning
+        // as before (its lists start over once the key is trusted).
+        let sessionKey = session.remoteCertificate.accountIdentityKey.rawRepresentation
+        let trustedKey = try ClientStore.trustedAccountKey(for: sender, account: account, db) ?? sessionKey
+        if ConstantTime.equals(trustedKey, sessionKey) {
+            let listed = try Self.senderListed(
+                sender, deviceID: senderDeviceID, deviceIdentityKey: session.remoteCertificate.deviceIdentityKey.rawRepresentation,
+                accountKey: sessionKey, db)
+            if listed == false || (listed == nil && !listChecked) { throw SenderNotListed() }
+        }
+        return DecryptedIncoming(
+            session: session, plaintext: plaintext, makeActive: makeActive, usedOneTimePreKey: usedOneTimePreKey,
+            usedOneTimeKEMPreKey: usedOneTimeKEMPreKey, events: events)
+    }
+
+    /// Stores what `decryptIncoming` did: the session (unless `storeSession` is false: a scheduled message's
+    /// single-use session), its base key as answered, and the one-time prekeys it used.
+    static func commitIncoming(_ decrypted: DecryptedIncoming, sender: String, senderDeviceID: UInt32, storeSession: Bool, _ db: Database) throws {
+        if storeSession {
+            try ClientStore.save(decrypted.session, handle: sender, deviceID: senderDeviceID, makeActive: decrypted.makeActive, db)
+        }
+        try db.execute(
+            sql: "INSERT OR IGNORE INTO accepted_base_keys (base_key, accepted_at) VALUES (?, ?)",
+            arguments: [decrypted.session.baseKey.rawRepresentation, Date().timeIntervalSince1970])
+        // One-time prekeys go only now that the first message authenticated (crypto.md, "Prekey lifecycle").
+        if let id = decrypted.usedOneTimePreKey {
+            try db.execute(sql: "DELETE FROM one_time_prekeys WHERE id = ?", arguments: [Int64(id)])
+        }
+        if let id = decrypted.usedOneTimeKEMPreKey {
+            try db.execute(sql: "DELETE FROM kem_prekeys WHERE id = ? AND last_resort = 0", arguments: [Int64(id)])
+        }
     }
 
     /// Applies a receipt to the message it concerns: one of this device's envelopes (`envelopes`), or this
@@ -696,11 +733,14 @@ extension FlitzClient {
     // MARK: listen and chat
 
     /// Stays connected, reporting messages and receipts as they arrive, until cancelled. Reconnects
-    /// after a dropped connection.
+    /// after a dropped connection. With `calls`, that controller runs on each connection: incoming calls ring
+    /// (its `events`) and calls can be placed and answered through it (CallController.swift).
     /// - Throws: `ClientError` for errors other than a lost connection; `CancellationError`.
-    public func listen(onEvent: @escaping @Sendable (ClientEvent) -> Void) async throws {
+    public func listen(calls: CallController? = nil, onEvent: @escaping @Sendable (ClientEvent) -> Void) async throws {
         try await runConnected(onEvent: onEvent) { connection, account in
-            try await self.withSignals(on: connection, account: account, peer: nil, typing: nil) { try await Task.sleep(for: .seconds(86_400 * 365)) }
+            try await self.withSignals(on: connection, account: account, peer: nil, typing: nil) {
+                if let calls { try await calls.run(on: connection) } else { try await Task.sleep(for: .seconds(86_400 * 365)) }
+            }
         }
     }
 

@@ -26,6 +26,9 @@ public final class RelayConnection: Sendable {
     private let outbound: WebSocketOutboundWriter
     private let state = Mutex(State())
     private let unsolicited = WaitQueue<WireFrame>()
+    /// Call signals delivered to this device (protocol/calls.md 3.2), apart from the other unsolicited frames so
+    /// that a `CallController` reads them while `drain` and `listen` read deliveries.
+    private let callSignals = WaitQueue<WireCallSignalDelivery>()
     private let clockOffset = Mutex<Int64>(0)
     /// Sees every frame this connection writes, decoded back from the bytes written (tests read envelopes'
     /// urgency classes from it); nil in normal use.
@@ -91,10 +94,17 @@ public final class RelayConnection: Sendable {
         await unsolicited.next(timeout: timeout)
     }
 
+    /// The next call signal delivered to this device, or nil when the connection closed or `timeout` passed first.
+    public func nextCallSignal(timeout: Duration) async -> WireCallSignalDelivery? {
+        await callSignals.next(timeout: timeout)
+    }
+
     /// Called by the reader for every decoded frame.
     func received(_ frame: WireFrame) {
         if frame.requestID != 0 {
             complete(frame.requestID, .success(frame))
+        } else if case .callSignalDelivery(let signal) = frame.body {
+            callSignals.push(signal)
         } else {
             unsolicited.push(frame)
         }
@@ -111,6 +121,7 @@ public final class RelayConnection: Sendable {
             continuation.resume(throwing: ClientError(.relayUnreachable, "connection to the relay closed"))
         }
         unsolicited.finish()
+        callSignals.finish()
     }
 
     /// A short, readable reason for a failed connection (the full error goes to the debug log).

@@ -21,6 +21,9 @@ public struct ConfigurationKey: Sendable {
     public let defaultValue: String
     /// One-line meaning, with its unit.
     public let summary: String
+    /// Whether the flag may be given more than once (its values together replace the file's and the environment's;
+    /// in a file or a variable the values are a comma-separated list, or a JSON array in a file).
+    public let repeatable: Bool
     /// Sets the key from `value` (text); the second string names where it came from, for errors.
     /// Throws `ConfigurationError` only (closures cannot declare typed throws where the table builds them).
     let apply: @Sendable (inout RelayConfiguration, String, String) throws -> Void
@@ -148,6 +151,17 @@ extension RelayConfiguration {
             },
             key("push.maxAttempts", "push-max-attempts", "4", "attempts per wake-up in all") { $0.push.maxAttempts = try integer($1, $2, 1...100) },
             key("push.timeout", "push-timeout", "10", "seconds one push attempt may take before it is retried") { $0.push.timeout = try seconds($1, $2) },
+            // Calls (protocol/calls.md 3.5).
+            key("turn.uris", "turn-uri", "", "TURN URI handed out with credentials (turn: or turns:); repeatable; needs turn.secret", repeatable: true) {
+                $0.turnURIs = try uriList($1, $2, schemes: ["turn", "turns"])
+            },
+            key("turn.secret", "turn-secret", "", "secret shared with the TURN server (coturn static-auth-secret); never logged") {
+                $0.turnSecret = try text($1, $2)
+            },
+            key("turn.ttlSeconds", "turn-ttl-seconds", "86400", "lifetime of issued TURN credentials, seconds (1 day)") { $0.turnTTL = try seconds($1, $2) },
+            key("stun.uris", "stun-uri", "", "STUN URI returned to clients (stun: or stuns:); repeatable; default the TURN URIs' host:port", repeatable: true) {
+                $0.stunURIs = try uriList($1, $2, schemes: ["stun", "stuns"])
+            },
         ]
         let defaults = RateLimits()
         let meanings: [(RateLimiter.Kind, String, String)] = [
@@ -161,6 +175,9 @@ extension RelayConfiguration {
             (.prekeyDevice, "prekey-device", "prekey bundle fetches by one device"),
             (.prekeyHandle, "prekey-handle", "prekey bundle fetches of one target handle"),
             (.uploadCapability, "upload-capability", "RequestUploadCapability requests of one device"),
+            (.callOffer, "call-offer", "call offers (SendCallSignal CALL_OFFER) of one device"),
+            (.callSignal, "call-signal", "call signals of any kind (SendCallSignal) of one device"),
+            (.turnCredentials, "turn-credentials", "RequestTurnCredentials requests of one device"),
         ]
         for (kind, flag, meaning) in meanings {
             let limit = defaults[kind]
@@ -225,14 +242,30 @@ extension RelayConfiguration {
             guard let key = byVariable[variable] else { throw ConfigurationError("unknown environment variable \(variable)") }
             try key.set(&configuration, value, from: variable)
         }
-        for (key, value) in flags { try key.set(&configuration, value, from: "--\(key.flag)") }
+        var repeated: [String: [String]] = [:]
+        for (key, value) in flags {
+            if key.repeatable {
+                repeated[key.name, default: []].append(value)
+            } else {
+                try key.set(&configuration, value, from: "--\(key.flag)")
+            }
+        }
+        // A repeatable flag's values together replace the key's value from the file or the environment.
+        for (name, values) in repeated.sorted(by: { $0.key < $1.key }) {
+            guard let key = byName[name] else { continue }
+            try key.set(&configuration, values.joined(separator: ","), from: "--\(key.flag)")
+        }
         try configuration.validate()
         return configuration
     }
 
-    /// Checks what no single key can: TLS needs both files; APNs needs all four of its keys or none.
+    /// Checks what no single key can: TLS needs both files; APNs needs all four of its keys or none; TURN needs its
+    /// URIs and its secret together.
     /// - Throws: `ConfigurationError` naming the keys.
     public func validate() throws(ConfigurationError) {
+        if turnURIs.isEmpty != (turnSecret == nil) {
+            throw ConfigurationError("turn.uris (--turn-uri) and turn.secret (--turn-secret) must be given together")
+        }
         if (tlsCertificatePath == nil) != (tlsKeyPath == nil) {
             throw ConfigurationError("tls.certificate (--tls-cert) and tls.key (--tls-key) must be given together")
         }
@@ -246,10 +279,23 @@ extension RelayConfiguration {
     // MARK: Parsing
 
     private static func key(
-        _ name: String, _ flag: String, _ defaultValue: String, _ summary: String,
+        _ name: String, _ flag: String, _ defaultValue: String, _ summary: String, repeatable: Bool = false,
         _ apply: @escaping @Sendable (inout RelayConfiguration, String, String) throws -> Void
     ) -> ConfigurationKey {
-        ConfigurationKey(name: name, flag: flag, defaultValue: defaultValue, summary: summary, apply: apply)
+        ConfigurationKey(name: name, flag: flag, defaultValue: defaultValue, summary: summary, repeatable: repeatable, apply: apply)
+    }
+
+    /// A comma-separated list of URIs, each `SCHEME:` (one of `schemes`) followed by a host and no spaces.
+    private static func uriList(_ value: String, _ source: String, schemes: [String]) throws(ConfigurationError) -> [String] {
+        let items = value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !items.isEmpty else { throw ConfigurationError("\(source) must not be empty") }
+        for item in items {
+            let parts = item.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2, schemes.contains(parts[0].lowercased()), !parts[1].isEmpty, !item.contains(where: \.isWhitespace) else {
+                throw ConfigurationError("\(source) must be \(schemes.map { "\($0):" }.joined(separator: " or ")) URIs, not '\(item)'")
+            }
+        }
+        return items
     }
 
     private static func text(_ value: String, _ source: String) throws(ConfigurationError) -> String {
@@ -317,6 +363,16 @@ extension RelayConfiguration {
             case .string(let text): entries.append((prefix, text))
             case .bool(let flag): entries.append((prefix, flag ? "on" : "off"))
             case .number(let number): entries.append((prefix, format(number)))
+            case .array(let items):
+                // A list key (turn.uris, stun.uris): its items as a comma-separated list.
+                entries.append((prefix, items.compactMap { item -> String? in
+                    switch item {
+                    case .string(let text): text
+                    case .number(let number): format(number)
+                    case .bool(let flag): flag ? "on" : "off"
+                    case .object, .array: nil
+                    }
+                }.joined(separator: ",")))
             }
         }
         flatten(root, "")
@@ -324,12 +380,13 @@ extension RelayConfiguration {
     }
 }
 
-/// The JSON a config file may hold: objects of strings, booleans and numbers.
+/// The JSON a config file may hold: objects of strings, booleans, numbers and arrays of them (list keys).
 private enum JSONValue: Decodable {
     case object([String: JSONValue])
     case string(String)
     case bool(Bool)
     case number(Double)
+    case array([JSONValue])
 
     init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
@@ -339,6 +396,8 @@ private enum JSONValue: Decodable {
             self = .number(number)
         } else if let text = try? container.decode(String.self) {
             self = .string(text)
+        } else if let items = try? container.decode([JSONValue].self) {
+            self = .array(items)
         } else {
             self = .object(try container.decode([String: JSONValue].self))
         }

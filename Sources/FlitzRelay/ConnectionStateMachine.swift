@@ -159,7 +159,8 @@ struct ConnectionStateMachine {
                 return .handleAnonymous(requestID: frame.requestID, body: body)
             case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList,
                 .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint, .unsend,
-                .cancelScheduled, .updateBlockList, .fetchBlockList, .submitReport, .requestUploadCapability:
+                .cancelScheduled, .updateBlockList, .fetchBlockList, .submitReport, .requestUploadCapability, .sendCallSignal,
+                .requestTurnCredentials:
                 return .reply(.error(.notAuthenticated, "authenticate first", requestID: frame.requestID))
             default:
                 return .reply(Self.relayOnly(frame.requestID))
@@ -172,7 +173,8 @@ struct ConnectionStateMachine {
                 return .handleAnonymous(requestID: frame.requestID, body: body)
             case .publishPrekeys, .fetchPrekeyBundle, .submit, .acknowledge, .reportSeen, .publishDeviceList, .fetchDeviceList,
                 .deleteAccount, .updateAccountSettings, .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint, .unsend,
-                .cancelScheduled, .updateBlockList, .fetchBlockList, .submitReport, .requestUploadCapability:
+                .cancelScheduled, .updateBlockList, .fetchBlockList, .submitReport, .requestUploadCapability, .sendCallSignal,
+                .requestTurnCredentials:
                 return .handleAuthenticated(requestID: frame.requestID, body: body, device: device)
             default:
                 return .reply(Self.relayOnly(frame.requestID))

@@ -52,6 +52,14 @@ public struct RateLimits: Sendable, Hashable {
     /// `limits.uploadCapability.*`: RequestUploadCapability by one device (`attachments.md` 4.1). Default 60/min,
     /// burst 60.
     public var uploadCapability = RateLimit(perMinute: 60, burst: 60)
+    /// `limits.callOffer.*`: `CALL_OFFER` signals of one device (`calls.md` 3.1 check 6). Default 10/min, burst 10.
+    public var callOffer = RateLimit(perMinute: 10, burst: 10)
+    /// `limits.callSignal.*`: call signals of any kind of one device (`calls.md` 3.1 check 6). Default 100/min,
+    /// burst 100.
+    public var callSignal = RateLimit(perMinute: 100, burst: 100)
+    /// `limits.turnCredentials.*`: `RequestTurnCredentials` by one device (`calls.md` 3.5). Default 30 an hour
+    /// (0.5/min), burst 30.
+    public var turnCredentials = RateLimit(perMinute: 0.5, burst: 30)
 
     /// The documented defaults.
     public init() {}
@@ -126,6 +134,7 @@ final class RateLimiter: Sendable {
     /// The bucket kinds, one per `RateLimits` entry.
     enum Kind: Int, CaseIterable {
         case device, pair, registerAddress, registerHandle, recoverAddress, recoverHandle, linkAddress, prekeyDevice, prekeyHandle, uploadCapability
+        case callOffer, callSignal, turnCredentials
     }
 
     let limits: RateLimits
@@ -168,6 +177,8 @@ final class RateLimiter: Sendable {
             try take([(.device, key, 1), (.linkAddress, source, 1)], nowMs: nowMs)
         case .requestUploadCapability:
             try take([(.device, key, 1), (.uploadCapability, key, 1)], nowMs: nowMs)
+        case .requestTurnCredentials:
+            try take([(.device, key, 1), (.turnCredentials, key, 1)], nowMs: nowMs)
         case .submit(let request):
             // One token per envelope from each sender→recipient handle pair.
             var costs: [String: Int] = [:]
@@ -176,6 +187,14 @@ final class RateLimiter: Sendable {
         default:
             try take([(.device, key, 1)], nowMs: nowMs)
         }
+    }
+
+    /// Checks the call signal limits of `device` (`calls.md` 3.1 check 6, after the other checks): every signal takes
+    /// a `limits.callSignal` token, an offer also a `limits.callOffer` one.
+    /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
+    func admitCallSignal(offer: Bool, device: DeviceAddress, nowMs: Int64) throws(RelayError) {
+        let key = device.description
+        try take([(.callSignal, key, 1)] + (offer ? [(.callOffer, key, 1)] : []), nowMs: nowMs)
     }
 
     /// Takes `cost` tokens from each (kind, key), all or none, under one lock.
@@ -212,6 +231,9 @@ extension RateLimits {
             case .prekeyDevice: prekeyDevice
             case .prekeyHandle: prekeyHandle
             case .uploadCapability: uploadCapability
+            case .callOffer: callOffer
+            case .callSignal: callSignal
+            case .turnCredentials: turnCredentials
             }
         }
         set {
@@ -226,6 +248,9 @@ extension RateLimits {
             case .prekeyDevice: prekeyDevice = newValue
             case .prekeyHandle: prekeyHandle = newValue
             case .uploadCapability: uploadCapability = newValue
+            case .callOffer: callOffer = newValue
+            case .callSignal: callSignal = newValue
+            case .turnCredentials: turnCredentials = newValue
             }
         }
     }

@@ -29,6 +29,8 @@ public final class Relay: Sendable {
     public let blobs: any BlobByteStore
     /// One PATCH (or creation-with-upload) at a time per upload.
     let uploadLocks = UploadLocks()
+    /// Call signals held in memory until delivered or expired (`calls.md` 3).
+    let calls: CallSignalBroker
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
     /// - Parameters:
@@ -53,9 +55,12 @@ public final class Relay: Sendable {
         self.logger = logger
         let registry = ConnectionRegistry()
         self.registry = registry
+        let calls = CallSignalBroker(onChange: { metrics.callSignals($0) })
+        self.calls = calls
         push = PushDispatcher(
             store: store, configuration: configuration.push, clock: clock, metrics: metrics, logger: logger, extraTrustRoots: pushTrustRoots,
-            credentials: PushCredentials(vapidKeyPEM: vapidKeyPEM, apns: apns, fcm: fcm), isConnected: { registry.isConnected($0) })
+            credentials: PushCredentials(vapidKeyPEM: vapidKeyPEM, apns: apns, fcm: fcm), isConnected: { registry.isConnected($0) },
+            isCallSignalWaiting: { calls.isWaiting($0, serial: $1, nowMs: $2) })
     }
 
     /// Runs one expiry sweep now (`relay.md`, "Expiry"): deletes expired envelopes, queues `EXPIRED`
@@ -67,6 +72,8 @@ public final class Relay: Sendable {
         let now = clock.nowMs()
         let result = try await store.sweep(nowMs: now, receiptExpiresAtMs: now + retentionMs)
         try await sweepBlobs(nowMs: now)
+        // Call signals live in memory only (calls.md 3.2); expired ones are dropped here at the latest.
+        calls.purge(nowMs: now)
         registry.wake(result.notifiedSenders)
         metrics.expired(result.expiredEnvelopes)
         if result.expiredEnvelopes + result.purgedReceipts + result.purgedRoutes + result.purgedTombstones + result.purgedLinkMessages > 0 {

@@ -62,6 +62,17 @@ public struct RelayConfiguration: Sendable {
     public var blobBodyTimeout: Duration = .seconds(60)
     /// `push.*`: push wake-ups (`protocol/push.md` 9). Default `PushConfiguration()`.
     public var push = PushConfiguration()
+    /// `turn.uris` (`--turn-uri`, repeatable): TURN server URIs handed out with credentials (`calls.md` 3.5), e.g.
+    /// `turn:turn.example.org:3478?transport=udp`. Default none: `RequestTurnCredentials` answers without TURN.
+    public var turnURIs: [String] = []
+    /// `turn.secret` (`--turn-secret`): the secret shared with the TURN server (coturn `static-auth-secret`), the
+    /// HMAC-SHA-1 key of the passwords. Required with `turn.uris`. Never logged. Default none.
+    public var turnSecret: String?
+    /// `turn.ttlSeconds` (`--turn-ttl-seconds`): lifetime of issued TURN credentials. Default 86 400 seconds.
+    public var turnTTL: Duration = .seconds(86_400)
+    /// `stun.uris` (`--stun-uri`, repeatable): STUN URIs returned in `stun_uris`, e.g. `stun:stun.example.org:3478`.
+    /// Default none: the TURN URIs' host:port as `stun:` URIs.
+    public var stunURIs: [String] = []
 
     /// A configuration with the documented defaults, overridable per argument.
     public init(

@@ -32,6 +32,8 @@ struct RelayConnection {
         case authenticationDeadline
         /// An online-only envelope to hand over now, outside the queue (`conversations.md` 6).
         case onlineOnly(WireEnvelope)
+        /// Call signals wait for this connection in the relay's `CallSignalBroker` (`calls.md` 3.2).
+        case callSignals
     }
 
     let relay: Relay
@@ -51,6 +53,8 @@ struct RelayConnection {
         }()
         let (events, continuation) = AsyncStream.makeStream(of: Event.self)
         let pump = PumpRequest(continuation: { continuation.yield(.pump) })
+        // At most one `callSignals` event waits at a time, however many signals arrive meanwhile (like `pump`).
+        let callSignalsWake = PumpRequest(continuation: { continuation.yield(.callSignals) })
         let gate = ReadGate(limit: Self.maxPendingMessages)
         let writer = ConnectionWriter(
             outbound: outbound, channel: channel, timeout: configuration.writeTimeout, registry: registry, metrics: relay.metrics)
@@ -58,7 +62,11 @@ struct RelayConnection {
         var machine = ConnectionStateMachine(nonce: relay.random.bytes(WireConstants.challengeNonceLength), window: configuration.deliveryWindow)
         var windowFull = false
         defer {
-            if let device = machine.device { registry.release(device, connectionID: connectionID) }
+            if let device = machine.device {
+                // Call signals not yet taken stay held for the device's next connection.
+                relay.calls.detach(device, connectionID: connectionID)
+                registry.release(device, connectionID: connectionID)
+            }
             if windowFull { registry.monitor.record { $0.windowsFull -= 1 } }
             continuation.finish()
             gate.close()
@@ -115,6 +123,9 @@ struct RelayConnection {
                     case .pump:
                         if pump.taken() { _ = machine.wokenUp() }
                         try await deliverPage(machine: &machine, writer: writer, pump: pump)
+                    case .callSignals:
+                        _ = callSignalsWake.taken()
+                        if let device = machine.device { try await writeCallSignals(device, connectionID: connectionID, writer) }
                     case .close(let reason):
                         if case .close(let reason) = machine.closeRequested(reason: reason) {
                             logger.debug("closing", metadata: ["reason": "\(reason)"])
@@ -124,7 +135,8 @@ struct RelayConnection {
                     case .message(let message):
                         defer { gate.leave() }
                         let keepOpen = try await received(
-                            message, machine: &machine, connectionID: connectionID, continuation: continuation, pump: pump, writer, logger)
+                            message, machine: &machine, connectionID: connectionID, continuation: continuation, pump: pump,
+                            callSignalsWake: callSignalsWake, writer, logger)
                         if !keepOpen { break loop }
                     }
                     let full = machine.device != nil && machine.inFlightCount >= machine.window
@@ -155,7 +167,8 @@ struct RelayConnection {
     /// Handles one WebSocket message; returns false when the connection must close.
     private func received(
         _ message: WebSocketMessage, machine: inout ConnectionStateMachine, connectionID: UInt64,
-        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, _ writer: ConnectionWriter, _ logger: Logger
+        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, callSignalsWake: PumpRequest, _ writer: ConnectionWriter,
+        _ logger: Logger
     ) async throws -> Bool {
         let frame: WireFrame
         do throws(FrameDecodingError) {
@@ -182,7 +195,7 @@ struct RelayConnection {
         case .handleUnauthenticated(let requestID, let body, let nonce):
             try await handleUnauthenticated(
                 requestID: requestID, body: body, nonce: nonce, machine: &machine, connectionID: connectionID, continuation: continuation,
-                pump: pump, writer, logger)
+                pump: pump, callSignalsWake: callSignalsWake, writer, logger)
         case .handleAnonymous(let requestID, let body):
             // LinkPut / LinkTake: allowed in any state, they neither need nor consume the challenge.
             let reply: WireFrame
@@ -217,7 +230,8 @@ struct RelayConnection {
     /// (`relay.md`, "Challenges").
     private func handleUnauthenticated(
         requestID: UInt64, body: WireFrame.OneOf_Body, nonce: Data, machine: inout ConnectionStateMachine, connectionID: UInt64,
-        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, _ writer: ConnectionWriter, _ logger: Logger
+        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, callSignalsWake: PumpRequest, _ writer: ConnectionWriter,
+        _ logger: Logger
     ) async throws {
         let answer: WireFrame
         do {
@@ -250,7 +264,11 @@ struct RelayConnection {
                     // durably before the answer, so no later wake-up decision can see the stale window.
                     await relay.push.deviceConnected(device)
                     logger.debug("authenticated", metadata: ["relay.handle": "\(device.handle)", "relay.device": "\(device.deviceID)"])
+                    // Call signals accepted from now on wake this connection; those held so far go out right after the
+                    // result, before any queued envelope (calls.md 3.2).
+                    relay.calls.attach(device, connectionID: connectionID) { callSignalsWake.request() }
                     try await writer.send(WireFrame(requestID: requestID, body: .authenticateResult(result)))
+                    try await writeCallSignals(device, connectionID: connectionID, writer)
                     pump.request()
                     return
                 }
@@ -292,6 +310,10 @@ struct RelayConnection {
             // Conversations (Relay+Conversations.swift).
             let reply = try await relay.handleConversationFrame(requestID: requestID, body: body, device: device)
             return reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
+        case .sendCallSignal, .requestTurnCredentials:
+            // Calls (Relay+Calls.swift).
+            let reply = try await relay.handleCallFrame(requestID: requestID, body: body, device: device)
+            return reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
         case .registerPushEndpoint, .removePushEndpoint, .fetchPushEndpoint:
             // Push endpoints (Relay+Push.swift).
             let reply = try await relay.handlePushFrame(requestID: requestID, body: body, device: device)
@@ -300,6 +322,14 @@ struct RelayConnection {
             // Device lists, account deletion and settings, pairing (Relay+Devices.swift).
             let reply = try await relay.handleAuthenticatedDeviceFrame(requestID: requestID, body: body, device: device, nonce: nonce)
             return reply ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
+        }
+    }
+
+    /// Writes the call signals waiting for `device` in the relay's broker (`calls.md` 3.2), in acceptance order, each in
+    /// a `CallSignalDelivery` of request id 0. Taken means delivered: a signal is never kept after it was handed over.
+    private func writeCallSignals(_ device: DeviceAddress, connectionID: UInt64, _ writer: ConnectionWriter) async throws {
+        for delivery in relay.calls.take(device, connectionID: connectionID, nowMs: relay.clock.nowMs()) {
+            try await writer.send(WireFrame(requestID: 0, body: .callSignalDelivery(delivery)))
         }
     }
 

@@ -35,6 +35,11 @@ public final class RelayMetrics: Sendable {
     private let blobBytesStored: Metrics.Meter
     private let blobBytes = Mutex<(@Sendable () async throws -> Int64)?>(nil)
     private let lastQueueCount = Mutex<ContinuousClock.Instant?>(nil)
+    /// `flitz_call_signals_held` (gauge) and `flitz_call_signals_expired_total` (`protocol/calls.md` 3.6).
+    private let callSignalsHeld: Metrics.Meter
+    private let callSignalsExpired: Metrics.Counter
+    /// The broker's cumulative expired count already added to `callSignalsExpired`.
+    private let callSignalsExpiredSeen = Mutex(0)
 
     /// Queue depth is counted at most this often (a scrape in between reports the last count).
     static let queueDepthInterval: Duration = .seconds(10)
@@ -71,6 +76,12 @@ public final class RelayMetrics: Sendable {
         pushDroppedJobs = Metrics.Counter(label: "flitz_relay_push_dropped_jobs_total", factory: factory)
         blobBytesStored = Metrics.Meter(label: "flitz_relay_blob_bytes_stored", factory: factory)
         blobBytesStored.set(-1)
+        callSignalsHeld = Metrics.Meter(label: "flitz_call_signals_held", factory: factory)
+        callSignalsHeld.set(0)
+        callSignalsExpired = Metrics.Counter(label: "flitz_call_signals_expired_total", factory: factory)
+        // Exported from the start, at 0, like the gauge.
+        Metrics.Counter(label: "flitz_call_ring_pushes_total", factory: factory).increment(by: 0)
+        Metrics.Counter(label: "flitz_turn_credentials_issued_total", factory: factory).increment(by: 0)
     }
 
     /// Push events counted per provider (`protocol/push.md` 10); raw values are the metric names.
@@ -120,6 +131,39 @@ public final class RelayMetrics: Sendable {
 
     /// `flitz_relay_reports_total`: abuse reports stored.
     func reportStored() { count("flitz_relay_reports_total") }
+
+    // MARK: Calls (`protocol/calls.md` 3.6); aggregate only, never a call id, handle or device.
+
+    /// `flitz_call_signals_total{kind}`: call signals accepted, by `offer`, `answer`, `ice`, `hangup`, `busy` (one per
+    /// `SendCallSignal`, however many copies).
+    func callSignalAccepted(_ kind: WireCallSignalKind) {
+        let name = switch kind {
+        case .callOffer: "offer"
+        case .callAnswer: "answer"
+        case .callIce: "ice"
+        case .callHangup: "hangup"
+        case .callBusy: "busy"
+        case .unspecified, .UNRECOGNIZED: "unknown"
+        }
+        count("flitz_call_signals_total", [("kind", name)])
+    }
+
+    /// `flitz_call_signals_held`: call signal copies in the relay's memory now (held for a device, or about to be
+    /// written to its connection); `flitz_call_signals_expired_total`: copies dropped undelivered at their expiry.
+    func callSignals(_ counts: CallSignalBroker.Counts) {
+        callSignalsHeld.set(counts.inMemory)
+        let newlyExpired = callSignalsExpiredSeen.withLock { seen -> Int in
+            defer { seen = max(seen, counts.expired) }
+            return max(0, counts.expired - seen)
+        }
+        if newlyExpired > 0 { callSignalsExpired.increment(by: newlyExpired) }
+    }
+
+    /// `flitz_call_ring_pushes_total`: ring wake-ups asked for held devices of `CALL_OFFER`s (`calls.md` 3.3).
+    func callRingPushes(_ number: Int) { count("flitz_call_ring_pushes_total", by: number) }
+
+    /// `flitz_turn_credentials_issued_total`: TURN credentials issued (`calls.md` 3.5).
+    func turnCredentialsIssued() { count("flitz_turn_credentials_issued_total") }
 
     // MARK: Blob store (`protocol/attachments.md` 4); aggregate counts only, never a handle, blob id or per-user size.
 

@@ -29,15 +29,15 @@ struct RelayHarness: Sendable {
     static func run(
         authenticationTimeout: Duration = .seconds(30), configure: (inout RelayConfiguration) -> Void = { _ in },
         databasePath: ((URL) -> String)? = nil, prepare: (RelayApplication, TestClock) -> Void = { _, _ in },
-        _ body: @Sendable (RelayHarness) async throws -> Void
+        logger customLogger: Logger? = nil, _ body: @Sendable (RelayHarness) async throws -> Void
     ) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-relay-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = databasePath?(directory) ?? directory.appendingPathComponent("relay.sqlite").path
         let clock = TestClock()
-        var logger = Logger(label: "flitz-relay-test")
-        logger.logLevel = .warning
+        var logger = customLogger ?? Logger(label: "flitz-relay-test")
+        if customLogger == nil { logger.logLevel = .warning }
         var configuration = RelayConfiguration(
             host: "127.0.0.1", port: 0, databasePath: path, sweepInterval: .seconds(3_600), retention: .seconds(86_400),
             authenticationTimeout: authenticationTimeout)

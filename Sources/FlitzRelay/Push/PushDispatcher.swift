@@ -22,6 +22,9 @@ struct PushCandidate: Sendable, Equatable {
     var envelopeID: Data
     /// The envelope's expiry, milliseconds since the Unix epoch.
     var expiresAtMs: Int64
+    /// For the ring of a `CALL_OFFER` (`calls.md` 3.3): the held copy's serial in the relay's `CallSignalBroker`,
+    /// checked again just before sending instead of an envelope (`envelopeID` is then empty).
+    var callSignalSerial: UInt64? = nil
 }
 
 /// Sends wake-ups in the background (`protocol/push.md` 5 and 7): a swift-service-lifecycle `Service` started and
@@ -42,6 +45,8 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private let metrics: RelayMetrics
     private let logger: Logger
     private let isConnected: @Sendable (DeviceAddress) -> Bool
+    /// Whether a held call signal copy (device, serial) still waits to be delivered (`CallSignalBroker.isWaiting`).
+    private let isCallSignalWaiting: @Sendable (DeviceAddress, UInt64, Int64) -> Bool
     private let jobs: AsyncStream<Job>
     private let continuation: AsyncStream<Job>.Continuation
     private let sleeperState = Mutex<PushSleeper>({ duration in try await Task.sleep(for: duration) })
@@ -59,8 +64,10 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     ///   - isConnected: whether a device has an authenticated connection now (`ConnectionRegistry`).
     init(
         store: any RelayStore, configuration: PushConfiguration, clock: any RelayClock, metrics: RelayMetrics, logger: Logger,
-        extraTrustRoots: [NIOSSLCertificate] = [], credentials: PushCredentials, isConnected: @escaping @Sendable (DeviceAddress) -> Bool
+        extraTrustRoots: [NIOSSLCertificate] = [], credentials: PushCredentials, isConnected: @escaping @Sendable (DeviceAddress) -> Bool,
+        isCallSignalWaiting: @escaping @Sendable (DeviceAddress, UInt64, Int64) -> Bool = { _, _, _ in false }
     ) {
+        self.isCallSignalWaiting = isCallSignalWaiting
         self.store = store
         self.configuration = configuration
         self.clock = clock
@@ -275,8 +282,13 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         for attempt in 1...attempts {
             // Just before sending (push.md 5): connected meanwhile, acknowledged, purged or expired → skip.
             if isConnected(candidate.device) { return .skipped }
-            guard try await store.isEnvelopeQueued(envelopeID: candidate.envelopeID, device: candidate.device, nowMs: clock.nowMs()) else {
-                return .skipped
+            if let serial = candidate.callSignalSerial {
+                // A call offer's ring: skipped once the held copy was delivered or expired (an offer never rings late).
+                guard isCallSignalWaiting(candidate.device, serial, clock.nowMs()) else { return .skipped }
+            } else {
+                guard try await store.isEnvelopeQueued(envelopeID: candidate.envelopeID, device: candidate.device, nowMs: clock.nowMs()) else {
+                    return .skipped
+                }
             }
             switch await attemptOnce(sender, candidate, endpoint) {
             case .accepted:
