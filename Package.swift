@@ -147,7 +147,14 @@ let package = Package(
         ),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
         // Real libsrtp2 sessions, real UDP sockets on loopback, and a real coturn (scripts/coturn.sh).
-        .testTarget(name: "FlitzMediaTests", dependencies: ["FlitzMedia", "FlitzCrypto", "CFlitzSRTP"]),
+        .testTarget(
+            name: "FlitzMediaTests",
+            dependencies: [
+                "FlitzMedia", "FlitzCrypto", "CFlitzSRTP",
+                // HMAC-SHA-1 for coturn's REST-API credentials, computed as the relay does (protocol/calls.md 3.5).
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzVectors"]),
         .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),

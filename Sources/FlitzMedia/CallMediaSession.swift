@@ -1,8 +1,8 @@
 import FlitzCrypto
 import Foundation
 
-// CONTRACT SKELETON (issue 8): the public API the client builds against. The media helpers replace every
-// `fatalError` with the real implementation; names and shapes change only together with their callers.
+// The public API of calls media (issue 8) and its implementation; the network side is MediaTransport.swift,
+// the SRTP, RTP and audio side SRTPSession.swift, SRTPStreams.swift, RTP.swift and WAV.swift.
 
 /// SRTP protection profile (protocol/calls.md 5 and 6; RFC 7714, RFC 3711).
 public enum SRTPProfile: UInt8, Sendable, CaseIterable {
@@ -178,40 +178,262 @@ public struct MediaError: Error, Sendable, CustomStringConvertible {
 
 /// The media of one call: one UDP socket, its candidates, one SRTP send and one receive session, the audio
 /// pump (20 ms PCMU packets) and the recorder (protocol/calls.md 6 and 7).
+///
+/// Before the first authenticated packet every 20 ms packet goes to every peer candidate: directly from the socket
+/// (unless relay-only) and, with a TURN allocation, also through it. The first packet that SRTP authenticates locks
+/// the path (its source, direct or via TURN); a packet that does not authenticate never moves it (calls.md 7.2).
 public final class CallMediaSession: Sendable {
+    /// The network side (internal for tests).
+    let transport: MediaTransport
+    private let core: MediaCall
+    private let eventStream: AsyncStream<MediaEvent>
+
+    private init(transport: MediaTransport, relayOnly: Bool) {
+        self.transport = transport
+        let (events, continuation) = AsyncStream.makeStream(of: MediaEvent.self)
+        eventStream = events
+        core = MediaCall(transport: transport, relayOnly: relayOnly, events: continuation)
+    }
+
     /// Binds the socket and gathers candidates for at most `options.gatherTimeout`.
     /// - Throws: `MediaError` `.socket` when no socket can be bound; `.turn` when relay-only mode has no allocation.
     public static func open(options: GatherOptions) async throws(MediaError) -> CallMediaSession {
-        fatalError("issue 8 contract skeleton: built by the media helpers")
+        let transport = try await MediaTransport.open(options: options)
+        let session = CallMediaSession(transport: transport, relayOnly: !options.hostCandidates)
+        await session.core.run()
+        return session
     }
 
     /// Candidates known now (host, server-reflexive, relayed), highest priority first.
     public var localCandidates: [MediaCandidate] {
-        get async { fatalError("issue 8 contract skeleton") }
+        get async { await transport.candidates }
     }
 
     /// Candidates found after `open` returned; finishes when gathering is complete (end of candidates).
-    public var trickledCandidates: AsyncStream<[MediaCandidate]> { fatalError("issue 8 contract skeleton") }
+    public var trickledCandidates: AsyncStream<[MediaCandidate]> { transport.trickled }
 
     /// Connection, playback and failure events, in order; finishes after `stop()`.
-    public var events: AsyncStream<MediaEvent> { fatalError("issue 8 contract skeleton") }
+    public var events: AsyncStream<MediaEvent> { eventStream }
 
     /// Starts sending to every known peer candidate and receiving (protocol/calls.md 7.2).
     /// - Throws: `MediaError.unsupportedAudio` / `.unreadableAudio` for the play file, `.srtp` when libsrtp
     ///   refuses the keys.
     public func start(keys: CallSRTPKeys, audio: AudioOptions) async throws(MediaError) {
-        fatalError("issue 8 contract skeleton")
+        let playout = try audio.playFile.map { url throws(MediaError) in PCMUPlayout(audio: try WAVAudio(contentsOf: url)) }
+        let recorder = try audio.recordFile.map { url throws(MediaError) in try WAVRecorder(url: url) }
+        let streams = try keys.makeStreams(sequencer: RTPSequencer(random: SystemRandom()))
+        await core.start(sender: streams.sender, receiver: streams.receiver, playout: playout, recorder: recorder)
     }
 
     /// Adds candidates of the peer (from the answer, the offer or `CallIceCandidates`); ignored once locked.
+    /// Candidates whose address is not an IPv4 literal are ignored (the call's socket is IPv4).
     public func addPeerCandidates(_ candidates: [MediaCandidate]) async {
-        fatalError("issue 8 contract skeleton")
+        await core.addPeers(candidates.compactMap { candidate in
+            TransportAddress(literal: candidate.address, port: candidate.port).flatMap { $0.isIPv4 ? $0 : nil }
+        })
     }
 
     /// Counters so far.
-    public func statistics() async -> CallStatistics { fatalError("issue 8 contract skeleton") }
+    public func statistics() async -> CallStatistics { await core.statistics }
 
     /// Stops sending, completes the recording, releases the TURN allocation and the socket; returns the final
     /// counters. Idempotent.
-    public func stop() async -> CallStatistics { fatalError("issue 8 contract skeleton") }
+    public func stop() async -> CallStatistics {
+        await core.stop()
+        return await core.statistics
+    }
+
+    // MARK: For tests and measurements (internal)
+
+    /// Time from the first media packet sent to the first authenticated packet received; nil before that.
+    var setupTime: Duration? { get async { await core.setupTime } }
+
+    /// Every authenticated packet, in arrival order (tests compare audio with it).
+    var authenticatedPackets: AsyncStream<RTPPacket> { get async { await core.packetStream() } }
+
+    /// The local port of the call's socket.
+    var localPort: UInt16 { transport.localPort }
+
+    /// The locked path; nil before the first authenticated packet.
+    var currentPath: MediaPath? { get async { await core.currentPath } }
+}
+
+/// The state of one call's media, serialised by the actor: SRTP streams, peers, the locked path, the 20 ms pump,
+/// the recorder and the timeouts of protocol/calls.md 7.3.
+private actor MediaCall {
+    static let packetInterval: Duration = .milliseconds(20)
+    static let connectTimeout: Duration = .seconds(15)
+    static let silenceTimeout: Duration = .seconds(10)
+
+    private let transport: MediaTransport
+    private let relayOnly: Bool
+    private let events: AsyncStream<MediaEvent>.Continuation
+    private let clock = ContinuousClock()
+    private let epoch = ContinuousClock.now
+
+    private var sender: SRTPSender?
+    private var receiver: SRTPReceiver?
+    private var playout: PCMUPlayout?
+    private var recorder: WAVRecorder?
+    private var peers: [TransportAddress] = []
+    private var locked: (address: TransportAddress, viaTURN: Bool)?
+    private var startedAt: ContinuousClock.Instant?
+    private var firstSentAt: ContinuousClock.Instant?
+    private var connectedAt: ContinuousClock.Instant?
+    private var lastAuthenticatedAt: ContinuousClock.Instant?
+    private var failed = false
+    private var stopped = false
+    private var tasks: [Task<Void, Never>] = []
+    private var packetContinuations: [AsyncStream<RTPPacket>.Continuation] = []
+
+    init(transport: MediaTransport, relayOnly: Bool, events: AsyncStream<MediaEvent>.Continuation) {
+        self.transport = transport
+        self.relayOnly = relayOnly
+        self.events = events
+    }
+
+    /// Starts reading the socket's media (packets before `start` have no keys and are dropped uncounted).
+    func run() {
+        let media = transport.media
+        tasks.append(Task { [weak self] in
+            for await datagram in media {
+                guard let self else { return }
+                await self.received(datagram)
+            }
+        })
+    }
+
+    func start(sender: SRTPSender, receiver: SRTPReceiver, playout: PCMUPlayout?, recorder: WAVRecorder?) {
+        guard !stopped, self.sender == nil else { return }
+        self.sender = sender
+        self.receiver = receiver
+        self.playout = playout
+        self.recorder = recorder
+        startedAt = clock.now
+        tasks.append(Task { [weak self] in
+            var deadline = ContinuousClock.now
+            while !Task.isCancelled {
+                guard let self, await self.tick() else { return }
+                deadline += Self.packetInterval
+                try? await Task.sleep(until: deadline, clock: .continuous)
+            }
+        })
+    }
+
+    func addPeers(_ addresses: [TransportAddress]) {
+        guard locked == nil, !stopped else { return }
+        for address in addresses where !peers.contains(address) {
+            peers.append(address)
+            prepareTURNPath(to: address)
+        }
+    }
+
+    /// Permission and channel binding on this side's allocation, so media can go through it to `peer`.
+    private func prepareTURNPath(to peer: TransportAddress) {
+        let transport = transport
+        tasks.append(Task {
+            guard await transport.hasAllocation else { return }
+            try? await transport.preparePath(to: peer)
+        })
+    }
+
+    /// One 20 ms step: the timeouts, then one packet to the locked path or to every candidate. false: stop pumping.
+    private func tick() async -> Bool {
+        guard !stopped, var sender else { return false }
+        let now = clock.now
+        if !failed, let startedAt {
+            if let lastAuthenticatedAt {
+                if now - lastAuthenticatedAt >= Self.silenceTimeout { fail("no media for 10 s") }
+            } else if now - startedAt >= Self.connectTimeout {
+                fail("media did not connect within 15 s")
+            }
+        }
+        var payload = MuLaw.silencePayload
+        if playout != nil {
+            if let next = playout?.nextPayload() {
+                payload = next
+            } else {
+                playout = nil
+                events.yield(.playbackFinished)
+            }
+        }
+        let packet: [UInt8]
+        do {
+            packet = try sender.packet(payload: payload)
+        } catch {
+            fail("SRTP protect failed")
+            return false
+        }
+        self.sender = sender
+        if firstSentAt == nil { firstSentAt = now }
+        if let locked {
+            await transport.send(packet, to: locked.address, viaTURN: locked.viaTURN)
+        } else {
+            for peer in peers {
+                if !relayOnly { await transport.send(packet, to: peer, viaTURN: false) }
+                await transport.send(packet, to: peer, viaTURN: true)
+            }
+        }
+        return true
+    }
+
+    private func fail(_ reason: String) {
+        failed = true
+        events.yield(.failed(reason))
+    }
+
+    private func received(_ datagram: InboundMedia) {
+        guard !stopped, var receiver else { return }
+        if relayOnly && !datagram.viaTURN { return }
+        let now = clock.now
+        let result = receiver.receive(datagram.bytes, arrival: now - epoch)
+        self.receiver = receiver
+        guard case .success(let packet) = result else { return }
+        lastAuthenticatedAt = now
+        if locked == nil {
+            locked = (datagram.source, datagram.viaTURN)
+            connectedAt = now
+            if datagram.viaTURN { prepareTURNPath(to: datagram.source) }
+            events.yield(.connected(MediaPath(peerAddress: datagram.source.literal, peerPort: datagram.source.port,
+                                              viaTURN: datagram.viaTURN)))
+        }
+        recorder?.record(payload: packet.payload, timestamp: packet.header.timestamp)
+        for continuation in packetContinuations { continuation.yield(packet) }
+    }
+
+    var statistics: CallStatistics {
+        guard let receiver else {
+            var statistics = CallStatistics()
+            statistics.packetsSent = sender?.packetsSent ?? 0
+            return statistics
+        }
+        return receiver.statistics.callStatistics(packetsSent: sender?.packetsSent ?? 0)
+    }
+
+    var currentPath: MediaPath? {
+        locked.map { MediaPath(peerAddress: $0.address.literal, peerPort: $0.address.port, viaTURN: $0.viaTURN) }
+    }
+
+    var setupTime: Duration? {
+        guard let firstSentAt, let connectedAt else { return nil }
+        return connectedAt - firstSentAt
+    }
+
+    func packetStream() -> AsyncStream<RTPPacket> {
+        let (stream, continuation) = AsyncStream.makeStream(of: RTPPacket.self)
+        packetContinuations.append(continuation)
+        return stream
+    }
+
+    func stop() async {
+        guard !stopped else { return }
+        stopped = true
+        for task in tasks { task.cancel() }
+        tasks = []
+        _ = try? recorder?.finish()
+        await transport.close()
+        for continuation in packetContinuations { continuation.finish() }
+        packetContinuations = []
+        events.finish()
+    }
 }
