@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "flitz-vectors", targets: ["FlitzVectorGen"]),
         .library(name: "FlitzCrypto", targets: ["FlitzCrypto"]),
         .library(name: "FlitzProtocol", targets: ["FlitzProtocol"]),
+        .library(name: "FlitzMedia", targets: ["FlitzMedia"]),
         .library(name: "FlitzClient", targets: ["FlitzClient"]),
         .library(name: "FlitzRelay", targets: ["FlitzRelay"]),
     ],
@@ -141,7 +142,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "FlitzVectorGen",
-            dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzWire", "FlitzVectors", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: [
+                "FlitzProtocol", "FlitzCrypto", "FlitzWire", "FlitzVectors", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                // The SRTP packets of vectors/call.json are protected with libsrtp2.
+                "FlitzMedia",
+            ],
             // Read from the source tree by path (KEMFixtures.swift), not bundled.
             exclude: ["Fixtures"]
         ),

@@ -85,6 +85,13 @@ let package = Package(
             ],
             path: "Sources/SearchLatency"
         ),
+        // Not run by the plugin: SRTP protect + unprotect per 20 ms packet through FlitzMedia (run-calls.sh), next to a raw
+        // libsrtp2 C loop (calls/srtp-baseline.c) in the same run.
+        .executableTarget(
+            name: "SRTPTiming",
+            dependencies: [.product(name: "FlitzMedia", package: rootPackage), .product(name: "FlitzCrypto", package: rootPackage)],
+            path: "Sources/SRTPTiming"
+        ),
         // Not run by the plugin: prints the encoded sizes of a session setup with PQXDH and X3DH only.
         .executableTarget(name: "HandshakeSizes", dependencies: ["BenchmarkSupport"], path: "Sources/HandshakeSizes"),
         // The relay load generator's engine: a lean WebSocket client speaking FlitzWire frames, the four modes,

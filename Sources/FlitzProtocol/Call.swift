@@ -1,8 +1,13 @@
 import FlitzCrypto
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
-// CONTRACT SKELETON (issue 8): public API of the call layer (protocol/calls.md 4 and 5). The protocol helper
-// replaces each `fatalError` and wires `MessageContent.Body.call` into encoding and decoding.
+// The call layer's values (protocol/calls.md 4 and 5): call messages, the signal binding and the SRTP key
+// derivation. `MessageContent.Body.call` encodes and decodes through `CallMessage.proto` / `init(proto:)` below.
 
 /// The kind of a call signal, as the relay sees it (`CallSignalKind` in flitz_wire.proto; protocol/calls.md 3).
 public enum CallSignalKind: UInt8, Sendable, Hashable {
@@ -169,8 +174,27 @@ public struct CallSignalFields: Sendable, Hashable {
         self.ttlSeconds = ttlSeconds
     }
 
-    /// The 32-byte signal binding (protocol/calls.md 4.2).
-    public var binding: Data { fatalError("issue 8 contract skeleton: built by the protocol helper") }
+    /// The 32-byte signal binding (protocol/calls.md 4.2):
+    /// `SHA-256("FlitzCallSignal-v1" ‖ 0x00 ‖ call_id ‖ u8(kind) ‖ u8(len) ‖ sender handle ‖ u32be(sender device)
+    /// ‖ u8(len) ‖ recipient handle ‖ u32be(recipient device) ‖ u32be(sequence) ‖ i64be(sent_at_ms) ‖ u32be(ttl))`.
+    /// The call id is taken as given (16 bytes in every valid signal); a handle longer than 255 UTF-8 bytes (never a
+    /// valid handle) is cut to 255 bytes so the length byte stays true to what is hashed.
+    public var binding: Data {
+        var input = Data("FlitzCallSignal-v1".utf8)
+        input.append(0)
+        input.append(callID)
+        input.append(kind.rawValue)
+        for (handle, device) in [(senderHandle, senderDeviceID), (recipientHandle, recipientDeviceID)] {
+            let bytes = Data(handle.utf8).prefix(255)
+            input.append(UInt8(bytes.count))
+            input.append(bytes)
+            input.appendBigEndian(device)
+        }
+        input.appendBigEndian(sequence)
+        input.appendBigEndian(UInt64(bitPattern: sentAtMilliseconds))
+        input.appendBigEndian(ttlSeconds)
+        return SHA256.hash(input)
+    }
 }
 
 /// One direction's SRTP master key and salt.
@@ -204,12 +228,227 @@ public struct CallKeys: Sendable {
         callID: Data, callerDeviceID: UInt32, calleeDeviceID: UInt32,
         callerIdentityKey: Ed25519PublicKey, calleeIdentityKey: Ed25519PublicKey
     ) throws(FlitzProtocolError) -> CallKeys {
-        fatalError("issue 8 contract skeleton: built by the protocol helper")
+        guard callID.count == 16 else { throw FlitzProtocolError(.invalidKey, "call id must be 16 bytes") }
+        let shared: SecretBytes
+        do {
+            shared = try ownEphemeral.sharedSecret(with: peerEphemeral)
+        } catch {
+            throw FlitzProtocolError(.invalidKey, "call key agreement is non-contributory")
+        }
+        let callerKey = isCaller ? ownEphemeral.publicKey : peerEphemeral
+        let calleeKey = isCaller ? peerEphemeral : ownEphemeral.publicKey
+        var salt = callerKey.rawRepresentation
+        salt.append(calleeKey.rawRepresentation)
+        var info = Data("FlitzCallSRTP-v1".utf8)
+        info.append(0)
+        info.append(profile.rawValue)
+        info.append(callID)
+        info.appendBigEndian(callerDeviceID)
+        info.appendBigEndian(calleeDeviceID)
+        info.append(callerIdentityKey.rawRepresentation)
+        info.append(calleeIdentityKey.rawRepresentation)
+        let (k, s) = (profile.keyLength, profile.saltLength)
+        // Cannot throw: at most 2 × 46 bytes.
+        let okm = try! HKDF.deriveKey(inputKeyMaterial: shared, salt: salt, info: info, length: 2 * (k + s))
+        return CallKeys(
+            profile: profile,
+            callerToCallee: CallMasterKey(key: okm.slice(0..<k), salt: okm.slice(k..<(k + s))),
+            calleeToCaller: CallMasterKey(key: okm.slice((k + s)..<(2 * k + s)), salt: okm.slice((2 * k + s)..<(2 * k + 2 * s))))
     }
 
     public init(profile: CallSRTPProfile, callerToCallee: CallMasterKey, calleeToCaller: CallMasterKey) {
         self.profile = profile
         self.callerToCallee = callerToCallee
         self.calleeToCaller = calleeToCaller
+    }
+}
+
+extension Data {
+    /// Appends `value` in network byte order.
+    fileprivate mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
+        Swift.withUnsafeBytes(of: value.bigEndian) { append(contentsOf: $0) }
+    }
+}
+
+/// The limits of call messages (protocol/calls.md 4.1).
+public enum CallLimits {
+    /// The only `CallOffer.version` / `CallAnswer.version`.
+    public static let version: UInt32 = 1
+    /// Codecs in an offer.
+    public static let offerCodecs: ClosedRange<Int> = 1...8
+    /// SRTP profiles in an offer.
+    public static let offerProfiles: ClosedRange<Int> = 1...4
+    /// Candidates in one offer, answer or `CallIceCandidates`.
+    public static let maxCandidates = 16
+    /// Bytes of a call id.
+    public static let callIDLength = 16
+    /// Bytes of a signal binding.
+    public static let bindingLength = 32
+}
+
+extension CallAnswer {
+    /// Whether this answer's codec and profile are among `offer`'s (protocol/calls.md 4.1: otherwise the answer is
+    /// dropped). The receiver of an answer checks this against the offer it sent.
+    public func matches(_ offer: CallOffer) -> Bool {
+        offer.codecs.contains(codec) && offer.profiles.contains(profile)
+    }
+}
+
+extension CallMessage {
+    /// The `CallMessage` proto of this message.
+    var proto: ProtoCallMessage {
+        var message = ProtoCallMessage()
+        message.callID = callID
+        message.signalBinding = signalBinding
+        switch body {
+        case .offer(let offer):
+            var proto = ProtoCallOffer()
+            proto.version = CallLimits.version
+            proto.media = .audio
+            proto.codecs = offer.codecs.map(Self.proto)
+            proto.ephemeralKey = offer.ephemeralKey.rawRepresentation
+            proto.srtpProfiles = offer.profiles.map(Self.proto)
+            proto.candidates = offer.candidates.map(Self.proto)
+            message.body = .offer(proto)
+        case .answer(let answer):
+            var proto = ProtoCallAnswer()
+            proto.version = CallLimits.version
+            proto.media = .audio
+            proto.codec = Self.proto(answer.codec)
+            proto.ephemeralKey = answer.ephemeralKey.rawRepresentation
+            proto.srtpProfile = Self.proto(answer.profile)
+            proto.candidates = answer.candidates.map(Self.proto)
+            message.body = .answer(proto)
+        case .ice(let candidates, let endOfCandidates):
+            var proto = ProtoCallIceCandidates()
+            proto.candidates = candidates.map(Self.proto)
+            proto.endOfCandidates = endOfCandidates
+            message.body = .ice(proto)
+        case .hangup(let reason):
+            var proto = ProtoCallHangup()
+            proto.reason = ProtoHangupReason(rawValue: Int(reason.rawValue)) ?? .hangupNormal
+            message.body = .hangup(proto)
+        case .busy:
+            message.body = .busy(ProtoCallBusy())
+        }
+        return message
+    }
+
+    /// Decodes and checks a `CallMessage` proto by protocol/calls.md 4.1's rules.
+    /// - Throws: `FlitzProtocolError.malformedMessage` naming the rule broken: a call id that is not 16 bytes, a
+    ///   binding that is not 32 bytes, no body, a version other than 1, media other than audio, an ephemeral key that
+    ///   is not 32 bytes, an offer with 0 or more than 8 codecs or 0 or more than 4 profiles (or none this version
+    ///   knows), an answer without a codec or with an unknown profile, more than 16 candidates, a candidate of an
+    ///   unknown type, whose address is not an IPv4 or IPv6 literal or whose port is not 1 to 65535.
+    init(proto message: ProtoCallMessage) throws(FlitzProtocolError) {
+        guard message.callID.count == CallLimits.callIDLength else { throw Self.malformed("call id must be 16 bytes") }
+        guard message.signalBinding.count == CallLimits.bindingLength else {
+            throw Self.malformed("signal binding must be 32 bytes")
+        }
+        let body: Body
+        switch message.body {
+        case .offer(let offer):
+            try Self.checkHeader(version: offer.version, media: offer.media)
+            guard CallLimits.offerCodecs.contains(offer.codecs.count) else {
+                throw Self.malformed("an offer has 1 to 8 codecs")
+            }
+            guard CallLimits.offerProfiles.contains(offer.srtpProfiles.count) else {
+                throw Self.malformed("an offer has 1 to 4 SRTP profiles")
+            }
+            // Profiles a later version adds are skipped; at least one must be known.
+            let profiles = offer.srtpProfiles.compactMap { CallSRTPProfile(rawValue: UInt8(clamping: $0.rawValue)) }
+            guard !profiles.isEmpty else { throw Self.malformed("an offer has no known SRTP profile") }
+            body = .offer(CallOffer(
+                codecs: offer.codecs.map(Self.codec), ephemeralKey: try Self.ephemeralKey(offer.ephemeralKey),
+                profiles: profiles, candidates: try Self.candidates(offer.candidates)))
+        case .answer(let answer):
+            try Self.checkHeader(version: answer.version, media: answer.media)
+            guard answer.hasCodec else { throw Self.malformed("an answer has a codec") }
+            guard let profile = CallSRTPProfile(rawValue: UInt8(clamping: answer.srtpProfile.rawValue)) else {
+                throw Self.malformed("an answer's SRTP profile is a known one")
+            }
+            body = .answer(CallAnswer(
+                codec: Self.codec(answer.codec), ephemeralKey: try Self.ephemeralKey(answer.ephemeralKey),
+                profile: profile, candidates: try Self.candidates(answer.candidates)))
+        case .ice(let ice):
+            body = .ice(candidates: try Self.candidates(ice.candidates), endOfCandidates: ice.endOfCandidates)
+        case .hangup(let hangup):
+            // Unspecified is normal (flitz_session.proto); a reason a later version adds reads as normal too.
+            body = .hangup(CallHangupReason(rawValue: UInt8(clamping: hangup.reason.rawValue)) ?? .normal)
+        case .busy:
+            body = .busy
+        case nil:
+            throw Self.malformed("a call message has a body")
+        }
+        self.init(callID: message.callID, signalBinding: message.signalBinding, body: body)
+    }
+
+    private static func malformed(_ rule: String) -> FlitzProtocolError {
+        FlitzProtocolError(.malformedMessage, "call message: \(rule)")
+    }
+
+    private static func checkHeader(version: UInt32, media: ProtoCallMedia) throws(FlitzProtocolError) {
+        guard version == CallLimits.version else { throw malformed("version must be 1") }
+        guard media == .audio else { throw malformed("media must be audio") }
+    }
+
+    private static func ephemeralKey(_ bytes: Data) throws(FlitzProtocolError) -> X25519PublicKey {
+        guard let key = try? X25519PublicKey(rawRepresentation: bytes) else {
+            throw malformed("ephemeral key must be 32 bytes")
+        }
+        return key
+    }
+
+    private static func candidates(_ protos: [ProtoIceCandidate]) throws(FlitzProtocolError) -> [CallCandidate] {
+        guard protos.count <= CallLimits.maxCandidates else { throw malformed("at most 16 candidates per message") }
+        var candidates: [CallCandidate] = []
+        for proto in protos {
+            guard let kind = CallCandidate.Kind(rawValue: UInt8(clamping: proto.type.rawValue)) else {
+                throw malformed("candidate type must be known")
+            }
+            guard CallCandidate.isIPLiteral(proto.address) else {
+                throw malformed("candidate address must be an IPv4 or IPv6 literal")
+            }
+            guard (1...65535).contains(proto.port) else { throw malformed("candidate port must be 1 to 65535") }
+            candidates.append(CallCandidate(kind: kind, address: proto.address, port: UInt16(proto.port), priority: proto.priority))
+        }
+        return candidates
+    }
+
+    private static func codec(_ proto: ProtoAudioCodec) -> CallAudioCodec {
+        CallAudioCodec(name: proto.name, payloadType: UInt8(clamping: proto.payloadType), clockRate: proto.clockRate,
+                       frameMilliseconds: proto.frameMs)
+    }
+
+    private static func proto(_ codec: CallAudioCodec) -> ProtoAudioCodec {
+        var proto = ProtoAudioCodec()
+        proto.name = codec.name
+        proto.payloadType = UInt32(codec.payloadType)
+        proto.clockRate = codec.clockRate
+        proto.frameMs = codec.frameMilliseconds
+        return proto
+    }
+
+    private static func proto(_ profile: CallSRTPProfile) -> ProtoSrtpProfile {
+        ProtoSrtpProfile(rawValue: Int(profile.rawValue)) ?? .unspecified
+    }
+
+    private static func proto(_ candidate: CallCandidate) -> ProtoIceCandidate {
+        var proto = ProtoIceCandidate()
+        proto.type = ProtoCandidateType(rawValue: Int(candidate.kind.rawValue)) ?? .unspecified
+        proto.address = candidate.address
+        proto.port = UInt32(candidate.port)
+        proto.priority = candidate.priority
+        return proto
+    }
+}
+
+extension CallCandidate {
+    /// Whether `address` is an IPv4 literal (dotted quad) or an IPv6 literal (RFC 4291 text form, no zone), as
+    /// `inet_pton` reads them; host names are not.
+    public static func isIPLiteral(_ address: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, address, &v4) == 1 || inet_pton(AF_INET6, address, &v6) == 1
     }
 }

@@ -286,7 +286,7 @@ public struct MessageContent: Hashable, Sendable {
             proto.online = online
             content.body = .presence(proto)
         case .disappearingTimer(let timer): content.body = .disappearingTimer(Self.proto(timer))
-        case .call: fatalError("issue 8 contract skeleton: built by the protocol helper")
+        case .call(let call): content.body = .call(call.proto)
         case .unsupported:
             preconditionFailure("returned above")
         }
@@ -360,7 +360,7 @@ public struct MessageContent: Hashable, Sendable {
         case .typing(let typing): body = .typing(typing.typing)
         case .presence(let presence): body = .presence(online: presence.online)
         case .disappearingTimer(let timer): body = .disappearingTimer(try Self.timer(timer))
-        case .call: throw FlitzProtocolError(.malformedMessage, "issue 8 contract skeleton: call messages are not decoded yet")
+        case .call(let call): body = .call(try CallMessage(proto: call))
         case nil:
             // An unknown oneof field lands in unknownFields; no field at all is malformed.
             guard !content.unknownFields.data.isEmpty else { throw FlitzProtocolError(.malformedMessage, "content has no body") }

@@ -19,6 +19,7 @@ enum Generator {
         ("push", PushVectors.make),
         ("conversations", ConversationVectors.make),
         ("attachment", AttachmentVectors.make),
+        ("call", CallVectors.make),
     ]
 
     /// The repository's `vectors/` directory, found by walking up from this source file to `Package.swift`.

@@ -12,6 +12,8 @@ public enum ContentJSON {
     /// The JSON names of every `bytes` field reachable from `Content` in `flitz_session.proto`.
     public static let bytesFieldNames: Set<String> = [
         "messageId", "contentHash", "unsendToken", "envelopeId", "padding", "blobId", "key", "ciphertextSha256", "thumbnail",
+        // CallMessage (calls.md 4).
+        "callId", "signalBinding", "ephemeralKey",
     ]
 
     /// The fields of `content` as JSON.

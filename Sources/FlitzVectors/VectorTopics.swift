@@ -4,6 +4,6 @@ public enum VectorTopics {
     /// All topics, in the order the CLI lists them.
     public static let all: [VectorTopic] = [
         HKDFTopic.topic, X3DHTopic.topic, PQXDHTopic.topic, RatchetTopic.topic, SessionTopic.topic, ContentTopic.topic, FramesTopic.topic,
-        FingerprintTopic.topic, DevicesTopic.topic, PushTopic.topic, ConversationsTopic.topic, AttachmentTopic.topic,
+        FingerprintTopic.topic, DevicesTopic.topic, PushTopic.topic, ConversationsTopic.topic, AttachmentTopic.topic, CallTopic.topic,
     ]
 }
