@@ -321,11 +321,6 @@ struct Listen: AsyncParsableCommand {
     func run() async throws {
         let client = try options.client()
         let json = json
-        // Calls: this process owns the home's control socket while it runs (CallCommands.swift).
-        let control = ListenCallOptions.openControlSocket(home: options.homeURL)
-        defer { control?.stop() }
-        let serving = Task { if let control { await CallRunner.serve(control) } }
-        defer { serving.cancel() }
         if notify {
             try await FlitzCLI.run {
                 try await client.listenForNotifications(
@@ -336,9 +331,12 @@ struct Listen: AsyncParsableCommand {
         let display = TypingDisplay(json: json, now: { client.currentTime() })
         let ticker = Task { await display.tick() }
         defer { ticker.cancel() }
-        try await FlitzCLI.run {
-            try await client.listen { event in
-                if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: json) }
+        // Calls (CallRunner.swift): incoming calls, the home's control socket, auto-answer.
+        try await calls.listen(client: client, json: json) { controller in
+            try await FlitzCLI.run {
+                try await client.listen(calls: controller) { event in
+                    if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: json) }
+                }
             }
         }
     }

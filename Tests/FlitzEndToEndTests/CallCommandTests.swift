@@ -149,7 +149,7 @@ struct CallCommandTests {
 
     /// The main test: alice plays known tones, bob auto-answers and records; ≥ 95 % of the frames arrive
     /// intact after the µ-law round trip; both histories agree; the relay's files hold nothing it must not see.
-    @Test(.disabled("needs the CallController of branch call-client")) func directCallOverLoopback() throws {
+    @Test func directCallOverLoopback() throws {
         let scratch = try Scratch()
         let database = scratch.path("relay.sqlite"), log = scratch.path("relay.log")
         let relay = try RelayProcess(database: database, log: log)
@@ -166,7 +166,7 @@ struct CallCommandTests {
 
     /// The same call with host candidates off on both sides: media only through a real coturn on loopback, with
     /// the credentials the relay provisions from the shared secret.
-    @Test(.disabled("needs the CallController of branch call-client")) func relayOnlyCallThroughCoturn() throws {
+    @Test func relayOnlyCallThroughCoturn() throws {
         let scratch = try Scratch()
         let coturn = try Coturn(in: scratch)
         defer { coturn.stop() }
@@ -190,7 +190,7 @@ struct CallCommandTests {
     /// Bob declines the first call from another terminal (`flitz decline` through his listen's socket): alice exits
     /// 1, both record "declined". He answers the second with `flitz answer` and ends it with `flitz hangup`: alice
     /// exits 0.
-    @Test(.disabled("needs the CallController of branch call-client")) func declineThenAnswerAndHangUpFromAnotherTerminal() throws {
+    @Test func declineThenAnswerAndHangUpFromAnotherTerminal() throws {
         let scratch = try Scratch()
         let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
         defer { relay.stop() }
@@ -231,7 +231,7 @@ struct CallCommandTests {
     }
 
     /// Bob has two devices; the laptop auto-answers, the phone stops ringing with "answered elsewhere".
-    @Test(.disabled("needs the CallController of branch call-client")) func answeredElsewhereWithTwoCalleeDevices() throws {
+    @Test func answeredElsewhereWithTwoCalleeDevices() throws {
         let scratch = try Scratch()
         let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
         defer { relay.stop() }
