@@ -242,6 +242,9 @@ struct CallCommandTests {
         let joined = try laptop.flitz("init", "--link", String(codeLine.dropFirst("pairing code: ".count)), "--relay", relay.url, "--timeout", "60")
         #expect(joined.status == 0, "\(joined)")
         #expect(link.wait().status == 0)
+        // bob's device list gained a device: alice's next send stops (exit 4) until she accepts it.
+        #expect(try alice.flitz("send", "bob", "a new device?").status == 4)
+        #expect(try alice.flitz("trust", "bob").status == 0)
 
         let phone = try CallProcess(["listen", "--json", "--home", bob.home.path], in: scratch)
         defer { _ = phone.stop() }
