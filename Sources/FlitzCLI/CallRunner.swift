@@ -59,7 +59,7 @@ struct CallRunner {
     /// `flitz answer` without a running listen: waits up to `wait` for a ringing call matching `selector` (the
     /// relay delivers a held offer right after authentication), answers it and stays until it ends.
     func answerHeldCall(selector: String?, audio: CallAudioArguments, duration: Duration?, wait: Duration) async throws -> Int32 {
-        try await takeHeldCall(selector: selector, audio: audio, wait: wait) { controller, id, book in
+        try await takeHeldCall(selector: selector, audio: audio.audioOptions, relayOnly: audio.relayOnly, wait: wait) { controller, id, book in
             await controller.answer(id)
             for await event in controller.events {
                 book.note(event)
@@ -79,7 +79,7 @@ struct CallRunner {
     /// `flitz decline` without a running listen: declines the held offer; returns the line to print.
     func declineHeldCall(selector: String?, wait: Duration) async throws -> String {
         let declined = Mutex<String?>(nil)
-        let status = try await takeHeldCall(selector: selector, audio: CallAudioArguments(), wait: wait) { controller, id, book in
+        let status = try await takeHeldCall(selector: selector, audio: AudioOptions(), relayOnly: false, wait: wait) { controller, id, book in
             let peer = book.peer(of: id) ?? "?"
             await controller.decline(id)
             for await event in controller.events {
@@ -97,10 +97,10 @@ struct CallRunner {
 
     /// Connects, waits up to `wait` for an incoming call matching `selector`, then runs `body` on it.
     private func takeHeldCall(
-        selector: String?, audio: CallAudioArguments, wait: Duration,
+        selector: String?, audio: AudioOptions, relayOnly: Bool, wait: Duration,
         _ body: @escaping @Sendable (CallController, CallID, CallBook) async -> Int32
     ) async throws -> Int32 {
-        let controller = CallController(client: client, options: CallOptions(relayOnly: audio.relayOnly, audio: audio.audioOptions))
+        let controller = CallController(client: client, options: CallOptions(relayOnly: relayOnly, audio: audio))
         let book = CallBook()
         let printer = CallPrinter(json: json)
         return try await FlitzCLI.run {

@@ -230,6 +230,30 @@ struct CallCommandTests {
         #expect(bobHistory.allSatisfy { $0["direction"] as? String == "incoming" && $0["peer"] as? String == "alice" })
     }
 
+    /// Without a running listen, `flitz decline` and `flitz answer` connect themselves and take the offer the relay
+    /// holds for the device (delivered right after authentication).
+    @Test func declineAndAnswerTheHeldOfferWithoutListen() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        defer { relay.stop() }
+        let (alice, bob) = try SignalsCommandTests.acquainted(scratch, relay: relay)
+
+        let first = try CallProcess(["call", "bob", "--json", "--home", alice.home.path], in: scratch)
+        #expect(first.event("ringing") != nil, "the relay took the offer")
+        let declined = try bob.flitz("decline")
+        #expect(declined.status == 0 && declined.lines.last?.hasPrefix("declined the call from alice") == true, "\(declined)")
+        #expect(first.wait().status == 1)
+
+        let second = try CallProcess(["call", "bob", "--json", "--duration", "2", "--home", alice.home.path], in: scratch)
+        #expect(second.event("ringing") != nil)
+        let answered = try bob.flitz("answer", "alice", "--json")
+        #expect(answered.status == 0, "\(answered)")
+        #expect(jsonObjects(answered.stdout).contains { $0["event"] as? String == "connected" }, "\(answered)")
+        #expect(jsonObjects(answered.stdout).last { $0["event"] as? String == "ended" }?["outcome"] as? String == "answered", "\(answered)")
+        #expect(second.wait().status == 0)
+        #expect(jsonObjects(try bob.flitz("calls", "--json").stdout).map { $0["outcome"] as? String } == ["answered", "declined"])
+    }
+
     /// Bob has two devices; the laptop auto-answers, the phone stops ringing with "answered elsewhere".
     @Test func answeredElsewhereWithTwoCalleeDevices() throws {
         let scratch = try Scratch()
