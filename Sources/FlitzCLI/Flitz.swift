@@ -29,6 +29,7 @@ struct Flitz: AsyncParsableCommand {
             PassphraseCommand.self,
             Search.self,
             Download.self, Media.self,
+            CallCommand.self, Answer.self, Hangup.self, Calls.self,
         ]
     )
 }
@@ -302,10 +303,20 @@ struct Listen: AsyncParsableCommand {
             With --notify, prints notifications as a desktop notifier would receive them instead: a `title: ...` \
             and a `body: ...` line each, after applying this device's mutes and keyword alerts and grouping \
             the messages that arrive together into one summary (`flitz notifications`; README, "Notification settings").
+
+            Calls: an incoming call prints a `call from HANDLE (id CALL)` line and rings until `flitz answer` or \
+            `flitz decline` in another terminal (through this home's control socket), the caller gives up, or the \
+            offer expires; with --auto-answer every call is answered at once (--play, --record and --relay-only \
+            apply to the calls this listen answers). A call's progress and end are printed like `flitz call`'s.
             """)
     @OptionGroup var options: CommonOptions
     @Flag(help: "One JSON object per line.") var json = false
     @Flag(help: "Print notifications (title and body) instead of messages and receipts.") var notify = false
+    @OptionGroup var calls: ListenCallOptions
+
+    func validate() throws {
+        if notify, calls.autoAnswer { throw ValidationError("--auto-answer does not go with --notify") }
+    }
 
     func run() async throws {
         let client = try options.client()
@@ -320,9 +331,12 @@ struct Listen: AsyncParsableCommand {
         let display = TypingDisplay(json: json, now: { client.currentTime() })
         let ticker = Task { await display.tick() }
         defer { ticker.cancel() }
-        try await FlitzCLI.run {
-            try await client.listen { event in
-                if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: json) }
+        // Calls (CallRunner.swift): incoming calls, the home's control socket, auto-answer.
+        try await calls.listen(client: client, json: json) { controller in
+            try await FlitzCLI.run {
+                try await client.listen(calls: controller) { event in
+                    if case .typing(let from, let active) = event { display.received(from: from, active: active) } else { printEvent(event, json: json) }
+                }
             }
         }
     }

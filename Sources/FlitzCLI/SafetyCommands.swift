@@ -317,11 +317,25 @@ struct AcceptRequest: AsyncParsableCommand {
 }
 
 struct DeclineRequest: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "decline", abstract: "Decline a message request: block the handle and delete its messages.")
+    static let configuration = CommandConfiguration(
+        commandName: "decline",
+        abstract: "Decline a message request: block the handle and delete its messages. Without HANDLE (or with --call): decline a ringing call.",
+        discussion: """
+            `flitz decline HANDLE` while a call from HANDLE rings in the `flitz listen` running on this home declines \
+            that call only; the message request is left alone (run it again after the call to decline the request).
+            """)
     @OptionGroup var options: CommonOptions
-    @Argument(help: "Handle of the request.") var handle: String
+    @Argument(help: "Handle of the request.") var handle: String?
+    @OptionGroup var call: CallDeclineArguments
+
+    func validate() throws {
+        if handle != nil, call.call != nil { throw ValidationError("give a HANDLE (a message request) or --call (a ringing call), not both") }
+    }
 
     func run() async throws {
+        // Calls (CallCommands.swift): no handle means the ringing call.
+        guard let handle else { return try await call.declineCall(options: options) }
+        if try CallDeclineArguments.declineRingingCall(from: handle, options: options) { return }
         let client = try options.client()
         let count = try await FlitzCLI.run { try await client.declineRequest(handle) }
         printError(blockListWarning)

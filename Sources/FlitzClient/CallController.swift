@@ -388,6 +388,7 @@ public actor CallController {
             let peer = isCaller ? keys.calleeToCaller : keys.callerToCallee
             let srtp = CallSRTPKeys(
                 profile: profile, send: SRTPMasterKey(key: own.key, salt: own.salt), receive: SRTPMasterKey(key: peer.key, salt: peer.salt))
+            CallKeyLog.append(srtp)  // debug builds, FLITZ_TEST_CALL_KEYLOG only (CallKeyLog.swift)
             try await media.start(keys: srtp, audio: context.audio)
             await media.addPeerCandidates(candidates.map(MediaCandidate.init))
             continuation.yield(.answered(id))
