@@ -1223,6 +1223,11 @@ public nonisolated struct WireAuthenticate: Sendable {
   /// 64-byte signature by the device identity key over the authentication payload
   public var signature: Data = Data()
 
+  /// This connection handles call signals (calls.md 3.2). A connection without it never gets a CallSignalDelivery:
+  /// its device's signals stay held (and an offer rings it by push) as if it were not connected, so a short-lived
+  /// connection (sending a message) cannot take an offer away from the device's call handling.
+  public var callSignals: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3678,7 +3683,7 @@ nonisolated extension WireRegisterResult: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension WireAuthenticate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Authenticate"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{3}device_id\0\u{1}signature\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}handle\0\u{3}device_id\0\u{1}signature\0\u{3}call_signals\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3689,6 +3694,7 @@ nonisolated extension WireAuthenticate: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 1: try { try decoder.decodeSingularStringField(value: &self.handle) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.deviceID) }()
       case 3: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.callSignals) }()
       default: break
       }
     }
@@ -3704,6 +3710,9 @@ nonisolated extension WireAuthenticate: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.signature.isEmpty {
       try visitor.visitSingularBytesField(value: self.signature, fieldNumber: 3)
     }
+    if self.callSignals != false {
+      try visitor.visitSingularBoolField(value: self.callSignals, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3711,6 +3720,7 @@ nonisolated extension WireAuthenticate: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.handle != rhs.handle {return false}
     if lhs.deviceID != rhs.deviceID {return false}
     if lhs.signature != rhs.signature {return false}
+    if lhs.callSignals != rhs.callSignals {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
