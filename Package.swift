@@ -151,11 +151,13 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "FlitzCryptoTests", dependencies: ["FlitzCrypto"]),
+        // posix_spawn children for tests that run real programs (flitz, flitz-relay, turnserver); shared, not copied.
+        .target(name: "FlitzTestSupport", path: "Tests/FlitzTestSupport"),
         // Real libsrtp2 sessions, real UDP sockets on loopback, and a real coturn (scripts/coturn.sh).
         .testTarget(
             name: "FlitzMediaTests",
             dependencies: [
-                "FlitzMedia", "FlitzCrypto", "CFlitzSRTP",
+                "FlitzMedia", "FlitzCrypto", "CFlitzSRTP", "FlitzTestSupport",
                 // HMAC-SHA-1 for coturn's REST-API credentials, computed as the relay does (protocol/calls.md 3.5).
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
@@ -194,7 +196,7 @@ let package = Package(
         .testTarget(
             name: "FlitzEndToEndTests",
             dependencies: [
-                "FlitzCLI", "FlitzRelayCLI", "FlitzWire", "FlitzCrypto",
+                "FlitzCLI", "FlitzRelayCLI", "FlitzWire", "FlitzCrypto", "FlitzTestSupport",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -15,22 +15,30 @@ import Glibc
 /// Streams: nil inherits this process's; a `FileHandle` is used as it is; a `Pipe` gives the child its read end
 /// (stdin) or write end (stdout, stderr), and that end is closed here after the spawn, so reading the other end
 /// sees end of file when the child exits. Every other descriptor is closed in the child. Safe from any thread.
-final class ChildProcess: @unchecked Sendable {
-    enum TerminationReason: Sendable { case exit, uncaughtSignal }
+public final class ChildProcess: @unchecked Sendable {
+    /// How the child ended: with an exit code, or killed by a signal.
+    public enum TerminationReason: Sendable { case exit, uncaughtSignal }
 
-    struct SpawnError: Error, CustomStringConvertible {
-        let executable: String
-        let errno: Int32
-        var description: String { "cannot start \(executable): \(String(cString: strerror(errno)))" }
+    /// `posix_spawn` failed for `executable` with `errno`.
+    public struct SpawnError: Error, CustomStringConvertible {
+        public let executable: String
+        public let errno: Int32
+        public var description: String { "cannot start \(executable): \(String(cString: strerror(errno)))" }
     }
 
-    var executableURL: URL?
-    var arguments: [String] = []
+    /// Starts an unconfigured child; set `executableURL` (and the rest) before `run()`.
+    public init() {}
+
+    /// The program to run.
+    public var executableURL: URL?
+    /// Its arguments, without the program name.
+    public var arguments: [String] = []
     /// nil: this process's environment.
-    var environment: [String: String]?
-    var standardInput: Any?
-    var standardOutput: Any?
-    var standardError: Any?
+    public var environment: [String: String]?
+    /// nil, a `FileHandle` or a `Pipe` (see above) for each of the three streams.
+    public var standardInput: Any?
+    public var standardOutput: Any?
+    public var standardError: Any?
 
     private enum State { case notStarted, running, exited(status: Int32, reason: TerminationReason) }
     private let condition = NSCondition()
@@ -38,21 +46,23 @@ final class ChildProcess: @unchecked Sendable {
     private var pid: pid_t = 0
 
     /// 0 before `run()`.
-    var processIdentifier: Int32 { condition.withLock { pid } }
+    public var processIdentifier: Int32 { condition.withLock { pid } }
 
-    var isRunning: Bool {
+    /// Started and not yet seen to exit.
+    public var isRunning: Bool {
         condition.withLock { if case .running = state { true } else { false } }
     }
 
     /// The exit code, or the signal that ended the child. Only after it has exited (traps before, as `Process` does).
-    var terminationStatus: Int32 {
+    public var terminationStatus: Int32 {
         condition.withLock {
             guard case .exited(let status, _) = state else { preconditionFailure("ChildProcess still running or not started") }
             return status
         }
     }
 
-    var terminationReason: TerminationReason {
+    /// Whether it exited or was killed by a signal. Only after it has exited.
+    public var terminationReason: TerminationReason {
         condition.withLock {
             guard case .exited(_, let reason) = state else { preconditionFailure("ChildProcess still running or not started") }
             return reason
@@ -60,7 +70,7 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     /// Starts the child. Throws `SpawnError` (errno from `posix_spawn`) if it cannot be started.
-    func run() throws {
+    public func run() throws {
         guard let executableURL else { throw SpawnError(executable: "(no executable)", errno: ENOENT) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -111,20 +121,20 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     /// Blocks until the child has exited (at once if it has, or was never started).
-    func waitUntilExit() {
+    public func waitUntilExit() {
         condition.withLock {
             while case .running = state { condition.wait() }
         }
     }
 
     /// SIGTERM; nothing if the child has exited.
-    func terminate() { send(SIGTERM) }
+    public func terminate() { send(SIGTERM) }
 
     /// SIGINT; nothing if the child has exited.
-    func interrupt() { send(SIGINT) }
+    public func interrupt() { send(SIGINT) }
 
     /// Sends `signal` while the child is running. The pid cannot have been reused: it is reaped under the same lock.
-    func send(_ signal: Int32) {
+    public func send(_ signal: Int32) {
         condition.withLock {
             if case .running = state { _ = kill(pid, signal) }
         }

@@ -1,0 +1,2 @@
+// ChildProcess and the other helpers shared by the test targets that run real programs.
+@_exported import FlitzTestSupport
