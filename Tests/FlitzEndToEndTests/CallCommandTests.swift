@@ -5,30 +5,8 @@ import Testing
 import Glibc
 #endif
 
-/// A `flitz` process left running (`listen`, or a `call` waiting for an answer) whose stdout lines are read as it
-/// writes them (blocking reads, no polling); stderr goes to a file.
-final class CallProcess {
-    let process = ChildProcess()
-    let stdout = Pipe()
-    let stderr: URL
-    private var text = ""
-
-    init(_ arguments: [String], in scratch: Scratch) throws {
-        stderr = scratch.path("err-\(UUID().uuidString)")
-        _ = FileManager.default.createFile(atPath: stderr.path, contents: nil)
-        process.executableURL = Binaries.flitz
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env.removeValue(forKey: "FLITZ_HOME")
-        process.environment = env
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = stdout
-        process.standardError = try FileHandle(forWritingTo: stderr)
-        try process.run()
-        // A guard only: a hung process fails its test instead of hanging CI.
-        DispatchQueue.global().asyncAfter(deadline: .now() + 180) { [process] in if process.isRunning { process.terminate() } }
-    }
-
+/// `listen` and `call` as RunningCommands: their `--json` events, and SIGTERM.
+extension RunningCommand {
     /// The first JSON line (`--json` output) for which `matches` holds, waiting for the process to write it; nil if
     /// stdout ends first.
     func event(_ matches: ([String: Any]) -> Bool) -> [String: Any]? {
@@ -50,15 +28,6 @@ final class CallProcess {
         process.terminate()
         return wait()
     }
-
-    func wait() -> CommandResult {
-        text += String(decoding: stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return CommandResult(
-            status: process.terminationStatus, stdout: text, stderr: (try? String(contentsOf: stderr, encoding: .utf8)) ?? "")
-    }
-
-    deinit { if process.isRunning { process.terminate() } }
 }
 
 /// `flitz call`, `listen --auto-answer`, `answer`, `decline`, `hangup` and `calls` as a user runs them: real
@@ -115,7 +84,7 @@ struct CallCommandTests {
         #expect(none.status == 1, "\(none)")
         #expect(none.stderr.contains("neither `flitz listen` nor `flitz call` runs on this home"), "\(none)")
 
-        let listen = try CallProcess(["listen", "--json", "--home", alice.home.path], in: scratch)
+        let listen = try RunningCommand(["listen", "--json", "--home", alice.home.path], in: scratch)
         #expect(try bob.flitz("send", "alice", "sync point").status == 0)
         // The socket is bound before the relay connection, so once a message is shown it is there.
         #expect(listen.event { $0["text"] as? String == "sync point" } != nil)
@@ -138,7 +107,7 @@ struct CallCommandTests {
         #expect(stale.status == 1 && stale.stderr.contains("neither"), "\(stale)")
 
         // A new listen takes the path over; a clean stop (SIGTERM) removes its file.
-        let again = try CallProcess(["listen", "--json", "--home", alice.home.path], in: scratch)
+        let again = try RunningCommand(["listen", "--json", "--home", alice.home.path], in: scratch)
         #expect(try bob.flitz("send", "alice", "second sync").status == 0)
         #expect(again.event { $0["text"] as? String == "second sync" } != nil)
         #expect(try alice.flitz("hangup").stderr.contains("no call in progress"))
@@ -195,11 +164,11 @@ struct CallCommandTests {
         let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
         defer { relay.stop() }
         let (alice, bob) = try SignalsCommandTests.acquainted(scratch, relay: relay)
-        let listen = try CallProcess(["listen", "--json", "--home", bob.home.path], in: scratch)
+        let listen = try RunningCommand(["listen", "--json", "--home", bob.home.path], in: scratch)
         defer { _ = listen.stop() }
         try Self.sync(from: alice, to: [listen], text: "ready for calls")
 
-        let first = try CallProcess(["call", "bob", "--json", "--ring-timeout", "60", "--home", alice.home.path], in: scratch)
+        let first = try RunningCommand(["call", "bob", "--json", "--ring-timeout", "60", "--home", alice.home.path], in: scratch)
         let incoming = try #require(listen.event("incoming"))
         let callID = try #require(incoming["callID"] as? String)
         #expect(incoming["peer"] as? String == "alice")
@@ -210,7 +179,7 @@ struct CallCommandTests {
         #expect(jsonObjects(firstResult.stdout).last { $0["event"] as? String == "ended" }?["outcome"] as? String == "declined", "\(firstResult)")
         #expect(listen.event("ended", callID: callID)?["outcome"] as? String == "declined")
 
-        let second = try CallProcess(["call", "bob", "--json", "--home", alice.home.path], in: scratch)
+        let second = try RunningCommand(["call", "bob", "--json", "--home", alice.home.path], in: scratch)
         let secondID = try #require(listen.event { $0["event"] as? String == "incoming" && $0["callID"] as? String != callID }?["callID"] as? String)
         let answered = try bob.flitz("answer", String(secondID.prefix(8)))
         #expect(answered.status == 0, "\(answered)")
@@ -238,13 +207,13 @@ struct CallCommandTests {
         defer { relay.stop() }
         let (alice, bob) = try SignalsCommandTests.acquainted(scratch, relay: relay)
 
-        let first = try CallProcess(["call", "bob", "--json", "--home", alice.home.path], in: scratch)
+        let first = try RunningCommand(["call", "bob", "--json", "--home", alice.home.path], in: scratch)
         #expect(first.event("ringing") != nil, "the relay took the offer")
         let declined = try bob.flitz("decline")
         #expect(declined.status == 0 && declined.lines.last?.hasPrefix("declined the call from alice") == true, "\(declined)")
         #expect(first.wait().status == 1)
 
-        let second = try CallProcess(["call", "bob", "--json", "--duration", "2", "--home", alice.home.path], in: scratch)
+        let second = try RunningCommand(["call", "bob", "--json", "--duration", "2", "--home", alice.home.path], in: scratch)
         #expect(second.event("ringing") != nil)
         let answered = try bob.flitz("answer", "alice", "--json")
         #expect(answered.status == 0, "\(answered)")
@@ -270,9 +239,9 @@ struct CallCommandTests {
         #expect(try alice.flitz("send", "bob", "a new device?").status == 4)
         #expect(try alice.flitz("trust", "bob").status == 0)
 
-        let phone = try CallProcess(["listen", "--json", "--home", bob.home.path], in: scratch)
+        let phone = try RunningCommand(["listen", "--json", "--home", bob.home.path], in: scratch)
         defer { _ = phone.stop() }
-        let computer = try CallProcess(["listen", "--json", "--auto-answer", "--home", laptop.home.path], in: scratch)
+        let computer = try RunningCommand(["listen", "--json", "--auto-answer", "--home", laptop.home.path], in: scratch)
         defer { _ = computer.stop() }
         try Self.sync(from: alice, to: [phone, computer], text: "two devices ready")
 
@@ -290,7 +259,7 @@ struct CallCommandTests {
     // MARK: helpers
 
     /// Sends a message and waits until every listen showed it: they are connected from then on.
-    static func sync(from sender: User, to listens: [CallProcess], text: String) throws {
+    static func sync(from sender: User, to listens: [RunningCommand], text: String) throws {
         let recipient = "bob"
         #expect(try sender.flitz("send", recipient, text).status == 0)
         for listen in listens { #expect(listen.event { $0["text"] as? String == text } != nil, "a listen did not show \(text)") }
@@ -315,7 +284,7 @@ struct CallCommandTests {
         try TestAudio.wav(tones).write(to: play)
         let keyLog = scratch.path("keys.log")
         let only = relayOnly ? ["--relay-only"] : []
-        let listen = try CallProcess(["listen", "--json", "--auto-answer", "--record", record.path, "--home", bob.home.path] + only, in: scratch)
+        let listen = try RunningCommand(["listen", "--json", "--auto-answer", "--record", record.path, "--home", bob.home.path] + only, in: scratch)
         try sync(from: alice, to: [listen], text: "call me")
 
         let call = try runProcess(

@@ -1,13 +1,13 @@
 import Foundation
 import Testing
 
-/// A `flitz` process left running (for `devices link`, which waits for the other terminal); its stdout is
+/// A `flitz` process left running (`devices link`, `listen`, a `call` waiting for an answer); its stdout is
 /// a pipe read as it writes (blocking reads, no polling), stderr a file.
 final class RunningCommand {
     let process = ChildProcess()
     let stdout = Pipe()
     let stderr: URL
-    private var text = ""
+    var text = ""  // what stdout gave so far (extensions in other files read on)
 
     init(_ arguments: [String], in scratch: Scratch) throws {
         stderr = scratch.path("err-\(UUID().uuidString)")
@@ -21,6 +21,8 @@ final class RunningCommand {
         process.standardOutput = stdout
         process.standardError = try FileHandle(forWritingTo: stderr)
         try process.run()
+        // A guard only: a hung process fails its test instead of hanging CI.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 180) { [process] in if process.isRunning { process.terminate() } }
     }
 
     /// The first stdout line starting with `prefix`, waiting for the process to write it; nil if stdout ends first.
