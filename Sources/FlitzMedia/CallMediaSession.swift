@@ -156,7 +156,8 @@ public enum MediaEvent: Sendable, Equatable {
     case connected(MediaPath)
     /// The play file has been sent to its end (silence follows).
     case playbackFinished
-    /// Media could not connect within 15 s of `start`, or stopped for 10 s (protocol/calls.md 7.3).
+    /// Media could not connect within 15 s of `start`, or stopped for 10 s (protocol/calls.md 7.3); or, as the last
+    /// event before the stream finishes at `stop()`, the recording could not be completed (its file is incomplete).
     case failed(String)
 }
 
@@ -246,7 +247,8 @@ public final class CallMediaSession: Sendable {
     public func statistics() async -> CallStatistics { await core.statistics }
 
     /// Stops sending, completes the recording, releases the TURN allocation and the socket; returns the final
-    /// counters. Idempotent.
+    /// counters. Idempotent. When the recording cannot be completed (a write failed), `events` gets `.failed` naming
+    /// the file and the error before it finishes.
     public func stop() async -> CallStatistics {
         await core.stop()
         return await core.statistics
@@ -474,7 +476,11 @@ private actor MediaCall {
         stopped = true
         for task in tasks { task.cancel() }
         tasks = []
-        _ = try? recorder?.finish()
+        do {
+            try recorder?.finish()
+        } catch {
+            events.yield(.failed("the recording is incomplete: \(error.message)"))
+        }
         await transport.close()
         for continuation in packetContinuations { continuation.finish() }
         packetContinuations = []
