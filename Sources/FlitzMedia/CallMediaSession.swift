@@ -156,7 +156,8 @@ public enum MediaEvent: Sendable, Equatable {
     case connected(MediaPath)
     /// The play file has been sent to its end (silence follows).
     case playbackFinished
-    /// Media could not connect within 15 s of `start`, or stopped for 10 s (protocol/calls.md 7.3).
+    /// Media could not connect within 15 s of `start`, or stopped for 10 s (protocol/calls.md 7.3); or, as the last
+    /// event before the stream finishes at `stop()`, the recording could not be completed (its file is incomplete).
     case failed(String)
 }
 
@@ -180,9 +181,11 @@ public struct MediaError: Error, Sendable, CustomStringConvertible {
 /// The media of one call: one UDP socket, its candidates, one SRTP send and one receive session, the audio
 /// pump (20 ms PCMU packets) and the recorder (protocol/calls.md 6 and 7).
 ///
-/// Before the first authenticated packet every 20 ms packet goes to every peer candidate: directly from the socket
-/// (unless relay-only) and, with a TURN allocation, also through it. The first packet that SRTP authenticates locks
-/// the path (its source, direct or via TURN); a packet that does not authenticate never moves it (calls.md 7.2).
+/// Before the first authenticated packet every 5th 20 ms tick (every 100 ms) sends one packet to every peer
+/// candidate: directly from the socket (unless relay-only) and, with a TURN allocation, also through it; the ticks in
+/// between send nothing (their RTP timestamps are skipped). At most `maximumPeers` peer addresses are kept. The first
+/// packet that SRTP authenticates locks the path (its source, direct or via TURN), and from then on every tick sends
+/// one packet to it; a packet that does not authenticate never moves it (calls.md 7.2).
 public final class CallMediaSession: Sendable {
     /// The network side (internal for tests).
     let transport: MediaTransport
@@ -226,11 +229,17 @@ public final class CallMediaSession: Sendable {
         await core.start(sender: streams.sender, receiver: streams.receiver, playout: playout, recorder: recorder)
     }
 
+    /// The most peer addresses one call sends to (protocol/calls.md 7.2); later ones are ignored.
+    public static let maximumPeers = 32
+
     /// Adds candidates of the peer (from the answer, the offer or `CallIceCandidates`); ignored once locked.
-    /// Candidates whose address is not an IPv4 literal are ignored (the call's socket is IPv4).
+    /// Ignored too: addresses that are not IPv4 literals (the call's socket is IPv4), port 0, and addresses no peer
+    /// can have: 0.0.0.0/8 (unspecified), 224.0.0.0/4 (multicast), 240.0.0.0/4 (reserved, with the broadcast
+    /// address 255.255.255.255) and 169.254.0.0/16 (link-local). Loopback is allowed (a peer on the same host).
+    /// Once `maximumPeers` distinct addresses are known, further ones are ignored (protocol/calls.md 7.2).
     public func addPeerCandidates(_ candidates: [MediaCandidate]) async {
         await core.addPeers(candidates.compactMap { candidate in
-            TransportAddress(literal: candidate.address, port: candidate.port).flatMap { $0.isIPv4 ? $0 : nil }
+            TransportAddress(literal: candidate.address, port: candidate.port).flatMap { $0.isUsablePeer ? $0 : nil }
         })
     }
 
@@ -238,7 +247,8 @@ public final class CallMediaSession: Sendable {
     public func statistics() async -> CallStatistics { await core.statistics }
 
     /// Stops sending, completes the recording, releases the TURN allocation and the socket; returns the final
-    /// counters. Idempotent.
+    /// counters. Idempotent. When the recording cannot be completed (a write failed), `events` gets `.failed` naming
+    /// the file and the error before it finishes.
     public func stop() async -> CallStatistics {
         await core.stop()
         return await core.statistics
@@ -258,12 +268,29 @@ public final class CallMediaSession: Sendable {
 
     /// The locked path; nil before the first authenticated packet.
     var currentPath: MediaPath? { get async { await core.currentPath } }
+
+    /// The peer addresses media is sent to before locking, in the order they were added.
+    var peerAddresses: [TransportAddress] { get async { await core.peerAddresses } }
+}
+
+extension TransportAddress {
+    /// Whether a peer candidate may have this address (`CallMediaSession.addPeerCandidates`): IPv4, a non-zero port,
+    /// not unspecified (0/8), multicast (224/4), reserved or broadcast (240/4) or link-local (169.254/16).
+    var isUsablePeer: Bool {
+        guard isIPv4, port != 0 else { return false }
+        switch (ip[0], ip[1]) {
+        case (0, _), (224..., _), (169, 254): return false
+        default: return true
+        }
+    }
 }
 
 /// The state of one call's media, serialised by the actor: SRTP streams, peers, the locked path, the 20 ms pump,
 /// the recorder and the timeouts of protocol/calls.md 7.3.
 private actor MediaCall {
     static let packetInterval: Duration = .milliseconds(20)
+    /// Before locking, a packet goes to the peer candidates on every 5th tick only (every 100 ms, calls.md 7.2).
+    static let checkEveryTicks = 5
     static let connectTimeout: Duration = .seconds(15)
     static let silenceTimeout: Duration = .seconds(10)
 
@@ -279,6 +306,8 @@ private actor MediaCall {
     private var recorder: WAVRecorder?
     private var peers: [TransportAddress] = []
     private var locked: (address: TransportAddress, viaTURN: Bool)?
+    /// Ticks of the pump so far.
+    private var ticks = 0
     private var startedAt: ContinuousClock.Instant?
     private var firstSentAt: ContinuousClock.Instant?
     private var connectedAt: ContinuousClock.Instant?
@@ -324,7 +353,7 @@ private actor MediaCall {
 
     func addPeers(_ addresses: [TransportAddress]) {
         guard locked == nil, !stopped else { return }
-        for address in addresses where !peers.contains(address) {
+        for address in addresses where !peers.contains(address) && peers.count < CallMediaSession.maximumPeers {
             peers.append(address)
             prepareTURNPath(to: address)
         }
@@ -339,7 +368,8 @@ private actor MediaCall {
         })
     }
 
-    /// One 20 ms step: the timeouts, then one packet to the locked path or to every candidate. false: stop pumping.
+    /// One 20 ms step: the timeouts, then one packet to the locked path, or (every 5th tick before locking) to every
+    /// candidate on each route; a tick that sends nothing only advances the RTP timestamp. false: stop pumping.
     private func tick() async -> Bool {
         guard !stopped, var sender else { return false }
         let now = clock.now
@@ -360,6 +390,13 @@ private actor MediaCall {
                 playout = nil
                 events.yield(.playbackFinished)
             }
+        }
+        let tick = ticks
+        ticks += 1
+        if locked == nil && tick % Self.checkEveryTicks != 0 {
+            sender.skipPacket()
+            self.sender = sender
+            return true
         }
         let packet: [UInt8]
         do {
@@ -415,6 +452,8 @@ private actor MediaCall {
         return receiver.statistics.callStatistics(packetsSent: sender?.packetsSent ?? 0)
     }
 
+    var peerAddresses: [TransportAddress] { peers }
+
     var currentPath: MediaPath? {
         locked.map { MediaPath(peerAddress: $0.address.literal, peerPort: $0.address.port, viaTURN: $0.viaTURN) }
     }
@@ -437,7 +476,11 @@ private actor MediaCall {
         stopped = true
         for task in tasks { task.cancel() }
         tasks = []
-        _ = try? recorder?.finish()
+        do {
+            try recorder?.finish()
+        } catch {
+            events.yield(.failed("the recording is incomplete: \(error.message)"))
+        }
         await transport.close()
         for continuation in packetContinuations { continuation.finish() }
         packetContinuations = []

@@ -56,7 +56,8 @@ actor MediaTransport {
     /// Media datagrams in arrival order; finishes at `close()`.
     nonisolated let media: AsyncStream<InboundMedia>
 
-    private var pending: [[UInt8]: CheckedContinuation<(STUNMessage, [UInt8]), any Error>] = [:]
+    /// Open transactions by transaction id: the server the request went to (only it may answer) and the waiter.
+    private var pending: [[UInt8]: (server: TransportAddress, continuation: CheckedContinuation<(STUNMessage, [UInt8]), any Error>)] = [:]
     private var allocation: TURNAllocation?
     private var turnFailure: MediaError?
     private var tasks: [Task<Void, Never>] = []
@@ -266,7 +267,10 @@ actor MediaTransport {
         if STUNMessage.isSTUN(bytes) {
             guard let message = try? STUNMessage(parsing: bytes) else { return }
             if message.messageClass == .success || message.messageClass == .error {
-                pending.removeValue(forKey: message.transactionID)?.resume(returning: (message, bytes))
+                // Only the server the request went to may answer it: a response with a guessed or sniffed
+                // transaction id from anywhere else is ignored (the transaction keeps waiting).
+                guard pending[message.transactionID]?.server == source else { return }
+                pending.removeValue(forKey: message.transactionID)?.continuation.resume(returning: (message, bytes))
             } else if fromTURN, message.method == .data, message.messageClass == .indication,
                       let peer = message.xorAddress(STUNMessage.AttributeType.xorPeerAddress),
                       let data = message.attribute(STUNMessage.AttributeType.data) {
@@ -297,7 +301,7 @@ actor MediaTransport {
         let id = request.transactionID
         do {
             return try await withCheckedThrowingContinuation { continuation in
-                pending[id] = continuation
+                pending[id] = (server, continuation)
                 write(bytes, to: server)
                 tasks.append(Task { [weak self] in
                     for wait in schedule {
@@ -322,7 +326,7 @@ actor MediaTransport {
     }
 
     private func timeOut(_ id: [UInt8]) {
-        pending.removeValue(forKey: id)?.resume(throwing: MediaError(.stun, "no answer from the STUN/TURN server"))
+        pending.removeValue(forKey: id)?.continuation.resume(throwing: MediaError(.stun, "no answer from the STUN/TURN server"))
     }
 
     // MARK: TURN (RFC 8656)
@@ -338,8 +342,7 @@ actor MediaTransport {
               let nonce = challenge.string(STUNMessage.AttributeType.nonce) else {
             throw MediaError(.turn, "TURN server did not ask for credentials (error \(challenge.errorCode?.code ?? 0))")
         }
-        var auth = TURNAuth(username: server.username, realm: realm, nonce: nonce,
-                            key: STUNMessage.longTermKey(username: server.username, realm: realm, password: server.password))
+        var auth = TURNAuth(username: server.username, password: server.password, realm: realm, nonce: nonce)
         let response = try await authenticated(.allocate, attributes, auth: &auth, server: address, schedule: Self.gatherSchedule)
         guard let relayed = response.xorAddress(STUNMessage.AttributeType.xorRelayedAddress) else {
             throw MediaError(.turn, "TURN Allocate success without XOR-RELAYED-ADDRESS")
@@ -350,8 +353,9 @@ actor MediaTransport {
                               lifetime: lifetime, refreshAt: .now + lifetime / 2)
     }
 
-    /// A request with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY; a 438 Stale Nonce is retried with the new nonce
-    /// (twice at most). Success responses must carry a valid MESSAGE-INTEGRITY.
+    /// A request with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY; a 438 Stale Nonce, or a 401 that names another
+    /// realm, is retried with the new nonce and realm (and the key recomputed for that realm), twice at most. A 401
+    /// for the same realm means the credential is refused. Success responses must carry a valid MESSAGE-INTEGRITY.
     private func authenticated(_ method: STUNMessage.Method, _ attributes: [STUNMessage.Attribute], auth: inout TURNAuth,
                                server: TransportAddress, schedule: [Duration] = defaultSchedule) async throws(MediaError) -> STUNMessage {
         for _ in 0..<3 {
@@ -367,14 +371,16 @@ actor MediaTransport {
                 }
                 return response
             }
-            guard response.errorCode?.code == 438, let nonce = response.string(STUNMessage.AttributeType.nonce) else {
+            let code = response.errorCode?.code
+            let realm = response.string(STUNMessage.AttributeType.realm) ?? auth.realm
+            guard code == 438 || (code == 401 && realm != auth.realm),
+                  let nonce = response.string(STUNMessage.AttributeType.nonce) else {
                 let error = response.errorCode
                 throw MediaError(.turn, "TURN \(method) refused: \(error?.code ?? 0) \(error?.reason ?? "")")
             }
-            auth.nonce = nonce
-            if let realm = response.string(STUNMessage.AttributeType.realm) { auth.realm = realm }
+            auth.rechallenge(realm: realm, nonce: nonce)
         }
-        throw MediaError(.turn, "TURN \(method): stale nonce three times")
+        throw MediaError(.turn, "TURN \(method): challenged three times")
     }
 
     /// CreatePermission for `peer`'s IP and ChannelBind for `peer` (RFC 8656 9 and 11), once; later calls for the
@@ -455,7 +461,7 @@ actor MediaTransport {
         allocation = nil
         for task in tasks { task.cancel() }
         tasks = []
-        for (_, continuation) in pending { continuation.resume(throwing: MediaError(.socket, "the call's socket is closed")) }
+        for (_, entry) in pending { entry.continuation.resume(throwing: MediaError(.socket, "the call's socket is closed")) }
         pending = [:]
         trickleContinuation.finish()
         mediaContinuation.finish()
@@ -466,10 +472,28 @@ actor MediaTransport {
 /// The long-term credential of a TURN allocation (RFC 8489 9.2).
 struct TURNAuth: Sendable {
     let username: String
-    var realm: String
-    var nonce: String
-    /// MD5(username ":" realm ":" password).
-    let key: [UInt8]
+    private let password: String
+    private(set) var realm: String
+    private(set) var nonce: String
+    /// MD5(username ":" realm ":" password), for the current realm.
+    private(set) var key: [UInt8]
+
+    init(username: String, password: String, realm: String, nonce: String) {
+        self.username = username
+        self.password = password
+        self.realm = realm
+        self.nonce = nonce
+        key = STUNMessage.longTermKey(username: username, realm: realm, password: password)
+    }
+
+    /// Takes the nonce (and realm) of a 438 or 401 challenge; the key follows the realm (RFC 8489 9.2.2).
+    mutating func rechallenge(realm: String, nonce: String) {
+        self.nonce = nonce
+        if realm != self.realm {
+            self.realm = realm
+            key = STUNMessage.longTermKey(username: username, realm: realm, password: password)
+        }
+    }
 }
 
 /// One TURN allocation and what was installed on it.

@@ -141,4 +141,10 @@ public struct RTPSequencer: Sendable {
         next.timestamp &+= samplesPerPacket
         return bytes
     }
+
+    /// Advances the timestamp by one packet's samples without a packet (nothing sent for that time); the sequence
+    /// number and the marker bit stay for the next packet.
+    public mutating func skipPacket() {
+        next.timestamp &+= samplesPerPacket
+    }
 }

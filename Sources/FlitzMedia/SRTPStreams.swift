@@ -25,6 +25,12 @@ public struct SRTPSender: Sendable {
         packetsSent += 1
         return protected
     }
+
+    /// Lets one packet's time pass without sending it: the RTP timestamp advances, the sequence number does not
+    /// (RFC 3550 5.1, as in discontinuous transmission), so the receiver counts nothing as lost.
+    public mutating func skipPacket() {
+        sequencer.skipPacket()
+    }
 }
 
 /// The receiving half of a call's media: SRTP unprotection with the receive key, RTP parsing, and the receive

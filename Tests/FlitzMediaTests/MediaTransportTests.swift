@@ -47,6 +47,49 @@ import Testing
         }
     }
 
+    /// The realm change of a 438 or 401 challenge (RFC 8489 9.2.5) cannot be provoked from a real coturn (it answers
+    /// a request naming another realm with 437), so the credential's update is tested on its own.
+    @Test func theKeyFollowsTheRealmOfAChallenge() {
+        var auth = TURNAuth(username: "1700000000:abc", password: "pw", realm: "a.example", nonce: "n1")
+        let keyA = STUNMessage.longTermKey(username: "1700000000:abc", realm: "a.example", password: "pw")
+        let keyB = STUNMessage.longTermKey(username: "1700000000:abc", realm: "b.example", password: "pw")
+        #expect(keyA != keyB)
+        #expect(auth.key == keyA)
+        auth.rechallenge(realm: "a.example", nonce: "n2")
+        #expect(auth.nonce == "n2" && auth.realm == "a.example" && auth.key == keyA)
+        auth.rechallenge(realm: "b.example", nonce: "n3")
+        #expect(auth.nonce == "n3" && auth.realm == "b.example" && auth.key == keyB)
+    }
+
+    /// A Binding response with the right transaction id from another address (sent first) is ignored; the one from
+    /// the server the request went to is taken.
+    @Test func aSTUNResponseCountsOnlyFromTheServerTheRequestWentTo() async throws {
+        let server = try UDPTestSocket(), stranger = try UDPTestSocket()
+        defer {
+            server.close()
+            stranger.close()
+        }
+        let transport = try await MediaTransport.open(options: GatherOptions())
+        let serverPort = server.port
+        let lookup = Task { await transport.reflexiveAddress(host: "127.0.0.1", port: serverPort) }
+        let (request, fromPort) = try await server.receive()
+        #expect(fromPort == transport.localPort)
+        let parsed = try STUNMessage(parsing: request)
+        #expect(parsed.method == .binding && parsed.messageClass == .request)
+        func response(mapping address: TransportAddress) -> [UInt8] {
+            STUNMessage(method: .binding, messageClass: .success, transactionID: parsed.transactionID, attributes: [
+                STUNMessage.xorAddressAttribute(STUNMessage.AttributeType.xorMappedAddress, address, transactionID: parsed.transactionID),
+            ]).encoded()
+        }
+        let forged = try #require(TransportAddress(literal: "192.0.2.66", port: 6666))
+        let genuine = try #require(TransportAddress(literal: "198.51.100.7", port: 7777))
+        try stranger.send(response(mapping: forged), toPort: fromPort)
+        try server.send(response(mapping: genuine), toPort: fromPort)
+        let mapped = await lookup.value
+        #expect(mapped == genuine)
+        await transport.close()
+    }
+
     @Test func hostCandidatesIncludeLoopbackWithTheSocketPortAtTheLowestHostPriority() async throws {
         let transport = try await MediaTransport.open(options: GatherOptions())
         let candidates = await transport.candidates
