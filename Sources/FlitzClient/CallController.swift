@@ -577,7 +577,7 @@ extension FlitzClient {
     /// - Throws: `ClientError` (`.relayUnreachable` when the connection fails or drops), whatever `body` throws.
     public func withCalls<T: Sendable>(_ controller: CallController, _ body: @escaping @Sendable (CallController) async throws -> T) async throws -> T {
         let account = try requireAccount()
-        return try await withAuthenticatedConnection(account) { connection in
+        return try await withAuthenticatedConnection(account, callSignals: true) { connection in
             try await withThrowingTaskGroup(of: T?.self) { group in
                 group.addTask {
                     try await controller.run(on: connection)
