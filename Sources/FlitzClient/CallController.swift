@@ -116,6 +116,8 @@ public actor CallController {
         var callerDevice: UInt32?
         var callerIdentityKey: Ed25519PublicKey?
         var untrustedCaller = false
+        /// Outgoing: the offer this device sent (an answer must match it: `CallAnswer.matches`).
+        var sentOffer: CallOffer?
         /// Incoming: the profile this device answered with.
         var profile: CallSRTPProfile?
         /// Outgoing: answers by device, with the account identity key of the session each came on.
@@ -194,6 +196,7 @@ public actor CallController {
             let candidates = await media.localCandidates.prefix(16).map(CallCandidate.init)
             let offer = CallOffer(
                 codecs: [.pcmu], ephemeralKey: ephemeral.publicKey, profiles: [.aeadAES256GCM, .aes128CMHMACSHA1_80], candidates: Array(candidates))
+            contexts[id]?.sentOffer = offer
             let sent = try await send(.offer(offer), id, to: handle, devices: nil)
             contexts[id]?.setupStart = .now
             contexts[id]?.trickleTargets = sent.devices
@@ -261,6 +264,13 @@ public actor CallController {
             // Ignored (glare lost, a replay of an ended call): nothing of it is kept.
             if !machine.activeCalls.contains(id) { contexts[id] = nil }
         case .answer(let answer):
+            if let context = contexts[id], context.direction == .outgoing {
+                // The answer must pick a codec and an SRTP profile this device offered (review finding 4).
+                guard let sent = context.sentOffer, answer.matches(sent) else {
+                    continuation.yield(.warning("dropped an answer from \(sender) whose codec or SRTP profile was not offered"))
+                    return
+                }
+            }
             contexts[id]?.answers[device] = (answer, signal.senderAccountIdentityKey)
             await perform(machine.receivedAnswer(id, from: sender, device: device, candidates: answer.candidates, at: now))
         case .ice(let candidates, _):
