@@ -118,6 +118,9 @@ public actor CallController {
         var untrustedCaller = false
         /// Outgoing: the offer this device sent (an answer must match it: `CallAnswer.matches`).
         var sentOffer: CallOffer?
+        /// Outgoing: the peer's account identity key trusted when the offer went out; signals of the call from a
+        /// session with another key are dropped (review finding 5).
+        var peerIdentityKey: Data?
         /// Incoming: the profile this device answered with.
         var profile: CallSRTPProfile?
         /// Outgoing: answers by device, with the account identity key of the session each came on.
@@ -197,7 +200,10 @@ public actor CallController {
             let offer = CallOffer(
                 codecs: [.pcmu], ephemeralKey: ephemeral.publicKey, profiles: [.aeadAES256GCM, .aes128CMHMACSHA1_80], candidates: Array(candidates))
             contexts[id]?.sentOffer = offer
+            contexts[id]?.peerIdentityKey = try client.store.contact(handle)?.trustedIdentityKey
             let sent = try await send(.offer(offer), id, to: handle, devices: nil)
+            // A first contact: the key the offer's sessions were started with (the send refuses an untrusted one).
+            if contexts[id]?.peerIdentityKey == nil { contexts[id]?.peerIdentityKey = try client.store.contact(handle)?.trustedIdentityKey }
             contexts[id]?.setupStart = .now
             contexts[id]?.trickleTargets = sent.devices
             await perform(machine.offerSent(id, devices: sent.devices, at: client.currentTime()))
@@ -252,6 +258,14 @@ public actor CallController {
     private func process(_ signal: ReceivedCallSignal) async {
         let id = signal.callID, now = client.currentTime()
         let sender = signal.senderHandle, device = signal.senderDeviceID
+        if let context = contexts[id], context.direction == .outgoing, sender == context.peer {
+            // Only the account the offer went to may answer, decline, report busy or trickle for it.
+            let trusted = context.peerIdentityKey ?? (try? client.store.contact(sender)?.trustedIdentityKey)
+            guard let trusted, ConstantTime.equals(trusted, signal.senderAccountIdentityKey.rawRepresentation) else {
+                continuation.yield(.warning("dropped a call signal from \(sender): their identity key is not the one trusted when the call was placed"))
+                return
+            }
+        }
         switch signal.message.body {
         case .offer(let offer):
             if contexts[id] == nil && !machine.hasEnded(id) {
