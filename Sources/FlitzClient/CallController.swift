@@ -96,8 +96,9 @@ public actor CallController {
     private var connection: RelayConnection?
     private var account: AccountRecord?
     private var contexts: [CallID: Context] = [:]
-    /// This device's next sequence per call (kept after a call ends: late hangups still need one).
-    private var sequences: [CallID: UInt32] = [:]
+    /// This device's next sequence per call and when it was last used (kept after a call ends: late hangups still
+    /// need one; forgotten `CallStateMachine.forgetEndedAfter` after the last use once the call ended).
+    private var sequences: [CallID: (next: UInt32, usedAt: Date)] = [:]
     /// The last send; each send waits for the one before, so sequences reach the relay in order.
     private var sendChain: Task<Void, Never>?
     private var sequencerTimer: Task<Void, Never>?
@@ -242,6 +243,7 @@ public actor CallController {
     // MARK: signals
 
     private func received(_ delivery: WireCallSignalDelivery, on connection: RelayConnection) async {
+        forgetOldCalls()
         let signal: ReceivedCallSignal
         do {
             signal = try await client.acceptCallSignal(delivery, on: connection)
@@ -587,9 +589,20 @@ public actor CallController {
     }
 
     private func nextSequence(_ id: CallID) -> UInt32 {
-        let sequence = sequences[id] ?? 1
-        sequences[id] = sequence + 1
+        let sequence = sequences[id]?.next ?? 1
+        sequences[id] = (sequence + 1, client.currentTime())
         return sequence
+    }
+
+    /// Forgets what ended calls left behind 180 s after their last activity (review finding 7): the machine's
+    /// ended calls, the sequencer's per-sender state and this device's sequences. Calls still going are kept.
+    /// Runs on every received signal, so a long-running `listen` holds at most what the last 180 s brought.
+    private func forgetOldCalls() {
+        let now = client.currentTime(), idle = CallStateMachine.forgetEndedAfter
+        let active = Set(machine.activeCalls)
+        _ = machine.forgetEnded(at: now)
+        sequencer.forgetInactive(at: now, after: idle, keeping: Set(active.map(\.bytes)))
+        sequences = sequences.filter { active.contains($0.key) || contexts[$0.key] != nil || now.timeIntervalSince($0.value.usedAt) < idle }
     }
 }
 

@@ -184,8 +184,8 @@ public struct CallStateMachine: Sendable {
 
     private var calls: [CallID: Call] = [:]
     private var buffered: [CallID: [Buffered]] = [:]
-    /// Every call that ended while this machine ran: later signals for them are ignored.
-    private var ended: Set<CallID> = []
+    /// Calls that ended, with when: later signals for them are ignored until `forgetEnded` drops them, 180 s on.
+    private var ended: [CallID: Date] = [:]
     /// Own offers that ended (hung up, timed out, or gave way to an incoming call in glare) while they were being
     /// sent: hung up as soon as `offerSent` names their devices, so they do not ring on.
     private var unsentOffersEnded: [CallID: String] = [:]
@@ -209,7 +209,21 @@ public struct CallStateMachine: Sendable {
     public var activeCalls: [CallID] { calls.keys.sorted() }
 
     /// Whether `id` ended on this machine (later signals for it are ignored).
-    public func hasEnded(_ id: CallID) -> Bool { ended.contains(id) }
+    public func hasEnded(_ id: CallID) -> Bool { ended[id] != nil }
+
+    /// How long an ended call id is remembered (protocol/calls.md 10: twice the longest signal ttl, 90 s, so no copy
+    /// of its signals can still come from the relay afterwards).
+    public static let forgetEndedAfter: TimeInterval = 180
+
+    /// Forgets calls that ended `forgetEndedAfter` or more before `now` (review finding 7: a long-running device
+    /// would otherwise keep every call id it ever saw). Returns no actions.
+    public mutating func forgetEnded(at now: Date) -> [Action] {
+        ended = ended.filter { now.timeIntervalSince($0.value) < Self.forgetEndedAfter }
+        return []
+    }
+
+    /// How many ended call ids are remembered (tests).
+    var rememberedEndedCalls: Int { ended.count }
 
     /// The peer handle of a call not ended.
     public func peer(of id: CallID) -> String? { calls[id]?.peer }
@@ -222,7 +236,7 @@ public struct CallStateMachine: Sendable {
     /// The user calls `peer` with the fresh call id `id`. Nothing when this device is already in a call (the
     /// owner refuses the call first) or `id` is known.
     public mutating func placeCall(_ id: CallID, to peer: String, at now: Date) -> [Action] {
-        guard calls.isEmpty, !ended.contains(id) else { return [] }
+        guard calls.isEmpty, ended[id] == nil else { return [] }
         calls[id] = Call(id: id, peer: peer, direction: .outgoing, phase: .offering, startedAt: now, candidates: [])
         return [.sendOffer(id, to: peer)]
     }
@@ -319,7 +333,8 @@ public struct CallStateMachine: Sendable {
     public mutating func receivedOffer(
         _ id: CallID, from sender: String, device: UInt32, candidates: [CallCandidate], expiresAt: Date, at now: Date
     ) -> [Action] {
-        guard !ended.contains(id), calls[id] == nil else { return [] }
+        if ended[id] != nil { return touchEnded(id, at: now) }
+        guard calls[id] == nil else { return [] }
         let early = buffered.removeValue(forKey: id)?.filter { $0.sender == sender && $0.device == device } ?? []
         var call = Call(
             id: id, peer: sender, direction: .incoming, callerDevice: device, phase: .ringingIncoming(expiresAt: expiresAt), startedAt: now,
@@ -332,7 +347,7 @@ public struct CallStateMachine: Sendable {
         // Glare: an unanswered outgoing call to the same handle.
         if let own = calls.values.first(where: { $0.direction == .outgoing && $0.peer == sender && $0.isUnanswered }) {
             if own.id < id {
-                ended.insert(id)  // ours wins; the peer gives way and answers it; later signals of theirs are moot
+                ended[id] = now  // ours wins; the peer gives way and answers it; later signals of theirs are moot
                 return []
             }
             var actions: [Action] = []
@@ -343,13 +358,13 @@ public struct CallStateMachine: Sendable {
                 unsentOffersEnded[own.id] = own.peer
             }
             calls[own.id] = nil
-            ended.insert(own.id)
+            ended[own.id] = now
             actions.append(.replaced(own.id, by: id))
             return answer(&call, device: device, at: now, actions: actions)
         }
         // In a call already: busy, recorded as missed, never rings.
         if !calls.isEmpty {
-            ended.insert(id)
+            ended[id] = now
             return [.sendBusy(id, to: sender, device: device), .ended(call.record(.missed, at: now))]
         }
         calls[id] = call
@@ -382,7 +397,7 @@ public struct CallStateMachine: Sendable {
 
     /// `CALL_ICE` for `id` from `device` of `sender`: candidates, kept or passed to running media.
     public mutating func receivedCandidates(_ id: CallID, from sender: String, device: UInt32, candidates: [CallCandidate], expiresAt: Date, at now: Date) -> [Action] {
-        guard !ended.contains(id) else { return [] }
+        if ended[id] != nil { return touchEnded(id, at: now) }
         guard var call = calls[id] else {
             bufferSignal(id, sender: sender, device: device, expiresAt: expiresAt) { $0.candidates = Self.merged($0.candidates, candidates).kept }
             return []
@@ -405,7 +420,7 @@ public struct CallStateMachine: Sendable {
 
     /// `CALL_HANGUP` for `id` with `reason` from `device` of `sender`.
     public mutating func receivedHangup(_ id: CallID, from sender: String, device: UInt32, reason: CallHangupReason, expiresAt: Date, at now: Date) -> [Action] {
-        guard !ended.contains(id) else { return [] }
+        if ended[id] != nil { return touchEnded(id, at: now) }
         guard let call = calls[id] else {
             bufferSignal(id, sender: sender, device: device, expiresAt: expiresAt) { $0.hangup = true }
             return []
@@ -503,9 +518,15 @@ public struct CallStateMachine: Sendable {
         ]
     }
 
+    /// A signal for the ended call `id` arrived: it is ignored, and the call is remembered 180 s from now.
+    private mutating func touchEnded(_ id: CallID, at now: Date) -> [Action] {
+        ended[id] = max(ended[id] ?? now, now)
+        return []
+    }
+
     private mutating func end(_ call: Call, _ outcome: CallOutcome, at now: Date) -> [Action] {
         calls[call.id] = nil
-        ended.insert(call.id)
+        ended[call.id] = now
         buffered[call.id] = nil
         return [.ended(call.record(outcome, at: now))]
     }
