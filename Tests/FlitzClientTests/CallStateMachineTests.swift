@@ -378,42 +378,44 @@ import Testing
 
     // MARK: forgetting old calls (review finding 7)
 
+    typealias Machine = CallStateMachineTests
+
     @Test func theSequencerForgetsACall180SecondsAfterItsLastSignalUnlessItIsKept() {
         var s = Sequencer()
         let other = Sequencer.Key(callID: Data(repeating: 2, count: 16), senderHandle: "bob", senderDeviceID: 3)
-        _ = s.received("a1", key: Self.key, sequence: 1, at: Self.at(0))
-        _ = s.received("a2", key: Self.key, sequence: 2, at: Self.at(100))
-        _ = s.received("b1", key: other, sequence: 1, at: Self.at(0))
-        s.forgetInactive(at: Self.at(279), after: 180, keeping: [])
+        _ = s.received("a1", key: Self.key, sequence: 1, at: Machine.at(0))
+        _ = s.received("a2", key: Self.key, sequence: 2, at: Machine.at(100))
+        _ = s.received("b1", key: other, sequence: 1, at: Machine.at(0))
+        s.forgetInactive(at: Machine.at(279), after: 180, keeping: [])
         #expect(s.knownCallIDs == [Self.key.callID], "b idle 279 s: gone; a idle 179 s: kept")
-        #expect(s.received("a2 replayed", key: Self.key, sequence: 2, at: Self.at(279)) == [], "still a replay")
-        s.forgetInactive(at: Self.at(459), after: 180, keeping: [Self.key.callID])
+        #expect(s.received("a2 replayed", key: Self.key, sequence: 2, at: Machine.at(279)) == [], "still a replay")
+        s.forgetInactive(at: Machine.at(459), after: 180, keeping: [Self.key.callID])
         #expect(s.knownCallIDs == [Self.key.callID], "a call still going is kept")
-        s.forgetInactive(at: Self.at(459), after: 180)
+        s.forgetInactive(at: Machine.at(459), after: 180)
         #expect(s.knownCallIDs.isEmpty)
     }
 
     @Test func anEndedCallIsForgotten180SecondsAfterItsLastSignal() {
         var m = CallStateMachine()
-        let c = Self.id(50), lost = Self.id(0x51)
-        _ = m.placeCall(Self.id(0x40), to: "alice", at: Self.at(0))
-        _ = m.offerSent(Self.id(0x40), devices: [7], at: Self.at(0))
+        let c = Machine.id(50), lost = Machine.id(0x51)
+        _ = m.placeCall(Machine.id(0x40), to: "alice", at: Machine.at(0))
+        _ = m.offerSent(Machine.id(0x40), devices: [7], at: Machine.at(0))
         // Glare lost by alice's bigger id: ended at once, never in `calls`.
-        #expect(m.receivedOffer(lost, from: "alice", device: 7, candidates: [], expiresAt: Self.expiry, at: Self.at(1)) == [])
-        _ = m.userHungUp(Self.id(0x40), at: Self.at(2))
-        _ = m.receivedOffer(c, from: "alice", device: 7, candidates: [], expiresAt: Self.expiry, at: Self.at(3))
-        _ = m.userDeclined(c, at: Self.at(4))
+        #expect(m.receivedOffer(lost, from: "alice", device: 7, candidates: [], expiresAt: Machine.expiry, at: Machine.at(1)) == [])
+        _ = m.userHungUp(Machine.id(0x40), at: Machine.at(2))
+        _ = m.receivedOffer(c, from: "alice", device: 7, candidates: [], expiresAt: Machine.expiry, at: Machine.at(3))
+        _ = m.userDeclined(c, at: Machine.at(4))
         #expect(m.rememberedEndedCalls == 3)
         // A late hangup for c at 100 s is ignored and keeps it remembered until 280 s.
-        #expect(m.receivedHangup(c, from: "alice", device: 7, reason: .normal, expiresAt: Self.at(190), at: Self.at(100)) == [])
-        #expect(m.forgetEnded(at: Self.at(183)) == [])
+        #expect(m.receivedHangup(c, from: "alice", device: 7, reason: .normal, expiresAt: Machine.at(190), at: Machine.at(100)) == [])
+        #expect(m.forgetEnded(at: Machine.at(183)) == [])
         #expect(m.rememberedEndedCalls == 1 && m.hasEnded(c) && !m.hasEnded(lost))
-        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: [Self.host], expiresAt: Self.at(280), at: Self.at(190)) == [])
-        _ = m.forgetEnded(at: Self.at(369))
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: [Machine.host], expiresAt: Machine.at(280), at: Machine.at(190)) == [])
+        _ = m.forgetEnded(at: Machine.at(369))
         #expect(m.hasEnded(c), "179 s after its last signal")
-        _ = m.forgetEnded(at: Self.at(370))
+        _ = m.forgetEnded(at: Machine.at(370))
         #expect(m.rememberedEndedCalls == 0 && !m.hasEnded(c))
         // Forgotten, the id is unknown again: a signal for it is buffered like any early one, not acted on.
-        #expect(m.receivedHangup(c, from: "alice", device: 7, reason: .normal, expiresAt: Self.at(400), at: Self.at(371)) == [])
+        #expect(m.receivedHangup(c, from: "alice", device: 7, reason: .normal, expiresAt: Machine.at(400), at: Machine.at(371)) == [])
     }
 }
