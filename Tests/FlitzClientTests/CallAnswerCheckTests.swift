@@ -50,3 +50,41 @@ import Testing
         await relay.stop()
     }
 }
+
+/// Review finding 5: an outgoing call listens only to the account the offer went to.
+@Suite(.serialized) struct CallImpostorTests {
+    @Test func anAnswerFromAnotherIdentityKeyThanTheOfferWentToIsDropped() async throws {
+        let relay = try await InProcessRelay()
+        let alice = try relay.client("alice"), bob = try relay.client("bob")
+        _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
+        let code = try await bob.initialize(relayURL: relay.url, handle: "bob")
+        let aliceCalls = CallController(client: alice, options: CallControllerTests.options)
+        let aliceLog = CallEventLog(aliceCalls)
+        let aliceDevice = try alice.requireAccount().deviceID
+        let (outcome, first) = try await alice.withCalls(aliceCalls) { controller in
+            let id = try await controller.placeCall(to: "bob")
+            // Someone takes over bob's handle with his recovery code and "answers" the call alice placed.
+            let impostor = try relay.client("bob-new-phone")
+            _ = try await impostor.initialize(relayURL: relay.url, handle: "bob", recoveryCode: code)
+            _ = try await impostor.send(to: "alice", text: "hi")  // a session with alice
+            let account = try impostor.requireAccount()
+            let answer = CallAnswer(codec: .pcmu, ephemeralKey: X25519PrivateKey(random: impostor.random).publicKey, profile: .aeadAES256GCM, candidates: [])
+            try await impostor.withAuthenticatedConnection(account) { connection in
+                _ = try await impostor.sendCallSignal(
+                    .answer(answer), callID: id, to: "alice", devices: [aliceDevice], sequence: 1, on: connection, account: account)
+            }
+            let first = await aliceLog.next { event -> String? in
+                switch event {
+                case .answered: "answered"
+                case .warning(let text) where text.contains("dropped"): text
+                default: nil
+                }
+            }
+            await controller.hangUp(id)
+            return (await aliceLog.ended()?.0.outcome, first)
+        }
+        #expect(first?.contains("not the one trusted when the call was placed") == true, "\(String(describing: first))")
+        #expect(outcome == .missed)
+        await relay.stop()
+    }
+}
