@@ -96,8 +96,9 @@ public actor CallController {
     private var connection: RelayConnection?
     private var account: AccountRecord?
     private var contexts: [CallID: Context] = [:]
-    /// This device's next sequence per call (kept after a call ends: late hangups still need one).
-    private var sequences: [CallID: UInt32] = [:]
+    /// This device's next sequence per call and when it was last used (kept after a call ends: late hangups still
+    /// need one; forgotten `CallStateMachine.forgetEndedAfter` after the last use once the call ended).
+    private var sequences: [CallID: (next: UInt32, usedAt: Date)] = [:]
     /// The last send; each send waits for the one before, so sequences reach the relay in order.
     private var sendChain: Task<Void, Never>?
     private var sequencerTimer: Task<Void, Never>?
@@ -116,6 +117,11 @@ public actor CallController {
         var callerDevice: UInt32?
         var callerIdentityKey: Ed25519PublicKey?
         var untrustedCaller = false
+        /// Outgoing: the offer this device sent (an answer must match it: `CallAnswer.matches`).
+        var sentOffer: CallOffer?
+        /// Outgoing: the peer's account identity key trusted when the offer went out; signals of the call from a
+        /// session with another key are dropped (review finding 5).
+        var peerIdentityKey: Data?
         /// Incoming: the profile this device answered with.
         var profile: CallSRTPProfile?
         /// Outgoing: answers by device, with the account identity key of the session each came on.
@@ -194,7 +200,11 @@ public actor CallController {
             let candidates = await media.localCandidates.prefix(16).map(CallCandidate.init)
             let offer = CallOffer(
                 codecs: [.pcmu], ephemeralKey: ephemeral.publicKey, profiles: [.aeadAES256GCM, .aes128CMHMACSHA1_80], candidates: Array(candidates))
+            contexts[id]?.sentOffer = offer
+            contexts[id]?.peerIdentityKey = try client.store.contact(handle)?.trustedIdentityKey
             let sent = try await send(.offer(offer), id, to: handle, devices: nil)
+            // A first contact: the key the offer's sessions were started with (the send refuses an untrusted one).
+            if contexts[id]?.peerIdentityKey == nil { contexts[id]?.peerIdentityKey = try client.store.contact(handle)?.trustedIdentityKey }
             contexts[id]?.setupStart = .now
             contexts[id]?.trickleTargets = sent.devices
             await perform(machine.offerSent(id, devices: sent.devices, at: client.currentTime()))
@@ -233,6 +243,7 @@ public actor CallController {
     // MARK: signals
 
     private func received(_ delivery: WireCallSignalDelivery, on connection: RelayConnection) async {
+        forgetOldCalls()
         let signal: ReceivedCallSignal
         do {
             signal = try await client.acceptCallSignal(delivery, on: connection)
@@ -249,6 +260,14 @@ public actor CallController {
     private func process(_ signal: ReceivedCallSignal) async {
         let id = signal.callID, now = client.currentTime()
         let sender = signal.senderHandle, device = signal.senderDeviceID
+        if let context = contexts[id], context.direction == .outgoing, sender == context.peer {
+            // Only the account the offer went to may answer, decline, report busy or trickle for it.
+            let trusted = context.peerIdentityKey ?? (try? client.store.contact(sender)?.trustedIdentityKey)
+            guard let trusted, ConstantTime.equals(trusted, signal.senderAccountIdentityKey.rawRepresentation) else {
+                continuation.yield(.warning("dropped a call signal from \(sender): their identity key is not the one trusted when the call was placed"))
+                return
+            }
+        }
         switch signal.message.body {
         case .offer(let offer):
             if contexts[id] == nil && !machine.hasEnded(id) {
@@ -261,6 +280,13 @@ public actor CallController {
             // Ignored (glare lost, a replay of an ended call): nothing of it is kept.
             if !machine.activeCalls.contains(id) { contexts[id] = nil }
         case .answer(let answer):
+            if let context = contexts[id], context.direction == .outgoing {
+                // The answer must pick a codec and an SRTP profile this device offered (review finding 4).
+                guard let sent = context.sentOffer, answer.matches(sent) else {
+                    continuation.yield(.warning("dropped an answer from \(sender) whose codec or SRTP profile was not offered"))
+                    return
+                }
+            }
             contexts[id]?.answers[device] = (answer, signal.senderAccountIdentityKey)
             await perform(machine.receivedAnswer(id, from: sender, device: device, candidates: answer.candidates, at: now))
         case .ice(let candidates, _):
@@ -563,9 +589,20 @@ public actor CallController {
     }
 
     private func nextSequence(_ id: CallID) -> UInt32 {
-        let sequence = sequences[id] ?? 1
-        sequences[id] = sequence + 1
+        let sequence = sequences[id]?.next ?? 1
+        sequences[id] = (sequence + 1, client.currentTime())
         return sequence
+    }
+
+    /// Forgets what ended calls left behind 180 s after their last activity (review finding 7): the machine's
+    /// ended calls, the sequencer's per-sender state and this device's sequences. Calls still going are kept.
+    /// Runs on every received signal, so a long-running `listen` holds at most what the last 180 s brought.
+    private func forgetOldCalls() {
+        let now = client.currentTime(), idle = CallStateMachine.forgetEndedAfter
+        let active = Set(machine.activeCalls)
+        _ = machine.forgetEnded(at: now)
+        sequencer.forgetInactive(at: now, after: idle, keeping: Set(active.map(\.bytes)))
+        sequences = sequences.filter { active.contains($0.key) || contexts[$0.key] != nil || now.timeIntervalSince($0.value.usedAt) < idle }
     }
 }
 
@@ -577,7 +614,7 @@ extension FlitzClient {
     /// - Throws: `ClientError` (`.relayUnreachable` when the connection fails or drops), whatever `body` throws.
     public func withCalls<T: Sendable>(_ controller: CallController, _ body: @escaping @Sendable (CallController) async throws -> T) async throws -> T {
         let account = try requireAccount()
-        return try await withAuthenticatedConnection(account) { connection in
+        return try await withAuthenticatedConnection(account, callSignals: true) { connection in
             try await withThrowingTaskGroup(of: T?.self) { group in
                 group.addTask {
                     try await controller.run(on: connection)

@@ -33,6 +33,8 @@ public struct CallSignalSequencer<Signal: Sendable>: Sendable {
     public let gapWait: TimeInterval
     private var last: [Key: UInt32] = [:]
     private var waiting: [Key: [Waiting]] = [:]
+    /// When a signal of each call id last arrived (for `forgetInactive`).
+    private var activity: [Data: Date] = [:]
 
     /// Nothing processed yet; `gapWait` in seconds.
     public init(gapWait: TimeInterval = 2) {
@@ -42,6 +44,7 @@ public struct CallSignalSequencer<Signal: Sendable>: Sendable {
     /// A signal with `sequence` (≥ 1) from `key`'s sender arrived at `now`. Returns the signals to process now, in
     /// order: none (a replay, or it waits for a gap), it, or it followed by waiting ones it unblocked.
     public mutating func received(_ signal: Signal, key: Key, sequence: UInt32, at now: Date) -> [Signal] {
+        activity[key.callID] = max(activity[key.callID] ?? now, now)
         let processed = last[key] ?? 0
         guard sequence > processed else { return [] }  // a replay
         var queue = waiting[key] ?? []
@@ -70,7 +73,18 @@ public struct CallSignalSequencer<Signal: Sendable>: Sendable {
     public mutating func forget(callID: Data) {
         last = last.filter { $0.key.callID != callID }
         waiting = waiting.filter { $0.key.callID != callID }
+        activity[callID] = nil
     }
+
+    /// Forgets every call id whose last signal arrived `idle` seconds or more before `now` (protocol/calls.md 10:
+    /// 180 s, twice the longest ttl, so the relay can no longer deliver a copy of its signals), except those in
+    /// `keeping` (calls still going). Bounds what a long-running client keeps (review finding 7).
+    public mutating func forgetInactive(at now: Date, after idle: TimeInterval, keeping: Set<Data> = []) {
+        for (callID, last) in activity where now.timeIntervalSince(last) >= idle && !keeping.contains(callID) { forget(callID: callID) }
+    }
+
+    /// Call ids this sequencer holds anything for (tests).
+    var knownCallIDs: Set<Data> { Set(last.keys.map(\.callID)).union(waiting.keys.map(\.callID)).union(activity.keys) }
 
     private mutating func release(_ key: Key, at now: Date) -> [Signal] {
         var queue = waiting[key] ?? []

@@ -1,6 +1,12 @@
 import FlitzProtocol
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // The client call state machine of protocol/calls.md section 8, as a value: one `mutating func` per event, each
 // returning the `CallStateMachine.Action`s its owner (`CallController`) performs. No I/O, no clock: every event
 // carries its time. Tested as transcripts in Tests/FlitzClientTests/CallStateMachineTests.swift.
@@ -178,11 +184,16 @@ public struct CallStateMachine: Sendable {
 
     private var calls: [CallID: Call] = [:]
     private var buffered: [CallID: [Buffered]] = [:]
-    /// Every call that ended while this machine ran: later signals for them are ignored.
-    private var ended: Set<CallID> = []
+    /// Calls that ended, with when: later signals for them are ignored until `forgetEnded` drops them, 180 s on.
+    private var ended: [CallID: Date] = [:]
     /// Own offers that ended (hung up, timed out, or gave way to an incoming call in glare) while they were being
     /// sent: hung up as soon as `offerSent` names their devices, so they do not ring on.
     private var unsentOffersEnded: [CallID: String] = [:]
+
+    /// Most peer candidates one call keeps (protocol/calls.md 8), those buffered before the offer included; later
+    /// ones are dropped. Media sends to every peer candidate until one authenticates, so this bounds what a peer
+    /// can make this device send to (review finding 1: 16 per message, but any number of messages).
+    public static let maxPeerCandidates = 32
 
     /// Most call ids with buffered signals at once; signals for further unknown call ids are dropped (a bound on
     /// what peers can make this device hold, like the relay's 64 held signals per device).
@@ -198,7 +209,21 @@ public struct CallStateMachine: Sendable {
     public var activeCalls: [CallID] { calls.keys.sorted() }
 
     /// Whether `id` ended on this machine (later signals for it are ignored).
-    public func hasEnded(_ id: CallID) -> Bool { ended.contains(id) }
+    public func hasEnded(_ id: CallID) -> Bool { ended[id] != nil }
+
+    /// How long an ended call id is remembered (protocol/calls.md 10: twice the longest signal ttl, 90 s, so no copy
+    /// of its signals can still come from the relay afterwards).
+    public static let forgetEndedAfter: TimeInterval = 180
+
+    /// Forgets calls that ended `forgetEndedAfter` or more before `now` (review finding 7: a long-running device
+    /// would otherwise keep every call id it ever saw). Returns no actions.
+    public mutating func forgetEnded(at now: Date) -> [Action] {
+        ended = ended.filter { now.timeIntervalSince($0.value) < Self.forgetEndedAfter }
+        return []
+    }
+
+    /// How many ended call ids are remembered (tests).
+    var rememberedEndedCalls: Int { ended.count }
 
     /// The peer handle of a call not ended.
     public func peer(of id: CallID) -> String? { calls[id]?.peer }
@@ -211,7 +236,7 @@ public struct CallStateMachine: Sendable {
     /// The user calls `peer` with the fresh call id `id`. Nothing when this device is already in a call (the
     /// owner refuses the call first) or `id` is known.
     public mutating func placeCall(_ id: CallID, to peer: String, at now: Date) -> [Action] {
-        guard calls.isEmpty, !ended.contains(id) else { return [] }
+        guard calls.isEmpty, ended[id] == nil else { return [] }
         calls[id] = Call(id: id, peer: peer, direction: .outgoing, phase: .offering, startedAt: now, candidates: [])
         return [.sendOffer(id, to: peer)]
     }
@@ -308,11 +333,13 @@ public struct CallStateMachine: Sendable {
     public mutating func receivedOffer(
         _ id: CallID, from sender: String, device: UInt32, candidates: [CallCandidate], expiresAt: Date, at now: Date
     ) -> [Action] {
-        guard !ended.contains(id), calls[id] == nil else { return [] }
+        if ended[id] != nil { return touchEnded(id, at: now) }
+        guard calls[id] == nil else { return [] }
         let early = buffered.removeValue(forKey: id)?.filter { $0.sender == sender && $0.device == device } ?? []
         var call = Call(
             id: id, peer: sender, direction: .incoming, callerDevice: device, phase: .ringingIncoming(expiresAt: expiresAt), startedAt: now,
-            candidates: candidates + early.flatMap(\.candidates))
+            candidates: [])
+        call.candidates = Self.merged(call.candidates, candidates + early.flatMap(\.candidates)).kept
         // A hangup that came first: the offer never rings (calls.md 8).
         if early.contains(where: \.hangup) {
             return end(call, .missed, at: now)
@@ -320,7 +347,7 @@ public struct CallStateMachine: Sendable {
         // Glare: an unanswered outgoing call to the same handle.
         if let own = calls.values.first(where: { $0.direction == .outgoing && $0.peer == sender && $0.isUnanswered }) {
             if own.id < id {
-                ended.insert(id)  // ours wins; the peer gives way and answers it; later signals of theirs are moot
+                ended[id] = now  // ours wins; the peer gives way and answers it; later signals of theirs are moot
                 return []
             }
             var actions: [Action] = []
@@ -331,13 +358,13 @@ public struct CallStateMachine: Sendable {
                 unsentOffersEnded[own.id] = own.peer
             }
             calls[own.id] = nil
-            ended.insert(own.id)
+            ended[own.id] = now
             actions.append(.replaced(own.id, by: id))
             return answer(&call, device: device, at: now, actions: actions)
         }
         // In a call already: busy, recorded as missed, never rings.
         if !calls.isEmpty {
-            ended.insert(id)
+            ended[id] = now
             return [.sendBusy(id, to: sender, device: device), .ended(call.record(.missed, at: now))]
         }
         calls[id] = call
@@ -354,11 +381,11 @@ public struct CallStateMachine: Sendable {
             let others = devices.filter { $0 != device && !busy.contains($0) }
             call.phase = .answered(device: device, others: others)
             call.answeredAt = now
-            call.candidates = candidates
+            call.candidates = Self.merged([], candidates).kept
             calls[id] = call
             var actions: [Action] = []
             if !others.isEmpty { actions.append(.sendHangup(id, .answeredElsewhere, to: sender, devices: others)) }
-            actions.append(.startMedia(id, peer: sender, device: device, candidates: candidates))
+            actions.append(.startMedia(id, peer: sender, device: device, candidates: call.candidates))
             return actions
         case .answered(let winner, let others), .connected(let winner, let others):
             guard device != winner, others.contains(device) else { return [] }
@@ -370,26 +397,30 @@ public struct CallStateMachine: Sendable {
 
     /// `CALL_ICE` for `id` from `device` of `sender`: candidates, kept or passed to running media.
     public mutating func receivedCandidates(_ id: CallID, from sender: String, device: UInt32, candidates: [CallCandidate], expiresAt: Date, at now: Date) -> [Action] {
-        guard !ended.contains(id) else { return [] }
+        if ended[id] != nil { return touchEnded(id, at: now) }
         guard var call = calls[id] else {
-            bufferSignal(id, sender: sender, device: device, expiresAt: expiresAt) { $0.candidates += candidates }
+            bufferSignal(id, sender: sender, device: device, expiresAt: expiresAt) { $0.candidates = Self.merged($0.candidates, candidates).kept }
             return []
         }
         guard call.peer == sender, !candidates.isEmpty else { return [] }
         if let media = call.mediaDevice {
-            return media == device ? [.addPeerCandidates(id, candidates)] : []
+            guard media == device else { return [] }
+            let (kept, added) = Self.merged(call.candidates, candidates)
+            call.candidates = kept
+            calls[id] = call
+            return added.isEmpty ? [] : [.addPeerCandidates(id, added)]
         }
         // Before the answer: the caller's candidates for this callee device; a caller keeps none from callee devices
         // until one answers (only the winner's count, and its answer carries them).
         guard call.direction == .incoming, call.callerDevice == device else { return [] }
-        call.candidates += candidates
+        call.candidates = Self.merged(call.candidates, candidates).kept
         calls[id] = call
         return []
     }
 
     /// `CALL_HANGUP` for `id` with `reason` from `device` of `sender`.
     public mutating func receivedHangup(_ id: CallID, from sender: String, device: UInt32, reason: CallHangupReason, expiresAt: Date, at now: Date) -> [Action] {
-        guard !ended.contains(id) else { return [] }
+        if ended[id] != nil { return touchEnded(id, at: now) }
         guard let call = calls[id] else {
             bufferSignal(id, sender: sender, device: device, expiresAt: expiresAt) { $0.hangup = true }
             return []
@@ -433,6 +464,50 @@ public struct CallStateMachine: Sendable {
 
     // MARK: helpers
 
+    /// `known` followed by those of `new` that are usable (`isUsable`), not known yet, and fit within
+    /// `maxPeerCandidates`; `added` is what was appended.
+    static func merged(_ known: [CallCandidate], _ new: [CallCandidate]) -> (kept: [CallCandidate], added: [CallCandidate]) {
+        var kept = known, added: [CallCandidate] = []
+        for candidate in new where kept.count < maxPeerCandidates && isUsable(candidate) && !kept.contains(candidate) {
+            kept.append(candidate)
+            added.append(candidate)
+        }
+        return (kept, added)
+    }
+
+    /// Whether media may send to `candidate`: a unicast IPv4 or IPv6 literal and a port. Refused: unspecified
+    /// (0.0.0.0/8, ::), multicast (224.0.0.0/4, ff00::/8), broadcast and reserved (240.0.0.0/4, including
+    /// 255.255.255.255), link-local (169.254.0.0/16, fe80::/10), IPv4-mapped IPv6 by the IPv4 rules, and anything
+    /// not an address literal. Loopback stays allowed (same-host peers and tests).
+    public static func isUsable(_ candidate: CallCandidate) -> Bool {
+        guard candidate.port != 0 else { return false }
+        if let v4 = ipv4(candidate.address) { return isUsableIPv4(v4) }
+        var v6 = in6_addr()
+        guard inet_pton(AF_INET6, candidate.address, &v6) == 1 else { return false }
+        let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+        if bytes.allSatisfy({ $0 == 0 }) { return false }  // ::
+        if bytes[0] == 0xff { return false }  // multicast
+        if bytes[0] == 0xfe && bytes[1] & 0xc0 == 0x80 { return false }  // link-local
+        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {  // ::ffff:a.b.c.d
+            return isUsableIPv4(Array(bytes[12..<16]))
+        }
+        return true
+    }
+
+    private static func ipv4(_ address: String) -> [UInt8]? {
+        let parts = address.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        let bytes = parts.compactMap { $0.count <= 3 && $0.allSatisfy(\.isASCII) ? UInt8($0) : nil }
+        return bytes.count == 4 ? bytes : nil
+    }
+
+    private static func isUsableIPv4(_ b: [UInt8]) -> Bool {
+        if b[0] == 0 { return false }  // unspecified / "this network"
+        if b[0] >= 224 { return false }  // multicast, reserved, broadcast
+        if b[0] == 169 && b[1] == 254 { return false }  // link-local
+        return true
+    }
+
     private mutating func answer(_ call: inout Call, device: UInt32, at now: Date, actions: [Action]) -> [Action] {
         call.phase = .answered(device: device, others: [])
         call.answeredAt = now
@@ -443,9 +518,15 @@ public struct CallStateMachine: Sendable {
         ]
     }
 
+    /// A signal for the ended call `id` arrived: it is ignored, and the call is remembered 180 s from now.
+    private mutating func touchEnded(_ id: CallID, at now: Date) -> [Action] {
+        ended[id] = max(ended[id] ?? now, now)
+        return []
+    }
+
     private mutating func end(_ call: Call, _ outcome: CallOutcome, at now: Date) -> [Action] {
         calls[call.id] = nil
-        ended.insert(call.id)
+        ended[call.id] = now
         buffered[call.id] = nil
         return [.ended(call.record(outcome, at: now))]
     }

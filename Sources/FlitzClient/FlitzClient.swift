@@ -242,13 +242,17 @@ public final class FlitzClient: Sendable {
     /// due, and tops up one-time prekeys of either kind when the relay runs low. Follows the account's
     /// seen-receipts setting, and on a primary device that has not published a device list yet (after
     /// `Register` or `Recover`), publishes version 1 holding itself (`protocol/devices.md` section 7).
-    /// Returns the connection's challenge nonce (signed again by `DeleteAccount`).
+    /// Returns the connection's challenge nonce (signed again by `DeleteAccount`). `callSignals`: this connection
+    /// runs a `CallController` and wants call signals (`Authenticate.call_signals`, protocol/calls.md 3.2); others
+    /// leave it unset, so the relay holds signals for the device and rings it instead of handing them to a
+    /// connection that would never read them.
     @discardableResult
-    func authenticate(_ connection: RelayConnection, _ account: AccountRecord) async throws -> Data {
+    func authenticate(_ connection: RelayConnection, _ account: AccountRecord, callSignals: Bool = false) async throws -> Data {
         let challenge = try await Self.challenge(connection)
         var authenticate = WireAuthenticate()
         authenticate.handle = account.handle
         authenticate.deviceID = account.deviceID
+        authenticate.callSignals = callSignals
         authenticate.signature = account.device.privateKey.signature(
             for: SignedPayload.authentication(nonce: challenge.nonce, handle: account.handle))
         let answer: WireFrame
@@ -293,14 +297,15 @@ public final class FlitzClient: Sendable {
         return challenge.nonce
     }
 
-    /// Runs `body` on an authenticated connection.
+    /// Runs `body` on an authenticated connection; `callSignals` only when `body` runs a `CallController` on it
+    /// (see `authenticate`).
     func withAuthenticatedConnection<T: Sendable>(
-        _ account: AccountRecord, _ body: @escaping @Sendable (RelayConnection) async throws -> T
+        _ account: AccountRecord, callSignals: Bool = false, _ body: @escaping @Sendable (RelayConnection) async throws -> T
     ) async throws -> T {
         // Disappearing messages go on every run that reaches the relay (`protocol/conversations.md` section 8).
         try sweepExpired()
         return try await RelayConnection.with(url: account.relayURL, caFile: caFile, logger: logger, tap: frameTap.withLock { $0 }) { connection in
-            try await self.authenticate(connection, account)
+            try await self.authenticate(connection, account, callSignals: callSignals)
             return try await body(connection)
         }
     }

@@ -737,7 +737,7 @@ extension FlitzClient {
     /// (its `events`) and calls can be placed and answered through it (CallController.swift).
     /// - Throws: `ClientError` for errors other than a lost connection; `CancellationError`.
     public func listen(calls: CallController? = nil, onEvent: @escaping @Sendable (ClientEvent) -> Void) async throws {
-        try await runConnected(onEvent: onEvent) { connection, account in
+        try await runConnected(onEvent: onEvent, callSignals: calls != nil) { connection, account in
             try await self.withSignals(on: connection, account: account, peer: nil, typing: nil) {
                 if let calls { try await calls.run(on: connection) } else { try await Task.sleep(for: .seconds(86_400 * 365)) }
             }
@@ -780,9 +780,11 @@ extension FlitzClient {
     /// `onMessages`, when given, receives the new messages of each processing step as one batch (the queue
     /// drained on connecting, then each `Deliver`), claimed for notification only (`claimForNotification`: not
     /// marked shown, not reported seen), instead of `onEvent(.message)` per shown message.
+    /// `callSignals`: `foreground` runs a `CallController` (sets `Authenticate.call_signals`, protocol/calls.md 3.2).
     func runConnected(
         onEvent: @escaping @Sendable (ClientEvent) -> Void,
         onMessages: (@Sendable ([ReceivedMessage]) -> Void)? = nil,
+        callSignals: Bool = false,
         foreground: @escaping @Sendable (RelayConnection, AccountRecord) async throws -> Void
     ) async throws {
         let account = try requireAccount()
@@ -797,7 +799,7 @@ extension FlitzClient {
         let reported = Mutex(false)
         while true {
             do {
-                try await withAuthenticatedConnection(account) { connection in
+                try await withAuthenticatedConnection(account, callSignals: callSignals) { connection in
                     if reported.withLock({ $0 }) { onEvent(.warning("reconnected")) }
                     reported.withLock { $0 = false }
                     for warning in try await self.resendPending(on: connection) { onEvent(.warning(warning)) }

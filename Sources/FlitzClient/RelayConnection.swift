@@ -27,9 +27,17 @@ public final class RelayConnection: Sendable {
     private let state = Mutex(State())
     private let unsolicited = WaitQueue<WireFrame>()
     /// Call signals delivered to this device (protocol/calls.md 3.2), apart from the other unsolicited frames so
-    /// that a `CallController` reads them while `drain` and `listen` read deliveries.
-    private let callSignals = WaitQueue<WireCallSignalDelivery>()
+    /// that a `CallController` reads them while `drain` and `listen` read deliveries. Only connections that set
+    /// `Authenticate.call_signals` get any; still at most `maxQueuedCallSignals`, the oldest dropped (like the
+    /// relay's 64 held per device), so a controller that falls behind cannot make it grow without bound.
+    private let callSignals = WaitQueue<WireCallSignalDelivery>(limit: RelayConnection.maxQueuedCallSignals)
     private let clockOffset = Mutex<Int64>(0)
+
+    /// Most call signals waiting to be read on one connection (protocol/calls.md 3.2's 64 per device).
+    public static let maxQueuedCallSignals = 64
+
+    /// Call signals received and not read yet (tests).
+    var queuedCallSignals: Int { callSignals.count }
     /// Sees every frame this connection writes, decoded back from the bytes written (tests read envelopes'
     /// urgency classes from it); nil in normal use.
     private let tap: (@Sendable (WireFrame) -> Void)?

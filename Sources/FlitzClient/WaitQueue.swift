@@ -3,7 +3,7 @@ import Synchronization
 
 /// A FIFO that one consumer awaits. Unlike an `AsyncStream`, a wait can end (cancellation, timeout)
 /// without ending the queue, and an item can go back to the front. Used for the relay's unsolicited
-/// frames and for `chat`'s typed lines.
+/// frames and for `chat`'s typed lines. With a `limit`, pushing onto a full queue drops its oldest item.
 final class WaitQueue<Element: Sendable>: Sendable {
     private struct State {
         var items: [Element] = []
@@ -13,8 +13,16 @@ final class WaitQueue<Element: Sendable>: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Most items held at once (nil: unbounded); the oldest is dropped to make room.
+    private let limit: Int?
 
-    init() {}
+    /// An empty queue holding at most `limit` items (nil: unbounded; otherwise at least 1).
+    init(limit: Int? = nil) {
+        self.limit = limit.map { max(1, $0) }
+    }
+
+    /// Items waiting (not yet taken).
+    var count: Int { state.withLock { $0.items.count } }
 
     /// Adds an item at the back (or the front), handing it straight to a waiting consumer.
     func push(_ item: Element, front: Bool = false) {
@@ -24,6 +32,7 @@ final class WaitQueue<Element: Sendable>: Sendable {
                 return waiter.continuation
             }
             if front { state.items.insert(item, at: 0) } else { state.items.append(item) }
+            if let limit, state.items.count > limit { state.items.removeFirst(state.items.count - limit) }
             return nil
         }
         waiter?.resume(returning: item)

@@ -168,6 +168,67 @@ import Testing
         ])
     }
 
+    /// `count` distinct usable host candidates on 203.0.113.`octet`, ports from `firstPort`.
+    static func hosts(_ count: Int, octet: UInt8, firstPort: UInt16 = 5000) -> [CallCandidate] {
+        (0..<count).map { CallCandidate(kind: .host, address: "203.0.113.\(octet)", port: firstPort + UInt16($0), priority: 100) }
+    }
+
+    @Test func aCallKeepsAtMost32PeerCandidatesBufferedOnesIncluded() {
+        var m = CallStateMachine()
+        let c = Self.id(40)
+        let early = Self.hosts(16, octet: 1) + Self.hosts(16, octet: 2)  // two ICE messages before the offer
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: Array(early[0..<16]), expiresAt: Self.expiry, at: Self.at(0)) == [])
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: Array(early[16...]), expiresAt: Self.expiry, at: Self.at(0)) == [])
+        let offered = Self.hosts(16, octet: 3)
+        #expect(m.receivedOffer(c, from: "alice", device: 7, candidates: offered, expiresAt: Self.expiry, at: Self.at(1))
+            == [.ring(c, from: "alice", device: 7, expiresAt: Self.expiry)])
+        // Ringing: more trickled candidates are dropped too.
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: Self.hosts(16, octet: 4), expiresAt: Self.expiry, at: Self.at(1)) == [])
+        // The offer's 16, then the first 16 buffered: 32.
+        #expect(m.userAnswered(c, at: Self.at(2)) == [
+            .stopRinging(c), .sendAnswer(c, to: "alice", device: 7),
+            .startMedia(c, peer: "alice", device: 7, candidates: offered + Array(early[0..<16])),
+        ])
+        // Running media gets none beyond 32.
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: Self.hosts(16, octet: 5), expiresAt: Self.expiry, at: Self.at(3)) == [])
+    }
+
+    @Test func theCallerKeepsAtMost32OfTheAnsweringDevice() {
+        var m = CallStateMachine()
+        let c = Self.id(41)
+        _ = m.placeCall(c, to: "bob", at: Self.at(0))
+        _ = m.offerSent(c, devices: [1], at: Self.at(0))
+        let answered = Self.hosts(16, octet: 1)
+        #expect(m.receivedAnswer(c, from: "bob", device: 1, candidates: answered, at: Self.at(1))
+            == [.startMedia(c, peer: "bob", device: 1, candidates: answered)])
+        let trickled = Self.hosts(10, octet: 2), more = Self.hosts(10, octet: 3)
+        #expect(m.receivedCandidates(c, from: "bob", device: 1, candidates: trickled, expiresAt: Self.expiry, at: Self.at(2))
+            == [.addPeerCandidates(c, trickled)])
+        // A repeat adds nothing; of the next ten, six fit.
+        #expect(m.receivedCandidates(c, from: "bob", device: 1, candidates: trickled, expiresAt: Self.expiry, at: Self.at(2)) == [])
+        #expect(m.receivedCandidates(c, from: "bob", device: 1, candidates: more, expiresAt: Self.expiry, at: Self.at(3))
+            == [.addPeerCandidates(c, Array(more[0..<6]))])
+        #expect(m.receivedCandidates(c, from: "bob", device: 1, candidates: Self.hosts(1, octet: 4), expiresAt: Self.expiry, at: Self.at(4)) == [])
+    }
+
+    @Test func unspecifiedMulticastBroadcastAndLinkLocalCandidatesAreIgnored() {
+        var m = CallStateMachine()
+        let c = Self.id(42)
+        let refused = ["0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "255.255.255.255", "169.254.10.20", "::", "ff02::1", "fe80::1",
+            "febf::1", "::ffff:169.254.0.1", "::ffff:224.0.0.1", "example.org", "1.2.3", ""]
+            .map { CallCandidate(kind: .host, address: $0, port: 4000, priority: 1) } + [CallCandidate(kind: .host, address: "192.0.2.9", port: 0, priority: 1)]
+        let allowed = ["127.0.0.1", "::1", "10.0.0.2", "192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "fec0::1"]
+            .map { CallCandidate(kind: .host, address: $0, port: 4000, priority: 1) }
+        for candidate in refused { #expect(!CallStateMachine.isUsable(candidate), "\(candidate.address):\(candidate.port)") }
+        for candidate in allowed { #expect(CallStateMachine.isUsable(candidate), "\(candidate.address)") }
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: Array(refused[0..<8]), expiresAt: Self.expiry, at: Self.at(0)) == [])
+        _ = m.receivedOffer(c, from: "alice", device: 7, candidates: Array(refused[8...]) + allowed, expiresAt: Self.expiry, at: Self.at(1))
+        #expect(m.userAnswered(c, at: Self.at(2)) == [
+            .stopRinging(c), .sendAnswer(c, to: "alice", device: 7), .startMedia(c, peer: "alice", device: 7, candidates: allowed),
+        ])
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: refused, expiresAt: Self.expiry, at: Self.at(3)) == [])
+    }
+
     @Test func bufferedSignalsExpire() {
         var m = CallStateMachine()
         let c = Self.id(11)
@@ -313,5 +374,48 @@ import Testing
         #expect(s.received("b1", key: other, sequence: 1, at: Self.t0) == ["b1"])
         s.forget(callID: Self.key.callID)
         #expect(s.received("a1 after forget", key: Self.key, sequence: 1, at: Self.t0) == ["a1 after forget"])
+    }
+
+    // MARK: forgetting old calls (review finding 7)
+
+    typealias Machine = CallStateMachineTests
+
+    @Test func theSequencerForgetsACall180SecondsAfterItsLastSignalUnlessItIsKept() {
+        var s = Sequencer()
+        let other = Sequencer.Key(callID: Data(repeating: 2, count: 16), senderHandle: "bob", senderDeviceID: 3)
+        _ = s.received("a1", key: Self.key, sequence: 1, at: Machine.at(0))
+        _ = s.received("a2", key: Self.key, sequence: 2, at: Machine.at(100))
+        _ = s.received("b1", key: other, sequence: 1, at: Machine.at(0))
+        s.forgetInactive(at: Machine.at(279), after: 180, keeping: [])
+        #expect(s.knownCallIDs == [Self.key.callID], "b idle 279 s: gone; a idle 179 s: kept")
+        #expect(s.received("a2 replayed", key: Self.key, sequence: 2, at: Machine.at(279)) == [], "still a replay")
+        s.forgetInactive(at: Machine.at(459), after: 180, keeping: [Self.key.callID])
+        #expect(s.knownCallIDs == [Self.key.callID], "a call still going is kept")
+        s.forgetInactive(at: Machine.at(459), after: 180)
+        #expect(s.knownCallIDs.isEmpty)
+    }
+
+    @Test func anEndedCallIsForgotten180SecondsAfterItsLastSignal() {
+        var m = CallStateMachine()
+        let c = Machine.id(50), lost = Machine.id(0x51)
+        _ = m.placeCall(Machine.id(0x40), to: "alice", at: Machine.at(0))
+        _ = m.offerSent(Machine.id(0x40), devices: [7], at: Machine.at(0))
+        // Glare lost by alice's bigger id: ended at once, never in `calls`.
+        #expect(m.receivedOffer(lost, from: "alice", device: 7, candidates: [], expiresAt: Machine.expiry, at: Machine.at(1)) == [])
+        _ = m.userHungUp(Machine.id(0x40), at: Machine.at(2))
+        _ = m.receivedOffer(c, from: "alice", device: 7, candidates: [], expiresAt: Machine.expiry, at: Machine.at(3))
+        _ = m.userDeclined(c, at: Machine.at(4))
+        #expect(m.rememberedEndedCalls == 3)
+        // A late hangup for c at 100 s is ignored and keeps it remembered until 280 s.
+        #expect(m.receivedHangup(c, from: "alice", device: 7, reason: .normal, expiresAt: Machine.at(190), at: Machine.at(100)) == [])
+        #expect(m.forgetEnded(at: Machine.at(183)) == [])
+        #expect(m.rememberedEndedCalls == 1 && m.hasEnded(c) && !m.hasEnded(lost))
+        #expect(m.receivedCandidates(c, from: "alice", device: 7, candidates: [Machine.host], expiresAt: Machine.at(280), at: Machine.at(190)) == [])
+        _ = m.forgetEnded(at: Machine.at(369))
+        #expect(m.hasEnded(c), "179 s after its last signal")
+        _ = m.forgetEnded(at: Machine.at(370))
+        #expect(m.rememberedEndedCalls == 0 && !m.hasEnded(c))
+        // Forgotten, the id is unknown again: a signal for it is buffered like any early one, not acted on.
+        #expect(m.receivedHangup(c, from: "alice", device: 7, reason: .normal, expiresAt: Machine.at(400), at: Machine.at(371)) == [])
     }
 }
