@@ -152,6 +152,12 @@ final class CallSignalBroker: Sendable {
         }
     }
 
+    /// Forgets whichever connection writes `device`'s copies: the device authenticated on a connection that did not set
+    /// `Authenticate.call_signals`, so it counts as not connected for calls (`calls.md` 3.2) and its copies are held.
+    func detachAny(_ device: DeviceAddress) {
+        state.withLock { _ = $0.attached.removeValue(forKey: device) }
+    }
+
     /// Takes `device`'s unexpired copies, in acceptance order, for its attached connection `connectionID` to write
     /// now (expired ones are dropped and counted). Empty when `connectionID` is not (any more) the attached one.
     func take(_ device: DeviceAddress, connectionID: UInt64, nowMs: Int64) -> [WireCallSignalDelivery] {
