@@ -262,24 +262,27 @@ import Testing
         }
     }
 
-    @Test func aDeviceHoldsAtMostSixtyFourSignalsTheOldestDropped() async throws {
+    @Test func anAccountHoldsAtMostEightSignalsForADeviceTheOldestNonOfferDropped() async throws {
         try await RelayHarness.run { relay in
             let alice = TestIdentity("alice"), bob = TestIdentity("bob")
             try await registerAll(relay, [alice, bob])
             let call = callID(0xF1)
             try await relay.connect { connection in
                 try await connection.authenticate(alice)
+                // An offer, then 69 ICE signals of the same call: every one is accepted and reported held.
                 for sequence in 1...70 {
-                    let reply = try await connection.sendCallSignal(signal(.callIce, call, to: "bob", devices: [1], sequence: UInt32(sequence)))
+                    let kind: WireCallSignalKind = sequence == 1 ? .callOffer : .callIce
+                    let reply = try await connection.sendCallSignal(signal(kind, call, to: "bob", devices: [1], sequence: UInt32(sequence)))
                     #expect(reply.callSignalResult?.heldDeviceIds == [1], "\(reply)")
                 }
             }
-            #expect(relay.app.relay.calls.counts == CallSignalBroker.Counts(inMemory: 64, expired: 0, overflowed: 6))
+            // Kept: the offer and the newest seven ICE signals (calls.md 3.2: 8 per sending account and device).
+            #expect(relay.app.relay.calls.counts == CallSignalBroker.Counts(inMemory: 8, expired: 0, overflowed: 62))
             let exposition = await relay.app.relay.metrics.exposition()
-            #expect(sample(exposition, "flitz_call_signals_held") == 64, "\(exposition)")
+            #expect(sample(exposition, "flitz_call_signals_held") == 8, "\(exposition)")
             try await relay.connect { connection in
                 let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1, callSignals: true))
-                #expect(frames.compactMap(\.callSignalDelivery).map(\.sequence) == Array(7...70).map(UInt32.init))
+                #expect(frames.compactMap(\.callSignalDelivery).map(\.sequence) == [1] + Array(64...70).map(UInt32.init))
             }
         }
     }
