@@ -21,6 +21,10 @@ final class CallSignalBroker: Sendable {
     static let maxPerDevice = 64
     /// Most copies kept for one device from one sending account (calls.md 3.2 and 10).
     static let maxPerSender = 8
+    /// Least time between two full purges from the request path, ms. A purge scans every list under the lock, so under
+    /// load (some copy always just expired) it runs at most once a second; meanwhile an expired copy may stay in memory
+    /// a little longer, but every read checks the expiry itself: it is never handed out, rung or counted as a sequence.
+    static let purgeIntervalMs: Int64 = 1_000
 
     /// One copy for one device, as it will be delivered.
     struct Item: Sendable {
@@ -69,6 +73,9 @@ final class CallSignalBroker: Sendable {
         var nextSerial: UInt64 = 1
         /// The earliest expiry of anything in `lists` or `sequences` (a full purge is due then).
         var nextExpiryMs: Int64 = .max
+        /// When the last full purge ran (relay clock, ms), if ever: the request path purges at most once a
+        /// `purgeIntervalMs`.
+        var lastPurgeMs: Int64?
         var counts = Counts()
     }
 
@@ -119,6 +126,11 @@ final class CallSignalBroker: Sendable {
                     continue
                 }
                 var list = state.lists[device] ?? []
+                // Expired copies a purge has not yet dropped take no place.
+                let unexpired = list.count
+                list.removeAll { $0.expiresAtMs <= nowMs }
+                state.counts.expired += unexpired - list.count
+                state.counts.inMemory -= unexpired - list.count
                 let (dropped, kept) = Self.add(Item(serial: serial, delivery: copy), to: &list)
                 state.counts.inMemory += kept ? 1 - dropped : 0
                 state.counts.overflowed += dropped
@@ -233,6 +245,7 @@ final class CallSignalBroker: Sendable {
 
     private static func purgeIfDue(_ state: inout State, nowMs: Int64) -> Bool {
         guard nowMs >= state.nextExpiryMs else { return false }
+        if let last = state.lastPurgeMs, nowMs >= last, nowMs - last < purgeIntervalMs { return false }
         purge(&state, nowMs: nowMs)
         return true
     }
@@ -251,5 +264,6 @@ final class CallSignalBroker: Sendable {
         state.sequences = state.sequences.filter { $0.value.untilMs > nowMs }
         for entry in state.sequences.values { next = min(next, entry.untilMs) }
         state.nextExpiryMs = next
+        state.lastPurgeMs = nowMs
     }
 }

@@ -142,4 +142,25 @@ import Testing
         #expect(taken.last?.senderHandle == "eve")
         #expect(broker.counts.overflowed == 1)
     }
+
+    @Test func requestsPurgeAtMostOnceASecondAndAnExpiredCopyIsNeverHandedOutMeanwhile() throws {
+        let broker = CallSignalBroker()
+        let laptop = DeviceAddress(handle: "bob", deviceID: 2)
+        _ = broker.accept(key(7), sequence: 1, recipient: "bob", copies: [copy(1, expiresAtMs: 1_000)], expiresAtMs: 1_000, drop: false, nowMs: 0)
+        let later = broker.accept(
+            key(8), sequence: 1, recipient: "bob", copies: [copy(1, device: 2, expiresAtMs: 1_500)], expiresAtMs: 1_500, drop: false, nowMs: 0)
+        let serial = try #require(later?.held.first?.serial)
+        // At the first expiry a request purges: one copy dropped.
+        #expect(broker.isFresh(key(9), sequence: 1, nowMs: 1_000))
+        #expect(broker.counts == CallSignalBroker.Counts(inMemory: 1, expired: 1, overflowed: 0))
+        // The second copy expired at 1 500, but the last purge was under a second ago: no scan yet...
+        #expect(broker.isFresh(key(9), sequence: 1, nowMs: 1_600))
+        #expect(broker.counts == CallSignalBroker.Counts(inMemory: 1, expired: 1, overflowed: 0))
+        // ...and still the expired copy is not waiting (never rung) and its pair's sequence is free again.
+        #expect(!broker.isWaiting(laptop, serial: serial, nowMs: 1_600))
+        #expect(broker.isFresh(key(8), sequence: 1, nowMs: 1_600))
+        // A second after the last purge, the next request purges it.
+        #expect(broker.isFresh(key(9), sequence: 1, nowMs: 2_000))
+        #expect(broker.counts == CallSignalBroker.Counts(inMemory: 0, expired: 2, overflowed: 0))
+    }
 }
