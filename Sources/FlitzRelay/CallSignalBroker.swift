@@ -104,15 +104,21 @@ final class CallSignalBroker: Sendable {
 
     /// Accepts one signal: records its sequence for `key`, and unless `drop` (a blocked sender, `calls.md` 3.1) hands
     /// each copy to its device's attached connection or holds it. Returns nil, accepting nothing, when the sequence is
-    /// no longer fresh. With `drop`, every device is reported as holding it and nothing is kept.
+    /// no longer fresh (check 5) or `admit` refuses. With `drop`, every device is reported as holding it and nothing is
+    /// kept.
+    /// - Parameter admit: called under the lock once the sequence is fresh, before anything is recorded: the rate limits
+    ///   (check 6), which take their tokens only when it returns true. So of two concurrent signals with one sequence
+    ///   (a device's older connection still finishing its request while a newer one sends), the refused one takes no
+    ///   token.
     func accept(
         _ key: SequenceKey, sequence: UInt32, recipient handle: String, copies: [WireCallSignalDelivery], expiresAtMs: Int64, drop: Bool,
-        nowMs: Int64
+        nowMs: Int64, admit: () -> Bool = { true }
     ) -> Acceptance? {
         var wakes: [@Sendable () -> Void] = []
         let outcome = state.withLock { state -> (Acceptance, Counts)? in
             _ = Self.purgeIfDue(&state, nowMs: nowMs)
             if let last = state.sequences[key], last.untilMs > nowMs, sequence <= last.sequence { return nil }
+            guard admit() else { return nil }
             let until = max(expiresAtMs, state.sequences[key].map { $0.untilMs > nowMs ? $0.untilMs : 0 } ?? 0)
             state.sequences[key] = (sequence, until)
             state.nextExpiryMs = min(state.nextExpiryMs, until)

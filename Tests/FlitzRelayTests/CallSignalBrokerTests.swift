@@ -163,4 +163,24 @@ import Testing
         #expect(broker.isFresh(key(9), sequence: 1, nowMs: 2_000))
         #expect(broker.counts == CallSignalBroker.Counts(inMemory: 0, expired: 2, overflowed: 0))
     }
+
+    @Test func theRateLimitIsAskedOnlyForAFreshSequenceAndItsRefusalRecordsNothing() {
+        let broker = CallSignalBroker()
+        var asked = 0
+        func accept(_ nowMs: Int64, admitting: Bool) -> CallSignalBroker.Acceptance? {
+            broker.accept(key(), sequence: 1, recipient: "bob", copies: [copy(1)], expiresAtMs: 10_000, drop: false, nowMs: nowMs) {
+                asked += 1
+                return admitting
+            }
+        }
+        // Refused by the rate limit: nothing held, the sequence stays free.
+        let refused = accept(0, admitting: false)
+        #expect(refused == nil && asked == 1 && broker.counts.inMemory == 0 && broker.isFresh(key(), sequence: 1, nowMs: 1))
+        let admitted = accept(1, admitting: true)
+        #expect(admitted != nil && asked == 2)
+        // A duplicate of that sequence (say from the device's other connection, concurrently) is refused before the rate
+        // limit is asked: it takes no token.
+        let duplicate = accept(2, admitting: true)
+        #expect(duplicate == nil && asked == 2 && broker.counts.inMemory == 1)
+    }
 }
