@@ -7,8 +7,10 @@ import Synchronization
 /// and not yet written to a connection, and per (call id, sending device) the last accepted sequence. Nothing here is
 /// ever stored on disk or logged; a restart loses it all (the calls time out).
 ///
-/// One list per device holds its copies in acceptance order (`serial`), at most `maxPerDevice` (64); beyond that the
-/// oldest is dropped. While the device has an attached connection the list is that connection's outbox: the broker
+/// One list per device holds its copies in acceptance order (`serial`), at most `maxPerSender` (8) from one sending
+/// account and `maxPerDevice` (64) in all; beyond that a copy is dropped as `add` says (never an offer to make room for
+/// another kind), so one account cannot push out the offers others hold for the device. While the device has an
+/// attached connection the list is that connection's outbox: the broker
 /// wakes the connection, which takes the list and writes it (`take`). Without one the list is held until the device
 /// authenticates (`attach`, then `take` right after `AuthenticateResult`) or its copies expire. Holding, waking,
 /// attaching and taking all happen under one lock, so a copy accepted while a device authenticates is either taken with
@@ -17,6 +19,12 @@ import Synchronization
 final class CallSignalBroker: Sendable {
     /// Most copies kept for one device (calls.md 3.2 and 10).
     static let maxPerDevice = 64
+    /// Most copies kept for one device from one sending account (calls.md 3.2 and 10).
+    static let maxPerSender = 8
+    /// Least time between two full purges from the request path, ms. A purge scans every list under the lock, so under
+    /// load (some copy always just expired) it runs at most once a second; meanwhile an expired copy may stay in memory
+    /// a little longer, but every read checks the expiry itself: it is never handed out, rung or counted as a sequence.
+    static let purgeIntervalMs: Int64 = 1_000
 
     /// One copy for one device, as it will be delivered.
     struct Item: Sendable {
@@ -48,7 +56,7 @@ final class CallSignalBroker: Sendable {
         var inMemory = 0
         /// Copies dropped at their expiry, undelivered (cumulative).
         var expired = 0
-        /// Copies dropped because a device already had `maxPerDevice` (cumulative).
+        /// Copies dropped because a device already had `maxPerSender` from their sender or `maxPerDevice` (cumulative).
         var overflowed = 0
     }
 
@@ -65,6 +73,9 @@ final class CallSignalBroker: Sendable {
         var nextSerial: UInt64 = 1
         /// The earliest expiry of anything in `lists` or `sequences` (a full purge is due then).
         var nextExpiryMs: Int64 = .max
+        /// When the last full purge ran (relay clock, ms), if ever: the request path purges at most once a
+        /// `purgeIntervalMs`.
+        var lastPurgeMs: Int64?
         var counts = Counts()
     }
 
@@ -93,15 +104,21 @@ final class CallSignalBroker: Sendable {
 
     /// Accepts one signal: records its sequence for `key`, and unless `drop` (a blocked sender, `calls.md` 3.1) hands
     /// each copy to its device's attached connection or holds it. Returns nil, accepting nothing, when the sequence is
-    /// no longer fresh. With `drop`, every device is reported as holding it and nothing is kept.
+    /// no longer fresh (check 5) or `admit` refuses. With `drop`, every device is reported as holding it and nothing is
+    /// kept.
+    /// - Parameter admit: called under the lock once the sequence is fresh, before anything is recorded: the rate limits
+    ///   (check 6), which take their tokens only when it returns true. So of two concurrent signals with one sequence
+    ///   (a device's older connection still finishing its request while a newer one sends), the refused one takes no
+    ///   token.
     func accept(
         _ key: SequenceKey, sequence: UInt32, recipient handle: String, copies: [WireCallSignalDelivery], expiresAtMs: Int64, drop: Bool,
-        nowMs: Int64
+        nowMs: Int64, admit: () -> Bool = { true }
     ) -> Acceptance? {
         var wakes: [@Sendable () -> Void] = []
         let outcome = state.withLock { state -> (Acceptance, Counts)? in
             _ = Self.purgeIfDue(&state, nowMs: nowMs)
             if let last = state.sequences[key], last.untilMs > nowMs, sequence <= last.sequence { return nil }
+            guard admit() else { return nil }
             let until = max(expiresAtMs, state.sequences[key].map { $0.untilMs > nowMs ? $0.untilMs : 0 } ?? 0)
             state.sequences[key] = (sequence, until)
             state.nextExpiryMs = min(state.nextExpiryMs, until)
@@ -115,16 +132,20 @@ final class CallSignalBroker: Sendable {
                     continue
                 }
                 var list = state.lists[device] ?? []
-                list.append(Item(serial: serial, delivery: copy))
-                state.counts.inMemory += 1
-                if list.count > Self.maxPerDevice {
-                    list.removeFirst(list.count - Self.maxPerDevice)
-                    state.counts.inMemory -= 1
-                    state.counts.overflowed += 1
-                }
-                state.lists[device] = list
+                // Expired copies a purge has not yet dropped take no place.
+                let unexpired = list.count
+                list.removeAll { $0.expiresAtMs <= nowMs }
+                state.counts.expired += unexpired - list.count
+                state.counts.inMemory -= unexpired - list.count
+                let (dropped, kept) = Self.add(Item(serial: serial, delivery: copy), to: &list)
+                state.counts.inMemory += kept ? 1 - dropped : 0
+                state.counts.overflowed += dropped
+                state.lists[device] = list.isEmpty ? nil : list
                 state.nextExpiryMs = min(state.nextExpiryMs, expiresAtMs)
-                if let attachment = state.attached[device] {
+                if !kept {
+                    // Dropped at once (its sender's copies for the device are all offers): reported as held, nothing waits.
+                    acceptance.held.append((copy.recipientDeviceID, serial))
+                } else if let attachment = state.attached[device] {
                     acceptance.delivered.append(copy.recipientDeviceID)
                     wakes.append(attachment.wake)
                 } else {
@@ -150,6 +171,12 @@ final class CallSignalBroker: Sendable {
         state.withLock { state in
             if state.attached[device]?.connectionID == connectionID { state.attached[device] = nil }
         }
+    }
+
+    /// Forgets whichever connection writes `device`'s copies: the device authenticated on a connection that did not set
+    /// `Authenticate.call_signals`, so it counts as not connected for calls (`calls.md` 3.2) and its copies are held.
+    func detachAny(_ device: DeviceAddress) {
+        state.withLock { _ = $0.attached.removeValue(forKey: device) }
     }
 
     /// Takes `device`'s unexpired copies, in acceptance order, for its attached connection `connectionID` to write
@@ -189,8 +216,42 @@ final class CallSignalBroker: Sendable {
         return dropped
     }
 
+    /// Appends `item` to a device's `list` within the caps (`calls.md` 3.2): when its sending account already has
+    /// `maxPerSender` copies there, one of those is dropped; otherwise, when the list has `maxPerDevice`, one copy of
+    /// the account holding the most (the new copy counted; ties: the one with the oldest copy) is dropped. The copy
+    /// dropped is that account's oldest that is not an offer; an offer is dropped (its account's oldest) only to make
+    /// room for another offer. When no copy may go, the new copy itself is dropped. Returns how many copies were
+    /// dropped (0 or 1) and whether `item` was kept.
+    static func add(_ item: Item, to list: inout [Item]) -> (dropped: Int, kept: Bool) {
+        let sender = item.delivery.senderHandle
+        let isOffer = item.delivery.kind == .callOffer
+        // Among `indices` (oldest first): the oldest that is not an offer, or for a new offer the oldest.
+        func victim(among indices: [Int]) -> Int? {
+            indices.first { list[$0].delivery.kind != .callOffer } ?? (isOffer ? indices.first : nil)
+        }
+        let own = list.indices.filter { list[$0].delivery.senderHandle == sender }
+        var index: Int?
+        if own.count >= maxPerSender {
+            index = victim(among: own)
+            if index == nil { return (1, false) }
+        } else if list.count >= maxPerDevice {
+            var bySender: [String: [Int]] = [:]
+            for position in list.indices { bySender[list[position].delivery.senderHandle, default: []].append(position) }
+            let ranked = bySender.sorted { a, b in
+                let countA = a.value.count + (a.key == sender ? 1 : 0), countB = b.value.count + (b.key == sender ? 1 : 0)
+                return countA != countB ? countA > countB : a.value[0] < b.value[0]
+            }
+            for (_, indices) in ranked where index == nil { index = victim(among: indices) }
+            if index == nil { return (1, false) }
+        }
+        if let index { list.remove(at: index) }
+        list.append(item)
+        return (index == nil ? 0 : 1, true)
+    }
+
     private static func purgeIfDue(_ state: inout State, nowMs: Int64) -> Bool {
         guard nowMs >= state.nextExpiryMs else { return false }
+        if let last = state.lastPurgeMs, nowMs >= last, nowMs - last < purgeIntervalMs { return false }
         purge(&state, nowMs: nowMs)
         return true
     }
@@ -209,5 +270,6 @@ final class CallSignalBroker: Sendable {
         state.sequences = state.sequences.filter { $0.value.untilMs > nowMs }
         for entry in state.sequences.values { next = min(next, entry.untilMs) }
         state.nextExpiryMs = next
+        state.lastPurgeMs = nowMs
     }
 }

@@ -104,15 +104,9 @@ extension Relay {
         } else {
             guard addressed.isSubset(of: current) else { throw RelayError(.staleDevice, "not a current device of this handle") }
         }
-        // 5. A replayed frame.
-        let now = clock.nowMs()
-        let key = CallSignalBroker.SequenceKey(callID: request.callID, sender: sender)
-        let replayed = RelayError(.invalidArgument, "sequence must be greater than the last one accepted for this call from this device")
-        guard calls.isFresh(key, sequence: request.sequence, nowMs: now) else { throw replayed }
-        // 6. Rate limits.
-        try limiter.admitCallSignal(offer: request.kind == .callOffer, device: sender, nowMs: now)
-
-        // conversations.md 9: a signal to an account that blocks the sender is accepted and dropped.
+        // conversations.md 9: a signal to an account that blocks the sender is accepted (after every check) and dropped.
+        // Read before checks 5 and 6, which `calls.accept` runs with the acceptance under one lock, so no await
+        // separates a token taken from the sequence recorded.
         var blocked = false
         if request.recipientHandle != sender.handle {
             do {
@@ -121,6 +115,9 @@ extension Relay {
                 throw internalError(error)
             }
         }
+        let now = clock.nowMs()
+        let key = CallSignalBroker.SequenceKey(callID: request.callID, sender: sender)
+        let replayed = RelayError(.invalidArgument, "sequence must be greater than the last one accepted for this call from this device")
         let expiresAt = now + Int64(ttl) * 1_000
         let copies = request.copies.map { copy in
             var delivery = WireCallSignalDelivery()
@@ -137,9 +134,20 @@ extension Relay {
             delivery.ciphertext = copy.ciphertext
             return delivery
         }
-        guard let acceptance = calls.accept(
-            key, sequence: request.sequence, recipient: request.recipientHandle, copies: copies, expiresAtMs: expiresAt, drop: blocked, nowMs: now)
-        else { throw replayed }
+        // 5. A replayed frame, then 6. the rate limits (a refused signal takes no token and records no sequence).
+        var limited: RelayError?
+        let accepted = calls.accept(
+            key, sequence: request.sequence, recipient: request.recipientHandle, copies: copies, expiresAtMs: expiresAt, drop: blocked, nowMs: now
+        ) { () -> Bool in
+            do throws(RelayError) {
+                try limiter.admitCallSignal(offer: request.kind == .callOffer, device: sender, nowMs: now)
+                return true
+            } catch {
+                limited = error
+                return false
+            }
+        }
+        guard let acceptance = accepted else { throw limited ?? replayed }
         metrics.callSignalAccepted(request.kind)
 
         var result = WireCallSignalResult()

@@ -264,9 +264,16 @@ struct RelayConnection {
                     // durably before the answer, so no later wake-up decision can see the stale window.
                     await relay.push.deviceConnected(device)
                     logger.debug("authenticated", metadata: ["relay.handle": "\(device.handle)", "relay.device": "\(device.deviceID)"])
-                    // Call signals accepted from now on wake this connection; those held so far go out right after the
-                    // result, before any queued envelope (calls.md 3.2).
-                    relay.calls.attach(device, connectionID: connectionID) { callSignalsWake.request() }
+                    if request.callSignals {
+                        // Call signals accepted from now on wake this connection; those held so far go out right after
+                        // the result, before any queued envelope (calls.md 3.2).
+                        relay.calls.attach(device, connectionID: connectionID) { callSignalsWake.request() }
+                    } else {
+                        // Without `call_signals` the device counts as not connected for calls (calls.md 3.2): its
+                        // signals stay held (an offer rings it by push), even if the connection this one replaces
+                        // handled them. `writeCallSignals` below then takes nothing.
+                        relay.calls.detachAny(device)
+                    }
                     try await writer.send(WireFrame(requestID: requestID, body: .authenticateResult(result)))
                     try await writeCallSignals(device, connectionID: connectionID, writer)
                     pump.request()

@@ -27,7 +27,7 @@ import Testing
                 #expect(try await connection.submitSelected([outgoing(1, to: "bob", device: laptop)]).allSatisfy { !$0.hasError })
             }
             try await relay.connect { phoneConnection in
-                _ = try await phoneConnection.authenticateCollecting(bob.authenticate(0, nonce: phoneConnection.nonce))
+                _ = try await phoneConnection.authenticateCollecting(bob.authenticate(0, nonce: phoneConnection.nonce, callSignals: true))
                 try await relay.connect { connection in
                     try await connection.authenticate(alice)
                     let offer = try await connection.sendCallSignal(signal(.callOffer, call, to: "bob", devices: [phone, laptop], sequence: 1))
@@ -50,7 +50,7 @@ import Testing
             }
             // The laptop connects: AuthenticateResult, the three held signals in order, then its queue.
             try await relay.connect { connection in
-                let frames = try await connection.authenticateCollecting(bob.authenticate(1, nonce: connection.nonce))
+                let frames = try await connection.authenticateCollecting(bob.authenticate(1, nonce: connection.nonce, callSignals: true))
                 let signals = frames.prefix(3).compactMap(\.callSignalDelivery)
                 #expect(signals.map(\.sequence) == [1, 2, 3], "\(frames)")
                 #expect(signals.map(\.kind) == [.callOffer, .callIce, .callHangup])
@@ -64,10 +64,51 @@ import Testing
             // Delivered once: the next connection gets the (unacknowledged) envelope again, no signal.
             try await waitUntilOffline(relay, "bob", laptop)
             try await relay.connect { connection in
-                let frames = try await connection.authenticateCollecting(bob.authenticate(1, nonce: connection.nonce))
+                let frames = try await connection.authenticateCollecting(bob.authenticate(1, nonce: connection.nonce, callSignals: true))
                 #expect(frames.allSatisfy { $0.callSignalDelivery == nil }, "\(frames)")
             }
             #expect(relay.app.relay.calls.counts.inMemory == 0)
+        }
+    }
+
+    @Test func aConnectionWithoutCallSignalsGetsNoneAndALaterFlaggedOneGetsTheHeldSignal() async throws {
+        try await RelayHarness.run { relay in
+            let alice = TestIdentity("alice"), bob = TestIdentity("bob")
+            try await registerAll(relay, [alice, bob])
+            let call = callID(0xC5)
+            try await relay.connect { bobConnection in
+                // Connected, but without call_signals (a `flitz send`): counts as not connected for calls.
+                try await bobConnection.authenticate(bob)
+                try await relay.connect { connection in
+                    try await connection.authenticate(alice)
+                    let reply = try await connection.sendCallSignal(signal(.callOffer, call, to: "bob", devices: [1], sequence: 1))
+                    let result = try #require(reply.callSignalResult, "\(reply)")
+                    #expect(result.heldDeviceIds == [1] && result.deliveredDeviceIds.isEmpty, "\(result)")
+                }
+                // A delivery would have been written before the answer to this request.
+                _ = try await bobConnection.request(.fetchBlockList(WireFetchBlockList()))
+                #expect(bobConnection.stashedFrames.isEmpty, "\(bobConnection.stashedFrames)")
+                #expect(relay.app.relay.calls.counts.inMemory == 1)
+            }
+            // A later connection of the same device that sets call_signals gets the held offer after AuthenticateResult.
+            try await waitUntilOffline(relay, "bob", 1)
+            try await relay.connect { bobConnection in
+                let frames = try await bobConnection.authenticateCollecting(bob.authenticate(nonce: bobConnection.nonce, deviceID: 1, callSignals: true))
+                let delivery = try #require(frames.first?.callSignalDelivery, "\(frames)")
+                #expect(delivery.callID == call && delivery.kind == .callOffer && delivery.ciphertext == ciphertext(.callOffer, 1, 1))
+                // It is replaced by a connection without the flag: signals accepted now are held, not written to either.
+                try await relay.connect { plain in
+                    try await plain.authenticate(bob)
+                    try await relay.connect { connection in
+                        try await connection.authenticate(alice)
+                        let reply = try await connection.sendCallSignal(signal(.callHangup, call, to: "bob", devices: [1], sequence: 2))
+                        #expect(reply.callSignalResult?.heldDeviceIds == [1] && reply.callSignalResult?.deliveredDeviceIds == [], "\(reply)")
+                    }
+                    _ = try await plain.request(.fetchBlockList(WireFetchBlockList()))
+                    #expect(plain.stashedFrames.isEmpty, "\(plain.stashedFrames)")
+                }
+            }
+            #expect(relay.app.relay.calls.counts.inMemory == 1)
         }
     }
 
@@ -145,7 +186,7 @@ import Testing
             }
             // Only the three accepted signals reached the phone.
             try await relay.connect { connection in
-                let frames = try await connection.authenticateCollecting(bob.authenticate(0, nonce: connection.nonce))
+                let frames = try await connection.authenticateCollecting(bob.authenticate(0, nonce: connection.nonce, callSignals: true))
                 let signals = frames.compactMap(\.callSignalDelivery)
                 #expect(signals.map(\.sequence) == [1, 2, 1] && signals.map(\.callID) == [call, call, callID(0xC3)], "\(frames)")
             }
@@ -205,7 +246,7 @@ import Testing
                 #expect(try await connection.sendCallSignal(signal(.callIce, call, to: "bob", devices: [1], sequence: 2)).errorCode == .invalidArgument)
             }
             try await relay.connect { connection in
-                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1))
+                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1, callSignals: true))
                 #expect(frames.compactMap(\.callSignalDelivery).map(\.kind) == [.callIce], "\(frames)")
             }
             #expect(relay.app.relay.calls.counts == CallSignalBroker.Counts(inMemory: 0, expired: 1, overflowed: 0))
@@ -221,24 +262,27 @@ import Testing
         }
     }
 
-    @Test func aDeviceHoldsAtMostSixtyFourSignalsTheOldestDropped() async throws {
+    @Test func anAccountHoldsAtMostEightSignalsForADeviceTheOldestNonOfferDropped() async throws {
         try await RelayHarness.run { relay in
             let alice = TestIdentity("alice"), bob = TestIdentity("bob")
             try await registerAll(relay, [alice, bob])
             let call = callID(0xF1)
             try await relay.connect { connection in
                 try await connection.authenticate(alice)
+                // An offer, then 69 ICE signals of the same call: every one is accepted and reported held.
                 for sequence in 1...70 {
-                    let reply = try await connection.sendCallSignal(signal(.callIce, call, to: "bob", devices: [1], sequence: UInt32(sequence)))
+                    let kind: WireCallSignalKind = sequence == 1 ? .callOffer : .callIce
+                    let reply = try await connection.sendCallSignal(signal(kind, call, to: "bob", devices: [1], sequence: UInt32(sequence)))
                     #expect(reply.callSignalResult?.heldDeviceIds == [1], "\(reply)")
                 }
             }
-            #expect(relay.app.relay.calls.counts == CallSignalBroker.Counts(inMemory: 64, expired: 0, overflowed: 6))
+            // Kept: the offer and the newest seven ICE signals (calls.md 3.2: 8 per sending account and device).
+            #expect(relay.app.relay.calls.counts == CallSignalBroker.Counts(inMemory: 8, expired: 0, overflowed: 62))
             let exposition = await relay.app.relay.metrics.exposition()
-            #expect(sample(exposition, "flitz_call_signals_held") == 64, "\(exposition)")
+            #expect(sample(exposition, "flitz_call_signals_held") == 8, "\(exposition)")
             try await relay.connect { connection in
-                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1))
-                #expect(frames.compactMap(\.callSignalDelivery).map(\.sequence) == Array(7...70).map(UInt32.init))
+                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1, callSignals: true))
+                #expect(frames.compactMap(\.callSignalDelivery).map(\.sequence) == [1] + Array(64...70).map(UInt32.init))
             }
         }
     }
@@ -249,7 +293,7 @@ import Testing
             try await registerAll(relay, [alice, bob])
             let marker = Data("blocked-call-\(UUID().uuidString)".utf8)
             try await relay.connect { bobConnection in
-                try await bobConnection.authenticate(bob)
+                try await bobConnection.authenticate(bob, callSignals: true)
                 #expect(try await bobConnection.updateBlockList(block: ["alice"]).errorCode == nil)
                 try await relay.connect { connection in
                     try await connection.authenticate(alice)
@@ -268,7 +312,7 @@ import Testing
             #expect(relay.app.relay.calls.counts.inMemory == 0)
             try await waitUntilOffline(relay, "bob", 1)
             try await relay.connect { connection in
-                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1))
+                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1, callSignals: true))
                 #expect(frames.allSatisfy { $0.callSignalDelivery == nil }, "\(frames)")
             }
         }
@@ -303,7 +347,7 @@ import Testing
                 #expect(sample(exposition, "flitz_call_ring_pushes_total") == 1, "\(exposition)")
                 // Once bob has taken the offer, the dispatcher's check before sending says it no longer waits.
                 try await harness.connect { connection in
-                    let frames = try await connection.authenticateCollecting(world.bob.authenticate(nonce: connection.nonce, deviceID: bobID))
+                    let frames = try await connection.authenticateCollecting(world.bob.authenticate(nonce: connection.nonce, deviceID: bobID, callSignals: true))
                     #expect(frames.compactMap(\.callSignalDelivery).map(\.sequence) == [1, 2])
                 }
                 #expect(!harness.app.relay.calls.isWaiting(DeviceAddress(handle: "bob", deviceID: bobID), serial: 1, nowMs: harness.clock.nowMs()))
@@ -408,7 +452,7 @@ import Testing
             let alice = TestIdentity("alice"), bob = TestIdentity("bob")
             try await registerAll(relay, [alice, bob])
             try await relay.connect { bobConnection in
-                try await bobConnection.authenticate(bob)
+                try await bobConnection.authenticate(bob, callSignals: true)
                 try await relay.connect { connection in
                     try await connection.authenticate(alice)
                     for (sequence, kind) in [WireCallSignalKind.callOffer, .callAnswer, .callIce, .callHangup, .callBusy].enumerated() {
@@ -430,7 +474,7 @@ import Testing
                     .callSignalResult?.heldDeviceIds == [1])
             }
             try await relay.connect { connection in
-                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1))
+                let frames = try await connection.authenticateCollecting(bob.authenticate(nonce: connection.nonce, deviceID: 1, callSignals: true))
                 #expect(frames.compactMap(\.callSignalDelivery).count == 1)
             }
             try await relay.app.relay.store.checkpointIfSQLite()

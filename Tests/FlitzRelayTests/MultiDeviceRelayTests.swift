@@ -71,9 +71,10 @@ final class TestAccount: @unchecked Sendable {
         return .registerDevice(request)
     }
 
-    func authenticate(_ index: Int, nonce: Data) -> WireFrame.OneOf_Body {
+    func authenticate(_ index: Int, nonce: Data, callSignals: Bool = false) -> WireFrame.OneOf_Body {
         var request = WireAuthenticate()
         request.handle = handle
+        request.callSignals = callSignals
         request.deviceID = ids[index] ?? 0
         request.signature = devices[index].signature(for: SignedPayload.authentication(nonce: nonce, handle: handle))
         return .authenticate(request)

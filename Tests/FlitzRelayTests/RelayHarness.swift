@@ -227,10 +227,13 @@ struct TestIdentity: Sendable {
         return .register(register)
     }
 
-    func authenticate(nonce: Data, deviceID: UInt32) -> WireFrame.OneOf_Body {
+    /// An Authenticate for `deviceID`; `callSignals` sets `call_signals` (only such a connection gets call signals,
+    /// calls.md 3.2).
+    func authenticate(nonce: Data, deviceID: UInt32, callSignals: Bool = false) -> WireFrame.OneOf_Body {
         var authenticate = WireAuthenticate()
         authenticate.handle = handle
         authenticate.deviceID = deviceID
+        authenticate.callSignals = callSignals
         authenticate.signature = device.signature(for: SignedPayload.authentication(nonce: nonce, handle: handle))
         return .authenticate(authenticate)
     }
@@ -255,8 +258,8 @@ extension TestConnection {
 
     /// Authenticates and reads everything up to QueueDrained; returns the delivered frames.
     @discardableResult
-    func authenticate(_ identity: TestIdentity, deviceID: UInt32 = 1) async throws -> [WireDeliver] {
-        let reply = try await request(identity.authenticate(nonce: nonce, deviceID: deviceID))
+    func authenticate(_ identity: TestIdentity, deviceID: UInt32 = 1, callSignals: Bool = false) async throws -> [WireDeliver] {
+        let reply = try await request(identity.authenticate(nonce: nonce, deviceID: deviceID, callSignals: callSignals))
         guard case .authenticateResult = reply.body else {
             Issue.record("expected AuthenticateResult, got \(reply)")
             throw TestTimeout()

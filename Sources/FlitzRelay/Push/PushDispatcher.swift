@@ -210,7 +210,9 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     /// `push.md` 5: decide, then send with retries (`push.md` 7).
     private func wake(_ candidate: PushCandidate, count: Int, senders: [PushProviderKind: any PushSender]) async throws {
         let device = candidate.device
-        guard !isConnected(device) else { return }
+        // A ring is wanted while its copy is held, even if the device is connected without `call_signals`
+        // (calls.md 3.2, 3.3): `isCallSignalWaiting` below decides for it.
+        guard candidate.callSignalSerial != nil || !isConnected(device) else { return }
         let nowMs = clock.nowMs()
         let stored: StoredPushEndpoint
         var windowUntilMs: Int64?
@@ -281,11 +283,11 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         var lastReason = ""
         for attempt in 1...attempts {
             // Just before sending (push.md 5): connected meanwhile, acknowledged, purged or expired → skip.
-            if isConnected(candidate.device) { return .skipped }
             if let serial = candidate.callSignalSerial {
                 // A call offer's ring: skipped once the held copy was delivered or expired (an offer never rings late).
                 guard isCallSignalWaiting(candidate.device, serial, clock.nowMs()) else { return .skipped }
             } else {
+                if isConnected(candidate.device) { return .skipped }
                 guard try await store.isEnvelopeQueued(envelopeID: candidate.envelopeID, device: candidate.device, nowMs: clock.nowMs()) else {
                     return .skipped
                 }
