@@ -302,6 +302,18 @@ struct ListenCallOptions: ParsableArguments {
         }
     }
 
+    /// One call-handling process per home (two would take the relay connection from each other): when a live
+    /// `listen` or `call` already serves the home's control socket, prints why this one cannot run and exits.
+    /// - Throws: `ExitCode(status)` after printing `what` and the remedy.
+    static func refuseIfOwned(home: URL, what: String, status: Int32) throws {
+        guard CallControl.isServed(CallControl.socketPath(home: home)) else { return }
+        printError(
+            "flitz: \(what): a `flitz listen` or `flitz call` already runs on this home (\(home.path)) and owns its relay "
+                + "connection for calls; stop it first (or answer, decline and hang up through it with `flitz answer`, "
+                + "`flitz decline`, `flitz hangup`)")
+        throw ExitCode(status)
+    }
+
     /// Binds the home's control socket; a failure is reported and listening goes on without it.
     static func openControlSocket(home: URL) -> CallControl.Server? {
         do {

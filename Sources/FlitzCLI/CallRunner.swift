@@ -17,6 +17,7 @@ struct CallRunner {
     /// `flitz call`: places the call, serves the home's control socket (`flitz hangup` from another terminal),
     /// hangs up after `duration` of being answered or on Ctrl-C / SIGTERM. Returns the exit status (`CallExit`).
     func placeCall(to handle: String, audio: CallAudioArguments, duration: Duration?, ringTimeout: Duration) async throws -> Int32 {
+        try ListenCallOptions.refuseIfOwned(home: client.home, what: "not calling \(handle)", status: CallExit.failed)
         let controller = CallController(
             client: client, options: CallOptions(ringTimeout: ringTimeout, relayOnly: audio.relayOnly, audio: audio.audioOptions))
         let book = CallBook()
@@ -330,6 +331,7 @@ extension ListenCallOptions {
     /// (their recordings completed, their `ended` lines printed) before the process exits. `body` runs the
     /// connection with the controller.
     func listen(client: FlitzClient, json: Bool, _ body: @escaping @Sendable (CallController) async throws -> Void) async throws {
+        try Self.refuseIfOwned(home: client.home, what: "already listening on this home", status: 1)
         let controller = CallController(client: client, options: CallOptions(relayOnly: audio.relayOnly, audio: audio.audioOptions))
         let book = CallBook()
         let printer = CallPrinter(json: json)

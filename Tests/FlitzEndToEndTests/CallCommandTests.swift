@@ -99,6 +99,17 @@ struct CallCommandTests {
         #expect(answer.status == 1, "\(answer)")
         #expect(answer.stderr.contains("no incoming call is ringing"), "\(answer)")
 
+        // One call-handling process per home: a second listen, or a call next to the listen, would take the
+        // relay connection from it; both refuse before connecting (and the call before dialling: no history row).
+        let second = try alice.flitz("listen")
+        #expect(second.status == 1, "\(second)")
+        #expect(second.stderr.contains("already listening on this home") && second.stderr.contains("already runs on this home"), "\(second)")
+        let call = try alice.flitz("call", "bob")
+        #expect(call.status == 2, "\(call)")
+        #expect(call.stderr.contains("not calling bob") && call.stdout.isEmpty, "\(call)")
+        #expect(try alice.flitz("calls").stdout.isEmpty, "no history row for a call never placed")
+        #expect(try alice.flitz("hangup").stderr.contains("no call in progress"), "the first listen still serves the socket")
+
         // SIGKILL leaves the socket file behind; nobody serves it any more.
         listen.process.send(SIGKILL)
         _ = listen.wait()
