@@ -19,7 +19,8 @@ struct CallRunner {
     func placeCall(to handle: String, audio: CallAudioArguments, duration: Duration?, ringTimeout: Duration) async throws -> Int32 {
         try ListenCallOptions.refuseIfOwned(home: client.home, what: "not calling \(handle)", status: CallExit.failed)
         let controller = CallController(
-            client: client, options: CallOptions(ringTimeout: ringTimeout, relayOnly: audio.relayOnly, audio: audio.audioOptions))
+            client: client,
+            options: CallOptions(ringTimeout: ringTimeout, relayOnly: audio.relayOnly, audio: CallRecordingFile.reserve(audio.audioOptions, json: json)))
         let book = CallBook()
         let printer = CallPrinter(json: json)
         let control = ListenCallOptions.openControlSocket(home: client.home)
@@ -28,7 +29,7 @@ struct CallRunner {
             try await client.withCalls(controller) { controller in
                 try await withThrowingTaskGroup(of: Int32?.self) { group in
                     defer { group.cancelAll() }
-                    if let control { group.addTask { await Self.serve(control, controller: controller, book: book, defaults: nil); return nil } }
+                    if let control { group.addTask { await Self.serve(control, controller: controller, book: book, defaults: nil, json: json); return nil } }
                     group.addTask { await Self.hangUpOnSignal(controller); return nil }
                     group.addTask {
                         var mine: CallID?
@@ -60,7 +61,7 @@ struct CallRunner {
     /// `flitz answer` without a running listen: waits up to `wait` for a ringing call matching `selector` (the
     /// relay delivers a held offer right after authentication), answers it and stays until it ends.
     func answerHeldCall(selector: String?, audio: CallAudioArguments, duration: Duration?, wait: Duration) async throws -> Int32 {
-        try await takeHeldCall(selector: selector, audio: audio.audioOptions, relayOnly: audio.relayOnly, wait: wait) { controller, id, book in
+        try await takeHeldCall(selector: selector, audio: CallRecordingFile.reserve(audio.audioOptions, json: json), relayOnly: audio.relayOnly, wait: wait) { controller, id, book in
             await controller.answer(id)
             for await event in controller.events {
                 book.note(event)
@@ -176,7 +177,7 @@ struct CallRunner {
     }
 
     /// Answers control requests (CallControl) from `answer`, `decline` and `hangup` in other terminals.
-    static func serve(_ server: CallControl.Server, controller: CallController?, book: CallBook, defaults: AudioOptions?) async {
+    static func serve(_ server: CallControl.Server, controller: CallController?, book: CallBook, defaults: AudioOptions?, json: Bool) async {
         for await pending in server.requests {
             let request = pending.request
             guard let controller else {
@@ -193,7 +194,7 @@ struct CallRunner {
                         var audio = defaults ?? AudioOptions()
                         if let play = request.play { audio.playFile = URL(fileURLWithPath: play) }
                         if let record = request.record { audio.recordFile = URL(fileURLWithPath: record) }
-                        await controller.answer(id, audio: audio)
+                        await controller.answer(id, audio: CallRecordingFile.reserve(audio, json: json))
                         pending.reply(.success("answered the call from \(peer) (id \(id))"))
                     } else {
                         await controller.decline(id)
@@ -215,6 +216,33 @@ struct CallRunner {
 
 extension CallAudioArguments {
     var audioOptions: AudioOptions { AudioOptions(playFile: playURL, recordFile: recordURL) }
+}
+
+/// Recordings never overwrite a file: like `flitz download`, `NAME.wav` taken becomes `NAME (1).wav`, `NAME (2).wav`,
+/// and so on. The chosen file is created empty at once (O_EXCL), so two calls of one listen never pick the same name.
+enum CallRecordingFile {
+    /// `audio` with its record file replaced by an unused one; prints the path used (a line, or a JSON
+    /// `recording` event with `path`). Unchanged when it records nothing or no free name is found (1 to 9999).
+    static func reserve(_ audio: AudioOptions, json: Bool) -> AudioOptions {
+        guard let wanted = audio.recordFile else { return audio }
+        let directory = wanted.deletingLastPathComponent()
+        let base = wanted.deletingPathExtension().lastPathComponent, ext = wanted.pathExtension
+        for n in 0..<10_000 {
+            let name = n == 0 ? wanted.lastPathComponent : "\(base) (\(n))\(ext.isEmpty ? "" : ".\(ext)")"
+            let url = directory.appendingPathComponent(name)
+            let fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            if fd < 0 {
+                if errno == EEXIST { continue }
+                return audio  // the recorder reports why it cannot write there
+            }
+            close(fd)
+            var chosen = audio
+            chosen.recordFile = url
+            if json { printJSON(["event": "recording", "path": url.path]) } else { printLine("recording to \(url.path)") }
+            return chosen
+        }
+        return audio
+    }
 }
 
 /// The calls of this process as its events told them: which ring here, which are in progress (for the control
@@ -345,10 +373,12 @@ extension ListenCallOptions {
                 for await event in controller.events {
                     book.note(event)
                     printer.print(event)
-                    if autoAnswer, case .incoming(let id, _, _) = event { await controller.answer(id) }
+                    if autoAnswer, case .incoming(let id, _, _) = event {
+                        await controller.answer(id, audio: CallRecordingFile.reserve(defaults, json: json))
+                    }
                 }
             }
-            if let control { group.addTask { await CallRunner.serve(control, controller: controller, book: book, defaults: defaults) } }
+            if let control { group.addTask { await CallRunner.serve(control, controller: controller, book: book, defaults: defaults, json: json) } }
             group.addTask {
                 for await number in TerminationSignals.stream() {
                     await controller.shutdown()

@@ -291,11 +291,13 @@ struct CallCommandTests {
     /// recording, both histories; returns the connected events and what the relay must not have seen.
     static func tonesCall(alice: User, bob: User, scratch: Scratch, relayOnly: Bool) throws -> TonesCall {
         let tones = TestAudio.tones(seconds: 4)
-        let play = scratch.path("tones.wav"), record = scratch.path("bob-heard.wav")
+        let play = scratch.path("tones.wav"), taken = scratch.path("bob-heard.wav"), record = scratch.path("bob-heard (1).wav")
         try TestAudio.wav(tones).write(to: play)
+        // A recording never overwrites a file: bob-heard.wav exists, so the call is recorded to "bob-heard (1).wav".
+        try Data("keep me".utf8).write(to: taken)
         let keyLog = scratch.path("keys.log")
         let only = relayOnly ? ["--relay-only"] : []
-        let listen = try RunningCommand(["listen", "--json", "--auto-answer", "--record", record.path, "--home", bob.home.path] + only, in: scratch)
+        let listen = try RunningCommand(["listen", "--json", "--auto-answer", "--record", taken.path, "--home", bob.home.path] + only, in: scratch)
         try sync(from: alice, to: [listen], text: "call me")
 
         let call = try runProcess(
@@ -307,11 +309,13 @@ struct CallCommandTests {
         let aliceEnd = try #require(events.first { $0["event"] as? String == "ended" }, "\(call)")
         #expect(aliceEnd["outcome"] as? String == "answered", "\(call)")
         let callID = try #require(aliceEnd["callID"] as? String)
+        #expect(listen.event("recording")?["path"] as? String == record.path)
         let bobPath = try #require(listen.event("connected", callID: callID))
         // "ended" is printed after the recording is complete.
         #expect(listen.event("ended", callID: callID)?["outcome"] as? String == "answered")
         let listenOutput = listen.stop()
 
+        #expect(try Data(contentsOf: taken) == Data("keep me".utf8), "the existing file is untouched")
         let recorded = try TestAudio.samples(ofWAV: record)
         let comparison = FrameComparison.align(sent: tones, recorded: recorded)
         #expect(comparison.fraction >= 0.95, "\(comparison); listen: \(listenOutput)")
