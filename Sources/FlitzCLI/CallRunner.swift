@@ -48,7 +48,13 @@ struct CallRunner {
                         }
                         return CallExit.failed
                     }
-                    _ = try await controller.placeCall(to: handle)
+                    do {
+                        _ = try await controller.placeCall(to: handle)
+                    } catch let error as ClientError where error.exitCode == 1 {
+                        // A local failure (relay-only without a TURN server, ...) is a failure (2), not "no answer".
+                        printError("flitz: \(error.message)")
+                        return CallExit.failed
+                    }
                     while let result = try await group.next() {
                         if let result { return result }
                     }
