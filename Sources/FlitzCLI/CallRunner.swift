@@ -30,12 +30,20 @@ struct CallRunner {
                 try await withThrowingTaskGroup(of: Int32?.self) { group in
                     defer { group.cancelAll() }
                     if let control { group.addTask { await Self.serve(control, controller: controller, book: book, defaults: nil, json: json); return nil } }
-                    group.addTask { await Self.hangUpOnSignal(controller); return nil }
+                    group.addTask { await Self.hangUpOnSignal(controller, book: book); return nil }
                     group.addTask {
                         var mine: CallID?
                         for await event in controller.events {
                             book.note(event)
-                            printer.print(event)
+                            if !json, case .ended(let record, let statistics) = event, record.callID == mine, record.answeredAt == nil,
+                                book.wasHungUpLocally(record.callID)
+                            {
+                                // Text only: the history (and --json) keep the outcome calls.md gives it.
+                                printLine("ended: cancelled")
+                                if let statistics { printer.print(.ended(record, statistics), statisticsOnly: true) }
+                            } else {
+                                printer.print(event)
+                            }
                             switch event {
                             case .placing(let id, _): mine = id
                             case .replaced(let old, let new) where old == mine: mine = new
@@ -175,10 +183,13 @@ struct CallRunner {
     }
 
     /// Ctrl-C or SIGTERM: hang up every call (their `ended` lines follow); a second signal exits at once.
-    static func hangUpOnSignal(_ controller: CallController) async {
+    static func hangUpOnSignal(_ controller: CallController, book: CallBook? = nil) async {
         for await number in TerminationSignals.stream() {
             if TerminationSignals.seen.withLock({ $0 += 1; return $0 }) > 1 { exit(128 + number) }
-            for id in await controller.activeCalls { await controller.hangUp(id) }
+            for id in await controller.activeCalls {
+                book?.noteHungUpLocally(id)
+                await controller.hangUp(id)
+            }
         }
     }
 
@@ -212,6 +223,7 @@ struct CallRunner {
                 case .none: pending.reply(.failure("no call \(request.call.map { "matching \($0) " } ?? "")in progress"))
                 case .ambiguous(let count): pending.reply(.failure("\(count) calls are in progress: give the call id (`flitz hangup ID`)"))
                 case .one(let id, let peer):
+                    book.noteHungUpLocally(id)
                     await controller.hangUp(id)
                     pending.reply(.success("hung up the call with \(peer) (id \(id))"))
                 }
@@ -259,6 +271,12 @@ final class CallBook: Sendable {
         var ringing: Bool
     }
     private let calls = Mutex<[CallID: Entry]>([:])
+    private let hungUpLocally = Mutex<Set<CallID>>([])
+
+    /// The user hung up `id` here (Ctrl-C, SIGTERM, `flitz hangup`): an unanswered outgoing call then prints
+    /// "cancelled".
+    func noteHungUpLocally(_ id: CallID) { _ = hungUpLocally.withLock { $0.insert(id) } }
+    func wasHungUpLocally(_ id: CallID) -> Bool { hungUpLocally.withLock { $0.contains(id) } }
 
     enum Selection { case none, one(CallID, peer: String), ambiguous(Int) }
 
@@ -297,7 +315,11 @@ final class CallBook: Sendable {
 struct CallPrinter: Sendable {
     let json: Bool
 
-    func print(_ event: CallEvent) {
+    func print(_ event: CallEvent, statisticsOnly: Bool = false) {
+        if statisticsOnly, case .ended(let record, let statistics?) = event {
+            printStatistics(record, statistics)
+            return
+        }
         switch event {
         case .placing(let id, let to):
             emit(["event": "calling", "callID": id.description, "peer": to], "calling \(to) (id \(id))")
@@ -322,17 +344,23 @@ struct CallPrinter: Sendable {
         case .playbackFinished(let id):
             emit(["event": "playbackFinished", "callID": id.description], "finished playing")
         case .ended(let record, let statistics):
+            // An incoming call missed (rang out, or answered busy while another call ran) names its caller: the
+            // line must not read as the end of the call in progress.
+            let text = record.direction == .incoming && record.outcome == .missed
+                ? "missed call from \(record.peer) (id \(record.callID))"
+                : "ended: \(record.outcome.label(direction: record.direction))\(record.answeredAt == nil ? "" : String(format: ", %.1f s", record.duration))"
             emit(["event": "ended", "callID": record.callID.description, "peer": record.peer, "direction": record.direction.rawValue,
-                  "outcome": record.outcome.rawValue, "durationSeconds": record.duration],
-                 "ended: \(record.outcome.label(direction: record.direction))\(record.answeredAt == nil ? "" : String(format: ", %.1f s", record.duration))")
-            if let s = statistics {
-                emit(["event": "statistics", "callID": record.callID.description, "packetsSent": s.packetsSent, "packetsReceived": s.packetsReceived,
-                      "packetsLost": s.packetsLost, "packetsDropped": s.packetsDropped, "jitterMs": s.jitterMs],
-                     String(format: "sent %llu received %llu lost %llu dropped %llu jitter %.1f ms", s.packetsSent, s.packetsReceived, s.packetsLost, s.packetsDropped, s.jitterMs))
-            }
+                  "outcome": record.outcome.rawValue, "durationSeconds": record.duration], text)
+            if let statistics { printStatistics(record, statistics) }
         case .warning(let text):
             printError("flitz: \(text)")
         }
+    }
+
+    private func printStatistics(_ record: CallRecord, _ s: CallStatistics) {
+        emit(["event": "statistics", "callID": record.callID.description, "packetsSent": s.packetsSent, "packetsReceived": s.packetsReceived,
+              "packetsLost": s.packetsLost, "packetsDropped": s.packetsDropped, "jitterMs": s.jitterMs],
+             String(format: "sent %llu received %llu lost %llu dropped %llu jitter %.1f ms", s.packetsSent, s.packetsReceived, s.packetsLost, s.packetsDropped, s.jitterMs))
     }
 
     private func emit(_ object: [String: Any], _ line: String?) {
