@@ -210,6 +210,33 @@ struct CallCommandTests {
         #expect(bobHistory.allSatisfy { $0["direction"] as? String == "incoming" && $0["peer"] as? String == "alice" })
     }
 
+    /// Exit codes and text of calls that never connect: `--relay-only` on a relay without TURN is a failure (2);
+    /// an outgoing call hung up here while it rings prints "cancelled" (exit 1), its history outcome stays missed.
+    @Test func relayOnlyWithoutTURNFailsAndACancelledCallSaysSo() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        defer { relay.stop() }
+        let (alice, _) = try SignalsCommandTests.acquainted(scratch, relay: relay)
+
+        let relayOnly = try alice.flitz("call", "bob", "--relay-only")
+        #expect(relayOnly.status == 2, "\(relayOnly)")
+        #expect(relayOnly.stderr.contains("relay-only mode needs a TURN server"), "\(relayOnly)")
+
+        // Nobody listens on bob's side: the relay holds the offer and alice's call rings until she hangs up.
+        let call = try RunningCommand(["call", "bob", "--home", alice.home.path], in: scratch)
+        while !call.text.contains("ringing") {
+            let chunk = call.stdout.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            call.text += String(decoding: chunk, as: UTF8.self)
+        }
+        let hangup = try alice.flitz("hangup")
+        #expect(hangup.status == 0, "\(hangup)")
+        let result = call.wait()
+        #expect(result.status == 1, "\(result)")
+        #expect(result.lines.contains("ended: cancelled") && !result.stdout.contains("no answer"), "\(result)")
+        #expect(jsonObjects(try alice.flitz("calls", "--json").stdout).first?["outcome"] as? String == "missed")
+    }
+
     /// Without a running listen, `flitz decline` and `flitz answer` connect themselves and take the offer the relay
     /// holds for the device (delivered right after authentication).
     @Test func declineAndAnswerTheHeldOfferWithoutListen() throws {
