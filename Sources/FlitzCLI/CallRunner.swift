@@ -18,9 +18,10 @@ struct CallRunner {
     /// hangs up after `duration` of being answered or on Ctrl-C / SIGTERM. Returns the exit status (`CallExit`).
     func placeCall(to handle: String, audio: CallAudioArguments, duration: Duration?, ringTimeout: Duration) async throws -> Int32 {
         try ListenCallOptions.refuseIfOwned(home: client.home, what: "not calling \(handle)", status: CallExit.failed)
+        let recording = CallRecordingFile.reserve(audio.audioOptions, json: json)
+        defer { CallRecordingFile.removeIfUnused(recording) }
         let controller = CallController(
-            client: client,
-            options: CallOptions(ringTimeout: ringTimeout, relayOnly: audio.relayOnly, audio: CallRecordingFile.reserve(audio.audioOptions, json: json)))
+            client: client, options: CallOptions(ringTimeout: ringTimeout, relayOnly: audio.relayOnly, audio: recording))
         let book = CallBook()
         let printer = CallPrinter(json: json)
         let control = ListenCallOptions.openControlSocket(home: client.home)
@@ -75,7 +76,9 @@ struct CallRunner {
     /// `flitz answer` without a running listen: waits up to `wait` for a ringing call matching `selector` (the
     /// relay delivers a held offer right after authentication), answers it and stays until it ends.
     func answerHeldCall(selector: String?, audio: CallAudioArguments, duration: Duration?, wait: Duration) async throws -> Int32 {
-        try await takeHeldCall(selector: selector, audio: CallRecordingFile.reserve(audio.audioOptions, json: json), relayOnly: audio.relayOnly, wait: wait) { controller, id, book in
+        let recording = CallRecordingFile.reserve(audio.audioOptions, json: json)
+        defer { CallRecordingFile.removeIfUnused(recording) }
+        return try await takeHeldCall(selector: selector, audio: recording, relayOnly: audio.relayOnly, wait: wait) { controller, id, book in
             await controller.answer(id)
             for await event in controller.events {
                 book.note(event)
@@ -260,6 +263,15 @@ enum CallRecordingFile {
             return chosen
         }
         return audio
+    }
+
+    /// Removes the file `reserve` created when the call never recorded into it (still empty: not answered, or it
+    /// failed before media started). The recorder's header makes a used file at least 44 bytes long.
+    static func removeIfUnused(_ audio: AudioOptions) {
+        guard let url = audio.recordFile,
+            let size = (try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber, size.intValue == 0
+        else { return }
+        try? FileManager.default.removeItem(at: url)
     }
 }
 

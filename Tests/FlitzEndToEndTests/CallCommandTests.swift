@@ -218,9 +218,11 @@ struct CallCommandTests {
         defer { relay.stop() }
         let (alice, _) = try SignalsCommandTests.acquainted(scratch, relay: relay)
 
-        let relayOnly = try alice.flitz("call", "bob", "--relay-only")
+        let unused = scratch.path("never.wav")
+        let relayOnly = try alice.flitz("call", "bob", "--relay-only", "--record", unused.path)
         #expect(relayOnly.status == 2, "\(relayOnly)")
         #expect(relayOnly.stderr.contains("relay-only mode needs a TURN server"), "\(relayOnly)")
+        #expect(!FileManager.default.fileExists(atPath: unused.path), "no empty recording is left behind")
 
         // Nobody listens on bob's side: the relay holds the offer and alice's call rings until she hangs up.
         let call = try RunningCommand(["call", "bob", "--home", alice.home.path], in: scratch)
