@@ -307,6 +307,9 @@ final class CallBook: Sendable {
 
     func peer(of id: CallID) -> String? { calls.withLock { $0[id]?.peer } }
 
+    /// Whether a call other than `id` is in progress here (placed, or answered: not merely ringing).
+    func inCall(besides id: CallID) -> Bool { calls.withLock { $0.contains { $0.key != id && !$0.value.ringing } } }
+
     func select(_ selector: String?, ringingOnly: Bool) -> Selection {
         let candidates = calls.withLock { calls in
             calls.filter { id, entry in (!ringingOnly || entry.ringing) && Self.matches(id: id, peer: entry.peer, selector: selector) }
@@ -327,7 +330,8 @@ final class CallBook: Sendable {
 struct CallPrinter: Sendable {
     let json: Bool
 
-    func print(_ event: CallEvent, statisticsOnly: Bool = false) {
+    /// `inAnotherCall`: an incoming call that ends missed was answered busy because another call was in progress.
+    func print(_ event: CallEvent, statisticsOnly: Bool = false, inAnotherCall: Bool = false) {
         if statisticsOnly, case .ended(let record, let statistics?) = event {
             printStatistics(record, statistics)
             return
@@ -359,7 +363,7 @@ struct CallPrinter: Sendable {
             // An incoming call missed (rang out, or answered busy while another call ran) names its caller: the
             // line must not read as the end of the call in progress.
             let text = record.direction == .incoming && record.outcome == .missed
-                ? "missed call from \(record.peer) (id \(record.callID))"
+                ? "missed call from \(record.peer)\(inAnotherCall ? " (you were in a call)" : "") (id \(record.callID))"
                 : "ended: \(record.outcome.label(direction: record.direction))\(record.answeredAt == nil ? "" : String(format: ", %.1f s", record.duration))"
             emit(["event": "ended", "callID": record.callID.description, "peer": record.peer, "direction": record.direction.rawValue,
                   "outcome": record.outcome.rawValue, "durationSeconds": record.duration], text)
@@ -417,8 +421,10 @@ extension ListenCallOptions {
             defer { group.cancelAll() }
             let printing = Task {
                 for await event in controller.events {
+                    var busy = false
+                    if case .ended(let record, _) = event { busy = book.inCall(besides: record.callID) }
                     book.note(event)
-                    printer.print(event)
+                    printer.print(event, inAnotherCall: busy)
                     if autoAnswer, case .incoming(let id, _, _) = event {
                         await controller.answer(id, audio: CallRecordingFile.reserve(defaults, json: json))
                     }

@@ -239,6 +239,30 @@ struct CallCommandTests {
         #expect(jsonObjects(try alice.flitz("calls", "--json").stdout).first?["outcome"] as? String == "missed")
     }
 
+    /// A call that arrives during another is answered busy; bob's listen names it ("missed call from carol (you
+    /// were in a call)") so the line does not read as the end of the call in progress.
+    @Test func aBusyMissedCallNamesTheCaller() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        defer { relay.stop() }
+        let (alice, bob) = try SignalsCommandTests.acquainted(scratch, relay: relay)
+        let carol = User(name: "carol", home: scratch.path("carol"), scratch: scratch)
+        #expect(try carol.flitz("init", "--relay", relay.url, "--handle", "carol").status == 0)
+        #expect(try carol.flitz("send", "bob", "hi bob").status == 0)
+        let listen = try RunningCommand(["listen", "--auto-answer", "--home", bob.home.path], in: scratch)
+        defer { _ = listen.stop() }
+        #expect(try alice.flitz("send", "bob", "ready").status == 0)
+        #expect(listen.line(startingWith: "alice: ready") != nil)
+
+        let first = try RunningCommand(["call", "bob", "--json", "--duration", "8", "--home", alice.home.path], in: scratch)
+        #expect(first.event("connected") != nil)
+        let busy = try carol.flitz("call", "bob", "--json")
+        #expect(busy.status == 1, "\(busy)")
+        #expect(jsonObjects(busy.stdout).last { $0["event"] as? String == "ended" }?["outcome"] as? String == "busy", "\(busy)")
+        #expect(listen.line(startingWith: "missed call from carol (you were in a call) (id ") != nil)
+        #expect(first.wait().status == 0)
+    }
+
     /// Without a running listen, `flitz decline` and `flitz answer` connect themselves and take the offer the relay
     /// holds for the device (delivered right after authentication).
     @Test func declineAndAnswerTheHeldOfferWithoutListen() throws {
