@@ -62,10 +62,13 @@ struct CallCommand: AsyncParsableCommand {
         abstract: "Call a contact: ring every device of theirs, play and record audio, print the progress.",
         discussion: """
             Prints calling, ringing, answered, connected (with the media path and the setup time: offer sent to \
-            the first authenticated media packet), ended (outcome and duration) and the media statistics. The call \
+            the first authenticated media packet, so it includes the ringing), ended (outcome and duration) and the media statistics. The call \
             ends after --duration seconds of being answered, when the other side hangs up, on `flitz hangup` from \
-            another terminal, or on Ctrl-C. Exit status: 0 answered and ended normally; 1 no answer, declined or \
-            busy; 2 failure (media did not connect, the relay unreachable); 64 invalid command line.
+            another terminal, or on Ctrl-C (before an answer: "ended: cancelled"). Refused before dialling while a \
+            `flitz listen` or `flitz call` runs on this home. Exit status: 0 answered and ended normally; 1 no answer, \
+            declined, busy or cancelled; 2 failure (media did not connect, the relay unreachable, --relay-only without \
+            a TURN server, another listen or call on this home); 3 refused by the relay (no such handle); 64 invalid \
+            command line.
             """)
     @OptionGroup var options: CommonOptions
     @Argument(help: "The contact's handle.") var handle: String
@@ -300,6 +303,18 @@ struct ListenCallOptions: ParsableArguments {
             // `flitz answer --play/--record` gives them per call; here they would silently apply to no call.
             throw ValidationError("--play and --record go with --auto-answer (or give them to `flitz answer`)")
         }
+    }
+
+    /// One call-handling process per home (two would take the relay connection from each other): when a live
+    /// `listen` or `call` already serves the home's control socket, prints why this one cannot run and exits.
+    /// - Throws: `ExitCode(status)` after printing `what` and the remedy.
+    static func refuseIfOwned(home: URL, what: String, status: Int32) throws {
+        guard CallControl.isServed(CallControl.socketPath(home: home)) else { return }
+        printError(
+            "flitz: \(what): a `flitz listen` or `flitz call` already runs on this home (\(home.path)) and owns its relay "
+                + "connection for calls; stop it first (or answer, decline and hang up through it with `flitz answer`, "
+                + "`flitz decline`, `flitz hangup`)")
+        throw ExitCode(status)
     }
 
     /// Binds the home's control socket; a failure is reported and listening goes on without it.

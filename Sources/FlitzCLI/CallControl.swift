@@ -78,6 +78,17 @@ enum CallControl {
         return decoded
     }
 
+    /// True when a live process serves `path` (a connection is accepted); false for no file or a stale one. Sends
+    /// nothing: the server sees an empty connection and closes it.
+    static func isServed(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0, var address = try? unixAddress(path) else { return false }
+        defer { close(fd) }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
+    }
+
     // MARK: server
 
     /// A request read from a client, to be answered exactly once with `reply(_:)` (later calls are ignored).

@@ -17,8 +17,11 @@ struct CallRunner {
     /// `flitz call`: places the call, serves the home's control socket (`flitz hangup` from another terminal),
     /// hangs up after `duration` of being answered or on Ctrl-C / SIGTERM. Returns the exit status (`CallExit`).
     func placeCall(to handle: String, audio: CallAudioArguments, duration: Duration?, ringTimeout: Duration) async throws -> Int32 {
+        try ListenCallOptions.refuseIfOwned(home: client.home, what: "not calling \(handle)", status: CallExit.failed)
+        let recording = CallRecordingFile.reserve(audio.audioOptions, json: json)
+        defer { CallRecordingFile.removeIfUnused(recording) }
         let controller = CallController(
-            client: client, options: CallOptions(ringTimeout: ringTimeout, relayOnly: audio.relayOnly, audio: audio.audioOptions))
+            client: client, options: CallOptions(ringTimeout: ringTimeout, relayOnly: audio.relayOnly, audio: recording))
         let book = CallBook()
         let printer = CallPrinter(json: json)
         let control = ListenCallOptions.openControlSocket(home: client.home)
@@ -27,13 +30,21 @@ struct CallRunner {
             try await client.withCalls(controller) { controller in
                 try await withThrowingTaskGroup(of: Int32?.self) { group in
                     defer { group.cancelAll() }
-                    if let control { group.addTask { await Self.serve(control, controller: controller, book: book, defaults: nil); return nil } }
-                    group.addTask { await Self.hangUpOnSignal(controller); return nil }
+                    if let control { group.addTask { await Self.serve(control, controller: controller, book: book, defaults: nil, json: json); return nil } }
+                    group.addTask { await Self.hangUpOnSignal(controller, book: book); return nil }
                     group.addTask {
                         var mine: CallID?
                         for await event in controller.events {
                             book.note(event)
-                            printer.print(event)
+                            if !json, case .ended(let record, let statistics) = event, record.callID == mine, record.answeredAt == nil,
+                                book.wasHungUpLocally(record.callID)
+                            {
+                                // Text only: the history (and --json) keep the outcome calls.md gives it.
+                                printLine("ended: cancelled")
+                                if let statistics { printer.print(.ended(record, statistics), statisticsOnly: true) }
+                            } else {
+                                printer.print(event)
+                            }
                             switch event {
                             case .placing(let id, _): mine = id
                             case .replaced(let old, let new) where old == mine: mine = new
@@ -46,7 +57,13 @@ struct CallRunner {
                         }
                         return CallExit.failed
                     }
-                    _ = try await controller.placeCall(to: handle)
+                    do {
+                        _ = try await controller.placeCall(to: handle)
+                    } catch let error as ClientError where error.exitCode == 1 {
+                        // A local failure (relay-only without a TURN server, ...) is a failure (2), not "no answer".
+                        printError("flitz: \(error.message)")
+                        return CallExit.failed
+                    }
                     while let result = try await group.next() {
                         if let result { return result }
                     }
@@ -59,7 +76,9 @@ struct CallRunner {
     /// `flitz answer` without a running listen: waits up to `wait` for a ringing call matching `selector` (the
     /// relay delivers a held offer right after authentication), answers it and stays until it ends.
     func answerHeldCall(selector: String?, audio: CallAudioArguments, duration: Duration?, wait: Duration) async throws -> Int32 {
-        try await takeHeldCall(selector: selector, audio: audio.audioOptions, relayOnly: audio.relayOnly, wait: wait) { controller, id, book in
+        let recording = CallRecordingFile.reserve(audio.audioOptions, json: json)
+        defer { CallRecordingFile.removeIfUnused(recording) }
+        return try await takeHeldCall(selector: selector, audio: recording, relayOnly: audio.relayOnly, wait: wait) { controller, id, book in
             await controller.answer(id)
             for await event in controller.events {
                 book.note(event)
@@ -167,15 +186,18 @@ struct CallRunner {
     }
 
     /// Ctrl-C or SIGTERM: hang up every call (their `ended` lines follow); a second signal exits at once.
-    static func hangUpOnSignal(_ controller: CallController) async {
+    static func hangUpOnSignal(_ controller: CallController, book: CallBook? = nil) async {
         for await number in TerminationSignals.stream() {
             if TerminationSignals.seen.withLock({ $0 += 1; return $0 }) > 1 { exit(128 + number) }
-            for id in await controller.activeCalls { await controller.hangUp(id) }
+            for id in await controller.activeCalls {
+                book?.noteHungUpLocally(id)
+                await controller.hangUp(id)
+            }
         }
     }
 
     /// Answers control requests (CallControl) from `answer`, `decline` and `hangup` in other terminals.
-    static func serve(_ server: CallControl.Server, controller: CallController?, book: CallBook, defaults: AudioOptions?) async {
+    static func serve(_ server: CallControl.Server, controller: CallController?, book: CallBook, defaults: AudioOptions?, json: Bool) async {
         for await pending in server.requests {
             let request = pending.request
             guard let controller else {
@@ -192,7 +214,7 @@ struct CallRunner {
                         var audio = defaults ?? AudioOptions()
                         if let play = request.play { audio.playFile = URL(fileURLWithPath: play) }
                         if let record = request.record { audio.recordFile = URL(fileURLWithPath: record) }
-                        await controller.answer(id, audio: audio)
+                        await controller.answer(id, audio: CallRecordingFile.reserve(audio, json: json))
                         pending.reply(.success("answered the call from \(peer) (id \(id))"))
                     } else {
                         await controller.decline(id)
@@ -204,6 +226,7 @@ struct CallRunner {
                 case .none: pending.reply(.failure("no call \(request.call.map { "matching \($0) " } ?? "")in progress"))
                 case .ambiguous(let count): pending.reply(.failure("\(count) calls are in progress: give the call id (`flitz hangup ID`)"))
                 case .one(let id, let peer):
+                    book.noteHungUpLocally(id)
                     await controller.hangUp(id)
                     pending.reply(.success("hung up the call with \(peer) (id \(id))"))
                 }
@@ -216,6 +239,42 @@ extension CallAudioArguments {
     var audioOptions: AudioOptions { AudioOptions(playFile: playURL, recordFile: recordURL) }
 }
 
+/// Recordings never overwrite a file: like `flitz download`, `NAME.wav` taken becomes `NAME (1).wav`, `NAME (2).wav`,
+/// and so on. The chosen file is created empty at once (O_EXCL), so two calls of one listen never pick the same name.
+enum CallRecordingFile {
+    /// `audio` with its record file replaced by an unused one; prints the path used (a line, or a JSON
+    /// `recording` event with `path`). Unchanged when it records nothing or no free name is found (1 to 9999).
+    static func reserve(_ audio: AudioOptions, json: Bool) -> AudioOptions {
+        guard let wanted = audio.recordFile else { return audio }
+        let directory = wanted.deletingLastPathComponent()
+        let base = wanted.deletingPathExtension().lastPathComponent, ext = wanted.pathExtension
+        for n in 0..<10_000 {
+            let name = n == 0 ? wanted.lastPathComponent : "\(base) (\(n))\(ext.isEmpty ? "" : ".\(ext)")"
+            let url = directory.appendingPathComponent(name)
+            let fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            if fd < 0 {
+                if errno == EEXIST { continue }
+                return audio  // the recorder reports why it cannot write there
+            }
+            close(fd)
+            var chosen = audio
+            chosen.recordFile = url
+            if json { printJSON(["event": "recording", "path": url.path]) } else { printLine("recording to \(url.path)") }
+            return chosen
+        }
+        return audio
+    }
+
+    /// Removes the file `reserve` created when the call never recorded into it (still empty: not answered, or it
+    /// failed before media started). The recorder's header makes a used file at least 44 bytes long.
+    static func removeIfUnused(_ audio: AudioOptions) {
+        guard let url = audio.recordFile,
+            let size = (try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber, size.intValue == 0
+        else { return }
+        try? FileManager.default.removeItem(at: url)
+    }
+}
+
 /// The calls of this process as its events told them: which ring here, which are in progress (for the control
 /// socket's selection by id prefix or handle).
 final class CallBook: Sendable {
@@ -224,6 +283,12 @@ final class CallBook: Sendable {
         var ringing: Bool
     }
     private let calls = Mutex<[CallID: Entry]>([:])
+    private let hungUpLocally = Mutex<Set<CallID>>([])
+
+    /// The user hung up `id` here (Ctrl-C, SIGTERM, `flitz hangup`): an unanswered outgoing call then prints
+    /// "cancelled".
+    func noteHungUpLocally(_ id: CallID) { _ = hungUpLocally.withLock { $0.insert(id) } }
+    func wasHungUpLocally(_ id: CallID) -> Bool { hungUpLocally.withLock { $0.contains(id) } }
 
     enum Selection { case none, one(CallID, peer: String), ambiguous(Int) }
 
@@ -241,6 +306,9 @@ final class CallBook: Sendable {
     }
 
     func peer(of id: CallID) -> String? { calls.withLock { $0[id]?.peer } }
+
+    /// Whether a call other than `id` is in progress here (placed, or answered: not merely ringing).
+    func inCall(besides id: CallID) -> Bool { calls.withLock { $0.contains { $0.key != id && !$0.value.ringing } } }
 
     func select(_ selector: String?, ringingOnly: Bool) -> Selection {
         let candidates = calls.withLock { calls in
@@ -262,7 +330,12 @@ final class CallBook: Sendable {
 struct CallPrinter: Sendable {
     let json: Bool
 
-    func print(_ event: CallEvent) {
+    /// `inAnotherCall`: an incoming call that ends missed was answered busy because another call was in progress.
+    func print(_ event: CallEvent, statisticsOnly: Bool = false, inAnotherCall: Bool = false) {
+        if statisticsOnly, case .ended(let record, let statistics?) = event {
+            printStatistics(record, statistics)
+            return
+        }
         switch event {
         case .placing(let id, let to):
             emit(["event": "calling", "callID": id.description, "peer": to], "calling \(to) (id \(id))")
@@ -287,17 +360,23 @@ struct CallPrinter: Sendable {
         case .playbackFinished(let id):
             emit(["event": "playbackFinished", "callID": id.description], "finished playing")
         case .ended(let record, let statistics):
+            // An incoming call missed (rang out, or answered busy while another call ran) names its caller: the
+            // line must not read as the end of the call in progress.
+            let text = record.direction == .incoming && record.outcome == .missed
+                ? "missed call from \(record.peer)\(inAnotherCall ? " (you were in a call)" : "") (id \(record.callID))"
+                : "ended: \(record.outcome.label(direction: record.direction))\(record.answeredAt == nil ? "" : String(format: ", %.1f s", record.duration))"
             emit(["event": "ended", "callID": record.callID.description, "peer": record.peer, "direction": record.direction.rawValue,
-                  "outcome": record.outcome.rawValue, "durationSeconds": record.duration],
-                 "ended: \(record.outcome.label(direction: record.direction))\(record.answeredAt == nil ? "" : String(format: ", %.1f s", record.duration))")
-            if let s = statistics {
-                emit(["event": "statistics", "callID": record.callID.description, "packetsSent": s.packetsSent, "packetsReceived": s.packetsReceived,
-                      "packetsLost": s.packetsLost, "packetsDropped": s.packetsDropped, "jitterMs": s.jitterMs],
-                     String(format: "sent %llu received %llu lost %llu dropped %llu jitter %.1f ms", s.packetsSent, s.packetsReceived, s.packetsLost, s.packetsDropped, s.jitterMs))
-            }
+                  "outcome": record.outcome.rawValue, "durationSeconds": record.duration], text)
+            if let statistics { printStatistics(record, statistics) }
         case .warning(let text):
             printError("flitz: \(text)")
         }
+    }
+
+    private func printStatistics(_ record: CallRecord, _ s: CallStatistics) {
+        emit(["event": "statistics", "callID": record.callID.description, "packetsSent": s.packetsSent, "packetsReceived": s.packetsReceived,
+              "packetsLost": s.packetsLost, "packetsDropped": s.packetsDropped, "jitterMs": s.jitterMs],
+             String(format: "sent %llu received %llu lost %llu dropped %llu jitter %.1f ms", s.packetsSent, s.packetsReceived, s.packetsLost, s.packetsDropped, s.jitterMs))
     }
 
     private func emit(_ object: [String: Any], _ line: String?) {
@@ -330,6 +409,7 @@ extension ListenCallOptions {
     /// (their recordings completed, their `ended` lines printed) before the process exits. `body` runs the
     /// connection with the controller.
     func listen(client: FlitzClient, json: Bool, _ body: @escaping @Sendable (CallController) async throws -> Void) async throws {
+        try Self.refuseIfOwned(home: client.home, what: "already listening on this home", status: 1)
         let controller = CallController(client: client, options: CallOptions(relayOnly: audio.relayOnly, audio: audio.audioOptions))
         let book = CallBook()
         let printer = CallPrinter(json: json)
@@ -341,12 +421,16 @@ extension ListenCallOptions {
             defer { group.cancelAll() }
             let printing = Task {
                 for await event in controller.events {
+                    var busy = false
+                    if case .ended(let record, _) = event { busy = book.inCall(besides: record.callID) }
                     book.note(event)
-                    printer.print(event)
-                    if autoAnswer, case .incoming(let id, _, _) = event { await controller.answer(id) }
+                    printer.print(event, inAnotherCall: busy)
+                    if autoAnswer, case .incoming(let id, _, _) = event {
+                        await controller.answer(id, audio: CallRecordingFile.reserve(defaults, json: json))
+                    }
                 }
             }
-            if let control { group.addTask { await CallRunner.serve(control, controller: controller, book: book, defaults: defaults) } }
+            if let control { group.addTask { await CallRunner.serve(control, controller: controller, book: book, defaults: defaults, json: json) } }
             group.addTask {
                 for await number in TerminationSignals.stream() {
                     await controller.shutdown()

@@ -99,6 +99,17 @@ struct CallCommandTests {
         #expect(answer.status == 1, "\(answer)")
         #expect(answer.stderr.contains("no incoming call is ringing"), "\(answer)")
 
+        // One call-handling process per home: a second listen, or a call next to the listen, would take the
+        // relay connection from it; both refuse before connecting (and the call before dialling: no history row).
+        let second = try alice.flitz("listen")
+        #expect(second.status == 1, "\(second)")
+        #expect(second.stderr.contains("already listening on this home") && second.stderr.contains("already runs on this home"), "\(second)")
+        let call = try alice.flitz("call", "bob")
+        #expect(call.status == 2, "\(call)")
+        #expect(call.stderr.contains("not calling bob") && call.stdout.isEmpty, "\(call)")
+        #expect(try alice.flitz("calls").stdout.isEmpty, "no history row for a call never placed")
+        #expect(try alice.flitz("hangup").stderr.contains("no call in progress"), "the first listen still serves the socket")
+
         // SIGKILL leaves the socket file behind; nobody serves it any more.
         listen.process.send(SIGKILL)
         _ = listen.wait()
@@ -199,6 +210,59 @@ struct CallCommandTests {
         #expect(bobHistory.allSatisfy { $0["direction"] as? String == "incoming" && $0["peer"] as? String == "alice" })
     }
 
+    /// Exit codes and text of calls that never connect: `--relay-only` on a relay without TURN is a failure (2);
+    /// an outgoing call hung up here while it rings prints "cancelled" (exit 1), its history outcome stays missed.
+    @Test func relayOnlyWithoutTURNFailsAndACancelledCallSaysSo() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        defer { relay.stop() }
+        let (alice, _) = try SignalsCommandTests.acquainted(scratch, relay: relay)
+
+        let unused = scratch.path("never.wav")
+        let relayOnly = try alice.flitz("call", "bob", "--relay-only", "--record", unused.path)
+        #expect(relayOnly.status == 2, "\(relayOnly)")
+        #expect(relayOnly.stderr.contains("relay-only mode needs a TURN server"), "\(relayOnly)")
+        #expect(!FileManager.default.fileExists(atPath: unused.path), "no empty recording is left behind")
+
+        // Nobody listens on bob's side: the relay holds the offer and alice's call rings until she hangs up.
+        let call = try RunningCommand(["call", "bob", "--home", alice.home.path], in: scratch)
+        while !call.text.contains("ringing") {
+            let chunk = call.stdout.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            call.text += String(decoding: chunk, as: UTF8.self)
+        }
+        let hangup = try alice.flitz("hangup")
+        #expect(hangup.status == 0, "\(hangup)")
+        let result = call.wait()
+        #expect(result.status == 1, "\(result)")
+        #expect(result.lines.contains("ended: cancelled") && !result.stdout.contains("no answer"), "\(result)")
+        #expect(jsonObjects(try alice.flitz("calls", "--json").stdout).first?["outcome"] as? String == "missed")
+    }
+
+    /// A call that arrives during another is answered busy; bob's listen names it ("missed call from carol (you
+    /// were in a call)") so the line does not read as the end of the call in progress.
+    @Test func aBusyMissedCallNamesTheCaller() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        defer { relay.stop() }
+        let (alice, bob) = try SignalsCommandTests.acquainted(scratch, relay: relay)
+        let carol = User(name: "carol", home: scratch.path("carol"), scratch: scratch)
+        #expect(try carol.flitz("init", "--relay", relay.url, "--handle", "carol").status == 0)
+        #expect(try carol.flitz("send", "bob", "hi bob").status == 0)
+        let listen = try RunningCommand(["listen", "--auto-answer", "--home", bob.home.path], in: scratch)
+        defer { _ = listen.stop() }
+        #expect(try alice.flitz("send", "bob", "ready").status == 0)
+        #expect(listen.line(startingWith: "alice: ready") != nil)
+
+        let first = try RunningCommand(["call", "bob", "--json", "--duration", "8", "--home", alice.home.path], in: scratch)
+        #expect(first.event("connected") != nil)
+        let busy = try carol.flitz("call", "bob", "--json")
+        #expect(busy.status == 1, "\(busy)")
+        #expect(jsonObjects(busy.stdout).last { $0["event"] as? String == "ended" }?["outcome"] as? String == "busy", "\(busy)")
+        #expect(listen.line(startingWith: "missed call from carol (you were in a call) (id ") != nil)
+        #expect(first.wait().status == 0)
+    }
+
     /// Without a running listen, `flitz decline` and `flitz answer` connect themselves and take the offer the relay
     /// holds for the device (delivered right after authentication).
     @Test func declineAndAnswerTheHeldOfferWithoutListen() throws {
@@ -280,11 +344,13 @@ struct CallCommandTests {
     /// recording, both histories; returns the connected events and what the relay must not have seen.
     static func tonesCall(alice: User, bob: User, scratch: Scratch, relayOnly: Bool) throws -> TonesCall {
         let tones = TestAudio.tones(seconds: 4)
-        let play = scratch.path("tones.wav"), record = scratch.path("bob-heard.wav")
+        let play = scratch.path("tones.wav"), taken = scratch.path("bob-heard.wav"), record = scratch.path("bob-heard (1).wav")
         try TestAudio.wav(tones).write(to: play)
+        // A recording never overwrites a file: bob-heard.wav exists, so the call is recorded to "bob-heard (1).wav".
+        try Data("keep me".utf8).write(to: taken)
         let keyLog = scratch.path("keys.log")
         let only = relayOnly ? ["--relay-only"] : []
-        let listen = try RunningCommand(["listen", "--json", "--auto-answer", "--record", record.path, "--home", bob.home.path] + only, in: scratch)
+        let listen = try RunningCommand(["listen", "--json", "--auto-answer", "--record", taken.path, "--home", bob.home.path] + only, in: scratch)
         try sync(from: alice, to: [listen], text: "call me")
 
         let call = try runProcess(
@@ -296,11 +362,13 @@ struct CallCommandTests {
         let aliceEnd = try #require(events.first { $0["event"] as? String == "ended" }, "\(call)")
         #expect(aliceEnd["outcome"] as? String == "answered", "\(call)")
         let callID = try #require(aliceEnd["callID"] as? String)
+        #expect(listen.event("recording")?["path"] as? String == record.path)
         let bobPath = try #require(listen.event("connected", callID: callID))
         // "ended" is printed after the recording is complete.
         #expect(listen.event("ended", callID: callID)?["outcome"] as? String == "answered")
         let listenOutput = listen.stop()
 
+        #expect(try Data(contentsOf: taken) == Data("keep me".utf8), "the existing file is untouched")
         let recorded = try TestAudio.samples(ofWAV: record)
         let comparison = FrameComparison.align(sent: tones, recorded: recorded)
         #expect(comparison.fraction >= 0.95, "\(comparison); listen: \(listenOutput)")
