@@ -20,7 +20,7 @@ import Testing
     /// authentication), as delivered, undecrypted.
     static func nextDelivery(_ client: FlitzClient) async throws -> WireCallSignalDelivery? {
         let account = try #require(try client.store.loadAccount())
-        return try await client.withAuthenticatedConnection(account) { connection in
+        return try await client.withAuthenticatedConnection(account, callSignals: true) { connection in
             await connection.nextCallSignal(timeout: .seconds(30))
         }
     }
@@ -82,7 +82,7 @@ import Testing
         let aliceAccount = try #require(try alice.store.loadAccount())
         let bobAccount = try #require(try bob.store.loadAccount())
         let id = Self.callID(0x07)
-        let received = try await bob.withAuthenticatedConnection(bobAccount) { bobConnection in
+        let received = try await bob.withAuthenticatedConnection(bobAccount, callSignals: true) { bobConnection in
             try await alice.withAuthenticatedConnection(aliceAccount) { connection in
                 let offer = try await alice.sendCallSignal(Self.offer(), callID: id, to: "bob", devices: nil, sequence: 1, on: connection, account: aliceAccount)
                 #expect(offer.delivered == [bobAccount.deviceID])

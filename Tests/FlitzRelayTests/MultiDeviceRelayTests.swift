@@ -190,7 +190,9 @@ extension WireFrame {
     }
 
     @Test func registerDeviceAssignsTheNextIDOnceAndChecksTheCertificate() async throws {
-        try await RelayHarness.run { relay in
+        // The first connection stays unauthenticated through 17 registrations (ML-KEM keys, signatures): under a
+        // loaded suite that took over 30 s, the default authentication timeout, which this test is not about.
+        try await RelayHarness.run(authenticationTimeout: .seconds(600)) { relay in
             let alice = TestAccount("alice")
             try await relay.connect { (connection: TestConnection) async throws -> Void in
                 try await connection.register(alice)
