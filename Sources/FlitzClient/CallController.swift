@@ -182,6 +182,15 @@ public actor CallController {
         guard Handle.isValid(handle) else { throw ClientError(.invalidArgument, "invalid handle \"\(handle)\"") }
         guard handle != account.handle else { throw ClientError(.invalidArgument, "you cannot call yourself") }
         guard !machine.isInCall else { throw ClientError(.invalidArgument, "already in a call") }
+        // A handle that does not exist is refused before anything is shown, gathered or recorded: a typo is not
+        // a failed call (the newcomer review saw "calling", "ended: failed" and a history row).
+        var lookup = WireFetchDeviceList()
+        lookup.handle = handle
+        do {
+            _ = try await connection.request(.fetchDeviceList(lookup))
+        } catch let error as ClientError where error.kind == .refused(.unknownRecipient) {
+            throw client.noSuchHandleError(handle)
+        }
         guard let id = CallID(client.random.bytes(16)) else { throw ClientError(.protocolFailure, "no call id") }
         guard machine.placeCall(id, to: handle, at: client.currentTime()) == [.sendOffer(id, to: handle)] else {
             throw ClientError(.invalidArgument, "already in a call")

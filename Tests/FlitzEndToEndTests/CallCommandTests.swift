@@ -212,6 +212,18 @@ struct CallCommandTests {
 
     /// Exit codes and text of calls that never connect: `--relay-only` on a relay without TURN is a failure (2);
     /// an outgoing call hung up here while it rings prints "cancelled" (exit 1), its history outcome stays missed.
+    @Test func callingAnUnknownHandleIsRefusedBeforeAnythingRings() throws {
+        let scratch = try Scratch()
+        let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
+        defer { relay.stop() }
+        let (alice, _) = try SignalsCommandTests.acquainted(scratch, relay: relay)
+        let unknown = try alice.flitz("call", "nosuchuser")
+        #expect(unknown.status == 3, "\(unknown)")
+        #expect(unknown.stderr.contains("no such handle nosuchuser"), "\(unknown)")
+        #expect(unknown.stdout.isEmpty, "nothing is shown as calling: \(unknown)")
+        #expect(try alice.flitz("calls", "--json").stdout.isEmpty, "no history row for a typo")
+    }
+
     @Test func relayOnlyWithoutTURNFailsAndACancelledCallSaysSo() throws {
         let scratch = try Scratch()
         let relay = try RelayProcess(database: scratch.path("relay.sqlite"), log: scratch.path("relay.log"))
