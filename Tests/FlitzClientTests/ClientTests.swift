@@ -53,9 +53,14 @@ final class InProcessRelay: Sendable {
         return (alice, bob)
     }
 
-    func stop() async {
+    /// Shuts the relay down and waits until it has stopped (its port is closed), keeping the directory.
+    func shutDown() async {
         await application.triggerGracefulShutdown()
         _ = await task.result
+    }
+
+    func stop() async {
+        await shutDown()
         try? FileManager.default.removeItem(at: directory)
     }
 }
@@ -328,7 +333,9 @@ struct ClientTests {
         let relay = try await InProcessRelay()
         let alice = try relay.client("alice")
         _ = try await alice.initialize(relayURL: relay.url, handle: "alice")
-        await relay.application.triggerGracefulShutdown()
+        // Waits for the port to close: right after the trigger the listener may still accept, and a connection the
+        // relay then never upgrades hung the whole suite once (the WebSocket upgrade has no timeout of its own).
+        await relay.shutDown()
         let error = await #expect(throws: ClientError.self) {
             _ = try await alice.send(to: "bob", text: "hi", timeout: .milliseconds(300))
         }
