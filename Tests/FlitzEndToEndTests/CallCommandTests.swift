@@ -394,7 +394,9 @@ struct CallCommandTests {
             #expect(a["outcome"] as? String == "answered" && b["outcome"] as? String == "answered")
             let aliceSeconds = a["durationSeconds"] as? Double ?? -1, bobSeconds = b["durationSeconds"] as? Double ?? -100
             #expect(aliceSeconds >= 5.5 && aliceSeconds < 10, "alice: \(a)")
-            #expect(abs(aliceSeconds - bobSeconds) <= 1, "matching durations: \(a) \(b)")
+            // Each side stamps the end when it learns of it, and the hangup crosses the relay: a loaded machine
+            // (CI saw 1.85 s) delays bob's view, so "matching" allows a few seconds, not a fraction of one.
+            #expect(abs(aliceSeconds - bobSeconds) <= 3, "matching durations: \(a) \(b)")
         }
 
         // What the relay must never hold: SDP-like text, both locked media addresses, this machine's other
