@@ -36,6 +36,9 @@ let package = Package(
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
         // `flitz media --export FILE.zip` (issue 7): a pure-Swift ZIP writer, streaming entries from files.
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
+        // Several relay nodes on one PostgreSQL database (issue 9, protocol/cluster.md): pooled connections,
+        // prepared statements, LISTEN/NOTIFY.
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .systemLibrary(
@@ -79,11 +82,21 @@ let package = Package(
             name: "FlitzStoreSQLite",
             dependencies: ["FlitzStore", .product(name: "GRDB", package: "GRDB.swift")]
         ),
+        // The shared store of several relay nodes (protocol/cluster.md); its client runs as a relay service.
+        .target(
+            name: "FlitzStorePostgres",
+            dependencies: [
+                "FlitzStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // Never add FlitzProtocol here: the relay must not be able to decrypt or decode message content.
         .target(
             name: "FlitzRelay",
             dependencies: [
-                "FlitzWire", "FlitzStore", "FlitzStoreSQLite", "FlitzCrypto",
+                "FlitzWire", "FlitzStore", "FlitzStoreSQLite", "FlitzStorePostgres", "FlitzCrypto",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -164,11 +177,15 @@ let package = Package(
         ),
         .testTarget(name: "FlitzWireTests", dependencies: ["FlitzWire", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "FlitzProtocolTests", dependencies: ["FlitzProtocol", "FlitzCrypto", "FlitzVectors"]),
-        .testTarget(name: "FlitzStoreSQLiteTests", dependencies: ["FlitzStore", "FlitzStoreSQLite"]),
+        // The one storage conformance suite, run against SQLite and a real PostgreSQL (scripts/postgres.sh).
+        .testTarget(
+            name: "FlitzStoreSQLiteTests",
+            dependencies: ["FlitzStore", "FlitzStoreSQLite", "FlitzStorePostgres", "FlitzTestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(
             name: "FlitzRelayTests",
             dependencies: [
-                "FlitzRelay", "FlitzWire", "FlitzCrypto", "FlitzStoreSQLite",
+                "FlitzRelay", "FlitzWire", "FlitzCrypto", "FlitzStoreSQLite", "FlitzStorePostgres", "FlitzTestSupport",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 // Local stand-ins for push services: Web Push and FCM over HTTP/1.1, APNs over HTTP/2 with TLS.
                 .product(name: "Hummingbird", package: "hummingbird"),
