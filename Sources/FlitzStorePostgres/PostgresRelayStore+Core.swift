@@ -299,7 +299,7 @@ extension PostgresRelayStore {
         let lockRow = try await db.first(
             """
             SELECT pg_advisory_xact_lock(hashtextextended(\("flitz.submit:" + sender.handle), 0))::text,
-                EXISTS (SELECT 1 FROM devices WHERE handle = \(sender.handle) AND device_id = \(Int64(sender.deviceID)))
+                EXISTS (SELECT 1 FROM devices WHERE handle = \(sender.handle) AND device_id = \(Int64(sender.deviceID)) FOR KEY SHARE)
             """)
         guard let lockRow, try lockRow.decode((String, Bool).self).1 else { throw StoreError(.unknownDevice) }
         // Groups of this submit: a non-zero `group` number, or each group-0 envelope on its own.
@@ -1099,11 +1099,13 @@ extension PostgresRelayStore {
     /// The current devices of `handle` in the sense of `relay.md` "Submit": the listed ones when a list is stored,
     /// else every device; nil for an unknown handle.
     static func currentDeviceIDs(_ db: PostgresTransaction, _ handle: String) async throws -> Set<UInt32>? {
-        // One round trip: whether the account exists, its devices, whether a list is stored, the listed ids.
+        // One round trip: whether the account exists, its devices, whether a list is stored, the listed ids. The
+        // account and device rows are share-locked until the transaction ends, so a removal or deletion on another
+        // node waits for it (or it for them, and then sees them gone): nothing is queued for a device being removed.
         guard let row = try await db.first(
             """
-            SELECT EXISTS (SELECT 1 FROM accounts WHERE handle = \(handle)),
-                ARRAY(SELECT device_id FROM devices WHERE handle = \(handle)),
+            SELECT EXISTS (SELECT 1 FROM accounts WHERE handle = \(handle) FOR KEY SHARE),
+                ARRAY(SELECT device_id FROM devices WHERE handle = \(handle) ORDER BY device_id FOR KEY SHARE),
                 EXISTS (SELECT 1 FROM device_lists WHERE handle = \(handle)),
                 ARRAY(SELECT device_id FROM device_list_entries WHERE handle = \(handle))
             """)

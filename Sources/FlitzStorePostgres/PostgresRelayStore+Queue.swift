@@ -232,7 +232,8 @@ extension PostgresRelayStore {
     }
 
     static func deviceExists(_ db: PostgresTransaction, _ address: DeviceAddress) async throws -> Bool {
-        try await db.exists("SELECT 1 FROM devices WHERE handle = \(address.handle) AND device_id = \(Int64(address.deviceID))")
+        // Share-locked: a removal of the device on another node waits until this transaction ends.
+        try await db.exists("SELECT 1 FROM devices WHERE handle = \(address.handle) AND device_id = \(Int64(address.deviceID)) FOR KEY SHARE")
     }
 
     /// Takes the transaction-scoped advisory lock of `name` (`pg_advisory_xact_lock`): serializes the transactions
