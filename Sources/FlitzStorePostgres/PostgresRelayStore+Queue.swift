@@ -109,18 +109,6 @@ extension PostgresRelayStore {
         }
     }
 
-    /// The number of queued items (envelopes and receipts waiting in device queues, every partition) for the relay's
-    /// queue-depth gauge (`relay.md`, "Metrics"), or `limit` when there are at least that many: a scrape never scans
-    /// an unbounded table (as `SQLiteQueueDepth.count(limit:)`).
-    /// - Throws: `StoreError.backend` when the read fails.
-    public func queuedItemCount(limit: Int) async throws -> Int {
-        try await read { db in
-            Int(
-                try await db.first("SELECT COUNT(*) FROM (SELECT 1 FROM queue_items LIMIT \(Int64(max(0, limit)))) AS q")?.decode(Int64.self)
-                    ?? 0)
-        }
-    }
-
     /// Queues `items` for `device` inside `db`'s transaction, in order, and returns their sequences.
     ///
     /// The sequences come from the device's `queue_counters` row (`cluster.md` 5), created or advanced by one
