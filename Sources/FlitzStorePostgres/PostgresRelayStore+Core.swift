@@ -948,8 +948,13 @@ extension PostgresRelayStore {
                 ORDER BY envelope_id FOR UPDATE
                 """
             ).map(RouteRow.init)
-            try await db.rows("DELETE FROM queue_items WHERE handle = \(handle) AND device_id = \(deviceID)")
+            // The device row first: its exclusive lock waits for every transaction that share-locked it to queue
+            // something (a receipt, a submit on another node) and makes later ones see it gone; the queue delete after
+            // it (a new snapshot) then also takes what those transactions committed. The other way round, an item
+            // committed between the two deletes stayed queued for a device that no longer exists.
             try await db.rows("DELETE FROM devices WHERE handle = \(handle) AND device_id = \(deviceID)")
+            try await db.rows("DELETE FROM queue_items WHERE handle = \(handle) AND device_id = \(deviceID)")
+            try await Self.dropQueueCounter(db, DeviceAddress(handle: handle, deviceID: id))
         }
         var notified = Set<DeviceAddress>()
         for route in routes {

@@ -111,7 +111,8 @@ extension PostgresRelayStore {
 
     /// Queues `items` for `device` inside `db`'s transaction, in order, and returns their sequences.
     ///
-    /// The sequences come from the device's `queue_counters` row (`cluster.md` 5), created or advanced by one
+    /// The sequences come from the device's `queue_counters` row (`cluster.md` 5; a new row starts at
+    /// `queue_sequence_floor`, above every sequence of a dropped row), created or advanced by one
     /// `INSERT … ON CONFLICT DO UPDATE`, which locks that row until the transaction ends: two transactions queueing
     /// for one device serialize there, so sequences follow commit order and a reader that has seen sequence N never
     /// later finds a committed item below N. The row's `envelopes` count grows by the envelopes queued (a trigger
@@ -126,7 +127,8 @@ extension PostgresRelayStore {
             guard let row = try await db.first(
                 """
                 WITH counter AS (
-                    INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes) VALUES (\(device.handle), \(deviceID), 2, 1)
+                    INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes)
+                    VALUES (\(device.handle), \(deviceID), (SELECT next_sequence FROM queue_sequence_floor) + 1, 1)
                     ON CONFLICT (handle, device_id) DO UPDATE
                         SET next_sequence = queue_counters.next_sequence + 1, envelopes = queue_counters.envelopes + 1
                     RETURNING next_sequence - 1 AS sequence)
@@ -141,7 +143,8 @@ extension PostgresRelayStore {
         let envelopes = Int64(items.filter(\.isEnvelope).count)
         guard let row = try await db.first(
             """
-            INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes) VALUES (\(device.handle), \(deviceID), \(count + 1), \(envelopes))
+            INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes)
+            VALUES (\(device.handle), \(deviceID), (SELECT next_sequence FROM queue_sequence_floor) + \(count), \(envelopes))
             ON CONFLICT (handle, device_id) DO UPDATE
                 SET next_sequence = queue_counters.next_sequence + \(count), envelopes = queue_counters.envelopes + \(envelopes)
             RETURNING next_sequence - \(count)
@@ -193,13 +196,29 @@ extension PostgresRelayStore {
         return true
     }
 
-    /// Locks the queue counter rows of `devices` (those that exist) in one sorted order and returns each one's
-    /// count of undelivered envelopes (0 for a device without a row). Taking them up front, sorted, keeps two
-    /// submits to the same devices from locking them in opposite orders.
+    /// Locks the queue counter rows of `devices` in one sorted order and returns each one's count of undelivered
+    /// envelopes (0 for a device without a row). Taking them up front, sorted, keeps two submits to the same devices
+    /// from locking them in opposite orders.
+    ///
+    /// A device that exists but has no counter row yet gets one first (`INSERT … ON CONFLICT DO NOTHING`, sorted, the
+    /// device row share-locked so a removal cannot leave the new row behind): a `SELECT … FOR UPDATE` alone locks only
+    /// rows that exist, and two submits of different senders (different advisory locks) to a device without a row
+    /// both read depth 0 and could exceed the queue limit together. An insert racing another's uncommitted insert of
+    /// the same row waits for it, then the lock below reads the committed depth. Devices that do not exist get no row.
     static func lockQueueDepths(_ db: PostgresTransaction, _ devices: Set<DeviceAddress>) async throws -> [DeviceAddress: Int] {
         guard !devices.isEmpty else { return [:] }
         let sorted = devices.sorted { ($0.handle, $0.deviceID) < ($1.handle, $1.deviceID) }
         let handles = sorted.map(\.handle), ids = sorted.map { Int64($0.deviceID) }
+        try await db.rows(
+            """
+            INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes)
+            SELECT d.handle, d.device_id, (SELECT next_sequence FROM queue_sequence_floor), 0 FROM devices d
+            JOIN unnest(\(handles)::text[], \(ids)::bigint[]) AS w(handle, device_id) ON d.handle = w.handle AND d.device_id = w.device_id
+            WHERE NOT EXISTS (SELECT 1 FROM queue_counters c WHERE c.handle = d.handle AND c.device_id = d.device_id)
+            ORDER BY d.handle COLLATE "C", d.device_id
+            FOR KEY SHARE OF d
+            ON CONFLICT (handle, device_id) DO NOTHING
+            """)
         var depths: [DeviceAddress: Int] = [:]
         for row in try await db.rows(
             """
@@ -217,6 +236,20 @@ extension PostgresRelayStore {
     /// The undelivered envelopes queued for `device`, its counter row locked until the transaction ends.
     static func lockQueueDepth(_ db: PostgresTransaction, _ device: DeviceAddress) async throws -> Int {
         try await lockQueueDepths(db, [device])[device] ?? 0
+    }
+
+    /// Deletes `device`'s queue counter row (its device is gone; it has no queued items left), first raising
+    /// `queue_sequence_floor` to the row's `next_sequence`: every counter row made later (the same handle and device
+    /// id registered again after the tombstone's purge) starts at or above it, so a device id's sequences never go
+    /// backwards. Locks the floor row until the transaction ends (device removals are rare).
+    static func dropQueueCounter(_ db: PostgresTransaction, _ device: DeviceAddress) async throws {
+        try await db.rows(
+            """
+            WITH gone AS (
+                DELETE FROM queue_counters WHERE handle = \(device.handle) AND device_id = \(Int64(device.deviceID)) RETURNING next_sequence)
+            UPDATE queue_sequence_floor SET next_sequence = gone.next_sequence FROM gone
+            WHERE gone.next_sequence > queue_sequence_floor.next_sequence
+            """)
     }
 
     static func deviceExists(_ db: PostgresTransaction, _ address: DeviceAddress) async throws -> Bool {

@@ -10,7 +10,30 @@ extension PostgresRelayStore {
     /// `envelope_routes.group_id` is never NULL, and `scheduled_envelopes`/`reports` carry an identity column `seq` for
     /// insertion order (SQLite's `rowid`).
     static let coreMigrations: [Migration] = [
-        Migration(name: "core-v1", sql: coreV1)
+        Migration(name: "core-v1", sql: coreV1),
+        Migration(name: "core-v2", sql: coreV2),
+    ]
+
+    /// `core-v2`: `queue_sequence_floor`, one row: the least `next_sequence` a new `queue_counters` row starts at.
+    /// A removed device's counter row is deleted (no longer kept for ever) after raising the floor to its
+    /// `next_sequence`, so a handle registered again after its tombstone's purge never sees a device id's sequences
+    /// go backwards. Existing counter rows of devices that are gone are dropped the same way.
+    private static let coreV2: [String] = [
+        """
+        CREATE TABLE queue_sequence_floor (
+            single BOOLEAN PRIMARY KEY DEFAULT true CHECK (single),
+            next_sequence BIGINT NOT NULL
+        )
+        """,
+        """
+        INSERT INTO queue_sequence_floor (single, next_sequence)
+        SELECT true, GREATEST(1, COALESCE(MAX(next_sequence), 1)) FROM queue_counters c
+        WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.handle = c.handle AND d.device_id = c.device_id)
+        """,
+        """
+        DELETE FROM queue_counters c
+        WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.handle = c.handle AND d.device_id = c.device_id)
+        """,
     ]
 
     /// Queue partitions: `queue_items_p00` to `queue_items_p15` (`cluster.md` 5).

@@ -348,6 +348,137 @@ enum PostgresTestDatabase {
         }
     }
 
+    /// The single `bigint` a query of the store's database returns (a count, a sequence).
+    static func scalar(_ store: PostgresRelayStore, _ query: PostgresQuery) async throws -> Int64 {
+        try #require(try await store.client.query(query, logger: PostgresTestDatabase.logger).collect().first?.decode(Int64.self))
+    }
+
+    /// Review finding 6: a receipt being queued for a device on one node while a device list removes that device on
+    /// another. The removal waits for the receipt's share lock of the device row and then takes the receipt too:
+    /// nothing stays queued for a removed device (it used to delete the queue before the device row, so an item
+    /// committed in between stayed until it expired).
+    @Test func aDeviceRemovalTakesAnItemQueuedForItWhileItWaited() async throws {
+        try await PostgresTestDatabase.withStores(count: 2) { stores in
+            let logger = PostgresTestDatabase.logger
+            let bob1 = try await Self.register(stores[0], "bob")
+            let bob2 = DeviceAddress(
+                handle: "bob",
+                deviceID: try await stores[0].registerDevice(
+                    handle: "bob", accountIdentityKey: Self.bytes(9, 32), device: Self.newDevice(2), atMs: 1_500, maxDevices: 5))
+            let (queued, queuedSignal) = AsyncStream<Void>.makeStream()
+            let (commit, commitSignal) = AsyncStream<Void>.makeStream()
+            // Node 0 queues a receipt for bob's device 2 as the store does: the device row share-locked, then the
+            // counter row and the item; it stays open.
+            let receipt = Task {
+                try await stores[0].client.withTransaction(logger: logger) { connection in
+                    let found = try await connection.query(
+                        "SELECT 1 FROM devices WHERE handle = 'bob' AND device_id = \(Int64(bob2.deviceID)) FOR KEY SHARE", logger: logger
+                    ).collect()
+                    #expect(found.count == 1)
+                    try await connection.query(
+                        """
+                        INSERT INTO queue_counters (handle, device_id, next_sequence) VALUES ('bob', \(Int64(bob2.deviceID)), 2)
+                        ON CONFLICT (handle, device_id) DO UPDATE SET next_sequence = queue_counters.next_sequence + 1
+                        """, logger: logger)
+                    try await connection.query(
+                        """
+                        INSERT INTO queue_items (handle, device_id, sequence, kind, envelope_id, receipt_id, receipt_kind, receipt_at,
+                            receipt_recipient_handle, receipt_recipient_device_id, expires_at_ms)
+                        VALUES ('bob', \(Int64(bob2.deviceID)), 1, 2, \(Self.bytes(7, 16)), \(Self.bytes(8, 16)), 1, 1500, 'alice', 1, 100000)
+                        """, logger: logger)
+                    queuedSignal.yield()
+                    for await _ in commit { break }
+                }
+            }
+            var iterator = queued.makeAsyncIterator()
+            _ = await iterator.next()
+            // Node 1 removes device 2 through a new device list; it has to wait for node 0's share lock.
+            let removal = Task {
+                try await stores[1].publishDeviceList(
+                    handle: "bob", accountIdentityKey: Self.bytes(9, 32),
+                    list: StoredDeviceList(payload: Self.bytes(3, 20), signature: Self.bytes(4, 64), version: 1),
+                    entries: [DeviceListEntry(deviceID: bob1.deviceID, deviceIdentityKey: Self.bytes(1, 32))], publisher: bob1,
+                    removeDeviceIDs: [bob2.deviceID], atMs: 2_000, receiptExpiresAtMs: 100_000)
+            }
+            #expect(try await Self.waitUntilSomeoneWaitsForALock(stores[1]))
+            commitSignal.yield()
+            try await receipt.value
+            #expect(try await removal.value.removedDeviceIDs == [bob2.deviceID])
+            #expect(try await Self.scalar(stores[0], "SELECT count(*) FROM queue_items WHERE handle = 'bob' AND device_id = \(Int64(bob2.deviceID))") == 0)
+            // Finding 10: the removed device's counter row goes too, its sequence kept in the floor.
+            #expect(try await Self.scalar(stores[0], "SELECT count(*) FROM queue_counters WHERE handle = 'bob' AND device_id = \(Int64(bob2.deviceID))") == 0)
+            #expect(try await Self.scalar(stores[0], "SELECT next_sequence FROM queue_sequence_floor") == 2)
+        }
+    }
+
+    /// Review finding 7: two submits of different senders (different submit locks) to a device that has no queue
+    /// counter row yet, with a queue limit of 1. The second waits for the first's counter row and then reads its
+    /// depth: refused with `queueFull` (it used to lock only existing rows, read depth 0 and queue a second envelope).
+    @Test func theQueueLimitHoldsForADeviceWithoutACounterRowYet() async throws {
+        try await PostgresTestDatabase.withStores(count: 2) { stores in
+            let logger = PostgresTestDatabase.logger
+            _ = try await Self.register(stores[0], "alice")
+            let bob = try await Self.register(stores[0], "bob")
+            let carol = try await Self.register(stores[0], "carol")
+            #expect(try await Self.scalar(stores[0], "SELECT count(*) FROM queue_counters WHERE handle = 'bob'") == 0)
+            let (queued, queuedSignal) = AsyncStream<Void>.makeStream()
+            let (commit, commitSignal) = AsyncStream<Void>.makeStream()
+            // Alice's submit on node 0, as the store queues one envelope (the counter row made by the insert), held open.
+            let first = Task {
+                try await stores[0].client.withTransaction(logger: logger) { connection in
+                    try await connection.query(
+                        """
+                        INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes) VALUES ('bob', 1, 2, 1)
+                        ON CONFLICT (handle, device_id) DO UPDATE
+                            SET next_sequence = queue_counters.next_sequence + 1, envelopes = queue_counters.envelopes + 1
+                        """, logger: logger)
+                    try await connection.query(
+                        """
+                        INSERT INTO queue_items (handle, device_id, sequence, kind, envelope_id, ciphertext, expires_at_ms)
+                        VALUES ('bob', 1, 1, 1, \(Self.bytes(5, 16)), \(Self.bytes(0xAB, 40)), 100000)
+                        """, logger: logger)
+                    queuedSignal.yield()
+                    for await _ in commit { break }
+                }
+            }
+            var iterator = queued.makeAsyncIterator()
+            _ = await iterator.next()
+            let second = Task {
+                try await stores[1].submit(sender: carol, envelopes: [Self.envelope(Self.bytes(6, 16), to: bob)], atMs: 2_000, queueLimit: 1)
+            }
+            #expect(try await Self.waitUntilSomeoneWaitsForALock(stores[1]))
+            commitSignal.yield()
+            try await first.value
+            #expect(try await second.value == [.rejected(.queueFull)])
+            #expect(try await Self.scalar(stores[0], "SELECT count(*) FROM queue_items WHERE handle = 'bob' AND kind = 1") == 1)
+        }
+    }
+
+    /// Review finding 10: a deleted account's counter rows go with it (not kept for ever), and when its handle is
+    /// registered again after the tombstone's purge, the new device 1's sequences start above the old ones.
+    @Test func counterRowsGoWithTheAccountAndSequencesNeverGoBackwards() async throws {
+        try await PostgresTestDatabase.withStores { stores in
+            let store = stores[0]
+            let alice = try await Self.register(store, "alice")
+            let dave = try await Self.register(store, "dave")
+            for byte in UInt8(1)...3 {
+                _ = try await store.submit(sender: alice, envelopes: [Self.envelope(Self.bytes(byte, 16), to: dave)], atMs: 2_000, queueLimit: .max)
+            }
+            let old = try await store.pendingItems(for: dave, afterSequence: 0, nowMs: 2_000, limit: 10).map(\.sequence)
+            #expect(old.count == 3)
+            _ = try await store.deleteAccount(
+                handle: "dave", accountIdentityKey: Self.bytes(9, 32), atMs: 3_000, tombstoneUntilMs: 5_000, receiptExpiresAtMs: 100_000)
+            #expect(try await Self.scalar(store, "SELECT count(*) FROM queue_counters WHERE handle = 'dave'") == 0)
+            #expect(try await store.sweep(nowMs: 6_000, receiptExpiresAtMs: 100_000).purgedTombstones == 1)
+            let again = try await Self.register(store, "dave")
+            #expect(again == dave)
+            _ = try await store.submit(sender: alice, envelopes: [Self.envelope(Self.bytes(9, 16), to: again)], atMs: 7_000, queueLimit: .max)
+            let new = try await store.pendingItems(for: again, afterSequence: 0, nowMs: 7_000, limit: 10).map(\.sequence)
+            #expect(new.count == 1)
+            #expect(new.allSatisfy { $0 > (old.max() ?? .max) })
+        }
+    }
+
     /// Whether a session of the store's database waits for a lock, asked until it does (a failure guard of 60 s,
     /// never a timing assumption: the waiting writer is blocked until the test lets the other commit).
     static func waitUntilSomeoneWaitsForALock(_ store: PostgresRelayStore) async throws -> Bool {
