@@ -683,80 +683,130 @@ extension PostgresRelayStore {
         return notified
     }
 
-    /// Implements `RelayStore.sweep` in one transaction. Safe on every node at once: it takes only rows no other
-    /// transaction holds (`FOR UPDATE SKIP LOCKED`; a skipped row is taken by a later sweep), so two sweeps never
-    /// expire one envelope twice nor wait on each other; expired queue items are deleted partition by partition
-    /// (`cluster.md` 5).
+    /// Most rows one transaction of the sweep changes (`sweep(nowMs:receiptExpiresAtMs:batchSize:)`).
+    public static let sweepBatchSize = 1_000
+
+    /// Implements `RelayStore.sweep` with batches of at most `sweepBatchSize` rows per transaction.
     public func sweep(nowMs: Int64, receiptExpiresAtMs: Int64) async throws -> SweepResult {
-        try await write { db in
-            let expired = try await db.rows(
-                """
-                SELECT \(unescaped: RouteRow.columns) FROM envelope_routes WHERE state = \(Self.stateQueued) AND expires_at <= \(nowMs)
-                ORDER BY envelope_id FOR UPDATE SKIP LOCKED
-                """
-            ).map(RouteRow.init)
-            // Every queue counter this sweep changes (receipts to senders; the trigger on each deleted envelope row),
-            // locked up front in one sorted order, so that two sweeps (or a sweep and a submit) never lock two
-            // counters in opposite orders; a second sweep waits here for the first.
-            var counters = Set(expired.map(\.sender))
-            for row in try await db.rows("SELECT DISTINCT handle, device_id FROM queue_items WHERE expires_at_ms <= \(nowMs) AND kind = \(Self.kindEnvelope)") {
-                let (handle, deviceID) = try row.decode((String, Int64).self)
-                counters.insert(DeviceAddress(handle: handle, deviceID: UInt32(deviceID)))
-            }
-            _ = try await Self.lockQueueDepths(db, counters)
-            var notified = Set<DeviceAddress>()
-            for route in expired {
-                try await db.rows("UPDATE envelope_routes SET state = \(Self.stateExpired) WHERE envelope_id = \(route.envelopeID)")
-                try await db.rows(
+        try await sweep(nowMs: nowMs, receiptExpiresAtMs: receiptExpiresAtMs, batchSize: Self.sweepBatchSize)
+    }
+
+    /// `RelayStore.sweep` in bounded transactions: expired envelopes `batchSize` at a time (each batch marks its
+    /// routes expired, deletes their queued copies and queues the `expired` receipts), then each queue partition's
+    /// leftover expired items `batchSize` at a time, then expired routes `batchSize` at a time, then group receipt
+    /// rows, tombstones and pairing slots. A batch locks only the queue counters it changes, so a large sweep never
+    /// holds a device's counter row (and with it every submit to that device) for longer than one batch.
+    ///
+    /// Safe on every node at once: every batch takes only rows no other transaction holds (`FOR UPDATE SKIP
+    /// LOCKED`; a skipped row is taken by a later sweep), so two sweeps never expire one envelope twice; each batch
+    /// locks its counters, sorted, before any queue row, so sweeps, submits and acknowledgements never lock two
+    /// counters in opposite orders. The sweep as a whole is not one transaction (each batch is, and a crash between
+    /// batches leaves a consistent state the next sweep continues from). `batchSize` must be at least 1.
+    public func sweep(nowMs: Int64, receiptExpiresAtMs: Int64, batchSize: Int) async throws -> SweepResult {
+        let limit = Int64(max(1, batchSize))
+        var expiredEnvelopes = 0
+        var notified = Set<DeviceAddress>()
+        while true {
+            let (count, senders) = try await write { db -> (Int, Set<DeviceAddress>) in
+                let expired = try await db.rows(
                     """
-                    DELETE FROM queue_items WHERE handle = \(route.recipient.handle) AND device_id = \(Int64(route.recipient.deviceID))
-                        AND envelope_id = \(route.envelopeID) AND kind = \(Self.kindEnvelope)
-                    """)
-                if try await self.queueReceipt(
-                    db, to: route.sender, envelopeID: route.envelopeID, kind: .expired, recipient: route.recipient, atMs: nowMs,
-                    expiresAtMs: receiptExpiresAtMs)
-                {
-                    notified.insert(route.sender)
+                    SELECT \(unescaped: RouteRow.columns) FROM envelope_routes WHERE state = \(Self.stateQueued) AND expires_at <= \(nowMs)
+                    ORDER BY envelope_id LIMIT \(limit) FOR UPDATE SKIP LOCKED
+                    """
+                ).map(RouteRow.init)
+                // The counters this batch changes (receipts to senders; the trigger on each deleted envelope row of a
+                // recipient), locked up front in one sorted order.
+                _ = try await Self.lockQueueDepths(db, Set(expired.map(\.sender) + expired.map(\.recipient)))
+                var notified = Set<DeviceAddress>()
+                for route in expired {
+                    try await db.rows("UPDATE envelope_routes SET state = \(Self.stateExpired) WHERE envelope_id = \(route.envelopeID)")
+                    try await db.rows(
+                        """
+                        DELETE FROM queue_items WHERE handle = \(route.recipient.handle) AND device_id = \(Int64(route.recipient.deviceID))
+                            AND envelope_id = \(route.envelopeID) AND kind = \(Self.kindEnvelope)
+                        """)
+                    if try await self.queueReceipt(
+                        db, to: route.sender, envelopeID: route.envelopeID, kind: .expired, recipient: route.recipient, atMs: nowMs,
+                        expiresAtMs: receiptExpiresAtMs)
+                    {
+                        notified.insert(route.sender)
+                    }
                 }
+                return (expired.count, notified)
             }
-            // Anything else past its expiry: receipts, and envelope rows whose route was already settled.
-            var purgedReceipts = 0
-            for index in 0..<Self.queuePartitionCount {
-                let table = Self.queuePartitionName(index)
-                purgedReceipts += try await db.count(
+            expiredEnvelopes += count
+            notified.formUnion(senders)
+            if count < limit { break }
+        }
+        // Anything else past its expiry (receipts, and envelope rows whose route was already settled), partition by
+        // partition, a batch per transaction.
+        var purgedReceipts = 0
+        for index in 0..<Self.queuePartitionCount {
+            let table = Self.queuePartitionName(index)
+            while true {
+                let (candidates, deleted) = try await write { db -> (Int, Int) in
+                    let keys = try await db.rows(
+                        """
+                        SELECT handle, device_id, sequence, kind FROM \(unescaped: table) WHERE expires_at_ms <= \(nowMs)
+                        ORDER BY handle, device_id, sequence LIMIT \(limit)
+                        """
+                    ).map { try $0.decode((String, Int64, Int64, Int64).self) }
+                    guard !keys.isEmpty else { return (0, 0) }
+                    // Counters of the devices whose envelope rows go (the delete trigger), before any queue row.
+                    _ = try await Self.lockQueueDepths(
+                        db, Set(keys.filter { $0.3 == Self.kindEnvelope }.map { DeviceAddress(handle: $0.0, deviceID: UInt32($0.1)) }))
+                    let deleted = try await db.count(
+                        """
+                        DELETE FROM \(unescaped: table) WHERE (handle, device_id, sequence) IN (
+                            SELECT q.handle, q.device_id, q.sequence FROM \(unescaped: table) q
+                            JOIN unnest(\(keys.map(\.0))::text[], \(keys.map(\.1))::bigint[], \(keys.map(\.2))::bigint[]) AS k(handle, device_id, sequence)
+                                ON q.handle = k.handle AND q.device_id = k.device_id AND q.sequence = k.sequence
+                            WHERE q.expires_at_ms <= \(nowMs) FOR UPDATE OF q SKIP LOCKED)
+                        RETURNING 1
+                        """)
+                    return (keys.count, deleted)
+                }
+                purgedReceipts += deleted
+                // Fewer than a batch left, or every candidate held by another transaction (a later sweep takes it).
+                if candidates < limit || deleted == 0 { break }
+            }
+        }
+        var purgedRoutes = 0
+        while true {
+            let deleted = try await write { db in
+                try await db.count(
                     """
-                    DELETE FROM \(unescaped: table) WHERE (handle, device_id, sequence) IN (
-                        SELECT handle, device_id, sequence FROM \(unescaped: table) WHERE expires_at_ms <= \(nowMs) FOR UPDATE SKIP LOCKED)
+                    DELETE FROM envelope_routes WHERE envelope_id IN (
+                        SELECT envelope_id FROM envelope_routes WHERE route_expires_at <= \(nowMs) LIMIT \(limit) FOR UPDATE SKIP LOCKED)
                     RETURNING 1
                     """)
             }
-            let purgedRoutes = try await db.count(
-                """
-                DELETE FROM envelope_routes WHERE envelope_id IN (
-                    SELECT envelope_id FROM envelope_routes WHERE route_expires_at <= \(nowMs) FOR UPDATE SKIP LOCKED)
-                RETURNING 1
-                """)
+            purgedRoutes += deleted
+            if deleted < limit { break }
+        }
+        let (purgedTombstones, purgedLinkMessages) = try await write { db -> (Int, Int) in
             try await db.rows(
                 """
                 DELETE FROM group_receipts WHERE (group_id, recipient_handle, kind) IN (
                     SELECT group_id, recipient_handle, kind FROM group_receipts WHERE route_expires_at <= \(nowMs) FOR UPDATE SKIP LOCKED)
                 """)
-            let purgedTombstones = try await db.count(
+            let tombstones = try await db.count(
                 """
                 DELETE FROM account_tombstones WHERE handle IN (
                     SELECT handle FROM account_tombstones WHERE purge_at <= \(nowMs) FOR UPDATE SKIP LOCKED)
                 RETURNING 1
                 """)
-            let purgedLinkMessages = try await db.count(
+            let linkMessages = try await db.count(
                 """
                 DELETE FROM link_messages WHERE (rendezvous_id, slot) IN (
                     SELECT rendezvous_id, slot FROM link_messages WHERE expires_at <= \(nowMs) FOR UPDATE SKIP LOCKED)
                 RETURNING 1
                 """)
-            return SweepResult(
-                expiredEnvelopes: expired.count, notifiedSenders: notified, purgedReceipts: purgedReceipts, purgedRoutes: purgedRoutes,
-                purgedTombstones: purgedTombstones, purgedLinkMessages: purgedLinkMessages)
+            return (tombstones, linkMessages)
         }
+        return SweepResult(
+            expiredEnvelopes: expiredEnvelopes, notifiedSenders: notified, purgedReceipts: purgedReceipts, purgedRoutes: purgedRoutes,
+            purgedTombstones: purgedTombstones, purgedLinkMessages: purgedLinkMessages)
     }
 
     // MARK: Multi-device accounts

@@ -479,6 +479,52 @@ enum PostgresTestDatabase {
         }
     }
 
+    /// The sweep works in bounded transactions: with batches of 10, 25 expired envelopes are expired in 3
+    /// transactions and their 25 expired receipts purged in 3 (a trigger of the test's own logs each changed row's
+    /// transaction id), with the same results as one sweep.
+    @Test func theSweepWorksInBoundedBatches() async throws {
+        try await PostgresTestDatabase.withStores { stores in
+            let store = stores[0]
+            let alice = try await Self.register(store, "alice")
+            let bob = try await Self.register(store, "bob")
+            for statement: PostgresQuery in [
+                "CREATE TABLE sweep_log (what TEXT NOT NULL, txid BIGINT NOT NULL)",
+                """
+                CREATE FUNCTION log_expired() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN INSERT INTO sweep_log VALUES ('expired', txid_current()); RETURN NULL; END $$
+                """,
+                """
+                CREATE TRIGGER log_expired AFTER UPDATE ON envelope_routes FOR EACH ROW WHEN (NEW.state = 2) EXECUTE FUNCTION log_expired()
+                """,
+                """
+                CREATE FUNCTION log_purged() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN INSERT INTO sweep_log VALUES ('purged', txid_current()); RETURN NULL; END $$
+                """,
+                "CREATE TRIGGER log_purged AFTER DELETE ON queue_items FOR EACH ROW WHEN (OLD.kind = 2) EXECUTE FUNCTION log_purged()",
+            ] {
+                try await store.client.query(statement, logger: PostgresTestDatabase.logger)
+            }
+            let envelopes = (0..<25).map { Self.envelope(Data([UInt8($0)]) + Self.bytes(0xEE, 15), to: bob) }
+            let outcomes = try await store.submit(sender: alice, envelopes: envelopes, atMs: 2_000, queueLimit: .max)
+            #expect(outcomes.allSatisfy { $0 == .accepted(acceptedAtMs: 2_000, expiresAtMs: 100_000, newlyQueued: true) })
+            let expired = try await store.sweep(nowMs: 200_000, receiptExpiresAtMs: 300_000, batchSize: 10)
+            #expect(expired.expiredEnvelopes == 25)
+            #expect(expired.notifiedSenders == [alice])
+            #expect(try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 200_000, limit: 100).isEmpty)
+            #expect(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 200_000, limit: 100).count == 25)
+            #expect(try await Self.scalar(store, "SELECT envelopes FROM queue_counters WHERE handle = 'bob'") == 0)
+            #expect(try await Self.scalar(store, "SELECT count(*) FROM sweep_log WHERE what = 'expired'") == 25)
+            #expect(try await Self.scalar(store, "SELECT count(DISTINCT txid) FROM sweep_log WHERE what = 'expired'") == 3)
+            let purged = try await store.sweep(nowMs: 400_000, receiptExpiresAtMs: 500_000, batchSize: 10)
+            #expect(purged.purgedReceipts == 25)
+            #expect(purged.expiredEnvelopes == 0)
+            #expect(try await Self.scalar(store, "SELECT count(*) FROM sweep_log WHERE what = 'purged'") == 25)
+            #expect(try await Self.scalar(store, "SELECT count(DISTINCT txid) FROM sweep_log WHERE what = 'purged'") == 3)
+            #expect(try await store.sweep(nowMs: 2_000_000, receiptExpiresAtMs: 2_100_000, batchSize: 10).purgedRoutes == 25)
+            #expect(try await Self.scalar(store, "SELECT count(*) FROM envelope_routes") == 0)
+        }
+    }
+
     /// Whether a session of the store's database waits for a lock, asked until it does (a failure guard of 60 s,
     /// never a timing assumption: the waiting writer is blocked until the test lets the other commit).
     static func waitUntilSomeoneWaitsForALock(_ store: PostgresRelayStore) async throws -> Bool {
