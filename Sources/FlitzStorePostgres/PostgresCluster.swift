@@ -416,13 +416,13 @@ public final class PostgresCluster: RelayCluster, Service {
                 let available = min(burst, row.tokens + Double(max(0, nowMs - row.updatedAtMs)) * perMs)
                 let needed = Double(min(bucket.cost, bucket.burst))
                 if available < needed {
-                    wait = max(wait, max(1, Int64(((needed - available) / perMs).rounded(.up))))
+                    wait = max(wait, max(1, Self.milliseconds((needed - available) / perMs)))
                 }
                 let left = available - needed
                 let updated = max(nowMs, row.updatedAtMs)
                 remaining.append(left)
                 updatedAt.append(updated)
-                fullAt.append(updated + Int64(((burst - left) / perMs).rounded(.up)))
+                fullAt.append(updated &+ Self.milliseconds((burst - left) / perMs))
             }
             guard wait == 0 else { return wait }
             _ = try await connection.query(
@@ -434,6 +434,11 @@ public final class PostgresCluster: RelayCluster, Service {
                 """, logger: self.logger)
             return 0
         }
+    }
+
+    /// `value` milliseconds rounded up, at most 2^52 (about 142 000 years: a rate so slow it never refills).
+    private static func milliseconds(_ value: Double) -> Int64 {
+        Int64(min(value.rounded(.up), 4_503_599_627_370_496))
     }
 
     // MARK: Upload leases
