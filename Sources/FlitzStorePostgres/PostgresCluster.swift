@@ -427,9 +427,9 @@ public final class PostgresCluster: RelayCluster, Service {
             guard wait == 0 else { return wait }
             _ = try await connection.query(
                 """
-                UPDATE rate_buckets r SET tokens = u.tokens, updated_at_ms = u.updated, full_at_ms = u.full
+                UPDATE rate_buckets r SET tokens = u.tokens, updated_at_ms = u.updated_at, full_at_ms = u.full_at
                 FROM unnest(\(keyBuffers)::BYTEA[], \(remaining)::FLOAT8[], \(updatedAt)::BIGINT[], \(fullAt)::BIGINT[])
-                    AS u(key, tokens, updated, full)
+                    AS u(key, tokens, updated_at, full_at)
                 WHERE r.key = u.key
                 """, logger: self.logger)
             return 0
