@@ -22,14 +22,14 @@ import Testing
         var isSet: Bool { value.withLock { $0 } }
     }
 
-    /// Whether a session of the store's database waits for a lock, asked until one does; false as soon as `done` is
-    /// set (the operation that should have waited finished instead) or after a 60 s failure guard.
-    static func waitsForALock(_ store: PostgresRelayStore, unless done: DoneFlag) async throws -> Bool {
+    /// Whether `sessions` sessions of the store's database wait for a lock, asked until they do; false as soon as
+    /// `done` is set (the operation that should have waited finished instead) or after a 60 s failure guard.
+    static func waitsForALock(_ store: PostgresRelayStore, sessions: Int64 = 1, unless done: DoneFlag) async throws -> Bool {
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline, !done.isSet {
             let waiting = try await ClusterTestDatabase.count(
                 store, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
-            if waiting > 0 { return true }
+            if waiting >= sessions { return true }
             try await Task.sleep(for: .milliseconds(20))
         }
         return false
@@ -144,17 +144,25 @@ import Testing
     // Finding 4: a transaction PostgreSQL aborts to break a deadlock is run again.
     @Test func aTakeAbortedForADeadlockIsRunAgain() async throws {
         try await ClusterTestDatabase.withNodes { a, b in
-            let k1 = Data("k1".utf8), k2 = Data("k2".utf8)
+            let k1 = Data("k1".utf8), k2 = Data("k2".utf8), k3 = Data("k3".utf8)
             try await a.store.client.query(
-                "INSERT INTO rate_buckets (key, tokens, updated_at_ms, full_at_ms) VALUES (\(k1), 3, 1000, 1000), (\(k2), 3, 1000, 1000)",
-                logger: Self.logger)
-            // A transaction locks k2, then (once the take holds k1 and waits for k2) k1: a deadlock. Its own deadlock
-            // check waits 60 s, the take's 1 s (the default), so PostgreSQL aborts the take's transaction.
-            let other = try await HeldTransaction.open(
+                """
+                INSERT INTO rate_buckets (key, tokens, updated_at_ms, full_at_ms)
+                VALUES (\(k1), 3, 1000, 1000), (\(k2), 3, 1000, 1000), (\(k3), 3, 1000, 1000)
+                """, logger: Self.logger)
+            // The take locks k1, k2, k3 in key order. G holds k2 (so the take stops after k1); H holds k3 and then asks
+            // for k1 (waiting for the take). When G ends, the take gets k2 and asks for k3: a cycle already complete
+            // when the take starts waiting, so the take's deadlock check (1 s, the default) finds it, never H's (60 s):
+            // PostgreSQL aborts the take's transaction, whatever the timing.
+            let g = try await HeldTransaction.open(a.store) { connection in
+                try await connection.query("SET LOCAL deadlock_timeout = '60s'", logger: Self.logger)
+                try await connection.query("SELECT 1 FROM rate_buckets WHERE key = \(k2) FOR UPDATE", logger: Self.logger)
+            }
+            let h = try await HeldTransaction.open(
                 a.store,
                 { connection in
                     try await connection.query("SET LOCAL deadlock_timeout = '60s'", logger: Self.logger)
-                    try await connection.query("SELECT 1 FROM rate_buckets WHERE key = \(k2) FOR UPDATE", logger: Self.logger)
+                    try await connection.query("SELECT 1 FROM rate_buckets WHERE key = \(k3) FOR UPDATE", logger: Self.logger)
                 },
                 afterRelease: { connection in
                     try await connection.query("SELECT 1 FROM rate_buckets WHERE key = \(k1) FOR UPDATE", logger: Self.logger)
@@ -163,15 +171,18 @@ import Testing
             let take = Task {
                 defer { done.set() }
                 return try await b.cluster.takeTokens(
-                    [TokenTake(key: "k1", cost: 1, perMinute: 60, burst: 3), TokenTake(key: "k2", cost: 1, perMinute: 60, burst: 3)], nowMs: 1_000)
+                    ["k1", "k2", "k3"].map { TokenTake(key: $0, cost: 1, perMinute: 60, burst: 3) }, nowMs: 1_000)
             }
-            #expect(try await Self.waitsForALock(a.store, unless: done))
-            other.release()
-            try await other.task.value
+            #expect(try await Self.waitsForALock(a.store, sessions: 1, unless: done))  // the take, for k2
+            h.release()
+            #expect(try await Self.waitsForALock(a.store, sessions: 2, unless: done))  // and H, for k1
+            g.release()
+            try await g.task.value
+            try await h.task.value
             #expect(try await take.value == 0)
             let tokens = try await a.store.client.query("SELECT tokens FROM rate_buckets ORDER BY key", logger: Self.logger).collect()
                 .map { try $0.decode(Double.self) }
-            #expect(tokens == [2, 2])  // debited once
+            #expect(tokens == [2, 2, 2])  // debited once
         }
     }
 
