@@ -131,8 +131,8 @@ extension Relay {
             }
         case .callSignal(let device):
             calls.wakeAttached(device)
-        default:
-            // The listening connection came back after a drop (`ClusterNotice.resync`): notices may have been lost.
+        case .resync:
+            // The listening connection was (re)established: notices may have been lost meanwhile (`cluster.md` 3.2).
             await clusterCheck()
         }
     }
@@ -305,5 +305,53 @@ extension Relay {
             logger.error("call signal take failed", metadata: ["error": "\(error)"])
             return []
         }
+    }
+}
+
+extension Relay {
+    /// How long one upload lease lasts before it must be renewed, ms (`cluster.md` 4, "Upload leases").
+    static let uploadLeaseMs: Int64 = 60_000
+
+    /// Runs `body` holding upload `id`: this node's lock, and in a cluster also the upload's lease in the database (one
+    /// PATCH at a time per upload across nodes, `attachments.md` 4.3), waited for (polled every 100 ms) and renewed
+    /// every 20 s while `body` runs. A database failure while waiting is retried; the lease of a dead node ends by
+    /// itself after `uploadLeaseMs`.
+    func withUploadLock<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T {
+        await uploadLocks.acquire(id)
+        let result = cluster == nil ? await body() : await withUploadLease(id, body)
+        await uploadLocks.release(id)
+        return result
+    }
+
+    private func withUploadLease<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T {
+        guard let cluster else { return await body() }
+        let holder = UUID().uuidString
+        let leases = cluster.cluster
+        while true {
+            let now = clock.nowMs()
+            do {
+                if try await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs) { break }
+            } catch {
+                logger.error("upload lease failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        let clock = self.clock
+        let renewal = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(20))
+                if Task.isCancelled { break }
+                let now = clock.nowMs()
+                _ = try? await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs)
+            }
+        }
+        let result = await body()
+        renewal.cancel()
+        do {
+            try await leases.releaseUploadLease(blobID: id, holder: holder)
+        } catch {
+            logger.error("upload lease release failed", metadata: ["error": "\(error)"])
+        }
+        return result
     }
 }
