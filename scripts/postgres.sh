@@ -6,6 +6,10 @@
 #                                                and prints its URL: postgres://flitz@127.0.0.1:PORT/DATABASE?sslmode=disable
 #   scripts/postgres.sh stop [DIR]               stops the server of DIR (idempotent; nothing running is fine)
 #   scripts/postgres.sh url [DIR] [DATABASE]     prints the URL of the running server of DIR; exit 1 if none runs
+#   scripts/postgres.sh run DIR -- COMMAND...    starts the server of DIR, runs COMMAND with FLITZ_TEST_POSTGRES_URL
+#                                                set to the URL of database flitz (a maintenance database tests
+#                                                create their own databases from), then stops the server whatever
+#                                                COMMAND did (also on SIGINT/SIGTERM); exits with COMMAND's status
 #
 # The server binaries are the newest /usr/lib/postgresql/*/bin (Debian's `postgresql` package:
 # scripts/install-deps.sh --test). The superuser is `flitz`; authentication is `trust` for TCP from 127.0.0.1 and
@@ -16,7 +20,7 @@
 # server. Log: DIR/log. Needs: python3, flock.
 set -euo pipefail
 
-usage() { echo "usage: $0 start [DIR] [DATABASE] | stop [DIR] | url [DIR] [DATABASE]" >&2; exit 2; }
+usage() { echo "usage: $0 start [DIR] [DATABASE] | stop [DIR] | url [DIR] [DATABASE] | run DIR -- COMMAND..." >&2; exit 2; }
 
 free_tcp_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -49,6 +53,18 @@ url_of() { echo "postgres://flitz@127.0.0.1:$(cat "$dir/port")/$1?sslmode=disabl
 
 command="${1:-}"
 [ -n "$command" ] || usage
+if [ "$command" = run ]; then
+    [ $# -ge 4 ] && [ "$3" = "--" ] || usage
+    dir="$2"
+    shift 3
+    url="$("$0" start "$dir")"
+    trap '"$0" stop "$dir"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    status=0
+    FLITZ_TEST_POSTGRES_URL="$url" "$@" || status=$?
+    exit "$status"
+fi
 dir="${2:-.build/postgres}"
 database="${3:-flitz}"
 case "$database" in
