@@ -99,8 +99,12 @@ import Testing
                     guard let result = reply.callSignalResult else { throw Failure("expected CallSignalResult, got \(reply)") }
                     // Not connected to node 0: held there, announced to node 1.
                     #expect(result.heldDeviceIds == [1])
-                    let typing = try await aliceConnection.submit([onlineOnly(9, to: "bob", device: 1, ciphertext: Data("typing".utf8))])
-                    #expect(typing.count == 1 && !typing[0].hasError)
+                    var submit = WireSubmit()
+                    submit.envelopes = [onlineOnly(9, to: "bob", device: 1, ciphertext: Data("typing".utf8))]
+                    submit.selectedDevices = true
+                    let typing = try await aliceConnection.request(.submit(submit))
+                    guard case .submitResult(let typed) = typing.body else { throw Failure("expected SubmitResult, got \(typing)") }
+                    #expect(typed.outcomes.count == 1 && !typed.outcomes[0].hasError, "\(typed)")
                     // A replay of the call signal's sequence is refused by the shared sequence memory.
                     let replay = try await aliceConnection.sendCallSignal(signal(.callOffer, callID(0xC1), to: "bob", devices: [1], sequence: 1))
                     #expect(replay.errorCode == .invalidArgument)
