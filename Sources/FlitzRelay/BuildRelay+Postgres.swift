@@ -53,7 +53,7 @@ struct PostgresNode {
                 }
                 group.addTask {
                     try await Task.sleep(for: startTimeout)
-                    throw StoreError(.backend, "the PostgreSQL server \(server) did not answer within \(startTimeout.components.seconds) s")
+                    throw StoreError(.backend, "no answer within \(startTimeout.components.seconds) s (is the server running, and the URL right?)")
                 }
                 group.addTask {
                     let applied = try await bootstrap.migrate()

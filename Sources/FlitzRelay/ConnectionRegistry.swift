@@ -152,6 +152,13 @@ final class ConnectionRegistry: Sendable {
 final class DeliveryProgress: Sendable {
     private let value = Atomic<Int64>(0)
     private let claim = Atomic<Int64>(0)
+    private let ended = Mutex<DeviceAddress?>(nil)
+
+    /// The device whose connection ended, set when it ends (its claim is then released).
+    var device: DeviceAddress? {
+        get { ended.withLock { $0 } }
+        set { ended.withLock { $0 = newValue } }
+    }
 
     /// The connection's claim epoch (`RelayCluster.claimConnection`), 0 when none.
     var epoch: Int64 {

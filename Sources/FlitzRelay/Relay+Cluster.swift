@@ -209,16 +209,14 @@ extension Relay {
         return epoch
     }
 
-    /// Forgets a closed connection's claim (in the background; a newer claim is kept).
-    func releaseInCluster(_ device: DeviceAddress, epoch: Int64) {
-        guard let cluster, epoch > 0 else { return }
-        let logger = logger
-        Task {
-            do {
-                try await cluster.cluster.releaseConnection(device, epoch: epoch)
-            } catch {
-                logger.error("claim release failed", metadata: ["error": "\(error)"])
-            }
+    /// Forgets an ended connection's claim, if it had one (a newer claim is kept). A failure is logged: the claim
+    /// then stays until a newer connection's or until this node is seen dead.
+    func releaseInCluster(_ progress: DeliveryProgress) async {
+        guard let cluster, let device = progress.device, progress.epoch > 0 else { return }
+        do {
+            try await cluster.cluster.releaseConnection(device, epoch: progress.epoch)
+        } catch {
+            logger.warning("claim release failed", metadata: ["error": "\(error)"])
         }
     }
 

@@ -43,6 +43,19 @@ struct RelayConnection {
     var source = "unknown"
 
     func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async throws {
+        // In a cluster the connection's claim is released once it ended (awaited, so a graceful shutdown releases it
+        // before the database client stops).
+        let progress = DeliveryProgress()
+        do {
+            try await run(inbound: inbound, outbound: outbound, progress: progress, logger: logger)
+        } catch {
+            await relay.releaseInCluster(progress)
+            throw error
+        }
+        await relay.releaseInCluster(progress)
+    }
+
+    private func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, progress: DeliveryProgress, logger: Logger) async throws {
         let registry = relay.registry
         let configuration = relay.configuration
         let connectionID = registry.makeConnectionID()
@@ -61,14 +74,12 @@ struct RelayConnection {
         await writer.limitBuffer(highWaterMark: configuration.outboundBufferBytes)
         var machine = ConnectionStateMachine(nonce: relay.random.bytes(WireConstants.challengeNonceLength), window: configuration.deliveryWindow)
         var windowFull = false
-        // The connection's claim and delivery progress in a cluster (cluster.md 3.3, 4).
-        let progress = DeliveryProgress()
         defer {
             if let device = machine.device {
                 // Call signals not yet taken stay held for the device's next connection.
                 relay.calls.detach(device, connectionID: connectionID)
                 registry.release(device, connectionID: connectionID)
-                relay.releaseInCluster(device, epoch: progress.epoch)
+                progress.device = device
             }
             if windowFull { registry.monitor.record { $0.windowsFull -= 1 } }
             continuation.finish()
