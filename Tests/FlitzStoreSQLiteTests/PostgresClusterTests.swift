@@ -211,8 +211,12 @@ import Testing
             #expect(try await !b.cluster.acquireUploadLease(blobID: blob, holder: "9", nowMs: 2_000, untilMs: 12_000))
             try await a.cluster.releaseUploadLease(blobID: blob, holder: "1")
             #expect(try await b.cluster.acquireUploadLease(blobID: blob, holder: "9", nowMs: 2_000, untilMs: 12_000))
-            // An expired lease is taken over.
+            // An expired lease is taken over; the heartbeat deletes ended ones.
             #expect(try await a.cluster.acquireUploadLease(blobID: blob, holder: "3", nowMs: 12_000, untilMs: 22_000))
+            try await b.cluster.heartbeat(nowMs: 21_999, staleAfterMs: 15_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT COUNT(*) FROM upload_leases") == 1)
+            try await b.cluster.heartbeat(nowMs: 22_000, staleAfterMs: 15_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT COUNT(*) FROM upload_leases") == 0)
 
             let other = Data(repeating: 8, count: 16)
             let winners = try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -321,6 +325,21 @@ import Testing
             #expect(throws: StoreError.self) { try a.store.cluster(nodeID: "") }
             #expect(throws: StoreError.self) { try a.store.cluster(nodeID: String(repeating: "n", count: 65)) }
             #expect(PostgresCluster.isValidNodeID("relay-1.example_org"))
+            // The dedicated listening connection's configuration: from the store's URL, errors never with the password.
+            let listen = try PostgresRelayStore.listenConfiguration(url: "postgres://u:secret@db.example:6543/flitz?sslmode=require")
+            #expect(listen.host == "db.example" && listen.port == 6543 && listen.username == "u" && listen.database == "flitz")
+            #expect(listen.tls.isEnforced)
+            #expect(!(try PostgresRelayStore.listenConfiguration(url: "postgres://u@h/flitz?sslmode=disable").tls.isAllowed))
+            let socket = try PostgresRelayStore.listenConfiguration(url: "postgres://u@%2Fvar%2Frun%2Fpostgresql/flitz")
+            #expect(socket.unixSocketPath == "/var/run/postgresql/.s.PGSQL.5432")
+            for bad in ["postgres://u:secret@h/flitz?sslmode=bogus", "mysql://u:secret@h/flitz", "postgres://u:secret@h/"] {
+                do {
+                    _ = try PostgresRelayStore.listenConfiguration(url: bad)
+                    Issue.record("accepted \(bad)")
+                } catch {
+                    #expect(!"\(error)".contains("secret"))
+                }
+            }
         }
     }
 }
@@ -360,6 +379,7 @@ actor NoticeInbox {
 
 /// A fresh database per test on the server of `FLITZ_TEST_POSTGRES_URL` (a maintenance URL: `scripts/postgres.sh
 /// start` prints one), with two migrated nodes whose store clients and clusters run for the test's duration.
+/// node-a listens on a pooled connection, node-b on a dedicated one.
 enum ClusterTestDatabase {
     struct Missing: Error, CustomStringConvertible {
         var description: String { "FLITZ_TEST_POSTGRES_URL is not set: start a server with scripts/postgres.sh start and export its URL" }
@@ -410,9 +430,14 @@ enum ClusterTestDatabase {
             let stores = (0..<2).map { _ in
                 PostgresRelayStore(configuration: configuration, makeID: { Data((0..<16).map { _ in UInt8.random(in: 0...255) }) }, logger: logger)
             }
+            // node-a listens on a connection leased from its pool, node-b on a dedicated one (as the relay does).
             let nodes = try zip(stores, ["node-a", "node-b"]).map { store, id in
                 Node(
-                    store: store, cluster: try PostgresCluster(store: store, nodeID: id, staleAfterMs: 15_000, reconnectDelay: .milliseconds(50)),
+                    store: store,
+                    cluster: try PostgresCluster(
+                        store: store, nodeID: id, staleAfterMs: 15_000,
+                        listenConfiguration: id == "node-b" ? try PostgresRelayStore.listenConfiguration(url: databaseURL) : nil,
+                        reconnectDelay: .milliseconds(50)),
                     inbox: NoticeInbox(), url: databaseURL)
             }
             try await withThrowingTaskGroup(of: Void.self) { group in
