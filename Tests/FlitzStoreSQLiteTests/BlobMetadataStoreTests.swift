@@ -13,7 +13,7 @@ import Testing
             tokenExpiresAtMs: 5_000)
     }
 
-    @Test(arguments: StoreKind.allCases) func aTokenCreatesOneUploadWithinTheQuotaAndCommitsCompareAndSet(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func aTokenCreatesOneUploadWithinTheQuotaAndCommitsCompareAndSet(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         try await store.storeUploadToken(Self.token(1), atMs: 1_000)
         #expect(try await store.uploadToken(hash: RelayStoreTests.bytes(1, 32), nowMs: 1_000)?.owner == Self.alice)
@@ -42,7 +42,7 @@ import Testing
         #expect(try await store.commitUpload(blobID: RelayStoreTests.bytes(7, 16), from: 0, to: 1, nowMs: 1_000) == .gone)
     }
 
-    @Test(arguments: StoreKind.allCases) func aCommitAfterTheUploadExpiryOrTheExpiryIsGone(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func aCommitAfterTheUploadExpiryOrTheExpiryIsGone(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         try await store.storeUploadToken(Self.token(1, blobExpiresAtMs: 30_000), atMs: 1_000)
         try await store.storeUploadToken(Self.token(2, blobExpiresAtMs: 10_000), atMs: 1_000)
@@ -65,7 +65,7 @@ import Testing
         #expect(done.completed)
     }
 
-    @Test(arguments: StoreKind.allCases) func expiryUnsendAndAccountPurge(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func expiryUnsendAndAccountPurge(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let unsend = RelayStoreTests.bytes(3, 32)
         try await store.storeUploadToken(Self.token(1, unsend: unsend, blobExpiresAtMs: 10_000), atMs: 1_000)

@@ -15,7 +15,7 @@ import Testing
             cancelTokenHash: RelayStoreTests.bytes(cancel, 32), ttlMs: 60_000, urgency: 1)
     }
 
-    @Test(arguments: StoreKind.allCases) func scheduledEnvelopesAreHeldLimitedReleasedAndIdempotent(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func scheduledEnvelopesAreHeldLimitedReleasedAndIdempotent(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await RelayStoreTests.register(store, "alice")
         let bob = try await RelayStoreTests.register(store, "bob")
@@ -53,7 +53,7 @@ import Testing
         #expect(try await store.cancelScheduled(senderHandle: "alice", cancelTokenHash: RelayStoreTests.bytes(0xCC, 32)) == 0)
     }
 
-    @Test(arguments: StoreKind.allCases) func unsendPurgesQueuedAndScheduledAndReportsTheRest(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func unsendPurgesQueuedAndScheduledAndReportsTheRest(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await RelayStoreTests.register(store, "alice")
         let bob = try await RelayStoreTests.register(store, "bob")
@@ -86,7 +86,7 @@ import Testing
         #expect(try await store.unsend(senderHandle: "bob", unsendTokenHash: hash, nowMs: 6_000).isEmpty)
     }
 
-    @Test(arguments: StoreKind.allCases) func blockListsAreBoundedAndAnswerWhoBlocked(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func blockListsAreBoundedAndAnswerWhoBlocked(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         #expect(try await store.updateBlockList(handle: "bob", block: ["alice", "carol"], unblock: [], maxBlocked: 2) == ["alice", "carol"])
         let error = await #expect(throws: StoreError.self) {
@@ -99,7 +99,7 @@ import Testing
         #expect(try await store.blockers(of: "carol", among: ["bob"]).isEmpty)
     }
 
-    @Test(arguments: StoreKind.allCases) func deletingAnAccountDeletesItsBlockListAndScheduledEnvelopes(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func deletingAnAccountDeletesItsBlockListAndScheduledEnvelopes(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await RelayStoreTests.register(store, "alice")
         let bob = try await RelayStoreTests.register(store, "bob")
@@ -119,7 +119,7 @@ struct Failure: Error, CustomStringConvertible {
 }
 
 extension ConversationStoreTests {
-    @Test(arguments: StoreKind.allCases) func releaseGoesInBatchesAndDeletesOrphans(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func releaseGoesInBatchesAndDeletesOrphans(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await RelayStoreTests.register(store, "alice")
         let bob = try await RelayStoreTests.register(store, "bob")
@@ -143,7 +143,7 @@ extension ConversationStoreTests {
 }
 
 extension ConversationStoreTests {
-    @Test(arguments: StoreKind.allCases) func seenIsNeverReportedForAnEnvelopeThatWasNotSent(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func seenIsNeverReportedForAnEnvelopeThatWasNotSent(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await RelayStoreTests.register(store, "alice")
         let bob = try await RelayStoreTests.register(store, "bob")
@@ -157,7 +157,7 @@ extension ConversationStoreTests {
         #expect(try await store.reportSeen(device: bob, envelopeIDs: [RelayStoreTests.bytes(2, 16)], atMs: 3_000, receiptExpiresAtMs: 90_000) == [alice])
     }
 
-    @Test(arguments: StoreKind.allCases) func oneUnsendTokenMatchesAtMostAThousandEnvelopes(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func oneUnsendTokenMatchesAtMostAThousandEnvelopes(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await RelayStoreTests.register(store, "alice")
         let bob = try await RelayStoreTests.register(store, "bob")
@@ -174,7 +174,7 @@ extension ConversationStoreTests {
         #expect(try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 2_000).count == 1_000)
     }
 
-    @Test(arguments: StoreKind.allCases) func theReportLimitCountsStoredReportsAndSurvivesARestart(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func theReportLimitCountsStoredReportsAndSurvivesARestart(_ kind: StoreKind) async throws {
         let (store, location) = try await StoreScope.make(kind)
         let bob = DeviceAddress(handle: "bob", deviceID: 1)
         func report(_ index: Int, at ms: Int64) -> StoredReport {

@@ -12,7 +12,7 @@ import Testing
             registeredAtMs: at)
     }
 
-    @Test(arguments: StoreKind.allCases) func endpointIsSetReadReplacedAndRemoved(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func endpointIsSetReadReplacedAndRemoved(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let bob = try await RelayStoreTests.register(store, "bob")
         #expect(try await store.pushEndpoint(device: bob) == nil)
@@ -36,7 +36,7 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func urgentWindowOpensOnceUntilItPassesOrCloses(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func urgentWindowOpensOnceUntilItPassesOrCloses(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let bob = try await RelayStoreTests.register(store, "bob")
         #expect(try await store.decideUrgentWake(device: bob, nowMs: 10_000, windowUntilMs: 70_000) == .noEndpoint)
@@ -67,7 +67,7 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func racingDecisionsOpenTheWindowOnce(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func racingDecisionsOpenTheWindowOnce(_ kind: StoreKind) async throws {
         let (store, location) = try await StoreScope.make(kind)
         let bob = try await RelayStoreTests.register(store, "bob")
         _ = try await store.setPushEndpoint(device: bob, Self.webPush())
@@ -84,7 +84,7 @@ import Testing
         #expect(decisions.filter { $0 == .coalesced(provider: "webpush") }.count == 39)
     }
 
-    @Test(arguments: StoreKind.allCases) func deadEndpointIsDroppedKeepingProviderTimeAndReason(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func deadEndpointIsDroppedKeepingProviderTimeAndReason(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let bob = try await RelayStoreTests.register(store, "bob")
         _ = try await store.setPushEndpoint(device: bob, Self.webPush())
@@ -102,7 +102,7 @@ import Testing
         #expect(try await store.setPushEndpoint(device: bob, Self.webPush(at: 6_000)).isLive)
     }
 
-    @Test(arguments: StoreKind.allCases) func envelopeIsQueuedUntilAcknowledgedOrExpired(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func envelopeIsQueuedUntilAcknowledgedOrExpired(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await RelayStoreTests.register(store, "alice")
         let bob = try await RelayStoreTests.register(store, "bob")
@@ -117,7 +117,7 @@ import Testing
         #expect(try await store.isEnvelopeQueued(envelopeID: second, device: bob, nowMs: 2_000) == false)
     }
 
-    @Test(arguments: StoreKind.allCases) func endpointsGoWithTheirDeviceAndAccount(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func endpointsGoWithTheirDeviceAndAccount(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let bob = try await RelayStoreTests.register(store, "bob")
         let key = RelayStoreTests.bytes(9, 32)
@@ -138,7 +138,7 @@ import Testing
         #expect(try await store.pushEndpoint(device: bob) == nil)
     }
 
-    @Test(arguments: StoreKind.allCases) func relaySecretIsStoredOnceAndKept(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func relaySecretIsStoredOnceAndKept(_ kind: StoreKind) async throws {
         let (store, location) = try await StoreScope.make(kind)
         let first = try await store.relaySecret(named: "push.vapidKey", orStore: Data("first".utf8), atMs: 1_000)
         #expect(first == Data("first".utf8))

@@ -45,7 +45,7 @@ import Testing
         items.compactMap { if case .receipt(let r) = $0.content { r } else { nil } }
     }
 
-    @Test(arguments: StoreKind.allCases) func registrationStoresAccountAndFirstDevice(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func registrationStoresAccountAndFirstDevice(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let device = try await Self.register(store, "alice")
         #expect(device.deviceID == 1)
@@ -60,13 +60,13 @@ import Testing
         #expect(try await store.account(handle: "bob") == nil)
     }
 
-    @Test(arguments: StoreKind.allCases) func handlesAreUnique(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func handlesAreUnique(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         try await Self.register(store, "alice")
         await #expect(throws: StoreError(.handleTaken)) { try await Self.register(store, "alice") }
     }
 
-    @Test(arguments: StoreKind.allCases) func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetches(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetches(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         try await Self.register(store, "alice", oneTimePreKeys: 10)
         let handedOut = try await withThrowingTaskGroup(of: UInt32?.self) { group in
@@ -87,7 +87,7 @@ import Testing
         #expect(try await store.takePreKeyBundle(handle: "nobody") == nil)
     }
 
-    @Test(arguments: StoreKind.allCases) func publishReplacesSignedPreKeyAndAddsOneTimePreKeys(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func publishReplacesSignedPreKeyAndAddsOneTimePreKeys(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let device = try await Self.register(store, "alice", oneTimePreKeys: 2)
         let signed = SignedPreKeyRecord(id: 2, publicKey: Self.bytes(0x55, 32), signature: Self.bytes(0x56, 64))
@@ -118,7 +118,7 @@ import Testing
         #expect(try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: [twoMore[0]], stockLimit: 5) == 5)
     }
 
-    @Test(arguments: StoreKind.allCases) func kemPreKeysAreHandedOutOnceThenTheLastResortOneForever(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func kemPreKeysAreHandedOutOnceThenTheLastResortOneForever(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let device = try await Self.register(store, "alice", oneTimePreKeys: 0)
         let lastResort = KEMPreKeyRecord(id: 1, publicKey: Self.bytes(0x10, 1568), signature: Self.bytes(0x11, 64), lastResort: true)
@@ -147,7 +147,7 @@ import Testing
         #expect(try await store.takePreKeyBundle(handle: "alice")?.devices.first?.kemPreKey == rotated)
     }
 
-    @Test(arguments: StoreKind.allCases) func aFullQueueRefusesMoreUntilDelivered(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func aFullQueueRefusesMoreUntilDelivered(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -168,7 +168,7 @@ import Testing
         #expect(after == [.accepted(acceptedAtMs: 8_000, expiresAtMs: 100_000, newlyQueued: true)])
     }
 
-    @Test(arguments: StoreKind.allCases) func queueDepthCounterFollowsEveryWayEnvelopesLeave(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func queueDepthCounterFollowsEveryWayEnvelopesLeave(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -193,7 +193,7 @@ import Testing
             queueLimit: 2)) == 2)
     }
 
-    @Test(arguments: StoreKind.allCases) func submissionIsIdempotentAndConflictsAreRefused(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func submissionIsIdempotentAndConflictsAreRefused(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -216,7 +216,7 @@ import Testing
         #expect(refused == [.rejected(.unknownRecipient), .rejected(.staleDevice)])
     }
 
-    @Test(arguments: StoreKind.allCases) func queueKeepsSubmissionOrderAndPages(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func queueKeepsSubmissionOrderAndPages(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -233,7 +233,7 @@ import Testing
         #expect(envelope.acceptedAtMs == 1_000)
     }
 
-    @Test(arguments: StoreKind.allCases) func acknowledgeDeletesCiphertextAndQueuesDeliveredReceipt(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func acknowledgeDeletesCiphertextAndQueuesDeliveredReceipt(_ kind: StoreKind) async throws {
         let (store, location) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -279,7 +279,7 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func seenReceiptIsQueuedOncePerEnvelope(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func seenReceiptIsQueuedOncePerEnvelope(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -291,7 +291,7 @@ import Testing
         #expect(receipts.map(\.kind) == [.seen])
     }
 
-    @Test(arguments: StoreKind.allCases) func expiredRowsAreNeverReturnedAndSweepReportsUndelivered(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func expiredRowsAreNeverReturnedAndSweepReportsUndelivered(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -316,7 +316,7 @@ import Testing
         #expect(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 0, limit: 100).isEmpty)
     }
 
-    @Test(arguments: StoreKind.allCases) func recoveryReplacesIdentityAndRemovesOldDevices(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func recoveryReplacesIdentityAndRemovesOldDevices(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -352,7 +352,7 @@ import Testing
         #expect(again.deviceID == 3)
     }
 
-    @Test(arguments: StoreKind.allCases) func reopeningMigratesAndKeepsData(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func reopeningMigratesAndKeepsData(_ kind: StoreKind) async throws {
         let (store, location) = try await StoreScope.make(kind)
         try await Self.register(store, "alice")
         let reopened = try await StoreScope.open(location)
@@ -378,7 +378,7 @@ import Testing
 
     // MARK: Multi-device accounts and group commit
 
-    @Test(arguments: StoreKind.allCases) func concurrentSubmitsShareCommitsAndOneFailureSparesTheOthers(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func concurrentSubmitsShareCommitsAndOneFailureSparesTheOthers(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -415,7 +415,7 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func registerDeviceCountsDevicesAndAnswersRetries(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func registerDeviceCountsDevicesAndAnswersRetries(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         try await Self.register(store, "alice")
         let key = Self.bytes(9, 32)
@@ -435,7 +435,7 @@ import Testing
         #expect(try await store.devices(handle: "alice").map(\.createdAtMs) == [1_000, 2_000, 2_000])
     }
 
-    @Test(arguments: StoreKind.allCases) func deviceListRemovalAndCoverageInOneStore(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func deviceListRemovalAndCoverageInOneStore(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -481,7 +481,7 @@ import Testing
         #expect(receipts.map(\.envelopeID) == [Self.bytes(2, 16), Self.bytes(1, 16)])
     }
 
-    @Test(arguments: StoreKind.allCases) func deletedAccountLeavesATombstoneUntilSwept(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func deletedAccountLeavesATombstoneUntilSwept(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
@@ -500,7 +500,7 @@ import Testing
         try await Self.register(store, "alice")
     }
 
-    @Test(arguments: StoreKind.allCases) func pairingSlotsAreWrittenOnceAndReadOnce(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func pairingSlotsAreWrittenOnceAndReadOnce(_ kind: StoreKind) async throws {
         let (store, _) = try await StoreScope.make(kind)
         let id = Self.bytes(3, 16)
         try await store.putLinkMessage(rendezvousID: id, slot: 1, message: Self.bytes(1, 10), nowMs: 1_000, expiresAtMs: 2_000)

@@ -22,7 +22,7 @@ import Testing
         Data([UInt8(high), UInt8(low)] + [UInt8](repeating: 0x5A, count: 14))
     }
 
-    @Test(arguments: StoreKind.allCases) func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetchesFromTwoNodes(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetchesFromTwoNodes(_ kind: StoreKind) async throws {
         let (one, two) = try await Self.twoNodes(kind)
         let bob = try await RelayStoreTests.register(one, "bob", oneTimePreKeys: 20)
         let taken = try await withThrowingTaskGroup(of: UInt32?.self) { group in
@@ -39,7 +39,7 @@ import Testing
         #expect(try await two.preKeyStock(device: bob).oneTime == 0)
     }
 
-    @Test(arguments: StoreKind.allCases) func concurrentIdenticalSubmissionsOnTwoNodesStoreOneEnvelope(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func concurrentIdenticalSubmissionsOnTwoNodesStoreOneEnvelope(_ kind: StoreKind) async throws {
         let (one, two) = try await Self.twoNodes(kind)
         let alice = try await RelayStoreTests.register(one, "alice")
         let bob = try await RelayStoreTests.register(one, "bob")
@@ -67,7 +67,7 @@ import Testing
         return -1
     }
 
-    @Test(arguments: StoreKind.allCases) func aReaderPollingWhileTwoNodesWriteNeverSkipsAnItem(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func aReaderPollingWhileTwoNodesWriteNeverSkipsAnItem(_ kind: StoreKind) async throws {
         let (one, two) = try await Self.twoNodes(kind)
         let bob = try await RelayStoreTests.register(one, "bob")
         var senders: [DeviceAddress] = []
@@ -108,7 +108,7 @@ import Testing
         #expect(zip(seen, seen.dropFirst()).allSatisfy { $0.sequence < $1.sequence })
     }
 
-    @Test(arguments: StoreKind.allCases) func sweepsAndReleasesOnTwoNodesActOnEachEnvelopeOnce(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.underTest) func sweepsAndReleasesOnTwoNodesActOnEachEnvelopeOnce(_ kind: StoreKind) async throws {
         let (one, two) = try await Self.twoNodes(kind)
         let alice = try await RelayStoreTests.register(one, "alice")
         let bob = try await RelayStoreTests.register(one, "bob")

@@ -7,12 +7,24 @@ import Logging
 import Synchronization
 import Testing
 
-/// The stores the one conformance suite runs on: every `@Test(arguments: StoreKind.allCases)` case runs once on a
+/// The stores the one conformance suite runs on: every `@Test(arguments: StoreKind.underTest)` case runs once on a
 /// real temp-file SQLite database and once on a real PostgreSQL database of its own (`TestPostgres`).
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case sqlite, postgres
 
     var testDescription: String { rawValue }
+
+    /// The stores the parameterized tests run on: every kind, unless `FLITZ_TEST_STORES` names some
+    /// (comma-separated, e.g. `sqlite` to time the suite on one store). An unknown name stops the run.
+    static let underTest: [StoreKind] = {
+        guard let names = ProcessInfo.processInfo.environment["FLITZ_TEST_STORES"], !names.isEmpty else { return allCases }
+        return names.split(separator: ",").map { name in
+            guard let kind = StoreKind(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                fatalError("FLITZ_TEST_STORES: unknown store \(name) (sqlite, postgres)")
+            }
+            return kind
+        }
+    }()
 }
 
 /// Where a test's store lives; `StoreScope.open(_:)` opens another store there (a restarted relay, or a second node).
