@@ -9,12 +9,41 @@ import Synchronization
 extension PostgresRelayStore {
     /// The cluster of relay nodes sharing this store's database, as node `nodeID` (`cluster.md` 2: 1-64 characters
     /// of `[A-Za-z0-9._-]`). Run it (`run()`, a `Service`) beside the store's client for `notices()` to deliver.
-    /// - Parameter staleAfterMs: how long a node may go without a heartbeat before `liveClaims` ignores its claims,
-    ///   until the first `heartbeat` says otherwise (then the heartbeat's `staleAfterMs` counts). Default 15 000
-    ///   (3 checks of 5 s, `cluster.md` 4).
-    /// - Throws: `StoreError.backend` when `nodeID` is not a valid node id.
-    public func cluster(nodeID: String, staleAfterMs: Int64 = 15_000) throws -> PostgresCluster {
-        try PostgresCluster(store: self, nodeID: nodeID, staleAfterMs: staleAfterMs)
+    /// - Parameters:
+    ///   - staleAfterMs: how long a node may go without a heartbeat before `liveClaims` ignores its claims, until the
+    ///     first `heartbeat` says otherwise (then the heartbeat's `staleAfterMs` counts). Default 15 000 (3 checks of
+    ///     5 s, `cluster.md` 4).
+    ///   - listenURL: the store's PostgreSQL URL: the LISTEN then runs on a dedicated connection of its own, outside
+    ///     the pool (what the relay does). Nil: the listener leases one of the pool's connections for as long as it
+    ///     listens.
+    /// - Throws: `StoreError.backend` when `nodeID` is not a valid node id or `listenURL` is not a valid URL.
+    public func cluster(nodeID: String, staleAfterMs: Int64 = 15_000, listenURL: String? = nil) throws -> PostgresCluster {
+        try PostgresCluster(
+            store: self, nodeID: nodeID, staleAfterMs: staleAfterMs, listenConfiguration: try listenURL.map(Self.listenConfiguration(url:)))
+    }
+
+    /// A configuration for one dedicated connection (the cluster's LISTEN) from the same URL as
+    /// `configuration(url:)`, which checks it.
+    /// - Throws: `StoreError.backend` naming what is wrong with the URL (never its password), or when TLS cannot be set up.
+    public static func listenConfiguration(url: String) throws -> PostgresConnection.Configuration {
+        let client = try configuration(url: url)
+        let mode = URLComponents(string: url)?.queryItems?.first { $0.name == "sslmode" }?.value ?? "prefer"
+        if let path = client.unixSocketPath {
+            return PostgresConnection.Configuration(unixSocketPath: path, username: client.username, password: client.password, database: client.database)
+        }
+        guard let host = client.host, let port = client.port else { throw StoreError(.backend, "the PostgreSQL URL names no host") }
+        let tls: PostgresConnection.Configuration.TLS
+        do {
+            switch mode {
+            case "disable": tls = .disable
+            case "require": tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            default: tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            }
+        } catch {
+            throw StoreError(.backend, "cannot set up TLS for PostgreSQL")
+        }
+        return PostgresConnection.Configuration(
+            host: host, port: port, username: client.username, password: client.password, database: client.database, tls: tls)
     }
 }
 
@@ -22,9 +51,10 @@ extension PostgresRelayStore {
 /// `LISTEN` on channel `flitz_relay` (3), node heartbeats, connection claims, online-only envelopes, shared token
 /// buckets, upload leases and held call signals in the tables of `cluster.md` 4 (`PostgresCluster+Schema.swift`).
 ///
-/// `run()` holds one connection leased from the store's pool for as long as it listens (so it never runs queries of
-/// others; the pool's other 19 do), and when that connection drops it waits `reconnectDelay` and listens again on a
-/// fresh one, emitting `ClusterNotice.resync` each time the LISTEN is (re)established. Every other method runs on the
+/// `run()` listens on a dedicated connection of its own (made with `listenURL`, see `PostgresRelayStore.cluster`) or
+/// else on one leased from the store's pool for as long as it listens, and when that connection drops it waits
+/// `reconnectDelay` and listens again on a fresh one, emitting `ClusterNotice.resync` each time the LISTEN is
+/// (re)established. Every other method runs on the
 /// pool and needs the store's client running.
 public final class PostgresCluster: RelayCluster, Service {
     /// The channel every node listens on (`cluster.md` 3.1).
@@ -46,6 +76,8 @@ public final class PostgresCluster: RelayCluster, Service {
     public let pingInterval: Duration
 
     let store: PostgresRelayStore
+    /// The dedicated listening connection's configuration; nil: a pooled connection is leased instead.
+    let listenConfiguration: PostgresConnection.Configuration?
 
     private struct State {
         var subscribers: [UInt64: AsyncStream<ClusterNotice>.Continuation] = [:]
@@ -58,13 +90,15 @@ public final class PostgresCluster: RelayCluster, Service {
 
     private let state: Mutex<State>
 
-    init(store: PostgresRelayStore, nodeID: String, staleAfterMs: Int64, reconnectDelay: Duration = .seconds(1), pingInterval: Duration = .seconds(10))
-        throws
-    {
+    init(
+        store: PostgresRelayStore, nodeID: String, staleAfterMs: Int64, listenConfiguration: PostgresConnection.Configuration? = nil,
+        reconnectDelay: Duration = .seconds(1), pingInterval: Duration = .seconds(10)
+    ) throws {
         guard Self.isValidNodeID(nodeID) else {
             throw StoreError(.backend, "a node id is 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
         }
         self.store = store
+        self.listenConfiguration = listenConfiguration
         self.nodeID = nodeID
         self.reconnectDelay = reconnectDelay
         self.pingInterval = pingInterval
@@ -153,9 +187,26 @@ public final class PostgresCluster: RelayCluster, Service {
         for subscriber in subscribers { subscriber.finish() }
     }
 
-    /// One LISTEN on one leased connection, until it fails or the task is cancelled.
+    /// Runs `body` on the dedicated connection (opened now, closed after) or on a connection leased from the pool.
+    private func withListeningConnection(_ body: (PostgresConnection) async throws -> Void) async throws {
+        guard let configuration = listenConfiguration else {
+            try await store.client.withConnection(body)
+            return
+        }
+        let id = state.withLock { $0.listens + 1 }
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: id, logger: logger)
+        do {
+            try await body(connection)
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        try? await connection.close()
+    }
+
+    /// One LISTEN on one connection, until it fails or the task is cancelled.
     private func listenOnce() async throws {
-        try await store.client.withConnection { connection in
+        try await withListeningConnection { connection in
             try await connection.listen(on: Self.channel) { notifications in
                 self.state.withLock { $0.listens += 1 }
                 self.emit([.resync])
@@ -427,9 +478,9 @@ public final class PostgresCluster: RelayCluster, Service {
             guard wait == 0 else { return wait }
             _ = try await connection.query(
                 """
-                UPDATE rate_buckets r SET tokens = u.tokens, updated_at_ms = u.updated, full_at_ms = u.full
+                UPDATE rate_buckets r SET tokens = u.tokens, updated_at_ms = u.updated_at, full_at_ms = u.full_at
                 FROM unnest(\(keyBuffers)::BYTEA[], \(remaining)::FLOAT8[], \(updatedAt)::BIGINT[], \(fullAt)::BIGINT[])
-                    AS u(key, tokens, updated, full)
+                    AS u(key, tokens, updated_at, full_at)
                 WHERE r.key = u.key
                 """, logger: self.logger)
             return 0

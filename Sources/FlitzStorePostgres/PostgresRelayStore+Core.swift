@@ -294,9 +294,14 @@ extension PostgresRelayStore {
     private func submitInTransaction(
         _ db: PostgresTransaction, sender: DeviceAddress, envelopes: [EnvelopeSubmission], atMs: Int64, queueLimit: Int, checkCoverage: Bool
     ) async throws -> SubmitBatchOutcome {
-        try await Self.lockName(db, "flitz.submit:" + sender.handle)
-        // The sender may have been removed (recovery, removal) after it authenticated.
-        guard try await Self.deviceExists(db, sender) else { throw StoreError(.unknownDevice) }
+        // The account's submit lock, then whether the sender is still a device (it may have been removed by a
+        // recovery or a device list after it authenticated), in one round trip.
+        let lockRow = try await db.first(
+            """
+            SELECT pg_advisory_xact_lock(hashtextextended(\("flitz.submit:" + sender.handle), 0))::text,
+                EXISTS (SELECT 1 FROM devices WHERE handle = \(sender.handle) AND device_id = \(Int64(sender.deviceID)) FOR KEY SHARE)
+            """)
+        guard let lockRow, try lockRow.decode((String, Bool).self).1 else { throw StoreError(.unknownDevice) }
         // Groups of this submit: a non-zero `group` number, or each group-0 envelope on its own.
         let groupKeys: [Int64] = envelopes.enumerated().map { index, envelope in
             envelope.group == 0 ? -1 - Int64(index) : Int64(envelope.group)
@@ -1094,9 +1099,21 @@ extension PostgresRelayStore {
     /// The current devices of `handle` in the sense of `relay.md` "Submit": the listed ones when a list is stored,
     /// else every device; nil for an unknown handle.
     static func currentDeviceIDs(_ db: PostgresTransaction, _ handle: String) async throws -> Set<UInt32>? {
-        guard try await db.exists("SELECT 1 FROM accounts WHERE handle = \(handle)") else { return nil }
-        let all = Set(try await db.rows("SELECT device_id FROM devices WHERE handle = \(handle)").map { UInt32(try $0.decode(Int64.self)) })
-        guard try await db.exists("SELECT 1 FROM device_lists WHERE handle = \(handle)") else { return all }
-        return all.intersection(try await listedDeviceIDs(db, handle))
+        // One round trip: whether the account exists, its devices, whether a list is stored, the listed ids. The
+        // account and device rows are share-locked until the transaction ends, so a removal or deletion on another
+        // node waits for it (or it for them, and then sees them gone): nothing is queued for a device being removed.
+        guard let row = try await db.first(
+            """
+            SELECT EXISTS (SELECT 1 FROM accounts WHERE handle = \(handle) FOR KEY SHARE),
+                ARRAY(SELECT device_id FROM devices WHERE handle = \(handle) ORDER BY device_id FOR KEY SHARE),
+                EXISTS (SELECT 1 FROM device_lists WHERE handle = \(handle)),
+                ARRAY(SELECT device_id FROM device_list_entries WHERE handle = \(handle))
+            """)
+        else { return nil }
+        let (exists, devices, hasList, listed) = try row.decode((Bool, [Int64], Bool, [Int64]).self)
+        guard exists else { return nil }
+        let all = Set(devices.map { UInt32($0) })
+        guard hasList else { return all }
+        return all.intersection(listed.map { UInt32($0) })
     }
 }

@@ -120,9 +120,25 @@ extension PostgresRelayStore {
     @discardableResult
     static func enqueue(_ db: PostgresTransaction, device: DeviceAddress, items: [QueueInsert]) async throws -> [Int64] {
         guard !items.isEmpty else { return [] }
+        let deviceID = Int64(device.deviceID)
+        if items.count == 1, case .envelope(let envelopeID, let ciphertext, let expiresAtMs) = items[0] {
+            // The common case (one submitted envelope) in one statement: the counter row, then the item.
+            guard let row = try await db.first(
+                """
+                WITH counter AS (
+                    INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes) VALUES (\(device.handle), \(deviceID), 2, 1)
+                    ON CONFLICT (handle, device_id) DO UPDATE
+                        SET next_sequence = queue_counters.next_sequence + 1, envelopes = queue_counters.envelopes + 1
+                    RETURNING next_sequence - 1 AS sequence)
+                INSERT INTO queue_items (handle, device_id, sequence, kind, envelope_id, ciphertext, expires_at_ms)
+                SELECT \(device.handle), \(deviceID), sequence, \(kindEnvelope), \(envelopeID), \(ciphertext), \(expiresAtMs) FROM counter
+                RETURNING sequence
+                """)
+            else { throw StoreError(.corrupt, "queue counter not returned") }
+            return [try row.decode(Int64.self)]
+        }
         let count = Int64(items.count)
         let envelopes = Int64(items.filter(\.isEnvelope).count)
-        let deviceID = Int64(device.deviceID)
         guard let row = try await db.first(
             """
             INSERT INTO queue_counters (handle, device_id, next_sequence, envelopes) VALUES (\(device.handle), \(deviceID), \(count + 1), \(envelopes))
@@ -204,7 +220,8 @@ extension PostgresRelayStore {
     }
 
     static func deviceExists(_ db: PostgresTransaction, _ address: DeviceAddress) async throws -> Bool {
-        try await db.exists("SELECT 1 FROM devices WHERE handle = \(address.handle) AND device_id = \(Int64(address.deviceID))")
+        // Share-locked: a removal of the device on another node waits until this transaction ends.
+        try await db.exists("SELECT 1 FROM devices WHERE handle = \(address.handle) AND device_id = \(Int64(address.deviceID)) FOR KEY SHARE")
     }
 
     /// Takes the transaction-scoped advisory lock of `name` (`pg_advisory_xact_lock`): serializes the transactions

@@ -361,6 +361,7 @@ actor NoticeInbox {
 
 /// A fresh database per test on the server of `FLITZ_TEST_POSTGRES_URL` (a maintenance URL: `scripts/postgres.sh
 /// start` prints one), with two migrated nodes whose store clients and clusters run for the test's duration.
+/// node-a listens on a pooled connection, node-b on a dedicated one.
 enum ClusterTestDatabase {
     struct Missing: Error, CustomStringConvertible {
         var description: String { "FLITZ_TEST_POSTGRES_URL is not set: start a server with scripts/postgres.sh start and export its URL" }
@@ -411,9 +412,14 @@ enum ClusterTestDatabase {
             let stores = (0..<2).map { _ in
                 PostgresRelayStore(configuration: configuration, makeID: { Data((0..<16).map { _ in UInt8.random(in: 0...255) }) }, logger: logger)
             }
+            // node-a listens on a connection leased from its pool, node-b on a dedicated one (as the relay does).
             let nodes = try zip(stores, ["node-a", "node-b"]).map { store, id in
                 Node(
-                    store: store, cluster: try PostgresCluster(store: store, nodeID: id, staleAfterMs: 15_000, reconnectDelay: .milliseconds(50)),
+                    store: store,
+                    cluster: try PostgresCluster(
+                        store: store, nodeID: id, staleAfterMs: 15_000,
+                        listenConfiguration: id == "node-b" ? try PostgresRelayStore.listenConfiguration(url: databaseURL) : nil,
+                        reconnectDelay: .milliseconds(50)),
                     inbox: NoticeInbox(), url: databaseURL)
             }
             try await withThrowingTaskGroup(of: Void.self) { group in
