@@ -73,7 +73,8 @@ struct PostgresNode {
             throw StoreError(error.code, "PostgreSQL \(server): \(error.detail)")
         }
         guard let relayStore = asRelayStore(store) else { throw StoreError(.backend, "this build's PostgreSQL store is incomplete") }
-        let cluster = try store.cluster(nodeID: nodeID, staleAfterMs: 3 * checkMs)
+        // The LISTEN runs on a dedicated connection outside the pool (cluster.md 3.2).
+        let cluster = try store.cluster(nodeID: nodeID, staleAfterMs: 3 * checkMs, listenURL: url)
         let mode = RelayClusterMode(cluster: cluster, checkInterval: configuration.clusterCheckInterval) { devices in
             try await store.queueHeads(devices)
         }
