@@ -85,13 +85,17 @@ public final class RelayApplication: Sendable {
 /// (`blob.dir`, default `flitz-blobs` beside the database; created 0700), loads the TLS certificate and
 /// key when configured, loads the push CA file, the VAPID key (made and stored on first start unless
 /// `push.vapidKey` is set) and the APNs and FCM credentials when configured, and wires the WebSocket server, the health and metrics endpoints, the expiry
-/// sweeper and the push dispatcher. Nothing listens until `RelayApplication.run` is called.
+/// sweeper and the push dispatcher. With `storage.postgres.url` (and no `store` given) the relay is one node of a
+/// cluster on PostgreSQL instead (`protocol/cluster.md`; `PostgresNode.open`): no SQLite file is opened, the schema is
+/// migrated under an advisory lock, and the pool and the `ClusterService` run as the first services. Nothing listens
+/// until `RelayApplication.run` is called.
 /// - Parameters:
 ///   - clock: wall-clock source for every expiry and receipt time (tests inject one).
 ///   - store: a `RelayStore` to use instead of SQLite.
 ///   - onListening: called once with the bound host and port (the CLI prints `listening on HOST:PORT`).
-/// - Throws: `StoreError` when the database cannot be opened or migrated; `ConfigurationError` when the
-///   configuration is inconsistent or the TLS files cannot be read.
+/// - Throws: `StoreError` when the database cannot be opened or migrated (PostgreSQL: also when it does not answer
+///   within 60 s); `ConfigurationError` when the configuration is inconsistent, the PostgreSQL URL or node id is
+///   invalid, or the TLS files cannot be read.
 public func buildRelay(
     configuration: RelayConfiguration,
     logger: Logger,
