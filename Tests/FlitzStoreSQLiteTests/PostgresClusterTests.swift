@@ -212,8 +212,12 @@ import Testing
             #expect(try await !b.cluster.acquireUploadLease(blobID: blob, holder: "9", nowMs: 2_000, untilMs: 12_000))
             try await a.cluster.releaseUploadLease(blobID: blob, holder: "1")
             #expect(try await b.cluster.acquireUploadLease(blobID: blob, holder: "9", nowMs: 2_000, untilMs: 12_000))
-            // An expired lease is taken over.
+            // An expired lease is taken over; the heartbeat deletes ended ones.
             #expect(try await a.cluster.acquireUploadLease(blobID: blob, holder: "3", nowMs: 12_000, untilMs: 22_000))
+            try await b.cluster.heartbeat(nowMs: 21_999, staleAfterMs: 15_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT COUNT(*) FROM upload_leases") == 1)
+            try await b.cluster.heartbeat(nowMs: 22_000, staleAfterMs: 15_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT COUNT(*) FROM upload_leases") == 0)
 
             let other = Data(repeating: 8, count: 16)
             let winners = try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -322,6 +326,21 @@ import Testing
             #expect(throws: StoreError.self) { try a.store.cluster(nodeID: "") }
             #expect(throws: StoreError.self) { try a.store.cluster(nodeID: String(repeating: "n", count: 65)) }
             #expect(PostgresCluster.isValidNodeID("relay-1.example_org"))
+            // The dedicated listening connection's configuration: from the store's URL, errors never with the password.
+            let listen = try PostgresRelayStore.listenConfiguration(url: "postgres://u:secret@db.example:6543/flitz?sslmode=require")
+            #expect(listen.host == "db.example" && listen.port == 6543 && listen.username == "u" && listen.database == "flitz")
+            #expect(listen.tls.isEnforced)
+            #expect(!(try PostgresRelayStore.listenConfiguration(url: "postgres://u@h/flitz?sslmode=disable").tls.isAllowed))
+            let socket = try PostgresRelayStore.listenConfiguration(url: "postgres://u@%2Fvar%2Frun%2Fpostgresql/flitz")
+            #expect(socket.unixSocketPath == "/var/run/postgresql/.s.PGSQL.5432")
+            for bad in ["postgres://u:secret@h/flitz?sslmode=bogus", "mysql://u:secret@h/flitz", "postgres://u:secret@h/"] {
+                do {
+                    _ = try PostgresRelayStore.listenConfiguration(url: bad)
+                    Issue.record("accepted \(bad)")
+                } catch {
+                    #expect(!"\(error)".contains("secret"))
+                }
+            }
         }
     }
 }
