@@ -82,7 +82,9 @@ final class StoreScope: Sendable {
         return Data((0..<16).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
     }
 
-    /// A new, empty (migrated) store of `kind` and where it lives.
+    /// A new, empty (migrated) store of `kind` and where it lives. A PostgreSQL one is a copy of `MigratedTemplate`
+    /// (migrating each of the suite's databases took most of its time); `open` still runs `migrate()` on it, which
+    /// finds nothing to do. The migrations themselves are tested on empty databases (`makePostgresDatabase()`).
     static func make(_ kind: StoreKind) async throws -> (any RelayStore, StoreLocation) {
         guard let scope = current else { throw NoScope() }
         let location: StoreLocation
@@ -93,7 +95,7 @@ final class StoreScope: Sendable {
             scope.state.withLock { $0.directories.append(directory) }
             location = .sqlite(path: directory.appendingPathComponent("relay.sqlite").path)
         case .postgres:
-            let url = try await TestPostgres.createDatabase()
+            let url = try await TestPostgres.createDatabase(template: try await MigratedTemplate.shared.url())
             scope.state.withLock { $0.databases.append(url) }
             location = .postgres(url: url)
         }
@@ -147,4 +149,40 @@ final class StoreScope: Sendable {
         for directory in state.directories { try? FileManager.default.removeItem(at: directory) }
         for url in state.databases { try await TestPostgres.dropDatabase(url: url) }
     }
+}
+
+/// One migrated PostgreSQL database per test process, copied (`CREATE DATABASE … TEMPLATE`) for every test case's
+/// database, and dropped when the process exits.
+actor MigratedTemplate {
+    static let shared = MigratedTemplate()
+    private var made: Task<String, any Error>?
+
+    /// The template's URL, made on first use. No connection to it stays open (a template must have none).
+    func url() async throws -> String {
+        if let made { return try await made.value }
+        let task = Task { try await Self.make() }
+        made = task
+        return try await task.value
+    }
+
+    private static func make() async throws -> String {
+        let url = try await TestPostgres.createDatabase()
+        let store = PostgresRelayStore(
+            configuration: try PostgresRelayStore.configuration(url: url), makeID: StoreScope.randomID, logger: StoreScope.logger)
+        let client = Task { await store.client.run() }
+        do {
+            try await store.migrate()
+        } catch {
+            client.cancel()
+            await client.value
+            throw error
+        }
+        client.cancel()
+        await client.value
+        dropAtExit.withLock { $0 = url }
+        atexit { if let url = MigratedTemplate.dropAtExit.withLock({ $0 }) { try? TestPostgres.dropDatabase(url: url) } }
+        return url
+    }
+
+    static let dropAtExit = Mutex<String?>(nil)
 }

@@ -75,31 +75,41 @@ public enum TestPostgres {
         return result
     }
 
-    /// Creates an empty database of its own on the test server and returns its URL. Blocks.
+    /// Creates a database of its own on the test server and returns its URL: empty, or a copy of `template` (the
+    /// URL of another database made here, which must have no open connections). Blocks.
     /// - Throws: `Failure`.
-    public static func createDatabase() throws -> String {
+    public static func createDatabase(template: String? = nil) throws -> String {
         let maintenance = try maintenanceURL()
         // Only hex digits: safe in SQL text (CREATE DATABASE takes no bind parameters).
         let name = "flitz_t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
-        _ = try run(psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", maintenance, "-c", "CREATE DATABASE \(name)"])
+        var sql = "CREATE DATABASE \(name)"
+        if let template { sql += " TEMPLATE \(try testDatabaseName(template))" }
+        _ = try run(psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", maintenance, "-c", sql])
         return try url(maintenance, database: name)
+    }
+
+    /// The name of a database made by `createDatabase` (checked: `flitz_t_` and hex digits, safe in SQL text).
+    private static func testDatabaseName(_ url: String) throws -> String {
+        guard let components = URLComponents(string: url), components.path.hasPrefix("/flitz_t_"),
+            components.path.dropFirst().allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" })
+        else { throw Failure(description: "not a test database URL") }
+        return String(components.path.dropFirst())
     }
 
     /// Drops the database `url` names (made by `createDatabase()`), closing its open connections. Blocks.
     /// - Throws: `Failure`.
     public static func dropDatabase(url: String) throws {
-        guard let components = URLComponents(string: url), components.path.hasPrefix("/flitz_t_"),
-            components.path.dropFirst().allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" })
-        else { throw Failure(description: "not a test database URL") }
-        let name = String(components.path.dropFirst())
+        let name = try testDatabaseName(url)
         _ = try run(psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", try maintenanceURL(), "-c", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"])
     }
 
     /// `maintenanceURL()` on a thread of its own.
     public static func maintenanceURL() async throws -> String { try await offPool { try maintenanceURL() } }
 
-    /// `createDatabase()` on a thread of its own.
-    public static func createDatabase() async throws -> String { try await offPool { try createDatabase() } }
+    /// `createDatabase(template:)` on a thread of its own.
+    public static func createDatabase(template: String? = nil) async throws -> String {
+        try await offPool { try createDatabase(template: template) }
+    }
 
     /// `dropDatabase(url:)` on a thread of its own.
     public static func dropDatabase(url: String) async throws { try await offPool { try dropDatabase(url: url) } }
