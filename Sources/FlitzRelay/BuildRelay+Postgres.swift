@@ -75,7 +75,10 @@ struct PostgresNode {
         guard let relayStore = asRelayStore(store) else { throw StoreError(.backend, "this build's PostgreSQL store is incomplete") }
         // The LISTEN runs on a dedicated connection outside the pool (cluster.md 3.2).
         let cluster = try store.cluster(nodeID: nodeID, staleAfterMs: 3 * checkMs, listenURL: url)
-        let mode = RelayClusterMode(cluster: cluster, checkInterval: configuration.clusterCheckInterval) { devices in
+        let mode = RelayClusterMode(
+            cluster: cluster, checkInterval: configuration.clusterCheckInterval,
+            heldCallSignals: { devices, nowMs in try await store.devicesWithHeldCallSignals(devices, nowMs: nowMs) }
+        ) { devices in
             try await store.queueHeads(devices)
         }
         logger.info("cluster node on PostgreSQL", metadata: ["relay.node": "\(nodeID)", "relay.database": "\(server)"])

@@ -175,6 +175,11 @@ final class CallSignalBroker: Sendable {
         return true
     }
 
+    /// Whether any connection is attached for `device`.
+    func isAttached(_ device: DeviceAddress) -> Bool {
+        state.withLock { $0.attached[device] != nil }
+    }
+
     /// Whether `connectionID` is the connection attached for `device`.
     func isAttached(_ device: DeviceAddress, connectionID: UInt64) -> Bool {
         state.withLock { $0.attached[device]?.connectionID == connectionID }

@@ -14,16 +14,21 @@ public struct RelayClusterMode: Sendable {
     /// For each device given, the highest queue sequence ever assigned to it (devices without one are absent), in one
     /// query for all (`cluster.md` 3.3 and 5).
     public let queueHeads: @Sendable ([DeviceAddress]) async throws -> [DeviceAddress: Int64]
+    /// Which of the devices given (at `nowMs`) have call signals held, in one query for all (`cluster.md` 3.3); nil:
+    /// every connection that takes call signals looks for itself (one query each).
+    public let heldCallSignals: (@Sendable ([DeviceAddress], Int64) async throws -> Set<DeviceAddress>)?
     /// The periodic check's interval (`cluster.checkSeconds`); a node unseen for 3 of them is dead (`cluster.md` 4).
     public let checkInterval: Duration
 
-    /// A cluster mode of `cluster`, checking every `checkInterval` with `queueHeads`.
+    /// A cluster mode of `cluster`, checking every `checkInterval` with `queueHeads` and `heldCallSignals`.
     public init(
         cluster: any RelayCluster, checkInterval: Duration,
+        heldCallSignals: (@Sendable ([DeviceAddress], Int64) async throws -> Set<DeviceAddress>)? = nil,
         queueHeads: @escaping @Sendable ([DeviceAddress]) async throws -> [DeviceAddress: Int64]
     ) {
         self.cluster = cluster
         self.checkInterval = checkInterval
+        self.heldCallSignals = heldCallSignals
         self.queueHeads = queueHeads
     }
 }
@@ -160,8 +165,13 @@ extension Relay {
                         reason: "replaced by a newer connection of this device")
                 }
             }
-            // Held call signals whose notice was lost: each attached connection takes its own (cluster.md 3.3).
-            for device in devices { calls.wakeAttached(device) }
+            // Held call signals whose notice was lost: the connections that take call signals and have some held
+            // take them (cluster.md 3.3).
+            let attached = devices.filter { calls.isAttached($0) }
+            if !attached.isEmpty {
+                let waiting = try await cluster.heldCallSignals?(attached, now) ?? Set(attached)
+                for device in attached where waiting.contains(device) { calls.wakeAttached(device) }
+            }
         } catch {
             logger.error("cluster check failed", metadata: ["error": "\(error)"])
         }

@@ -50,3 +50,29 @@ extension PostgresRelayStore {
         self.init(configuration: try Self.configuration(url: url), makeID: makeID, logger: logger)
     }
 }
+
+extension PostgresRelayStore {
+    /// Which of `devices` have an unexpired call signal held in `call_signals` (`cluster.md` 4), in one query: the
+    /// periodic check (3.3) wakes only their connections to take them.
+    /// - Throws: `StoreError.backend`.
+    public func devicesWithHeldCallSignals(_ devices: [DeviceAddress], nowMs: Int64) async throws -> Set<DeviceAddress> {
+        guard !devices.isEmpty else { return [] }
+        let handles = devices.map(\.handle)
+        let ids = devices.map { Int64($0.deviceID) }
+        return try await run {
+            let rows = try await self.client.query(
+                """
+                SELECT DISTINCT s.handle, s.device_id::BIGINT
+                FROM call_signals s
+                JOIN unnest(\(handles)::TEXT[], \(ids)::BIGINT[]) AS d(handle, device_id)
+                  ON s.handle = d.handle AND s.device_id = d.device_id
+                WHERE s.expires_at_ms > \(nowMs)
+                """, logger: self.logger)
+            var found = Set<DeviceAddress>()
+            for try await (handle, deviceID) in rows.decode((String, Int64).self) {
+                found.insert(DeviceAddress(handle: handle, deviceID: UInt32(truncatingIfNeeded: deviceID)))
+            }
+            return found
+        }
+    }
+}

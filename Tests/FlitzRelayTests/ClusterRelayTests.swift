@@ -63,6 +63,37 @@ import Testing
         }
     }
 
+    @Test func periodicCheckHandsOverACallSignalWhoseNoticeWasLost() async throws {
+        try await ClusterHarness.run { nodes in
+            let bob = TestIdentity("bob")
+            try await register(TestIdentity("alice"), on: nodes[0])
+            try await register(bob, on: nodes[1])
+            try await nodes[1].connect { bobConnection in
+                _ = try await bobConnection.authenticateCollecting(bob.authenticate(nonce: bobConnection.nonce, deviceID: 1, callSignals: true))
+                // Held straight in the database: no notice (a lost `s` notice).
+                let now = nodes[0].clock.nowMs()
+                var delivery = WireCallSignalDelivery()
+                delivery.callID = callID(0xD1)
+                delivery.kind = .callOffer
+                delivery.senderHandle = "alice"
+                delivery.senderDeviceID = 1
+                delivery.recipientDeviceID = 1
+                delivery.sequence = 1
+                delivery.expiresAtMs = now + 60_000
+                delivery.ciphertext = Data("held".utf8)
+                let held = HeldCallSignal(
+                    callID: callID(0xD1), sender: DeviceAddress(handle: "alice", deviceID: 1), recipient: DeviceAddress(handle: "bob", deviceID: 1),
+                    sequence: 1, isOffer: true, receivedAtMs: now, expiresAtMs: now + 60_000, delivery: try delivery.serializedData())
+                guard let signals = nodes[0].app.relay.cluster?.cluster.callSignals else { throw Failure("not a cluster node") }
+                #expect(try await signals.hold([held], nowMs: now) == 0)
+                await nodes[1].app.relay.clusterCheck()
+                let frame = try await bobConnection.next(within: .seconds(60))
+                guard let received = frame.callSignalDelivery else { throw Failure("expected CallSignalDelivery, got \(frame)") }
+                #expect(received.callID == callID(0xD1) && received.ciphertext == Data("held".utf8))
+            }
+        }
+    }
+
     @Test func secondNodeTakesOverAndTheFirstClosesTheOlderConnection() async throws {
         try await ClusterHarness.run { nodes in
             let bob = TestIdentity("bob")
