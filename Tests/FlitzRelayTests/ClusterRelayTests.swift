@@ -117,6 +117,23 @@ import Testing
         }
     }
 
+    @Test func periodicCheckClosesAConnectionWhoseClaimMovedWithoutANotice() async throws {
+        try await ClusterHarness.run { nodes in
+            let bob = TestIdentity("bob")
+            try await register(bob, on: nodes[0])
+            try await nodes[0].connect { connection in
+                try await connection.authenticate(bob)
+                // Node 1 claims bob without telling anyone (a lost `claimed` notice).
+                guard let other = nodes[1].app.relay.cluster?.cluster else { throw Failure("not a cluster node") }
+                _ = try await other.claimConnection(DeviceAddress(handle: "bob", deviceID: 1), nowMs: nodes[1].clock.nowMs())
+                #expect(nodes[0].app.relay.isConnected(handle: "bob", deviceID: 1))
+                await nodes[0].app.relay.clusterCheck()
+                try await connection.waitUntilClosedByRelay()
+                #expect(!nodes[0].app.relay.isConnected(handle: "bob", deviceID: 1))
+            }
+        }
+    }
+
     @Test func callSignalAndOnlineOnlyEnvelopeCrossNodes() async throws {
         try await ClusterHarness.run { nodes in
             let alice = TestIdentity("alice"), bob = TestIdentity("bob")
