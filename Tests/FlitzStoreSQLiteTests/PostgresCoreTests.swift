@@ -300,6 +300,55 @@ enum PostgresTestDatabase {
         }
     }
 
+    @Test func racingRegistrationsAndPairingSlotsHaveOneWinner() async throws {
+        try await PostgresTestDatabase.withStores(count: 2) { stores in
+            // Ten registrations of one handle on two nodes: one device 1, nine refusals.
+            let registrations = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for index in 0..<10 {
+                    group.addTask {
+                        do {
+                            _ = try await Self.register(stores[index % 2], "carol")
+                            return true
+                        } catch let error as StoreError where error.code == .handleTaken {
+                            return false
+                        }
+                    }
+                }
+                var wins = 0
+                for try await won in group where won { wins += 1 }
+                return wins
+            }
+            #expect(registrations == 1)
+            #expect(try await stores[1].devices(handle: "carol").count == 1)
+            // A pairing slot written on both nodes at once: one write; read once across nodes.
+            let rendezvous = Self.bytes(0x42, 16)
+            let writes = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for index in 0..<6 {
+                    group.addTask {
+                        do {
+                            try await stores[index % 2].putLinkMessage(
+                                rendezvousID: rendezvous, slot: 1, message: Self.bytes(UInt8(index), 8), nowMs: 1_000, expiresAtMs: 9_000)
+                            return true
+                        } catch let error as StoreError where error.code == .linkSlotUsed {
+                            return false
+                        }
+                    }
+                }
+                var wins = 0
+                for try await won in group where won { wins += 1 }
+                return wins
+            }
+            #expect(writes == 1)
+            let reads = try await withThrowingTaskGroup(of: Data?.self) { group in
+                for index in 0..<6 { group.addTask { try await stores[index % 2].takeLinkMessage(rendezvousID: rendezvous, slot: 1, nowMs: 2_000) } }
+                var messages: [Data] = []
+                for try await message in group { if let message { messages.append(message) } }
+                return messages
+            }
+            #expect(reads.count == 1)
+        }
+    }
+
     /// Whether a session of the store's database waits for a lock, asked until it does (a failure guard of 60 s,
     /// never a timing assumption: the waiting writer is blocked until the test lets the other commit).
     static func waitUntilSomeoneWaitsForALock(_ store: PostgresRelayStore) async throws -> Bool {
