@@ -8,7 +8,7 @@ import PostgresNIO
 ///
 /// Holding for a device runs under a transaction-scoped advisory lock of that device
 /// (`pg_advisory_xact_lock(lockClass, hashtext('handle/device'))`), so two nodes holding for one device at once apply
-/// the caps one after the other. Taking is one `DELETE ... RETURNING`: each signal is taken once.
+/// the caps one after the other. Taking is one `DELETE ... RETURNING` under the same lock: each signal is taken once.
 public final class PostgresCallSignalStore: CallSignalStore {
     /// First key of the advisory locks of `hold` ("call" in ASCII): keeps them apart from other advisory locks.
     static let lockClass: Int32 = 0x6361_6C6C
@@ -101,11 +101,15 @@ public final class PostgresCallSignalStore: CallSignalStore {
         }
     }
 
-    /// Implements `CallSignalStore.take` with one `DELETE ... RETURNING` (expired ones are deleted too, not returned).
+    /// Implements `CallSignalStore.take` with one `DELETE ... RETURNING` (expired ones are deleted too, not returned),
+    /// in a transaction under the device's advisory lock, the one `hold` takes: a `hold` for the device never applies
+    /// the caps to signals a concurrent `take` is removing.
     /// - Throws: `StoreError.backend`.
     public func take(_ device: DeviceAddress, nowMs: Int64) async throws -> [HeldCallSignal] {
-        try await store.run {
-            let rows = try await self.store.client.query(
+        try await store.transaction { connection in
+            _ = try await connection.query(
+                "SELECT pg_advisory_xact_lock(\(Self.lockClass), hashtext(\(device.description)))", logger: self.store.logger)
+            let rows = try await connection.query(
                 """
                 DELETE FROM call_signals WHERE handle = \(device.handle) AND device_id = \(Int64(device.deviceID))
                 RETURNING serial, call_id, sender_handle, sender_device_id, sequence, is_offer, received_at_ms, expires_at_ms, delivery

@@ -86,6 +86,8 @@ public final class PostgresCluster: RelayCluster, Service {
         var stopped = false
         /// How many times a LISTEN was established (tests and diagnostics).
         var listens = 0
+        /// The start (`ensureStarted`): running or done; nil before it, or after it failed (tried again next time).
+        var start: Task<Void, any Error>?
     }
 
     private let state: Mutex<State>
@@ -168,6 +170,11 @@ public final class PostgresCluster: RelayCluster, Service {
     /// reconnecting after `reconnectDelay` when the connection fails; then finishes every `notices()` stream.
     public func run() async throws {
         await cancelWhenGracefulShutdown {
+            do {
+                try await self.ensureStarted()
+            } catch {
+                self.logger.warning("cluster: forgetting this node's earlier claims failed", metadata: ["error": "\(error)"])
+            }
             while !Task.isCancelled {
                 do {
                     try await self.listenOnce()
@@ -292,44 +299,101 @@ public final class PostgresCluster: RelayCluster, Service {
 
     // MARK: Heartbeat and claims
 
-    /// Implements `RelayCluster.heartbeat` in one transaction: records this node at `nowMs`, deletes the claims of
-    /// nodes unseen for `staleAfterMs` and those nodes' rows. Then, outside it, deletes what expired in the shared
-    /// tables: online-only envelopes past their expiry, token buckets full again, upload leases past their end.
-    /// (Call signals are purged by `callSignals.purge`.)
+    /// The database clock in epoch milliseconds, as SQL (`clock_timestamp()`, not the transaction's start). Node
+    /// liveness (`relay_nodes.heartbeat_at_ms` and every cutoff compared with it) is measured on it, so nodes whose
+    /// clocks disagree never declare each other dead; everything else keeps the callers' (injectable) clocks.
+    static let databaseNowMs = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT"
+
+    /// Runs once per `PostgresCluster` before its first heartbeat, claim or claim read (and when `run()` starts):
+    /// deletes every claim recorded under this node id. They were made by an earlier process with this id (one
+    /// killed and restarted, `cluster.md` 4): this process has not claimed anything yet, and its heartbeat would
+    /// otherwise keep them live, so push would think the devices connected and never wake them. A failed start is
+    /// tried again by the next call.
+    /// - Throws: `StoreError.backend`.
+    func ensureStarted() async throws {
+        let task: Task<Void, any Error> = state.withLock { state in
+            if let task = state.start { return task }
+            let nodeID = self.nodeID
+            let task = Task {
+                try await self.store.transaction { connection in
+                    _ = try await connection.query("DELETE FROM connection_claims WHERE node_id = \(nodeID)", logger: self.logger)
+                }
+            }
+            state.start = task
+            return task
+        }
+        do {
+            try await task.value
+        } catch {
+            state.withLock { state in
+                if state.start == task { state.start = nil }
+            }
+            throw error
+        }
+    }
+
+    /// Implements `RelayCluster.heartbeat` in one transaction: records this node alive on the database clock
+    /// (`databaseNowMs`), and deletes the claims of other nodes whose heartbeat is more than `staleAfterMs` older on
+    /// that clock, or which have no `relay_nodes` row, and those nodes' rows. The claims are found per node through
+    /// the `connection_claims_by_node` index (one probe per distinct node id, never a scan of every claim). Then, each
+    /// in its own transaction, deletes what expired at `nowMs` in the shared tables: online-only envelopes past their
+    /// expiry, token buckets full again, upload leases past their end. (Call signals are purged by
+    /// `callSignals.purge`.) A transaction PostgreSQL aborts for a deadlock is run again.
     /// - Throws: `StoreError.backend`.
     public func heartbeat(nowMs: Int64, staleAfterMs: Int64) async throws {
+        try await ensureStarted()
         state.withLock { $0.staleAfterMs = staleAfterMs }
-        let cutoff = nowMs - staleAfterMs
         let nodeID = self.nodeID
         try await store.transaction { connection in
             _ = try await connection.query(
                 """
-                INSERT INTO relay_nodes (node_id, heartbeat_at_ms) VALUES (\(nodeID), \(nowMs))
+                INSERT INTO relay_nodes (node_id, heartbeat_at_ms) VALUES (\(nodeID), \(unescaped: Self.databaseNowMs))
                 ON CONFLICT (node_id) DO UPDATE SET heartbeat_at_ms = GREATEST(relay_nodes.heartbeat_at_ms, EXCLUDED.heartbeat_at_ms)
+                """, logger: self.logger)
+            // The distinct node ids of the claims by a loose index scan, then the claims of those not fresh.
+            _ = try await connection.query(
+                """
+                WITH RECURSIVE ids(node_id) AS (
+                    (SELECT node_id FROM connection_claims ORDER BY node_id LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT c.node_id FROM connection_claims c WHERE c.node_id > ids.node_id ORDER BY c.node_id LIMIT 1)
+                    FROM ids WHERE ids.node_id IS NOT NULL
+                )
+                DELETE FROM connection_claims WHERE node_id IN (
+                    SELECT i.node_id FROM ids i
+                    WHERE i.node_id IS NOT NULL AND i.node_id <> \(nodeID) AND NOT EXISTS (
+                        SELECT 1 FROM relay_nodes n
+                        WHERE n.node_id = i.node_id AND n.heartbeat_at_ms > \(unescaped: Self.databaseNowMs) - \(staleAfterMs)))
                 """, logger: self.logger)
             _ = try await connection.query(
                 """
-                DELETE FROM connection_claims
-                WHERE node_id NOT IN (SELECT node_id FROM relay_nodes WHERE heartbeat_at_ms > \(cutoff))
+                DELETE FROM relay_nodes WHERE node_id <> \(nodeID) AND heartbeat_at_ms <= \(unescaped: Self.databaseNowMs) - \(staleAfterMs)
                 """, logger: self.logger)
-            _ = try await connection.query("DELETE FROM relay_nodes WHERE heartbeat_at_ms <= \(cutoff)", logger: self.logger)
         }
-        try await store.run {
-            _ = try await self.store.client.query("DELETE FROM online_only WHERE expires_at_ms <= \(nowMs)", logger: self.logger)
-            _ = try await self.store.client.query("DELETE FROM rate_buckets WHERE full_at_ms <= \(nowMs)", logger: self.logger)
-            _ = try await self.store.client.query("DELETE FROM upload_leases WHERE until_ms <= \(nowMs)", logger: self.logger)
+        let expiries: [PostgresQuery] = [
+            "DELETE FROM online_only WHERE expires_at_ms <= \(nowMs)",
+            "DELETE FROM rate_buckets WHERE full_at_ms <= \(nowMs)",
+            "DELETE FROM upload_leases WHERE until_ms <= \(nowMs)",
+        ]
+        for statement in expiries {
+            try await store.transaction { connection in _ = try await connection.query(statement, logger: self.logger) }
         }
     }
 
     /// Implements `RelayCluster.claimConnection` in one transaction: the device's epoch counter row
     /// (`claim_epochs`, kept across releases) goes up by one and the claim row names this node and that epoch. Also
-    /// records this node in `relay_nodes` if it has no row yet (its claims count as live from its first claim).
+    /// records this node in `relay_nodes` (database clock) if it has no row yet (its claims count as live from its
+    /// first claim). The first claim of this `PostgresCluster` waits for `ensureStarted`.
     /// - Throws: `StoreError.backend`.
     public func claimConnection(_ device: DeviceAddress, nowMs: Int64) async throws -> Int64 {
+        try await ensureStarted()
         let handle = device.handle, deviceID = Int64(device.deviceID), nodeID = self.nodeID
         return try await store.transaction { connection in
             _ = try await connection.query(
-                "INSERT INTO relay_nodes (node_id, heartbeat_at_ms) VALUES (\(nodeID), \(nowMs)) ON CONFLICT (node_id) DO NOTHING",
+                """
+                INSERT INTO relay_nodes (node_id, heartbeat_at_ms) VALUES (\(nodeID), \(unescaped: Self.databaseNowMs))
+                ON CONFLICT (node_id) DO NOTHING
+                """,
                 logger: self.logger)
             let rows = try await connection.query(
                 """
@@ -363,19 +427,21 @@ public final class PostgresCluster: RelayCluster, Service {
     }
 
     /// Implements `RelayCluster.liveClaims` in one query for all `devices`: claims whose node's heartbeat is newer
-    /// than the stale limit (the last `heartbeat`'s `staleAfterMs`, else the one this cluster was made with).
+    /// than the stale limit (the last `heartbeat`'s `staleAfterMs`, else the one this cluster was made with), both on
+    /// the database clock (`databaseNowMs`; `nowMs` is not used). The first call waits for `ensureStarted`.
     /// - Throws: `StoreError.backend`.
     public func liveClaims(_ devices: [DeviceAddress], nowMs: Int64) async throws -> [DeviceAddress: ConnectionClaim] {
         guard !devices.isEmpty else { return [:] }
+        try await ensureStarted()
         let handles = devices.map(\.handle), ids = devices.map { Int64($0.deviceID) }
-        let cutoff = nowMs - state.withLock { $0.staleAfterMs }
+        let staleAfterMs = state.withLock { $0.staleAfterMs }
         return try await store.run {
             let rows = try await self.store.client.query(
                 """
                 SELECT c.handle, c.device_id, c.node_id, c.epoch
                 FROM unnest(\(handles)::TEXT[], \(ids)::BIGINT[]) AS d(handle, device_id)
                 JOIN connection_claims c ON c.handle = d.handle AND c.device_id = d.device_id
-                JOIN relay_nodes n ON n.node_id = c.node_id AND n.heartbeat_at_ms > \(cutoff)
+                JOIN relay_nodes n ON n.node_id = c.node_id AND n.heartbeat_at_ms > \(unescaped: Self.databaseNowMs) - \(staleAfterMs)
                 """, logger: self.logger)
             var claims: [DeviceAddress: ConnectionClaim] = [:]
             for try await (handle, deviceID, node, epoch) in rows.decode((String, Int64, String, Int64).self) {
@@ -424,8 +490,9 @@ public final class PostgresCluster: RelayCluster, Service {
     /// whose `perMinute` or `burst` is 0 or less is off (always admitted); a cost above `burst` counts as `burst`; a
     /// clock earlier than a bucket's last update refills nothing. Takes of one key are added up.
     ///
-    /// One transaction: missing buckets are inserted full, then every bucket of the request is locked
-    /// (`FOR UPDATE`, in key order, so two requests never deadlock), checked, and either all are debited or none.
+    /// One transaction: one `INSERT ... ON CONFLICT DO UPDATE` inserts missing buckets full and locks existing ones
+    /// (in key order, so two requests never deadlock; nothing can delete a bucket between its insert and its lock),
+    /// then every bucket is checked and either all are debited or none. A deadlock abort is retried.
     /// Buckets live in the unlogged `rate_buckets` table; `heartbeat` deletes those full again.
     /// - Returns: 0 when admitted, else the milliseconds until all would be (at least 1).
     /// - Throws: `StoreError.backend`.
@@ -446,15 +513,15 @@ public final class PostgresCluster: RelayCluster, Service {
         let keyBuffers = keys.map { ByteBuffer(bytes: $0) }
         let bursts = keys.map { Double(buckets[$0]!.burst) }
         return try await store.transaction { connection in
-            _ = try await connection.query(
+            // Insert-or-lock in one statement (no gap in which the heartbeat could prune a bucket between its insert
+            // and its lock): a missing bucket is inserted full, an existing one locked by a no-op update; in key order.
+            let rows = try await connection.query(
                 """
                 INSERT INTO rate_buckets (key, tokens, updated_at_ms, full_at_ms)
                 SELECT k, b, \(nowMs), \(nowMs) FROM unnest(\(keyBuffers)::BYTEA[], \(bursts)::FLOAT8[]) AS n(k, b) ORDER BY k
-                ON CONFLICT (key) DO NOTHING
+                ON CONFLICT (key) DO UPDATE SET tokens = rate_buckets.tokens
+                RETURNING key, tokens, updated_at_ms
                 """, logger: self.logger)
-            let rows = try await connection.query(
-                "SELECT key, tokens, updated_at_ms FROM rate_buckets WHERE key = ANY(\(keyBuffers)::BYTEA[]) ORDER BY key FOR UPDATE",
-                logger: self.logger)
             var stored: [Data: (tokens: Double, updatedAtMs: Int64)] = [:]
             for try await (key, tokens, updated) in rows.decode((Data, Double, Int64).self) { stored[key] = (tokens, updated) }
             var wait: Int64 = 0

@@ -6,7 +6,7 @@ import PostgresNIO
 // `BlobMetadataStore` in PostgreSQL (`protocol/attachments.md` 4), translated from `SQLiteRelayStore+Blobs.swift`:
 // capability tokens as SHA-256 only in `upload_tokens` until used or expired; an upload (finished or not) is a row of
 // `blobs`, which keeps its token's hash. Several nodes may race on one token or one upload: `createUpload` locks the
-// token row (`FOR UPDATE`: a second creation with it waits, then finds it gone) and `commitUpload` is one conditional
+// token row (`FOR UPDATE`: a second creation with it waits, then finds it gone) and the account's quota lock, and `commitUpload` is one conditional
 // `UPDATE` (compare-and-set on the offset).
 extension PostgresRelayStore {
     private static let blobColumns =
@@ -44,9 +44,10 @@ extension PostgresRelayStore {
     }
 
     /// Implements `BlobMetadataStore.createUpload` in one transaction. The token row is locked, so of two nodes
-    /// creating with one token at once, the second waits and then finds it used (`.unknownToken`). Two uploads of one
-    /// account racing on its quota may both pass (as two SQLite writers cannot): the quota is a soft limit of one
-    /// upload's length at most, which `attachments.md` 4.5 allows.
+    /// creating with one token at once, the second waits and then finds it used (`.unknownToken`). Then the account's
+    /// quota lock (`pg_advisory_xact_lock(hashtextextended('flitz.quota:' || handle, 0))`) is taken before its usage is
+    /// read, so creations for one account on any node check the quota one after the other and the quota holds exactly,
+    /// as with SQLite's single writer.
     /// - Throws: `StoreError.backend`.
     public func createUpload(
         tokenHash: Data, blobID: Data, length: Int64, nowMs: Int64, uploadExpiresAtMs: Int64, quotaBytes: Int64
@@ -56,6 +57,8 @@ extension PostgresRelayStore {
                 return .unknownToken
             }
             let handle = token.owner.handle
+            _ = try await connection.query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(\(Self.quotaLockPrefix + handle), 0))", logger: self.logger)
             let used = try await Self.usage(connection, handle: handle, nowMs: nowMs, logger: self.logger)
             guard used + length <= quotaBytes else { return .overQuota(usedBytes: used) }
             _ = try await connection.query("DELETE FROM upload_tokens WHERE token_hash = \(tokenHash)", logger: self.logger)
@@ -198,6 +201,9 @@ extension PostgresRelayStore {
     }
 
     // MARK: Helpers
+
+    /// Prefix of the name of an account's blob-quota advisory lock (`createUpload`); the handle follows.
+    static let quotaLockPrefix = "flitz.quota:"
 
     private static func usage(_ connection: PostgresConnection, handle: String, nowMs: Int64, logger: Logger) async throws -> Int64 {
         let rows = try await connection.query(

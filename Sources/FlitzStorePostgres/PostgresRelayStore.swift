@@ -82,26 +82,27 @@ public final class PostgresRelayStore: Sendable, Service {
     /// cluster state (`PostgresCluster+Schema.swift`). Names are never reused or reordered.
     static var migrations: [Migration] { coreMigrations + clusterMigrations }
 
-    /// Key of the session advisory lock held while migrating (`pg_advisory_lock`): "flitzmig" in ASCII.
+    /// Key of the transaction advisory lock held while migrating (`pg_advisory_xact_lock`): "flitzmig" in ASCII.
     static let migrationLockKey: Int64 = 0x666C_697A_746D_6967
 
     /// Brings the schema to the newest version; safe to call from several nodes at once (an advisory lock
     /// serializes them; the second finds nothing left to do). Returns the names of the migrations it applied.
-    /// - Throws: `StoreError.backend` when the database fails or a migration does not apply.
+    ///
+    /// One transaction per call: it takes the transaction-scoped `pg_advisory_xact_lock`, so the lock ends with the
+    /// transaction (commit, rollback or a dropped connection) and can never stay held on a pooled connection; the
+    /// pending migrations apply all or none.
+    /// - Throws: `StoreError.backend` when the database fails or a migration does not apply, or when the database
+    ///   records a migration this binary does not know (its schema is newer than this relay: `cluster.md` 2).
     @discardableResult
     public func migrate() async throws -> [String] {
         do {
-            return try await client.withConnection { connection in
-                _ = try await connection.query("SELECT pg_advisory_lock(\(Self.migrationLockKey))", logger: logger)
-                do {
-                    let applied = try await Self.applyMigrations(on: connection, logger: logger)
-                    _ = try await connection.query("SELECT pg_advisory_unlock(\(Self.migrationLockKey))", logger: logger)
-                    return applied
-                } catch {
-                    _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.migrationLockKey))", logger: logger)
-                    throw error
-                }
+            return try await client.withTransaction(logger: logger) { connection in
+                _ = try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLockKey))", logger: logger)
+                return try await Self.applyMigrations(on: connection, logger: logger)
             }
+        } catch let error as PostgresTransactionError {
+            if let inner = error.closureError as? StoreError { throw inner }
+            throw StoreError(.backend, "cannot migrate the PostgreSQL schema: \(Self.describe(error))")
         } catch let error as StoreError {
             throw error
         } catch {
@@ -109,6 +110,7 @@ public final class PostgresRelayStore: Sendable, Service {
         }
     }
 
+    /// Applies the missing migrations on `connection`, inside the caller's transaction.
     private static func applyMigrations(on connection: PostgresConnection, logger: Logger) async throws -> [String] {
         _ = try await connection.query(
             "CREATE TABLE IF NOT EXISTS flitz_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
@@ -117,14 +119,18 @@ public final class PostgresRelayStore: Sendable, Service {
         for try await name in try await connection.query("SELECT name FROM flitz_migrations", logger: logger).decode(String.self) {
             done.insert(name)
         }
+        let unknown = done.subtracting(migrations.map(\.name))
+        guard unknown.isEmpty else {
+            throw StoreError(
+                .backend, "the database schema is newer than this relay (unknown migrations: \(unknown.sorted().joined(separator: ", ")))")
+        }
         var applied: [String] = []
         for migration in migrations where !done.contains(migration.name) {
-            try await connection.withTransaction(logger: logger) { connection in
-                for statement in migration.sql {
-                    _ = try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
-                }
-                _ = try await connection.query("INSERT INTO flitz_migrations (name) VALUES (\(migration.name))", logger: logger)
+            for statement in migration.sql {
+                _ = try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
             }
+            // clock_timestamp(): now() is the transaction's start, the same for every migration of this run.
+            _ = try await connection.query("INSERT INTO flitz_migrations (name, applied_at) VALUES (\(migration.name), clock_timestamp())", logger: logger)
             applied.append(migration.name)
         }
         return applied
@@ -159,11 +165,11 @@ public final class PostgresRelayStore: Sendable, Service {
     }
 
     /// Runs `body` in one transaction (`READ COMMITTED`; row locks where a method needs them), mapping errors as
-    /// `run` does. The transaction rolls back when `body` throws.
+    /// `run` does. The transaction rolls back when `body` throws, and is run again from the start when PostgreSQL
+    /// aborted it for a deadlock or a serialization failure (`write`, `PostgresRelayStore+Queue.swift`): `body` must
+    /// be safe to run again.
     func transaction<T: Sendable>(_ body: @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        try await run {
-            try await self.client.withTransaction(logger: self.logger) { connection in try await body(connection) }
-        }
+        try await write { db in try await body(db.connection) }
     }
 
     /// A short description of a database error: PostgreSQL's SQLSTATE and message, never the query's bind values.

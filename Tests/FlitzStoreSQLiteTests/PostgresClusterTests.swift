@@ -121,14 +121,21 @@ import Testing
             try await b.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
             _ = try await b.cluster.claimConnection(Self.bob, nowMs: now)
             _ = try await a.cluster.claimConnection(Self.alice, nowMs: now)
-            // 20 s later only node A still beats: B's claim no longer counts, and A's heartbeat deletes it.
-            try await a.cluster.heartbeat(nowMs: now + 20_000, staleAfterMs: 15_000)
-            let live = try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now + 20_000)
+            // A claim of a node that has no relay_nodes row (it was deleted under a racing claim) goes too.
+            try await a.store.client.query(
+                "INSERT INTO connection_claims (handle, device_id, node_id, epoch, claimed_at_ms) VALUES ('carol', 1, 'node-gone', 1, 0)",
+                logger: ClusterTestDatabase.logger)
+            // Liveness is on the database clock: with a stale limit of 0 ms node B's heartbeat is already too old, so
+            // A's heartbeat deletes B's claim and row (never its own), as it would 15 s after B's last heartbeat.
+            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 0)
+            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            let live = try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now)
             #expect(live == [Self.alice: ConnectionClaim(node: "node-a", epoch: 1)])
             let rows = try await a.store.client.query("SELECT node_id FROM connection_claims ORDER BY node_id", logger: ClusterTestDatabase.logger)
             var nodes: [String] = []
             for try await node in rows.decode(String.self) { nodes.append(node) }
             #expect(nodes == ["node-a"])
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM relay_nodes WHERE node_id = 'node-b'") == 0)
         }
     }
 
