@@ -85,13 +85,17 @@ public final class RelayApplication: Sendable {
 /// (`blob.dir`, default `flitz-blobs` beside the database; created 0700), loads the TLS certificate and
 /// key when configured, loads the push CA file, the VAPID key (made and stored on first start unless
 /// `push.vapidKey` is set) and the APNs and FCM credentials when configured, and wires the WebSocket server, the health and metrics endpoints, the expiry
-/// sweeper and the push dispatcher. Nothing listens until `RelayApplication.run` is called.
+/// sweeper and the push dispatcher. With `storage.postgres.url` (and no `store` given) the relay is one node of a
+/// cluster on PostgreSQL instead (`protocol/cluster.md`; `PostgresNode.open`): no SQLite file is opened, the schema is
+/// migrated under an advisory lock, and the pool and the `ClusterService` run as the first services. Nothing listens
+/// until `RelayApplication.run` is called.
 /// - Parameters:
 ///   - clock: wall-clock source for every expiry and receipt time (tests inject one).
 ///   - store: a `RelayStore` to use instead of SQLite.
 ///   - onListening: called once with the bound host and port (the CLI prints `listening on HOST:PORT`).
-/// - Throws: `StoreError` when the database cannot be opened or migrated; `ConfigurationError` when the
-///   configuration is inconsistent or the TLS files cannot be read.
+/// - Throws: `StoreError` when the database cannot be opened or migrated (PostgreSQL: also when it does not answer
+///   within 60 s); `ConfigurationError` when the configuration is inconsistent, the PostgreSQL URL or node id is
+///   invalid, or the TLS files cannot be read.
 public func buildRelay(
     configuration: RelayConfiguration,
     logger: Logger,
@@ -104,14 +108,20 @@ public func buildRelay(
         try serverTLSConfiguration(certificatePath: certificate, keyPath: configuration.tlsKeyPath ?? "")
     }
     let random = SystemRandom()
-    let ownStore = store == nil
+    // Several nodes on PostgreSQL (protocol/cluster.md; BuildRelay+Postgres.swift) unless a store is given.
+    let postgres = store == nil && configuration.postgresURL != nil
+        ? try await PostgresNode.open(configuration, clock: clock, random: random, logger: logger) : nil
+    let given = store ?? postgres?.relayStore
+    let ownStore = given == nil
     if ownStore { try DatabaseFiles.prepare(configuration.databasePath) }
     let lock = ownStore ? try DatabaseLock(databasePath: configuration.databasePath) : nil
-    let store = try store ?? SQLiteRelayStore(path: configuration.databasePath, makeID: { random.bytes(16) })
+    let store = try given ?? SQLiteRelayStore(path: configuration.databasePath, makeID: { random.bytes(16) })
     if ownStore { DatabaseFiles.restrict(configuration.databasePath, logger: logger) }
     var countQueue: (@Sendable (Int) async throws -> Int)?
     if ownStore, let counter = try? SQLiteQueueDepth(path: configuration.databasePath) {
         countQueue = { limit in try await counter.count(limit: limit) }
+    } else if let postgres {
+        countQueue = { limit in try await postgres.store.queueDepth(limit: limit) }
     }
     let metrics = RelayMetrics(queueDepth: countQueue)
     metrics.countBlobBytes { try await store.storedBlobBytes() }
@@ -122,10 +132,16 @@ public func buildRelay(
         throw ConfigurationError("\(error)")
     }
     let pushTrustRoots = try configuration.push.caFile.map(loadPushTrustRoots) ?? []
-    let credentials = try PushCredentials(configuration.push, vapidKeyPEM: try await loadVAPIDKey(configuration.push, store: store, clock: clock))
+    let vapidKeyPEM: String
+    if let postgres {
+        vapidKeyPEM = postgres.vapidKeyPEM
+    } else {
+        vapidKeyPEM = try await loadVAPIDKey(configuration.push, store: store, clock: clock)
+    }
+    let credentials = try PushCredentials(configuration.push, vapidKeyPEM: vapidKeyPEM)
     let relay = Relay(
         store: store, blobs: blobs, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics, pushTrustRoots: pushTrustRoots,
-        vapidKeyPEM: credentials.vapidKeyPEM, apns: credentials.apns, fcm: credentials.fcm)
+        vapidKeyPEM: credentials.vapidKeyPEM, apns: credentials.apns, fcm: credentials.fcm, cluster: postgres?.mode)
     let listening = ListeningPort()
 
     let router = Router()
@@ -166,8 +182,12 @@ public func buildRelay(
             await onListening(host, port)
         },
         logger: logger)
+    // On PostgreSQL the pool and the cluster run first and stop last (services start in order, stop in reverse).
+    let clusterServices: [any Service] = postgres.map { [$0.store, ClusterService(relay: relay, mode: $0.mode)] } ?? []
     return RelayApplication(
-        relay: relay, services: [relay.push, ExpirySweeper(relay: relay), ScheduledReleaser(relay: relay), application], logger: logger, listening: listening, databaseLock: lock,
+        relay: relay,
+        services: clusterServices + [relay.push, ExpirySweeper(relay: relay), ScheduledReleaser(relay: relay), application], logger: logger,
+        listening: listening, databaseLock: lock,
         maximumGracefulShutdown: configuration.closeTimeout * 2)
 }
 

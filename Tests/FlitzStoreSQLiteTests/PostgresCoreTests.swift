@@ -1,5 +1,6 @@
 import FlitzStore
 import FlitzStorePostgres
+import FlitzTestSupport
 import Foundation
 import Logging
 import PostgresNIO
@@ -15,9 +16,9 @@ enum PostgresTestDatabase {
 
     static let logger = Logger(label: "flitz.test.postgres")
 
-    static func maintenanceURL() throws -> String {
-        guard let url = ProcessInfo.processInfo.environment["FLITZ_TEST_POSTGRES_URL"], !url.isEmpty else { throw Missing() }
-        return url
+    /// `FLITZ_TEST_POSTGRES_URL`, or a server started through scripts/postgres.sh (`TestPostgres`).
+    static func maintenanceURL() async throws -> String {
+        try await TestPostgres.maintenanceURL()
     }
 
     /// `url` with its database replaced by `name`.
@@ -34,7 +35,7 @@ enum PostgresTestDatabase {
 
     /// Runs `body` with `count` stores on a new database; the stores' clients run for the duration of `body`.
     static func withStores(count: Int = 1, _ body: @Sendable ([PostgresRelayStore]) async throws -> Void) async throws {
-        let maintenance = try maintenanceURL()
+        let maintenance = try await maintenanceURL()
         // Hex only: the name is safe to put into the SQL text (CREATE DATABASE takes no bind parameters).
         let name = "flitz_core_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         try await withAdmin(maintenance) { admin in
