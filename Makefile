@@ -25,10 +25,15 @@ run: deps
 # the fuzz targets (built with sanitizers in Fuzz/.build; corpus replay and a fixed run each).
 # The end-to-end tests run apart: they are synchronous and block a Swift concurrency thread while a child process
 # works, and on a 2-core machine two of them starve every in-process test of the pool (docs/decisions.md).
+# Both Swift test runs share one throwaway PostgreSQL server (scripts/postgres.sh, in POSTGRES_DIR): it is started
+# before them, FLITZ_TEST_POSTGRES_URL names its maintenance database, and it is stopped afterwards even when a test
+# run fails or is interrupted.
+POSTGRES_DIR ?= .build/postgres
+
 test: test-deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --skip 'FlitzEndToEndTests\.'
-	$(SWIFT) test --skip-build --filter 'FlitzEndToEndTests\.'
+	./scripts/postgres.sh run $(POSTGRES_DIR) -- sh -c \
+		"$(SWIFT) test --skip-build --skip 'FlitzEndToEndTests\.' && $(SWIFT) test --skip-build --filter 'FlitzEndToEndTests\.'"
 	FLITZ_VECTORS="$$($(SWIFT) build --show-bin-path)/flitz-vectors" bash scripts/check-vectors.sh
 	bash scripts/check-specs.sh
 	SWIFT=$(SWIFT) ./scripts/fuzz.sh ci

@@ -24,6 +24,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
   # A real TURN/STUN server for the call tests (protocol/calls.md 7); the tests start their own on loopback.
   command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
+  # A real PostgreSQL server for the PostgreSQL store and cluster tests (protocol/cluster.md); scripts/postgres.sh
+  # runs its own throwaway cluster from the server binaries under /usr/lib/postgresql/<version>/bin.
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

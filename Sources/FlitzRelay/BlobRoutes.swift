@@ -440,10 +440,10 @@ struct BlobRoutes: Sendable {
     /// Only a whole body is fsynced and then committed. A refused PATCH's bytes are truncated away.
     private func receive(_ request: Request, record initial: BlobRecord, body: PatchBody) async -> Reception {
         let id = initial.blobID
-        await relay.uploadLocks.acquire(id)
-        let outcome = await receiveLocked(request, id: id, expectedOffset: initial.committedOffset, body: body)
-        await relay.uploadLocks.release(id)
-        return outcome
+        // In a cluster, the upload's lease too (cluster.md 4).
+        return await relay.withUploadLock(id) {
+            await receiveLocked(request, id: id, expectedOffset: initial.committedOffset, body: body)
+        }
     }
 
     private func receiveLocked(_ request: Request, id: Data, expectedOffset: Int64, body: PatchBody) async -> Reception {

@@ -104,14 +104,20 @@ public func buildRelay(
         try serverTLSConfiguration(certificatePath: certificate, keyPath: configuration.tlsKeyPath ?? "")
     }
     let random = SystemRandom()
-    let ownStore = store == nil
+    // Several nodes on PostgreSQL (protocol/cluster.md; BuildRelay+Postgres.swift) unless a store is given.
+    let postgres = store == nil && configuration.postgresURL != nil
+        ? try await PostgresNode.open(configuration, clock: clock, random: random, logger: logger) : nil
+    let given = store ?? postgres?.relayStore
+    let ownStore = given == nil
     if ownStore { try DatabaseFiles.prepare(configuration.databasePath) }
     let lock = ownStore ? try DatabaseLock(databasePath: configuration.databasePath) : nil
-    let store = try store ?? SQLiteRelayStore(path: configuration.databasePath, makeID: { random.bytes(16) })
+    let store = try given ?? SQLiteRelayStore(path: configuration.databasePath, makeID: { random.bytes(16) })
     if ownStore { DatabaseFiles.restrict(configuration.databasePath, logger: logger) }
     var countQueue: (@Sendable (Int) async throws -> Int)?
     if ownStore, let counter = try? SQLiteQueueDepth(path: configuration.databasePath) {
         countQueue = { limit in try await counter.count(limit: limit) }
+    } else if let postgres {
+        countQueue = { limit in try await postgres.store.queueDepth(limit: limit) }
     }
     let metrics = RelayMetrics(queueDepth: countQueue)
     metrics.countBlobBytes { try await store.storedBlobBytes() }
@@ -122,10 +128,16 @@ public func buildRelay(
         throw ConfigurationError("\(error)")
     }
     let pushTrustRoots = try configuration.push.caFile.map(loadPushTrustRoots) ?? []
-    let credentials = try PushCredentials(configuration.push, vapidKeyPEM: try await loadVAPIDKey(configuration.push, store: store, clock: clock))
+    let vapidKeyPEM: String
+    if let postgres {
+        vapidKeyPEM = postgres.vapidKeyPEM
+    } else {
+        vapidKeyPEM = try await loadVAPIDKey(configuration.push, store: store, clock: clock)
+    }
+    let credentials = try PushCredentials(configuration.push, vapidKeyPEM: vapidKeyPEM)
     let relay = Relay(
         store: store, blobs: blobs, configuration: configuration, clock: clock, random: random, logger: logger, metrics: metrics, pushTrustRoots: pushTrustRoots,
-        vapidKeyPEM: credentials.vapidKeyPEM, apns: credentials.apns, fcm: credentials.fcm)
+        vapidKeyPEM: credentials.vapidKeyPEM, apns: credentials.apns, fcm: credentials.fcm, cluster: postgres?.mode)
     let listening = ListeningPort()
 
     let router = Router()
@@ -166,8 +178,12 @@ public func buildRelay(
             await onListening(host, port)
         },
         logger: logger)
+    // On PostgreSQL the pool and the cluster run first and stop last (services start in order, stop in reverse).
+    let clusterServices: [any Service] = postgres.map { [$0.store, ClusterService(relay: relay, mode: $0.mode)] } ?? []
     return RelayApplication(
-        relay: relay, services: [relay.push, ExpirySweeper(relay: relay), ScheduledReleaser(relay: relay), application], logger: logger, listening: listening, databaseLock: lock,
+        relay: relay,
+        services: clusterServices + [relay.push, ExpirySweeper(relay: relay), ScheduledReleaser(relay: relay), application], logger: logger,
+        listening: listening, databaseLock: lock,
         maximumGracefulShutdown: configuration.closeTimeout * 2)
 }
 

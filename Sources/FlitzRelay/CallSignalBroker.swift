@@ -166,6 +166,20 @@ final class CallSignalBroker: Sendable {
         state.withLock { $0.attached[device] = Attachment(connectionID: connectionID, wake: wake) }
     }
 
+    /// Wakes the connection attached for `device`, if any (in a cluster: signals wait for it in the database); returns
+    /// whether there was one.
+    @discardableResult
+    func wakeAttached(_ device: DeviceAddress) -> Bool {
+        guard let wake = state.withLock({ $0.attached[device]?.wake }) else { return false }
+        wake()
+        return true
+    }
+
+    /// Whether `connectionID` is the connection attached for `device`.
+    func isAttached(_ device: DeviceAddress, connectionID: UInt64) -> Bool {
+        state.withLock { $0.attached[device]?.connectionID == connectionID }
+    }
+
     /// Forgets `connectionID` as `device`'s connection, if it still is; copies it did not take stay held.
     func detach(_ device: DeviceAddress, connectionID: UInt64) {
         state.withLock { state in

@@ -24,6 +24,9 @@ public struct ConfigurationKey: Sendable {
     /// Whether the flag may be given more than once (its values together replace the file's and the environment's;
     /// in a file or a variable the values are a comma-separated list, or a JSON array in a file).
     public let repeatable: Bool
+    /// The environment variable that sets it when it is not `FLITZ_RELAY_` and the name (`cluster.md` 2 names
+    /// `FLITZ_POSTGRES_URL` and `FLITZ_NODE_ID`).
+    let environmentOverride: String?
     /// Sets the key from `value` (text); the second string names where it came from, for errors.
     /// Throws `ConfigurationError` only (closures cannot declare typed throws where the table builds them).
     let apply: @Sendable (inout RelayConfiguration, String, String) throws -> Void
@@ -42,6 +45,7 @@ public struct ConfigurationKey: Sendable {
 
     /// `FLITZ_RELAY_` and the name in upper snake case: `relay.sweepInterval` is `FLITZ_RELAY_RELAY_SWEEP_INTERVAL`.
     public var environmentVariable: String {
+        if let environmentOverride { return environmentOverride }
         var out = "FLITZ_RELAY_"
         for character in name {
             if character == "." {
@@ -68,6 +72,18 @@ extension RelayConfiguration {
             key("http.port", "port", "7878", "TCP port to bind; 0 picks a free port") { $0.port = try integer($1, $2, 0...65_535) },
             key("storage.sqlite.path", "database", "./flitz-relay.sqlite", "SQLite database file (created 0600, its directory 0700)") {
                 $0.databasePath = try text($1, $2)
+            },
+            // Several nodes on one PostgreSQL database (protocol/cluster.md 2).
+            key("storage.postgres.url", "postgres", "", "PostgreSQL URL postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require]; set: the relay is a cluster node on PostgreSQL instead of SQLite; never logged", environment: "FLITZ_POSTGRES_URL") {
+                $0.postgresURL = try text($1, $2)
+            },
+            key("cluster.nodeID", "node-id", "", "this node's id, 1-64 characters of A-Z a-z 0-9 . _ -, unique per node; default the host name, a dash and http.port", environment: "FLITZ_NODE_ID") {
+                let id = try text($1, $2)
+                guard RelayConfiguration.isValidNodeID(id) else { throw ConfigurationError("\($2) must be 1-64 characters of A-Z a-z 0-9 . _ -") }
+                $0.nodeID = id
+            },
+            key("cluster.checkSeconds", "cluster-check-seconds", "5", "seconds between a cluster node's periodic checks of its connections' queues and claims") {
+                $0.clusterCheckInterval = try seconds($1, $2)
             },
             key("relay.sweepInterval", "sweep-interval", "60", "seconds between expiry sweeps") { $0.sweepInterval = try seconds($1, $2) },
             key("relay.retention", "retention", "2592000", "retention ceiling and default envelope expiry, seconds (30 days)") {
@@ -238,7 +254,8 @@ extension RelayConfiguration {
                 try key.set(&configuration, value, from: "\"\(name)\" in \(configFile)")
             }
         }
-        for (variable, value) in environment.sorted(by: { $0.key < $1.key }) where variable.hasPrefix("FLITZ_RELAY_") && variable != configFileVariable {
+        for (variable, value) in environment.sorted(by: { $0.key < $1.key })
+        where (variable.hasPrefix("FLITZ_RELAY_") && variable != configFileVariable) || (byVariable[variable]?.environmentOverride != nil) {
             guard let key = byVariable[variable] else { throw ConfigurationError("unknown environment variable \(variable)") }
             try key.set(&configuration, value, from: variable)
         }
@@ -279,10 +296,11 @@ extension RelayConfiguration {
     // MARK: Parsing
 
     private static func key(
-        _ name: String, _ flag: String, _ defaultValue: String, _ summary: String, repeatable: Bool = false,
+        _ name: String, _ flag: String, _ defaultValue: String, _ summary: String, repeatable: Bool = false, environment: String? = nil,
         _ apply: @escaping @Sendable (inout RelayConfiguration, String, String) throws -> Void
     ) -> ConfigurationKey {
-        ConfigurationKey(name: name, flag: flag, defaultValue: defaultValue, summary: summary, repeatable: repeatable, apply: apply)
+        ConfigurationKey(
+            name: name, flag: flag, defaultValue: defaultValue, summary: summary, repeatable: repeatable, environmentOverride: environment, apply: apply)
     }
 
     /// A comma-separated list of URIs, each `SCHEME:` (one of `schemes`) followed by a host and no spaces.

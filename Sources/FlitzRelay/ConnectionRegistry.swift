@@ -12,11 +12,33 @@ enum ConnectionSignal: Sendable {
     case onlineOnly(WireEnvelope)
 }
 
-/// Live authenticated connections, at most one per device (`protocol/relay.md`, "Connections").
+/// Live authenticated connections, at most one per device (`protocol/relay.md`, "Connections"). In a cluster
+/// (`protocol/cluster.md`) these are this node's connections; `wake` and `close` also tell the other nodes (`publish`),
+/// and each entry carries its claim's epoch and how far its connection has delivered (the periodic check, 3.3).
 final class ConnectionRegistry: Sendable {
     private struct Entry {
         var connectionID: UInt64
         var signal: @Sendable (ConnectionSignal) -> Void
+        /// The connection claim's epoch (`RelayCluster.claimConnection`); 0 on a single relay.
+        var epoch: Int64 = 0
+        var progress: DeliveryProgress?
+    }
+
+    /// One of this node's connections as the periodic cluster check sees it.
+    struct LocalConnection: Sendable {
+        var device: DeviceAddress
+        var connectionID: UInt64
+        var epoch: Int64
+        /// The last queue sequence the connection sent (0 before its first Deliver).
+        var sentThrough: Int64
+    }
+
+    /// Tells the other nodes (cluster mode); nil on a single relay.
+    private let publish: (@Sendable ([ClusterNotice]) -> Void)?
+
+    /// A registry; `publish`, when given, is called with the notices for the other nodes after each `wake` and `close`.
+    init(publish: (@Sendable ([ClusterNotice]) -> Void)? = nil) {
+        self.publish = publish
     }
 
     private let state = Mutex<(nextID: UInt64, entries: [DeviceAddress: Entry])>((1, [:]))
@@ -43,9 +65,14 @@ final class ConnectionRegistry: Sendable {
     }
 
     /// Makes `connectionID` the live connection of `device`; an older one is told to close.
-    func claim(_ device: DeviceAddress, connectionID: UInt64, signal: @escaping @Sendable (ConnectionSignal) -> Void) {
+    /// In a cluster, `epoch` is the connection's claim (`RelayCluster.claimConnection`) and `progress` is where it
+    /// records what it delivered.
+    func claim(
+        _ device: DeviceAddress, connectionID: UInt64, epoch: Int64 = 0, progress: DeliveryProgress? = nil,
+        signal: @escaping @Sendable (ConnectionSignal) -> Void
+    ) {
         let previous = state.withLock { state in
-            state.entries.updateValue(Entry(connectionID: connectionID, signal: signal), forKey: device)
+            state.entries.updateValue(Entry(connectionID: connectionID, signal: signal, epoch: epoch, progress: progress), forKey: device)
         }
         if let previous, previous.connectionID != connectionID {
             previous.signal(.close(reason: "replaced by a newer connection of this device"))
@@ -59,16 +86,52 @@ final class ConnectionRegistry: Sendable {
         }
     }
 
-    /// Wakes the live connection of each device, if any.
+    /// Wakes the live connection of each device, if any; in a cluster, tells the other nodes too (`queued`, after
+    /// the commit of what was queued: callers call this after it).
     func wake<S: Sequence<DeviceAddress>>(_ devices: S) {
+        let devices = Array(devices)
+        wakeLocally(devices)
+        if let publish, !devices.isEmpty { publish([.queued(devices)]) }
+    }
+
+    /// Wakes this node's connection of each device, if any (a `queued` notice from another node).
+    func wakeLocally<S: Sequence<DeviceAddress>>(_ devices: S) {
         let signals = state.withLock { state in devices.compactMap { state.entries[$0]?.signal } }
         for signal in signals { signal(.wake) }
     }
 
-    /// Closes and forgets the live connection of each device, if any.
+    /// Closes and forgets the live connection of each device, if any; in a cluster, tells the other nodes to close
+    /// theirs (`removed`).
     func close<S: Sequence<DeviceAddress>>(_ devices: S, reason: String) {
+        let devices = Array(devices)
+        closeLocally(devices, reason: reason)
+        if let publish, !devices.isEmpty { publish([.removed(devices)]) }
+    }
+
+    /// Closes and forgets this node's connection of each device, if any.
+    func closeLocally<S: Sequence<DeviceAddress>>(_ devices: S, reason: String) {
         let signals = state.withLock { state in devices.compactMap { state.entries.removeValue(forKey: $0)?.signal } }
         for signal in signals { signal(.close(reason: reason)) }
+    }
+
+    /// Closes and forgets this node's connection of `device` if its claim's epoch is smaller than `epoch` (a newer
+    /// claim on another node, `cluster.md` 3.1) or, when `connectionID` is given, if it is still that connection.
+    func closeOlder(_ device: DeviceAddress, than epoch: Int64, connectionID: UInt64? = nil, reason: String) {
+        let signal = state.withLock { state -> (@Sendable (ConnectionSignal) -> Void)? in
+            guard let entry = state.entries[device], entry.epoch < epoch || entry.connectionID == connectionID else { return nil }
+            state.entries[device] = nil
+            return entry.signal
+        }
+        signal?(.close(reason: reason))
+    }
+
+    /// This node's connections now (the periodic cluster check).
+    func localConnections() -> [LocalConnection] {
+        state.withLock { state in
+            state.entries.map { device, entry in
+                LocalConnection(device: device, connectionID: entry.connectionID, epoch: entry.epoch, sentThrough: entry.progress?.sentThrough ?? 0)
+            }
+        }
     }
 
     /// Hands `envelope` to the live connection of `device`; false when it has none (nothing is kept).
@@ -82,6 +145,25 @@ final class ConnectionRegistry: Sendable {
     func isConnected(_ device: DeviceAddress) -> Bool {
         state.withLock { $0.entries[device] != nil }
     }
+}
+
+/// The last queue sequence a connection sent, read by the periodic cluster check (`cluster.md` 3.3), and its claim's
+/// epoch in a cluster (0 on a single relay, or before it authenticated).
+final class DeliveryProgress: Sendable {
+    private let value = Atomic<Int64>(0)
+    private let claim = Atomic<Int64>(0)
+
+    /// The connection's claim epoch (`RelayCluster.claimConnection`), 0 when none.
+    var epoch: Int64 {
+        get { claim.load(ordering: .acquiring) }
+        set { claim.store(newValue, ordering: .releasing) }
+    }
+
+    /// The last sequence sent, 0 before the first.
+    var sentThrough: Int64 { value.load(ordering: .acquiring) }
+
+    /// Records that the connection sent items through `sequence`.
+    func sent(through sequence: Int64) { value.store(sequence, ordering: .releasing) }
 }
 
 /// Counts of connection events (`protocol/relay.md`, "Slow readers") at one instant, kept by `ConnectionMonitor`.

@@ -153,15 +153,16 @@ final class RateLimiter: Sendable {
     /// Checks the limits of an unauthenticated request from `source` (the peer's IP address).
     /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
     func admitUnauthenticated(_ body: WireFrame.OneOf_Body, source: String, nowMs: Int64) throws(RelayError) {
+        try take(Self.takes(unauthenticated: body, source: source), nowMs: nowMs)
+    }
+
+    /// The buckets an unauthenticated request from `source` takes from: (kind, key, cost).
+    static func takes(unauthenticated body: WireFrame.OneOf_Body, source: String) -> [(Kind, String, Int)] {
         switch body {
-        case .register(let request):
-            try take([(.registerAddress, source, 1), (.registerHandle, request.handle, 1)], nowMs: nowMs)
-        case .recover(let request):
-            try take([(.recoverAddress, source, 1), (.recoverHandle, request.handle, 1)], nowMs: nowMs)
-        case .registerDevice, .linkPut, .linkTake:
-            try take([(.linkAddress, source, 1)], nowMs: nowMs)
-        default:
-            break
+        case .register(let request): [(.registerAddress, source, 1), (.registerHandle, request.handle, 1)]
+        case .recover(let request): [(.recoverAddress, source, 1), (.recoverHandle, request.handle, 1)]
+        case .registerDevice, .linkPut, .linkTake: [(.linkAddress, source, 1)]
+        default: []
         }
     }
 
@@ -169,23 +170,28 @@ final class RateLimiter: Sendable {
     /// of the device's bucket; some take more (`protocol/relay.md`, "Rate limits").
     /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
     func admitAuthenticated(_ body: WireFrame.OneOf_Body, device: DeviceAddress, source: String, nowMs: Int64) throws(RelayError) {
+        try take(Self.takes(authenticated: body, device: device, source: source), nowMs: nowMs)
+    }
+
+    /// The buckets a request of the authenticated `device` from `source` takes from: (kind, key, cost).
+    static func takes(authenticated body: WireFrame.OneOf_Body, device: DeviceAddress, source: String) -> [(Kind, String, Int)] {
         let key = device.description
         switch body {
         case .fetchPrekeyBundle(let request):
-            try take([(.device, key, 1), (.prekeyDevice, key, 1), (.prekeyHandle, request.handle, 1)], nowMs: nowMs)
+            return [(.device, key, 1), (.prekeyDevice, key, 1), (.prekeyHandle, request.handle, 1)]
         case .linkPut, .linkTake:
-            try take([(.device, key, 1), (.linkAddress, source, 1)], nowMs: nowMs)
+            return [(.device, key, 1), (.linkAddress, source, 1)]
         case .requestUploadCapability:
-            try take([(.device, key, 1), (.uploadCapability, key, 1)], nowMs: nowMs)
+            return [(.device, key, 1), (.uploadCapability, key, 1)]
         case .requestTurnCredentials:
-            try take([(.device, key, 1), (.turnCredentials, key, 1)], nowMs: nowMs)
+            return [(.device, key, 1), (.turnCredentials, key, 1)]
         case .submit(let request):
             // One token per envelope from each sender→recipient handle pair.
             var costs: [String: Int] = [:]
             for envelope in request.envelopes { costs[device.handle + "\u{0}" + envelope.recipientHandle, default: 0] += 1 }
-            try take([(.device, key, 1)] + costs.map { (.pair, $0.key, $0.value) }, nowMs: nowMs)
+            return [(.device, key, 1)] + costs.map { (.pair, $0.key, $0.value) }
         default:
-            try take([(.device, key, 1)], nowMs: nowMs)
+            return [(.device, key, 1)]
         }
     }
 
@@ -193,8 +199,35 @@ final class RateLimiter: Sendable {
     /// a `limits.callSignal` token, an offer also a `limits.callOffer` one.
     /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
     func admitCallSignal(offer: Bool, device: DeviceAddress, nowMs: Int64) throws(RelayError) {
+        try take(Self.takes(callSignalOffer: offer, device: device), nowMs: nowMs)
+    }
+
+    /// The buckets a call signal of `device` takes from (`calls.md` 3.1 check 6).
+    static func takes(callSignalOffer offer: Bool, device: DeviceAddress) -> [(Kind, String, Int)] {
         let key = device.description
-        try take([(.callSignal, key, 1)] + (offer ? [(.callOffer, key, 1)] : []), nowMs: nowMs)
+        return [(.callSignal, key, 1)] + (offer ? [(.callOffer, key, 1)] : [])
+    }
+
+    /// Takes `entries` from the buckets every node shares (`cluster.md` 4: `RelayCluster.takeTokens`), all or none.
+    /// A bucket's key is `KIND.SUBJECT` (a NUL, which PostgreSQL text cannot hold, becomes `/`, which no handle has).
+    /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`; `RelayError(.internal)` when the database fails.
+    func takeShared(_ entries: [(Kind, String, Int)], nowMs: Int64, cluster: any RelayCluster) async throws(RelayError) {
+        guard limits.enabled else { return }
+        let takes = entries.compactMap { (kind, key, cost) -> TokenTake? in
+            let limit = limits[kind]
+            guard limit.isEnabled else { return nil }
+            return TokenTake(
+                key: "\(kind).\(key.replacingOccurrences(of: "\u{0}", with: "/"))", cost: min(cost, limit.burst), perMinute: limit.perMinute,
+                burst: limit.burst)
+        }
+        guard !takes.isEmpty else { return }
+        let retry: Int64
+        do {
+            retry = try await cluster.takeTokens(takes, nowMs: nowMs)
+        } catch {
+            throw RelayError(.internal, "the relay failed; retry later")
+        }
+        if retry > 0 { throw RelayError(.rateLimited, "rate limit reached; retry after \(retry) ms", retryAfterMs: retry) }
     }
 
     /// Takes `cost` tokens from each (kind, key), all or none, under one lock.
@@ -259,13 +292,23 @@ extension RateLimits {
 extension Relay {
     /// Checks the rate limits of an unauthenticated request from `source` (`protocol/relay.md`, "Rate limits").
     /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
-    func admitUnauthenticated(_ body: WireFrame.OneOf_Body, source: String) throws(RelayError) {
-        try limiter.admitUnauthenticated(body, source: source, nowMs: clock.nowMs())
+    /// In a cluster the buckets are the database's, shared by every node (`cluster.md` 4).
+    func admitUnauthenticated(_ body: WireFrame.OneOf_Body, source: String) async throws(RelayError) {
+        if let cluster {
+            try await limiter.takeShared(RateLimiter.takes(unauthenticated: body, source: source), nowMs: clock.nowMs(), cluster: cluster.cluster)
+        } else {
+            try limiter.admitUnauthenticated(body, source: source, nowMs: clock.nowMs())
+        }
     }
 
-    /// Checks the rate limits of a request by the authenticated `device` from `source`.
+    /// Checks the rate limits of a request by the authenticated `device` from `source`; in a cluster, the shared buckets.
     /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`.
-    func admitAuthenticated(_ body: WireFrame.OneOf_Body, device: DeviceAddress, source: String) throws(RelayError) {
-        try limiter.admitAuthenticated(body, device: device, source: source, nowMs: clock.nowMs())
+    func admitAuthenticated(_ body: WireFrame.OneOf_Body, device: DeviceAddress, source: String) async throws(RelayError) {
+        if let cluster {
+            try await limiter.takeShared(
+                RateLimiter.takes(authenticated: body, device: device, source: source), nowMs: clock.nowMs(), cluster: cluster.cluster)
+        } else {
+            try limiter.admitAuthenticated(body, device: device, source: source, nowMs: clock.nowMs())
+        }
     }
 }

@@ -136,7 +136,11 @@ extension Relay {
         }
         // 5. A replayed frame, then 6. the rate limits (a refused signal takes no token and records no sequence).
         var limited: RelayError?
-        let accepted = calls.accept(
+        let accepted: CallSignalBroker.Acceptance?
+        if cluster != nil {
+            accepted = try await acceptCallSignalInCluster(request, sender: sender, copies: copies, expiresAtMs: expiresAt, drop: blocked, nowMs: now)
+        } else {
+            accepted = calls.accept(
             key, sequence: request.sequence, recipient: request.recipientHandle, copies: copies, expiresAtMs: expiresAt, drop: blocked, nowMs: now
         ) { () -> Bool in
             do throws(RelayError) {
@@ -146,6 +150,7 @@ extension Relay {
                 limited = error
                 return false
             }
+        }
         }
         guard let acceptance = accepted else { throw limited ?? replayed }
         metrics.callSignalAccepted(request.kind)

@@ -45,7 +45,9 @@ extension Relay {
     /// Hands each online-only envelope to its recipient device's live connection, if any (`conversations.md` 6):
     /// a `Deliver` of that one envelope with `online_only` set, outside the queue, the delivery window and the
     /// acknowledgements; nothing is stored, pushed or receipted.
-    func handOnlineOnly(_ envelopes: [WireOutgoingEnvelope], sender: DeviceAddress, nowMs: Int64) {
+    /// In a cluster, envelopes for devices connected to another node go there through the database (`cluster.md` 3.1).
+    func handOnlineOnly(_ envelopes: [WireOutgoingEnvelope], sender: DeviceAddress, nowMs: Int64) async {
+        var elsewhere: [(WireEnvelope, DeviceAddress)] = []
         for outgoing in envelopes {
             var envelope = WireEnvelope()
             envelope.envelopeID = outgoing.envelopeID
@@ -57,8 +59,9 @@ extension Relay {
             envelope.ciphertext = outgoing.ciphertext
             envelope.onlineOnly = true
             let recipient = DeviceAddress(handle: outgoing.recipientHandle, deviceID: outgoing.recipientDeviceID)
-            _ = registry.handOnlineOnly(envelope, to: recipient)
+            if !registry.handOnlineOnly(envelope, to: recipient), cluster != nil { elsewhere.append((envelope, recipient)) }
         }
+        await handOnlineOnlyInCluster(elsewhere)
     }
 
     /// Unsend, CancelScheduled, UpdateBlockList, FetchBlockList and SubmitReport; nil for any other frame.

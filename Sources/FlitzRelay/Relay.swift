@@ -29,8 +29,13 @@ public final class Relay: Sendable {
     public let blobs: any BlobByteStore
     /// One PATCH (or creation-with-upload) at a time per upload.
     let uploadLocks = UploadLocks()
-    /// Call signals held in memory until delivered or expired (`calls.md` 3).
+    /// Call signals held in memory until delivered or expired (`calls.md` 3); in a cluster only which of this node's
+    /// connections take call signals (the signals themselves are in `cluster.callSignals`).
     let calls: CallSignalBroker
+    /// The cluster this relay is a node of (`protocol/cluster.md`; `Relay+Cluster.swift`); nil on SQLite.
+    let cluster: RelayClusterMode?
+    /// Notices for the other nodes, published in order by the cluster service.
+    let outbox: NoticeOutbox
 
     /// A relay over `store`. Nothing runs until its services run (see `buildRelay`).
     /// - Parameters:
@@ -40,11 +45,13 @@ public final class Relay: Sendable {
     ///   - apns: APNs credentials (`push.apns.*`); nil: APNs is unavailable.
     ///   - fcm: FCM credentials (`push.fcm.*`); nil: FCM is unavailable.
     ///   - blobs: where blob bytes live (`FileBlobStorage` in `blob.dir`).
+    ///   - cluster: set when this relay is one node of several on PostgreSQL (`protocol/cluster.md`).
     public init(
         store: any RelayStore, blobs: any BlobByteStore, configuration: RelayConfiguration, clock: any RelayClock, random: any RandomSource = SystemRandom(), logger: Logger,
         metrics: RelayMetrics = RelayMetrics(), pushTrustRoots: [NIOSSLCertificate] = [], vapidKeyPEM: String = "", apns: APNsConfiguration? = nil,
-        fcm: FCMConfiguration? = nil
+        fcm: FCMConfiguration? = nil, cluster: RelayClusterMode? = nil
     ) {
+        self.cluster = cluster
         self.limiter = RateLimiter(configuration.rateLimits)
         self.blobs = blobs
         self.metrics = metrics
@@ -53,14 +60,29 @@ public final class Relay: Sendable {
         self.clock = clock
         self.random = random
         self.logger = logger
-        let registry = ConnectionRegistry()
+        let outbox = NoticeOutbox()
+        self.outbox = outbox
+        var publish: (@Sendable ([ClusterNotice]) -> Void)?
+        if cluster != nil { publish = { notices in outbox.post(notices) } }
+        let registry = ConnectionRegistry(publish: publish)
         self.registry = registry
         let calls = CallSignalBroker(onChange: { metrics.callSignals($0) })
         self.calls = calls
+        let isConnected: @Sendable (DeviceAddress) async -> Bool
+        let isCallSignalWaiting: @Sendable (DeviceAddress, UInt64, Int64) async -> Bool
+        if let cluster {
+            // cluster.md 4, "Push": connected to any node, or a call offer still held in the database.
+            let checks = Self.clusterPushChecks(cluster, registry: registry, clock: clock, logger: logger)
+            isConnected = checks.0
+            isCallSignalWaiting = checks.1
+        } else {
+            isConnected = { registry.isConnected($0) }
+            isCallSignalWaiting = { calls.isWaiting($0, serial: $1, nowMs: $2) }
+        }
         push = PushDispatcher(
             store: store, configuration: configuration.push, clock: clock, metrics: metrics, logger: logger, extraTrustRoots: pushTrustRoots,
-            credentials: PushCredentials(vapidKeyPEM: vapidKeyPEM, apns: apns, fcm: fcm), isConnected: { registry.isConnected($0) },
-            isCallSignalWaiting: { calls.isWaiting($0, serial: $1, nowMs: $2) })
+            credentials: PushCredentials(vapidKeyPEM: vapidKeyPEM, apns: apns, fcm: fcm), isConnected: isConnected,
+            isCallSignalWaiting: isCallSignalWaiting)
     }
 
     /// Runs one expiry sweep now (`relay.md`, "Expiry"): deletes expired envelopes, queues `EXPIRED`
@@ -74,6 +96,7 @@ public final class Relay: Sendable {
         try await sweepBlobs(nowMs: now)
         // Call signals live in memory only (calls.md 3.2); expired ones are dropped here at the latest.
         calls.purge(nowMs: now)
+        if let cluster { _ = try await cluster.cluster.callSignals.purge(nowMs: now) }
         registry.wake(result.notifiedSenders)
         metrics.expired(result.expiredEnvelopes)
         if result.expiredEnvelopes + result.purgedReceipts + result.purgedRoutes + result.purgedTombstones + result.purgedLinkMessages > 0 {
@@ -348,7 +371,7 @@ public final class Relay: Sendable {
                 cancelTokenHash: scheduled ? envelope.cancelTokenHash : Data(), ttlMs: ttlMs, urgency: envelope.urgency.rawValue))
             positions.append(index)
         }
-        handOnlineOnly(onlineOnly, sender: sender, nowMs: now)
+        await handOnlineOnly(onlineOnly, sender: sender, nowMs: now)
         var wake = Set<DeviceAddress>()
         var wakeUps: [PushCandidate] = []
         var anyScheduled = false

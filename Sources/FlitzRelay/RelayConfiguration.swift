@@ -70,6 +70,16 @@ public struct RelayConfiguration: Sendable {
     public var turnSecret: String?
     /// `turn.ttlSeconds` (`--turn-ttl-seconds`): lifetime of issued TURN credentials. Default 86 400 seconds.
     public var turnTTL: Duration = .seconds(86_400)
+    /// `storage.postgres.url` (`--postgres`, `FLITZ_POSTGRES_URL`): a PostgreSQL URL
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]`, `protocol/cluster.md` 2); set, the relay stores
+    /// everything there and runs as one node of a cluster instead of on SQLite. Never logged. Default none (SQLite).
+    public var postgresURL: String?
+    /// `cluster.nodeID` (`--node-id`, `FLITZ_NODE_ID`): this node's id, 1-64 characters of `[A-Za-z0-9._-]`, unique among
+    /// the nodes (`cluster.md` 2). Default none: the host name, a dash and `http.port`.
+    public var nodeID: String?
+    /// `cluster.checkSeconds` (`--cluster-check-seconds`): the periodic cluster check's interval (`cluster.md` 3.3).
+    /// Default 5 seconds.
+    public var clusterCheckInterval: Duration = .seconds(5)
     /// `stun.uris` (`--stun-uri`, repeatable): STUN URIs returned in `stun_uris`, e.g. `stun:stun.example.org:3478`.
     /// Default none: the TURN URIs' host:port as `stun:` URIs.
     public var stunURIs: [String] = []
@@ -105,6 +115,23 @@ extension RelayConfiguration {
     public var resolvedBlobDirectory: String {
         if let blobDirectory, !blobDirectory.isEmpty { return blobDirectory }
         return URL(fileURLWithPath: databasePath).deletingLastPathComponent().appendingPathComponent("flitz-blobs").path
+    }
+}
+
+extension RelayConfiguration {
+    /// The node id in effect (`cluster.md` 2): `nodeID`, else the host name (characters outside `[A-Za-z0-9._-]`
+    /// replaced by `-`, at most 50 of them), a dash and `port`.
+    public var resolvedNodeID: String {
+        if let nodeID { return nodeID }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        let host = String(ProcessInfo.processInfo.hostName.map { allowed.contains($0) ? $0 : "-" }.prefix(50))
+        return "\(host.isEmpty ? "relay" : host)-\(port)"
+    }
+
+    /// Whether `text` is a valid node id: 1-64 characters of `[A-Za-z0-9._-]` (`cluster.md` 2).
+    public static func isValidNodeID(_ text: String) -> Bool {
+        (1...64).contains(text.utf8.count)
+            && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D }
     }
 }
 

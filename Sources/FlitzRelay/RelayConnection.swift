@@ -61,11 +61,14 @@ struct RelayConnection {
         await writer.limitBuffer(highWaterMark: configuration.outboundBufferBytes)
         var machine = ConnectionStateMachine(nonce: relay.random.bytes(WireConstants.challengeNonceLength), window: configuration.deliveryWindow)
         var windowFull = false
+        // The connection's claim and delivery progress in a cluster (cluster.md 3.3, 4).
+        let progress = DeliveryProgress()
         defer {
             if let device = machine.device {
                 // Call signals not yet taken stay held for the device's next connection.
                 relay.calls.detach(device, connectionID: connectionID)
                 registry.release(device, connectionID: connectionID)
+                relay.releaseInCluster(device, epoch: progress.epoch)
             }
             if windowFull { registry.monitor.record { $0.windowsFull -= 1 } }
             continuation.finish()
@@ -122,7 +125,7 @@ struct RelayConnection {
                         }
                     case .pump:
                         if pump.taken() { _ = machine.wokenUp() }
-                        try await deliverPage(machine: &machine, writer: writer, pump: pump)
+                        try await deliverPage(machine: &machine, writer: writer, pump: pump, progress: progress)
                     case .callSignals:
                         _ = callSignalsWake.taken()
                         if let device = machine.device { try await writeCallSignals(device, connectionID: connectionID, writer) }
@@ -136,7 +139,7 @@ struct RelayConnection {
                         defer { gate.leave() }
                         let keepOpen = try await received(
                             message, machine: &machine, connectionID: connectionID, continuation: continuation, pump: pump,
-                            callSignalsWake: callSignalsWake, writer, logger)
+                            callSignalsWake: callSignalsWake, progress: progress, writer, logger)
                         if !keepOpen { break loop }
                     }
                     let full = machine.device != nil && machine.inFlightCount >= machine.window
@@ -167,8 +170,8 @@ struct RelayConnection {
     /// Handles one WebSocket message; returns false when the connection must close.
     private func received(
         _ message: WebSocketMessage, machine: inout ConnectionStateMachine, connectionID: UInt64,
-        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, callSignalsWake: PumpRequest, _ writer: ConnectionWriter,
-        _ logger: Logger
+        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, callSignalsWake: PumpRequest, progress: DeliveryProgress,
+        _ writer: ConnectionWriter, _ logger: Logger
     ) async throws -> Bool {
         let frame: WireFrame
         do throws(FrameDecodingError) {
@@ -195,12 +198,12 @@ struct RelayConnection {
         case .handleUnauthenticated(let requestID, let body, let nonce):
             try await handleUnauthenticated(
                 requestID: requestID, body: body, nonce: nonce, machine: &machine, connectionID: connectionID, continuation: continuation,
-                pump: pump, callSignalsWake: callSignalsWake, writer, logger)
+                pump: pump, callSignalsWake: callSignalsWake, progress: progress, writer, logger)
         case .handleAnonymous(let requestID, let body):
             // LinkPut / LinkTake: allowed in any state, they neither need nor consume the challenge.
             let reply: WireFrame
             do {
-                try relay.admitUnauthenticated(body, source: source)
+                try await relay.admitUnauthenticated(body, source: source)
                 reply = try await relay.handleUnauthenticatedDeviceFrame(requestID: requestID, body: body, nonce: Data())
                     ?? .error(.unknownFrame, "unexpected frame", requestID: requestID)
             } catch {
@@ -230,12 +233,12 @@ struct RelayConnection {
     /// (`relay.md`, "Challenges").
     private func handleUnauthenticated(
         requestID: UInt64, body: WireFrame.OneOf_Body, nonce: Data, machine: inout ConnectionStateMachine, connectionID: UInt64,
-        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, callSignalsWake: PumpRequest, _ writer: ConnectionWriter,
-        _ logger: Logger
+        continuation: AsyncStream<Event>.Continuation, pump: PumpRequest, callSignalsWake: PumpRequest, progress: DeliveryProgress,
+        _ writer: ConnectionWriter, _ logger: Logger
     ) async throws {
         let answer: WireFrame
         do {
-            try relay.admitUnauthenticated(body, source: source)
+            try await relay.admitUnauthenticated(body, source: source)
             switch body {
             case .register(let request):
                 answer = WireFrame(requestID: requestID, body: .registerResult(try await relay.register(request, nonce: nonce)))
@@ -243,9 +246,11 @@ struct RelayConnection {
                 answer = WireFrame(requestID: requestID, body: .registerResult(try await relay.recover(request, nonce: nonce)))
             case .authenticate(let request):
                 let (device, result) = try await relay.authenticate(request, nonce: nonce)
+                // In a cluster this connection becomes the device's live one everywhere (cluster.md 1.1).
+                progress.epoch = try await relay.claimInCluster(device)
                 switch machine.authenticationSucceeded(as: device) {
                 case .sendResultAndDeliver(let device):
-                    relay.registry.claim(device, connectionID: connectionID) { signal in
+                    relay.registry.claim(device, connectionID: connectionID, epoch: progress.epoch, progress: progress) { signal in
                         switch signal {
                         case .wake: pump.wake()
                         case .close(let reason): continuation.yield(.close(reason: reason))
@@ -297,7 +302,7 @@ struct RelayConnection {
     ) async throws(RelayError) -> WireFrame {
         // RequestUploadCapability checks its arguments before the rate limit (attachments.md 4.1).
         if case .requestUploadCapability(let request) = body { try relay.checkUploadCapabilityRequest(request) }
-        try relay.admitAuthenticated(body, device: device, source: source)
+        try await relay.admitAuthenticated(body, device: device, source: source)
         switch body {
         case .requestUploadCapability(let request):
             return WireFrame(requestID: requestID, body: .uploadCapability(try await relay.requestUploadCapability(request, device: device)))
@@ -334,14 +339,19 @@ struct RelayConnection {
 
     /// Writes the call signals waiting for `device` in the relay's broker (`calls.md` 3.2), in acceptance order, each in
     /// a `CallSignalDelivery` of request id 0. Taken means delivered: a signal is never kept after it was handed over.
+    /// In a cluster the signals are taken from the database (`cluster.md` 4).
     private func writeCallSignals(_ device: DeviceAddress, connectionID: UInt64, _ writer: ConnectionWriter) async throws {
-        for delivery in relay.calls.take(device, connectionID: connectionID, nowMs: relay.clock.nowMs()) {
+        let deliveries =
+            relay.cluster == nil
+            ? relay.calls.take(device, connectionID: connectionID, nowMs: relay.clock.nowMs())
+            : await relay.takeCallSignalsInCluster(device, connectionID: connectionID)
+        for delivery in deliveries {
             try await writer.send(WireFrame(requestID: 0, body: .callSignalDelivery(delivery)))
         }
     }
 
     /// Sends one `Deliver` page if the machine allows, then `QueueDrained` or another pump as it says.
-    private func deliverPage(machine: inout ConnectionStateMachine, writer: ConnectionWriter, pump: PumpRequest) async throws {
+    private func deliverPage(machine: inout ConnectionStateMachine, writer: ConnectionWriter, pump: PumpRequest, progress: DeliveryProgress) async throws {
         guard case .fetch(let device, let after, let limit) = machine.pump(nowMs: relay.clock.nowMs()) else { return }
         let next: ConnectionStateMachine.AfterPageAction
         do {
@@ -356,6 +366,7 @@ struct RelayConnection {
                     if let key = ConnectionStateMachine.ItemKey.receipt(receipt.receiptID) { items.append((key, .max)) }
                 }
                 next = machine.sent(items, through: last, more: more)
+                progress.sent(through: last)
                 let inFlight = machine.inFlightCount
                 if inFlight > relay.registry.monitor.snapshot.maxInFlight {
                     relay.registry.monitor.record { $0.maxInFlight = max($0.maxInFlight, inFlight) }

@@ -84,6 +84,10 @@ public enum ClusterNotice: Hashable, Sendable {
     case onlineOnly(device: DeviceAddress, id: Int64)
     /// Call signals wait for `device` (`CallSignalStore.take`).
     case callSignal(DeviceAddress)
+    /// Synthetic, never published: this node's listening connection (re)started, so notices sent while it was down
+    /// are lost (`cluster.md` 3.2). The receiver runs its periodic check now (3.3). Emitted by `notices()` each time
+    /// the LISTEN is established, the first time too; `publish` skips it.
+    case resync
 }
 
 /// Who holds a device's live connection.

@@ -1,6 +1,152 @@
 extension PostgresRelayStore {
-    /// The state relay nodes share (`cluster.md` 4-7): node heartbeats, connection claims, online-only envelopes,
-    /// call signals and their sequence memory (unlogged tables: lost on a database crash, like a relay's memory),
-    /// token buckets, upload leases.
-    static let clusterMigrations: [Migration] = []
+    /// The tables of pg-more's part, applied after `coreMigrations` (whose `devices` table push endpoints reference):
+    ///
+    /// - `cluster-1-push-blobs`: push endpoints (`push.md` 4, one per device, deleted with it), relay secrets, upload
+    ///   capabilities and blob metadata (`attachments.md` 4), translated from SQLite's `v5-push` and `v7-blobs`.
+    /// - `cluster-2-shared-state`: the state relay nodes share (`cluster.md` 4): node heartbeats, connection claims
+    ///   with their per-device epoch counter, online-only envelopes, call signals and their sequence memory, token
+    ///   buckets (unlogged tables: lost on a database crash, like a single relay's memory), upload leases.
+    ///
+    /// Times are epoch milliseconds (`BIGINT`), device ids `BIGINT`.
+    static let clusterMigrations: [Migration] = [
+        Migration(
+            name: "cluster-1-push-blobs",
+            sql: [
+                """
+                CREATE TABLE push_endpoints (
+                    handle TEXT NOT NULL,
+                    device_id BIGINT NOT NULL,
+                    provider TEXT NOT NULL,
+                    endpoint TEXT,
+                    p256dh BYTEA,
+                    auth_secret BYTEA,
+                    apns_background BOOLEAN NOT NULL,
+                    registered_at BIGINT NOT NULL,
+                    last_wake_at BIGINT NOT NULL DEFAULT 0,
+                    wakes_sent BIGINT NOT NULL DEFAULT 0,
+                    last_failure TEXT NOT NULL DEFAULT '',
+                    dropped_at BIGINT NOT NULL DEFAULT 0,
+                    urgent_window_until BIGINT NOT NULL DEFAULT 0,
+                    PRIMARY KEY (handle, device_id),
+                    FOREIGN KEY (handle, device_id) REFERENCES devices (handle, device_id) ON DELETE CASCADE
+                )
+                """,
+                """
+                CREATE TABLE relay_secrets (
+                    name TEXT PRIMARY KEY,
+                    value BYTEA NOT NULL,
+                    created_at BIGINT NOT NULL
+                )
+                """,
+                """
+                CREATE TABLE upload_tokens (
+                    token_hash BYTEA PRIMARY KEY,
+                    handle TEXT NOT NULL,
+                    device_id BIGINT NOT NULL,
+                    unsend_token_hash BYTEA NOT NULL,
+                    blob_expires_at BIGINT NOT NULL,
+                    token_expires_at BIGINT NOT NULL,
+                    created_at BIGINT NOT NULL
+                )
+                """,
+                "CREATE INDEX upload_tokens_by_handle ON upload_tokens (handle)",
+                "CREATE INDEX upload_tokens_by_expiry ON upload_tokens (token_expires_at)",
+                """
+                CREATE TABLE blobs (
+                    blob_id BYTEA PRIMARY KEY,
+                    token_hash BYTEA NOT NULL UNIQUE,
+                    handle TEXT NOT NULL,
+                    device_id BIGINT NOT NULL,
+                    length BIGINT NOT NULL,
+                    committed_offset BIGINT NOT NULL,
+                    completed BOOLEAN NOT NULL,
+                    expires_at BIGINT NOT NULL,
+                    upload_expires_at BIGINT NOT NULL,
+                    unsend_token_hash BYTEA NOT NULL,
+                    created_at BIGINT NOT NULL
+                )
+                """,
+                "CREATE INDEX blobs_by_handle ON blobs (handle, unsend_token_hash)",
+                "CREATE INDEX blobs_by_expiry ON blobs (expires_at)",
+                "CREATE INDEX blobs_by_upload_expiry ON blobs (completed, upload_expires_at)",
+            ]),
+        Migration(
+            name: "cluster-2-shared-state",
+            sql: [
+                "CREATE TABLE relay_nodes (node_id TEXT PRIMARY KEY, heartbeat_at_ms BIGINT NOT NULL)",
+                // The per-device epoch counter: kept when a claim is released, so every claim's epoch is larger.
+                """
+                CREATE TABLE claim_epochs (
+                    handle TEXT NOT NULL,
+                    device_id BIGINT NOT NULL,
+                    epoch BIGINT NOT NULL,
+                    PRIMARY KEY (handle, device_id)
+                )
+                """,
+                """
+                CREATE TABLE connection_claims (
+                    handle TEXT NOT NULL,
+                    device_id BIGINT NOT NULL,
+                    node_id TEXT NOT NULL,
+                    epoch BIGINT NOT NULL,
+                    claimed_at_ms BIGINT NOT NULL,
+                    PRIMARY KEY (handle, device_id)
+                )
+                """,
+                "CREATE INDEX connection_claims_by_node ON connection_claims (node_id)",
+                """
+                CREATE UNLOGGED TABLE online_only (
+                    id BIGSERIAL PRIMARY KEY,
+                    handle TEXT NOT NULL,
+                    device_id BIGINT NOT NULL,
+                    frame BYTEA NOT NULL,
+                    expires_at_ms BIGINT NOT NULL
+                )
+                """,
+                "CREATE INDEX online_only_by_expiry ON online_only (expires_at_ms)",
+                // serial: acceptance order (oldest first per device, as the in-memory broker's list).
+                """
+                CREATE UNLOGGED TABLE call_signals (
+                    serial BIGSERIAL PRIMARY KEY,
+                    handle TEXT NOT NULL,
+                    device_id BIGINT NOT NULL,
+                    call_id BYTEA NOT NULL,
+                    sender_handle TEXT NOT NULL,
+                    sender_device_id BIGINT NOT NULL,
+                    sequence BIGINT NOT NULL,
+                    is_offer BOOLEAN NOT NULL,
+                    received_at_ms BIGINT NOT NULL,
+                    expires_at_ms BIGINT NOT NULL,
+                    delivery BYTEA NOT NULL
+                )
+                """,
+                "CREATE INDEX call_signals_by_device ON call_signals (handle, device_id, serial)",
+                "CREATE INDEX call_signals_by_expiry ON call_signals (expires_at_ms)",
+                """
+                CREATE UNLOGGED TABLE call_sequences (
+                    call_id BYTEA NOT NULL,
+                    sender_handle TEXT NOT NULL,
+                    sender_device_id BIGINT NOT NULL,
+                    recipient_handle TEXT NOT NULL,
+                    recipient_device_id BIGINT NOT NULL,
+                    sequence BIGINT NOT NULL,
+                    until_ms BIGINT NOT NULL,
+                    PRIMARY KEY (call_id, sender_handle, sender_device_id, recipient_handle, recipient_device_id)
+                )
+                """,
+                "CREATE INDEX call_sequences_by_expiry ON call_sequences (until_ms)",
+                // key: the UTF-8 bytes of TokenTake.key (the relay's keys may hold NUL, which TEXT cannot).
+                // full_at_ms: when the bucket is full again (then it is pruned: a full bucket equals a missing one).
+                """
+                CREATE UNLOGGED TABLE rate_buckets (
+                    key BYTEA PRIMARY KEY,
+                    tokens DOUBLE PRECISION NOT NULL,
+                    updated_at_ms BIGINT NOT NULL,
+                    full_at_ms BIGINT NOT NULL
+                )
+                """,
+                "CREATE INDEX rate_buckets_by_full ON rate_buckets (full_at_ms)",
+                "CREATE TABLE upload_leases (blob_id BYTEA PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)",
+            ]),
+    ]
 }

@@ -44,9 +44,9 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private let clock: any RelayClock
     private let metrics: RelayMetrics
     private let logger: Logger
-    private let isConnected: @Sendable (DeviceAddress) -> Bool
+    private let isConnected: @Sendable (DeviceAddress) async -> Bool
     /// Whether a held call signal copy (device, serial) still waits to be delivered (`CallSignalBroker.isWaiting`).
-    private let isCallSignalWaiting: @Sendable (DeviceAddress, UInt64, Int64) -> Bool
+    private let isCallSignalWaiting: @Sendable (DeviceAddress, UInt64, Int64) async -> Bool
     private let jobs: AsyncStream<Job>
     private let continuation: AsyncStream<Job>.Continuation
     private let sleeperState = Mutex<PushSleeper>({ duration in try await Task.sleep(for: duration) })
@@ -64,8 +64,8 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     ///   - isConnected: whether a device has an authenticated connection now (`ConnectionRegistry`).
     init(
         store: any RelayStore, configuration: PushConfiguration, clock: any RelayClock, metrics: RelayMetrics, logger: Logger,
-        extraTrustRoots: [NIOSSLCertificate] = [], credentials: PushCredentials, isConnected: @escaping @Sendable (DeviceAddress) -> Bool,
-        isCallSignalWaiting: @escaping @Sendable (DeviceAddress, UInt64, Int64) -> Bool = { _, _, _ in false }
+        extraTrustRoots: [NIOSSLCertificate] = [], credentials: PushCredentials, isConnected: @escaping @Sendable (DeviceAddress) async -> Bool,
+        isCallSignalWaiting: @escaping @Sendable (DeviceAddress, UInt64, Int64) async -> Bool = { _, _, _ in false }
     ) {
         self.isCallSignalWaiting = isCallSignalWaiting
         self.store = store
@@ -212,7 +212,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
         let device = candidate.device
         // A ring is wanted while its copy is held, even if the device is connected without `call_signals`
         // (calls.md 3.2, 3.3): `isCallSignalWaiting` below decides for it.
-        guard candidate.callSignalSerial != nil || !isConnected(device) else { return }
+        if candidate.callSignalSerial == nil, await isConnected(device) { return }
         let nowMs = clock.nowMs()
         let stored: StoredPushEndpoint
         var windowUntilMs: Int64?
@@ -285,9 +285,9 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
             // Just before sending (push.md 5): connected meanwhile, acknowledged, purged or expired → skip.
             if let serial = candidate.callSignalSerial {
                 // A call offer's ring: skipped once the held copy was delivered or expired (an offer never rings late).
-                guard isCallSignalWaiting(candidate.device, serial, clock.nowMs()) else { return .skipped }
+                guard await isCallSignalWaiting(candidate.device, serial, clock.nowMs()) else { return .skipped }
             } else {
-                if isConnected(candidate.device) { return .skipped }
+                if await isConnected(candidate.device) { return .skipped }
                 guard try await store.isEnvelopeQueued(envelopeID: candidate.envelopeID, device: candidate.device, nowMs: clock.nowMs()) else {
                     return .skipped
                 }
