@@ -149,6 +149,10 @@ public final class PostgresRelayStore: Sendable, Service {
             return try await body()
         } catch let error as StoreError {
             throw error
+        } catch let error as PostgresTransactionError {
+            // postgres-nio wraps what a transaction's closure threw: a refusal stays a refusal.
+            if let inner = error.closureError as? StoreError { throw inner }
+            throw StoreError(.backend, Self.describe(error))
         } catch {
             throw StoreError(.backend, Self.describe(error))
         }
@@ -168,6 +172,9 @@ public final class PostgresRelayStore: Sendable, Service {
             let state = error.serverInfo?[.sqlState] ?? "-"
             let message = error.serverInfo?[.message] ?? "\(error.code)"
             return "PostgreSQL \(state): \(message)"
+        }
+        if let error = error as? PostgresTransactionError, let inner = error.closureError ?? error.beginError ?? error.commitError {
+            return describe(inner)
         }
         return String(describing: type(of: error))
     }
