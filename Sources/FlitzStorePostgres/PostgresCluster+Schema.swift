@@ -1,77 +1,12 @@
 extension PostgresRelayStore {
-    /// The tables of pg-more's part, applied after `coreMigrations` (whose `devices` table push endpoints reference):
-    ///
-    /// - `cluster-1-push-blobs`: push endpoints (`push.md` 4, one per device, deleted with it), relay secrets, upload
-    ///   capabilities and blob metadata (`attachments.md` 4), translated from SQLite's `v5-push` and `v7-blobs`.
-    /// - `cluster-2-shared-state`: the state relay nodes share (`cluster.md` 4): node heartbeats, connection claims
-    ///   with their per-device epoch counter, online-only envelopes, call signals and their sequence memory, token
-    ///   buckets (unlogged tables: lost on a database crash, like a single relay's memory), upload leases.
-    ///
-    /// Times are epoch milliseconds (`BIGINT`), device ids `BIGINT`.
+    /// The state relay nodes share (`cluster.md` 4), applied after `coreMigrations`: node heartbeats, connection
+    /// claims with their per-device epoch counter (`claim_epochs`, kept when a claim goes), online-only envelopes,
+    /// call signals and their sequence memory, token buckets (unlogged tables: lost on a database crash, like a single
+    /// relay's memory), upload leases. Push endpoints, relay secrets and blob metadata are core tables
+    /// (`coreMigrations`). Times are epoch milliseconds (`BIGINT`), device ids `BIGINT`.
     static let clusterMigrations: [Migration] = [
         Migration(
-            name: "cluster-1-push-blobs",
-            sql: [
-                """
-                CREATE TABLE push_endpoints (
-                    handle TEXT NOT NULL,
-                    device_id BIGINT NOT NULL,
-                    provider TEXT NOT NULL,
-                    endpoint TEXT,
-                    p256dh BYTEA,
-                    auth_secret BYTEA,
-                    apns_background BOOLEAN NOT NULL,
-                    registered_at BIGINT NOT NULL,
-                    last_wake_at BIGINT NOT NULL DEFAULT 0,
-                    wakes_sent BIGINT NOT NULL DEFAULT 0,
-                    last_failure TEXT NOT NULL DEFAULT '',
-                    dropped_at BIGINT NOT NULL DEFAULT 0,
-                    urgent_window_until BIGINT NOT NULL DEFAULT 0,
-                    PRIMARY KEY (handle, device_id),
-                    FOREIGN KEY (handle, device_id) REFERENCES devices (handle, device_id) ON DELETE CASCADE
-                )
-                """,
-                """
-                CREATE TABLE relay_secrets (
-                    name TEXT PRIMARY KEY,
-                    value BYTEA NOT NULL,
-                    created_at BIGINT NOT NULL
-                )
-                """,
-                """
-                CREATE TABLE upload_tokens (
-                    token_hash BYTEA PRIMARY KEY,
-                    handle TEXT NOT NULL,
-                    device_id BIGINT NOT NULL,
-                    unsend_token_hash BYTEA NOT NULL,
-                    blob_expires_at BIGINT NOT NULL,
-                    token_expires_at BIGINT NOT NULL,
-                    created_at BIGINT NOT NULL
-                )
-                """,
-                "CREATE INDEX upload_tokens_by_handle ON upload_tokens (handle)",
-                "CREATE INDEX upload_tokens_by_expiry ON upload_tokens (token_expires_at)",
-                """
-                CREATE TABLE blobs (
-                    blob_id BYTEA PRIMARY KEY,
-                    token_hash BYTEA NOT NULL UNIQUE,
-                    handle TEXT NOT NULL,
-                    device_id BIGINT NOT NULL,
-                    length BIGINT NOT NULL,
-                    committed_offset BIGINT NOT NULL,
-                    completed BOOLEAN NOT NULL,
-                    expires_at BIGINT NOT NULL,
-                    upload_expires_at BIGINT NOT NULL,
-                    unsend_token_hash BYTEA NOT NULL,
-                    created_at BIGINT NOT NULL
-                )
-                """,
-                "CREATE INDEX blobs_by_handle ON blobs (handle, unsend_token_hash)",
-                "CREATE INDEX blobs_by_expiry ON blobs (expires_at)",
-                "CREATE INDEX blobs_by_upload_expiry ON blobs (completed, upload_expires_at)",
-            ]),
-        Migration(
-            name: "cluster-2-shared-state",
+            name: "cluster-v1",
             sql: [
                 "CREATE TABLE relay_nodes (node_id TEXT PRIMARY KEY, heartbeat_at_ms BIGINT NOT NULL)",
                 // The per-device epoch counter: kept when a claim is released, so every claim's epoch is larger.

@@ -416,24 +416,29 @@ public final class PostgresCluster: RelayCluster, Service {
                 let available = min(burst, row.tokens + Double(max(0, nowMs - row.updatedAtMs)) * perMs)
                 let needed = Double(min(bucket.cost, bucket.burst))
                 if available < needed {
-                    wait = max(wait, max(1, Int64(((needed - available) / perMs).rounded(.up))))
+                    wait = max(wait, max(1, Self.milliseconds((needed - available) / perMs)))
                 }
                 let left = available - needed
                 let updated = max(nowMs, row.updatedAtMs)
                 remaining.append(left)
                 updatedAt.append(updated)
-                fullAt.append(updated + Int64(((burst - left) / perMs).rounded(.up)))
+                fullAt.append(updated &+ Self.milliseconds((burst - left) / perMs))
             }
             guard wait == 0 else { return wait }
             _ = try await connection.query(
                 """
-                UPDATE rate_buckets r SET tokens = u.tokens, updated_at_ms = u.updated, full_at_ms = u.full
+                UPDATE rate_buckets r SET tokens = u.tokens, updated_at_ms = u.updated_at, full_at_ms = u.full_at
                 FROM unnest(\(keyBuffers)::BYTEA[], \(remaining)::FLOAT8[], \(updatedAt)::BIGINT[], \(fullAt)::BIGINT[])
-                    AS u(key, tokens, updated, full)
+                    AS u(key, tokens, updated_at, full_at)
                 WHERE r.key = u.key
                 """, logger: self.logger)
             return 0
         }
+    }
+
+    /// `value` milliseconds rounded up, at most 2^52 (about 142 000 years: a rate so slow it never refills).
+    private static func milliseconds(_ value: Double) -> Int64 {
+        Int64(min(value.rounded(.up), 4_503_599_627_370_496))
     }
 
     // MARK: Upload leases
