@@ -180,7 +180,10 @@ let package = Package(
         // The one storage conformance suite, run against SQLite and a real PostgreSQL (scripts/postgres.sh).
         .testTarget(
             name: "FlitzStoreSQLiteTests",
-            dependencies: ["FlitzStore", "FlitzStoreSQLite", "FlitzStorePostgres", "FlitzTestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "FlitzStore", "FlitzStoreSQLite", "FlitzStorePostgres", "FlitzTestSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ]
         ),
         .testTarget(
             name: "FlitzRelayTests",

@@ -1,23 +1,24 @@
 import FlitzStore
+import FlitzStorePostgres
 import FlitzStoreSQLite
 import Foundation
 import Testing
 
-/// `ConversationStore` on a real temp-file SQLite database (`protocol/conversations.md` 5, 8, 9, 10).
-@Suite final class ConversationStoreTests {
-    private let base = SQLiteRelayStoreTests()
+/// The `ConversationStore` part of the conformance suite (`protocol/conversations.md` 5, 8, 9, 10), on SQLite and
+/// PostgreSQL.
+@Suite(.freshStores) struct ConversationStoreTests {
 
     static func scheduled(_ id: UInt8, to recipient: DeviceAddress, notBefore: Int64, cancel: UInt8 = 0xCC, unsend: Data = Data()) -> EnvelopeSubmission {
         EnvelopeSubmission(
-            envelopeID: SQLiteRelayStoreTests.bytes(id, 16), recipient: recipient, ciphertext: SQLiteRelayStoreTests.bytes(0xAB, 40),
+            envelopeID: RelayStoreTests.bytes(id, 16), recipient: recipient, ciphertext: RelayStoreTests.bytes(0xAB, 40),
             expiresAtMs: notBefore + 60_000, routeExpiresAtMs: notBefore + 1_000_000, unsendTokenHash: unsend, notBeforeMs: notBefore,
-            cancelTokenHash: SQLiteRelayStoreTests.bytes(cancel, 32), ttlMs: 60_000, urgency: 1)
+            cancelTokenHash: RelayStoreTests.bytes(cancel, 32), ttlMs: 60_000, urgency: 1)
     }
 
-    @Test func scheduledEnvelopesAreHeldLimitedReleasedAndIdempotent() async throws {
-        let (store, _) = try base.makeStore()
-        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func scheduledEnvelopesAreHeldLimitedReleasedAndIdempotent(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let alice = try await RelayStoreTests.register(store, "alice")
+        let bob = try await RelayStoreTests.register(store, "bob")
         let first = Self.scheduled(1, to: bob, notBefore: 50_000)
         #expect(try await store.submit(sender: alice, envelopes: [first], atMs: 2_000)
             == [.scheduled(acceptedAtMs: 2_000, expiresAtMs: 110_000, newlyScheduled: true)])
@@ -48,17 +49,17 @@ import Testing
         let outcomes = try await store.submit(sender: alice, envelopes: many + [Self.scheduled(9, to: bob, notBefore: 900_000)], atMs: 70_000)
         #expect(outcomes.prefix(many.count).allSatisfy { if case .scheduled = $0 { true } else { false } })
         #expect(outcomes.last == .rejected(.queueFull))
-        #expect(try await store.cancelScheduled(senderHandle: "alice", cancelTokenHash: SQLiteRelayStoreTests.bytes(0xCC, 32)) == 1_000)
-        #expect(try await store.cancelScheduled(senderHandle: "alice", cancelTokenHash: SQLiteRelayStoreTests.bytes(0xCC, 32)) == 0)
+        #expect(try await store.cancelScheduled(senderHandle: "alice", cancelTokenHash: RelayStoreTests.bytes(0xCC, 32)) == 1_000)
+        #expect(try await store.cancelScheduled(senderHandle: "alice", cancelTokenHash: RelayStoreTests.bytes(0xCC, 32)) == 0)
     }
 
-    @Test func unsendPurgesQueuedAndScheduledAndReportsTheRest() async throws {
-        let (store, _) = try base.makeStore()
-        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
-        let carol = try await SQLiteRelayStoreTests.register(store, "carol")
-        let dave = try await SQLiteRelayStoreTests.register(store, "dave")
-        let hash = SQLiteRelayStoreTests.bytes(0x77, 32)
+    @Test(arguments: StoreKind.allCases) func unsendPurgesQueuedAndScheduledAndReportsTheRest(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let alice = try await RelayStoreTests.register(store, "alice")
+        let bob = try await RelayStoreTests.register(store, "bob")
+        let carol = try await RelayStoreTests.register(store, "carol")
+        let dave = try await RelayStoreTests.register(store, "dave")
+        let hash = RelayStoreTests.bytes(0x77, 32)
         func with(_ envelope: EnvelopeSubmission) -> EnvelopeSubmission {
             var envelope = envelope
             envelope.unsendTokenHash = hash
@@ -67,15 +68,15 @@ import Testing
         _ = try await store.submit(
             sender: alice,
             envelopes: [
-                with(SQLiteRelayStoreTests.envelope(1, to: bob)), with(SQLiteRelayStoreTests.envelope(2, to: carol, expiresAtMs: 5_000)),
+                with(RelayStoreTests.envelope(1, to: bob)), with(RelayStoreTests.envelope(2, to: carol, expiresAtMs: 5_000)),
                 Self.scheduled(3, to: dave, notBefore: 90_000, unsend: hash),
             ],
             atMs: 1_000)
-        _ = try await store.acknowledge(device: bob, envelopeIDs: [SQLiteRelayStoreTests.bytes(1, 16)], receiptIDs: [], atMs: 2_000, receiptExpiresAtMs: 9_000)
+        _ = try await store.acknowledge(device: bob, envelopeIDs: [RelayStoreTests.bytes(1, 16)], receiptIDs: [], atMs: 2_000, receiptExpiresAtMs: 9_000)
         _ = try await store.sweep(nowMs: 6_000, receiptExpiresAtMs: 9_000)
         let expected: [Data: UnsendEnvelopeState] = [
-            SQLiteRelayStoreTests.bytes(1, 16): .alreadyDelivered, SQLiteRelayStoreTests.bytes(2, 16): .alreadyExpired,
-            SQLiteRelayStoreTests.bytes(3, 16): .purged,
+            RelayStoreTests.bytes(1, 16): .alreadyDelivered, RelayStoreTests.bytes(2, 16): .alreadyExpired,
+            RelayStoreTests.bytes(3, 16): .purged,
         ]
         for _ in 0..<2 {
             let records = try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 6_000)
@@ -85,8 +86,8 @@ import Testing
         #expect(try await store.unsend(senderHandle: "bob", unsendTokenHash: hash, nowMs: 6_000).isEmpty)
     }
 
-    @Test func blockListsAreBoundedAndAnswerWhoBlocked() async throws {
-        let (store, _) = try base.makeStore()
+    @Test(arguments: StoreKind.allCases) func blockListsAreBoundedAndAnswerWhoBlocked(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         #expect(try await store.updateBlockList(handle: "bob", block: ["alice", "carol"], unblock: [], maxBlocked: 2) == ["alice", "carol"])
         let error = await #expect(throws: StoreError.self) {
             try await store.updateBlockList(handle: "bob", block: ["dave"], unblock: [], maxBlocked: 2)
@@ -98,14 +99,14 @@ import Testing
         #expect(try await store.blockers(of: "carol", among: ["bob"]).isEmpty)
     }
 
-    @Test func deletingAnAccountDeletesItsBlockListAndScheduledEnvelopes() async throws {
-        let (store, _) = try base.makeStore()
-        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func deletingAnAccountDeletesItsBlockListAndScheduledEnvelopes(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let alice = try await RelayStoreTests.register(store, "alice")
+        let bob = try await RelayStoreTests.register(store, "bob")
         _ = try await store.updateBlockList(handle: "alice", block: ["carol"], unblock: [], maxBlocked: 10)
         _ = try await store.submit(sender: alice, envelopes: [Self.scheduled(1, to: bob, notBefore: 50_000)], atMs: 2_000)
         _ = try await store.deleteAccount(
-            handle: "alice", accountIdentityKey: SQLiteRelayStoreTests.bytes(9, 32), atMs: 3_000, tombstoneUntilMs: 9_000, receiptExpiresAtMs: 9_000)
+            handle: "alice", accountIdentityKey: RelayStoreTests.bytes(9, 32), atMs: 3_000, tombstoneUntilMs: 9_000, receiptExpiresAtMs: 9_000)
         #expect(try await store.blockList(handle: "alice").isEmpty)
         #expect(try await store.nextScheduledRelease() == nil)
         #expect(try await store.releaseScheduled(nowMs: 60_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000).released.isEmpty)
@@ -118,10 +119,10 @@ struct Failure: Error, CustomStringConvertible {
 }
 
 extension ConversationStoreTests {
-    @Test func releaseGoesInBatchesAndDeletesOrphans() async throws {
-        let (store, _) = try base.makeStore()
-        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func releaseGoesInBatchesAndDeletesOrphans(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let alice = try await RelayStoreTests.register(store, "alice")
+        let bob = try await RelayStoreTests.register(store, "bob")
         let envelopes = (0..<5).map { index in
             var envelope = Self.scheduled(UInt8(index + 1), to: bob, notBefore: 10_000 + Int64(index))
             // The last one's route is kept only until 20 000: swept before its release (an orphan row).
@@ -131,7 +132,7 @@ extension ConversationStoreTests {
         _ = try await store.submit(sender: alice, envelopes: envelopes, atMs: 1_000)
         _ = try await store.sweep(nowMs: 20_000, receiptExpiresAtMs: 90_000)
         let first = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
-        #expect(first.released.map(\.envelopeID) == [SQLiteRelayStoreTests.bytes(1, 16), SQLiteRelayStoreTests.bytes(2, 16)] && first.more)
+        #expect(first.released.map(\.envelopeID) == [RelayStoreTests.bytes(1, 16), RelayStoreTests.bytes(2, 16)] && first.more)
         let second = try await store.releaseScheduled(nowMs: 30_000, retentionMs: 1_000_000, receiptExpiresAtMs: 2_000_000, queueLimit: 10, batchSize: 2)
         #expect(second.released.count == 2 && second.more)
         // The orphan leaves the schedule: nextScheduledRelease and releaseScheduled agree, so the releaser cannot spin.
@@ -142,27 +143,27 @@ extension ConversationStoreTests {
 }
 
 extension ConversationStoreTests {
-    @Test func seenIsNeverReportedForAnEnvelopeThatWasNotSent() async throws {
-        let (store, _) = try base.makeStore()
-        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
-        let hash = SQLiteRelayStoreTests.bytes(0x77, 32)
-        var purged = SQLiteRelayStoreTests.envelope(1, to: bob)
+    @Test(arguments: StoreKind.allCases) func seenIsNeverReportedForAnEnvelopeThatWasNotSent(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let alice = try await RelayStoreTests.register(store, "alice")
+        let bob = try await RelayStoreTests.register(store, "bob")
+        let hash = RelayStoreTests.bytes(0x77, 32)
+        var purged = RelayStoreTests.envelope(1, to: bob)
         purged.unsendTokenHash = hash
-        _ = try await store.submit(sender: alice, envelopes: [purged, SQLiteRelayStoreTests.envelope(2, to: bob)], atMs: 1_000)
+        _ = try await store.submit(sender: alice, envelopes: [purged, RelayStoreTests.envelope(2, to: bob)], atMs: 1_000)
         #expect(try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 2_000).map(\.state) == [.purged])
         // A SEEN for the purged one is ignored; for the other one it goes to alice.
-        #expect(try await store.reportSeen(device: bob, envelopeIDs: [SQLiteRelayStoreTests.bytes(1, 16)], atMs: 3_000, receiptExpiresAtMs: 90_000).isEmpty)
-        #expect(try await store.reportSeen(device: bob, envelopeIDs: [SQLiteRelayStoreTests.bytes(2, 16)], atMs: 3_000, receiptExpiresAtMs: 90_000) == [alice])
+        #expect(try await store.reportSeen(device: bob, envelopeIDs: [RelayStoreTests.bytes(1, 16)], atMs: 3_000, receiptExpiresAtMs: 90_000).isEmpty)
+        #expect(try await store.reportSeen(device: bob, envelopeIDs: [RelayStoreTests.bytes(2, 16)], atMs: 3_000, receiptExpiresAtMs: 90_000) == [alice])
     }
 
-    @Test func oneUnsendTokenMatchesAtMostAThousandEnvelopes() async throws {
-        let (store, _) = try base.makeStore()
-        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
-        let hash = SQLiteRelayStoreTests.bytes(0x78, 32)
+    @Test(arguments: StoreKind.allCases) func oneUnsendTokenMatchesAtMostAThousandEnvelopes(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let alice = try await RelayStoreTests.register(store, "alice")
+        let bob = try await RelayStoreTests.register(store, "bob")
+        let hash = RelayStoreTests.bytes(0x78, 32)
         let envelopes = (0...ConversationStoreLimits.maxEnvelopesPerUnsendToken).map { index in
-            var envelope = SQLiteRelayStoreTests.envelope(0, to: bob)
+            var envelope = RelayStoreTests.envelope(0, to: bob)
             envelope.envelopeID = Data([0xD0, UInt8(index >> 8), UInt8(index & 0xFF)] + [UInt8](repeating: 0, count: 13))
             envelope.unsendTokenHash = hash
             return envelope
@@ -173,8 +174,8 @@ extension ConversationStoreTests {
         #expect(try await store.unsend(senderHandle: "alice", unsendTokenHash: hash, nowMs: 2_000).count == 1_000)
     }
 
-    @Test func theReportLimitCountsStoredReportsAndSurvivesARestart() async throws {
-        let (store, path) = try base.makeStore()
+    @Test(arguments: StoreKind.allCases) func theReportLimitCountsStoredReportsAndSurvivesARestart(_ kind: StoreKind) async throws {
+        let (store, location) = try await StoreScope.make(kind)
         let bob = DeviceAddress(handle: "bob", deviceID: 1)
         func report(_ index: Int, at ms: Int64) -> StoredReport {
             StoredReport(
@@ -184,7 +185,7 @@ extension ConversationStoreTests {
         for index in 0..<10 { #expect(try await store.storeReport(report(index, at: 1_000 + Int64(index)), limit: 10, windowMs: 3_600_000) == nil) }
         #expect(try await store.storeReport(report(10, at: 2_000), limit: 10, windowMs: 3_600_000) == 3_599_000)
         // A new store on the same file (a relay restart) still counts them.
-        let reopened = try SQLiteRelayStore(path: path, makeID: SQLiteRelayStoreTests.randomID)
+        let reopened = try await StoreScope.open(location)
         #expect(try await reopened.storeReport(report(11, at: 3_000), limit: 10, windowMs: 3_600_000) == 3_598_000)
         #expect(try await reopened.storeReport(report(12, at: 3_601_000), limit: 10, windowMs: 3_600_000) == nil)
         #expect(try await reopened.reports().count == 11)

@@ -1,5 +1,6 @@
 import FlitzStore
 @testable import FlitzStorePostgres
+import FlitzTestSupport
 import Foundation
 import Logging
 import PostgresNIO
@@ -398,7 +399,7 @@ enum ClusterTestDatabase {
 
     /// Two nodes, "node-a" and "node-b", each listening (their first `.resync` received) before `body` runs.
     static func withNodes(_ body: @Sendable (Node, Node) async throws -> Void) async throws {
-        guard let maintenance = ProcessInfo.processInfo.environment["FLITZ_TEST_POSTGRES_URL"], !maintenance.isEmpty else { throw Missing() }
+        let maintenance = try await TestPostgres.maintenanceURL()
         // Hex only: safe in the SQL text (CREATE DATABASE takes no bind parameters).
         let name = "flitz_cluster_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         try await withAdmin(maintenance) { admin in

@@ -1,5 +1,6 @@
 import FlitzStore
 import FlitzStorePostgres
+import FlitzTestSupport
 import Foundation
 import Logging
 import PostgresNIO
@@ -15,9 +16,9 @@ enum PostgresTestDatabase {
 
     static let logger = Logger(label: "flitz.test.postgres")
 
-    static func maintenanceURL() throws -> String {
-        guard let url = ProcessInfo.processInfo.environment["FLITZ_TEST_POSTGRES_URL"], !url.isEmpty else { throw Missing() }
-        return url
+    /// `FLITZ_TEST_POSTGRES_URL`, or a server started through scripts/postgres.sh (`TestPostgres`).
+    static func maintenanceURL() async throws -> String {
+        try await TestPostgres.maintenanceURL()
     }
 
     /// `url` with its database replaced by `name`.
@@ -34,7 +35,7 @@ enum PostgresTestDatabase {
 
     /// Runs `body` with `count` stores on a new database; the stores' clients run for the duration of `body`.
     static func withStores(count: Int = 1, _ body: @Sendable ([PostgresRelayStore]) async throws -> Void) async throws {
-        let maintenance = try maintenanceURL()
+        let maintenance = try await maintenanceURL()
         // Hex only: the name is safe to put into the SQL text (CREATE DATABASE takes no bind parameters).
         let name = "flitz_core_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         try await withAdmin(maintenance) { admin in
@@ -249,4 +250,69 @@ enum PostgresTestDatabase {
             #expect(try await stores[1].nextScheduledRelease() == nil)
         }
     }
+
+    @Test func aWriterHeldOpenMakesTheNextWriterWaitSoSequencesFollowCommitOrder() async throws {
+        try await PostgresTestDatabase.withStores(count: 2) { stores in
+            let logger = PostgresTestDatabase.logger
+            let alice = try await Self.register(stores[0], "alice")
+            let bob = try await Self.register(stores[0], "bob")
+            let (queued, queuedSignal) = AsyncStream<Int64>.makeStream()
+            let (commit, commitSignal) = AsyncStream<Void>.makeStream()
+            // Writer 1 (node 0): queues a receipt for bob as the store does (counter row first) and stays open.
+            let first = Task {
+                try await stores[0].client.withTransaction(logger: logger) { connection in
+                    let sequence = try #require(
+                        try await connection.query(
+                            """
+                            INSERT INTO queue_counters (handle, device_id, next_sequence) VALUES ('bob', 1, 2)
+                            ON CONFLICT (handle, device_id) DO UPDATE SET next_sequence = queue_counters.next_sequence + 1
+                            RETURNING next_sequence - 1
+                            """, logger: logger
+                        ).collect().first?.decode(Int64.self))
+                    try await connection.query(
+                        """
+                        INSERT INTO queue_items (handle, device_id, sequence, kind, envelope_id, receipt_id, receipt_kind, receipt_at,
+                            receipt_recipient_handle, receipt_recipient_device_id, expires_at_ms)
+                        VALUES ('bob', 1, \(sequence), 2, \(Self.bytes(7, 16)), \(Self.bytes(8, 16)), 1, 1500, 'alice', 1, 100000)
+                        """, logger: logger)
+                    queuedSignal.yield(sequence)
+                    for await _ in commit { break }
+                }
+            }
+            var iterator = queued.makeAsyncIterator()
+            let firstSequence = try #require(await iterator.next())
+            // Writer 2 (node 1) starts later and would commit first; it has to wait for writer 1's counter row.
+            let second = Task {
+                try await stores[1].submit(sender: alice, envelopes: [Self.envelope(Self.bytes(1, 16), to: bob)], atMs: 2_000, queueLimit: .max)
+            }
+            let blocked = try await Self.waitUntilSomeoneWaitsForALock(stores[1])
+            #expect(blocked)
+            // Neither is committed: a reader sees nothing, so it cannot remember a sequence past writer 1's.
+            #expect(try await stores[1].pendingItems(for: bob, afterSequence: 0, nowMs: 2_000, limit: 10).isEmpty)
+            commitSignal.yield()
+            try await first.value
+            #expect(try await second.value == [.accepted(acceptedAtMs: 2_000, expiresAtMs: 100_000, newlyQueued: true)])
+            let items = try await stores[0].pendingItems(for: bob, afterSequence: 0, nowMs: 2_000, limit: 10)
+            #expect(items.map(\.sequence) == [firstSequence, firstSequence + 1])
+            guard case .receipt? = items.first?.content, case .envelope? = items.last?.content else {
+                throw PostgresTestDatabase.Missing()
+            }
+        }
+    }
+
+    /// Whether a session of the store's database waits for a lock, asked until it does (a failure guard of 60 s,
+    /// never a timing assumption: the waiting writer is blocked until the test lets the other commit).
+    static func waitUntilSomeoneWaitsForALock(_ store: PostgresRelayStore) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            let waiting = try await store.client.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                logger: PostgresTestDatabase.logger
+            ).collect().first?.decode(Int64.self) ?? 0
+            if waiting > 0 { return true }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
 }

@@ -1,34 +1,20 @@
 import FlitzStore
+import FlitzStorePostgres
 import FlitzStoreSQLite
 import Foundation
 import Testing
 
-/// The push part of the `RelayStore` conformance suite (`protocol/push.md` 4, 5 and 7), against a real temp-file
-/// SQLite database.
-@Suite final class PushEndpointStoreTests {
-    private var directories: [URL] = []
-
-    deinit {
-        for directory in directories { try? FileManager.default.removeItem(at: directory) }
-    }
-
-    func makeStore() throws -> (SQLiteRelayStore, String) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-push-store-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        directories.append(directory)
-        let path = directory.appendingPathComponent("relay.sqlite").path
-        return (try SQLiteRelayStore(path: path, makeID: SQLiteRelayStoreTests.randomID), path)
-    }
-
+/// The push part of the `RelayStore` conformance suite (`protocol/push.md` 4, 5 and 7), on SQLite and PostgreSQL.
+@Suite(.freshStores) struct PushEndpointStoreTests {
     static func webPush(_ url: String = "https://push.example.org/abc", at: Int64 = 2_000) -> StoredPushEndpoint {
         StoredPushEndpoint(
-            provider: "webpush", endpoint: url, p256dh: SQLiteRelayStoreTests.bytes(4, 65), authSecret: SQLiteRelayStoreTests.bytes(5, 16),
+            provider: "webpush", endpoint: url, p256dh: RelayStoreTests.bytes(4, 65), authSecret: RelayStoreTests.bytes(5, 16),
             registeredAtMs: at)
     }
 
-    @Test func endpointIsSetReadReplacedAndRemoved() async throws {
-        let (store, _) = try makeStore()
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func endpointIsSetReadReplacedAndRemoved(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let bob = try await RelayStoreTests.register(store, "bob")
         #expect(try await store.pushEndpoint(device: bob) == nil)
         let stored = try await store.setPushEndpoint(device: bob, Self.webPush())
         #expect(stored == Self.webPush())
@@ -50,9 +36,9 @@ import Testing
         }
     }
 
-    @Test func urgentWindowOpensOnceUntilItPassesOrCloses() async throws {
-        let (store, _) = try makeStore()
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func urgentWindowOpensOnceUntilItPassesOrCloses(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let bob = try await RelayStoreTests.register(store, "bob")
         #expect(try await store.decideUrgentWake(device: bob, nowMs: 10_000, windowUntilMs: 70_000) == .noEndpoint)
         _ = try await store.setPushEndpoint(device: bob, Self.webPush())
         guard case .wake(let endpoint) = try await store.decideUrgentWake(device: bob, nowMs: 10_000, windowUntilMs: 70_000) else {
@@ -81,15 +67,15 @@ import Testing
         }
     }
 
-    @Test func racingDecisionsOpenTheWindowOnce() async throws {
-        let (store, path) = try makeStore()
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func racingDecisionsOpenTheWindowOnce(_ kind: StoreKind) async throws {
+        let (store, location) = try await StoreScope.make(kind)
+        let bob = try await RelayStoreTests.register(store, "bob")
         _ = try await store.setPushEndpoint(device: bob, Self.webPush())
         // A second store on the same file stands in for a second relay node.
-        let second = try SQLiteRelayStore(path: path, makeID: SQLiteRelayStoreTests.randomID)
+        let second = try await StoreScope.open(location)
         let decisions = try await withThrowingTaskGroup(of: UrgentWakeDecision.self) { group in
             for index in 0..<40 {
-                let node: SQLiteRelayStore = index.isMultiple(of: 2) ? store : second
+                let node: any RelayStore = index.isMultiple(of: 2) ? store : second
                 group.addTask { try await node.decideUrgentWake(device: bob, nowMs: 10_000, windowUntilMs: 70_000) }
             }
             return try await group.reduce(into: []) { $0.append($1) }
@@ -98,9 +84,9 @@ import Testing
         #expect(decisions.filter { $0 == .coalesced(provider: "webpush") }.count == 39)
     }
 
-    @Test func deadEndpointIsDroppedKeepingProviderTimeAndReason() async throws {
-        let (store, _) = try makeStore()
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func deadEndpointIsDroppedKeepingProviderTimeAndReason(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let bob = try await RelayStoreTests.register(store, "bob")
         _ = try await store.setPushEndpoint(device: bob, Self.webPush())
         try await store.recordPushFailed(device: bob, endpoint: "https://push.example.org/abc", reason: "push service answered 503")
         #expect(try await store.pushEndpoint(device: bob)?.lastFailure == "push service answered 503")
@@ -116,14 +102,14 @@ import Testing
         #expect(try await store.setPushEndpoint(device: bob, Self.webPush(at: 6_000)).isLive)
     }
 
-    @Test func envelopeIsQueuedUntilAcknowledgedOrExpired() async throws {
-        let (store, _) = try makeStore()
-        let alice = try await SQLiteRelayStoreTests.register(store, "alice")
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
+    @Test(arguments: StoreKind.allCases) func envelopeIsQueuedUntilAcknowledgedOrExpired(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let alice = try await RelayStoreTests.register(store, "alice")
+        let bob = try await RelayStoreTests.register(store, "bob")
         _ = try await store.submit(
-            sender: alice, envelopes: [SQLiteRelayStoreTests.envelope(1, to: bob, expiresAtMs: 50_000), SQLiteRelayStoreTests.envelope(2, to: bob)],
+            sender: alice, envelopes: [RelayStoreTests.envelope(1, to: bob, expiresAtMs: 50_000), RelayStoreTests.envelope(2, to: bob)],
             atMs: 1_000)
-        let first = SQLiteRelayStoreTests.bytes(1, 16), second = SQLiteRelayStoreTests.bytes(2, 16)
+        let first = RelayStoreTests.bytes(1, 16), second = RelayStoreTests.bytes(2, 16)
         #expect(try await store.isEnvelopeQueued(envelopeID: first, device: bob, nowMs: 49_999))
         #expect(try await store.isEnvelopeQueued(envelopeID: first, device: bob, nowMs: 50_000) == false)
         #expect(try await store.isEnvelopeQueued(envelopeID: first, device: alice, nowMs: 1_000) == false)
@@ -131,20 +117,20 @@ import Testing
         #expect(try await store.isEnvelopeQueued(envelopeID: second, device: bob, nowMs: 2_000) == false)
     }
 
-    @Test func endpointsGoWithTheirDeviceAndAccount() async throws {
-        let (store, _) = try makeStore()
-        let bob = try await SQLiteRelayStoreTests.register(store, "bob")
-        let key = SQLiteRelayStoreTests.bytes(9, 32)
+    @Test(arguments: StoreKind.allCases) func endpointsGoWithTheirDeviceAndAccount(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
+        let bob = try await RelayStoreTests.register(store, "bob")
+        let key = RelayStoreTests.bytes(9, 32)
         let bob2 = DeviceAddress(
             handle: "bob",
             deviceID: try await store.registerDevice(
-                handle: "bob", accountIdentityKey: key, device: SQLiteRelayStoreTests.newDevice(2), atMs: 2_000, maxDevices: 16))
+                handle: "bob", accountIdentityKey: key, device: RelayStoreTests.newDevice(2), atMs: 2_000, maxDevices: 16))
         _ = try await store.setPushEndpoint(device: bob, Self.webPush())
         _ = try await store.setPushEndpoint(device: bob2, Self.webPush("https://push.example.org/two"))
-        let entries = [DeviceListEntry(deviceID: 1, deviceIdentityKey: SQLiteRelayStoreTests.bytes(1, 32))]
+        let entries = [DeviceListEntry(deviceID: 1, deviceIdentityKey: RelayStoreTests.bytes(1, 32))]
         _ = try await store.publishDeviceList(
             handle: "bob", accountIdentityKey: key,
-            list: StoredDeviceList(payload: SQLiteRelayStoreTests.bytes(0xD1, 105), signature: SQLiteRelayStoreTests.bytes(0x51, 64), version: 1),
+            list: StoredDeviceList(payload: RelayStoreTests.bytes(0xD1, 105), signature: RelayStoreTests.bytes(0x51, 64), version: 1),
             entries: entries, publisher: bob, removeDeviceIDs: [bob2.deviceID], atMs: 3_000, receiptExpiresAtMs: 90_000)
         #expect(try await store.pushEndpoint(device: bob2) == nil)
         #expect(try await store.pushEndpoint(device: bob) != nil)
@@ -152,12 +138,12 @@ import Testing
         #expect(try await store.pushEndpoint(device: bob) == nil)
     }
 
-    @Test func relaySecretIsStoredOnceAndKept() async throws {
-        let (store, path) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func relaySecretIsStoredOnceAndKept(_ kind: StoreKind) async throws {
+        let (store, location) = try await StoreScope.make(kind)
         let first = try await store.relaySecret(named: "push.vapidKey", orStore: Data("first".utf8), atMs: 1_000)
         #expect(first == Data("first".utf8))
         #expect(try await store.relaySecret(named: "push.vapidKey", orStore: Data("second".utf8), atMs: 2_000) == first)
-        let reopened = try SQLiteRelayStore(path: path, makeID: SQLiteRelayStoreTests.randomID)
+        let reopened = try await StoreScope.open(location)
         #expect(try await reopened.relaySecret(named: "push.vapidKey", orStore: Data("third".utf8), atMs: 3_000) == first)
     }
 }

@@ -1,27 +1,13 @@
 import FlitzStore
+import FlitzStorePostgres
 import FlitzStoreSQLite
 import Foundation
 import Testing
 
-/// The `RelayStore` conformance suite, run against a real temp-file SQLite database
-/// (`protocol/relay.md`, "Storage and durability"). A future PostgreSQL store runs the same cases.
-@Suite final class SQLiteRelayStoreTests {
-    /// Every test gets its own instance; its temporary directories go when it does.
-    private var directories: [URL] = []
-
-    deinit {
-        for directory in directories { try? FileManager.default.removeItem(at: directory) }
-    }
-
-    /// A fresh store in its own temporary directory, and the database path.
-    func makeStore() throws -> (SQLiteRelayStore, String) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flitz-store-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        directories.append(directory)
-        let path = directory.appendingPathComponent("relay.sqlite").path
-        return (try SQLiteRelayStore(path: path, makeID: Self.randomID), path)
-    }
-
+/// The `RelayStore` conformance suite (`protocol/relay.md`, "Storage and durability"; `protocol/cluster.md`): every
+/// case runs on a real temp-file SQLite database and on a real PostgreSQL database of its own (`StoreKind`,
+/// `StoreScope`); what only one store has (SQLite's files and group commits) is checked for that store alone.
+@Suite(.freshStores) struct RelayStoreTests {
     @Sendable static func randomID() -> Data {
         var generator = SystemRandomNumberGenerator()
         return Data((0..<16).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
@@ -38,7 +24,7 @@ import Testing
 
     /// Registers `handle` and returns its first device.
     @discardableResult
-    static func register(_ store: SQLiteRelayStore, _ handle: String, oneTimePreKeys: Int = 3, atMs: Int64 = 1_000) async throws -> DeviceAddress {
+    static func register(_ store: any RelayStore, _ handle: String, oneTimePreKeys: Int = 3, atMs: Int64 = 1_000) async throws -> DeviceAddress {
         let id = try await store.register(
             handle: handle, accountIdentityKey: bytes(9, 32), recoveryCodeHash: bytes(7, 32),
             device: newDevice(1, oneTimePreKeys: oneTimePreKeys), atMs: atMs)
@@ -59,8 +45,8 @@ import Testing
         items.compactMap { if case .receipt(let r) = $0.content { r } else { nil } }
     }
 
-    @Test func registrationStoresAccountAndFirstDevice() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func registrationStoresAccountAndFirstDevice(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let device = try await Self.register(store, "alice")
         #expect(device.deviceID == 1)
         let account = try #require(try await store.account(handle: "alice"))
@@ -74,14 +60,14 @@ import Testing
         #expect(try await store.account(handle: "bob") == nil)
     }
 
-    @Test func handlesAreUnique() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func handlesAreUnique(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         try await Self.register(store, "alice")
         await #expect(throws: StoreError(.handleTaken)) { try await Self.register(store, "alice") }
     }
 
-    @Test func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetches() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func oneTimePreKeyIsHandedOutOnceUnderConcurrentFetches(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         try await Self.register(store, "alice", oneTimePreKeys: 10)
         let handedOut = try await withThrowingTaskGroup(of: UInt32?.self) { group in
             for _ in 0..<20 {
@@ -101,8 +87,8 @@ import Testing
         #expect(try await store.takePreKeyBundle(handle: "nobody") == nil)
     }
 
-    @Test func publishReplacesSignedPreKeyAndAddsOneTimePreKeys() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func publishReplacesSignedPreKeyAndAddsOneTimePreKeys(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let device = try await Self.register(store, "alice", oneTimePreKeys: 2)
         let signed = SignedPreKeyRecord(id: 2, publicKey: Self.bytes(0x55, 32), signature: Self.bytes(0x56, 64))
         // Ids are never reused: 2 was registered, so a batch naming it is refused as a whole.
@@ -132,8 +118,8 @@ import Testing
         #expect(try await store.publishPreKeys(device: device, signedPreKey: nil, oneTimePreKeys: [twoMore[0]], stockLimit: 5) == 5)
     }
 
-    @Test func kemPreKeysAreHandedOutOnceThenTheLastResortOneForever() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func kemPreKeysAreHandedOutOnceThenTheLastResortOneForever(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let device = try await Self.register(store, "alice", oneTimePreKeys: 0)
         let lastResort = KEMPreKeyRecord(id: 1, publicKey: Self.bytes(0x10, 1568), signature: Self.bytes(0x11, 64), lastResort: true)
         let oneTime = (2...3).map { KEMPreKeyRecord(id: UInt32($0), publicKey: Self.bytes(UInt8($0), 1568), signature: Self.bytes(0x12, 64), lastResort: false) }
@@ -161,8 +147,8 @@ import Testing
         #expect(try await store.takePreKeyBundle(handle: "alice")?.devices.first?.kemPreKey == rotated)
     }
 
-    @Test func aFullQueueRefusesMoreUntilDelivered() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func aFullQueueRefusesMoreUntilDelivered(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         let carol = try await Self.register(store, "carol")
@@ -182,8 +168,8 @@ import Testing
         #expect(after == [.accepted(acceptedAtMs: 8_000, expiresAtMs: 100_000, newlyQueued: true)])
     }
 
-    @Test func queueDepthCounterFollowsEveryWayEnvelopesLeave() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func queueDepthCounterFollowsEveryWayEnvelopesLeave(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         func accepted(_ outcomes: [SubmissionOutcome]) -> Int {
@@ -207,8 +193,8 @@ import Testing
             queueLimit: 2)) == 2)
     }
 
-    @Test func submissionIsIdempotentAndConflictsAreRefused() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func submissionIsIdempotentAndConflictsAreRefused(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         let carol = try await Self.register(store, "carol")
@@ -230,8 +216,8 @@ import Testing
         #expect(refused == [.rejected(.unknownRecipient), .rejected(.staleDevice)])
     }
 
-    @Test func queueKeepsSubmissionOrderAndPages() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func queueKeepsSubmissionOrderAndPages(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(sender: alice, envelopes: (1...5).map { Self.envelope($0, to: bob) }, atMs: 1_000)
@@ -247,8 +233,8 @@ import Testing
         #expect(envelope.acceptedAtMs == 1_000)
     }
 
-    @Test func acknowledgeDeletesCiphertextAndQueuesDeliveredReceipt() async throws {
-        let (store, path) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func acknowledgeDeletesCiphertextAndQueuesDeliveredReceipt(_ kind: StoreKind) async throws {
+        let (store, location) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         let marker = Data("CIPHERTEXT-MARKER-7f3a9c".utf8)
@@ -274,17 +260,27 @@ import Testing
         // Acknowledging the receipt removes it.
         _ = try await store.acknowledge(device: alice, envelopeIDs: [], receiptIDs: receipts.map(\.receiptID), atMs: 2_200, receiptExpiresAtMs: 90_000)
         #expect(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 2_200, limit: 100).isEmpty)
-        // The ciphertext is gone from the files.
-        try await store.checkpoint()
-        for file in [path, path + "-wal"] {
-            if let contents = FileManager.default.contents(atPath: file) {
-                #expect(contents.range(of: marker) == nil, "ciphertext found in \(file)")
+        switch location {
+        case .sqlite(let path):
+            // The ciphertext is gone from the files.
+            try await #require(store as? SQLiteRelayStore).checkpoint()
+            for file in [path, path + "-wal"] {
+                if let contents = FileManager.default.contents(atPath: file) {
+                    #expect(contents.range(of: marker) == nil, "ciphertext found in \(file)")
+                }
             }
+        case .postgres:
+            // No queued row holds it any more (cluster.md 5: queue_items).
+            let postgres = try #require(store as? PostgresRelayStore)
+            let rows = try await postgres.client.query(
+                "SELECT count(*) FROM queue_items WHERE position(\(marker) in ciphertext) > 0", logger: StoreScope.logger
+            ).collect()
+            #expect(try rows.first?.decode(Int64.self) == 0)
         }
     }
 
-    @Test func seenReceiptIsQueuedOncePerEnvelope() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func seenReceiptIsQueuedOncePerEnvelope(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 1_000)
@@ -295,8 +291,8 @@ import Testing
         #expect(receipts.map(\.kind) == [.seen])
     }
 
-    @Test func expiredRowsAreNeverReturnedAndSweepReportsUndelivered() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func expiredRowsAreNeverReturnedAndSweepReportsUndelivered(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(
@@ -320,8 +316,8 @@ import Testing
         #expect(try await store.pendingItems(for: alice, afterSequence: 0, nowMs: 0, limit: 100).isEmpty)
     }
 
-    @Test func recoveryReplacesIdentityAndRemovesOldDevices() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func recoveryReplacesIdentityAndRemovesOldDevices(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(sender: alice, envelopes: [Self.envelope(1, to: bob)], atMs: 1_000)
@@ -356,24 +352,34 @@ import Testing
         #expect(again.deviceID == 3)
     }
 
-    @Test func reopeningMigratesAndKeepsData() async throws {
-        let (store, path) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func reopeningMigratesAndKeepsData(_ kind: StoreKind) async throws {
+        let (store, location) = try await StoreScope.make(kind)
         try await Self.register(store, "alice")
-        #expect(try await store.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices", "v4-origin-device", "v5-push", "v6-conversations", "v7-blobs"])
-        let reopened = try SQLiteRelayStore(path: path, makeID: Self.randomID)
-        #expect(try await reopened.appliedMigrations() == ["v1", "v2-pqxdh", "v3-devices", "v4-origin-device", "v5-push", "v6-conversations", "v7-blobs"])
+        let reopened = try await StoreScope.open(location)
+        switch kind {
+        case .sqlite:
+            let names = ["v1", "v2-pqxdh", "v3-devices", "v4-origin-device", "v5-push", "v6-conversations", "v7-blobs"]
+            #expect(try await #require(store as? SQLiteRelayStore).appliedMigrations() == names)
+            #expect(try await #require(reopened as? SQLiteRelayStore).appliedMigrations() == names)
+        case .postgres:
+            let first = try #require(store as? PostgresRelayStore), second = try #require(reopened as? PostgresRelayStore)
+            let names = try await first.appliedMigrations()
+            #expect(!names.isEmpty)
+            #expect(try await second.appliedMigrations() == names)
+            #expect(try await second.migrate().isEmpty)
+        }
         #expect(try await reopened.account(handle: "alice") != nil)
     }
 
-    @Test func writerUsesSynchronousFull() async throws {
-        let (store, _) = try makeStore()
+    @Test func sqliteWriterUsesSynchronousFull() async throws {
+        let (store, _) = try await StoreScope.makeSQLite()
         #expect(try await store.synchronousMode() == 2)
     }
 
     // MARK: Multi-device accounts and group commit
 
-    @Test func concurrentSubmitsShareCommitsAndOneFailureSparesTheOthers() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func concurrentSubmitsShareCommitsAndOneFailureSparesTheOthers(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         let ghost = DeviceAddress(handle: "ghost", deviceID: 1)
@@ -400,15 +406,17 @@ import Testing
         let items = try await store.pendingItems(for: bob, afterSequence: 0, nowMs: 0, limit: 100)
         #expect(items.count == 56)
         #expect(zip(items, items.dropFirst()).allSatisfy { $0.sequence < $1.sequence })
-        #expect(try await store.synchronousMode() == 2)
-        let statistics = store.groupCommitStatistics()
-        #expect(statistics.callers == 64)
-        #expect(statistics.transactions >= 1 && statistics.transactions <= 64)
-        print("group commit: \(statistics.callers) submit calls in \(statistics.transactions) transactions")
+        if let sqlite = store as? SQLiteRelayStore {
+            #expect(try await sqlite.synchronousMode() == 2)
+            let statistics = sqlite.groupCommitStatistics()
+            #expect(statistics.callers == 64)
+            #expect(statistics.transactions >= 1 && statistics.transactions <= 64)
+            print("group commit: \(statistics.callers) submit calls in \(statistics.transactions) transactions")
+        }
     }
 
-    @Test func registerDeviceCountsDevicesAndAnswersRetries() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func registerDeviceCountsDevicesAndAnswersRetries(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         try await Self.register(store, "alice")
         let key = Self.bytes(9, 32)
         #expect(try await store.registerDevice(handle: "alice", accountIdentityKey: key, device: Self.newDevice(2), atMs: 2_000, maxDevices: 3) == 2)
@@ -427,8 +435,8 @@ import Testing
         #expect(try await store.devices(handle: "alice").map(\.createdAtMs) == [1_000, 2_000, 2_000])
     }
 
-    @Test func deviceListRemovalAndCoverageInOneStore() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func deviceListRemovalAndCoverageInOneStore(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         let key = Self.bytes(9, 32)
@@ -473,8 +481,8 @@ import Testing
         #expect(receipts.map(\.envelopeID) == [Self.bytes(2, 16), Self.bytes(1, 16)])
     }
 
-    @Test func deletedAccountLeavesATombstoneUntilSwept() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func deletedAccountLeavesATombstoneUntilSwept(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let alice = try await Self.register(store, "alice")
         let bob = try await Self.register(store, "bob")
         _ = try await store.submit(sender: bob, envelopes: [Self.envelope(1, to: alice)], atMs: 1_000)
@@ -492,8 +500,8 @@ import Testing
         try await Self.register(store, "alice")
     }
 
-    @Test func pairingSlotsAreWrittenOnceAndReadOnce() async throws {
-        let (store, _) = try makeStore()
+    @Test(arguments: StoreKind.allCases) func pairingSlotsAreWrittenOnceAndReadOnce(_ kind: StoreKind) async throws {
+        let (store, _) = try await StoreScope.make(kind)
         let id = Self.bytes(3, 16)
         try await store.putLinkMessage(rendezvousID: id, slot: 1, message: Self.bytes(1, 10), nowMs: 1_000, expiresAtMs: 2_000)
         await #expect(throws: StoreError(.linkSlotUsed)) {
