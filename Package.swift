@@ -190,6 +190,8 @@ let package = Package(
             dependencies: [
                 "FlitzRelay", "FlitzWire", "FlitzCrypto", "FlitzStoreSQLite", "FlitzStorePostgres", "FlitzTestSupport",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                // The cluster tests make a fresh database per test (ClusterHarness.swift).
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 // Local stand-ins for push services: Web Push and FCM over HTTP/1.1, APNs over HTTP/2 with TLS.
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdHTTP2", package: "hummingbird"),

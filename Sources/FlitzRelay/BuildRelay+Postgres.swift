@@ -88,8 +88,6 @@ struct PostgresNode {
         return "\(host):\(components.port ?? 5432)\(components.path)"
     }
 
-    /// The store as a `RelayStore` (its conformance is declared where every part of the contract is implemented).
-    static func asRelayStore(_ store: PostgresRelayStore) -> (any RelayStore)? {
-        (store as Any) as? any RelayStore
-    }
+    /// The store as a `RelayStore` (`PostgresRelayStore+RelayStore.swift`).
+    static func asRelayStore(_ store: PostgresRelayStore) -> (any RelayStore)? { store }
 }
