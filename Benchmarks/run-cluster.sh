@@ -16,7 +16,8 @@
 #
 # PostgreSQL: POSTGRES_URL (a maintenance URL, e.g. postgres://flitz@127.0.0.1:5432/postgres?sslmode=disable) or,
 # without it, a server started here by scripts/postgres.sh in the output directory and stopped at the end.
-# Every knob is an environment variable (below). Needs psql (postgresql-client).
+# Every knob is an environment variable (below; RELAY and BENCH name other binaries, BUILD=0 skips the build).
+# Needs psql (postgresql-client).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -38,18 +39,21 @@ DELETES=${DELETES:-200}
 BUILD=${BUILD:-1}
 RELAY_ARGS=${RELAY_ARGS:-}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/flitz-cluster.XXXXXX")
+chmod 755 "$OUT"    # scripts/postgres.sh runs the server as the postgres user when root: it must reach $OUT/postgres
 
 say() { echo "== $*" >&2; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-if [ "$BUILD" = 1 ]; then
+if [ "$BUILD" = 1 ] && [[ " $MODES " == *" load "* ]]; then
     say "building flitz-relay and flitz-bench (release, in $HERE/.build)"
     (cd "$HERE" && swift build -c release --product flitz-relay && swift build -c release --product flitz-bench) >"$OUT/build.log" 2>&1 ||
         { tail -30 "$OUT/build.log"; exit 1; }
 fi
-RELAY="$HERE/.build/release/flitz-relay"
-BENCH="$HERE/.build/release/flitz-bench"
-[ -x "$RELAY" ] && [ -x "$BENCH" ] || { echo "missing $RELAY or $BENCH" >&2; exit 1; }
+RELAY=${RELAY:-"$HERE/.build/release/flitz-relay"}
+BENCH=${BENCH:-"$HERE/.build/release/flitz-bench"}
+if [[ " $MODES " == *" load "* ]]; then
+    [ -x "$RELAY" ] && [ -x "$BENCH" ] || { echo "missing $RELAY or $BENCH" >&2; exit 1; }
+fi
 command -v psql >/dev/null || { echo "psql is missing: apt-get install postgresql-client" >&2; exit 1; }
 
 NODE_PIDS=()
@@ -64,6 +68,9 @@ stop_nodes() {
 }
 cleanup() {
     stop_nodes
+    if [ -f "$OUT/databases" ]; then
+        while read -r name; do psql_admin "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null 2>&1 || true; done <"$OUT/databases"
+    fi
     if [ -n "$STARTED_POSTGRES" ]; then "$ROOT/scripts/postgres.sh" stop "$STARTED_POSTGRES" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -75,12 +82,11 @@ fi
 # with_database URL NAME: URL with its database replaced by NAME (query string kept).
 with_database() { echo "$1" | sed -E "s#^(postgres(ql)?://[^/]*)/[^?]*#\1/$2#"; }
 psql_admin() { psql "$POSTGRES_URL" -v ON_ERROR_STOP=1 -qAt -c "$1"; }
-DATABASES=0
+# fresh_database: creates an empty database (dropped at exit) and prints its URL.
 fresh_database() {
-    DATABASES=$((DATABASES + 1))
-    local name="flitz_cluster_$$_$DATABASES"
-    psql_admin "DROP DATABASE IF EXISTS $name" >/dev/null
+    local name="flitz_cluster_$$_$RANDOM$RANDOM"
     psql_admin "CREATE DATABASE $name" >/dev/null
+    echo "$name" >>"$OUT/databases"
     with_database "$POSTGRES_URL" "$name"
 }
 
