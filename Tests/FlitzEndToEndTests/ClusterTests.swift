@@ -5,68 +5,14 @@ import Testing
 import Glibc
 #endif
 
-/// A PostgreSQL server for the cluster tests: the one `make test` started (`FLITZ_TEST_POSTGRES_URL`, a maintenance
-/// URL), else one this test starts through `scripts/postgres.sh` in its scratch directory and stops at the end.
-/// Each test makes its own database on it (`freshDatabase`), dropped by `stop`.
-final class PostgresServer {
-    let maintenanceURL: String
-    private let stateDirectory: URL?
-    private let scratch: Scratch
-    private var databases: [String] = []
+/// A database of its own for one cluster test on the test PostgreSQL server (`TestPostgres`, FlitzTestSupport: the
+/// server `make test` started, or one started through `scripts/postgres.sh`), dropped by `drop()`.
+final class ClusterDatabase {
+    let url: String
 
-    init(scratch: Scratch) throws {
-        self.scratch = scratch
-        if let url = ProcessInfo.processInfo.environment["FLITZ_TEST_POSTGRES_URL"], !url.isEmpty {
-            maintenanceURL = url
-            stateDirectory = nil
-            return
-        }
-        let state = scratch.path("postgres")
-        let script = Binaries.packageRoot.appendingPathComponent("scripts/postgres.sh")
-        let started = try runProcess(URL(fileURLWithPath: "/bin/bash"), [script.path, "start", state.path], in: scratch, timeout: 120)
-        guard started.status == 0, let url = started.lines.last(where: { $0.hasPrefix("postgres://") }) else {
-            throw PostgresStartError(description: "scripts/postgres.sh start failed: \(started)")
-        }
-        maintenanceURL = url
-        stateDirectory = state
-    }
+    init() throws { url = try TestPostgres.createDatabase() }
 
-    /// A new, empty database on the server (a random name), and its URL.
-    func freshDatabase() throws -> String {
-        let name = "flitz_e2e_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16)
-        try psql("CREATE DATABASE \(name)")
-        databases.append(name)
-        var components = try #require(URLComponents(string: maintenanceURL))
-        components.path = "/" + name
-        return try #require(components.string)
-    }
-
-    /// Runs one SQL statement with `psql` against the maintenance database (the statement is ours, no input).
-    func psql(_ sql: String, database: String? = nil) throws {
-        var url = maintenanceURL
-        if let database, var components = URLComponents(string: maintenanceURL) {
-            components.path = "/" + database
-            url = components.string ?? url
-        }
-        let result = try runProcess(URL(fileURLWithPath: "/usr/bin/psql"), [url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql], in: scratch, timeout: 60)
-        guard result.status == 0 else { throw PostgresStartError(description: "psql \(sql): \(result)") }
-    }
-
-    /// Drops the test's databases; stops the server if this test started it.
-    func stop() {
-        for name in databases { try? psql("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
-        databases = []
-        if let stateDirectory {
-            let script = Binaries.packageRoot.appendingPathComponent("scripts/postgres.sh")
-            _ = try? runProcess(URL(fileURLWithPath: "/bin/bash"), [script.path, "stop", stateDirectory.path], in: scratch, timeout: 60)
-        }
-    }
-
-    deinit { stop() }
-}
-
-struct PostgresStartError: Error, CustomStringConvertible {
-    let description: String
+    func drop() { try? TestPostgres.dropDatabase(url: url) }
 }
 
 extension RelayProcess {
@@ -82,9 +28,9 @@ extension RelayProcess {
 /// node 2 (protocol/cluster.md; README, "Several relay nodes").
 @Suite(.serialized)
 struct ClusterTests {
-    /// Two nodes on a fresh database of `postgres`, sharing one blob directory.
-    static func twoNodes(_ scratch: Scratch, _ postgres: PostgresServer) throws -> (RelayProcess, RelayProcess) {
-        let url = try postgres.freshDatabase()
+    /// Two nodes on `database`, sharing one blob directory.
+    static func twoNodes(_ scratch: Scratch, _ database: ClusterDatabase) throws -> (RelayProcess, RelayProcess) {
+        let url = database.url
         let blobs = scratch.path("blobs")
         let node1 = try RelayProcess(postgres: url, nodeID: "node-1", blobDirectory: blobs, log: scratch.path("relay-1.log"))
         let node2 = try RelayProcess(postgres: url, nodeID: "node-2", blobDirectory: blobs, log: scratch.path("relay-2.log"))
@@ -110,9 +56,9 @@ struct ClusterTests {
     /// while the recipient is connected there (notifications, cluster.md 3), and stored messages drained later.
     @Test func aliceOnNodeOneAndBobOnNodeTwo() throws {
         let scratch = try Scratch()
-        let postgres = try PostgresServer(scratch: scratch)
-        defer { postgres.stop() }
-        let (node1, node2) = try Self.twoNodes(scratch, postgres)
+        let database = try ClusterDatabase()
+        defer { database.drop() }
+        let (node1, node2) = try Self.twoNodes(scratch, database)
         defer {
             node1.stop()
             node2.stop()
@@ -179,9 +125,9 @@ struct ClusterTests {
     /// relay acknowledged it after its commit) is in bob's history exactly once, and nothing is there twice.
     @Test func nodeKilledDuringABurstLosesNothingAcknowledged() throws {
         let scratch = try Scratch()
-        let postgres = try PostgresServer(scratch: scratch)
-        defer { postgres.stop() }
-        let (node1, node2) = try Self.twoNodes(scratch, postgres)
+        let database = try ClusterDatabase()
+        defer { database.drop() }
+        let (node1, node2) = try Self.twoNodes(scratch, database)
         defer {
             node1.kill()
             node2.stop()
