@@ -515,7 +515,27 @@ struct SafetyNumberCommand: AsyncParsableCommand {
 }
 
 struct Settings: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Change settings.", subcommands: [ReadReceipts.self, SeenReceipts.self])
+    static let configuration = CommandConfiguration(abstract: "Change settings.", subcommands: [ReadReceipts.self, SeenReceipts.self, Relay.self])
+
+    struct Relay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The relay address this home connects to; with URL, connect to URL from now on.",
+            discussion: """
+                For another node of the same relay cluster (README, "Several relay nodes") or the relay's new address: \
+                the account, keys and device id stay, so URL must reach the same relay database.
+                """)
+        @OptionGroup var options: CommonOptions
+        @Argument(help: "ws://HOST:PORT or wss://HOST:PORT (omit to show the current address).") var url: String?
+
+        func run() async throws {
+            let client = try options.client()
+            if let url {
+                try await FlitzCLI.run { try client.setRelayURL(url) }
+            } else {
+                printLine(try await FlitzCLI.run { try client.relayURL() })
+            }
+        }
+    }
 
     struct ReadReceipts: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -526,6 +526,11 @@ final class ClientStore: Sendable {
         }
     }
 
+    /// Points the registered account at another relay address (`flitz settings relay`).
+    func setRelayURL(_ relayURL: String) throws {
+        try dbQueue.write { db in try db.execute(sql: "UPDATE account SET relay_url = ?", arguments: [relayURL]) }
+    }
+
     func setReadReceipts(_ on: Bool) throws {
         try dbQueue.write { db in try db.execute(sql: "UPDATE account SET read_receipts = ?", arguments: [on]) }
     }

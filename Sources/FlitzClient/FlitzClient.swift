@@ -334,6 +334,27 @@ public final class FlitzClient: Sendable {
     /// Whether seen receipts are sent.
     public func readReceipts() throws -> Bool { try requireAccount().readReceipts }
 
+    /// The relay address this home connects to (`ws://` or `wss://` URL, as given to `init`).
+    /// - Throws: `ClientError(.notInitialized)` without an account.
+    public func relayURL() throws -> String { try requireAccount().relayURL }
+
+    /// Makes this home connect to `relayURL` from now on: another node of the same relay cluster, or the relay's
+    /// new address (protocol/cluster.md 1: any node accepts any device). Only the address changes; the account, its
+    /// keys and its device id stay, so the new address must reach the same relay database (a different relay does
+    /// not know this device and refuses its authentication). Nothing is sent.
+    /// - Throws: `ClientError(.invalidArgument)` unless `relayURL` starts with `ws://` or `wss://` and parses as a URL
+    ///   with a host; `ClientError(.notInitialized)` without an account.
+    public func setRelayURL(_ relayURL: String) throws {
+        _ = try requireAccount()
+        guard relayURL.hasPrefix("ws://") || relayURL.hasPrefix("wss://") else {
+            throw ClientError(.invalidArgument, "the relay address must start with ws:// or wss://")
+        }
+        guard let url = URL(string: relayURL), let host = url.host, !host.isEmpty else {
+            throw ClientError(.invalidArgument, "\"\(relayURL)\" is not a relay address (ws://HOST:PORT or wss://HOST:PORT)")
+        }
+        try store.setRelayURL(relayURL)
+    }
+
     /// This device's handle.
     public func handle() throws -> String { try requireAccount().handle }
 

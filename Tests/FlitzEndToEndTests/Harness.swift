@@ -97,12 +97,34 @@ final class RelayProcess {
 
     init(database: URL, log: URL, port requestedPort: Int = 0, arguments: [String] = [], environment: [String: String] = [:]) throws {
         self.log = log
+        port = try Self.launch(
+            process, log: log, arguments: ["serve", "--port", String(requestedPort), "--database", database.path, "--log-level", "debug"] + arguments,
+            environment: environment)
+    }
+
+    /// A cluster node (protocol/cluster.md): `serve --postgres URL --node-id ID`, blobs in `blobDirectory` (every node
+    /// of a cluster shares one), a 1-second periodic check unless `arguments` sets another.
+    init(
+        postgres url: String, nodeID: String, blobDirectory: URL, log: URL, port requestedPort: Int = 0, arguments: [String] = [],
+        environment: [String: String] = [:]
+    ) throws {
+        self.log = log
+        let check = arguments.contains("--cluster-check-seconds") ? [] : ["--cluster-check-seconds", "1"]
+        port = try Self.launch(
+            process, log: log,
+            arguments: ["serve", "--port", String(requestedPort), "--postgres", url, "--node-id", nodeID, "--blob-dir", blobDirectory.path, "--log-level", "debug"]
+                + check + arguments,
+            environment: environment)
+    }
+
+    /// Starts `process` as `flitz-relay ARGUMENTS` (stderr appended to `log`) and returns the port it printed.
+    private static func launch(_ process: ChildProcess, log: URL, arguments: [String], environment: [String: String]) throws -> Int {
         if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
         let logHandle = try FileHandle(forWritingTo: log)
         logHandle.seekToEndOfFile()
         let stdout = Pipe()
         process.executableURL = Binaries.relay
-        process.arguments = ["serve", "--port", String(requestedPort), "--database", database.path, "--log-level", "debug"] + arguments
+        process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
         process.environment = env
@@ -128,7 +150,7 @@ final class RelayProcess {
             process.terminate()
             throw RelayStartError(log: (try? String(contentsOf: log, encoding: .utf8)) ?? "")
         }
-        port = found
+        return found
     }
 
     /// SIGTERM, then wait for the graceful shutdown.

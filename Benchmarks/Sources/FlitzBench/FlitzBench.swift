@@ -76,6 +76,9 @@ struct Throughput: AsyncParsableCommand {
     @Option(help: "Envelopes per Submit frame (1 to 100).")
     var batch = 1
 
+    @Option(help: "The port the recipients connect to (another node of a relay cluster); default: --port.")
+    var recipientPort: Int?
+
     func validate() throws {
         guard pairs > 0, size >= 8, window > 0, (1...100).contains(batch), timing.duration > 0 else {
             throw ValidationError("--pairs, --window and --duration must be positive, --size at least 8, --batch 1 to 100")
@@ -93,6 +96,7 @@ struct Throughput: AsyncParsableCommand {
         options.window = window
         options.rate = rate
         options.batch = batch
+        options.recipientPort = recipientPort
         options.warmup = .milliseconds(Int64(timing.warmup * 1000))
         options.duration = .milliseconds(Int64(timing.duration * 1000))
         ProcessStats.raiseOpenFilesLimit()

@@ -11,6 +11,9 @@ public struct ThroughputOptions: Sendable {
     public var host = "127.0.0.1"
     /// Relay port.
     public var port = 7878
+    /// The port the recipients connect to; nil: `port`. With another node of a relay cluster here (protocol/cluster.md),
+    /// half the connections are on each node and every envelope crosses from the senders' node to the recipients'.
+    public var recipientPort: Int?
     /// Sender→recipient pairs; each device has its own connection (2 × pairs connections).
     public var pairs = 100
     /// Ciphertext bytes per envelope (at least 8: the first 8 carry the submit time).
@@ -270,6 +273,7 @@ private func runThroughput(_ options: ThroughputOptions, log: @Sendable (String)
     let loops = Array(group.makeIterator())
     let measurements = loops.map { LoopMeasurements(eventLoop: $0) }
     let connector = WebSocketConnector(host: options.host, port: options.port)
+    let recipientConnector = WebSocketConnector(host: options.host, port: options.recipientPort ?? options.port)
     let tag = makeRunTag()
     let ciphertext = fillerCiphertext(size: options.size)
     let closedLoop = options.rate == nil ? options.window : nil
@@ -287,7 +291,7 @@ private func runThroughput(_ options: ThroughputOptions, log: @Sendable (String)
         pairs.append(pair, loop: loop)
         let eventLoop = loops[loop]
         return connector.connect(on: eventLoop, source: nil) { sender }.flatMap { _ in sender.ready.futureResult }
-            .flatMap { connector.connect(on: eventLoop, source: nil) { recipient } }.flatMap { _ in recipient.ready.futureResult }
+            .flatMap { recipientConnector.connect(on: eventLoop, source: nil) { recipient } }.flatMap { _ in recipient.ready.futureResult }
     }
 
     // Schedule: every loop starts now; the measured interval follows the warm-up.
