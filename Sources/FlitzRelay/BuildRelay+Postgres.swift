@@ -77,7 +77,8 @@ struct PostgresNode {
         let cluster = try store.cluster(nodeID: nodeID, staleAfterMs: 3 * checkMs, listenURL: url)
         let mode = RelayClusterMode(
             cluster: cluster, checkInterval: configuration.clusterCheckInterval,
-            heldCallSignals: { devices, nowMs in try await store.devicesWithHeldCallSignals(devices, nowMs: nowMs) }
+            heldCallSignals: { devices, nowMs in try await store.devicesWithHeldCallSignals(devices, nowMs: nowMs) },
+            heldCallSignalCount: { nowMs in try await store.heldCallSignalCount(nowMs: nowMs) }
         ) { devices in
             try await store.queueHeads(devices)
         }

@@ -19,16 +19,21 @@ public struct RelayClusterMode: Sendable {
     public let heldCallSignals: (@Sendable ([DeviceAddress], Int64) async throws -> Set<DeviceAddress>)?
     /// The periodic check's interval (`cluster.checkSeconds`); a node unseen for 3 of them is dead (`cluster.md` 4).
     public let checkInterval: Duration
+    /// How many call signal copies all nodes hold (unexpired at the given ms), for `flitz_call_signals_held`; nil: the
+    /// gauge shows this node's in-memory broker.
+    public let heldCallSignalCount: (@Sendable (Int64) async throws -> Int64)?
 
     /// A cluster mode of `cluster`, checking every `checkInterval` with `queueHeads` and `heldCallSignals`.
     public init(
         cluster: any RelayCluster, checkInterval: Duration,
         heldCallSignals: (@Sendable ([DeviceAddress], Int64) async throws -> Set<DeviceAddress>)? = nil,
+        heldCallSignalCount: (@Sendable (Int64) async throws -> Int64)? = nil,
         queueHeads: @escaping @Sendable ([DeviceAddress]) async throws -> [DeviceAddress: Int64]
     ) {
         self.cluster = cluster
         self.checkInterval = checkInterval
         self.heldCallSignals = heldCallSignals
+        self.heldCallSignalCount = heldCallSignalCount
         self.queueHeads = queueHeads
     }
 }
@@ -335,15 +340,19 @@ extension Relay {
         guard let cluster else { return await body() }
         let holder = UUID().uuidString
         let leases = cluster.cluster
+        var waited = false
         while true {
             let now = clock.nowMs()
             do {
                 if try await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs) { break }
+                if !waited { uploadLeaseEvents.withLock { $0.waited += 1 } }
+                waited = true
             } catch {
                 logger.error("upload lease failed", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(for: .milliseconds(100))
         }
+        uploadLeaseEvents.withLock { $0.acquired += 1 }
         let clock = self.clock
         let renewal = Task {
             while !Task.isCancelled {

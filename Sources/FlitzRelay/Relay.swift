@@ -4,6 +4,7 @@ import FlitzWire
 import Foundation
 import Logging
 import NIOSSL
+import Synchronization
 
 /// The relay's request logic over a `RelayStore` (`protocol/relay.md`, "Requests"). It sees only
 /// what the wire protocol exposes: handles, device ids, public keys, envelope ids, sizes and times,
@@ -29,6 +30,9 @@ public final class Relay: Sendable {
     public let blobs: any BlobByteStore
     /// One PATCH (or creation-with-upload) at a time per upload.
     let uploadLocks = UploadLocks()
+    /// Cluster mode: upload leases this node took, and PATCHes that found their upload's lease held by another node
+    /// and waited (each counted once), for tests and diagnostics (`Relay+Cluster.swift`).
+    let uploadLeaseEvents = Mutex<(acquired: Int, waited: Int)>((0, 0))
     /// Call signals held in memory until delivered or expired (`calls.md` 3); in a cluster only which of this node's
     /// connections take call signals (the signals themselves are in `cluster.callSignals`).
     let calls: CallSignalBroker
@@ -82,7 +86,8 @@ public final class Relay: Sendable {
         push = PushDispatcher(
             store: store, configuration: configuration.push, clock: clock, metrics: metrics, logger: logger, extraTrustRoots: pushTrustRoots,
             credentials: PushCredentials(vapidKeyPEM: vapidKeyPEM, apns: apns, fcm: fcm), isConnected: isConnected,
-            isCallSignalWaiting: isCallSignalWaiting)
+            isCallSignalWaiting: isCallSignalWaiting, cluster: cluster?.cluster)
+        if let count = cluster?.heldCallSignalCount { metrics.countHeldCallSignals { try await count(clock.nowMs()) } }
     }
 
     /// Runs one expiry sweep now (`relay.md`, "Expiry"): deletes expired envelopes, queues `EXPIRED`

@@ -34,6 +34,8 @@ public final class RelayMetrics: Sendable {
     /// `flitz_relay_blob_bytes_stored`: bytes of completed blobs, counted at each scrape (gauge; -1 before).
     private let blobBytesStored: Metrics.Meter
     private let blobBytes = Mutex<(@Sendable () async throws -> Int64)?>(nil)
+    /// In a cluster, the database's count of held call signals, read for each exposition (`countHeldCallSignals`).
+    private let heldCallSignals = Mutex<(@Sendable () async throws -> Int64)?>(nil)
     private let lastQueueCount = Mutex<ContinuousClock.Instant?>(nil)
     /// `flitz_call_signals_held` (gauge) and `flitz_call_signals_expired_total` (`protocol/calls.md` 3.6).
     private let callSignalsHeld: Metrics.Meter
@@ -151,7 +153,7 @@ public final class RelayMetrics: Sendable {
     /// `flitz_call_signals_held`: call signal copies in the relay's memory now (held for a device, or about to be
     /// written to its connection); `flitz_call_signals_expired_total`: copies dropped undelivered at their expiry.
     func callSignals(_ counts: CallSignalBroker.Counts) {
-        callSignalsHeld.set(counts.inMemory)
+        if heldCallSignals.withLock({ $0 == nil }) { callSignalsHeld.set(counts.inMemory) }
         let newlyExpired = callSignalsExpiredSeen.withLock { seen -> Int in
             defer { seen = max(seen, counts.expired) }
             return max(0, counts.expired - seen)
@@ -169,6 +171,10 @@ public final class RelayMetrics: Sendable {
 
     /// Sets the source of `flitz_relay_blob_bytes_stored` (the store's sum of completed blob sizes).
     func countBlobBytes(with source: @escaping @Sendable () async throws -> Int64) { blobBytes.withLock { $0 = source } }
+
+    /// Makes `flitz_call_signals_held` read `source` (every node's held copies, one aggregate count) at each exposition
+    /// instead of following this node's broker (cluster mode, `cluster.md` 4). A failing read keeps the last value.
+    func countHeldCallSignals(with source: @escaping @Sendable () async throws -> Int64) { heldCallSignals.withLock { $0 = source } }
 
     /// `flitz_relay_upload_capabilities_total`: capabilities issued.
     func uploadCapabilityIssued() { count("flitz_relay_upload_capabilities_total") }
@@ -234,6 +240,7 @@ public final class RelayMetrics: Sendable {
     public func exposition() async -> String {
         await refreshQueueDepth()
         if let source = blobBytes.withLock({ $0 }), let bytes = try? await source() { blobBytesStored.set(bytes) }
+        if let source = heldCallSignals.withLock({ $0 }), let held = try? await source() { callSignalsHeld.set(held) }
         return registry.emitToString()
     }
 

@@ -52,6 +52,17 @@ extension PostgresRelayStore {
 }
 
 extension PostgresRelayStore {
+    /// How many unexpired call signal copies are held in `call_signals` for all nodes at `nowMs` (one aggregate count,
+    /// nothing about whom): the cluster's `flitz_call_signals_held` gauge.
+    /// - Throws: `StoreError.backend`.
+    public func heldCallSignalCount(nowMs: Int64) async throws -> Int64 {
+        try await run {
+            let rows = try await self.client.query("SELECT count(*)::BIGINT FROM call_signals WHERE expires_at_ms > \(nowMs)", logger: self.logger)
+            for try await count in rows.decode(Int64.self) { return count }
+            return 0
+        }
+    }
+
     /// Which of `devices` have an unexpired call signal held in `call_signals` (`cluster.md` 4), in one query: the
     /// periodic check (3.3) wakes only their connections to take them.
     /// - Throws: `StoreError.backend`.

@@ -53,6 +53,8 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     private let extraTrustRoots: [NIOSSLCertificate]
     private let credentials: PushCredentials
     private let rings: PushRingLimiter
+    /// In a cluster, the shared token buckets that hold the ring limit for every node (`cluster.md` 4); nil: `rings`.
+    private let cluster: (any RelayCluster)?
     /// What the dispatcher did, for tests and metrics.
     let monitor = PushMonitor(PushCounts())
 
@@ -65,9 +67,11 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     init(
         store: any RelayStore, configuration: PushConfiguration, clock: any RelayClock, metrics: RelayMetrics, logger: Logger,
         extraTrustRoots: [NIOSSLCertificate] = [], credentials: PushCredentials, isConnected: @escaping @Sendable (DeviceAddress) async -> Bool,
-        isCallSignalWaiting: @escaping @Sendable (DeviceAddress, UInt64, Int64) async -> Bool = { _, _, _ in false }
+        isCallSignalWaiting: @escaping @Sendable (DeviceAddress, UInt64, Int64) async -> Bool = { _, _, _ in false },
+        cluster: (any RelayCluster)? = nil
     ) {
         self.isCallSignalWaiting = isCallSignalWaiting
+        self.cluster = cluster
         self.store = store
         self.configuration = configuration
         self.clock = clock
@@ -208,6 +212,18 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
     }
 
     /// `push.md` 5: decide, then send with retries (`push.md` 7).
+    /// Takes one ring wake-up of `device`: from this process's `rings`, or in a cluster from the shared bucket
+    /// `push.ring.HANDLE/DEVICE` (burst `push.ringBurst`, refilled continuously at one per `push.ringInterval`), so
+    /// every node together allows one burst. False: the bucket is empty.
+    /// - Throws: `StoreError` when the database fails (the wake-up is then lost, never doubled).
+    private func takeRing(_ device: DeviceAddress, nowMs: Int64) async throws -> Bool {
+        guard let cluster else { return rings.take(device, nowMs: nowMs) }
+        let take = TokenTake(
+            key: "push.ring.\(device.handle)/\(device.deviceID)", cost: 1,
+            perMinute: 60_000 / Double(max(1, configuration.ringInterval.wholeMilliseconds)), burst: max(1, configuration.ringBurst))
+        return try await cluster.takeTokens([take], nowMs: nowMs) == 0
+    }
+
     private func wake(_ candidate: PushCandidate, count: Int, senders: [PushProviderKind: any PushSender]) async throws {
         let device = candidate.device
         // A ring is wanted while its copy is held, even if the device is connected without `call_signals`
@@ -221,7 +237,7 @@ final class PushDispatcher: Service, Sendable, CustomStringConvertible {
             // A ring neither opens nor checks the window, but a device takes at most push.ringBurst rings at once,
             // refilled one per push.ringInterval; the rest count as coalesced (push.md 5 step 1).
             guard let found = try await store.pushEndpoint(device: device), found.isLive else { return }
-            guard rings.take(device, nowMs: nowMs) else {
+            guard try await takeRing(device, nowMs: nowMs) else {
                 if let kind = PushProviderKind(rawValue: found.provider) { tally(.coalesced, kind, count) }
                 return
             }

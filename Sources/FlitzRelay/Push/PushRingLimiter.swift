@@ -6,8 +6,8 @@ import Synchronization
 /// that moves the clock by exactly one interval gets exactly one more). Rings skip the coalescing window; without
 /// this one sender could ring a victim's phone thousands of times a minute.
 ///
-/// In memory, per relay process: a restart refills every bucket, and two relay nodes sharing a database each
-/// allow a burst (docs/decisions.md, "Push hardening"). Memory is bounded: past `maxDevices` buckets, full ones
+/// In memory, per relay process (a restart refills every bucket); used on SQLite only: cluster nodes take rings from a
+/// shared bucket in the database instead (`PushDispatcher.takeRing`, `protocol/cluster.md` 4). Memory is bounded: past `maxDevices` buckets, full ones
 /// (which behave exactly like missing ones) are dropped, and if most are still in use, all are (the limit fails
 /// open for a moment rather than letting many recipients grow the relay's memory).
 final class PushRingLimiter: Sendable {
