@@ -99,7 +99,7 @@ EOF
         port="$(free_tcp_port)"
         # -w waits until the server accepts connections (at most -t seconds).
         as_owner "$bin/pg_ctl" -D "$data" -l "$dir/log" -w -t 60 -o \
-            "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=on -c max_connections=300" \
+            "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=on -c max_connections=1000" \
             start >/dev/null 9>&- \
             || { echo "PostgreSQL did not start; see $dir/log" >&2; exit 1; }
         echo "$port" >"$dir/port"
