@@ -12,7 +12,29 @@ extension PostgresRelayStore {
     static let coreMigrations: [Migration] = [
         Migration(name: "core-v1", sql: coreV1),
         Migration(name: "core-v2", sql: coreV2),
+        Migration(name: "core-v3", sql: coreV3),
     ]
+
+    /// `core-v3`: autovacuum after a bounded number of dead rows on the tables the expiry sweep scans by expiry
+    /// (every `queue_items` partition, whose `expires_at_ms` index it walks, and `envelope_routes`, whose partial
+    /// `envelope_routes_queued_by_expiry` index it walks and whose rows it updates out of that index): scale factor
+    /// 0 and a threshold of `vacuumThreshold` rows instead of PostgreSQL's default 20 % of the table. A sweep pass
+    /// revisits the heap page of every row deleted since the table's last vacuum (`docs/decisions.md`, "PostgreSQL
+    /// queue partitioning", and section `vacuum`), so the default let passes slow from ~15 ms to ~125 ms at 1 M
+    /// queued envelopes. `vacuum_index_cleanup = on` keeps VACUUM from skipping the indexes when few pages hold dead
+    /// rows (PostgreSQL 14+ may otherwise leave the dead index entries that the sweep's index scan keeps visiting).
+    /// Storage parameters are per table: the partitioned parent takes none, so each partition gets them; a
+    /// partition added later must be given them too.
+    private static var coreV3: [String] {
+        let options =
+            "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = \(vacuumThreshold), vacuum_index_cleanup = on"
+        return (0..<queuePartitionCount).map { "ALTER TABLE \(queuePartitionName($0)) SET (\(options))" }
+            + ["ALTER TABLE envelope_routes SET (\(options))"]
+    }
+
+    /// `core-v3`'s autovacuum threshold: dead rows per table (each queue partition, `envelope_routes`) before
+    /// autovacuum processes it, whatever the table's size. Measured in `docs/decisions.md` (section `vacuum`).
+    static let vacuumThreshold = 5000
 
     /// `core-v2`: `queue_sequence_floor`, one row: the least `next_sequence` a new `queue_counters` row starts at.
     /// A removed device's counter row is deleted (no longer kept for ever) after raising the floor to its
