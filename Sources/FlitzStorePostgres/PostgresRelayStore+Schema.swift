@@ -18,23 +18,23 @@ extension PostgresRelayStore {
     /// `core-v3`: autovacuum after a bounded number of dead rows on the tables the expiry sweep scans by expiry
     /// (every `queue_items` partition, whose `expires_at_ms` index it walks, and `envelope_routes`, whose partial
     /// `envelope_routes_queued_by_expiry` index it walks and whose rows it updates out of that index): scale factor
-    /// 0 and a threshold of `vacuumThreshold` rows instead of PostgreSQL's default 20 % of the table. A sweep pass
-    /// revisits the heap page of every row deleted since the table's last vacuum (`docs/decisions.md`, "PostgreSQL
-    /// queue partitioning", and section `vacuum`), so the default let passes slow from ~15 ms to ~125 ms at 1 M
-    /// queued envelopes. `vacuum_index_cleanup = on` keeps VACUUM from skipping the indexes when few pages hold dead
-    /// rows (PostgreSQL 14+ may otherwise leave the dead index entries that the sweep's index scan keeps visiting).
-    /// Storage parameters are per table: the partitioned parent takes none, so each partition gets them; a
-    /// partition added later must be given them too.
+    /// 0 and a threshold of `vacuumThreshold` dead rows instead of PostgreSQL's default 50 + 20 % of the table. A
+    /// sweep's index scan revisits the heap page of every row deleted since the table's last vacuum, so with the
+    /// default an expiry pass at 1 M queued envelopes took 68 ms at the median (up to ~180 000 dead rows) instead of
+    /// 33 ms with this (`docs/decisions.md`, "Bounded autovacuum on the queue (issue 9, vacuum)"). Storage parameters
+    /// are per table: the partitioned parent takes none, so each partition gets them; a partition added later must be
+    /// given them too.
     private static var coreV3: [String] {
-        let options =
-            "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = \(vacuumThreshold), vacuum_index_cleanup = on"
+        let options = "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = \(vacuumThreshold)"
         return (0..<queuePartitionCount).map { "ALTER TABLE \(queuePartitionName($0)) SET (\(options))" }
             + ["ALTER TABLE envelope_routes SET (\(options))"]
     }
 
     /// `core-v3`'s autovacuum threshold: dead rows per table (each queue partition, `envelope_routes`) before
-    /// autovacuum processes it, whatever the table's size. Measured in `docs/decisions.md` (section `vacuum`).
-    static let vacuumThreshold = 5000
+    /// autovacuum processes it, whatever the table's size. 500 rather than 5 000: the sweep visits the dead rows of
+    /// all 16 partitions, so 5 000 per partition still let ~50 000 pile up at the median (49-59 ms passes) in the
+    /// measurement; 500 kept them near 6 000-10 000 (22-33 ms). Each such vacuum reads the partition's indexes once.
+    static let vacuumThreshold = 500
 
     /// `core-v2`: `queue_sequence_floor`, one row: the least `next_sequence` a new `queue_counters` row starts at.
     /// A removed device's counter row is deleted (no longer kept for ever) after raising the floor to its

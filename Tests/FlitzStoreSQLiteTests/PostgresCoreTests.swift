@@ -109,7 +109,7 @@ enum PostgresTestDatabase {
                 """
                 SELECT count(*) FROM pg_class WHERE (relname = 'envelope_routes' OR relname IN (
                     SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'queue_items'::regclass))
-                AND reloptions @> ARRAY['autovacuum_vacuum_scale_factor=0', 'autovacuum_vacuum_threshold=5000', 'vacuum_index_cleanup=on']
+                AND reloptions @> ARRAY['autovacuum_vacuum_scale_factor=0', 'autovacuum_vacuum_threshold=500']
                 """, logger: PostgresTestDatabase.logger
             ).collect().first?.decode(Int64.self)
             #expect(tuned == 17)
