@@ -1,8 +1,9 @@
 -- Expiry passes with autovacuum running (issue 9, `core-v3`): the relay's hash-partitioned queue table (16
--- partitions, protocol/cluster.md 5) at `rows` stored envelopes, in three copies that differ only in their
--- partitions' autovacuum storage parameters: PostgreSQL's defaults (vacuum after 50 + 20 % of a partition's rows are
--- dead), and `autovacuum_vacuum_scale_factor = 0, vacuum_index_cleanup = on` with a threshold of 5 000 and of 500
--- dead rows per partition. Run by Benchmarks/run-cluster.sh (mode `vacuum`) with psql on a scratch database of a
+-- partitions, protocol/cluster.md 5) at `rows` stored envelopes, in four copies that differ only in their
+-- partitions' autovacuum storage parameters: `default` PostgreSQL's (vacuum after 50 + 20 % of a partition's rows
+-- are dead); `autovacuum_vacuum_scale_factor = 0` with a threshold of 5 000 (`t5000on`) and of 500 dead rows per
+-- partition (`t500on`), both with `vacuum_index_cleanup = on`; and `t500`, scale factor 0 and threshold 500 alone
+-- (core-v3's setting). Run by Benchmarks/run-cluster.sh (mode `vacuum`) with psql on a scratch database of a
 -- server it may reconfigure (needs a superuser: ALTER SYSTEM):
 --
 --   psql "$URL" -v rows=1000000 -v devices=10000 -v passes=400 -v pace=0.25 -v naptime=1s -f Benchmarks/queue-vacuum.sql
@@ -11,8 +12,8 @@
 -- database every 60 s (`autovacuum_naptime`), one sweep per autovacuum round. Here the expiry clock moves 7 days /
 -- 2 000 per pass (each pass deletes about rows / 2 000 envelopes, as in queue-partitioning.sql), one pass on each
 -- copy every `pace` seconds, and the server's autovacuum_naptime is set to `naptime` for the run (ALTER SYSTEM, reset
--- at the end): with 0.25 s and 1 s, four passes per autovacuum round, which lets dead rows pile up more than the
--- relay's pace would. Vacuum is autovacuum's own (no explicit VACUUM), with its default cost-based throttling.
+-- at the end): with 0.25 s and 1 s, four passes on each copy per autovacuum round, which lets dead rows pile up
+-- more than the relay's pace would. Vacuum is autovacuum's own (no explicit VACUUM), with its default cost-based throttling.
 -- Each pass is the per-partition form of the sweep (16 statements `DELETE FROM partition WHERE expires_at_ms <= $1`,
 -- planned with the value), one top-level statement (its own transaction, so the deleting backend reports its dead
 -- rows to the statistics autovacuum reads). Timings are server-side (clock_timestamp()).
@@ -38,10 +39,11 @@ FROM (SELECT n, (hashint4(n) & 2147483647) % :devices AS d FROM generate_series(
 CREATE TABLE configs (name text PRIMARY KEY, options text);
 INSERT INTO configs VALUES
     ('default', NULL),
-    ('threshold5000', 'autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, vacuum_index_cleanup = on'),
-    ('threshold500', 'autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500, vacuum_index_cleanup = on');
+    ('t5000on', 'autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, vacuum_index_cleanup = on'),
+    ('t500on', 'autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500, vacuum_index_cleanup = on'),
+    ('t500', 'autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500');
 
-\echo loading :rows rows into each of three copies
+\echo loading :rows rows into each of four copies
 DO $$
 DECLARE c record;
 BEGIN
@@ -93,8 +95,8 @@ END $$;
 \echo :passes expiry passes on each copy, one round every :pace s, autovacuum_naptime :naptime
 SELECT statement FROM (
     SELECT format('SELECT flitz_vacuum.pass(%L, %s)', c.name, i) AS statement, i, c.k
-    FROM generate_series(1, :passes) AS i, (VALUES (1, 'default'), (2, 'threshold5000'), (3, 'threshold500')) AS c(k, name)
-    UNION ALL SELECT format('SELECT pg_sleep(%s)', :'pace'), i, 4 FROM generate_series(1, :passes) AS i
+    FROM generate_series(1, :passes) AS i, (VALUES (1, 'default'), (2, 't5000on'), (3, 't500on'), (4, 't500')) AS c(k, name)
+    UNION ALL SELECT format('SELECT pg_sleep(%s)', :'pace'), i, 5 FROM generate_series(1, :passes) AS i
 ) AS s ORDER BY i, k \gexec
 
 \echo results (ms, server-side; dead = dead rows in the partitions of the copy before a pass, from the statistics)

@@ -4,7 +4,7 @@
 #   Benchmarks/run-cluster.sh                          # everything: ~15 min after the release build
 #   MODES=load CONFIGS="sqlite-1 postgres-2" RUNS=1 Benchmarks/run-cluster.sh
 #   MODES=partitioning ROWS=100000 Benchmarks/run-cluster.sh
-#   MODES=vacuum Benchmarks/run-cluster.sh             # ~6 min at 1 M rows
+#   MODES=vacuum Benchmarks/run-cluster.sh             # ~8 min at 1 M rows
 #
 # load: the load generator (flitz-bench throughput, as run-load.sh) against three set-ups, each run on a fresh
 #   relay and a fresh database: `sqlite-1` one node on SQLite, `postgres-1` one node on PostgreSQL, `postgres-2` two
@@ -15,7 +15,8 @@
 # partitioning: queue reads and expiry deletes at ROWS stored envelopes, the hash-partitioned table against an
 #   unpartitioned copy (Benchmarks/queue-partitioning.sql).
 # vacuum: expiry passes at ROWS stored envelopes with autovacuum running, PostgreSQL's default autovacuum trigger
-#   against `core-v3`'s (scale factor 0, threshold 5 000 and 500 dead rows per partition): PASSES passes per copy,
+#   against scale factor 0 with thresholds of 5 000 and 500 dead rows per partition (500 alone is `core-v3`'s; the
+#   others add vacuum_index_cleanup = on): PASSES passes per copy,
 #   one round every PACE seconds, autovacuum_naptime NAPTIME for the run (Benchmarks/queue-vacuum.sql; compressed
 #   time, said there). Needs a superuser (ALTER SYSTEM): the server started here is one.
 #
