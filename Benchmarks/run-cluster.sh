@@ -4,6 +4,7 @@
 #   Benchmarks/run-cluster.sh                          # everything: ~15 min after the release build
 #   MODES=load CONFIGS="sqlite-1 postgres-2" RUNS=1 Benchmarks/run-cluster.sh
 #   MODES=partitioning ROWS=100000 Benchmarks/run-cluster.sh
+#   MODES=vacuum Benchmarks/run-cluster.sh             # ~8 min at 1 M rows
 #
 # load: the load generator (flitz-bench throughput, as run-load.sh) against three set-ups, each run on a fresh
 #   relay and a fresh database: `sqlite-1` one node on SQLite, `postgres-1` one node on PostgreSQL, `postgres-2` two
@@ -13,6 +14,11 @@
 #   saturation), whose p99 is the meaningful latency. Medians of RUNS runs.
 # partitioning: queue reads and expiry deletes at ROWS stored envelopes, the hash-partitioned table against an
 #   unpartitioned copy (Benchmarks/queue-partitioning.sql).
+# vacuum: expiry passes at ROWS stored envelopes with autovacuum running, PostgreSQL's default autovacuum trigger
+#   against scale factor 0 with thresholds of 5 000 and 500 dead rows per partition (500 alone is `core-v3`'s; the
+#   others add vacuum_index_cleanup = on): PASSES passes per copy,
+#   one round every PACE seconds, autovacuum_naptime NAPTIME for the run (Benchmarks/queue-vacuum.sql; compressed
+#   time, said there). Needs a superuser (ALTER SYSTEM): the server started here is one.
 #
 # PostgreSQL: POSTGRES_URL (a maintenance URL, e.g. postgres://flitz@127.0.0.1:5432/postgres?sslmode=disable) or,
 # without it, a server started here by scripts/postgres.sh in the output directory and stopped at the end.
@@ -22,7 +28,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-MODES=${MODES:-"load partitioning"}
+MODES=${MODES:-"load partitioning vacuum"}
 CONFIGS=${CONFIGS:-"sqlite-1 postgres-1 postgres-2"}
 RUNS=${RUNS:-3}
 PAIRS=${PAIRS:-100}
@@ -36,6 +42,9 @@ ROWS=${ROWS:-1000000}
 DEVICES=${DEVICES:-10000}
 READS=${READS:-2000}
 DELETES=${DELETES:-200}
+PASSES=${PASSES:-400}
+PACE=${PACE:-0.25}
+NAPTIME=${NAPTIME:-1s}
 BUILD=${BUILD:-1}
 RELAY_ARGS=${RELAY_ARGS:-}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/flitz-cluster.XXXXXX")
@@ -202,6 +211,15 @@ if has_mode partitioning; then
     cat "$OUT/partitioning.out" >&2
 fi
 
+if has_mode vacuum; then
+    url=$(fresh_database)
+    say "vacuum: $ROWS envelopes, $DEVICES devices, $PASSES expiry passes per copy every $PACE s, autovacuum_naptime $NAPTIME"
+    psql "$url" -q -v rows="$ROWS" -v devices="$DEVICES" -v passes="$PASSES" -v pace="$PACE" -v naptime="$NAPTIME" \
+        -f "$HERE/queue-vacuum.sql" >"$OUT/vacuum.out" 2>"$OUT/vacuum.err" || { cat "$OUT/vacuum.err" >&2; exit 1; }
+    grep '^VACUUM' "$OUT/vacuum.out" >>"$OUT/results.txt"
+    cat "$OUT/vacuum.out" >&2
+fi
+
 {
     echo
     echo "Flitz relay cluster, $(date -u '+%Y-%m-%d %H:%M UTC'), relay $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -224,6 +242,11 @@ fi
         echo
         echo "queue at $ROWS envelopes ($DEVICES devices), server-side ms:"
         sed 's/^PARTITIONING /  /' <(grep '^PARTITIONING' "$OUT/results.txt")
+    fi
+    if grep -q '^VACUUM' "$OUT/results.txt"; then
+        echo
+        echo "expiry passes at $ROWS envelopes with autovacuum ($PASSES passes per copy every $PACE s, naptime $NAPTIME), server-side ms:"
+        sed 's/^VACUUM /  /' <(grep '^VACUUM' "$OUT/results.txt")
     fi
     if grep -q '^FAILED' "$OUT/results.txt"; then
         echo

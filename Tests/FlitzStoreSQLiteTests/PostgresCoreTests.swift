@@ -103,6 +103,16 @@ enum PostgresTestDatabase {
                 "SELECT count(*) FROM pg_inherits WHERE inhparent = 'queue_items'::regclass", logger: PostgresTestDatabase.logger
             ).collect().first?.decode(Int64.self)
             #expect(partitions == 16)
+            // core-v3: every queue partition and envelope_routes are vacuumed after a bounded number of dead rows.
+            #expect(try await stores[0].appliedMigrations().contains("core-v3"))
+            let tuned = try await stores[0].client.query(
+                """
+                SELECT count(*) FROM pg_class WHERE (relname = 'envelope_routes' OR relname IN (
+                    SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'queue_items'::regclass))
+                AND reloptions @> ARRAY['autovacuum_vacuum_scale_factor=0', 'autovacuum_vacuum_threshold=500']
+                """, logger: PostgresTestDatabase.logger
+            ).collect().first?.decode(Int64.self)
+            #expect(tuned == 17)
         }
     }
 
