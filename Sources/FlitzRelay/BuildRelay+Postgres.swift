@@ -46,6 +46,9 @@ struct PostgresNode {
         let server = describeServer(url)
         let vapidKeyPEM: String
         do {
+            // One plain connection first: a wrong password, role, database or TLS mode, or a server that is down, ends
+            // the start at once with PostgreSQL's reason instead of the pool retrying until startTimeout.
+            try await PostgresRelayStore.probe(url: url, logger: logger)
             vapidKeyPEM = try await withThrowingTaskGroup(of: String?.self) { group in
                 group.addTask {
                     await bootstrap.client.run()

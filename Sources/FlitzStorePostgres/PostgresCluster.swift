@@ -591,3 +591,23 @@ public final class PostgresCluster: RelayCluster, Service {
         }
     }
 }
+
+extension PostgresRelayStore {
+    /// Opens and closes one connection to the server of `url` (`cluster.md` 2): a relay starting with a wrong
+    /// password, an unknown role or database, a server without TLS under `sslmode=require`, or a server that is down
+    /// fails at once with the reason, instead of the pool retrying for as long as the start is allowed to take.
+    /// - Throws: `StoreError.backend` with PostgreSQL's SQLSTATE and message, or the connection failure; never the
+    ///   URL's password.
+    public static func probe(url: String, logger: Logger) async throws {
+        let configuration = try listenConfiguration(url: url)
+        do {
+            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+            try await connection.close()
+        } catch let error as PSQLError {
+            if error.serverInfo != nil { throw StoreError(.backend, describe(error)) }
+            if error.code == .sslUnsupported { throw StoreError(.backend, "the server does not offer TLS, which sslmode=require needs") }
+            let cause = error.underlying.map { "\($0)" } ?? "\(error.code)"
+            throw StoreError(.backend, "cannot connect: \(cause)")
+        }
+    }
+}

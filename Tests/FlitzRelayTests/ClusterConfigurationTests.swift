@@ -1,3 +1,4 @@
+import FlitzTestSupport
 import Foundation
 import Logging
 import Testing
@@ -48,6 +49,29 @@ struct ClusterConfigurationTests {
                 let text = "\(error)"
                 #expect(error is ConfigurationError, "\(text)")
                 #expect(text.contains("storage.postgres.url") && !text.contains("hunter2"), "\(text)")
+            }
+        }
+    }
+
+    /// A wrong role or database, or a server that is down, ends the start at once with PostgreSQL's reason (the
+    /// pool alone would retry until the 60 s start timeout); never the password.
+    @Test func anUnusableDatabaseFailsTheStartWithItsReason() async throws {
+        let maintenance = try await TestPostgres.maintenanceURL()
+        let cases = [
+            (try TestPostgres.url(maintenance, database: "flitz_no_such_database"), "3D000"),
+            (maintenance.replacingOccurrences(of: "://flitz@", with: "://nobody:hunter2@"), "28"),
+            ("postgres://flitz:hunter2@127.0.0.1:1/flitz?sslmode=disable", "cannot connect"),
+        ]
+        for (url, reason) in cases {
+            var configuration = RelayConfiguration(port: 0)
+            configuration.postgresURL = url
+            do {
+                _ = try await buildRelay(configuration: configuration, logger: Logger(label: "test"))
+                Issue.record("a relay started on \(reason)")
+            } catch {
+                let text = "\(error)"
+                // The reason comes from the connection itself, not the start timeout's "no answer within 60 s".
+                #expect(text.contains(reason) && !text.contains("no answer within") && !text.contains("hunter2"), "\(text)")
             }
         }
     }
