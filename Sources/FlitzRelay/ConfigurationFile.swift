@@ -232,6 +232,10 @@ extension RelayConfiguration {
                 value = String(flag[flag.index(after: equals)...])
                 flag = String(flag[..<equals])
             }
+            // An unknown flag is named as unknown even when it comes last (not as a flag missing its value).
+            guard flag == "config" || byFlag[flag] != nil else {
+                throw ConfigurationError("unknown option --\(flag) (see flitz-relay serve --help and README.md, \"Configuration\")")
+            }
             if value == nil {
                 guard index + 1 < arguments.count else { throw ConfigurationError("--\(flag) needs a value") }
                 index += 1

@@ -71,6 +71,11 @@ import Testing
             try RelayConfiguration.resolve(arguments: ["--config", file], environment: [:])
         }
         #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--prot", "80"], environment: [:]) }
+        // Last on the line, with no value after it, an unknown flag is still named as unknown.
+        #expect(throws: ConfigurationError("unknown option --verbose (see flitz-relay serve --help and README.md, \"Configuration\")")) {
+            try RelayConfiguration.resolve(arguments: ["--port", "0", "--verbose"], environment: [:])
+        }
+        #expect(throws: ConfigurationError("--port needs a value")) { try RelayConfiguration.resolve(arguments: ["--port"], environment: [:]) }
         #expect(throws: ConfigurationError("unknown environment variable FLITZ_RELAY_HTTP_PROT")) {
             try RelayConfiguration.resolve(arguments: [], environment: ["FLITZ_RELAY_HTTP_PROT": "80"])
         }
