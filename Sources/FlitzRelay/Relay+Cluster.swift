@@ -211,12 +211,16 @@ extension Relay {
     /// Makes a new authenticated connection of `device` the live one in the cluster (`cluster.md` 1.1): claims it
     /// (a larger epoch than any before) and tells every node, so the one holding an older connection closes it.
     /// Returns the epoch (0 on a single relay).
-    /// - Throws: `RelayError(.internal)` when the database fails.
+    /// - Throws: `RelayError(.authenticationFailed)` when the device was removed meanwhile (nothing claimed);
+    ///   `RelayError(.internal)` when the database fails.
     func claimInCluster(_ device: DeviceAddress) async throws(RelayError) -> Int64 {
         guard let cluster else { return 0 }
         let epoch: Int64
         do {
             epoch = try await cluster.cluster.claimConnection(device, nowMs: clock.nowMs())
+        } catch let error as StoreError where error.code == .unknownDevice {
+            // Removed between the authentication's device read and the claim (cluster.md 4).
+            throw RelayError(.authenticationFailed, "unknown device or bad signature")
         } catch {
             throw internalError(error)
         }

@@ -24,8 +24,9 @@ public protocol RelayCluster: Sendable {
     func heartbeat(nowMs: Int64, staleAfterMs: Int64) async throws
 
     /// Makes this node's connection the live one of `device` (`cluster.md` 4): returns its epoch, larger than any
-    /// earlier claim's, so every node closes a connection of `device` with a smaller epoch.
-    /// - Throws: `StoreError.backend`.
+    /// earlier claim's, so every node closes a connection of `device` with a smaller epoch. Nothing is claimed
+    /// for a device that no longer exists (removed meanwhile).
+    /// - Throws: `StoreError.unknownDevice` when `device` does not exist; `StoreError.backend`.
     func claimConnection(_ device: DeviceAddress, nowMs: Int64) async throws -> Int64
 
     /// Forgets the claim of `device` if `epoch` is still its live one (a newer connection keeps its claim).

@@ -384,7 +384,8 @@ public final class PostgresCluster: RelayCluster, Service {
     /// (`claim_epochs`, kept across releases) goes up by one and the claim row names this node and that epoch. Also
     /// records this node in `relay_nodes` (database clock) if it has no row yet (its claims count as live from its
     /// first claim). The first claim of this `PostgresCluster` waits for `ensureStarted`.
-    /// - Throws: `StoreError.backend`.
+    /// - Throws: `StoreError.unknownDevice` when `device` has no `devices` row (removed meanwhile: nothing is
+    ///   claimed); `StoreError.backend`.
     public func claimConnection(_ device: DeviceAddress, nowMs: Int64) async throws -> Int64 {
         try await ensureStarted()
         let handle = device.handle, deviceID = Int64(device.deviceID), nodeID = self.nodeID
@@ -404,13 +405,19 @@ public final class PostgresCluster: RelayCluster, Service {
             var epoch: Int64?
             for try await value in rows.decode(Int64.self) { epoch = value }
             guard let epoch else { throw StoreError(.corrupt, "no claim epoch") }
-            _ = try await connection.query(
+            // Only while the device exists (its row share-locked until commit): a removal committed first makes this
+            // insert nothing (the device is refused); one committing later waits for this lock, then deletes the
+            // claim in its own transaction (`cluster.md` 4, sec-claims).
+            let inserted = try await connection.query(
                 """
                 INSERT INTO connection_claims (handle, device_id, node_id, epoch, claimed_at_ms)
-                VALUES (\(handle), \(deviceID), \(nodeID), \(epoch), \(nowMs))
+                SELECT \(handle), \(deviceID), \(nodeID), \(epoch), \(nowMs)
+                WHERE EXISTS (SELECT 1 FROM devices WHERE handle = \(handle) AND device_id = \(deviceID) FOR KEY SHARE)
                 ON CONFLICT (handle, device_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch,
                     claimed_at_ms = EXCLUDED.claimed_at_ms
+                RETURNING 1
                 """, logger: self.logger)
+            guard try await inserted.collect().count == 1 else { throw StoreError(.unknownDevice, "no such device") }
             return epoch
         }
     }

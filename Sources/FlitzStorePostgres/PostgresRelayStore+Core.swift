@@ -160,6 +160,8 @@ extension PostgresRelayStore {
             }
             try await db.rows("DELETE FROM queue_items WHERE handle = \(handle)")
             try await db.rows("DELETE FROM devices WHERE handle = \(handle)")
+            // Their connection claims too: the periodic check then closes their connections on every node.
+            try await db.rows("DELETE FROM connection_claims WHERE handle = \(handle)")
             // Lists are per account identity key (devices.md section 7): the new key starts at version 1.
             try await Self.deleteDeviceList(db, handle)
             try await db.rows("DELETE FROM removed_device_keys WHERE handle = \(handle)")
@@ -1004,6 +1006,9 @@ extension PostgresRelayStore {
             // committed between the two deletes stayed queued for a device that no longer exists.
             try await db.rows("DELETE FROM devices WHERE handle = \(handle) AND device_id = \(deviceID)")
             try await db.rows("DELETE FROM queue_items WHERE handle = \(handle) AND device_id = \(deviceID)")
+            // Its connection claim (after the device row: a claim committed meanwhile is seen): the periodic check then
+            // closes the connection on whichever node holds it, even if the `r` notice is lost (cluster.md 4).
+            try await db.rows("DELETE FROM connection_claims WHERE handle = \(handle) AND device_id = \(deviceID)")
             try await Self.dropQueueCounter(db, DeviceAddress(handle: handle, deviceID: id))
         }
         var notified = Set<DeviceAddress>()

@@ -139,6 +139,44 @@ import Testing
         }
     }
 
+    // sec-claims, finding 1: recovery and account deletion delete the removed devices' claims (the periodic check
+    // then closes their connections on every node), and a device that no longer exists cannot claim.
+    @Test func removedDevicesLoseTheirClaimsAndCannotClaim() async throws {
+        try await ClusterTestDatabase.withNodes { a, b in
+            let now: Int64 = 3_000_000
+            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            try await b.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            _ = try await b.cluster.claimConnection(Self.alice, nowMs: now)
+            _ = try await b.cluster.claimConnection(Self.bob, nowMs: now)
+            #expect(try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now).count == 2)
+            // Node A recovers alice's account: every old device of alice goes, with its claim.
+            let recovered = try await a.store.recover(
+                handle: "alice", expectedRecoveryCodeHash: RelayStoreTests.bytes(7, 32), accountIdentityKey: RelayStoreTests.bytes(10, 32),
+                newRecoveryCodeHash: RelayStoreTests.bytes(8, 32), device: RelayStoreTests.newDevice(3), atMs: now, receiptExpiresAtMs: now + 60_000)
+            #expect(recovered.removedDeviceIDs == [1])
+            #expect(try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now).keys.sorted { $0.handle < $1.handle } == [Self.bob])
+            // Node A deletes bob's account (removal of every device): bob/2's claim goes.
+            _ = try await a.store.deleteAccount(
+                handle: "bob", accountIdentityKey: RelayStoreTests.bytes(9, 32), atMs: now, tombstoneUntilMs: now + 60_000,
+                receiptExpiresAtMs: now + 60_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims") == 0)
+            // A claim racing the removal (authenticated before it committed) is refused and records nothing.
+            for device in [Self.alice, Self.bob] {
+                do {
+                    _ = try await b.cluster.claimConnection(device, nowMs: now + 1)
+                    Issue.record("a removed device claimed")
+                } catch let error as StoreError {
+                    #expect(error.code == .unknownDevice)
+                }
+            }
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims") == 0)
+            // The recovered account's new device claims as before.
+            let fresh = DeviceAddress(handle: "alice", deviceID: recovered.deviceID)
+            let epoch = try await b.cluster.claimConnection(fresh, nowMs: now + 2)
+            #expect(try await a.cluster.liveClaims([fresh], nowMs: now + 2) == [fresh: ConnectionClaim(node: "node-b", epoch: epoch)])
+        }
+    }
+
     // MARK: Online-only envelopes
 
     @Test func onlineOnlyRowIsTakenOnceAndNotAfterItsExpiry() async throws {
@@ -456,6 +494,12 @@ enum ClusterTestDatabase {
                 }
                 defer { group.cancelAll() }
                 for node in nodes { try await node.store.migrate() }
+                // The devices the tests claim exist (a claim needs its device row, cluster.md 4): alice/1, bob/2.
+                _ = try await RelayStoreTests.register(nodes[0].store, "alice")
+                _ = try await RelayStoreTests.register(nodes[0].store, "bob")
+                _ = try await nodes[0].store.registerDevice(
+                    handle: "bob", accountIdentityKey: RelayStoreTests.bytes(9, 32), device: RelayStoreTests.newDevice(2), atMs: 1_000,
+                    maxDevices: 5)
                 for node in nodes { group.addTask { try await node.cluster.run() } }
                 for node in nodes {
                     guard await node.inbox.wait({ $0.contains(.resync) }) else { throw StoreError(.backend, "node did not start listening") }
