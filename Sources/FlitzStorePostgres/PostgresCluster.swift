@@ -410,7 +410,8 @@ public final class PostgresCluster: RelayCluster, Service {
                 logger: self.logger)
             let rows = try await connection.query(
                 """
-                INSERT INTO claim_epochs (handle, device_id, epoch) VALUES (\(handle), \(deviceID), 1)
+                INSERT INTO claim_epochs (handle, device_id, epoch)
+                SELECT \(handle), \(deviceID), epoch + 1 FROM claim_epoch_floor
                 ON CONFLICT (handle, device_id) DO UPDATE SET epoch = claim_epochs.epoch + 1
                 RETURNING epoch
                 """, logger: self.logger)

@@ -162,6 +162,9 @@ import Testing
                 handle: "bob", accountIdentityKey: RelayStoreTests.bytes(9, 32), atMs: now, tombstoneUntilMs: now + 60_000,
                 receiptExpiresAtMs: now + 60_000)
             #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims") == 0)
+            // Finding 11: their epoch rows went too, the floor raised to the largest of them.
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM claim_epochs") == 0)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT epoch FROM claim_epoch_floor") == 1)
             // A claim racing the removal (authenticated before it committed) is refused and records nothing.
             for device in [Self.alice, Self.bob] {
                 do {
@@ -175,6 +178,7 @@ import Testing
             // The recovered account's new device claims as before.
             let fresh = DeviceAddress(handle: "alice", deviceID: recovered.deviceID)
             let epoch = try await b.cluster.claimConnection(fresh, nowMs: now + 2)
+            #expect(epoch == 2)  // above the floor
             #expect(try await a.cluster.liveClaims([fresh], nowMs: now + 2) == [fresh: ConnectionClaim(node: "node-b", epoch: epoch)])
         }
     }
@@ -413,7 +417,7 @@ import Testing
     @Test func clusterMigrationIsRecordedAndNodeIDsAreChecked() async throws {
         try await ClusterTestDatabase.withNodes { a, _ in
             let applied = try await a.store.appliedMigrations()
-            #expect(applied.contains("cluster-v1"))
+            #expect(applied.contains("cluster-v1") && applied.contains("cluster-v2"))
             let again = try await a.store.migrate()
             #expect(again.isEmpty)
             #expect(throws: StoreError.self) { try a.store.cluster(nodeID: "has space") }
