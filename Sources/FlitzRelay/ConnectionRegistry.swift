@@ -64,19 +64,25 @@ final class ConnectionRegistry: Sendable {
         }
     }
 
-    /// Makes `connectionID` the live connection of `device`; an older one is told to close.
+    /// Makes `connectionID` the live connection of `device`; an older one is told to close. In a cluster, a
+    /// connection whose `epoch` is smaller than the registered one's is told to close instead (and not registered).
     /// In a cluster, `epoch` is the connection's claim (`RelayCluster.claimConnection`) and `progress` is where it
     /// records what it delivered.
     func claim(
         _ device: DeviceAddress, connectionID: UInt64, epoch: Int64 = 0, progress: DeliveryProgress? = nil,
         signal: @escaping @Sendable (ConnectionSignal) -> Void
     ) {
-        let previous = state.withLock { state in
-            state.entries.updateValue(Entry(connectionID: connectionID, signal: signal, epoch: epoch, progress: progress), forKey: device)
+        // The connection to close: the one already here, unless its epoch is larger (two logins of one device on
+        // this node whose claims committed in one order and reached here in the other: the larger epoch is the
+        // live claim, so the newcomer goes; sec-claims).
+        let loser: (@Sendable (ConnectionSignal) -> Void)? = state.withLock { state in
+            if let existing = state.entries[device], existing.connectionID != connectionID, existing.epoch > epoch { return signal }
+            let previous = state.entries.updateValue(
+                Entry(connectionID: connectionID, signal: signal, epoch: epoch, progress: progress), forKey: device)
+            guard let previous, previous.connectionID != connectionID else { return nil }
+            return previous.signal
         }
-        if let previous, previous.connectionID != connectionID {
-            previous.signal(.close(reason: "replaced by a newer connection of this device"))
-        }
+        loser?(.close(reason: "replaced by a newer connection of this device"))
     }
 
     /// Forgets `device` if `connectionID` is still its live connection.

@@ -155,6 +155,7 @@ extension Relay {
         let now = clock.nowMs()
         do {
             try await cluster.cluster.heartbeat(nowMs: now, staleAfterMs: 3 * cluster.checkInterval.wholeMilliseconds)
+            try await reconcileClaimsInCluster(cluster, nowMs: now)
             let local = registry.localConnections()
             guard !local.isEmpty else { return }
             let devices = local.map(\.device)
@@ -211,17 +212,31 @@ extension Relay {
     /// Makes a new authenticated connection of `device` the live one in the cluster (`cluster.md` 1.1): claims it
     /// (a larger epoch than any before) and tells every node, so the one holding an older connection closes it.
     /// Returns the epoch (0 on a single relay).
-    /// - Throws: `RelayError(.internal)` when the database fails.
+    /// - Throws: `RelayError(.authenticationFailed)` when the device was removed meanwhile (nothing claimed);
+    ///   `RelayError(.internal)` when the database fails.
     func claimInCluster(_ device: DeviceAddress) async throws(RelayError) -> Int64 {
         guard let cluster else { return 0 }
         let epoch: Int64
         do {
             epoch = try await cluster.cluster.claimConnection(device, nowMs: clock.nowMs())
+        } catch let error as StoreError where error.code == .unknownDevice {
+            // Removed between the authentication's device read and the claim (cluster.md 4).
+            throw RelayError(.authenticationFailed, "unknown device or bad signature")
         } catch {
             throw internalError(error)
         }
         outbox.post([.claimed(device: device, node: cluster.cluster.nodeID, epoch: epoch)])
         return epoch
+    }
+
+    /// Part of the periodic check (sec-claims): deletes this node's claims no local connection holds (a release that
+    /// failed; older than one check interval, so a claim whose connection is just registering stays) and puts back
+    /// the claims of local connections that a heartbeat deleted while their epoch is still the latest
+    /// (`RelayCluster.reconcileClaims`, `cluster.md` 3.3).
+    /// - Throws: what the database throws.
+    func reconcileClaimsInCluster(_ cluster: RelayClusterMode, nowMs: Int64) async throws {
+        let held = registry.localConnections().filter { $0.epoch > 0 }.map { (device: $0.device, epoch: $0.epoch) }
+        try await cluster.cluster.reconcileClaims(held, nowMs: nowMs, graceMs: cluster.checkInterval.wholeMilliseconds)
     }
 
     /// Forgets an ended connection's claim, if it had one (a newer claim is kept). A failure is logged: the claim

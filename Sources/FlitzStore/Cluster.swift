@@ -19,18 +19,29 @@ public protocol RelayCluster: Sendable {
     func notices() -> AsyncStream<ClusterNotice>
 
     /// Records this node alive at `nowMs` (epoch milliseconds) and deletes the connection claims of nodes not seen
-    /// for `staleAfterMs` (milliseconds), which died without releasing them (`cluster.md` 4).
+    /// for `staleAfterMs` (milliseconds), which died without releasing them (`cluster.md` 4); nothing is deleted
+    /// when this node's own previous heartbeat is that old too (an outage, not dead nodes).
     /// - Throws: `StoreError.backend` when the database fails.
     func heartbeat(nowMs: Int64, staleAfterMs: Int64) async throws
 
     /// Makes this node's connection the live one of `device` (`cluster.md` 4): returns its epoch, larger than any
-    /// earlier claim's, so every node closes a connection of `device` with a smaller epoch.
-    /// - Throws: `StoreError.backend`.
+    /// earlier claim's, so every node closes a connection of `device` with a smaller epoch. Nothing is claimed
+    /// for a device that no longer exists (removed meanwhile).
+    /// - Throws: `StoreError.unknownDevice` when `device` does not exist; `StoreError.backend`.
     func claimConnection(_ device: DeviceAddress, nowMs: Int64) async throws -> Int64
 
     /// Forgets the claim of `device` if `epoch` is still its live one (a newer connection keeps its claim).
     /// - Throws: `StoreError.backend`.
     func releaseConnection(_ device: DeviceAddress, epoch: Int64) async throws
+
+    /// Repairs this node's claims against the connections it holds (`held`: device and claim epoch of each, the
+    /// periodic check's view, `cluster.md` 3.3): deletes this node's claims older than `graceMs` milliseconds
+    /// (claimed before `nowMs - graceMs`) that no held connection has (a release that failed), and puts back the
+    /// claim of a held connection whose claim was deleted (by a heartbeat that thought this node dead) while its
+    /// epoch is still the device's latest and the device exists. A removed device's or a replaced connection's claim
+    /// is never put back.
+    /// - Throws: `StoreError.backend`.
+    func reconcileClaims(_ held: [(device: DeviceAddress, epoch: Int64)], nowMs: Int64, graceMs: Int64) async throws
 
     /// The live claims (node id and epoch) of `devices` held by nodes seen within the stale limit; devices
     /// without one are absent. Used by push (a device connected to any node is not woken) and by the periodic

@@ -83,5 +83,28 @@ extension PostgresRelayStore {
                 "CREATE INDEX rate_buckets_by_full ON rate_buckets (full_at_ms)",
                 "CREATE TABLE upload_leases (blob_id BYTEA PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)",
             ]),
+        // cluster-v2 (sec-claims): `claim_epoch_floor`, one row: every new `claim_epochs` row starts above it. A
+        // removed device's epoch row is deleted after raising the floor to its epoch (as `queue_sequence_floor`), so
+        // a device id used again (a handle registered again after its tombstone's purge) never gets a smaller epoch.
+        // Existing rows of devices that are gone are dropped the same way.
+        Migration(
+            name: "cluster-v2",
+            sql: [
+                """
+                CREATE TABLE claim_epoch_floor (
+                    single BOOLEAN PRIMARY KEY DEFAULT true CHECK (single),
+                    epoch BIGINT NOT NULL
+                )
+                """,
+                """
+                INSERT INTO claim_epoch_floor (single, epoch)
+                SELECT true, COALESCE(MAX(epoch), 0) FROM claim_epochs e
+                WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.handle = e.handle AND d.device_id = e.device_id)
+                """,
+                """
+                DELETE FROM claim_epochs e
+                WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.handle = e.handle AND d.device_id = e.device_id)
+                """,
+            ]),
     ]
 }

@@ -334,7 +334,9 @@ public final class PostgresCluster: RelayCluster, Service {
 
     /// Implements `RelayCluster.heartbeat` in one transaction: records this node alive on the database clock
     /// (`databaseNowMs`), and deletes the claims of other nodes whose heartbeat is more than `staleAfterMs` older on
-    /// that clock, or which have no `relay_nodes` row, and those nodes' rows. The claims are found per node through
+    /// that clock, or which have no `relay_nodes` row, and those nodes' rows; it deletes nothing when this node's
+    /// own previous heartbeat is missing or itself older than `staleAfterMs` (an outage or an overloaded node makes
+    /// every node look stale; the next heartbeat reaps). The claims are found per node through
     /// the `connection_claims_by_node` index (one probe per distinct node id, never a scan of every claim). Then, each
     /// in its own transaction, deletes what expired at `nowMs` in the shared tables: online-only envelopes past their
     /// expiry, token buckets full again, upload leases past their end. (Call signals are purged by
@@ -345,11 +347,21 @@ public final class PostgresCluster: RelayCluster, Service {
         state.withLock { $0.staleAfterMs = staleAfterMs }
         let nodeID = self.nodeID
         try await store.transaction { connection in
+            // This node's previous heartbeat: when it is itself older than the stale limit (the database was
+            // unreachable or this node too slow), the others' look stale for the same reason: no reaping this time
+            // (a reconnect storm on every node after an outage; sec-claims).
+            let previous = try await connection.query(
+                """
+                SELECT heartbeat_at_ms > \(unescaped: Self.databaseNowMs) - \(staleAfterMs) FROM relay_nodes WHERE node_id = \(nodeID)
+                """, logger: self.logger)
+            var wasFresh = false
+            for try await fresh in previous.decode(Bool.self) { wasFresh = fresh }
             _ = try await connection.query(
                 """
                 INSERT INTO relay_nodes (node_id, heartbeat_at_ms) VALUES (\(nodeID), \(unescaped: Self.databaseNowMs))
                 ON CONFLICT (node_id) DO UPDATE SET heartbeat_at_ms = GREATEST(relay_nodes.heartbeat_at_ms, EXCLUDED.heartbeat_at_ms)
                 """, logger: self.logger)
+            guard wasFresh else { return }
             // The distinct node ids of the claims by a loose index scan, then the claims of those not fresh.
             _ = try await connection.query(
                 """
@@ -384,7 +396,8 @@ public final class PostgresCluster: RelayCluster, Service {
     /// (`claim_epochs`, kept across releases) goes up by one and the claim row names this node and that epoch. Also
     /// records this node in `relay_nodes` (database clock) if it has no row yet (its claims count as live from its
     /// first claim). The first claim of this `PostgresCluster` waits for `ensureStarted`.
-    /// - Throws: `StoreError.backend`.
+    /// - Throws: `StoreError.unknownDevice` when `device` has no `devices` row (removed meanwhile: nothing is
+    ///   claimed); `StoreError.backend`.
     public func claimConnection(_ device: DeviceAddress, nowMs: Int64) async throws -> Int64 {
         try await ensureStarted()
         let handle = device.handle, deviceID = Int64(device.deviceID), nodeID = self.nodeID
@@ -397,20 +410,27 @@ public final class PostgresCluster: RelayCluster, Service {
                 logger: self.logger)
             let rows = try await connection.query(
                 """
-                INSERT INTO claim_epochs (handle, device_id, epoch) VALUES (\(handle), \(deviceID), 1)
+                INSERT INTO claim_epochs (handle, device_id, epoch)
+                SELECT \(handle), \(deviceID), epoch + 1 FROM claim_epoch_floor
                 ON CONFLICT (handle, device_id) DO UPDATE SET epoch = claim_epochs.epoch + 1
                 RETURNING epoch
                 """, logger: self.logger)
             var epoch: Int64?
             for try await value in rows.decode(Int64.self) { epoch = value }
             guard let epoch else { throw StoreError(.corrupt, "no claim epoch") }
-            _ = try await connection.query(
+            // Only while the device exists (its row share-locked until commit): a removal committed first makes this
+            // insert nothing (the device is refused); one committing later waits for this lock, then deletes the
+            // claim in its own transaction (`cluster.md` 4, sec-claims).
+            let inserted = try await connection.query(
                 """
                 INSERT INTO connection_claims (handle, device_id, node_id, epoch, claimed_at_ms)
-                VALUES (\(handle), \(deviceID), \(nodeID), \(epoch), \(nowMs))
+                SELECT \(handle), \(deviceID), \(nodeID), \(epoch), \(nowMs)
+                WHERE EXISTS (SELECT 1 FROM devices WHERE handle = \(handle) AND device_id = \(deviceID) FOR KEY SHARE)
                 ON CONFLICT (handle, device_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = EXCLUDED.epoch,
                     claimed_at_ms = EXCLUDED.claimed_at_ms
+                RETURNING 1
                 """, logger: self.logger)
+            guard try await inserted.collect().count == 1 else { throw StoreError(.unknownDevice, "no such device") }
             return epoch
         }
     }
@@ -422,6 +442,37 @@ public final class PostgresCluster: RelayCluster, Service {
             _ = try await self.store.client.query(
                 """
                 DELETE FROM connection_claims WHERE handle = \(device.handle) AND device_id = \(Int64(device.deviceID)) AND epoch = \(epoch)
+                """, logger: self.logger)
+        }
+    }
+
+    /// Implements `RelayCluster.reconcileClaims` in one transaction: deletes this node's claims older than
+    /// `graceMs` (by `claimed_at_ms`, this node's clock) that no entry of `held` names with the same epoch, then
+    /// inserts the claim of each held connection that has none while its epoch is still the device's latest
+    /// (`claim_epochs`) and its device row exists (share-locked, as `claimConnection`).
+    /// - Throws: `StoreError.backend`.
+    public func reconcileClaims(_ held: [(device: DeviceAddress, epoch: Int64)], nowMs: Int64, graceMs: Int64) async throws {
+        try await ensureStarted()
+        let nodeID = self.nodeID
+        let handles = held.map(\.device.handle), ids = held.map { Int64($0.device.deviceID) }, epochs = held.map(\.epoch)
+        try await store.transaction { connection in
+            _ = try await connection.query(
+                """
+                DELETE FROM connection_claims c WHERE c.node_id = \(nodeID) AND c.claimed_at_ms < \(nowMs - graceMs) AND NOT EXISTS (
+                    SELECT 1 FROM unnest(\(handles)::TEXT[], \(ids)::BIGINT[], \(epochs)::BIGINT[]) AS l(handle, device_id, epoch)
+                    WHERE l.handle = c.handle AND l.device_id = c.device_id AND l.epoch = c.epoch)
+                """, logger: self.logger)
+            guard !held.isEmpty else { return }
+            _ = try await connection.query(
+                """
+                INSERT INTO connection_claims (handle, device_id, node_id, epoch, claimed_at_ms)
+                SELECT l.handle, l.device_id, \(nodeID), l.epoch, \(nowMs)
+                FROM unnest(\(handles)::TEXT[], \(ids)::BIGINT[], \(epochs)::BIGINT[]) AS l(handle, device_id, epoch)
+                JOIN claim_epochs e ON e.handle = l.handle AND e.device_id = l.device_id AND e.epoch = l.epoch
+                WHERE NOT EXISTS (SELECT 1 FROM connection_claims c WHERE c.handle = l.handle AND c.device_id = l.device_id)
+                    AND EXISTS (SELECT 1 FROM devices d WHERE d.handle = l.handle AND d.device_id = l.device_id FOR KEY SHARE)
+                ORDER BY l.handle, l.device_id
+                ON CONFLICT (handle, device_id) DO NOTHING
                 """, logger: self.logger)
         }
     }

@@ -160,6 +160,9 @@ extension PostgresRelayStore {
             }
             try await db.rows("DELETE FROM queue_items WHERE handle = \(handle)")
             try await db.rows("DELETE FROM devices WHERE handle = \(handle)")
+            // Their connection claims too: the periodic check then closes their connections on every node.
+            try await db.rows("DELETE FROM connection_claims WHERE handle = \(handle)")
+            for id in removed { try await Self.dropClaimEpoch(db, handle: handle, deviceID: Int64(id)) }
             // Lists are per account identity key (devices.md section 7): the new key starts at version 1.
             try await Self.deleteDeviceList(db, handle)
             try await db.rows("DELETE FROM removed_device_keys WHERE handle = \(handle)")
@@ -1004,6 +1007,10 @@ extension PostgresRelayStore {
             // committed between the two deletes stayed queued for a device that no longer exists.
             try await db.rows("DELETE FROM devices WHERE handle = \(handle) AND device_id = \(deviceID)")
             try await db.rows("DELETE FROM queue_items WHERE handle = \(handle) AND device_id = \(deviceID)")
+            // Its connection claim (after the device row: a claim committed meanwhile is seen): the periodic check then
+            // closes the connection on whichever node holds it, even if the `r` notice is lost (cluster.md 4).
+            try await db.rows("DELETE FROM connection_claims WHERE handle = \(handle) AND device_id = \(deviceID)")
+            try await Self.dropClaimEpoch(db, handle: handle, deviceID: deviceID)
             try await Self.dropQueueCounter(db, DeviceAddress(handle: handle, deviceID: id))
         }
         var notified = Set<DeviceAddress>()
@@ -1022,6 +1029,16 @@ extension PostgresRelayStore {
     }
 
     // MARK: Helpers
+
+    /// Deletes a removed device's `claim_epochs` row after raising `claim_epoch_floor` to its epoch (cluster-v2):
+    /// a later device with the same address starts above it.
+    static func dropClaimEpoch(_ db: PostgresTransaction, handle: String, deviceID: Int64) async throws {
+        try await db.rows(
+            """
+            WITH gone AS (DELETE FROM claim_epochs WHERE handle = \(handle) AND device_id = \(deviceID) RETURNING epoch)
+            UPDATE claim_epoch_floor SET epoch = gone.epoch FROM gone WHERE gone.epoch > claim_epoch_floor.epoch
+            """)
+    }
 
     /// Deletes the scheduled envelopes sent by `senderHandle` (by its device `senderDeviceID` when given), marking
     /// their routes cancelled, no receipt: their sender device is gone with its cancel tokens (`conversations.md` 8).

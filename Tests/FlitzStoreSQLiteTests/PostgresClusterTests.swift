@@ -125,9 +125,11 @@ import Testing
             try await a.store.client.query(
                 "INSERT INTO connection_claims (handle, device_id, node_id, epoch, claimed_at_ms) VALUES ('carol', 1, 'node-gone', 1, 0)",
                 logger: ClusterTestDatabase.logger)
-            // Liveness is on the database clock: with a stale limit of 0 ms node B's heartbeat is already too old, so
-            // A's heartbeat deletes B's claim and row (never its own), as it would 15 s after B's last heartbeat.
-            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 0)
+            // Liveness is on the database clock: node B's heartbeat set back 60 s is too old, so A's heartbeat
+            // (its own previous one fresh) deletes B's claim and row (never its own).
+            try await a.store.client.query(
+                "UPDATE relay_nodes SET heartbeat_at_ms = heartbeat_at_ms - 60000 WHERE node_id = 'node-b'", logger: ClusterTestDatabase.logger)
+            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
             try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
             let live = try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now)
             #expect(live == [Self.alice: ConnectionClaim(node: "node-a", epoch: 1)])
@@ -136,6 +138,95 @@ import Testing
             for try await node in rows.decode(String.self) { nodes.append(node) }
             #expect(nodes == ["node-a"])
             #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM relay_nodes WHERE node_id = 'node-b'") == 0)
+        }
+    }
+
+    // sec-claims, finding 1: recovery and account deletion delete the removed devices' claims (the periodic check
+    // then closes their connections on every node), and a device that no longer exists cannot claim.
+    @Test func removedDevicesLoseTheirClaimsAndCannotClaim() async throws {
+        try await ClusterTestDatabase.withNodes { a, b in
+            let now: Int64 = 3_000_000
+            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            try await b.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            _ = try await b.cluster.claimConnection(Self.alice, nowMs: now)
+            _ = try await b.cluster.claimConnection(Self.bob, nowMs: now)
+            #expect(try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now).count == 2)
+            // Node A recovers alice's account: every old device of alice goes, with its claim.
+            let recovered = try await a.store.recover(
+                handle: "alice", expectedRecoveryCodeHash: RelayStoreTests.bytes(7, 32), accountIdentityKey: RelayStoreTests.bytes(10, 32),
+                newRecoveryCodeHash: RelayStoreTests.bytes(8, 32), device: RelayStoreTests.newDevice(3), atMs: now, receiptExpiresAtMs: now + 60_000)
+            #expect(recovered.removedDeviceIDs == [1])
+            #expect(try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now).keys.sorted { $0.handle < $1.handle } == [Self.bob])
+            // Node A deletes bob's account (removal of every device): bob/2's claim goes.
+            _ = try await a.store.deleteAccount(
+                handle: "bob", accountIdentityKey: RelayStoreTests.bytes(9, 32), atMs: now, tombstoneUntilMs: now + 60_000,
+                receiptExpiresAtMs: now + 60_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims") == 0)
+            // Finding 11: their epoch rows went too, the floor raised to the largest of them.
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM claim_epochs") == 0)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT epoch FROM claim_epoch_floor") == 1)
+            // A claim racing the removal (authenticated before it committed) is refused and records nothing.
+            for device in [Self.alice, Self.bob] {
+                do {
+                    _ = try await b.cluster.claimConnection(device, nowMs: now + 1)
+                    Issue.record("a removed device claimed")
+                } catch let error as StoreError {
+                    #expect(error.code == .unknownDevice)
+                }
+            }
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims") == 0)
+            // The recovered account's new device claims as before.
+            let fresh = DeviceAddress(handle: "alice", deviceID: recovered.deviceID)
+            let epoch = try await b.cluster.claimConnection(fresh, nowMs: now + 2)
+            #expect(epoch == 2)  // above the floor
+            #expect(try await a.cluster.liveClaims([fresh], nowMs: now + 2) == [fresh: ConnectionClaim(node: "node-b", epoch: epoch)])
+        }
+    }
+
+    // sec-claims, finding 4: after an outage (every heartbeat stale, this node's own too) a heartbeat reaps nothing;
+    // a claim deleted anyway is put back for its connection while its epoch is the latest and the device exists.
+    @Test func anOutageReapsNothingAndADeletedClaimOfALiveConnectionIsPutBack() async throws {
+        try await ClusterTestDatabase.withNodes { a, b in
+            let now: Int64 = 4_000_000
+            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            try await b.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            let bobEpoch = try await b.cluster.claimConnection(Self.bob, nowMs: now)
+            // The database was unreachable for 60 s: both nodes' heartbeats are 60 s old.
+            try await a.store.client.query("UPDATE relay_nodes SET heartbeat_at_ms = heartbeat_at_ms - 60000", logger: ClusterTestDatabase.logger)
+            try await a.cluster.heartbeat(nowMs: now + 60_000, staleAfterMs: 15_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims WHERE node_id = 'node-b'") == 1)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM relay_nodes") == 2)
+            // node-b was really gone long enough to be reaped (A's own heartbeat fresh now): its claim goes.
+            try await a.cluster.heartbeat(nowMs: now + 60_001, staleAfterMs: 15_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims") == 0)
+            // node-b still holds bob's connection: its check puts the claim back (epoch still the latest).
+            try await b.cluster.heartbeat(nowMs: now + 60_002, staleAfterMs: 15_000)
+            try await b.cluster.reconcileClaims([(Self.bob, bobEpoch)], nowMs: now + 60_002, graceMs: 5_000)
+            #expect(try await a.cluster.liveClaims([Self.bob], nowMs: now + 60_002) == [Self.bob: ConnectionClaim(node: "node-b", epoch: bobEpoch)])
+            // A newer connection on node A releases: node B's older one gets nothing back.
+            let newer = try await a.cluster.claimConnection(Self.bob, nowMs: now + 60_003)
+            try await a.cluster.releaseConnection(Self.bob, epoch: newer)
+            try await b.cluster.reconcileClaims([(Self.bob, bobEpoch)], nowMs: now + 60_004, graceMs: 5_000)
+            #expect(try await ClusterTestDatabase.count(a.store, "SELECT count(*) FROM connection_claims") == 0)
+        }
+    }
+
+    // sec-claims, finding 3: a claim whose release failed (its connection is gone) is deleted by this node's check,
+    // once older than the grace; a fresh one (its connection still registering) and other nodes' claims stay.
+    @Test func orphanedClaimsOfThisNodeAreDeletedAfterTheGrace() async throws {
+        try await ClusterTestDatabase.withNodes { a, b in
+            let now: Int64 = 5_000_000
+            try await a.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            try await b.cluster.heartbeat(nowMs: now, staleAfterMs: 15_000)
+            _ = try await a.cluster.claimConnection(Self.alice, nowMs: now)
+            let bobEpoch = try await b.cluster.claimConnection(Self.bob, nowMs: now)
+            try await a.cluster.reconcileClaims([], nowMs: now + 1_000, graceMs: 5_000)
+            #expect(try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now).count == 2)
+            try await a.cluster.reconcileClaims([], nowMs: now + 6_000, graceMs: 5_000)
+            #expect(try await a.cluster.liveClaims([Self.alice, Self.bob], nowMs: now) == [Self.bob: ConnectionClaim(node: "node-b", epoch: bobEpoch)])
+            // A held connection keeps its claim however old.
+            try await b.cluster.reconcileClaims([(Self.bob, bobEpoch)], nowMs: now + 60_000, graceMs: 5_000)
+            #expect(try await a.cluster.liveClaims([Self.bob], nowMs: now)[Self.bob]?.epoch == bobEpoch)
         }
     }
 
@@ -326,7 +417,7 @@ import Testing
     @Test func clusterMigrationIsRecordedAndNodeIDsAreChecked() async throws {
         try await ClusterTestDatabase.withNodes { a, _ in
             let applied = try await a.store.appliedMigrations()
-            #expect(applied.contains("cluster-v1"))
+            #expect(applied.contains("cluster-v1") && applied.contains("cluster-v2"))
             let again = try await a.store.migrate()
             #expect(again.isEmpty)
             #expect(throws: StoreError.self) { try a.store.cluster(nodeID: "has space") }
@@ -456,6 +547,12 @@ enum ClusterTestDatabase {
                 }
                 defer { group.cancelAll() }
                 for node in nodes { try await node.store.migrate() }
+                // The devices the tests claim exist (a claim needs its device row, cluster.md 4): alice/1, bob/2.
+                _ = try await RelayStoreTests.register(nodes[0].store, "alice")
+                _ = try await RelayStoreTests.register(nodes[0].store, "bob")
+                _ = try await nodes[0].store.registerDevice(
+                    handle: "bob", accountIdentityKey: RelayStoreTests.bytes(9, 32), device: RelayStoreTests.newDevice(2), atMs: 1_000,
+                    maxDevices: 5)
                 for node in nodes { group.addTask { try await node.cluster.run() } }
                 for node in nodes {
                     guard await node.inbox.wait({ $0.contains(.resync) }) else { throw StoreError(.backend, "node did not start listening") }
