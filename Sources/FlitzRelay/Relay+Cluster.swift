@@ -159,7 +159,16 @@ extension Relay {
             guard !local.isEmpty else { return }
             let devices = local.map(\.device)
             let heads = try await cluster.queueHeads(devices)
-            registry.wakeLocally(local.filter { connection in (heads[connection.device] ?? 0) > connection.sentThrough }.map(\.device))
+            // Only connections whose device's head grew past what they sent and past where they last found nothing:
+            // an idle connection is not made to read its (empty) queue at every check (cluster.md 3.3).
+            var woken: [DeviceAddress] = []
+            for connection in local {
+                let head = heads[connection.device] ?? 0
+                guard head > max(connection.sentThrough, connection.idleThrough) else { continue }
+                connection.progress?.checkWoke(atHead: head)
+                woken.append(connection.device)
+            }
+            registry.wakeLocally(woken)
             let claims = try await cluster.cluster.liveClaims(devices, nowMs: now)
             for connection in local {
                 let claim = claims[connection.device]
