@@ -174,9 +174,10 @@ extension Relay {
                 let claim = claims[connection.device]
                 let current = claim.map { $0.epoch == connection.epoch && $0.node == cluster.cluster.nodeID } ?? false
                 if !current {
+                    // No live claim at all (reaped, or the device removed) is not a takeover: say which it is.
                     registry.closeOlder(
                         connection.device, than: .min, connectionID: connection.connectionID,
-                        reason: "replaced by a newer connection of this device")
+                        reason: claim == nil ? "connection claim gone; reconnect" : "replaced by a newer connection of this device")
                 }
             }
             // Held call signals whose notice was lost: the connections that take call signals and have some held
