@@ -335,32 +335,48 @@ extension Relay {
     /// How long one upload lease lasts before it must be renewed, ms (`cluster.md` 4, "Upload leases").
     static let uploadLeaseMs: Int64 = 60_000
 
+    /// How many times (100 ms apart) a PATCH tries to take an upload's lease before it gives up: about 2 minutes, twice
+    /// `uploadLeaseMs`, long enough for a dead holder's lease to end (`cluster.md` 4, "Upload leases").
+    static let uploadLeaseAttempts = 1_200
+
     /// Runs `body` holding upload `id`: this node's lock, and in a cluster also the upload's lease in the database (one
-    /// PATCH at a time per upload across nodes, `attachments.md` 4.3), waited for (polled every 100 ms) and renewed
-    /// every 20 s while `body` runs. A database failure while waiting is retried; the lease of a dead node ends by
-    /// itself after `uploadLeaseMs`.
-    func withUploadLock<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T {
+    /// PATCH at a time per upload across nodes, `attachments.md` 4.3), waited for (polled every 100 ms, at most
+    /// `uploadLeaseAttempts` times, failures included) and renewed every 20 s while `body` runs. Returns nil without
+    /// running `body` when the lease could not be had in time or the calling task was cancelled while waiting; a dead
+    /// node's lease ends by itself after `uploadLeaseMs`.
+    func withUploadLock<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T? {
         await uploadLocks.acquire(id)
         let result = cluster == nil ? await body() : await withUploadLease(id, body)
         await uploadLocks.release(id)
         return result
     }
 
-    private func withUploadLease<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T {
+    private func withUploadLease<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T? {
         guard let cluster else { return await body() }
         let holder = UUID().uuidString
         let leases = cluster.cluster
         var waited = false
+        var failures = 0
+        var attempt = 0
         while true {
+            // Cancelled (the client went away) or out of time: give up without the lease (no hot loop: a cancelled
+            // task's sleep returns at once).
+            if Task.isCancelled || attempt >= Self.uploadLeaseAttempts {
+                logger.warning("upload lease not acquired", metadata: ["cancelled": "\(Task.isCancelled)", "failures": "\(failures)"])
+                return nil
+            }
+            attempt += 1
             let now = clock.nowMs()
             do {
                 if try await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs) { break }
                 if !waited { uploadLeaseEvents.withLock { $0.waited += 1 } }
                 waited = true
             } catch {
-                logger.error("upload lease failed", metadata: ["error": "\(error)"])
+                // Logged once per wait, not at every poll.
+                if failures == 0 { logger.error("upload lease failed", metadata: ["error": "\(error)"]) }
+                failures += 1
             }
-            try? await Task.sleep(for: .milliseconds(100))
+            do { try await Task.sleep(for: .milliseconds(100)) } catch { continue }
         }
         uploadLeaseEvents.withLock { $0.acquired += 1 }
         let clock = self.clock
@@ -369,7 +385,8 @@ extension Relay {
                 try? await Task.sleep(for: .seconds(20))
                 if Task.isCancelled { break }
                 let now = clock.nowMs()
-                _ = try? await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs)
+                let renewed = (try? await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs)) ?? false
+                if !renewed { logger.error("upload lease renewal failed: another node may take the upload over") }
             }
         }
         let result = await body()

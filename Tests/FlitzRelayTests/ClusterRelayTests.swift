@@ -121,6 +121,23 @@ import Testing
         }
     }
 
+    @Test func aCancelledWaitForAnUploadLeaseGivesUpWithoutRunningTheUpload() async throws {
+        try await ClusterHarness.run { nodes in
+            guard let other = nodes[1].app.relay.cluster?.cluster else { throw Failure("not a cluster node") }
+            let id = Data(repeating: 0x42, count: 16)
+            let now = nodes[1].clock.nowMs()
+            // Node 1 holds the upload's lease for ten minutes.
+            #expect(try await other.acquireUploadLease(blobID: id, holder: "node-1-patch", nowMs: now, untilMs: now + 600_000))
+            let relay = nodes[0].app.relay
+            let waiting = Task { await relay.withUploadLock(id) { 1 } }
+            waiting.cancel()
+            #expect(await waiting.value == nil)
+            // Once node 1 lets go, node 0 takes the lease and runs the upload.
+            try await other.releaseUploadLease(blobID: id, holder: "node-1-patch")
+            #expect(await relay.withUploadLock(id) { 2 } == 2)
+        }
+    }
+
     @Test func periodicCheckHandsOverACallSignalWhoseNoticeWasLost() async throws {
         try await ClusterHarness.run { nodes in
             let bob = TestIdentity("bob")
