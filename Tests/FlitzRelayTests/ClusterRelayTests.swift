@@ -138,6 +138,36 @@ import Testing
         }
     }
 
+    @Test func framesThisNodeRefusesNeverReachTheSharedBuckets() async throws {
+        try await ClusterHarness.run { nodes in
+            let limiter = nodes[0].app.relay.limiter
+            let burst = limiter.limits.registerAddress.burst
+            let before = limiter.sharedTakes
+            try await nodes[0].connect { connection in
+                var limited = 0
+                for index in 0..<(2 * burst) {
+                    var register = WireRegister()
+                    register.handle = "flood\(index)"
+                    let reply = try await connection.request(.register(register))
+                    if case .error(let error) = reply.body, error.code == .rateLimited { limited += 1 }
+                }
+                // One source address: the first `burst` are admitted (and asked of the database), the rest are
+                // refused by this node's own buckets without a database round trip.
+                #expect(limited == burst)
+            }
+            #expect(limiter.sharedTakes - before == burst)
+        }
+    }
+
+    @Test func invalidHandlesShareOneBucketKey() {
+        #expect(RateLimiter.handleKey("alice") == "alice")
+        #expect(RateLimiter.handleKey(String(repeating: "a", count: 5_000)) == "invalid")
+        #expect(RateLimiter.handleKey("Alice") == "invalid" && RateLimiter.handleKey("a\u{0}b") == "invalid")
+        var register = WireRegister()
+        register.handle = String(repeating: "x", count: 10_000)
+        #expect(RateLimiter.takes(unauthenticated: .register(register), source: "10.0.0.1").map(\.1) == ["10.0.0.1", "invalid"])
+    }
+
     @Test func periodicCheckHandsOverACallSignalWhoseNoticeWasLost() async throws {
         try await ClusterHarness.run { nodes in
             let bob = TestIdentity("bob")
