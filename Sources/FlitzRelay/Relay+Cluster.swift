@@ -284,24 +284,24 @@ extension Relay {
         let store = cluster.cluster.callSignals
         var acceptance = CallSignalBroker.Acceptance()
         do {
-            // The memory is per (call, sending device, recipient account): device 0 stands for the whole account.
-            guard try await store.admitSequence(
-                callID: request.callID, sender: sender, recipient: DeviceAddress(handle: request.recipientHandle, deviceID: 0),
-                sequence: request.sequence, nowMs: nowMs, rememberUntilMs: max(expiresAtMs, nowMs + Self.callSequenceMemoryMs))
-            else { return nil }
             let sorted = copies.sorted { $0.recipientDeviceID < $1.recipientDeviceID }
-            if drop {
-                acceptance.held = sorted.map { ($0.recipientDeviceID, 0) }
-                return acceptance
-            }
-            let held = try sorted.map { copy in
+            let held = drop ? [] : try sorted.map { copy in
                 HeldCallSignal(
                     callID: request.callID, sender: sender, recipient: DeviceAddress(handle: request.recipientHandle, deviceID: copy.recipientDeviceID),
                     sequence: request.sequence, isOffer: request.kind == .callOffer, receivedAtMs: nowMs, expiresAtMs: expiresAtMs,
                     delivery: try copy.serializedData())
             }
-            // Copies dropped by the caps (3.2) are not counted in the metrics in a cluster.
-            _ = try await store.hold(held, nowMs: nowMs)
+            // The memory is per (call, sending device, recipient account): device 0 stands for the whole account. The
+            // sequence is recorded in the hold's transaction: a hold that fails records nothing, so the client's retry
+            // is not refused as a replay. Copies dropped by the caps (3.2) are not counted in the metrics in a cluster.
+            guard try await store.admitAndHold(
+                callID: request.callID, sender: sender, recipient: DeviceAddress(handle: request.recipientHandle, deviceID: 0),
+                sequence: request.sequence, nowMs: nowMs, rememberUntilMs: max(expiresAtMs, nowMs + Self.callSequenceMemoryMs), held) != nil
+            else { return nil }
+            if drop {
+                acceptance.held = sorted.map { ($0.recipientDeviceID, 0) }
+                return acceptance
+            }
             var remote: [ClusterNotice] = []
             for signal in held {
                 if calls.wakeAttached(signal.recipient) {
