@@ -370,6 +370,11 @@ struct BlobRoutes: Sendable {
             .conflict, "Upload-Offset is not the committed offset of this upload.", [Header.uploadOffset: String(record.committedOffset)])
     }
 
+    /// The upload's lease (`cluster.md` 4) could not be taken within `Relay.uploadLeaseAttempts` polls.
+    struct UploadLeaseUnavailable: Error, CustomStringConvertible {
+        var description: String { "upload lease not acquired in time" }
+    }
+
     enum Reception {
         case committed(BlobRecord)
         case refused(Response)
@@ -441,9 +446,11 @@ struct BlobRoutes: Sendable {
     private func receive(_ request: Request, record initial: BlobRecord, body: PatchBody) async -> Reception {
         let id = initial.blobID
         // In a cluster, the upload's lease too (cluster.md 4).
-        return await relay.withUploadLock(id) {
+        let reception = await relay.withUploadLock(id) {
             await receiveLocked(request, id: id, expectedOffset: initial.committedOffset, body: body)
         }
+        // No lease in time (or the request was cancelled while waiting): nothing was written.
+        return reception ?? .refused(internalFailure(UploadLeaseUnavailable()))
     }
 
     private func receiveLocked(_ request: Request, id: Data, expectedOffset: Int64, body: PatchBody) async -> Reception {

@@ -261,6 +261,9 @@ extension RelayConfiguration {
         for (variable, value) in environment.sorted(by: { $0.key < $1.key })
         where (variable.hasPrefix("FLITZ_RELAY_") && variable != configFileVariable) || (byVariable[variable]?.environmentOverride != nil) {
             guard let key = byVariable[variable] else { throw ConfigurationError("unknown environment variable \(variable)") }
+            // `FLITZ_POSTGRES_URL=` / `FLITZ_NODE_ID=` (empty, as shells and unit files often leave them) are unset: a
+            // SQLite relay reads them too and must still start.
+            if key.environmentOverride != nil && value.isEmpty { continue }
             try key.set(&configuration, value, from: variable)
         }
         var repeated: [String: [String]] = [:]

@@ -31,6 +31,11 @@ final class ConnectionRegistry: Sendable {
         var epoch: Int64
         /// The last queue sequence the connection sent (0 before its first Deliver).
         var sentThrough: Int64
+        /// The queue head up to which the connection found nothing after a check woke it (0 before): the check wakes
+        /// it again only when the head grew past both this and `sentThrough` (`cluster.md` 3.3).
+        var idleThrough: Int64
+        /// Where the connection records what the check woke it at; nil on a single relay.
+        var progress: DeliveryProgress?
     }
 
     /// Tells the other nodes (cluster mode); nil on a single relay.
@@ -135,7 +140,9 @@ final class ConnectionRegistry: Sendable {
     func localConnections() -> [LocalConnection] {
         state.withLock { state in
             state.entries.map { device, entry in
-                LocalConnection(device: device, connectionID: entry.connectionID, epoch: entry.epoch, sentThrough: entry.progress?.sentThrough ?? 0)
+                LocalConnection(
+                    device: device, connectionID: entry.connectionID, epoch: entry.epoch, sentThrough: entry.progress?.sentThrough ?? 0,
+                    idleThrough: entry.progress?.idleThrough ?? 0, progress: entry.progress)
             }
         }
     }
@@ -177,6 +184,21 @@ final class DeliveryProgress: Sendable {
 
     /// Records that the connection sent items through `sequence`.
     func sent(through sequence: Int64) { value.store(sequence, ordering: .releasing) }
+
+    private let wokenHead = Atomic<Int64>(0)
+    private let idleHead = Atomic<Int64>(0)
+
+    /// The queue head the periodic check last woke the connection for (`cluster.md` 3.3); set before the wake.
+    func checkWoke(atHead head: Int64) { wokenHead.store(head, ordering: .releasing) }
+
+    /// The queue head up to which a fetch found nothing after the check's last wake (0 before).
+    var idleThrough: Int64 { idleHead.load(ordering: .acquiring) }
+
+    /// Records that a fetch found nothing: everything up to the head the check last woke the connection for is gone
+    /// (acknowledged or expired), so the check need not wake it again until the head grows. A fetch that began before
+    /// the check's wake may record that head too early; the wake's own fetch follows it and corrects nothing it needs
+    /// to: it finds the items (moving `sentThrough`) or nothing (the record was right).
+    func foundNothing() { idleHead.store(wokenHead.load(ordering: .acquiring), ordering: .releasing) }
 }
 
 /// Counts of connection events (`protocol/relay.md`, "Slow readers") at one instant, kept by `ConnectionMonitor`.
@@ -196,6 +218,8 @@ struct ConnectionCounts: Sendable {
     var onlineOnlyHandled = 0
     /// Of those, dropped: over `RelayConnection.maxPendingOnlineOnly`, or the writer over its high-water mark.
     var onlineOnlyDropped = 0
+    /// Queue reads connections made to deliver (one per `Relay.nextDelivery`, whatever it found).
+    var queueReads = 0
 }
 
 /// `CountMonitor` of `ConnectionCounts`.

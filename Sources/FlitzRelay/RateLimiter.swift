@@ -139,6 +139,20 @@ final class RateLimiter: Sendable {
 
     let limits: RateLimits
     private let tables: Mutex<[TokenBuckets]>
+    private let sharedTakeCount = Atomic<Int>(0)
+
+    /// How many times this limiter asked the shared buckets in the database (tests: refused requests never do).
+    var sharedTakes: Int { sharedTakeCount.load(ordering: .relaxed) }
+
+    /// The key of a handle's buckets: the handle itself when it is a valid one (`relay.md`: 3-32 bytes of
+    /// `a-z 0-9 _ .`), otherwise one shared `invalid` key, so arbitrary (long) strings never become bucket keys; such
+    /// requests are refused after admission anyway.
+    static func handleKey(_ handle: String) -> String {
+        let bytes = handle.utf8
+        guard (3...32).contains(bytes.count), bytes.allSatisfy({ (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f || $0 == 0x2e })
+        else { return "invalid" }
+        return handle
+    }
 
     init(_ limits: RateLimits, maxKeys: Int = 100_000) {
         self.limits = limits
@@ -159,8 +173,8 @@ final class RateLimiter: Sendable {
     /// The buckets an unauthenticated request from `source` takes from: (kind, key, cost).
     static func takes(unauthenticated body: WireFrame.OneOf_Body, source: String) -> [(Kind, String, Int)] {
         switch body {
-        case .register(let request): [(.registerAddress, source, 1), (.registerHandle, request.handle, 1)]
-        case .recover(let request): [(.recoverAddress, source, 1), (.recoverHandle, request.handle, 1)]
+        case .register(let request): [(.registerAddress, source, 1), (.registerHandle, handleKey(request.handle), 1)]
+        case .recover(let request): [(.recoverAddress, source, 1), (.recoverHandle, handleKey(request.handle), 1)]
         case .registerDevice, .linkPut, .linkTake: [(.linkAddress, source, 1)]
         default: []
         }
@@ -178,7 +192,7 @@ final class RateLimiter: Sendable {
         let key = device.description
         switch body {
         case .fetchPrekeyBundle(let request):
-            return [(.device, key, 1), (.prekeyDevice, key, 1), (.prekeyHandle, request.handle, 1)]
+            return [(.device, key, 1), (.prekeyDevice, key, 1), (.prekeyHandle, handleKey(request.handle), 1)]
         case .linkPut, .linkTake:
             return [(.device, key, 1), (.linkAddress, source, 1)]
         case .requestUploadCapability:
@@ -188,7 +202,7 @@ final class RateLimiter: Sendable {
         case .submit(let request):
             // One token per envelope from each sender→recipient handle pair.
             var costs: [String: Int] = [:]
-            for envelope in request.envelopes { costs[device.handle + "\u{0}" + envelope.recipientHandle, default: 0] += 1 }
+            for envelope in request.envelopes { costs[device.handle + "\u{0}" + handleKey(envelope.recipientHandle), default: 0] += 1 }
             return [(.device, key, 1)] + costs.map { (.pair, $0.key, $0.value) }
         default:
             return [(.device, key, 1)]
@@ -213,6 +227,10 @@ final class RateLimiter: Sendable {
     /// - Throws: `RelayError(.rateLimited)` with `retryAfterMs`; `RelayError(.internal)` when the database fails.
     func takeShared(_ entries: [(Kind, String, Int)], nowMs: Int64, cluster: any RelayCluster) async throws(RelayError) {
         guard limits.enabled else { return }
+        // This node's own buckets first (the same limits): what one node alone would refuse never reaches the
+        // database, so a flood of refused frames costs no database write (cluster.md 4, "Token buckets").
+        try take(entries, nowMs: nowMs)
+        sharedTakeCount.add(1, ordering: .relaxed)
         let takes = entries.compactMap { (kind, key, cost) -> TokenTake? in
             let limit = limits[kind]
             guard limit.isEnabled else { return nil }

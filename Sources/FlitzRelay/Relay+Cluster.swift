@@ -160,15 +160,25 @@ extension Relay {
             guard !local.isEmpty else { return }
             let devices = local.map(\.device)
             let heads = try await cluster.queueHeads(devices)
-            registry.wakeLocally(local.filter { connection in (heads[connection.device] ?? 0) > connection.sentThrough }.map(\.device))
+            // Only connections whose device's head grew past what they sent and past where they last found nothing:
+            // an idle connection is not made to read its (empty) queue at every check (cluster.md 3.3).
+            var woken: [DeviceAddress] = []
+            for connection in local {
+                let head = heads[connection.device] ?? 0
+                guard head > max(connection.sentThrough, connection.idleThrough) else { continue }
+                connection.progress?.checkWoke(atHead: head)
+                woken.append(connection.device)
+            }
+            registry.wakeLocally(woken)
             let claims = try await cluster.cluster.liveClaims(devices, nowMs: now)
             for connection in local {
                 let claim = claims[connection.device]
                 let current = claim.map { $0.epoch == connection.epoch && $0.node == cluster.cluster.nodeID } ?? false
                 if !current {
+                    // No live claim at all (reaped, or the device removed) is not a takeover: say which it is.
                     registry.closeOlder(
                         connection.device, than: .min, connectionID: connection.connectionID,
-                        reason: "replaced by a newer connection of this device")
+                        reason: claim == nil ? "connection claim gone; reconnect" : "replaced by a newer connection of this device")
                 }
             }
             // Held call signals whose notice was lost: the connections that take call signals and have some held
@@ -289,24 +299,24 @@ extension Relay {
         let store = cluster.cluster.callSignals
         var acceptance = CallSignalBroker.Acceptance()
         do {
-            // The memory is per (call, sending device, recipient account): device 0 stands for the whole account.
-            guard try await store.admitSequence(
-                callID: request.callID, sender: sender, recipient: DeviceAddress(handle: request.recipientHandle, deviceID: 0),
-                sequence: request.sequence, nowMs: nowMs, rememberUntilMs: max(expiresAtMs, nowMs + Self.callSequenceMemoryMs))
-            else { return nil }
             let sorted = copies.sorted { $0.recipientDeviceID < $1.recipientDeviceID }
-            if drop {
-                acceptance.held = sorted.map { ($0.recipientDeviceID, 0) }
-                return acceptance
-            }
-            let held = try sorted.map { copy in
+            let held = drop ? [] : try sorted.map { copy in
                 HeldCallSignal(
                     callID: request.callID, sender: sender, recipient: DeviceAddress(handle: request.recipientHandle, deviceID: copy.recipientDeviceID),
                     sequence: request.sequence, isOffer: request.kind == .callOffer, receivedAtMs: nowMs, expiresAtMs: expiresAtMs,
                     delivery: try copy.serializedData())
             }
-            // Copies dropped by the caps (3.2) are not counted in the metrics in a cluster.
-            _ = try await store.hold(held, nowMs: nowMs)
+            // The memory is per (call, sending device, recipient account): device 0 stands for the whole account. The
+            // sequence is recorded in the hold's transaction: a hold that fails records nothing, so the client's retry
+            // is not refused as a replay. Copies dropped by the caps (3.2) are not counted in the metrics in a cluster.
+            guard try await store.admitAndHold(
+                callID: request.callID, sender: sender, recipient: DeviceAddress(handle: request.recipientHandle, deviceID: 0),
+                sequence: request.sequence, nowMs: nowMs, rememberUntilMs: max(expiresAtMs, nowMs + Self.callSequenceMemoryMs), held) != nil
+            else { return nil }
+            if drop {
+                acceptance.held = sorted.map { ($0.recipientDeviceID, 0) }
+                return acceptance
+            }
             var remote: [ClusterNotice] = []
             for signal in held {
                 if calls.wakeAttached(signal.recipient) {
@@ -340,32 +350,48 @@ extension Relay {
     /// How long one upload lease lasts before it must be renewed, ms (`cluster.md` 4, "Upload leases").
     static let uploadLeaseMs: Int64 = 60_000
 
+    /// How many times (100 ms apart) a PATCH tries to take an upload's lease before it gives up: about 2 minutes, twice
+    /// `uploadLeaseMs`, long enough for a dead holder's lease to end (`cluster.md` 4, "Upload leases").
+    static let uploadLeaseAttempts = 1_200
+
     /// Runs `body` holding upload `id`: this node's lock, and in a cluster also the upload's lease in the database (one
-    /// PATCH at a time per upload across nodes, `attachments.md` 4.3), waited for (polled every 100 ms) and renewed
-    /// every 20 s while `body` runs. A database failure while waiting is retried; the lease of a dead node ends by
-    /// itself after `uploadLeaseMs`.
-    func withUploadLock<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T {
+    /// PATCH at a time per upload across nodes, `attachments.md` 4.3), waited for (polled every 100 ms, at most
+    /// `uploadLeaseAttempts` times, failures included) and renewed every 20 s while `body` runs. Returns nil without
+    /// running `body` when the lease could not be had in time or the calling task was cancelled while waiting; a dead
+    /// node's lease ends by itself after `uploadLeaseMs`.
+    func withUploadLock<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T? {
         await uploadLocks.acquire(id)
         let result = cluster == nil ? await body() : await withUploadLease(id, body)
         await uploadLocks.release(id)
         return result
     }
 
-    private func withUploadLease<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T {
+    private func withUploadLease<T: Sendable>(_ id: Data, _ body: () async -> T) async -> T? {
         guard let cluster else { return await body() }
         let holder = UUID().uuidString
         let leases = cluster.cluster
         var waited = false
+        var failures = 0
+        var attempt = 0
         while true {
+            // Cancelled (the client went away) or out of time: give up without the lease (no hot loop: a cancelled
+            // task's sleep returns at once).
+            if Task.isCancelled || attempt >= Self.uploadLeaseAttempts {
+                logger.warning("upload lease not acquired", metadata: ["cancelled": "\(Task.isCancelled)", "failures": "\(failures)"])
+                return nil
+            }
+            attempt += 1
             let now = clock.nowMs()
             do {
                 if try await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs) { break }
                 if !waited { uploadLeaseEvents.withLock { $0.waited += 1 } }
                 waited = true
             } catch {
-                logger.error("upload lease failed", metadata: ["error": "\(error)"])
+                // Logged once per wait, not at every poll.
+                if failures == 0 { logger.error("upload lease failed", metadata: ["error": "\(error)"]) }
+                failures += 1
             }
-            try? await Task.sleep(for: .milliseconds(100))
+            do { try await Task.sleep(for: .milliseconds(100)) } catch { continue }
         }
         uploadLeaseEvents.withLock { $0.acquired += 1 }
         let clock = self.clock
@@ -374,7 +400,8 @@ extension Relay {
                 try? await Task.sleep(for: .seconds(20))
                 if Task.isCancelled { break }
                 let now = clock.nowMs()
-                _ = try? await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs)
+                let renewed = (try? await leases.acquireUploadLease(blobID: id, holder: holder, nowMs: now, untilMs: now + Self.uploadLeaseMs)) ?? false
+                if !renewed { logger.error("upload lease renewal failed: another node may take the upload over") }
             }
         }
         let result = await body()

@@ -366,6 +366,7 @@ struct RelayConnection {
         guard case .fetch(let device, let after, let limit) = machine.pump(nowMs: relay.clock.nowMs()) else { return }
         let next: ConnectionStateMachine.AfterPageAction
         do {
+            relay.registry.monitor.record { $0.queueReads += 1 }
             if let (body, last, more) = try await relay.nextDelivery(for: device, after: after, limit: limit) {
                 try await writer.send(WireFrame(requestID: 0, body: .deliver(body)))
                 var items: [(key: ConnectionStateMachine.ItemKey, expiresAtMs: Int64)] = []
@@ -383,6 +384,7 @@ struct RelayConnection {
                     relay.registry.monitor.record { $0.maxInFlight = max($0.maxInFlight, inFlight) }
                 }
             } else {
+                progress.foundNothing()
                 next = machine.foundNothing()
             }
         } catch let error as RelayError {

@@ -170,6 +170,19 @@ public struct HeldCallSignal: Hashable, Sendable {
     }
 }
 
+extension CallSignalStore {
+    /// `admitSequence` then `hold`, not atomic: for stores without transactions. `PostgresCallSignalStore` overrides it
+    /// with one transaction.
+    public func admitAndHold(
+        callID: Data, sender: DeviceAddress, recipient: DeviceAddress, sequence: UInt32, nowMs: Int64, rememberUntilMs: Int64,
+        _ signals: [HeldCallSignal]
+    ) async throws -> Int? {
+        guard try await admitSequence(callID: callID, sender: sender, recipient: recipient, sequence: sequence, nowMs: nowMs, rememberUntilMs: rememberUntilMs)
+        else { return nil }
+        return try await hold(signals, nowMs: nowMs)
+    }
+}
+
 /// Call signals and their sequence memory in a database shared by relay nodes, with the semantics of the relay's
 /// in-memory broker (`calls.md` 3.2): at most 64 held per recipient device and 8 per (sending account, recipient
 /// device), the oldest non-offer dropped first, an offer never dropped for another kind; each signal taken once,
@@ -184,6 +197,14 @@ public protocol CallSignalStore: Sendable {
     /// Holds `signals`, applying the caps; returns how many held signals (these or older ones) were dropped.
     /// - Throws: `StoreError.backend`.
     func hold(_ signals: [HeldCallSignal], nowMs: Int64) async throws -> Int
+
+    /// `admitSequence` and then `hold` of `signals` as one unit: a replay answers nil and holds nothing; when holding
+    /// fails, the sequence is not recorded either (a client's retry is not a replay). Returns `hold`'s drop count.
+    /// - Throws: `StoreError.backend`.
+    func admitAndHold(
+        callID: Data, sender: DeviceAddress, recipient: DeviceAddress, sequence: UInt32, nowMs: Int64, rememberUntilMs: Int64,
+        _ signals: [HeldCallSignal]
+    ) async throws -> Int?
 
     /// Takes (deletes and returns) the unexpired signals held for `device`, oldest first.
     /// - Throws: `StoreError.backend`.

@@ -48,12 +48,42 @@ public final class PostgresCallSignalStore: CallSignalStore {
     /// - Throws: `StoreError.backend`.
     public func hold(_ signals: [HeldCallSignal], nowMs: Int64) async throws -> Int {
         guard !signals.isEmpty else { return 0 }
+        return try await store.transaction { connection in try await self.hold(signals, nowMs: nowMs, on: connection) }
+    }
+
+    /// Implements `CallSignalStore.admitAndHold` in one transaction: the sequence upsert of `admitSequence`, then
+    /// `hold`'s work; a failure rolls both back.
+    /// - Throws: `StoreError.backend`.
+    public func admitAndHold(
+        callID: Data, sender: DeviceAddress, recipient: DeviceAddress, sequence: UInt32, nowMs: Int64, rememberUntilMs: Int64,
+        _ signals: [HeldCallSignal]
+    ) async throws -> Int? {
+        let logger = store.logger
+        return try await store.transaction { connection -> Int? in
+            let rows = try await connection.query(
+                """
+                INSERT INTO call_sequences (call_id, sender_handle, sender_device_id, recipient_handle, recipient_device_id, sequence, until_ms)
+                VALUES (\(callID), \(sender.handle), \(Int64(sender.deviceID)), \(recipient.handle), \(Int64(recipient.deviceID)),
+                    \(Int64(sequence)), \(rememberUntilMs))
+                ON CONFLICT (call_id, sender_handle, sender_device_id, recipient_handle, recipient_device_id) DO UPDATE
+                    SET sequence = EXCLUDED.sequence,
+                        until_ms = GREATEST(EXCLUDED.until_ms, CASE WHEN call_sequences.until_ms > \(nowMs) THEN call_sequences.until_ms ELSE 0 END)
+                    WHERE call_sequences.until_ms <= \(nowMs) OR call_sequences.sequence < EXCLUDED.sequence
+                RETURNING 1
+                """, logger: logger)
+            guard try await rows.collect().count == 1 else { return nil }
+            return try await self.hold(signals, nowMs: nowMs, on: connection)
+        }
+    }
+
+    private func hold(_ signals: [HeldCallSignal], nowMs: Int64, on connection: PostgresConnection) async throws -> Int {
+        guard !signals.isEmpty else { return 0 }
         var byDevice: [DeviceAddress: [HeldCallSignal]] = [:]
         for signal in signals { byDevice[signal.recipient, default: []].append(signal) }
         let grouped = byDevice
         let devices = byDevice.keys.sorted { ($0.handle, $0.deviceID) < ($1.handle, $1.deviceID) }
         let logger = store.logger
-        return try await store.transaction { connection in
+        do {
             var dropped = 0
             for device in devices {
                 let handle = device.handle, deviceID = Int64(device.deviceID)

@@ -32,6 +32,12 @@ struct ClusterConfigurationTests {
         #expect(defaults.resolvedNodeID.hasSuffix("-7001") && RelayConfiguration.isValidNodeID(defaults.resolvedNodeID))
     }
 
+    @Test func emptyClusterVariablesAreUnset() throws {
+        let configuration = try RelayConfiguration.resolve(arguments: ["--port", "7001"], environment: ["FLITZ_POSTGRES_URL": "", "FLITZ_NODE_ID": ""])
+        #expect(configuration.postgresURL == nil && configuration.nodeID == nil)
+        #expect(configuration.resolvedNodeID.hasSuffix("-7001"))
+    }
+
     @Test func badNodeIDIsRefused() {
         for bad in ["", "has space", String(repeating: "a", count: 65), "node/1"] {
             #expect(throws: ConfigurationError.self) { try RelayConfiguration.resolve(arguments: ["--node-id", bad], environment: [:]) }

@@ -63,6 +63,111 @@ import Testing
         }
     }
 
+    /// Queues one envelope for bob straight in the database (no wake, no notice), `byte` its id's bytes.
+    func queueUnannounced(_ byte: UInt8, on node: RelayHarness) async throws {
+        let now = node.clock.nowMs()
+        let outcomes = try await node.app.relay.store.submit(
+            sender: DeviceAddress(handle: "alice", deviceID: 1),
+            envelopes: [
+                EnvelopeSubmission(
+                    envelopeID: Data(repeating: byte, count: 16), recipient: DeviceAddress(handle: "bob", deviceID: 1),
+                    ciphertext: Data("unannounced-\(byte)".utf8), expiresAtMs: now + 60_000, routeExpiresAtMs: now + 60_000)
+            ], atMs: now, queueLimit: 100)
+        guard case .accepted = outcomes.first else { throw Failure("not accepted: \(outcomes)") }
+    }
+
+    /// An `Acknowledge` of nothing: its `Ok` comes after every frame (and pump) the connection handled before it.
+    func roundTrip(_ connection: TestConnection) async throws {
+        let reply = try await connection.request(.acknowledge(WireAcknowledge()))
+        #expect(reply.body == .ok(WireOk()))
+    }
+
+    @Test func periodicCheckLeavesAnIdleConnectionWithAnEmptyQueueAlone() async throws {
+        try await ClusterHarness.run { nodes in
+            let alice = TestIdentity("alice"), bob = TestIdentity("bob")
+            try await register(alice, on: nodes[0])
+            try await register(bob, on: nodes[1])
+            // Bob receives and acknowledges one item: his queue is empty, its head (highest sequence) is 1.
+            try await queueUnannounced(7, on: nodes[0])
+            try await nodes[1].connect { connection in
+                let delivered = try await connection.authenticate(bob)
+                #expect(delivered.flatMap(\.envelopes).count == 1)
+                var ack = WireAcknowledge()
+                ack.envelopeIds = delivered.flatMap(\.envelopes).map(\.envelopeID)
+                #expect(try await connection.request(.acknowledge(ack)).body == .ok(WireOk()))
+            }
+            // A new connection has sent nothing (0 < head 1) and its queue is empty.
+            try await nodes[1].connect { connection in
+                #expect(try await connection.authenticate(bob).isEmpty)
+                let monitor = nodes[1].app.relay.registry.monitor
+                let base = monitor.snapshot.queueReads
+                // The first check wakes it once: it reads and finds nothing.
+                await nodes[1].app.relay.clusterCheck()
+                try await roundTrip(connection)
+                #expect(monitor.snapshot.queueReads == base + 1)
+                // Later checks with the head unchanged read nothing.
+                await nodes[1].app.relay.clusterCheck()
+                await nodes[1].app.relay.clusterCheck()
+                try await roundTrip(connection)
+                #expect(monitor.snapshot.queueReads == base + 1)
+                // A new item (head 2, still no notice): the next check wakes it and it is delivered.
+                try await queueUnannounced(8, on: nodes[0])
+                await nodes[1].app.relay.clusterCheck()
+                let frame = try await connection.next(within: .seconds(60))
+                guard case .deliver(let deliver) = frame.body else { throw Failure("expected Deliver, got \(frame)") }
+                #expect(deliver.envelopes.map(\.envelopeID) == [Data(repeating: 8, count: 16)])
+                #expect(monitor.snapshot.queueReads == base + 2)
+            }
+        }
+    }
+
+    @Test func aCancelledWaitForAnUploadLeaseGivesUpWithoutRunningTheUpload() async throws {
+        try await ClusterHarness.run { nodes in
+            guard let other = nodes[1].app.relay.cluster?.cluster else { throw Failure("not a cluster node") }
+            let id = Data(repeating: 0x42, count: 16)
+            let now = nodes[1].clock.nowMs()
+            // Node 1 holds the upload's lease for ten minutes.
+            #expect(try await other.acquireUploadLease(blobID: id, holder: "node-1-patch", nowMs: now, untilMs: now + 600_000))
+            let relay = nodes[0].app.relay
+            let waiting = Task { await relay.withUploadLock(id) { 1 } }
+            waiting.cancel()
+            #expect(await waiting.value == nil)
+            // Once node 1 lets go, node 0 takes the lease and runs the upload.
+            try await other.releaseUploadLease(blobID: id, holder: "node-1-patch")
+            #expect(await relay.withUploadLock(id) { 2 } == 2)
+        }
+    }
+
+    @Test func framesThisNodeRefusesNeverReachTheSharedBuckets() async throws {
+        try await ClusterHarness.run { nodes in
+            let limiter = nodes[0].app.relay.limiter
+            let burst = limiter.limits.registerAddress.burst
+            let before = limiter.sharedTakes
+            try await nodes[0].connect { connection in
+                var limited = 0
+                for index in 0..<(2 * burst) {
+                    var register = WireRegister()
+                    register.handle = "flood\(index)"
+                    let reply = try await connection.request(.register(register))
+                    if case .error(let error) = reply.body, error.code == .rateLimited { limited += 1 }
+                }
+                // One source address: the first `burst` are admitted (and asked of the database), the rest are
+                // refused by this node's own buckets without a database round trip.
+                #expect(limited == burst)
+            }
+            #expect(limiter.sharedTakes - before == burst)
+        }
+    }
+
+    @Test func invalidHandlesShareOneBucketKey() {
+        #expect(RateLimiter.handleKey("alice") == "alice")
+        #expect(RateLimiter.handleKey(String(repeating: "a", count: 5_000)) == "invalid")
+        #expect(RateLimiter.handleKey("Alice") == "invalid" && RateLimiter.handleKey("a\u{0}b") == "invalid")
+        var register = WireRegister()
+        register.handle = String(repeating: "x", count: 10_000)
+        #expect(RateLimiter.takes(unauthenticated: .register(register), source: "10.0.0.1").map(\.1) == ["10.0.0.1", "invalid"])
+    }
+
     @Test func periodicCheckHandsOverACallSignalWhoseNoticeWasLost() async throws {
         try await ClusterHarness.run { nodes in
             let bob = TestIdentity("bob")

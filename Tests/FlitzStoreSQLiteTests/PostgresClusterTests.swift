@@ -339,6 +339,30 @@ import Testing
             sequence: sequence, isOffer: offer, receivedAtMs: 1_000, expiresAtMs: expiresAtMs, delivery: Data("d\(sequence)".utf8))
     }
 
+    @Test func aFailedHoldRecordsNoSequence() async throws {
+        try await ClusterTestDatabase.withNodes { a, b in
+            let signals = a.cluster.callSignals
+            let callID = Data(repeating: 1, count: 16)
+            // The copy's sender handle holds a NUL, which PostgreSQL text refuses: the hold fails after the sequence
+            // upsert, inside the same transaction.
+            let bad = Self.signal(from: DeviceAddress(handle: "a\u{0}", deviceID: 1), sequence: 1)
+            await #expect(throws: (any Error).self) {
+                _ = try await signals.admitAndHold(
+                    callID: callID, sender: Self.alice, recipient: Self.bob, sequence: 1, nowMs: 1_000, rememberUntilMs: 200_000, [bad])
+            }
+            // Sequence 1 was not recorded: the retry is admitted and held once; then it is a replay.
+            let good = Self.signal(from: Self.alice, sequence: 1)
+            let retried = try await b.cluster.callSignals.admitAndHold(
+                callID: callID, sender: Self.alice, recipient: Self.bob, sequence: 1, nowMs: 1_000, rememberUntilMs: 200_000, [good])
+            #expect(retried == 0)
+            let replayed = try await signals.admitAndHold(
+                callID: callID, sender: Self.alice, recipient: Self.bob, sequence: 1, nowMs: 1_000, rememberUntilMs: 200_000, [good])
+            #expect(replayed == nil)
+            let taken = try await signals.take(Self.bob, nowMs: 1_000)
+            #expect(taken.map(\.sequence) == [1])
+        }
+    }
+
     @Test func callSignalCapsDropTheOldestNonOfferAndNeverAnOfferForAnotherKind() async throws {
         try await ClusterTestDatabase.withNodes { a, b in
             let signals = a.cluster.callSignals
