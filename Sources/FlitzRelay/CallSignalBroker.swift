@@ -18,9 +18,9 @@ import Synchronization
 /// the next one.
 final class CallSignalBroker: Sendable {
     /// Most copies kept for one device (calls.md 3.2 and 10).
-    static let maxPerDevice = 64
+    static let maxPerDevice = CallSignalCaps.maxPerDevice
     /// Most copies kept for one device from one sending account (calls.md 3.2 and 10).
-    static let maxPerSender = 8
+    static let maxPerSender = CallSignalCaps.maxPerSender
     /// Least time between two full purges from the request path, ms. A purge scans every list under the lock, so under
     /// load (some copy always just expired) it runs at most once a second; meanwhile an expired copy may stay in memory
     /// a little longer, but every read checks the expiry itself: it is never handed out, rung or counted as a sequence.
@@ -242,30 +242,21 @@ final class CallSignalBroker: Sendable {
     /// room for another offer. When no copy may go, the new copy itself is dropped. Returns how many copies were
     /// dropped (0 or 1) and whether `item` was kept.
     static func add(_ item: Item, to list: inout [Item]) -> (dropped: Int, kept: Bool) {
-        let sender = item.delivery.senderHandle
-        let isOffer = item.delivery.kind == .callOffer
-        // Among `indices` (oldest first): the oldest that is not an offer, or for a new offer the oldest.
-        func victim(among indices: [Int]) -> Int? {
-            indices.first { list[$0].delivery.kind != .callOffer } ?? (isOffer ? indices.first : nil)
+        // The one rule every call-signal store applies (FlitzStore's CallSignalCaps, shared with PostgreSQL's).
+        func entry(_ item: Item) -> CallSignalCaps.Entry {
+            CallSignalCaps.Entry(sender: item.delivery.senderHandle, isOffer: item.delivery.kind == .callOffer)
         }
-        let own = list.indices.filter { list[$0].delivery.senderHandle == sender }
-        var index: Int?
-        if own.count >= maxPerSender {
-            index = victim(among: own)
-            if index == nil { return (1, false) }
-        } else if list.count >= maxPerDevice {
-            var bySender: [String: [Int]] = [:]
-            for position in list.indices { bySender[list[position].delivery.senderHandle, default: []].append(position) }
-            let ranked = bySender.sorted { a, b in
-                let countA = a.value.count + (a.key == sender ? 1 : 0), countB = b.value.count + (b.key == sender ? 1 : 0)
-                return countA != countB ? countA > countB : a.value[0] < b.value[0]
-            }
-            for (_, indices) in ranked where index == nil { index = victim(among: indices) }
-            if index == nil { return (1, false) }
+        switch CallSignalCaps.decide(adding: entry(item), to: list.map(entry)) {
+        case .keep:
+            list.append(item)
+            return (0, true)
+        case .keepDropping(let index):
+            list.remove(at: index)
+            list.append(item)
+            return (1, true)
+        case .dropNew:
+            return (1, false)
         }
-        if let index { list.remove(at: index) }
-        list.append(item)
-        return (index == nil ? 0 : 1, true)
     }
 
     private static func purgeIfDue(_ state: inout State, nowMs: Int64) -> Bool {

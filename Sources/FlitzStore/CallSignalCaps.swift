@@ -1,5 +1,5 @@
 /// The caps on call signals held for one device (`protocol/calls.md` 3.2), as a pure function shared by every
-/// `CallSignalStore` (the relay's in-memory broker keeps its own copy of the same rule in `CallSignalBroker.add`).
+/// `CallSignalStore` and by the relay's in-memory broker (`CallSignalBroker.add`).
 ///
 /// A device holds at most `maxPerSender` (8) signals from one sending account and `maxPerDevice` (64) in all. When a
 /// new signal would exceed a cap, one held signal is dropped: the oldest non-offer of its sending account when that

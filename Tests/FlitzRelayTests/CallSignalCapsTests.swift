@@ -5,8 +5,8 @@ import Foundation
 import Testing
 
 /// `FlitzStore.CallSignalCaps` (the caps PostgreSQL's `PostgresCallSignalStore` applies) and the in-memory broker's
-/// `CallSignalBroker.add` are two copies of one rule (`calls.md` 3.2): they must keep the same signals, step by step,
-/// for any sequence of additions.
+/// `CallSignalBroker.add`, which applies it to its `Item`s (`calls.md` 3.2): the broker must keep the same signals,
+/// step by step, for any sequence of additions.
 @Suite struct CallSignalCapsTests {
     /// A small seeded generator (SplitMix64), so a failure replays.
     struct SplitMix: RandomNumberGenerator {
